@@ -1,0 +1,85 @@
+"""flashstock's client library: typed stubs for order, cart and payment services.
+
+::
+
+    from flashstock.client import AsyncStockClient, Outcome
+
+    async with AsyncStockClient(addresses="10.0.0.5:50051,10.0.0.6:50051") as stock:
+        result = await stock.deduct("sku-42", user_id="u-7", qty=1, request_id=order_id)
+        if result.outcome in (Outcome.OK, Outcome.DUPLICATE):
+            ...
+
+:class:`StockClient` and :class:`AdminClient` are the blocking twins.
+Errors are the :class:`FlashstockError` tree; business outcomes are values.
+"""
+
+from ._async import AsyncAdminClient, AsyncStockClient
+from ._config import ClientConfig, RetryPolicy
+from ._errors import (
+    DeadlineExceeded,
+    FailedPrecondition,
+    FlashstockError,
+    InvalidArgument,
+    NotFound,
+    Overloaded,
+    PermissionDenied,
+    RequestIdReused,
+    SkuNotFound,
+    StockBelowHandedOut,
+    Unauthenticated,
+    Unavailable,
+)
+from ._sync import AdminClient, StockClient
+from ._types import (
+    AdminResult,
+    BatchItem,
+    BatchItemResult,
+    BatchResult,
+    Deduction,
+    DeductionState,
+    DeductResult,
+    FieldViolation,
+    HoldResult,
+    Mode,
+    Outcome,
+    SettleResult,
+    Sku,
+    SkuPage,
+    StockLevel,
+)
+
+__all__ = [
+    "AdminClient",
+    "AdminResult",
+    "AsyncAdminClient",
+    "AsyncStockClient",
+    "BatchItem",
+    "BatchItemResult",
+    "BatchResult",
+    "ClientConfig",
+    "DeadlineExceeded",
+    "Deduction",
+    "DeductionState",
+    "DeductResult",
+    "FailedPrecondition",
+    "FieldViolation",
+    "FlashstockError",
+    "HoldResult",
+    "InvalidArgument",
+    "Mode",
+    "NotFound",
+    "Outcome",
+    "Overloaded",
+    "PermissionDenied",
+    "RequestIdReused",
+    "RetryPolicy",
+    "SettleResult",
+    "Sku",
+    "SkuNotFound",
+    "SkuPage",
+    "StockBelowHandedOut",
+    "StockClient",
+    "StockLevel",
+    "Unauthenticated",
+    "Unavailable",
+]

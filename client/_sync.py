@@ -1,0 +1,256 @@
+"""The blocking clients: :class:`StockClient` and :class:`AdminClient`.
+
+GENERATED from ``_async.py`` by ``scripts/unasync.py``: do not edit; edit
+``_async.py`` and run the script. Every call goes through one ``_rpc_call``, which owns deadlines,
+metadata, retries (same request id, marked as a retry) and error mapping.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import grpc
+
+from . import _transport as t
+from ._config import ClientConfig, channel_targets
+from ._types import AdminResult, BatchItem, BatchResult, DeductResult, Mode, SettleResult, Sku, SkuPage, StockLevel
+
+_CHANNEL_OPTIONS = [
+    # Our own retries (same request id, marked as a retry), not grpc's.
+    ("grpc.enable_retries", 0),
+    # Each channel its own connection, so several spread over a node's workers.
+    ("grpc.use_local_subchannel_pool", 1),
+    ("grpc.keepalive_time_ms", 30_000),
+]
+
+
+def _config_of(config: ClientConfig | None, addresses: Sequence[str] | str | None) -> ClientConfig:
+    if config is not None and addresses is not None:
+        raise TypeError("give config or addresses, not both")
+    if addresses is not None:
+        return ClientConfig(addresses=addresses)  # type: ignore[arg-type]
+    return config or ClientConfig()
+
+
+class _SyncConnection:
+    """Channels to every configured address, and the one ``_rpc_call``."""
+
+    def __init__(self, config: ClientConfig, stub_type: Any) -> None:
+        self.config = config
+        self._channels = [grpc.insecure_channel(target, options=_CHANNEL_OPTIONS) for target in channel_targets(config)]
+        self._stubs = [stub_type(channel) for channel in self._channels]
+        self._next = random.randrange(len(self._stubs))
+
+    def _rpc_call(self, method: str, request: Any) -> Any:
+        config = self.config
+        deadline = time.monotonic() + config.deadline_s
+        delays = config.retry.delays()
+        while True:
+            stub = self._stubs[self._next % len(self._stubs)]
+            self._next += 1  # spread calls; a retry goes to the next address
+            timeout = max(0.001, min(config.attempt_timeout_s, deadline - time.monotonic()))
+            try:
+                return getattr(stub, method)(request, timeout=timeout, metadata=config.metadata)
+            except grpc.RpcError as exc:
+                error = t.error_of(exc)
+                delay = next(delays, None)
+                if not t.should_retry(exc) or delay is None:
+                    raise error from None
+                delay = max(delay, getattr(error, "retry_after", 0.0))
+                if time.monotonic() + delay >= deadline:
+                    raise error from None
+                t.mark_retry(request)
+                time.sleep(delay)
+
+    def close(self) -> None:
+        for channel in self._channels:
+            channel.close()
+
+
+class StockClient:
+    """Take units of hot SKUs exactly once (blocking).
+
+    Every mutating method takes a ``request_id``; give your own (an order id)
+    to make your own retries safe, or let the client make one. The client
+    retries UNAVAILABLE and DEADLINE_EXCEEDED with the same id, so a retry
+    never takes units twice. Pass ``retry=True`` when you send a request id
+    that you may have sent before: a node then consults the record even for
+    a sold-out SKU, and you get the first answer.
+    """
+
+    RPCS = {
+        "Deduct": "deduct",
+        "Hold": "hold",
+        "Confirm": "confirm",
+        "Release": "release",
+        "GetStock": "get_stock",
+        "BatchDeduct": "batch_deduct",
+    }
+    """Each RPC of StockService and the method that wraps it."""
+
+    def __init__(self, config: ClientConfig | None = None, *, addresses: Sequence[str] | str | None = None) -> None:
+        self._conn = _SyncConnection(_config_of(config, addresses), t.stock_pb2_grpc.StockServiceStub)
+
+    @property
+    def config(self) -> ClientConfig:
+        """The client's settings."""
+        return self._conn.config
+
+    def deduct(
+        self, sku_id: str, user_id: str, qty: int = 1, *, request_id: str | None = None, retry: bool = False
+    ) -> DeductResult:
+        """Take ``qty`` units of ``sku_id`` for ``user_id``, for good."""
+        request = t.stock_pb2.DeductRequest(
+            sku_id=sku_id, user_id=user_id, qty=qty, request_id=request_id or t.new_request_id(), retry=retry
+        )
+        return t.deduct_result(self._conn._rpc_call("Deduct", request))
+
+    def hold(
+        self,
+        sku_id: str,
+        user_id: str,
+        qty: int = 1,
+        *,
+        ttl_ms: int = 0,
+        request_id: str | None = None,
+        retry: bool = False,
+    ) -> DeductResult:
+        """Hold ``qty`` units for ``ttl_ms`` (0 = the node's default); the hold id is the request id."""
+        request = t.stock_pb2.HoldRequest(
+            sku_id=sku_id, user_id=user_id, qty=qty, ttl_ms=ttl_ms, request_id=request_id or t.new_request_id(), retry=retry
+        )
+        return t.deduct_result(self._conn._rpc_call("Hold", request))
+
+    def confirm(self, sku_id: str, hold_id: str, *, request_id: str | None = None) -> SettleResult:
+        """Make the hold ``hold_id`` sold for good, unless it expired or was released first."""
+        request = t.stock_pb2.ConfirmRequest(sku_id=sku_id, hold_id=hold_id, request_id=request_id or t.new_request_id())
+        return t.settle_result(self._conn._rpc_call("Confirm", request))
+
+    def release(self, sku_id: str, hold_id: str, *, request_id: str | None = None) -> SettleResult:
+        """Give the hold ``hold_id``'s units back, unless it was confirmed or expired first."""
+        request = t.stock_pb2.ReleaseRequest(sku_id=sku_id, hold_id=hold_id, request_id=request_id or t.new_request_id())
+        return t.settle_result(self._conn._rpc_call("Release", request))
+
+    def get_stock(self, sku_id: str) -> StockLevel:
+        """The counters of ``sku_id``."""
+        return t.stock_level(self._conn._rpc_call("GetStock", t.stock_pb2.GetStockRequest(sku_id=sku_id)))
+
+    def batch_deduct(
+        self,
+        user_id: str,
+        items: Iterable[BatchItem | tuple[str, int]],
+        *,
+        request_id: str | None = None,
+        retry: bool = False,
+    ) -> BatchResult:
+        """Take every item (a :class:`BatchItem` or ``(sku_id, qty)``), or none."""
+        request = t.stock_pb2.BatchDeductRequest(
+            user_id=user_id, items=t.batch_items(items), request_id=request_id or t.new_request_id(), retry=retry
+        )
+        return t.batch_result(self._conn._rpc_call("BatchDeduct", request))
+
+    def close(self) -> None:
+        """Close every connection."""
+        self._conn.close()
+
+    def __enter__(self) -> StockClient:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+class AdminClient:
+    """Define SKUs and steer their sale (blocking). For operators, not buyers."""
+
+    RPCS = {
+        "PutSku": "put_sku",
+        "GetSku": "get_sku",
+        "ListSkus": "list_skus",
+        "AdjustStock": "adjust_stock",
+        "PauseSku": "pause_sku",
+        "ResumeSku": "resume_sku",
+    }
+    """Each RPC of AdminService and the method that wraps it."""
+
+    def __init__(self, config: ClientConfig | None = None, *, addresses: Sequence[str] | str | None = None) -> None:
+        self._conn = _SyncConnection(_config_of(config, addresses), t.admin_pb2_grpc.AdminServiceStub)
+
+    @property
+    def config(self) -> ClientConfig:
+        """The client's settings."""
+        return self._conn.config
+
+    def put_sku(
+        self,
+        sku_id: str,
+        stock: int,
+        *,
+        per_user_limit: int = 0,
+        max_per_request: int = 0,
+        sale_start_ms: int = 0,
+        sale_end_ms: int = 0,
+        mode: Mode = Mode.FAST,
+        request_id: str | None = None,
+    ) -> AdminResult:
+        """Define ``sku_id`` with ``stock`` units (again: restarts its sale)."""
+        request = t.put_sku_request(
+            sku_id,
+            stock,
+            per_user_limit=per_user_limit,
+            max_per_request=max_per_request,
+            sale_start_ms=sale_start_ms,
+            sale_end_ms=sale_end_ms,
+            mode=mode,
+            request_id=request_id or t.new_request_id(),
+        )
+        return t.admin_result(self._conn._rpc_call("PutSku", request))
+
+    def get_sku(self, sku_id: str) -> Sku:
+        """The definition and counters of ``sku_id``."""
+        reply = self._conn._rpc_call("GetSku", t.admin_pb2.GetSkuRequest(sku_id=sku_id))
+        return t.sku(reply.sku)
+
+    def list_skus(self, prefix: str = "", *, page_size: int = 100, page_token: str = "") -> SkuPage:
+        """One page of SKUs in id order."""
+        request = t.admin_pb2.ListSkusRequest(prefix=prefix, page_size=page_size, page_token=page_token)
+        return t.sku_page(self._conn._rpc_call("ListSkus", request))
+
+    def all_skus(self, prefix: str = "") -> list[Sku]:
+        """Every SKU (whose id starts with ``prefix``), page after page."""
+        out: list[Sku] = []
+        token = ""
+        while True:
+            page = self.list_skus(prefix, page_size=1000, page_token=token)
+            out += page.skus
+            token = page.next_page_token
+            if not token:
+                return out
+
+    def adjust_stock(self, sku_id: str, delta: int, *, request_id: str | None = None) -> AdminResult:
+        """Add (``delta > 0``) or take away stock, never below the units handed out."""
+        request = t.admin_pb2.AdjustStockRequest(sku_id=sku_id, delta=delta, request_id=request_id or t.new_request_id())
+        return t.admin_result(self._conn._rpc_call("AdjustStock", request))
+
+    def pause_sku(self, sku_id: str, *, request_id: str | None = None) -> AdminResult:
+        """Stop the sale of ``sku_id``: attempts get NOT_ON_SALE."""
+        request = t.admin_pb2.PauseSkuRequest(sku_id=sku_id, request_id=request_id or t.new_request_id())
+        return t.admin_result(self._conn._rpc_call("PauseSku", request))
+
+    def resume_sku(self, sku_id: str, *, request_id: str | None = None) -> AdminResult:
+        """Resume the sale of ``sku_id``."""
+        request = t.admin_pb2.ResumeSkuRequest(sku_id=sku_id, request_id=request_id or t.new_request_id())
+        return t.admin_result(self._conn._rpc_call("ResumeSku", request))
+
+    def close(self) -> None:
+        """Close every connection."""
+        self._conn.close()
+
+    def __enter__(self) -> AdminClient:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()

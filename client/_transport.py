@@ -1,0 +1,170 @@
+"""The client's transport: typed values to and from protobuf, and the retry decision.
+
+With the generated stubs, the only client module that imports pb2. Shared
+by the async client and the sync one generated from it.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import grpc
+
+from flashstock.v1 import admin_pb2, admin_pb2_grpc, stock_pb2, stock_pb2_grpc
+
+from ._errors import RETRYABLE_CODES, FlashstockError, from_status
+from ._types import (
+    AdminResult,
+    BatchItem,
+    BatchItemResult,
+    BatchResult,
+    Deduction,
+    DeductionState,
+    DeductResult,
+    Mode,
+    Outcome,
+    SettleResult,
+    Sku,
+    SkuPage,
+    StockLevel,
+)
+
+__all__ = ["admin_pb2", "admin_pb2_grpc", "stock_pb2", "stock_pb2_grpc"]
+
+
+def new_request_id() -> str:
+    """A fresh request id (a random UUID, 32 hex digits)."""
+    return uuid.uuid4().hex
+
+
+def error_of(exc: grpc.RpcError) -> FlashstockError:
+    """The flashstock error a failed call stands for."""
+    return from_status(exc.code(), exc.details() or "", exc.trailing_metadata())  # type: ignore[attr-defined]
+
+
+def should_retry(exc: grpc.RpcError) -> bool:
+    """True for the codes a client retries with the same request id."""
+    return exc.code() in RETRYABLE_CODES  # type: ignore[attr-defined]
+
+
+def mark_retry(request: Any) -> None:
+    """Mark a request being sent again, so the node consults its record."""
+    if "retry" in request.DESCRIPTOR.fields_by_name:
+        request.retry = True
+
+
+def _deduction(pb: stock_pb2.Deduction, present: bool) -> Deduction | None:
+    if not present:
+        return None
+    return Deduction(
+        request_id=pb.request_id,
+        sku_id=pb.sku_id,
+        user_id=pb.user_id,
+        qty=pb.qty,
+        state=DeductionState(pb.state),
+        expires_at_ms=pb.expires_at_ms,
+        taken_at_ms=pb.taken_at_ms,
+    )
+
+
+def deduct_result(reply: stock_pb2.DeductReply | stock_pb2.HoldReply) -> DeductResult:
+    """A Deduct or Hold reply as a typed result."""
+    return DeductResult(
+        outcome=Outcome(reply.outcome),
+        deduction=_deduction(reply.deduction, reply.HasField("deduction")),
+        stock_left=reply.stock_left,
+    )
+
+
+def settle_result(reply: stock_pb2.ConfirmReply | stock_pb2.ReleaseReply) -> SettleResult:
+    """A Confirm or Release reply as a typed result."""
+    return SettleResult(
+        outcome=Outcome(reply.outcome),
+        deduction=_deduction(reply.deduction, reply.HasField("deduction")),
+        stock_left=getattr(reply, "stock_left", -1),
+    )
+
+
+def stock_level(reply: stock_pb2.GetStockReply) -> StockLevel:
+    """A GetStock reply as a typed result."""
+    return StockLevel(reply.sku_id, reply.total, reply.available, reply.held, reply.confirmed)
+
+
+def batch_items(items: Iterable[BatchItem | tuple[str, int]]) -> list[stock_pb2.BatchItem]:
+    """Batch items, given as BatchItem or (sku_id, qty) pairs, as protobuf."""
+    out = []
+    for item in items:
+        sku_id, qty = (item.sku_id, item.qty) if isinstance(item, BatchItem) else item
+        out.append(stock_pb2.BatchItem(sku_id=sku_id, qty=qty))
+    return out
+
+
+def batch_result(reply: stock_pb2.BatchDeductReply) -> BatchResult:
+    """A BatchDeduct reply as a typed result."""
+    return BatchResult(
+        outcome=Outcome(reply.outcome),
+        items=tuple(BatchItemResult(i.sku_id, Outcome(i.outcome), i.stock_left) for i in reply.items),
+    )
+
+
+def sku(pb: admin_pb2.Sku) -> Sku:
+    """A protobuf SKU as a typed value."""
+    return Sku(
+        sku_id=pb.sku_id,
+        total=pb.total,
+        available=pb.available,
+        held=pb.held,
+        confirmed=pb.confirmed,
+        per_user_limit=pb.per_user_limit,
+        max_per_request=pb.max_per_request,
+        sale_start_ms=pb.sale_start_ms,
+        sale_end_ms=pb.sale_end_ms,
+        paused=pb.paused,
+        mode=Mode(pb.mode) if pb.mode else Mode.FAST,
+        shard=pb.shard,
+    )
+
+
+def admin_result(reply: Any) -> AdminResult:
+    """A PutSku, AdjustStock, PauseSku or ResumeSku reply as a typed result."""
+    return AdminResult(sku=sku(reply.sku), duplicate=getattr(reply, "duplicate", False))
+
+
+def sku_page(reply: admin_pb2.ListSkusReply) -> SkuPage:
+    """A ListSkus reply as a typed page."""
+    return SkuPage(skus=tuple(sku(s) for s in reply.skus), next_page_token=reply.next_page_token)
+
+
+def put_sku_request(
+    sku_id: str,
+    stock: int,
+    *,
+    per_user_limit: int,
+    max_per_request: int,
+    sale_start_ms: int,
+    sale_end_ms: int,
+    mode: Mode,
+    request_id: str,
+) -> admin_pb2.PutSkuRequest:
+    """A PutSku request."""
+    return admin_pb2.PutSkuRequest(
+        sku_id=sku_id,
+        stock=stock,
+        per_user_limit=per_user_limit,
+        max_per_request=max_per_request,
+        sale_start_ms=sale_start_ms,
+        sale_end_ms=sale_end_ms,
+        mode=int(mode),
+        request_id=request_id,
+    )
+
+
+def rpc_names() -> dict[str, Sequence[str]]:
+    """Every RPC of every service in the .proto files, by service name."""
+    return {
+        service.name: [m.name for m in service.methods]
+        for file in (stock_pb2.DESCRIPTOR, admin_pb2.DESCRIPTOR)
+        for service in file.services_by_name.values()
+    }

@@ -1,0 +1,227 @@
+"""Typed values of the flashstock API, free of protobuf.
+
+The numbers of each enum are the wire numbers of the .proto enums of the same
+name (a unit test pins them), so converting is a plain ``Enum(value)``.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+
+class Outcome(enum.IntEnum):
+    """What became of a mutating call (``flashstock.v1.Outcome``)."""
+
+    OK = 1
+    SOLD_OUT = 2
+    INSUFFICIENT = 3
+    LIMIT = 4
+    NOT_ON_SALE = 5
+    DUPLICATE = 6
+    HOLD_EXPIRED = 7
+    HOLD_RELEASED = 8
+    HOLD_CONFIRMED = 9
+    HOLD_NOT_FOUND = 10
+
+
+class DeductionState(enum.IntEnum):
+    """Where the units of a deduction stand (``flashstock.v1.DeductionState``)."""
+
+    UNSPECIFIED = 0
+    HELD = 1
+    CONFIRMED = 2
+    RELEASED = 3
+    EXPIRED = 4
+
+
+class Mode(enum.IntEnum):
+    """How a SKU's deductions are made durable (``flashstock.v1.Mode``)."""
+
+    FAST = 1
+    DURABLE = 2
+
+
+@dataclass(frozen=True, slots=True)
+class Deduction:
+    """The recorded first answer of a Deduct or Hold that took effect."""
+
+    request_id: str
+    """The request id of the Deduct or Hold that took the units."""
+    sku_id: str
+    """The SKU the units were taken from."""
+    user_id: str
+    """The buyer."""
+    qty: int
+    """Units taken."""
+    state: DeductionState
+    """Where the units stand now."""
+    expires_at_ms: int = 0
+    """Holds only: expiry, unix ms on Redis's clock."""
+    taken_at_ms: int = 0
+    """When the units were taken, unix ms on Redis's clock."""
+
+
+@dataclass(frozen=True, slots=True)
+class DeductResult:
+    """The answer to Deduct or Hold."""
+
+    outcome: Outcome
+    """What happened; DUPLICATE means ``deduction`` is the first answer."""
+    deduction: Deduction | None = None
+    """The deduction made (OK) or recorded before (DUPLICATE)."""
+    stock_left: int = -1
+    """Units left after the call; -1 when not known (refused from memory)."""
+
+    @property
+    def took_effect(self) -> bool:
+        """True when the request's units are taken (now or by its first send)."""
+        return self.outcome in (Outcome.OK, Outcome.DUPLICATE)
+
+
+HoldResult = DeductResult
+"""The answer to Hold: the same shape as Deduct's; the hold id is its request id."""
+
+
+@dataclass(frozen=True, slots=True)
+class SettleResult:
+    """The answer to Confirm or Release."""
+
+    outcome: Outcome
+    """OK, DUPLICATE, HOLD_EXPIRED, HOLD_RELEASED, HOLD_CONFIRMED or HOLD_NOT_FOUND."""
+    deduction: Deduction | None = None
+    """The hold as it stands after the call."""
+    stock_left: int = -1
+    """Units left after the call; -1 when not known."""
+
+
+@dataclass(frozen=True, slots=True)
+class StockLevel:
+    """A SKU's counters."""
+
+    sku_id: str
+    """The SKU."""
+    total: int
+    """Units put on sale, after adjustments."""
+    available: int
+    """Units left for sale."""
+    held: int
+    """Units held."""
+    confirmed: int
+    """Units sold for good."""
+
+    @property
+    def sold_out(self) -> bool:
+        """True once no unit is left."""
+        return self.available <= 0
+
+
+@dataclass(frozen=True, slots=True)
+class BatchItem:
+    """One SKU of a BatchDeduct."""
+
+    sku_id: str
+    """The SKU."""
+    qty: int = 1
+    """Units to take."""
+
+
+@dataclass(frozen=True, slots=True)
+class BatchItemResult:
+    """What became of one item of a BatchDeduct."""
+
+    sku_id: str
+    """The item's SKU."""
+    outcome: Outcome
+    """OK, or this item's refusal."""
+    stock_left: int = -1
+    """Units left of the SKU after the call; -1 when not known."""
+
+
+@dataclass(frozen=True, slots=True)
+class BatchResult:
+    """The answer to BatchDeduct: all items taken, or none."""
+
+    outcome: Outcome
+    """OK, DUPLICATE, or the first item refusal."""
+    items: tuple[BatchItemResult, ...] = ()
+    """One per item, in request order."""
+
+
+@dataclass(frozen=True, slots=True)
+class Sku:
+    """A SKU's definition and live counters."""
+
+    sku_id: str
+    """The SKU id."""
+    total: int = 0
+    """Units put on sale, after adjustments."""
+    available: int = 0
+    """Units left."""
+    held: int = 0
+    """Units held."""
+    confirmed: int = 0
+    """Units sold for good."""
+    per_user_limit: int = 0
+    """Most units one user may have; 0 = no limit."""
+    max_per_request: int = 0
+    """Most units one request may take; 0 = the per-user limit."""
+    sale_start_ms: int = 0
+    """Sale opens (unix ms, Redis clock); 0 = open."""
+    sale_end_ms: int = 0
+    """Sale closes (unix ms, Redis clock); 0 = never."""
+    paused: bool = False
+    """Paused by an operator."""
+    mode: Mode = Mode.FAST
+    """Fast or durable."""
+    shard: int = 0
+    """The SKU's shard."""
+
+
+@dataclass(frozen=True, slots=True)
+class SkuPage:
+    """One page of ListSkus."""
+
+    skus: tuple[Sku, ...] = ()
+    """SKUs in id order."""
+    next_page_token: str = ""
+    """Pass on for the next page; empty when there is none."""
+
+
+@dataclass(frozen=True, slots=True)
+class AdminResult:
+    """The answer to a mutating admin call."""
+
+    sku: Sku
+    """The SKU as it stands after the call."""
+    duplicate: bool = False
+    """True when this request id had been applied before (nothing changed)."""
+
+
+@dataclass(frozen=True, slots=True)
+class FieldViolation:
+    """One bad field of a request (``google.rpc.BadRequest.FieldViolation``)."""
+
+    field: str
+    """The field's name in the request."""
+    description: str
+    """What is wrong with it."""
+
+
+__all__ = [
+    "AdminResult",
+    "BatchItem",
+    "BatchItemResult",
+    "BatchResult",
+    "Deduction",
+    "DeductionState",
+    "DeductResult",
+    "FieldViolation",
+    "HoldResult",
+    "Mode",
+    "Outcome",
+    "SettleResult",
+    "Sku",
+    "SkuPage",
+    "StockLevel",
+]

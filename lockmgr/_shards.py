@@ -1,0 +1,83 @@
+"""Which shard a SKU lives in, and the Redis key names of a shard.
+
+``shard = stable_hash(sku_id) mod S``: the first eight bytes of BLAKE2b over
+the UTF-8 SKU id, read big-endian. BLAKE2b is in every language's standard
+library, so a Go or Java service computes the same shard as this one; Python's
+``hash()`` is salted per process and would not.
+
+Every Redis key of a shard carries the hash tag ``{s<shard>}``, so in Redis
+Cluster a shard is one slot and one Lua script can touch all of its keys.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from functools import lru_cache
+
+DEFAULT_SHARDS = 64
+"""Logical shards of a cluster unless set otherwise at cluster init."""
+
+
+def stable_hash(key: str) -> int:
+    """A 64-bit hash of ``key`` that is the same in every process and language."""
+    return int.from_bytes(hashlib.blake2b(key.encode(), digest_size=8).digest(), "big")
+
+
+@lru_cache(maxsize=65536)
+def shard_of(sku_id: str, shards: int = DEFAULT_SHARDS) -> int:
+    """The shard of ``sku_id`` among ``shards`` logical shards."""
+    if shards < 1:
+        raise ValueError(f"shards must be >= 1, not {shards}")
+    return stable_hash(sku_id) % shards
+
+
+@dataclass(frozen=True, slots=True)
+class ShardKeys:
+    """The Redis key names of one shard; all share the hash tag ``{s<shard>}``."""
+
+    shard: int
+    """The shard number."""
+
+    @property
+    def prefix(self) -> str:
+        """The common prefix, hash tag included: ``fs:{s7}:``."""
+        return f"fs:{{s{self.shard}}}:"
+
+    def sku(self, sku_id: str) -> str:
+        """Hash of a SKU's definition and counters."""
+        return f"{self.prefix}k:{sku_id}"
+
+    def users(self, sku_id: str) -> str:
+        """Hash of units handed out (held + confirmed) per user of a SKU."""
+        return f"{self.prefix}u:{sku_id}"
+
+    def record(self, request_id: str) -> str:
+        """The recorded first answer of a request that took effect."""
+        return f"{self.prefix}r:{request_id}"
+
+    def admin_record(self, request_id: str) -> str:
+        """Marks an admin request as applied, for idempotent admin calls."""
+        return f"{self.prefix}a:{request_id}"
+
+    @property
+    def log(self) -> str:
+        """The shard's log stream: every change of units, in order (the outbox)."""
+        return f"{self.prefix}log"
+
+    @property
+    def hold_expiries(self) -> str:
+        """Sorted set of open holds, scored by expiry (ms, Redis clock)."""
+        return f"{self.prefix}hx"
+
+    @property
+    def sold_out(self) -> str:
+        """Hash of the shard's sold-out SKUs, each with its stock version."""
+        return f"{self.prefix}so"
+
+
+SKU_INDEX_KEY = "fs:skus"
+"""Sorted set of every SKU id (score 0, read by lexicographic range)."""
+
+SOLD_OUT_CHANNEL = "fs:soldout"
+"""Pub/sub channel on which sell-outs and restocks are announced."""

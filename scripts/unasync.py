@@ -1,0 +1,59 @@
+"""Generate the blocking clients (client/_sync.py) from the asyncio ones (client/_async.py).
+
+One hand-written source, two clients that cannot drift: every rule below is
+a plain text substitution, in the manner of httpcore's scripts/unasync.py.
+``python scripts/unasync.py`` writes the file; ``--check`` exits 1 when the
+committed file differs from what would be generated (the unit tests run it).
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+SOURCE = ROOT / "client" / "_async.py"
+TARGET = ROOT / "client" / "_sync.py"
+
+RULES = [
+    (r'"""The asyncio clients: :class:`AsyncStockClient` and :class:`AsyncAdminClient`\.', '"""The blocking clients: :class:`StockClient` and :class:`AdminClient`.'),
+    (r"This is the hand-written source; ``_sync.py`` \(the blocking clients\) is\ngenerated from it by", "GENERATED from ``_async.py`` by"),
+    (r"``scripts/unasync.py``, and a test fails when the two\ndrift apart\.", "``scripts/unasync.py``: do not edit; edit\n``_async.py`` and run the script."),
+    (r"\(asyncio\)", "(blocking)"),
+    (r"^import asyncio\n", ""),
+    (r"\basync def\b", "def"),
+    (r"\basync with\b", "with"),
+    (r"\basync for\b", "for"),
+    (r"\bawait ", ""),
+    (r"\bgrpc\.aio\.", "grpc."),
+    (r"\basyncio\.sleep\b", "time.sleep"),
+    (r"\b_AsyncConnection\b", "_SyncConnection"),
+    (r"\bAsyncStockClient\b", "StockClient"),
+    (r"\bAsyncAdminClient\b", "AdminClient"),
+    (r"\b__aenter__\b", "__enter__"),
+    (r"\b__aexit__\b", "__exit__"),
+]
+
+
+def unasync(source: str) -> str:
+    """The blocking twin of ``source``."""
+    for pattern, replacement in RULES:
+        source = re.sub(pattern, replacement, source, flags=re.MULTILINE)
+    return source
+
+
+def main(argv: list[str]) -> int:
+    generated = unasync(SOURCE.read_text())
+    if "--check" in argv:
+        if not TARGET.exists() or TARGET.read_text() != generated:
+            print(f"{TARGET.relative_to(ROOT)} is out of date: run python scripts/unasync.py", file=sys.stderr)
+            return 1
+        return 0
+    TARGET.write_text(generated)
+    print(f"wrote {TARGET.relative_to(ROOT)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,146 @@
+"""The node's settings: declared once, read once, handed on as a frozen value.
+
+:class:`NodeConfig` declares every setting with its default and its help.
+:func:`load_config` reads them with pydantic-settings, in this order of
+precedence: command-line flags > ``FLASHSTOCK_*`` environment variables > the
+TOML config file (``--config`` / ``FLASHSTOCK_CONFIG``) > defaults. The CLI
+builds ``flashstock serve``'s flags from the same declaration, so ``--help``
+lists every setting.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pydantic
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+
+def _setting(default: Any, help: str) -> Any:
+    return field(default=default, metadata={"help": help})
+
+
+@dataclass(frozen=True)
+class NodeConfig:
+    """Everything a node is told at start. A default instance is ``NodeConfig()``."""
+
+    host: str = _setting("127.0.0.1", "Address the gRPC server binds to.")
+    port: int = _setting(50051, "gRPC port; 0 picks a free one (printed at start).")
+    redis_url: str = _setting("redis://127.0.0.1:6379/0", "Redis holding the stock (redis://host:port/db).")
+    shards: int = _setting(64, "Logical shards; must match every other node and client of the cluster.")
+    workers: int = _setting(1, "Server processes sharing the port (SO_REUSEPORT); 0 = one per core.")
+    request_ttl_s: int = _setting(
+        86400,
+        "How long a request's first answer is kept for retries, seconds. Far longer than any client's "
+        "retry window (the client gives up after its deadline, 10 s by default).",
+    )
+    default_hold_ms: int = _setting(600_000, "Hold length when a Hold asks for 0, ms.")
+    reap_interval_ms: int = _setting(200, "How often expired holds are looked for, ms.")
+    redis_pool_size: int = _setting(256, "Most Redis connections per worker process.")
+    redis_timeout_s: float = _setting(2.0, "Redis socket timeout, seconds; a timeout answers UNAVAILABLE.")
+    grace_s: float = _setting(5.0, "On SIGTERM: seconds in-flight calls get to finish.")
+    log_level: str = _setting("INFO", "Logging level: DEBUG, INFO, WARNING, ERROR.")
+
+    def __post_init__(self) -> None:
+        problems = config_problems(self)
+        if problems:
+            raise ValueError("; ".join(problems))
+
+
+def config_problems(config: NodeConfig) -> list[str]:
+    """What is wrong with ``config``, each naming its setting."""
+    out = []
+    if not 0 <= config.port <= 65535:
+        out.append(f"port: {config.port} is not 0-65535")
+    if not config.redis_url.startswith(("redis://", "rediss://", "unix://")):
+        out.append(f"redis_url: {config.redis_url!r} is not a redis://, rediss:// or unix:// URL")
+    if not 1 <= config.shards <= 16384:
+        out.append(f"shards: {config.shards} is not 1-16384")
+    if config.workers < 0:
+        out.append(f"workers: {config.workers} is negative")
+    for name in ("request_ttl_s", "default_hold_ms", "reap_interval_ms", "redis_pool_size"):
+        if getattr(config, name) <= 0:
+            out.append(f"{name}: must be > 0")
+    if config.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
+        out.append(f"log_level: {config.log_level!r} is not DEBUG, INFO, WARNING or ERROR")
+    return out
+
+
+def setting_help() -> dict[str, tuple[Any, str]]:
+    """Each setting's default and help, in declaration order (for the CLI)."""
+    return {f.name: (f.default, f.metadata["help"]) for f in dataclasses.fields(NodeConfig)}
+
+
+class _TomlSource(PydanticBaseSettingsSource):
+    def __init__(self, settings_cls: type[BaseSettings], path: Path | None) -> None:
+        super().__init__(settings_cls)
+        self._data: dict[str, Any] = {}
+        if path is not None:
+            try:
+                with path.open("rb") as f:
+                    data = tomllib.load(f)
+            except FileNotFoundError:
+                raise ValueError(f"config: file {str(path)!r} does not exist") from None
+            except tomllib.TOMLDecodeError as exc:
+                raise ValueError(f"config: {path} is not valid TOML: {exc}") from None
+            # Either top-level keys or a [flashstock] table.
+            self._data = data.get("flashstock", data)
+            unknown = set(self._data) - {f.name for f in dataclasses.fields(NodeConfig)}
+            if unknown:
+                raise ValueError(f"config: {path} has unknown settings: {', '.join(sorted(unknown))}")
+
+    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:
+        return self._data.get(field_name), field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        return dict(self._data)
+
+
+def _settings_class(env: Mapping[str, str], path: Path | None) -> type[BaseSettings]:
+    hints = typing.get_type_hints(NodeConfig)
+    fields = {f.name: (hints[f.name], f.default) for f in dataclasses.fields(NodeConfig)}
+
+    class _Settings(BaseSettings):
+        model_config = SettingsConfigDict(env_prefix="FLASHSTOCK_", extra="forbid")
+
+        @classmethod
+        def settings_customise_sources(cls, settings_cls, init_settings, env_settings, dotenv_settings, file_secret_settings):  # type: ignore[override]
+            from pydantic_settings import EnvSettingsSource
+
+            env_source = EnvSettingsSource(settings_cls, env_prefix="FLASHSTOCK_", case_sensitive=False)
+            env_source.env_vars = {k.lower(): v for k, v in env.items()}
+            return (init_settings, env_source, _TomlSource(settings_cls, path))
+
+    return pydantic.create_model("NodeSettings", __base__=_Settings, **fields)  # type: ignore[call-overload]
+
+
+def load_config(
+    flags: Mapping[str, Any] | None = None,
+    env: Mapping[str, str] | None = None,
+    config_file: str | Path | None = None,
+) -> NodeConfig:
+    """Read the settings once: ``flags`` > ``env`` (``FLASHSTOCK_*``) > config file > defaults.
+
+    ``env`` defaults to ``os.environ``; tests pass their own. ``config_file``
+    defaults to ``FLASHSTOCK_CONFIG`` from ``env``. Raises ``ValueError``
+    naming each bad setting.
+    """
+    import os
+
+    env = dict(os.environ if env is None else env)
+    path = config_file or env.get("FLASHSTOCK_CONFIG")
+    env = {k: v for k, v in env.items() if k.upper().startswith("FLASHSTOCK_") and k.upper() != "FLASHSTOCK_CONFIG"}
+    given = {k: v for k, v in (flags or {}).items() if v is not None}
+    settings_cls = _settings_class(env, Path(path) if path else None)
+    try:
+        settings = settings_cls(**given)
+    except pydantic.ValidationError as exc:
+        problems = [f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()]
+        raise ValueError("; ".join(problems)) from None
+    return NodeConfig(**settings.model_dump())

@@ -1,0 +1,248 @@
+"""A flashstock node: the gRPC server, its Redis, and its background duties.
+
+One :class:`Node` per process. With ``workers > 1``, :func:`serve` starts that
+many processes sharing one port (SO_REUSEPORT); each keeps its own sold-out
+memory in step over pub/sub, and worker 0 runs the per-node duties (today the
+reaper of expired holds; the shard owners' duties of the cluster issue will be
+started from :meth:`Node._start_duties`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import multiprocessing
+import multiprocessing.queues
+import os
+import queue
+import signal
+import socket
+import sys
+from dataclasses import replace
+
+import grpc
+import redis.asyncio as aioredis
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from flashstock.v1 import admin_pb2_grpc, stock_pb2_grpc
+
+from ._config import NodeConfig
+from ._servicer import SERVICE_NAMES, AdminServicer, StockServicer
+from ._soldout import SoldOutBook, SoldOutListener
+from ._stock import StockStore, StoreLimits
+
+log = logging.getLogger(__name__)
+
+READY_LINE = "flashstock node serving on"
+"""The start of the line a node prints once it serves (tests and scripts wait for it)."""
+
+
+class StartupError(Exception):
+    """The node cannot start; the message names the setting to fix."""
+
+
+class Node:
+    """One server process: gRPC services, health, reflection, sold-out feed, duties."""
+
+    def __init__(self, config: NodeConfig, worker_index: int = 0) -> None:
+        self.config = config
+        self.worker_index = worker_index
+        self.book = SoldOutBook()
+        self.redis = aioredis.Redis(
+            connection_pool=aioredis.BlockingConnectionPool.from_url(
+                config.redis_url,
+                max_connections=config.redis_pool_size,
+                timeout=config.redis_timeout_s,
+                socket_timeout=config.redis_timeout_s,
+                socket_connect_timeout=config.redis_timeout_s,
+            )
+        )
+        self.store = StockStore(
+            self.redis,
+            config.shards,
+            self.book,
+            StoreLimits(request_ttl_s=config.request_ttl_s, default_hold_ms=config.default_hold_ms),
+        )
+        self.stock_servicer = StockServicer(self.store, self.book)
+        self.health = health.aio.HealthServicer()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._server: grpc.aio.Server | None = None
+        self.port = 0
+
+    async def start(self) -> int:
+        """Connect to Redis, start serving; returns the bound port."""
+        await self._connect_redis()
+        await self.store.load_scripts()
+        listener = SoldOutListener(self.redis, self.book, self.config.shards)
+        self._tasks.append(asyncio.create_task(listener.run(), name="sold-out feed"))
+        try:
+            await asyncio.wait_for(listener.ready.wait(), timeout=10)
+        except TimeoutError:
+            raise StartupError("redis_url: the sold-out feed could not subscribe within 10 s") from None
+        if self.worker_index == 0:
+            self._start_duties()
+
+        options = [("grpc.so_reuseport", 1 if self.config.workers != 1 else 0)]
+        server = grpc.aio.server(options=options)
+        stock_pb2_grpc.add_StockServiceServicer_to_server(self.stock_servicer, server)
+        admin_pb2_grpc.add_AdminServiceServicer_to_server(AdminServicer(self.store), server)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
+        reflection.enable_server_reflection((*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
+        try:
+            self.port = server.add_insecure_port(f"{self.config.host}:{self.config.port}")
+        except RuntimeError as exc:
+            raise StartupError(f"host/port: cannot bind {self.config.host}:{self.config.port}: {exc}") from None
+        await server.start()
+        self._server = server
+        for name in ("", *SERVICE_NAMES):
+            await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        return self.port
+
+    async def _connect_redis(self) -> None:
+        # Give a Redis that is still starting (a pod beside us) a few seconds.
+        deadline = asyncio.get_running_loop().time() + 10
+        while True:
+            try:
+                await self.redis.ping()
+                return
+            except Exception as exc:  # noqa: BLE001 - reported below, naming the setting
+                if asyncio.get_running_loop().time() > deadline:
+                    raise StartupError(f"redis_url: cannot reach Redis at {self.config.redis_url}: {exc}") from None
+                await asyncio.sleep(0.2)
+
+    def _start_duties(self) -> None:
+        self._tasks.append(asyncio.create_task(self._reaper(), name="hold reaper"))
+
+    async def _reaper(self) -> None:
+        interval = self.config.reap_interval_ms / 1000
+        while True:
+            try:
+                expired = await self.store.reap_due()
+                if expired:
+                    log.debug("expired %d holds", expired)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - the next round tries again
+                log.warning("reaper: %s", exc)
+            await asyncio.sleep(interval)
+
+    async def stop(self, grace: float | None = None) -> None:
+        """Stop taking calls, give in-flight ones ``grace`` seconds, stop duties."""
+        for name in ("", *SERVICE_NAMES):
+            await self.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+        if self._server is not None:
+            await self._server.stop(self.config.grace_s if grace is None else grace)
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        await self.redis.aclose()
+
+    async def run_until_signalled(self) -> None:
+        """Serve until SIGTERM or SIGINT, then stop gracefully."""
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await stop.wait()
+        await self.stop()
+
+
+def _setup_logging(config: NodeConfig) -> None:
+    logging.basicConfig(
+        level=config.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s[%(process)d]: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+def _run(coro_factory) -> None:  # type: ignore[no-untyped-def]
+    try:
+        import uvloop
+    except ImportError:
+        asyncio.run(coro_factory())
+    else:
+        uvloop.run(coro_factory())
+
+
+async def _serve_one(config: NodeConfig, worker_index: int, on_ready) -> None:  # type: ignore[no-untyped-def]
+    node = Node(config, worker_index)
+    try:
+        port = await node.start()
+    except BaseException:
+        await node.stop(0)
+        raise
+    on_ready(port)
+    await node.run_until_signalled()
+
+
+def _announce(config: NodeConfig, port: int) -> None:
+    print(f"{READY_LINE} {config.host}:{port} (shards={config.shards}, workers={config.workers})", flush=True)
+
+
+def _worker_main(config: NodeConfig, worker_index: int, ready: multiprocessing.queues.Queue) -> None:
+    _setup_logging(config)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent turns Ctrl-C into SIGTERM
+    try:
+        _run(lambda: _serve_one(config, worker_index, ready.put))
+    except StartupError as exc:
+        log.error("worker %d cannot start: %s", worker_index, exc)
+        sys.exit(2)
+
+
+def _free_port(host: str) -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def serve(config: NodeConfig) -> int:
+    """Run a node until signalled; returns the process exit code."""
+    _setup_logging(config)
+    workers = config.workers or os.cpu_count() or 1
+    if workers == 1:
+        config = replace(config, workers=1)
+        try:
+            _run(lambda: _serve_one(config, 0, lambda port: _announce(config, port)))
+        except StartupError as exc:
+            print(f"flashstock: cannot start: {exc}", file=sys.stderr)
+            return 2
+        return 0
+    if config.port == 0:
+        config = replace(config, port=_free_port(config.host))
+    config = replace(config, workers=workers)
+    ctx = multiprocessing.get_context("spawn")
+    ready = ctx.Queue()
+    procs = [
+        ctx.Process(target=_worker_main, args=(config, i, ready), name=f"flashstock-worker-{i}")
+        for i in range(workers)
+    ]
+    for p in procs:
+        p.start()
+
+    def forward(signum: int, _frame: object) -> None:
+        for p in procs:
+            if p.is_alive():
+                os.kill(p.pid, signal.SIGTERM)
+
+    signal.signal(signal.SIGTERM, forward)
+    signal.signal(signal.SIGINT, forward)
+    started = 0
+    while started < workers and all(p.is_alive() for p in procs):
+        try:
+            ready.get(timeout=0.2)
+            started += 1
+        except queue.Empty:
+            pass
+    if started == workers:
+        _announce(config, config.port)
+    else:
+        print("flashstock: cannot start: a worker exited during start (see its log above)", file=sys.stderr)
+        forward(signal.SIGTERM, None)
+    for p in procs:
+        p.join()
+    failed = [p for p in procs if p.exitcode not in (0, -signal.SIGTERM)]
+    return 2 if started < workers or failed else 0

@@ -1,0 +1,165 @@
+"""Turning the replies of the Lua scripts into typed results or errors.
+
+Pure functions: every script reply shape (see the header of each .lua file)
+is decoded here and nowhere else, and unit-tested on every code.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from flashstock.client import (
+    AdminResult,
+    BatchItemResult,
+    BatchResult,
+    Deduction,
+    DeductionState,
+    DeductResult,
+    InvalidArgument,
+    FieldViolation,
+    Mode,
+    Outcome,
+    RequestIdReused,
+    SettleResult,
+    Sku,
+    SkuNotFound,
+    StockBelowHandedOut,
+)
+
+_OUTCOMES = {
+    "OK": Outcome.OK,
+    "DUP": Outcome.DUPLICATE,
+    "SOLD_OUT": Outcome.SOLD_OUT,
+    "INSUFFICIENT": Outcome.INSUFFICIENT,
+    "LIMIT": Outcome.LIMIT,
+    "NOT_ON_SALE": Outcome.NOT_ON_SALE,
+    "HOLD_NOT_FOUND": Outcome.HOLD_NOT_FOUND,
+    "HOLD_EXPIRED": Outcome.HOLD_EXPIRED,
+    "HOLD_RELEASED": Outcome.HOLD_RELEASED,
+    "HOLD_CONFIRMED": Outcome.HOLD_CONFIRMED,
+}
+
+_STATES = {
+    "H": DeductionState.HELD,
+    "C": DeductionState.CONFIRMED,
+    "R": DeductionState.RELEASED,
+    "X": DeductionState.EXPIRED,
+}
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _deduction(raw: Sequence[Any], request_id: str) -> Deduction | None:
+    # raw[3:] = kind, state, qty, user, sku, taken_ms, exp_ms
+    if len(raw) < 10:
+        return None
+    return Deduction(
+        request_id=request_id,
+        sku_id=_text(raw[7]),
+        user_id=_text(raw[6]),
+        qty=int(raw[5]),
+        state=_STATES[_text(raw[4])],
+        expires_at_ms=int(raw[9]),
+        taken_at_ms=int(raw[8]),
+    )
+
+
+def _common_errors(code: str, raw: Sequence[Any], sku_id: str, request_id: str, field: str = "qty") -> None:
+    if code == "NO_SKU":
+        raise SkuNotFound(f"SKU {sku_id!r} is not defined", sku=sku_id)
+    if code == "MISMATCH":
+        raise RequestIdReused(
+            f"request_id {request_id!r} took effect before with other arguments",
+            request_id=request_id,
+            sku=sku_id,
+        )
+    if code == "QTY_MAX":
+        cap = int(raw[1]) if len(raw) > 1 else 0
+        raise InvalidArgument(
+            f"{field} is above the SKU's max per request ({cap})",
+            [FieldViolation(field, f"must be <= {cap}, the max per request of {sku_id!r}")],
+            sku=sku_id,
+        )
+
+
+def take_result(raw: Sequence[Any], sku_id: str, request_id: str) -> tuple[DeductResult, int]:
+    """Decode deduct.lua's reply: the result and the sold-out stock version (0 = none)."""
+    code = _text(raw[0])
+    _common_errors(code, raw, sku_id, request_id)
+    result = DeductResult(
+        outcome=_OUTCOMES[code],
+        deduction=_deduction(raw, request_id),
+        stock_left=int(raw[1]),
+    )
+    return result, int(raw[2])
+
+
+def settle_result(raw: Sequence[Any], sku_id: str, hold_id: str) -> SettleResult:
+    """Decode settle.lua's reply."""
+    code = _text(raw[0])
+    return SettleResult(
+        outcome=_OUTCOMES[code],
+        deduction=_deduction(raw, hold_id),
+        stock_left=int(raw[1]),
+    )
+
+
+def batch_result(raw: Sequence[Any], sku_ids: Sequence[str], request_id: str) -> BatchResult:
+    """Decode batch.lua's reply."""
+    code = _text(raw[0])
+    if code in ("NO_SKU", "MISMATCH", "QTY_MAX"):
+        index = int(raw[1]) - 1
+        field = f"items[{index}].qty"
+        detail = [code, raw[2]] if len(raw) > 2 else [code]
+        _common_errors(code, detail, sku_ids[index], request_id, field)
+    n = int(raw[1])
+    items = tuple(
+        BatchItemResult(sku_id=sku_ids[i], outcome=_OUTCOMES[_text(raw[2 + 2 * i])], stock_left=int(raw[3 + 2 * i]))
+        for i in range(n)
+    )
+    if code == "OK":
+        outcome = Outcome.OK
+    elif code == "DUP":
+        outcome = Outcome.DUPLICATE
+    else:
+        outcome = next(item.outcome for item in items if item.outcome is not Outcome.OK)
+    return BatchResult(outcome=outcome, items=items)
+
+
+def sku_from_hash(sku_id: str, shard: int, fields: dict[Any, Any]) -> Sku:
+    """A SKU from its Redis hash (HGETALL as a dict)."""
+    f = {_text(k): _text(v) for k, v in fields.items()}
+    return Sku(
+        sku_id=sku_id,
+        total=int(f.get("total", 0)),
+        available=int(f.get("avail", 0)),
+        held=int(f.get("held", 0)),
+        confirmed=int(f.get("conf", 0)),
+        per_user_limit=int(f.get("lim", 0)),
+        max_per_request=int(f.get("maxq", 0)),
+        sale_start_ms=int(f.get("start", 0)),
+        sale_end_ms=int(f.get("end", 0)),
+        paused=f.get("paused", "0") == "1",
+        mode=Mode.DURABLE if f.get("mode") == "durable" else Mode.FAST,
+        shard=shard,
+    )
+
+
+def admin_result(raw: Sequence[Any], sku_id: str, shard: int) -> AdminResult:
+    """Decode put_sku.lua's or adjust_sku.lua's reply."""
+    code = _text(raw[0])
+    if code == "NO_SKU":
+        raise SkuNotFound(f"SKU {sku_id!r} is not defined", sku=sku_id)
+    flat = list(raw[1:])
+    sku = sku_from_hash(sku_id, shard, dict(zip(flat[0::2], flat[1::2])))
+    if code == "BELOW":
+        handed_out = sku.held + sku.confirmed
+        raise StockBelowHandedOut(
+            f"SKU {sku_id!r}: the stock cannot go below the {handed_out} units handed out",
+            handed_out=handed_out,
+            sku=sku_id,
+        )
+    return AdminResult(sku=sku, duplicate=code == "DUP")

@@ -1,0 +1,255 @@
+"""The gRPC servicers: the only server module that speaks protobuf.
+
+Each method validates its request (pure checks, no I/O), answers a sold-out
+SKU from node memory where the promise allows it, makes one store call, and
+turns the typed result into a reply. Errors leave through :func:`_rpc`, which
+maps them with the one table in :mod:`flashstock.client._errors`: a caller
+never sees a stack trace, and the node keeps serving.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import grpc
+from grpc_status import rpc_status
+
+from flashstock.client import (
+    AdminResult,
+    Deduction,
+    FlashstockError,
+    InvalidArgument,
+    FieldViolation,
+    Mode,
+    Sku,
+)
+from flashstock.client._errors import to_status
+from flashstock.v1 import admin_pb2, admin_pb2_grpc, stock_pb2, stock_pb2_grpc
+
+from . import _validate as v
+from ._soldout import SoldOutBook
+from ._stock import StockStore
+
+log = logging.getLogger(__name__)
+
+SERVICE_NAMES = (
+    stock_pb2.DESCRIPTOR.services_by_name["StockService"].full_name,
+    admin_pb2.DESCRIPTOR.services_by_name["AdminService"].full_name,
+)
+"""Full names of the services a node serves (for health and reflection)."""
+
+_R = TypeVar("_R")
+
+
+def _rpc(method: Callable[..., Awaitable[_R]]) -> Callable[..., Awaitable[_R]]:
+    """Map every error a method raises to a gRPC status, in one place."""
+
+    @functools.wraps(method)
+    async def wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext) -> _R:
+        try:
+            return await method(self, request, context)
+        except asyncio.CancelledError:
+            raise
+        except FlashstockError as err:
+            status = rpc_status.to_status(to_status(err))
+        except Exception:
+            log.exception("unexpected error in %s", method.__name__)
+            status = rpc_status.to_status(to_status(FlashstockError("internal error; see the node's log")))
+        await context.abort(status.code, status.details, status.trailing_metadata)
+        raise AssertionError("unreachable: abort raises")
+
+    return wrapper
+
+
+def _check(violations: list) -> None:
+    if violations:
+        fields = ", ".join(sorted({x.field for x in violations}))
+        raise InvalidArgument(f"invalid request: {fields}", violations)
+
+
+def _deduction_pb(d: Deduction | None) -> stock_pb2.Deduction | None:
+    if d is None:
+        return None
+    return stock_pb2.Deduction(
+        request_id=d.request_id,
+        sku_id=d.sku_id,
+        user_id=d.user_id,
+        qty=d.qty,
+        state=int(d.state),
+        expires_at_ms=d.expires_at_ms,
+        taken_at_ms=d.taken_at_ms,
+    )
+
+
+def _sku_pb(s: Sku) -> admin_pb2.Sku:
+    return admin_pb2.Sku(
+        sku_id=s.sku_id,
+        total=s.total,
+        available=s.available,
+        held=s.held,
+        confirmed=s.confirmed,
+        per_user_limit=s.per_user_limit,
+        max_per_request=s.max_per_request,
+        sale_start_ms=s.sale_start_ms,
+        sale_end_ms=s.sale_end_ms,
+        paused=s.paused,
+        mode=int(s.mode),
+        shard=s.shard,
+    )
+
+
+class StockServicer(stock_pb2_grpc.StockServiceServicer):
+    """``flashstock.v1.StockService``."""
+
+    def __init__(self, store: StockStore, book: SoldOutBook) -> None:
+        self._store = store
+        self._book = book
+        self.refused_from_memory = 0
+        """Attempts refused as sold out without touching Redis."""
+
+    def _sold_out_reply(self, request: Any, reply_type: type) -> Any:
+        # A retry always goes to the script: a request that succeeded before
+        # the sell-out must get its first answer, not SOLD_OUT.
+        if not request.retry and request.sku_id in self._book:
+            self.refused_from_memory += 1
+            return reply_type(outcome=stock_pb2.OUTCOME_SOLD_OUT, stock_left=0)
+        return None
+
+    @_rpc
+    async def Deduct(self, request: stock_pb2.DeductRequest, context: Any) -> stock_pb2.DeductReply:
+        _check(v.take_violations(request.sku_id, request.user_id, request.qty, request.request_id))
+        refused = self._sold_out_reply(request, stock_pb2.DeductReply)
+        if refused is not None:
+            return refused
+        r = await self._store.take(request.sku_id, request.user_id, request.qty, request.request_id)
+        return stock_pb2.DeductReply(outcome=int(r.outcome), deduction=_deduction_pb(r.deduction), stock_left=r.stock_left)
+
+    @_rpc
+    async def Hold(self, request: stock_pb2.HoldRequest, context: Any) -> stock_pb2.HoldReply:
+        _check(
+            v.take_violations(request.sku_id, request.user_id, request.qty, request.request_id)
+            + v.hold_ttl_violations(request.ttl_ms)
+        )
+        refused = self._sold_out_reply(request, stock_pb2.HoldReply)
+        if refused is not None:
+            return refused
+        r = await self._store.hold(request.sku_id, request.user_id, request.qty, request.request_id, request.ttl_ms)
+        return stock_pb2.HoldReply(outcome=int(r.outcome), deduction=_deduction_pb(r.deduction), stock_left=r.stock_left)
+
+    @_rpc
+    async def Confirm(self, request: stock_pb2.ConfirmRequest, context: Any) -> stock_pb2.ConfirmReply:
+        _check(v.settle_violations(request.sku_id, request.hold_id, request.request_id))
+        r = await self._store.settle(request.sku_id, request.hold_id, request.request_id, confirm=True)
+        return stock_pb2.ConfirmReply(outcome=int(r.outcome), deduction=_deduction_pb(r.deduction))
+
+    @_rpc
+    async def Release(self, request: stock_pb2.ReleaseRequest, context: Any) -> stock_pb2.ReleaseReply:
+        _check(v.settle_violations(request.sku_id, request.hold_id, request.request_id))
+        r = await self._store.settle(request.sku_id, request.hold_id, request.request_id, confirm=False)
+        return stock_pb2.ReleaseReply(outcome=int(r.outcome), deduction=_deduction_pb(r.deduction), stock_left=r.stock_left)
+
+    @_rpc
+    async def GetStock(self, request: stock_pb2.GetStockRequest, context: Any) -> stock_pb2.GetStockReply:
+        _check(v.id_violations("sku_id", request.sku_id))
+        s = await self._store.stock_level(request.sku_id)
+        return stock_pb2.GetStockReply(
+            sku_id=s.sku_id, total=s.total, available=s.available, held=s.held, confirmed=s.confirmed, sold_out=s.sold_out
+        )
+
+    @_rpc
+    async def BatchDeduct(self, request: stock_pb2.BatchDeductRequest, context: Any) -> stock_pb2.BatchDeductReply:
+        items = [(item.sku_id, item.qty) for item in request.items]
+        _check(v.batch_violations(request.user_id, items, request.request_id))
+        if not request.retry:
+            sold = [i for i, (sku_id, _) in enumerate(items) if sku_id in self._book]
+            if sold:
+                self.refused_from_memory += 1
+                return stock_pb2.BatchDeductReply(
+                    outcome=stock_pb2.OUTCOME_SOLD_OUT,
+                    items=[
+                        stock_pb2.BatchItemResult(
+                            sku_id=sku_id,
+                            outcome=stock_pb2.OUTCOME_SOLD_OUT if i in sold else stock_pb2.OUTCOME_OK,
+                            stock_left=0 if i in sold else -1,
+                        )
+                        for i, (sku_id, _) in enumerate(items)
+                    ],
+                )
+        r = await self._store.batch(request.user_id, items, request.request_id)
+        return stock_pb2.BatchDeductReply(
+            outcome=int(r.outcome),
+            items=[stock_pb2.BatchItemResult(sku_id=i.sku_id, outcome=int(i.outcome), stock_left=i.stock_left) for i in r.items],
+        )
+
+
+class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
+    """``flashstock.v1.AdminService``."""
+
+    def __init__(self, store: StockStore) -> None:
+        self._store = store
+
+    @staticmethod
+    def _admin_reply(reply_type: type, r: AdminResult) -> Any:
+        return reply_type(sku=_sku_pb(r.sku), duplicate=r.duplicate)
+
+    @_rpc
+    async def PutSku(self, request: admin_pb2.PutSkuRequest, context: Any) -> admin_pb2.PutSkuReply:
+        _check(
+            v.put_violations(
+                request.sku_id,
+                request.stock,
+                request.per_user_limit,
+                request.max_per_request,
+                request.sale_start_ms,
+                request.sale_end_ms,
+                request.request_id,
+            )
+        )
+        r = await self._store.put_sku(
+            request.sku_id,
+            request.stock,
+            request.per_user_limit,
+            request.max_per_request,
+            request.sale_start_ms,
+            request.sale_end_ms,
+            Mode.DURABLE if request.mode == admin_pb2.MODE_DURABLE else Mode.FAST,
+            request.request_id,
+        )
+        return self._admin_reply(admin_pb2.PutSkuReply, r)
+
+    @_rpc
+    async def GetSku(self, request: admin_pb2.GetSkuRequest, context: Any) -> admin_pb2.GetSkuReply:
+        _check(v.id_violations("sku_id", request.sku_id))
+        return admin_pb2.GetSkuReply(sku=_sku_pb(await self._store.get_sku(request.sku_id)))
+
+    @_rpc
+    async def ListSkus(self, request: admin_pb2.ListSkusRequest, context: Any) -> admin_pb2.ListSkusReply:
+        if request.page_size > 1000:
+            _check([FieldViolation("page_size", f"must be 0 to 1000, not {request.page_size}")])
+        page = await self._store.list_skus(request.prefix, request.page_size or 100, request.page_token)
+        return admin_pb2.ListSkusReply(skus=[_sku_pb(s) for s in page.skus], next_page_token=page.next_page_token)
+
+    @_rpc
+    async def AdjustStock(self, request: admin_pb2.AdjustStockRequest, context: Any) -> admin_pb2.AdjustStockReply:
+        _check(v.adjust_violations(request.sku_id, request.delta, request.request_id))
+        r = await self._store.change_sku(request.sku_id, "adjust", request.request_id, request.delta)
+        return self._admin_reply(admin_pb2.AdjustStockReply, r)
+
+    @_rpc
+    async def PauseSku(self, request: admin_pb2.PauseSkuRequest, context: Any) -> admin_pb2.PauseSkuReply:
+        _check(v.id_violations("sku_id", request.sku_id) + v.id_violations("request_id", request.request_id))
+        r = await self._store.change_sku(request.sku_id, "pause", request.request_id)
+        return admin_pb2.PauseSkuReply(sku=_sku_pb(r.sku))
+
+    @_rpc
+    async def ResumeSku(self, request: admin_pb2.ResumeSkuRequest, context: Any) -> admin_pb2.PauseSkuReply:
+        _check(v.id_violations("sku_id", request.sku_id) + v.id_violations("request_id", request.request_id))
+        r = await self._store.change_sku(request.sku_id, "resume", request.request_id)
+        return admin_pb2.PauseSkuReply(sku=_sku_pb(r.sku))
+
+
+__all__ = ["SERVICE_NAMES", "AdminServicer", "StockServicer"]

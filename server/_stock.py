@@ -1,0 +1,226 @@
+"""The stock store: flashstock's operations as Redis script calls.
+
+A thin adapter: it names the keys (:class:`~flashstock.lockmgr.ShardKeys`),
+runs one script per operation, and hands the reply to the pure decoders in
+:mod:`._replies`. Redis connection failures surface as
+:class:`~flashstock.client.Unavailable`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+
+import redis.asyncio as aioredis
+import redis.exceptions
+
+from flashstock.client import (
+    AdminResult,
+    BatchResult,
+    DeductResult,
+    Mode,
+    SettleResult,
+    Sku,
+    SkuNotFound,
+    SkuPage,
+    StockLevel,
+    Unavailable,
+)
+from flashstock.lockmgr import SKU_INDEX_KEY, ShardKeys, shard_of
+
+from . import _replies
+from ._scripts import StockScripts
+from ._soldout import SoldOutBook
+
+
+@dataclass(frozen=True)
+class StoreLimits:
+    """Times the store applies to what it records."""
+
+    request_ttl_s: int = 86400
+    """How long a request's first answer is kept for retries (seconds)."""
+    default_hold_ms: int = 600_000
+    """Hold length when a Hold asks for 0."""
+
+
+@contextlib.asynccontextmanager
+async def _redis_errors() -> AsyncIterator[None]:
+    try:
+        yield
+    except redis.exceptions.BusyLoadingError as exc:  # a ConnectionError: test it first
+        raise Unavailable("Redis is loading its data", retry_after=0.5) from exc
+    except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError) as exc:
+        raise Unavailable(f"Redis is unreachable: {exc}", retry_after=0.2) from exc
+
+
+class StockStore:
+    """Every stock operation, one script call each, on one Redis."""
+
+    def __init__(
+        self,
+        redis: aioredis.Redis,
+        shards: int,
+        book: SoldOutBook,
+        limits: StoreLimits = StoreLimits(),
+    ) -> None:
+        self._redis = redis
+        self._shards = shards
+        self._book = book
+        self._limits = limits
+        self._scripts = StockScripts.register(redis)
+
+    @property
+    def shards(self) -> int:
+        """The number of logical shards."""
+        return self._shards
+
+    def keys(self, sku_id: str) -> ShardKeys:
+        """The key names of ``sku_id``'s shard."""
+        return ShardKeys(shard_of(sku_id, self._shards))
+
+    async def load_scripts(self) -> None:
+        """Load every script into Redis now (else on first use)."""
+        async with _redis_errors():
+            await self._scripts.load(self._redis)
+
+    async def take(
+        self, sku_id: str, user_id: str, qty: int, request_id: str, hold_ms: int = 0
+    ) -> DeductResult:
+        """Deduct (``hold_ms == 0``) or hold ``qty`` units: one script call."""
+        k = self.keys(sku_id)
+        if hold_ms == 0:
+            ttl_s = self._limits.request_ttl_s
+        else:
+            # A hold's record outlives the hold, so settling it late still finds it.
+            ttl_s = max(self._limits.request_ttl_s, hold_ms // 1000 + 3600)
+        async with _redis_errors():
+            raw = await self._scripts.deduct(
+                keys=[k.sku(sku_id), k.users(sku_id), k.record(request_id), k.log, k.hold_expiries, k.sold_out],
+                args=[sku_id, user_id, qty, request_id, hold_ms, ttl_s],
+            )
+        result, sold_out_sv = _replies.take_result(raw, sku_id, request_id)
+        if sold_out_sv:
+            self._book.learn(sku_id, sold_out_sv, True)
+        return result
+
+    async def hold(self, sku_id: str, user_id: str, qty: int, request_id: str, ttl_ms: int) -> DeductResult:
+        """Hold ``qty`` units for ``ttl_ms`` (0 = the default hold length)."""
+        return await self.take(sku_id, user_id, qty, request_id, ttl_ms or self._limits.default_hold_ms)
+
+    async def settle(self, sku_id: str, hold_id: str, request_id: str, confirm: bool) -> SettleResult:
+        """Confirm or release the hold ``hold_id``."""
+        k = self.keys(sku_id)
+        async with _redis_errors():
+            raw = await self._scripts.settle(
+                keys=[k.record(hold_id), k.log],
+                args=["C" if confirm else "R", request_id, sku_id, k.prefix],
+            )
+        return _replies.settle_result(raw, sku_id, hold_id)
+
+    async def batch(self, user_id: str, items: Sequence[tuple[str, int]], request_id: str) -> BatchResult:
+        """Take every item, or none."""
+        keys: list[str] = []
+        args: list[str | int] = [user_id, request_id, self._limits.request_ttl_s]
+        for i, (sku_id, qty) in enumerate(items, start=1):
+            k = self.keys(sku_id)
+            keys += [k.sku(sku_id), k.users(sku_id), k.record(f"{request_id}#{i}"), k.log, k.sold_out]
+            args += [sku_id, qty]
+        async with _redis_errors():
+            raw = await self._scripts.batch(keys=keys, args=args)
+        return _replies.batch_result(raw, [sku for sku, _ in items], request_id)
+
+    async def stock_level(self, sku_id: str) -> StockLevel:
+        """The counters of ``sku_id``."""
+        sku = await self.get_sku(sku_id)
+        return StockLevel(sku.sku_id, sku.total, sku.available, sku.held, sku.confirmed)
+
+    async def get_sku(self, sku_id: str) -> Sku:
+        """The definition and counters of ``sku_id``."""
+        k = self.keys(sku_id)
+        async with _redis_errors():
+            fields = await self._redis.hgetall(k.sku(sku_id))
+        if not fields:
+            raise SkuNotFound(f"SKU {sku_id!r} is not defined", sku=sku_id)
+        return _replies.sku_from_hash(sku_id, k.shard, fields)
+
+    async def list_skus(self, prefix: str, page_size: int, page_token: str) -> SkuPage:
+        """A page of SKUs in id order, starting after ``page_token``."""
+        start = f"({page_token}" if page_token else (f"[{prefix}" if prefix else "-")
+        stop = f"[{prefix}\xff" if prefix else "+"
+        async with _redis_errors():
+            ids = await self._redis.zrangebylex(SKU_INDEX_KEY, start, stop, start=0, num=page_size + 1)
+            names = [i.decode() for i in ids]
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for sku_id in names[:page_size]:
+                    pipe.hgetall(self.keys(sku_id).sku(sku_id))
+                hashes = await pipe.execute()
+        skus = tuple(
+            _replies.sku_from_hash(sku_id, self.keys(sku_id).shard, fields)
+            for sku_id, fields in zip(names, hashes)
+            if fields
+        )
+        more = len(names) > page_size
+        return SkuPage(skus=skus, next_page_token=names[page_size - 1] if more else "")
+
+    async def put_sku(
+        self,
+        sku_id: str,
+        stock: int,
+        per_user_limit: int,
+        max_per_request: int,
+        sale_start_ms: int,
+        sale_end_ms: int,
+        mode: Mode,
+        request_id: str,
+    ) -> AdminResult:
+        """Define ``sku_id`` (again), restarting its sale."""
+        k = self.keys(sku_id)
+        async with _redis_errors():
+            # The index first: a SKU may be listed a moment before it exists,
+            # never exist without being listed.
+            await self._redis.zadd(SKU_INDEX_KEY, {sku_id: 0})
+            raw = await self._scripts.put_sku(
+                keys=[k.sku(sku_id), k.users(sku_id), k.sold_out, k.admin_record(request_id), k.log],
+                args=[
+                    sku_id,
+                    stock,
+                    per_user_limit,
+                    max_per_request,
+                    sale_start_ms,
+                    sale_end_ms,
+                    "durable" if mode is Mode.DURABLE else "fast",
+                    self._limits.request_ttl_s,
+                ],
+            )
+        return _replies.admin_result(raw, sku_id, k.shard)
+
+    async def change_sku(self, sku_id: str, op: str, request_id: str, delta: int = 0) -> AdminResult:
+        """Adjust stock by ``delta`` (op ``adjust``), or ``pause`` / ``resume``."""
+        k = self.keys(sku_id)
+        async with _redis_errors():
+            raw = await self._scripts.adjust_sku(
+                keys=[k.sku(sku_id), k.sold_out, k.admin_record(request_id), k.log],
+                args=[sku_id, op, delta, self._limits.request_ttl_s],
+            )
+        return _replies.admin_result(raw, sku_id, k.shard)
+
+    async def reap_due(self, most_per_shard: int = 500) -> int:
+        """Expire every hold whose time has passed; returns how many.
+
+        One pipelined read finds the shards whose earliest hold is due (by
+        Redis's clock); only those get a script call.
+        """
+        async with _redis_errors():
+            async with self._redis.pipeline(transaction=False) as pipe:
+                pipe.time()
+                for shard in range(self._shards):
+                    pipe.zrange(ShardKeys(shard).hold_expiries, 0, 0, withscores=True)
+                now_s, *earliest = await pipe.execute()
+            now_ms = now_s[0] * 1000 + now_s[1] // 1000
+            expired = 0
+            for shard, first in enumerate(earliest):
+                if first and first[0][1] <= now_ms:
+                    k = ShardKeys(shard)
+                    expired += await self._scripts.reap(keys=[k.hold_expiries, k.log], args=[k.prefix, most_per_shard])
+        return expired

@@ -1,0 +1,24 @@
+-- reap.lua: return the units of a shard's holds whose expiry has passed.
+--
+-- Each due hold is expired exactly once: its record moves held -> expired in
+-- the same step as the units go back, and a Confirm or Release that comes
+-- later finds it expired (settle.lua).
+--
+-- KEYS[1] hold expiries (sorted set)   KEYS[2] shard log
+-- ARGV[1] key prefix of the shard ('fs:{s<n>}:')   ARGV[2] most holds to reap
+--
+-- Returns the number of holds expired.
+local prefix, most = ARGV[1], tonumber(ARGV[2])
+local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now_ms(), 'LIMIT', 0, most)
+local expired = 0
+for _, hold_id in ipairs(due) do
+  local rec_key = prefix .. 'r:' .. hold_id
+  local rec = load_record(rec_key)
+  redis.call('ZREM', KEYS[1], hold_id)
+  if rec and rec[2] == 'H' then
+    give_back(prefix, rec_key, rec, 'X', '')
+    log_event(KEYS[2], 'X', hold_id, rec)
+    expired = expired + 1
+  end
+end
+return expired
