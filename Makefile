@@ -1,0 +1,37 @@
+# flashstock: `make demo` runs a flash sale, `make test` runs the tests.
+# Each target sets up what it needs first (scripts/setup.sh).
+VENV ?= .venv
+BIN := $(VENV)/bin
+PYTEST_ARGS ?=
+
+.PHONY: setup demo test test-fast test-slow bench gen sync-client clean
+
+setup:
+	@VENV=$(VENV) bash scripts/setup.sh
+
+demo: setup
+	$(BIN)/flashstock demo
+
+test: setup
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+test-fast: setup
+	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
+
+test-slow: setup
+	$(BIN)/python -m pytest -m slow $(PYTEST_ARGS)
+
+bench: setup
+	$(BIN)/flashstock bench
+
+# Regenerate the stubs after editing protos/ (pip install -e does it too).
+gen: setup
+	$(BIN)/python scripts/gen_protos.py
+
+# Regenerate client/_sync.py after editing client/_async.py.
+sync-client:
+	python3 scripts/unasync.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache .hypothesis
+	find protos -name '*_pb2*.py*' -delete

@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# Set up everything flashstock needs on Debian 12: the Debian packages of the
+# servers it runs (redis-server), a virtual environment in .venv, and the
+# package installed editable with its stubs generated from protos/.
+# Idempotent: run it again and it only does what is missing.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PYTHON=${PYTHON:-python3}
+VENV=${VENV:-.venv}
+APT_PACKAGES=(redis-server)
+
+missing=()
+command -v redis-server >/dev/null 2>&1 || [ -x /usr/bin/redis-server ] || missing+=(redis-server)
+if ! "$PYTHON" -c 'import sys; assert sys.version_info >= (3, 11)' 2>/dev/null; then
+  echo "flashstock needs Python 3.11 or newer as '$PYTHON' (set PYTHON=...)." >&2
+  exit 1
+fi
+if [ ! -x "$VENV/bin/python" ] && ! "$PYTHON" -c 'import ensurepip, venv' 2>/dev/null; then
+  missing+=(python3-venv)
+fi
+
+if [ ${#missing[@]} -gt 0 ]; then
+  if [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "==> installing Debian packages: ${missing[*]}"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+  else
+    echo "flashstock needs these Debian packages: ${missing[*]}" >&2
+    echo "install them as root:  apt-get install -y ${missing[*]}" >&2
+    exit 1
+  fi
+fi
+
+if [ ! -x "$VENV/bin/python" ]; then
+  echo "==> creating the virtual environment $VENV"
+  "$PYTHON" -m venv "$VENV"
+fi
+stamp="$VENV/.flashstock-installed"
+if [ ! -f "$stamp" ] || [ -n "$(find pyproject.toml setup.py protos scripts/gen_protos.py -newer "$stamp" -print -quit)" ]; then
+  echo "==> installing flashstock (editable) with its test tools; generating stubs from protos/"
+  "$VENV/bin/python" -m pip install -q --upgrade pip
+  "$VENV/bin/python" -m pip install -q -e '.[test]'
+  touch "$stamp"
+fi

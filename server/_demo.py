@@ -1,0 +1,188 @@
+"""``flashstock demo``: a flash sale on a Redis and a node of its own.
+
+A crowd of buyers (some sending their request again with the same request
+id) goes through the typed async client at one hot SKU; at the end the demo
+checks the promises: units handed out equal the stock, never more; no user
+above the limit; every retry of a request that took effect got its first
+answer. Everything it starts is stopped on exit, Ctrl-C included.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+import uuid
+from collections import Counter
+from dataclasses import dataclass, field
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from flashstock.client import AsyncAdminClient, AsyncStockClient, ClientConfig, DeductResult, Outcome
+
+from ._procs import NodeProcess, RedisServer
+
+SKU = "demo-hot-sku"
+
+
+@dataclass(frozen=True)
+class DemoPlan:
+    """The crowd of the demo sale."""
+
+    buyers: int = 20_000
+    """Buyers, each one attempt (plus a retry for some)."""
+    users: int = 5_000
+    """Distinct users among the buyers."""
+    stock: int = 1_000
+    """Units on sale."""
+    limit: int = 2
+    """Per-user limit."""
+    retry_share: float = 0.1
+    """Share of buyers who send their request again, with the same request id."""
+    concurrency: int = 200
+    """Buyers in flight at once."""
+    workers: int = 1
+    """Node worker processes."""
+    seed: int = 7
+    """Random seed of the crowd."""
+
+
+@dataclass
+class SaleLog:
+    """What the buyers saw."""
+
+    outcomes: Counter = field(default_factory=Counter)
+    latencies: list[float] = field(default_factory=list)
+    sold_by_user: Counter = field(default_factory=Counter)
+    retries: int = 0
+    retry_mismatches: list[str] = field(default_factory=list)
+    errors: Counter = field(default_factory=Counter)
+
+    def record(self, result: DeductResult, seconds: float) -> None:
+        self.outcomes[result.outcome.name] += 1
+        self.latencies.append(seconds)
+
+
+def _percentile(values: list[float], q: float) -> float:
+    if not values:
+        return 0.0
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+async def _buyer(stock: AsyncStockClient, log: SaleLog, user: str, qty: int, retries: bool) -> None:
+    request_id = uuid.uuid4().hex
+    started = time.perf_counter()
+    try:
+        first = await stock.deduct(SKU, user, qty, request_id=request_id)
+    except Exception as exc:  # noqa: BLE001 - counted and shown
+        log.errors[type(exc).__name__] += 1
+        return
+    log.record(first, time.perf_counter() - started)
+    if first.outcome is Outcome.OK:
+        log.sold_by_user[user] += qty
+    if not retries:
+        return
+    log.retries += 1
+    started = time.perf_counter()
+    again = await stock.deduct(SKU, user, qty, request_id=request_id, retry=True)
+    log.record(again, time.perf_counter() - started)
+    if first.outcome is Outcome.OK:
+        if again.outcome is not Outcome.DUPLICATE or again.deduction != first.deduction:
+            log.retry_mismatches.append(f"{request_id}: first OK, retry {again.outcome.name}")
+    elif again.outcome is Outcome.OK:
+        # A refusal took no effect, so its retry is a fresh attempt.
+        log.sold_by_user[user] += qty
+
+
+async def _sale(plan: DemoPlan, address: str, console: Console) -> tuple[SaleLog, float, dict]:
+    rng = random.Random(plan.seed)
+    config = ClientConfig(addresses=(address,), connections_per_address=max(2, 2 * plan.workers))
+    log = SaleLog()
+    async with AsyncAdminClient(config) as admin, AsyncStockClient(config) as stock:
+        await admin.put_sku(SKU, plan.stock, per_user_limit=plan.limit)
+        crowd = [
+            (f"user-{rng.randrange(plan.users)}", 2 if rng.random() < 0.2 else 1, rng.random() < plan.retry_share)
+            for _ in range(plan.buyers)
+        ]
+        queue: asyncio.Queue = asyncio.Queue()
+        for buyer in crowd:
+            queue.put_nowait(buyer)
+        progress = Progress(
+            TextColumn("[bold]sale"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("sold {task.fields[sold]}/{task.fields[stock]}"),
+            TimeElapsedColumn(),
+            console=console,
+        )
+        task = progress.add_task("sale", total=plan.buyers, sold=0, stock=plan.stock)
+
+        async def worker() -> None:
+            while not queue.empty():
+                user, qty, retries = queue.get_nowait()
+                await _buyer(stock, log, user, qty, retries)
+                progress.update(task, advance=1, sold=sum(log.sold_by_user.values()))
+
+        started = time.perf_counter()
+        with progress:
+            await asyncio.gather(*(worker() for _ in range(plan.concurrency)))
+        elapsed = time.perf_counter() - started
+        level = await stock.get_stock(SKU)
+    return log, elapsed, {"total": level.total, "held": level.held, "confirmed": level.confirmed, "available": level.available}
+
+
+def report(plan: DemoPlan, log: SaleLog, elapsed: float, level: dict, console: Console) -> bool:
+    """Print the sale's figures and checks; True when every check holds."""
+    attempts = sum(log.outcomes.values())
+    sold = sum(log.sold_by_user.values())
+    handed_out = level["held"] + level["confirmed"]
+    over_limit = [u for u, n in log.sold_by_user.items() if n > plan.limit]
+
+    figures = Table("figure", "value", title="flash sale")
+    figures.add_row("buyers / distinct users", f"{plan.buyers:,} / {plan.users:,}")
+    figures.add_row("attempts (retries included)", f"{attempts:,} ({log.retries:,} retries)")
+    figures.add_row("units sold (OK answers)", f"{sold:,} of {plan.stock:,}")
+    for name, count in sorted(log.outcomes.items(), key=lambda kv: -kv[1]):
+        figures.add_row(f"  outcome {name}", f"{count:,}")
+    for name, count in log.errors.items():
+        figures.add_row(f"  error {name}", f"{count:,}")
+    figures.add_row("throughput", f"{attempts / elapsed:,.0f} attempts/s over {elapsed:.2f} s")
+    figures.add_row("latency p50 / p99", f"{_percentile(log.latencies, 0.5) * 1000:.2f} ms / {_percentile(log.latencies, 0.99) * 1000:.2f} ms")
+    console.print(figures)
+
+    checks = [
+        (f"units handed out in Redis == stock ({handed_out:,} == {plan.stock:,})", handed_out == plan.stock),
+        (f"units answered OK == units handed out ({sold:,} == {handed_out:,})", sold == handed_out),
+        (f"no user above the limit of {plan.limit} ({len(over_limit)} above)", not over_limit),
+        (f"every retry got its first answer ({len(log.retry_mismatches)} did not)", not log.retry_mismatches),
+        (f"no errors ({sum(log.errors.values())})", not log.errors),
+    ]
+    table = Table("oversell check", "result", title="promises")
+    for text, ok in checks:
+        table.add_row(text, "[green]PASS" if ok else "[red]FAIL")
+    console.print(table)
+    for line in log.retry_mismatches[:5]:
+        console.print(f"[red]{line}")
+    return all(ok for _, ok in checks)
+
+
+def run_demo(plan: DemoPlan, console: Console) -> int:
+    """Run the demo sale; the exit code is 0 when every check holds."""
+    try:
+        console.print("[bold]flashstock demo[/]: starting a Redis and a node on loopback ...")
+        with RedisServer() as redis_server, NodeProcess(redis_server.url, workers=plan.workers) as node:
+            console.print(f"Redis on {redis_server.url}, node on {node.address} ({plan.workers} worker(s))")
+            console.print(
+                f"SKU {SKU!r}: {plan.stock:,} units, limit {plan.limit} per user; "
+                f"{plan.buyers:,} buyers from {plan.users:,} users, {plan.retry_share:.0%} retrying"
+            )
+            log, elapsed, level = asyncio.run(_sale(plan, node.address, console))
+        ok = report(plan, log, elapsed, level, console)
+    except KeyboardInterrupt:
+        console.print("[yellow]interrupted: everything the demo started is stopped")
+        return 130
+    console.print("[green]all promises held" if ok else "[red]a promise was broken")
+    return 0 if ok else 1

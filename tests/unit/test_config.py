@@ -1,0 +1,59 @@
+"""Settings are read once: flags > FLASHSTOCK_* env > config file > defaults."""
+
+import pytest
+
+from flashstock.server._config import NodeConfig, load_config, setting_help
+
+
+def test_defaults_without_anything():
+    assert load_config(env={}) == NodeConfig()
+
+
+def test_precedence_flags_env_file_defaults(tmp_path):
+    path = tmp_path / "node.toml"
+    path.write_text('port = 7001\nshards = 8\nredis_url = "redis://file:1/0"\n')
+    config = load_config({"port": 7003}, env={"FLASHSTOCK_PORT": "7002", "FLASHSTOCK_SHARDS": "16"}, config_file=path)
+    assert config.port == 7003  # flag
+    assert config.shards == 16  # env over file
+    assert config.redis_url == "redis://file:1/0"  # file over default
+    assert config.workers == NodeConfig().workers  # default
+
+
+def test_config_file_from_env_and_a_named_table(tmp_path):
+    path = tmp_path / "node.toml"
+    path.write_text("[flashstock]\nworkers = 3\n")
+    assert load_config(env={"FLASHSTOCK_CONFIG": str(path)}).workers == 3
+
+
+@pytest.mark.parametrize(
+    "env, setting",
+    [
+        ({"FLASHSTOCK_PORT": "x"}, "port"),
+        ({"FLASHSTOCK_PORT": "70000"}, "port"),
+        ({"FLASHSTOCK_REDIS_URL": "http://x"}, "redis_url"),
+        ({"FLASHSTOCK_SHARDS": "0"}, "shards"),
+        ({"FLASHSTOCK_LOG_LEVEL": "LOUD"}, "log_level"),
+    ],
+)
+def test_a_bad_setting_is_named(env, setting):
+    with pytest.raises(ValueError, match=setting):
+        load_config(env=env)
+
+
+def test_unknown_or_missing_config_file_is_refused(tmp_path):
+    path = tmp_path / "node.toml"
+    path.write_text("prot = 1\n")
+    with pytest.raises(ValueError, match="prot"):
+        load_config(env={}, config_file=path)
+    with pytest.raises(ValueError, match="does not exist"):
+        load_config(env={}, config_file=tmp_path / "missing.toml")
+
+
+def test_every_setting_has_help():
+    assert all(help_text for _, help_text in setting_help().values())
+    assert set(setting_help()) == set(NodeConfig.__dataclass_fields__)
+
+
+def test_config_is_frozen():
+    with pytest.raises(Exception):
+        NodeConfig().port = 1  # type: ignore[misc]

@@ -1,0 +1,66 @@
+"""The public surface is small and pinned, and every RPC has its typed wrapper."""
+
+import inspect
+
+import flashstock.client as client
+import flashstock.lockmgr as lockmgr
+from flashstock.client import AdminClient, AsyncAdminClient, AsyncStockClient, DeductionState, Mode, Outcome, StockClient
+from flashstock.client._transport import rpc_names
+from flashstock.v1 import admin_pb2, stock_pb2
+
+
+def test_client_exports():
+    assert client.__all__ == [
+        "AdminClient", "AdminResult", "AsyncAdminClient", "AsyncStockClient", "BatchItem", "BatchItemResult",
+        "BatchResult", "ClientConfig", "DeadlineExceeded", "Deduction", "DeductionState", "DeductResult",
+        "FailedPrecondition", "FieldViolation", "FlashstockError", "HoldResult", "InvalidArgument", "Mode",
+        "NotFound", "Outcome", "Overloaded", "PermissionDenied", "RequestIdReused", "RetryPolicy",
+        "SettleResult", "Sku", "SkuNotFound", "SkuPage", "StockBelowHandedOut", "StockClient", "StockLevel",
+        "Unauthenticated", "Unavailable",
+    ]
+    assert all(hasattr(client, name) for name in client.__all__)
+
+
+def test_lockmgr_exports():
+    assert lockmgr.__all__ == ["DEFAULT_SHARDS", "SKU_INDEX_KEY", "SOLD_OUT_CHANNEL", "ShardKeys", "shard_of", "stable_hash"]
+
+
+def test_public_names_have_docstrings():
+    for name in client.__all__:
+        obj = getattr(client, name)
+        if inspect.isclass(obj) or inspect.isfunction(obj):
+            assert obj.__doc__, name
+
+
+def test_all_grpc_calls_present():
+    rpcs = rpc_names()
+    for service, clients in (("StockService", (AsyncStockClient, StockClient)), ("AdminService", (AsyncAdminClient, AdminClient))):
+        for cls in clients:
+            assert set(cls.RPCS) == set(rpcs[service]), cls
+            for method in cls.RPCS.values():
+                assert callable(getattr(cls, method)), (cls, method)
+    for cls in (AsyncStockClient, AsyncAdminClient):
+        for method in cls.RPCS.values():
+            assert inspect.iscoroutinefunction(getattr(cls, method))
+
+
+def test_enums_match_the_proto():
+    assert {o.name: o.value for o in Outcome} == {
+        n.removeprefix("OUTCOME_"): v for n, v in stock_pb2.Outcome.items() if v
+    }
+    assert {s.name: s.value for s in DeductionState} == {
+        n.removeprefix("DEDUCTION_STATE_"): v for n, v in stock_pb2.DeductionState.items()
+    }
+    assert {m.name: m.value for m in Mode} == {n.removeprefix("MODE_"): v for n, v in admin_pb2.Mode.items() if v}
+
+
+def test_every_proto_field_is_documented():
+    from pathlib import Path
+
+    for proto in (Path(__file__).parents[2] / "protos").rglob("*.proto"):
+        lines = proto.read_text().splitlines()
+        for i, line in enumerate(lines):
+            stripped = line.strip()
+            is_field = stripped.endswith(";") and "=" in stripped and not stripped.startswith(("syntax", "option", "//"))
+            if is_field:
+                assert lines[i - 1].strip().startswith("//"), f"{proto.name}:{i + 1} undocumented: {stripped}"
