@@ -108,14 +108,11 @@ class StockServicer(stock_pb2_grpc.StockServiceServicer):
     def __init__(self, store: StockStore, book: SoldOutBook) -> None:
         self._store = store
         self._book = book
-        self.refused_from_memory = 0
-        """Attempts refused as sold out without touching Redis."""
 
     def _sold_out_reply(self, request: Any, reply_type: type) -> Any:
         # A retry always goes to the script: a request that succeeded before
         # the sell-out must get its first answer, not SOLD_OUT.
         if not request.retry and request.sku_id in self._book:
-            self.refused_from_memory += 1
             return reply_type(outcome=stock_pb2.OUTCOME_SOLD_OUT, stock_left=0)
         return None
 
@@ -167,7 +164,6 @@ class StockServicer(stock_pb2_grpc.StockServiceServicer):
         if not request.retry:
             sold = [i for i, (sku_id, _) in enumerate(items) if sku_id in self._book]
             if sold:
-                self.refused_from_memory += 1
                 return stock_pb2.BatchDeductReply(
                     outcome=stock_pb2.OUTCOME_SOLD_OUT,
                     items=[

@@ -147,7 +147,9 @@ class StockStore:
     async def list_skus(self, prefix: str, page_size: int, page_token: str) -> SkuPage:
         """A page of SKUs in id order, starting after ``page_token``."""
         start = f"({page_token}" if page_token else (f"[{prefix}" if prefix else "-")
-        stop = f"[{prefix}\xff" if prefix else "+"
+        # 0xFF as a raw byte: no UTF-8 byte is that high, so every id with the
+        # prefix sorts below it (the character U+00FF would be b"\xc3\xbf").
+        stop = b"[" + prefix.encode() + b"\xff" if prefix else "+"
         async with _redis_errors():
             ids = await self._redis.zrangebylex(SKU_INDEX_KEY, start, stop, start=0, num=page_size + 1)
             names = [i.decode() for i in ids]

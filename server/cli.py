@@ -272,15 +272,38 @@ def demo(
 def bench(
     buyers: Annotated[int, typer.Option(help="Concurrent async buyers.")] = 64,
     seconds: Annotated[float, typer.Option(help="Length of each measured phase.")] = 5.0,
-    workers: Annotated[int, typer.Option(help="Node worker processes.")] = 1,
+    workers: Annotated[int, typer.Option(help="Node worker processes (the echo server gets as many).")] = 1,
     client_procs: Annotated[int, typer.Option(help="Load-generating processes.")] = 1,
     records: Annotated[int, typer.Option(help="Deductions recorded for the memory figure.")] = 20_000,
     json_out: Annotated[Optional[str], typer.Option("--json", help="Also write the figures to this JSON file.")] = None,
+    warmup: Annotated[float, typer.Option(help="Unmeasured seconds before each throughput phase.")] = 1.5,
+    sale_stock: Annotated[int, typer.Option(help="Units of the sale phase's SKU.")] = 5_000,
+    soldout_seconds: Annotated[float, typer.Option(help="Length of the sold-out phase, seconds.")] = 2.0,
+    connections: Annotated[
+        int, typer.Option(help="gRPC connections per load process; 0 = 1, or 4 per worker when workers > 1.")
+    ] = 0,
 ) -> None:
-    """Deduct throughput and latency against a bare grpc.aio echo, measured in one run."""
+    """Deduct throughput and latency against a bare grpc.aio echo, measured in one run.
+
+    Also Redis memory per recorded deduction, a sale with an oversell check,
+    and the Redis calls made while refusing a sold-out SKU. Exit code 0
+    whatever the figures, 1 when the oversell check fails, 2 when it could
+    not run. See benchmarks/README.md.
+    """
     from ._bench import BenchPlan, run_bench
 
-    plan = BenchPlan(buyers=buyers, seconds=seconds, workers=workers, client_procs=client_procs, records=records, json_out=json_out)
+    plan = BenchPlan(
+        buyers=buyers,
+        seconds=seconds,
+        workers=workers,
+        client_procs=client_procs,
+        records=records,
+        json_out=json_out,
+        warmup=warmup,
+        sale_stock=sale_stock,
+        soldout_seconds=soldout_seconds,
+        connections=connections,
+    )
     raise typer.Exit(run_bench(plan, console))
 
 

@@ -1,0 +1,862 @@
+"""``flashstock bench``: Deduct throughput, latency, CPU and Redis cost, against a bare echo.
+
+One command starts its own Redis, a flashstock node, a bare grpc.aio echo
+server (:mod:`._echo`) and ``client_procs`` load processes, all on loopback,
+and runs these phases:
+
+1. **flashstock**: one hot SKU with a stock that cannot run out and no
+   per-user limit; ``buyers`` coroutines Deduct one unit each, back to back,
+   for a warm-up and then ``seconds`` measured: successful deductions/s,
+   latency percentiles, CPU of the node, Redis and the load processes.
+2. **echo**: the same loop, the same stub, channel options and coroutine
+   count, against the echo server (same stack, same number of worker
+   processes): calls/s. The ratio flashstock/echo is the share of the bare
+   stack's rate the node keeps, measured minutes apart on the same machine.
+3. **memory**: ``records`` deductions of a fresh SKU (per-user limit 1,
+   each by a distinct user with a fresh request id, as the client makes
+   them); Redis ``used_memory`` after minus before (each read once it holds
+   still), less the change of the connections' buffers (``MEMORY STATS``
+   ``clients.normal``: per connection, not per record, and swinging by a
+   megabyte with load), divided by the deductions Redis recorded. The
+   unadjusted figure and a breakdown are reported too.
+4. **sale**: a SKU with ``sale_stock`` units; buyers until it is sold out
+   (oversell check: units handed out must equal the stock, OK answers must
+   not exceed it), then **sold out**: the buyers keep going for
+   ``soldout_seconds`` while Redis ``INFO commandstats`` is read before and
+   after: every Redis call the node made while it refused, by command.
+
+The figures are printed as a table, with PASS/FAIL for the targets of the
+issue, and written as JSON with ``--json``. The exit code is 0 whatever the
+figures (a measurement), 1 when the oversell check fails, 2 when the bench
+could not run (a process would not start or died), 130 on Ctrl-C. Every
+process started is stopped on the way out, also on Ctrl-C and on errors.
+"""
+
+from __future__ import annotations
+
+import array
+import asyncio
+import contextlib
+import itertools
+import json
+import math
+import multiprocessing
+import os
+import signal
+import time
+import uuid
+from collections import Counter
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import psutil
+from rich.console import Console
+from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+TARGET_RATIO = 0.6
+"""Successful deductions/s of one node over echo calls/s, at least."""
+TARGET_SOLD_OUT_EVALSHA = 0
+"""EVALSHA calls while refusing a sold-out SKU, at most."""
+TARGET_BYTES_PER_RECORD = 300
+"""Redis memory per recorded deduction, below (bytes)."""
+
+NOISY_REST_PERCENT = 25.0
+"""Above this much CPU (% of a core) used by others during a throughput phase, the run is called noisy."""
+
+_INF = float("inf")
+
+
+@dataclass(frozen=True)
+class BenchPlan:
+    """What ``flashstock bench`` runs."""
+
+    buyers: int = 64
+    """Concurrent buyer coroutines, over all load processes."""
+    seconds: float = 5.0
+    """Measured length of the flashstock and the echo phase."""
+    workers: int = 1
+    """Worker processes of the node, and of the echo server."""
+    client_procs: int = 1
+    """Load-generating processes; the buyers are split among them."""
+    records: int = 20_000
+    """Deductions recorded for the memory figure."""
+    json_out: str | None = None
+    """Also write the figures to this JSON file."""
+    warmup: float = 1.5
+    """Unmeasured calls before each throughput phase, seconds."""
+    sale_stock: int = 5_000
+    """Units of the sale phase's SKU."""
+    soldout_seconds: float = 2.0
+    """Length of the sold-out phase, seconds."""
+    connections: int = 0
+    """gRPC connections per load process (0: 1 with one worker, else 4 per worker:
+    SO_REUSEPORT spreads connections, not calls, over the workers, at random)."""
+
+    def problems(self) -> list[str]:
+        """What is wrong with the plan, each naming its option."""
+        out = []
+        if self.buyers < 1:
+            out.append("--buyers must be >= 1")
+        if self.client_procs < 1 or self.client_procs > self.buyers:
+            out.append("--client-procs must be 1 to --buyers")
+        if self.workers < 1:
+            out.append("--workers must be >= 1")
+        if self.seconds <= 0 or self.warmup < 0 or self.soldout_seconds <= 0:
+            out.append("--seconds, --warmup and --soldout-seconds must be > 0")
+        if self.records < 1 or self.sale_stock < 1:
+            out.append("--records and --sale-stock must be >= 1")
+        if self.connections < 0:
+            out.append("--connections must be >= 0")
+        return out
+
+    def connections_per_proc(self) -> int:
+        """Channels each load process opens to the server under test."""
+        if self.connections:
+            return self.connections
+        return 1 if self.workers == 1 else 4 * self.workers
+
+
+# -- the load processes ---------------------------------------------------------
+#
+# Each is a spawned process running one uvloop loop. The parent sends a phase
+# (a dict) over a pipe; the process runs it and sends back counts and
+# latencies. Phase boundaries are absolute CLOCK_MONOTONIC times (the same
+# clock in every process on Linux) in a shared array the parent may move
+# while the phase runs: [measure_from, measure_until, stop_at].
+
+_CTRL_FROM, _CTRL_UNTIL, _CTRL_STOP = 0, 1, 2
+
+
+def _load_main(index: int, conn: Any, ctrl: Any, progress: Any) -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent stops us
+    try:
+        import uvloop
+
+        uvloop.run(_load_serve(index, conn, ctrl, progress))
+    except (EOFError, BrokenPipeError, ConnectionResetError):
+        pass
+
+
+async def _load_serve(index: int, conn: Any, ctrl: Any, progress: Any) -> None:
+    conn.send(("ready", os.getpid()))
+    while True:
+        phase = await asyncio.to_thread(conn.recv)
+        if phase is None:
+            return
+        conn.send(await _load_phase(index, phase, ctrl, progress))
+
+
+async def _load_phase(index: int, phase: dict[str, Any], ctrl: Any, progress: Any) -> dict[str, Any]:
+    import grpc
+
+    from flashstock.client._async import _CHANNEL_OPTIONS
+    from flashstock.v1 import stock_pb2, stock_pb2_grpc
+
+    channels = [grpc.aio.insecure_channel(phase["target"], options=_CHANNEL_OPTIONS) for _ in range(phase["connections"])]
+    try:
+        await asyncio.wait_for(asyncio.gather(*(c.channel_ready() for c in channels)), 30)
+        stubs = [stock_pb2_grpc.StockServiceStub(c) for c in channels]
+        request_type = stock_pb2.DeductRequest
+        sku_id = phase["sku"]
+        prefix = f"{phase['users']}{index}-"
+        distinct = phase["distinct_users"]
+        budget = [phase["requests"] if phase["requests"] is not None else -1]
+        serial = itertools.count()
+        totals: Counter[Any] = Counter()
+        window: Counter[Any] = Counter()
+        latencies = array.array("d")
+        first_sold_out = [_INF]
+        now = time.monotonic
+        new_id = uuid.uuid4
+        sold_out = stock_pb2.OUTCOME_SOLD_OUT
+        progress[index] = 0
+
+        async def buyer(k: int) -> None:
+            deduct = stubs[k % len(stubs)].Deduct
+            user = f"{prefix}{k}"
+            done = 0
+            while now() < ctrl[_CTRL_STOP]:
+                if budget[0] >= 0:
+                    if budget[0] == 0:
+                        break
+                    budget[0] -= 1
+                if distinct:
+                    user = f"{prefix}{next(serial)}"
+                request = request_type(sku_id=sku_id, user_id=user, qty=1, request_id=new_id().hex)
+                t0 = now()
+                try:
+                    outcome: Any = (await deduct(request, timeout=10.0)).outcome
+                except grpc.aio.AioRpcError as exc:
+                    outcome = exc.code().name
+                    await asyncio.sleep(0.01)
+                t1 = now()
+                totals[outcome] += 1
+                if ctrl[_CTRL_FROM] <= t1 < ctrl[_CTRL_UNTIL]:
+                    window[outcome] += 1
+                    latencies.append(t1 - t0)
+                if outcome == sold_out and t1 < first_sold_out[0]:
+                    first_sold_out[0] = t1
+                done += 1
+                if done % 64 == 0:
+                    progress[index] += 64
+
+        await asyncio.gather(*(buyer(k) for k in range(phase["coroutines"])))
+    finally:
+        for c in channels:
+            await c.close()
+    progress[index] = sum(totals.values())
+    return {
+        "totals": dict(totals),
+        "window": dict(window),
+        "latencies": latencies.tobytes(),
+        "first_sold_out": first_sold_out[0],
+    }
+
+
+class _LoadProcs:
+    """The load processes, their pipes and the shared phase clock."""
+
+    def __init__(self, count: int) -> None:
+        ctx = multiprocessing.get_context("spawn")
+        self.ctrl = ctx.Array("d", [_INF, _INF, _INF], lock=False)
+        self.progress = ctx.Array("q", count, lock=False)
+        self._pipes = []
+        self.procs = []
+        for i in range(count):
+            parent, child = ctx.Pipe()
+            proc = ctx.Process(target=_load_main, args=(i, child, self.ctrl, self.progress), name=f"flashstock-load-{i}", daemon=True)
+            proc.start()
+            child.close()
+            self._pipes.append(parent)
+            self.procs.append(proc)
+        self.pids: list[int] = []
+
+    def wait_ready(self, timeout: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout
+        for pipe, proc in zip(self._pipes, self.procs):
+            while not pipe.poll(0.1):
+                if not proc.is_alive() or time.monotonic() > deadline:
+                    from ._procs import ProcessError
+
+                    raise ProcessError(f"load process {proc.name} did not start")
+            tag, pid = pipe.recv()
+            self.pids.append(pid)
+
+    def set_clock(self, measure_from: float = _INF, measure_until: float = _INF, stop_at: float = _INF) -> None:
+        self.ctrl[_CTRL_FROM], self.ctrl[_CTRL_UNTIL], self.ctrl[_CTRL_STOP] = measure_from, measure_until, stop_at
+
+    def start(self, phases: list[dict[str, Any]]) -> None:
+        for i, pipe in enumerate(self._pipes):
+            self.progress[i] = 0
+            pipe.send(phases[i])
+
+    def done(self) -> int:
+        return sum(self.progress)
+
+    def check_alive(self) -> None:
+        for proc in self.procs:
+            if not proc.is_alive():
+                raise RuntimeError(f"load process {proc.name} died (exit code {proc.exitcode})")
+
+    def finished(self) -> bool:
+        return all(pipe.poll() for pipe in self._pipes)
+
+    def results(self) -> list[dict[str, Any]]:
+        out = []
+        for pipe, proc in zip(self._pipes, self.procs):
+            while not pipe.poll(0.2):
+                if not proc.is_alive():
+                    raise RuntimeError(f"load process {proc.name} died (exit code {proc.exitcode})")
+            out.append(pipe.recv())
+        return out
+
+    def stop(self) -> None:
+        for pipe in self._pipes:
+            with contextlib.suppress(OSError, ValueError):
+                pipe.send(None)
+        for proc in self.procs:
+            proc.join(3)
+            if proc.is_alive():
+                proc.terminate()
+                proc.join(3)
+        for pipe in self._pipes:
+            pipe.close()
+
+
+def _split(total: int, parts: int) -> list[int]:
+    return [total // parts + (1 if i < total % parts else 0) for i in range(parts)]
+
+
+# -- figures --------------------------------------------------------------------
+
+
+def percentile(sorted_values: list[float] | array.array, q: float) -> float:
+    """Nearest-rank percentile ``q`` (0-1) of already sorted values; NaN when empty."""
+    n = len(sorted_values)
+    if n == 0:
+        return math.nan
+    return sorted_values[min(n - 1, max(0, math.ceil(q * n) - 1))]
+
+
+def _merge(results: list[dict[str, Any]]) -> dict[str, Any]:
+    totals: Counter[Any] = Counter()
+    window: Counter[Any] = Counter()
+    latencies = array.array("d")
+    for r in results:
+        totals.update(r["totals"])
+        window.update(r["window"])
+        latencies.frombytes(r["latencies"])
+    return {
+        "totals": totals,
+        "window": window,
+        "latencies": sorted(latencies),
+        "first_sold_out": min(r["first_sold_out"] for r in results),
+    }
+
+
+def _outcome_names(counts: Counter[Any]) -> dict[str, int]:
+    from flashstock.client import Outcome
+
+    return {(Outcome(k).name if isinstance(k, int) else k): v for k, v in sorted(counts.items(), key=lambda kv: str(kv[0]))}
+
+
+def _latency_ms(latencies: list[float]) -> dict[str, float]:
+    return {name: round(percentile(latencies, q) * 1000, 3) for name, q in (("p50", 0.5), ("p99", 0.99), ("p999", 0.999))}
+
+
+class _Cpu:
+    """CPU seconds of groups of processes (user + system), and of the machine."""
+
+    def __init__(self, groups: dict[str, list[int]]) -> None:
+        self._groups: dict[str, list[psutil.Process]] = {}
+        seen: set[int] = set()
+        for name, pids in groups.items():
+            procs = []
+            for pid in pids:
+                with contextlib.suppress(psutil.Error):
+                    p = psutil.Process(pid)
+                    # The bench's own children are the groups above, not the bench.
+                    family = [p] if pid == os.getpid() else [p, *p.children(recursive=True)]
+                    procs += [q for q in family if q.pid not in seen]
+                    seen.update(q.pid for q in family)
+            self._groups[name] = procs
+
+    def sample(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"_wall": time.monotonic()}
+        for name, procs in self._groups.items():
+            per = []
+            for p in procs:
+                try:
+                    t = p.cpu_times()
+                    per.append(t.user + t.system)
+                except psutil.Error:
+                    per.append(0.0)
+            out[name] = per
+        m = psutil.cpu_times()
+        out["_machine"] = sum(m) - m.idle - getattr(m, "iowait", 0.0)
+        return out
+
+    @staticmethod
+    def percent(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
+        """% of one core per group over the interval, with a per-process split."""
+        wall = after["_wall"] - before["_wall"]
+        machine = 100 * (after["_machine"] - before["_machine"]) / wall
+        out: dict[str, Any] = {"machine": round(machine, 1)}
+        ours = 0.0
+        for name in before:
+            if name.startswith("_"):
+                continue
+            per = [100 * (a - b) / wall for a, b in zip(after[name], before[name])]
+            out[name] = round(sum(per), 1)
+            ours += sum(per)
+            busy = [round(x, 1) for x in per if x >= 0.5]
+            if len(busy) > 1:
+                out[f"{name}_per_process"] = busy
+        # Kernel work not charged to a process (softirqs of loopback traffic), and
+        # whatever else runs on the machine: high values mean a noisy run.
+        out["rest"] = round(machine - ours, 1)
+        return out
+
+
+# -- the run --------------------------------------------------------------------
+
+
+def _sleep_until(t: float, tick: Any = None) -> None:
+    while True:
+        left = t - time.monotonic()
+        if left <= 0:
+            return
+        time.sleep(min(left, 0.1))
+        if tick is not None:
+            tick()
+
+
+class _Run:
+    """One bench run on a stack it started: Redis, a node, the echo, load processes."""
+
+    SKU_HOT = "bench-hot"
+    SKU_MEM = "bench-mem"
+    SKU_SALE = "bench-sale"
+
+    def __init__(self, plan: BenchPlan, console: Console, stack: contextlib.ExitStack) -> None:
+        self.plan = plan
+        self.console = console
+        self.stack = stack
+        self.figures: dict[str, Any] = {"plan": {k: v for k, v in asdict(plan).items() if k != "json_out"}}
+        self.progress = Progress(
+            SpinnerColumn(),
+            TextColumn("{task.description}"),
+            BarColumn(),
+            TextColumn("{task.fields[info]}"),
+            TimeElapsedColumn(),
+            console=console,
+            refresh_per_second=4,
+        )
+
+    # -- stack ------------------------------------------------------------------
+
+    def start_stack(self) -> None:
+        import redis
+
+        from ._echo import EchoProcess
+        from ._procs import NodeProcess, RedisServer
+
+        plan = self.plan
+        task = self.progress.add_task(
+            f"start: Redis, node ({plan.workers} worker(s)), echo, {plan.client_procs} load process(es)", total=None, info=""
+        )
+        self.loads = _LoadProcs(plan.client_procs)
+        self.stack.callback(self.loads.stop)
+        self.echo = EchoProcess(workers=plan.workers).launch()
+        self.stack.callback(self.echo.stop)
+        self.redis_server = RedisServer()
+        self.stack.push(self.redis_server)  # its __exit__: stop, remove its folder
+        self.redis_server.start()
+        self.node = NodeProcess(self.redis_server.url, workers=plan.workers)
+        self.stack.push(self.node)  # its __exit__: stop, remove its log
+        self.node.start()
+        self.echo.wait_ready()
+        self.loads.wait_ready()
+        self.redis = redis.Redis.from_url(self.redis_server.url, decode_responses=True)
+        self.stack.callback(self.redis.close)
+        self.cpu = _Cpu(
+            {
+                "node": [self.node.pid],
+                "redis": [self.redis_server.proc.pid],  # type: ignore[union-attr]
+                "echo": [self.echo.pid],
+                "load": self.loads.pids,
+                "bench": [os.getpid()],
+            }
+        )
+        import platform
+
+        import grpc
+
+        self.figures["machine"] = {
+            "cores": os.cpu_count(),
+            "python": platform.python_version(),
+            "grpcio": grpc.__version__,
+            "redis_server": self.redis.info("server")["redis_version"],
+        }
+        self.progress.update(task, total=1, completed=1, info=f"node {self.node.address}, echo {self.echo.address}")
+
+    def admin(self) -> Any:
+        from flashstock.client import AdminClient, ClientConfig
+
+        return AdminClient(ClientConfig(addresses=self.node.address, deadline_s=10))
+
+    def _phases(self, target: str, sku: str, users: str, distinct: bool, requests: int | None = None) -> list[dict[str, Any]]:
+        plan = self.plan
+        budgets = _split(requests, plan.client_procs) if requests is not None else [None] * plan.client_procs
+        return [
+            {
+                "target": target,
+                "sku": sku,
+                "users": users,
+                "distinct_users": distinct,
+                "requests": budget,
+                "coroutines": n,
+                "connections": plan.connections_per_proc(),
+            }
+            for n, budget in zip(_split(plan.buyers, plan.client_procs), budgets)
+        ]
+
+    # -- phases ---------------------------------------------------------------------
+
+    def throughput(self, name: str, target: str) -> dict[str, Any]:
+        """Warm-up, then ``seconds`` of back-to-back Deducts of the hot SKU against ``target``."""
+        plan = self.plan
+        task = self.progress.add_task(f"{name}: {plan.buyers} buyers, warm-up {plan.warmup:g} s + {plan.seconds:g} s", total=plan.warmup + plan.seconds, info="")
+        start = time.monotonic()
+        measure_from = start + plan.warmup
+        measure_until = measure_from + plan.seconds
+        self.loads.set_clock(measure_from, measure_until, measure_until)
+        self.loads.start(self._phases(target, self.SKU_HOT, "t", distinct=False))
+
+        def tick() -> None:
+            self.loads.check_alive()
+            elapsed = time.monotonic() - start
+            self.progress.update(task, completed=min(elapsed, plan.warmup + plan.seconds), info=f"{self.loads.done():,} calls")
+
+        _sleep_until(measure_from, tick)
+        before = self.cpu.sample()
+        _sleep_until(measure_until, tick)
+        after = self.cpu.sample()
+        r = _merge(self.loads.results())
+        wall = measure_until - measure_from
+        from flashstock.v1 import stock_pb2
+
+        ok = r["window"].get(stock_pb2.OUTCOME_OK, 0)
+        calls = sum(r["window"].values())
+        errors = {k: v for k, v in r["window"].items() if isinstance(k, str)}
+        self.progress.update(task, completed=plan.warmup + plan.seconds, info=f"{ok / wall:,.0f} OK/s")
+        cpu = _Cpu.percent(before, after)
+        server = "echo" if target == self.echo.address else "node"
+        # CPU time each successful call cost, in µs: comparable across machines
+        # and independent of how the cores were shared.
+        per_call = {
+            name: round(cpu[name] / 100 * 1e6 / (ok / wall), 1) if ok else None
+            for name in (server, "redis", "load")
+        }
+        return {
+            "calls_per_s": round(calls / wall, 1),
+            "ok_per_s": round(ok / wall, 1),
+            "calls": calls,
+            "outcomes": _outcome_names(r["window"]),
+            "errors": sum(errors.values()),
+            "latency_ms": _latency_ms(r["latencies"]),
+            "cpu_percent": cpu,
+            "cpu_us_per_call": per_call,
+        }
+
+    def memory(self) -> dict[str, Any]:
+        """``records`` deductions by distinct users; Redis used_memory after minus before."""
+        plan = self.plan
+        with self.admin() as admin:
+            admin.put_sku(self.SKU_MEM, plan.records, per_user_limit=1)
+        task = self.progress.add_task(f"memory: {plan.records:,} recorded deductions", total=plan.records, info="")
+        before, stats_before = self._settled_memory()
+        keys_before = self.redis.dbsize()
+        self.loads.set_clock(0.0, _INF, _INF)
+        self.loads.start(self._phases(self.node.address, self.SKU_MEM, "m", distinct=True, requests=plan.records))
+        while not self.loads.finished():
+            self.loads.check_alive()
+            self.progress.update(task, completed=self.loads.done())
+            time.sleep(0.1)
+        r = _merge(self.loads.results())
+        after, stats_after = self._settled_memory()
+        keys_after = self.redis.dbsize()
+        with self.admin() as admin:
+            sku = admin.get_sku(self.SKU_MEM)
+        recorded = sku.held + sku.confirmed
+        self.progress.update(task, completed=plan.records, info=f"{(after - before) / max(recorded, 1):,.0f} B each")
+        from flashstock.v1 import stock_pb2
+
+        out: dict[str, Any] = {
+            "recorded": recorded,
+            "ok_answers": r["totals"].get(stock_pb2.OUTCOME_OK, 0),
+            "outcomes": _outcome_names(r["totals"]),
+            "used_memory_before": before,
+            "used_memory_after": after,
+            "keys_added": keys_after - keys_before,
+            # Connection buffers grow under load and shrink seconds after it
+            # (by ±1 MB with 64 connections); they are per connection, not per
+            # record, so the figure leaves their change out.
+            "client_buffers_change": int(stats_after.get("clients.normal", 0)) - int(stats_before.get("clients.normal", 0)),
+            "bytes_per_record_raw": round((after - before) / recorded, 1) if recorded else None,
+            "breakdown_per_record": _memory_breakdown(stats_before, stats_after, recorded),
+            "stock": plan.records,
+        }
+        out["bytes_per_record"] = round((after - before - out["client_buffers_change"]) / recorded, 1) if recorded else None
+        return out
+
+    def _settled_memory(self) -> tuple[int, dict[str, Any]]:
+        """used_memory once it holds still (an incremental rehash of the key space done), and MEMORY STATS."""
+        last = -1
+        deadline = time.monotonic() + 3
+        while True:
+            time.sleep(0.15)
+            used = int(self.redis.info("memory")["used_memory"])
+            if used == last or time.monotonic() > deadline:
+                return used, self.redis.memory_stats()
+            last = used
+
+    def sale(self) -> tuple[dict[str, Any], dict[str, Any]]:
+        """A sale until sold out, then buyers for ``soldout_seconds`` more, with commandstats."""
+        from flashstock.lockmgr import ShardKeys, shard_of
+        from flashstock.v1 import stock_pb2
+
+        plan = self.plan
+        with self.admin() as admin:
+            admin.put_sku(self.SKU_SALE, plan.sale_stock, per_user_limit=1)
+        sku_key = ShardKeys(shard_of(self.SKU_SALE, self.node.shards)).sku(self.SKU_SALE)
+        task = self.progress.add_task(f"sale: {plan.sale_stock:,} units, {plan.buyers} buyers", total=plan.sale_stock, info="")
+        self.loads.set_clock()
+        start = time.monotonic()
+        self.loads.start(self._phases(self.node.address, self.SKU_SALE, "s", distinct=True))
+        deadline = start + 120
+        while True:
+            avail = int(self.redis.hget(sku_key, "avail") or 0)
+            self.progress.update(task, completed=plan.sale_stock - avail, info=f"{avail:,} left")
+            if avail <= 0:
+                break
+            self.loads.check_alive()
+            if time.monotonic() > deadline:
+                self.loads.set_clock(stop_at=0.0)
+                self.loads.results()
+                raise RuntimeError(f"the sale did not sell out within 120 s ({avail} units left)")
+            time.sleep(0.02)
+        sold_out_at = time.monotonic()
+        # Calls in flight when the last unit went finish; the node has heard the news.
+        task2 = self.progress.add_task(f"sold out: buyers go on for {plan.soldout_seconds:g} s", total=plan.soldout_seconds, info="")
+        measure_from = sold_out_at + 0.3
+        measure_until = measure_from + plan.soldout_seconds
+        self.loads.set_clock(measure_from, measure_until, measure_until)
+        _sleep_until(measure_from)
+        stats_before = self.redis.info("commandstats")
+        cpu_before = self.cpu.sample()
+
+        def tick() -> None:
+            self.progress.update(task2, completed=min(plan.soldout_seconds, time.monotonic() - measure_from), info=f"{self.loads.done():,} calls")
+
+        _sleep_until(measure_until, tick)
+        cpu_after = self.cpu.sample()
+        stats_after = self.redis.info("commandstats")
+        r = _merge(self.loads.results())
+        with self.admin() as admin:
+            sku = admin.get_sku(self.SKU_SALE)
+        self.progress.update(task2, completed=plan.soldout_seconds, info="")
+
+        calls = _command_delta(stats_before, stats_after)
+        calls["info"] = calls.get("info", 0) - 1  # the bench's own INFO commandstats (the "before" one)
+        calls = {k: v for k, v in calls.items() if v > 0}
+        first_sold_out = r["first_sold_out"]
+        ok_answers = r["totals"].get(stock_pb2.OUTCOME_OK, 0)
+        wall = measure_until - measure_from
+        sale = {
+            "stock": plan.sale_stock,
+            "handed_out": sku.held + sku.confirmed,
+            "available": sku.available,
+            "ok_answers": ok_answers,
+            "outcomes": _outcome_names(r["totals"]),
+            "seconds_to_sell_out": round(sold_out_at - start, 2),
+            "first_sold_out_answer_s": round(first_sold_out - start, 2) if first_sold_out < _INF else None,
+        }
+        soldout = {
+            "seconds": round(wall, 2),
+            "refusals_per_s": round(r["window"].get(stock_pb2.OUTCOME_SOLD_OUT, 0) / wall, 1),
+            "outcomes": _outcome_names(r["window"]),
+            "latency_ms": _latency_ms(r["latencies"]),
+            "redis_calls": sum(calls.values()),
+            "evalsha": calls.get("evalsha", 0) + calls.get("eval", 0),
+            "redis_calls_by_command": dict(sorted(calls.items(), key=lambda kv: -kv[1])),
+            "cpu_percent": _Cpu.percent(cpu_before, cpu_after),
+        }
+        refusals = r["window"].get(stock_pb2.OUTCOME_SOLD_OUT, 0)
+        soldout["node_cpu_us_per_refusal"] = round(soldout["cpu_percent"]["node"] / 100 * 1e6 * wall / refusals, 1) if refusals else None
+        return sale, soldout
+
+    def run(self) -> int:
+        with self.progress:
+            self.start_stack()
+            with self.admin() as admin:
+                admin.put_sku(self.SKU_HOT, 10**12)
+            self.figures["flashstock"] = self.throughput("flashstock", self.node.address)
+            self.figures["echo"] = self.throughput("echo", self.echo.address)
+            self.figures["memory"] = self.memory()
+            self.figures["sale"], self.figures["sold_out"] = self.sale()
+        return self.report()
+
+    # -- report -----------------------------------------------------------------
+
+    def report(self) -> int:
+        f = self.figures
+        fs, echo, mem, sale, so = f["flashstock"], f["echo"], f["memory"], f["sale"], f["sold_out"]
+        ratio = fs["ok_per_s"] / echo["calls_per_s"] if echo["calls_per_s"] else 0.0
+        oversell_problems = []
+        if sale["handed_out"] != sale["stock"]:
+            oversell_problems.append(f"sale: {sale['handed_out']} units handed out of a stock of {sale['stock']}")
+        if sale["ok_answers"] > sale["stock"]:
+            oversell_problems.append(f"sale: {sale['ok_answers']} OK answers for a stock of {sale['stock']}")
+        if mem["ok_answers"] > mem["stock"] or mem["recorded"] > mem["stock"]:
+            oversell_problems.append(f"memory: {mem['ok_answers']} OK answers, {mem['recorded']} recorded, stock {mem['stock']}")
+        bpr = mem["bytes_per_record"]
+        targets = {
+            "ratio": {"value": round(ratio, 3), "target": f">= {TARGET_RATIO}", "pass": ratio >= TARGET_RATIO},
+            "sold_out_evalsha": {"value": so["evalsha"], "target": f"== {TARGET_SOLD_OUT_EVALSHA}", "pass": so["evalsha"] <= TARGET_SOLD_OUT_EVALSHA},
+            "bytes_per_record": {"value": bpr, "target": f"< {TARGET_BYTES_PER_RECORD}", "pass": bpr is not None and bpr < TARGET_BYTES_PER_RECORD},
+        }
+        f["ratio"] = round(ratio, 3)
+        node_us, echo_us = fs["cpu_us_per_call"]["node"], echo["cpu_us_per_call"]["echo"]
+        f["cpu_ratio"] = round(echo_us / node_us, 3) if node_us and echo_us else None
+        f["targets"] = targets
+        f["oversell_check"] = {"pass": not oversell_problems, "problems": oversell_problems}
+
+        self.console.print(self._throughput_table(fs, echo, ratio, f["cpu_ratio"]))
+        noisy = max(fs["cpu_percent"]["rest"], echo["cpu_percent"]["rest"])
+        if noisy > NOISY_REST_PERCENT:
+            self.console.print(
+                f"[yellow]warning:[/] processes other than the bench's used up to {noisy:.0f}% of a core during a "
+                "throughput phase: the rates and their ratio are disturbed; the CPU-per-call figures less so"
+            )
+        self.console.print(self._sale_table(mem, sale, so))
+        self.console.print(self._redis_calls_table(so))
+        for name, label in (("ratio", "flashstock/echo ratio"), ("sold_out_evalsha", "EVALSHA after sold out"), ("bytes_per_record", "Redis bytes per recorded deduction")):
+            t = targets[name]
+            mark = "[bold green]PASS[/]" if t["pass"] else "[bold red]FAIL[/]"
+            self.console.print(f"{mark} {label}: {t['value']} (target {t['target']})")
+        if oversell_problems:
+            for p in oversell_problems:
+                self.console.print(f"[bold red]FAIL oversell check:[/] {p}")
+        else:
+            self.console.print(
+                f"[bold green]PASS[/] oversell check: {sale['handed_out']:,} units handed out = stock {sale['stock']:,}, "
+                f"{sale['ok_answers']:,} OK answers"
+            )
+        if self.plan.json_out:
+            with open(self.plan.json_out, "w") as out:
+                json.dump(f, out, indent=2, default=str)
+                out.write("\n")
+            self.console.print(f"figures written to {self.plan.json_out}")
+        return 0 if not oversell_problems else 1
+
+    def _throughput_table(self, fs: dict[str, Any], echo: dict[str, Any], ratio: float, cpu_ratio: float | None) -> Table:
+        plan = self.plan
+        t = Table(
+            "figure",
+            "flashstock Deduct",
+            "bare echo",
+            title=(
+                f"Throughput: {plan.buyers} buyers, {plan.seconds:g} s measured, node and echo with {plan.workers} worker(s), "
+                f"{plan.client_procs} load process(es) × {plan.connections_per_proc()} connection(s)"
+            ),
+        )
+        t.add_row("successful calls/s", f"{fs['ok_per_s']:,.0f}", f"{echo['calls_per_s']:,.0f}")
+        t.add_row("ratio flashstock/echo", f"[bold]{ratio:.2f}[/]", "1")
+        for p in ("p50", "p99", "p999"):
+            t.add_row(f"latency {p} (ms)", f"{fs['latency_ms'][p]:.2f}", f"{echo['latency_ms'][p]:.2f}")
+        t.add_row("errors", str(fs["errors"]), str(echo["errors"]))
+        fc, ec = fs["cpu_percent"], echo["cpu_percent"]
+        t.add_row("server CPU, % of a core", _cpu_cell(fc, "node"), _cpu_cell(ec, "echo"))
+        t.add_row("Redis CPU, % of a core", _cpu_cell(fc, "redis"), _cpu_cell(ec, "redis"))
+        t.add_row("load processes CPU, % of a core", _cpu_cell(fc, "load"), _cpu_cell(ec, "load"))
+        fu, eu = fs["cpu_us_per_call"], echo["cpu_us_per_call"]
+        t.add_row("server CPU per successful call (µs)", f"{fu['node']:,.0f}" if fu["node"] else "-", f"{eu['echo']:,.0f}" if eu["echo"] else "-")
+        t.add_row("Redis CPU per successful call (µs)", f"{fu['redis']:,.0f}" if fu["redis"] else "-", "-")
+        t.add_row("ratio by server CPU per call (echo µs / node µs)", f"{cpu_ratio:.2f}" if cpu_ratio else "-", "1")
+        cores = os.cpu_count() or 1
+        t.add_row(f"machine CPU, % of a core ({cores} cores)", f"{fc['machine']:.0f}", f"{ec['machine']:.0f}")
+        t.add_row("  of which not the bench's processes", f"{max(0.0, fc['rest']):.0f}", f"{max(0.0, ec['rest']):.0f}")
+        return t
+
+    def _sale_table(self, mem: dict[str, Any], sale: dict[str, Any], so: dict[str, Any]) -> Table:
+        t = Table("figure", "value", title="Memory, sale and sold out")
+        bpr = mem["bytes_per_record"]
+        t.add_row(
+            "Redis memory per recorded deduction",
+            f"[bold]{bpr:,.0f} B[/] (used_memory change less client buffers' change)" if bpr is not None else "-",
+        )
+        if mem["bytes_per_record_raw"] is not None:
+            t.add_row("  used_memory change alone, per record", f"{mem['bytes_per_record_raw']:,.0f} B")
+        parts = mem["breakdown_per_record"]
+        if parts:
+            t.add_row(
+                "  of which (MEMORY STATS)",
+                f"data {parts['dataset']:,.0f} B (key names, values, user counters, log entries), "
+                f"key space dict entries and tables (main + expires) {parts['key_space_hash_tables']:,.0f} B, "
+                f"client buffers {parts['clients']:,.0f} B",
+            )
+        t.add_row(
+            "  used_memory before → after",
+            f"{mem['used_memory_before']:,} → {mem['used_memory_after']:,} B, {mem['recorded']:,} recorded, {mem['keys_added']:,} keys added",
+        )
+        t.add_row("sale: units handed out / stock", f"{sale['handed_out']:,} / {sale['stock']:,} (OK answers {sale['ok_answers']:,})")
+        t.add_row("sale: sold out after", f"{sale['seconds_to_sell_out']} s")
+        t.add_row("sold out: refusals/s", f"{so['refusals_per_s']:,.0f} over {so['seconds']} s")
+        lat = so["latency_ms"]
+        t.add_row("sold out: refusal latency p50/p99/p999 (ms)", f"{lat['p50']:.2f} / {lat['p99']:.2f} / {lat['p999']:.2f}")
+        c = so["cpu_percent"]
+        t.add_row("sold out: CPU node / Redis / load, % of a core", f"{_cpu_cell(c, 'node')} / {_cpu_cell(c, 'redis')} / {_cpu_cell(c, 'load')}")
+        if so["node_cpu_us_per_refusal"]:
+            t.add_row("sold out: node CPU per refusal (µs)", f"{so['node_cpu_us_per_refusal']:,.0f}")
+        t.add_row("sold out: Redis calls (all commands)", f"{so['redis_calls']:,}")
+        t.add_row("sold out: EVALSHA calls", f"{so['evalsha']:,}")
+        return t
+
+    def _redis_calls_table(self, so: dict[str, Any]) -> Table:
+        t = Table("command", "calls", "per s", title=f"Redis calls during the sold-out phase ({so['seconds']} s), by command")
+        for cmd, n in so["redis_calls_by_command"].items():
+            t.add_row(cmd, f"{n:,}", f"{n / so['seconds']:,.1f}")
+        if not so["redis_calls_by_command"]:
+            t.add_row("(none)", "0", "0")
+        return t
+
+
+def _cpu_cell(cpu: dict[str, Any], name: str) -> str:
+    cell = f"{cpu[name]:.0f}"
+    split = cpu.get(f"{name}_per_process")
+    if split:
+        cell += " (" + " + ".join(f"{x:.0f}" for x in split) + ")"
+    return cell
+
+
+def _memory_breakdown(before: dict[str, Any], after: dict[str, Any], records: int) -> dict[str, float]:
+    """Where the memory went, per record, from two MEMORY STATS replies."""
+    if not records:
+        return {}
+
+    def tables(stats: dict[str, Any]) -> int:
+        db = stats.get("db.0") or {}
+        return int(db.get("overhead.hashtable.main", 0)) + int(db.get("overhead.hashtable.expires", 0))
+
+    def delta(name: str) -> float:
+        return round((int(after.get(name, 0)) - int(before.get(name, 0))) / records, 1)
+
+    return {
+        "dataset": delta("dataset.bytes"),
+        "key_space_hash_tables": round((tables(after) - tables(before)) / records, 1),
+        "clients": delta("clients.normal"),
+    }
+
+
+def _command_delta(before: dict[str, Any], after: dict[str, Any]) -> dict[str, int]:
+    """Calls per command between two ``INFO commandstats`` replies (as parsed by redis-py)."""
+    out = {}
+    for key, stats in after.items():
+        name = key.removeprefix("cmdstat_")
+        prev = before.get(key, {}).get("calls", 0)
+        out[name] = int(stats.get("calls", 0)) - int(prev)
+    return out
+
+
+def run_bench(plan: BenchPlan, console: Console) -> int:
+    """Run the bench; returns the exit code (see the module's docstring)."""
+    from ._procs import ProcessError
+
+    problems = plan.problems()
+    if problems:
+        for p in problems:
+            console.print(f"[red]flashstock bench:[/] {p}")
+        return 2
+    def terminated(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt  # SIGTERM: the same clean stop as Ctrl-C
+
+    with contextlib.ExitStack() as stack:
+        previous = signal.signal(signal.SIGTERM, terminated)
+        stack.callback(signal.signal, signal.SIGTERM, previous)
+        run = _Run(plan, console, stack)
+        try:
+            return run.run()
+        except KeyboardInterrupt:
+            console.print("[yellow]interrupted: stopping every process the bench started[/]")
+            return 130
+        except ProcessError as exc:
+            console.print(f"[red]flashstock bench: cannot start:[/] {exc}")
+            return 2
+        except Exception as exc:  # noqa: BLE001 - report, then stop the stack
+            console.print(f"[red]flashstock bench failed:[/] {type(exc).__name__}: {exc}")
+            node = getattr(run, "node", None)
+            if node is not None and node.proc is not None:
+                console.print(f"node log (tail):\n{node.log()}")
+            return 2
