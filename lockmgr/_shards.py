@@ -52,9 +52,13 @@ class ShardKeys:
         """Hash of units handed out (held + confirmed) per user of a SKU."""
         return f"{self.prefix}u:{sku_id}"
 
-    def record(self, request_id: str) -> str:
-        """The recorded first answer of a request that took effect."""
-        return f"{self.prefix}r:{request_id}"
+    def record_bucket(self, generation: int) -> str:
+        """Hash of the first answers recorded in one generation (request_id -> record).
+
+        ``generation = floor(redis_now_ms / request_ttl_ms)``; a bucket expires
+        at the end of the next generation, so a record lives ttl to 2 x ttl.
+        """
+        return f"{self.prefix}r:{generation}"
 
     def admin_record(self, request_id: str) -> str:
         """Marks an admin request as applied, for idempotent admin calls."""

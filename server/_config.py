@@ -37,10 +37,16 @@ class NodeConfig:
     workers: int = _setting(1, "Server processes sharing the port (SO_REUSEPORT); 0 = one per core.")
     request_ttl_s: int = _setting(
         86400,
-        "How long a request's first answer is kept for retries, seconds. Far longer than any client's "
-        "retry window (the client gives up after its deadline, 10 s by default).",
+        "How long a request's first answer is kept for retries, seconds (at least this, at most twice). "
+        "Far longer than any client's retry window (the client gives up after its deadline, 10 s by "
+        "default); holds may last at most half of it.",
     )
-    default_hold_ms: int = _setting(600_000, "Hold length when a Hold asks for 0, ms.")
+    default_hold_ms: int = _setting(600_000, "Hold length when a Hold asks for 0, ms; at most request_ttl_s / 2.")
+    coalesce_window_ms: float = _setting(
+        2.0,
+        "Concurrent deductions of one shard share one Redis call, at most one call per this many ms "
+        "when the shard is busy (an idle shard's request goes at once); 0 = no waiting.",
+    )
     reap_interval_ms: int = _setting(200, "How often expired holds are looked for, ms.")
     redis_pool_size: int = _setting(256, "Most Redis connections per worker process.")
     redis_timeout_s: float = _setting(2.0, "Redis socket timeout, seconds; a timeout answers UNAVAILABLE.")
@@ -67,6 +73,10 @@ def config_problems(config: NodeConfig) -> list[str]:
     for name in ("request_ttl_s", "default_hold_ms", "reap_interval_ms", "redis_pool_size"):
         if getattr(config, name) <= 0:
             out.append(f"{name}: must be > 0")
+    if not 0 <= config.coalesce_window_ms <= 100:
+        out.append(f"coalesce_window_ms: {config.coalesce_window_ms} is not 0-100")
+    if config.default_hold_ms > config.request_ttl_s * 1000 // 2:
+        out.append("default_hold_ms: must be at most half of request_ttl_s (a hold's record must outlive it)")
     if config.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
         out.append(f"log_level: {config.log_level!r} is not DEBUG, INFO, WARNING or ERROR")
     return out

@@ -63,7 +63,11 @@ class Node:
             self.redis,
             config.shards,
             self.book,
-            StoreLimits(request_ttl_s=config.request_ttl_s, default_hold_ms=config.default_hold_ms),
+            StoreLimits(
+                request_ttl_s=config.request_ttl_s,
+                default_hold_ms=config.default_hold_ms,
+                coalesce_window_s=config.coalesce_window_ms / 1000,
+            ),
         )
         self.stock_servicer = StockServicer(self.store, self.book)
         self.health = health.aio.HealthServicer()
@@ -139,6 +143,7 @@ class Node:
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
+        await self.store.close()
         await self.redis.aclose()
 
     async def run_until_signalled(self) -> None:

@@ -129,7 +129,7 @@ class StockServicer(stock_pb2_grpc.StockServiceServicer):
     async def Hold(self, request: stock_pb2.HoldRequest, context: Any) -> stock_pb2.HoldReply:
         _check(
             v.take_violations(request.sku_id, request.user_id, request.qty, request.request_id)
-            + v.hold_ttl_violations(request.ttl_ms)
+            + v.hold_ttl_violations(request.ttl_ms, self._store.max_hold_ms)
         )
         refused = self._sold_out_reply(request, stock_pb2.HoldReply)
         if refused is not None:

@@ -30,6 +30,8 @@ from flashstock.client import (
 from flashstock.lockmgr import SKU_INDEX_KEY, ShardKeys, shard_of
 
 from . import _replies
+from ._validate import MAX_HOLD_MS
+from ._coalesce import ShardCoalescer
 from ._scripts import StockScripts
 from ._soldout import SoldOutBook
 
@@ -39,9 +41,12 @@ class StoreLimits:
     """Times the store applies to what it records."""
 
     request_ttl_s: int = 86400
-    """How long a request's first answer is kept for retries (seconds)."""
+    """A request's first answer is kept for retries at least this long, at most
+    twice as long (seconds); holds must be shorter."""
     default_hold_ms: int = 600_000
     """Hold length when a Hold asks for 0."""
+    coalesce_window_s: float = 0.002
+    """Least time between two deduction calls of a busy shard (see :mod:`._coalesce`)."""
 
 
 @contextlib.asynccontextmanager
@@ -69,6 +74,10 @@ class StockStore:
         self._book = book
         self._limits = limits
         self._scripts = StockScripts.register(redis)
+        self._record_ttl_ms = limits.request_ttl_s * 1000
+        self._coalescer: ShardCoalescer[tuple[str, str, int, str, int]] = ShardCoalescer(
+            self._take_batch, window=limits.coalesce_window_s
+        )
 
     @property
     def shards(self) -> int:
@@ -87,22 +96,36 @@ class StockStore:
     async def take(
         self, sku_id: str, user_id: str, qty: int, request_id: str, hold_ms: int = 0
     ) -> DeductResult:
-        """Deduct (``hold_ms == 0``) or hold ``qty`` units: one script call."""
-        k = self.keys(sku_id)
-        if hold_ms == 0:
-            ttl_s = self._limits.request_ttl_s
-        else:
-            # A hold's record outlives the hold, so settling it late still finds it.
-            ttl_s = max(self._limits.request_ttl_s, hold_ms // 1000 + 3600)
+        """Deduct (``hold_ms == 0``) or hold ``qty`` units.
+
+        Concurrent requests of one shard share one script call (coalescing);
+        each is decided exactly as if it ran alone.
+        """
+        shard = shard_of(sku_id, self._shards)
         async with _redis_errors():
-            raw = await self._scripts.deduct(
-                keys=[k.sku(sku_id), k.users(sku_id), k.record(request_id), k.log, k.hold_expiries, k.sold_out],
-                args=[sku_id, user_id, qty, request_id, hold_ms, ttl_s],
-            )
+            raw = await self._coalescer.submit(shard, (sku_id, user_id, qty, request_id, hold_ms))
         result, sold_out_sv = _replies.take_result(raw, sku_id, request_id)
         if sold_out_sv:
             self._book.learn(sku_id, sold_out_sv, True)
         return result
+
+    async def _take_batch(self, shard: int, items: Sequence[tuple[str, str, int, str, int]]) -> list:
+        k = ShardKeys(shard)
+        keys = [k.log, k.hold_expiries, k.sold_out]
+        args: list[str | int] = [k.prefix, self._record_ttl_ms]
+        for sku_id, user_id, qty, request_id, hold_ms in items:
+            keys += (k.sku(sku_id), k.users(sku_id))
+            args += (sku_id, user_id, qty, request_id, hold_ms)
+        return await self._scripts.deduct(keys=keys, args=args)
+
+    @property
+    def max_hold_ms(self) -> int:
+        """The longest hold: a hold's record must outlive it (records last >= request_ttl_s)."""
+        return min(MAX_HOLD_MS, self._record_ttl_ms // 2)
+
+    async def close(self) -> None:
+        """Cancel coalesced calls in flight."""
+        await self._coalescer.close()
 
     async def hold(self, sku_id: str, user_id: str, qty: int, request_id: str, ttl_ms: int) -> DeductResult:
         """Hold ``qty`` units for ``ttl_ms`` (0 = the default hold length)."""
@@ -113,19 +136,19 @@ class StockStore:
         k = self.keys(sku_id)
         async with _redis_errors():
             raw = await self._scripts.settle(
-                keys=[k.record(hold_id), k.log],
-                args=["C" if confirm else "R", request_id, sku_id, k.prefix],
+                keys=[k.log],
+                args=["C" if confirm else "R", request_id, sku_id, hold_id, k.prefix, self._record_ttl_ms],
             )
         return _replies.settle_result(raw, sku_id, hold_id)
 
     async def batch(self, user_id: str, items: Sequence[tuple[str, int]], request_id: str) -> BatchResult:
         """Take every item, or none."""
         keys: list[str] = []
-        args: list[str | int] = [user_id, request_id, self._limits.request_ttl_s]
-        for i, (sku_id, qty) in enumerate(items, start=1):
+        args: list[str | int] = [user_id, request_id, self._record_ttl_ms]
+        for sku_id, qty in items:
             k = self.keys(sku_id)
-            keys += [k.sku(sku_id), k.users(sku_id), k.record(f"{request_id}#{i}"), k.log, k.sold_out]
-            args += [sku_id, qty]
+            keys += [k.sku(sku_id), k.users(sku_id), k.log, k.sold_out]
+            args += [sku_id, qty, k.prefix]
         async with _redis_errors():
             raw = await self._scripts.batch(keys=keys, args=args)
         return _replies.batch_result(raw, [sku for sku, _ in items], request_id)
@@ -224,5 +247,7 @@ class StockStore:
             for shard, first in enumerate(earliest):
                 if first and first[0][1] <= now_ms:
                     k = ShardKeys(shard)
-                    expired += await self._scripts.reap(keys=[k.hold_expiries, k.log], args=[k.prefix, most_per_shard])
+                    expired += await self._scripts.reap(
+                        keys=[k.hold_expiries, k.log], args=[k.prefix, most_per_shard, self._record_ttl_ms]
+                    )
         return expired

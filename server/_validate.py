@@ -20,7 +20,7 @@ MAX_STOCK = 10**12
 MAX_BATCH_ITEMS = 64
 """Most items of one BatchDeduct."""
 MAX_HOLD_MS = 24 * 3600 * 1000
-"""Longest hold."""
+"""Longest hold, whatever the node allows (it allows at most half its request_ttl_s)."""
 
 
 def id_violations(field: str, value: str) -> list[FieldViolation]:
@@ -30,8 +30,8 @@ def id_violations(field: str, value: str) -> list[FieldViolation]:
     size = len(value.encode())
     if size > MAX_ID_BYTES:
         return [FieldViolation(field, f"is {size} bytes; at most {MAX_ID_BYTES}")]
-    if any(ord(c) < 32 or c == "\x7f" for c in value):
-        return [FieldViolation(field, "contains a control character")]
+    if not value.isprintable():
+        return [FieldViolation(field, "contains a control or other unprintable character")]
     return []
 
 
@@ -54,10 +54,10 @@ def take_violations(sku_id: str, user_id: str, qty: int, request_id: str) -> lis
     ]
 
 
-def hold_ttl_violations(ttl_ms: int) -> list[FieldViolation]:
-    """A hold lasts 0 (the node's default) to MAX_HOLD_MS."""
-    if not 0 <= ttl_ms <= MAX_HOLD_MS:
-        return [FieldViolation("ttl_ms", f"must be 0 to {MAX_HOLD_MS}, not {ttl_ms}")]
+def hold_ttl_violations(ttl_ms: int, max_ms: int = MAX_HOLD_MS) -> list[FieldViolation]:
+    """A hold lasts 0 (the node's default) to ``max_ms``."""
+    if not 0 <= ttl_ms <= max_ms:
+        return [FieldViolation("ttl_ms", f"must be 0 to {max_ms}, not {ttl_ms}")]
     return []
 
 

@@ -14,7 +14,12 @@
 --   sale                    +1 on every put; holds of an older sale give
 --                           their units back to nobody
 --
--- A record (fs:{s<n>}:r:<request_id>) is a msgpack array:
+-- Records: the first answer of every request that took effect, kept in
+-- generation buckets, hashes fs:{s<n>}:r:<gen> (gen = floor(now_ms / ttl_ms))
+-- with field request_id. A bucket expires at the end of the generation after
+-- its own, so a record lives between ttl and 2 x ttl; a lookup reads the
+-- current and the previous bucket. One hash field costs far less memory than
+-- a key with its own expiry. A record is a msgpack array:
 --   {kind 'D'|'H', state 'C'|'H'|'R'|'X', qty, user, sku, taken_ms, exp_ms,
 --    closer request_id ('' until confirmed or released), sale}
 
@@ -26,19 +31,28 @@ local function now_ms()
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 end
 
-local function load_record(key)
-  local raw = redis.call('GET', key)
-  if not raw then return nil end
-  return cmsgpack.unpack(raw)
+-- The record store of one shard at one moment.
+local function records(prefix, now, ttl_ms)
+  local gen = math.floor(now / ttl_ms)
+  return {cur = prefix .. 'r:' .. gen, prev = prefix .. 'r:' .. (gen - 1), expire_at = (gen + 2) * ttl_ms}
 end
 
-local function save_record(key, rec, ttl_s)
-  if ttl_s then
-    redis.call('SET', key, cmsgpack.pack(rec), 'EX', ttl_s)
-  else
-    -- A state change keeps the record's original expiry.
-    redis.call('SET', key, cmsgpack.pack(rec), 'KEEPTTL')
-  end
+-- The record of `rid` and the bucket holding it, or nil.
+local function find_record(store, rid)
+  local raw = redis.call('HGET', store.cur, rid)
+  if raw then return cmsgpack.unpack(raw), store.cur end
+  raw = redis.call('HGET', store.prev, rid)
+  if raw then return cmsgpack.unpack(raw), store.prev end
+  return nil, nil
+end
+
+local function add_record(store, rid, rec)
+  redis.call('HSET', store.cur, rid, cmsgpack.pack(rec))
+  redis.call('PEXPIREAT', store.cur, store.expire_at)
+end
+
+local function update_record(bucket, rid, rec)
+  redis.call('HSET', bucket, rid, cmsgpack.pack(rec))
 end
 
 -- The reply of every call about a deduction:
@@ -94,8 +108,7 @@ local function check_take(sku_key, users_key, user, qty, now)
 end
 
 -- Take the units a check_take allowed; returns the record and avail after.
-local function take(keys, sku_id, user, qty, rid, hold_ms, ttl_s, now)
-  local sku_key, users_key, rec_key, log_key, hx_key = keys[1], keys[2], keys[3], keys[4], keys[5]
+local function take(sku_key, users_key, log_key, hx_key, store, sku_id, user, qty, rid, hold_ms, now)
   local avail = redis.call('HINCRBY', sku_key, 'avail', -qty)
   local kind, state, exp = 'D', 'C', 0
   if hold_ms > 0 then
@@ -110,18 +123,18 @@ local function take(keys, sku_id, user, qty, rid, hold_ms, ttl_s, now)
   end
   local sale = tonumber(redis.call('HGET', sku_key, 'sale'))
   local rec = {kind, state, qty, user, sku_id, now, exp, '', sale}
-  save_record(rec_key, rec, ttl_s)
+  add_record(store, rid, rec)
   log_event(log_key, kind, rid, rec)
   return rec, avail
 end
 
 -- Give a hold's units back (release or expiry) and mark it `state`.
 -- Returns avail after, or -1 when the hold belongs to an older sale.
-local function give_back(prefix, rec_key, rec, state, closer)
+local function give_back(prefix, bucket, hold_id, rec, state, closer)
   local sku_key = prefix .. 'k:' .. rec[5]
   rec[2], rec[8] = state, closer
-  save_record(rec_key, rec, nil)
-  redis.call('ZREM', prefix .. 'hx', string.sub(rec_key, #prefix + 3))
+  update_record(bucket, hold_id, rec)
+  redis.call('ZREM', prefix .. 'hx', hold_id)
   local left = -1
   if tonumber(redis.call('HGET', sku_key, 'sale') or '-1') == rec[9] then
     local qty = rec[3]

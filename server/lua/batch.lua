@@ -5,32 +5,36 @@
 -- that shard's log, exactly as a Deduct. The keys of one call may span
 -- shards: this runs on a single Redis (not Redis Cluster).
 --
--- KEYS per item i (1-based), five each, at 5*(i-1)+1 ..:
---   sku hash, users hash, record of "<request_id>#<i>", shard log, sold-out hash
--- ARGV[1] user_id  ARGV[2] request_id  ARGV[3] record ttl s
--- ARGV[4 + 2*(i-1)] sku_id of item i   ARGV[5 + 2*(i-1)] qty of item i
+-- KEYS per item i (1-based), four each, at 4*(i-1)+1 ..:
+--   sku hash, users hash, shard log, sold-out hash
+-- ARGV[1] user_id  ARGV[2] request_id  ARGV[3] record ttl ms
+-- ARGV[2 + 3*i] sku_id, ARGV[3 + 3*i] qty, ARGV[4 + 3*i] key prefix of item i
 --
 -- Returns {code, n, then per item: item_code, stock_left}, code one of
 --   OK, DUP (the batch took effect before; items as recorded), REFUSED (the
---   first item refusal is the batch's outcome), NO_SKU (stock_left = index),
---   MISMATCH, QTY_MAX (per item as in deduct.lua)
-local user, rid, ttl_s = ARGV[1], ARGV[2], tonumber(ARGV[3])
-local n = (#ARGV - 3) / 2
-local function item_keys(i)
-  local b = 5 * (i - 1)
-  return {KEYS[b + 1], KEYS[b + 2], KEYS[b + 3], KEYS[b + 4], nil, KEYS[b + 5]}
+--   first item refusal is the batch's outcome), NO_SKU (n = the item's index),
+--   MISMATCH (likewise), QTY_MAX ({code, index, cap})
+local user, rid, ttl_ms = ARGV[1], ARGV[2], tonumber(ARGV[3])
+local n = (#ARGV - 3) / 3
+local now = now_ms()
+local function item(i)
+  local b = 4 * (i - 1)
+  return {sku = KEYS[b + 1], users = KEYS[b + 2], log = KEYS[b + 3], so = KEYS[b + 4],
+          sku_id = ARGV[3 * i + 1], qty = tonumber(ARGV[3 * i + 2]),
+          store = records(ARGV[3 * i + 3], now, ttl_ms), rid = rid .. '#' .. i}
 end
 
 for i = 1, n do
-  if redis.call('EXISTS', item_keys(i)[1]) == 0 then return {'NO_SKU', i} end
+  if redis.call('EXISTS', item(i).sku) == 0 then return {'NO_SKU', i} end
 end
 
-local first = load_record(item_keys(1)[3])
-if first then
+local first = item(1)
+if find_record(first.store, first.rid) then
   local out = {'DUP', n}
   for i = 1, n do
-    local rec = load_record(item_keys(i)[3])
-    if not rec or rec[5] ~= ARGV[2 + 2 * i] or rec[4] ~= user or rec[3] ~= tonumber(ARGV[3 + 2 * i]) then
+    local it = item(i)
+    local rec = find_record(it.store, it.rid)
+    if not rec or rec[5] ~= it.sku_id or rec[4] ~= user or rec[3] ~= it.qty then
       return {'MISMATCH', i}
     end
     out[#out + 1] = 'OK'
@@ -39,11 +43,10 @@ if first then
   return out
 end
 
-local now = now_ms()
 local out, refused = {'OK', n}, false
 for i = 1, n do
-  local k = item_keys(i)
-  local code, avail = check_take(k[1], k[2], user, tonumber(ARGV[3 + 2 * i]), now)
+  local it = item(i)
+  local code, avail = check_take(it.sku, it.users, user, it.qty, now)
   if code == 'QTY_MAX' then return {'QTY_MAX', i, avail} end
   if code ~= 'OK' then refused = true end
   out[#out + 1] = code
@@ -55,10 +58,9 @@ if refused then
 end
 
 for i = 1, n do
-  local k = item_keys(i)
-  local sku_id, qty = ARGV[2 + 2 * i], tonumber(ARGV[3 + 2 * i])
-  local _, avail = take(k, sku_id, user, qty, rid .. '#' .. i, 0, ttl_s, now)
-  announce(k[1], k[6], sku_id, avail + qty, avail)
+  local it = item(i)
+  local _, avail = take(it.sku, it.users, it.log, nil, it.store, it.sku_id, user, it.qty, it.rid, 0, now)
+  announce(it.sku, it.so, it.sku_id, avail + it.qty, avail)
   out[2 + 2 * i] = avail
 end
 return out

@@ -1,37 +1,46 @@
--- deduct.lua: take units of one SKU, for good (Deduct) or until expiry (Hold).
+-- deduct.lua: take units, for good (Deduct) or until expiry (Hold), for one
+-- or more requests of one shard, each exactly as if it ran alone, in order.
 --
--- In one atomic step: SKU present? request_id seen (first answer)? qty within
--- the cap? window open and not paused (Redis clock)? stock left? per-user
--- limit? enough stock? Then decrement, record the answer, append the shard
--- log entry, and announce a sell-out at zero.
+-- Per request, in one atomic step: SKU present? request_id seen (first
+-- answer)? qty within the cap? window open and not paused (Redis clock)?
+-- stock left? per-user limit? enough stock? Then decrement, record the
+-- answer, append the shard log entry, and announce a sell-out at zero.
+-- A node coalesces concurrent requests of a shard into one call.
 --
--- KEYS[1] sku hash        KEYS[2] users hash     KEYS[3] record of request_id
--- KEYS[4] shard log       KEYS[5] hold expiries  KEYS[6] sold-out hash
--- ARGV[1] sku_id  ARGV[2] user_id  ARGV[3] qty  ARGV[4] request_id
--- ARGV[5] hold ttl ms (0 = Deduct)  ARGV[6] record ttl s
+-- KEYS[1] shard log   KEYS[2] hold expiries   KEYS[3] sold-out hash
+-- KEYS[2 + 2*i], KEYS[3 + 2*i]   request i's sku hash and users hash (i = 1..n)
+-- ARGV[1] key prefix of the shard ('fs:{s<n>}:')   ARGV[2] record ttl ms
+-- ARGV[5*i - 2 .. 5*i + 2]   request i: sku_id, user_id, qty, request_id,
+--                            hold ttl ms (0 = Deduct)
 --
--- Returns {code, stock_left, sold_out_sv, kind, state, qty, user, sku,
---          taken_ms, exp_ms} where code is one of
---   OK, DUP (the record's first answer), SOLD_OUT, INSUFFICIENT, LIMIT,
---   NOT_ON_SALE, QTY_MAX (stock_left = the cap), NO_SKU,
---   MISMATCH (request_id used before with other arguments)
-local sku_id, user, qty, rid = ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4]
-local hold_ms, ttl_s = tonumber(ARGV[5]), tonumber(ARGV[6])
+-- Returns one reply per request, in order:
+--   {code, stock_left, sold_out_sv, kind, state, qty, user, sku, taken_ms, exp_ms}
+-- where code is one of OK, DUP (the record's first answer), SOLD_OUT,
+-- INSUFFICIENT, LIMIT, NOT_ON_SALE, QTY_MAX (stock_left = the cap), NO_SKU,
+-- MISMATCH (request_id used before with other arguments).
+local now = now_ms()
+local store = records(ARGV[1], now, tonumber(ARGV[2]))
+local out = {}
 
-if redis.call('EXISTS', KEYS[1]) == 0 then return {'NO_SKU', -1, 0} end
-
-local rec = load_record(KEYS[3])
-if rec then
-  local kind = hold_ms > 0 and 'H' or 'D'
-  if rec[5] ~= sku_id or rec[4] ~= user or rec[3] ~= qty or rec[1] ~= kind then
-    return {'MISMATCH', -1, 0}
+local function one(sku_key, users_key, sku_id, user, qty, rid, hold_ms)
+  if redis.call('EXISTS', sku_key) == 0 then return {'NO_SKU', -1, 0} end
+  local rec = find_record(store, rid)
+  if rec then
+    local kind = hold_ms > 0 and 'H' or 'D'
+    if rec[5] ~= sku_id or rec[4] ~= user or rec[3] ~= qty or rec[1] ~= kind then
+      return {'MISMATCH', -1, 0}
+    end
+    return reply('DUP', -1, 0, rec)
   end
-  return reply('DUP', -1, 0, rec)
+  local code, avail, sv = check_take(sku_key, users_key, user, qty, now)
+  if code ~= 'OK' then return {code, avail, sv} end
+  rec, avail = take(sku_key, users_key, KEYS[1], KEYS[2], store, sku_id, user, qty, rid, hold_ms, now)
+  return reply('OK', avail, announce(sku_key, KEYS[3], sku_id, avail + qty, avail), rec)
 end
 
-local now = now_ms()
-local code, avail, sv = check_take(KEYS[1], KEYS[2], user, qty, now)
-if code ~= 'OK' then return {code, avail, sv} end
-
-rec, avail = take(KEYS, sku_id, user, qty, rid, hold_ms, ttl_s, now)
-return reply('OK', avail, announce(KEYS[1], KEYS[6], sku_id, avail + qty, avail), rec)
+for i = 1, (#KEYS - 3) / 2 do
+  local a = 5 * i - 2
+  out[i] = one(KEYS[2 + 2 * i], KEYS[3 + 2 * i], ARGV[a], ARGV[a + 1], tonumber(ARGV[a + 2]),
+               ARGV[a + 3], tonumber(ARGV[a + 4]))
+end
+return out

@@ -6,17 +6,19 @@
 --
 -- KEYS[1] hold expiries (sorted set)   KEYS[2] shard log
 -- ARGV[1] key prefix of the shard ('fs:{s<n>}:')   ARGV[2] most holds to reap
+-- ARGV[3] record ttl ms
 --
 -- Returns the number of holds expired.
 local prefix, most = ARGV[1], tonumber(ARGV[2])
-local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now_ms(), 'LIMIT', 0, most)
+local now = now_ms()
+local store = records(prefix, now, tonumber(ARGV[3]))
+local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, most)
 local expired = 0
 for _, hold_id in ipairs(due) do
-  local rec_key = prefix .. 'r:' .. hold_id
-  local rec = load_record(rec_key)
+  local rec, bucket = find_record(store, hold_id)
   redis.call('ZREM', KEYS[1], hold_id)
   if rec and rec[2] == 'H' then
-    give_back(prefix, rec_key, rec, 'X', '')
+    give_back(prefix, bucket, hold_id, rec, 'X', '')
     log_event(KEYS[2], 'X', hold_id, rec)
     expired = expired + 1
   end
