@@ -1,0 +1,220 @@
+"""Shared fixtures: a real ``redis-server`` and real flashstock nodes on free loopback ports.
+
+Session fixtures start the processes once, wait until they answer, and stop
+them at the end of the session, also when a test fails or the run is
+interrupted. Function fixtures hand each test its own clients and a fresh
+SKU id, so tests never see each other's stock.
+
+- ``redis_server``: a :class:`RedisServer` (no persistence).
+- ``node``: one node process (``workers=1``) on it.
+- ``node_2w``: a second node on the same Redis with two worker processes
+  sharing one port (started only by the tests that ask for it).
+- ``stock`` / ``admin``: blocking clients of ``node``; ``astock`` /
+  ``aadmin``: the asyncio ones.
+- ``redis``: a plain ``redis.Redis`` on the session server, for inspection
+  (INFO commandstats, TIME); never to fake the state a promise test checks.
+- ``sku``: a fresh, unique SKU id.
+- ``private_stack``: a Redis and a node of the test's own, for tests that
+  kill or restart Redis.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+import sys
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import psutil
+import pytest
+import redis as redis_py
+
+# The helpers live beside this file; make them importable whatever the
+# import mode (the default "prepend" mode would do it too).
+if str(Path(__file__).parent) not in sys.path:
+    sys.path.insert(0, str(Path(__file__).parent))
+
+from flashstock.client import (  # noqa: E402
+    AdminClient,
+    AsyncAdminClient,
+    AsyncStockClient,
+    ClientConfig,
+    StockClient,
+)
+from flashstock.server._procs import NodeProcess, RedisServer  # noqa: E402
+
+
+@contextlib.contextmanager
+def running_node(redis_url: str, *, workers: int = 1, extra_args: tuple[str, ...] = ()) -> Iterator[NodeProcess]:
+    """A started :class:`NodeProcess`, stopped on exit with every worker it forked.
+
+    ``NodeProcess.stop`` SIGTERMs the parent, which forwards the signal to its
+    workers; should the parent have to be SIGKILLed, its workers would live
+    on, so any still alive afterwards are killed here.
+    """
+    node = NodeProcess(redis_url, workers=workers, extra_args=extra_args)
+    children: list[psutil.Process] = []
+    try:
+        node.start()
+        children = psutil.Process(node.pid).children(recursive=True)
+        yield node
+    finally:
+        node.stop()
+        for child in children:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                child.kill()
+        if node.log_path is not None:
+            with contextlib.suppress(OSError):
+                node.log_path.unlink()
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_runtest_makereport(item, call):  # type: ignore[no-untyped-def]
+    # Keep each phase's report on the item, so fixtures can tell a failed test.
+    report = yield
+    setattr(item, f"rep_{report.when}", report)
+    return report
+
+
+def _print_log_if_failed(request: pytest.FixtureRequest, node: NodeProcess) -> None:
+    report = getattr(request.node, "rep_call", None)
+    if report is not None and report.failed:
+        print(f"--- log of node {node.address} ---\n{node.log()}")
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[RedisServer]:
+    """The session's ``redis-server``."""
+    with RedisServer() as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def node(redis_server: RedisServer) -> Iterator[NodeProcess]:
+    """A node with one worker process on the session's Redis."""
+    with running_node(redis_server.url, workers=1) as n:
+        yield n
+
+
+@pytest.fixture(scope="session")
+def node_2w(redis_server: RedisServer) -> Iterator[NodeProcess]:
+    """A second node on the same Redis: two worker processes sharing one port."""
+    with running_node(redis_server.url, workers=2) as n:
+        yield n
+
+
+@pytest.fixture
+def client_config(node: NodeProcess) -> ClientConfig:
+    """Client settings that reach ``node``."""
+    return ClientConfig(addresses=[node.address])
+
+
+@pytest.fixture
+def stock(request: pytest.FixtureRequest, node: NodeProcess, client_config: ClientConfig) -> Iterator[StockClient]:
+    """A blocking StockService client of ``node``."""
+    client = StockClient(client_config)
+    try:
+        yield client
+    finally:
+        client.close()
+        _print_log_if_failed(request, node)
+
+
+@pytest.fixture
+def admin(client_config: ClientConfig) -> Iterator[AdminClient]:
+    """A blocking AdminService client of ``node``."""
+    client = AdminClient(client_config)
+    try:
+        yield client
+    finally:
+        client.close()
+
+
+@pytest.fixture
+async def astock(client_config: ClientConfig) -> AsyncStockClient:
+    """An asyncio StockService client of ``node``."""
+    client = AsyncStockClient(client_config)
+    try:
+        yield client
+    finally:
+        await client.close()
+
+
+@pytest.fixture
+async def aadmin(client_config: ClientConfig) -> AsyncAdminClient:
+    """An asyncio AdminService client of ``node``."""
+    client = AsyncAdminClient(client_config)
+    try:
+        yield client
+    finally:
+        await client.close()
+
+
+@pytest.fixture
+def redis(redis_server: RedisServer) -> Iterator[redis_py.Redis]:
+    """A blocking Redis client of the session's server: for inspection only."""
+    client = redis_py.Redis.from_url(redis_server.url)
+    try:
+        yield client
+    finally:
+        client.close()
+
+
+@pytest.fixture
+def sku(request: pytest.FixtureRequest) -> str:
+    """A SKU id no other test uses: the test's name and a random suffix."""
+    name = re.sub(r"[^A-Za-z0-9_-]", "_", request.node.name)[:60]
+    return f"{name}-{uuid.uuid4().hex[:12]}"
+
+
+class PrivateStack:
+    """A Redis and a node of one test's own: Redis may be killed and started again."""
+
+    def __init__(self, redis_server: RedisServer, node: NodeProcess) -> None:
+        self.redis_server = redis_server
+        """The Redis in use now (replaced by :meth:`restart_redis`)."""
+        self.node = node
+        """The node, which outlives its Redis."""
+        self._servers = [redis_server]
+
+    def kill_redis(self) -> None:
+        """SIGKILL the Redis: a crash."""
+        self.redis_server.kill()
+
+    def restart_redis(self, **kwargs) -> RedisServer:  # type: ignore[no-untyped-def]
+        """Kill the Redis if it still runs, and start a new one on its port.
+
+        ``kwargs`` go to :class:`RedisServer` (a folder, persistence flags).
+        """
+        self.kill_redis()  # else the new one cannot bind, and the old one answers its PING
+        server = RedisServer(port=self.redis_server.port, **kwargs)
+        self._servers.append(server)
+        server.start()
+        self.redis_server = server
+        return server
+
+    def stop(self) -> None:
+        for server in self._servers:
+            server.stop()
+
+
+@pytest.fixture
+def private_stack(request: pytest.FixtureRequest) -> Iterator[PrivateStack]:
+    """A Redis and a one-worker node on it, both the test's own."""
+    server = RedisServer()
+    stack: PrivateStack | None = None
+    try:
+        server.start()
+        with running_node(server.url, workers=1) as n:
+            stack = PrivateStack(server, n)
+            try:
+                yield stack
+            finally:
+                _print_log_if_failed(request, n)
+    finally:
+        if stack is not None:
+            stack.stop()
+        else:
+            server.stop()

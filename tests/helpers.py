@@ -1,0 +1,128 @@
+"""Helpers shared by the tests: polling with a deadline, never a bare sleep.
+
+::
+
+    stock = eventually(lambda: stock_client.get_stock(sku), until=lambda s: s.held == 0)
+    await aeventually(lambda: astock.deduct(sku, "u1"), until=lambda r: r.outcome is Outcome.OK)
+
+A check is retried while it returns something falsy (or fails ``until``) or
+raises ``AssertionError`` (or one of ``retry_on``); when the deadline passes
+the helper raises ``AssertionError`` naming the last value or error, so a
+failing test says what it saw, not just that it timed out.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+__all__ = [
+    "REAPER_COMMANDS",
+    "aeventually",
+    "calls_delta",
+    "command_calls",
+    "eventually",
+    "no_hold_due_soon",
+    "redis_now_ms",
+]
+
+REAPER_COMMANDS = frozenset({"time", "zrange"})
+"""What a node's reaper sends every round, whatever the traffic (a pipeline of
+TIME and one ZRANGE per shard); left out when counting a request's Redis calls."""
+
+
+def _accept(value: Any, until: Callable[[Any], bool] | None) -> bool:
+    return bool(until(value)) if until is not None else bool(value)
+
+
+def _timeout_error(timeout: float, last: Any, error: BaseException | None) -> AssertionError:
+    seen = f"last error: {error!r}" if error is not None else f"last value: {last!r}"
+    return AssertionError(f"not true within {timeout} s; {seen}")
+
+
+def eventually(
+    check: Callable[[], T],
+    timeout: float = 10.0,
+    interval: float = 0.02,
+    *,
+    until: Callable[[T], bool] | None = None,
+    retry_on: tuple[type[BaseException], ...] = (),
+) -> T:
+    """Call ``check`` until its value is accepted; return that value.
+
+    Accepted means truthy, or ``until(value)`` when ``until`` is given.
+    ``AssertionError`` and the exceptions in ``retry_on`` count as "not yet".
+    """
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    error: BaseException | None = None
+    while True:
+        try:
+            last = check()
+            error = None
+            if _accept(last, until):
+                return last
+        except (AssertionError, *retry_on) as exc:
+            error = exc
+        if time.monotonic() >= deadline:
+            raise _timeout_error(timeout, last, error)
+        time.sleep(interval)
+
+
+async def aeventually(
+    check: Callable[[], Awaitable[T] | T],
+    timeout: float = 10.0,
+    interval: float = 0.02,
+    *,
+    until: Callable[[T], bool] | None = None,
+    retry_on: tuple[type[BaseException], ...] = (),
+) -> T:
+    """The asyncio twin of :func:`eventually`: ``check`` may be async or plain."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    last: Any = None
+    error: BaseException | None = None
+    while True:
+        try:
+            value = check()
+            last = await value if inspect.isawaitable(value) else value
+            error = None
+            if _accept(last, until):
+                return last
+        except (AssertionError, *retry_on) as exc:
+            error = exc
+        if loop.time() >= deadline:
+            raise _timeout_error(timeout, last, error)
+        await asyncio.sleep(interval)
+
+
+def redis_now_ms(redis: Any) -> int:
+    """Now on Redis's clock (the one sale windows and holds are decided on), unix ms."""
+    seconds, micros = redis.time()
+    return seconds * 1000 + micros // 1000
+
+
+def command_calls(redis: Any) -> dict[str, int]:
+    """Calls per command since Redis started (INFO commandstats), by lower-case name."""
+    stats = redis.info("commandstats")
+    return {name.removeprefix("cmdstat_").lower(): int(s["calls"]) for name, s in stats.items()}
+
+
+def calls_delta(before: dict[str, int], after: dict[str, int]) -> dict[str, int]:
+    """Commands called between two :func:`command_calls` readings, and how often."""
+    return {name: n - before.get(name, 0) for name, n in after.items() if n != before.get(name, 0)}
+
+
+def no_hold_due_soon(redis: Any, within_ms: int = 3000) -> bool:
+    """True when no open hold of any SKU expires within ``within_ms``.
+
+    A due hold makes the reaper run a script (an EVALSHA); tests counting
+    EVALSHAs wait for this first, so other tests' holds cannot disturb them.
+    """
+    horizon = redis_now_ms(redis) + within_ms
+    return all(redis.zcount(key, "-inf", horizon) == 0 for key in redis.scan_iter(match="fs:*:hx", count=1000))
