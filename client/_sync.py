@@ -104,7 +104,7 @@ class StockClient:
     ) -> DeductResult:
         """Take ``qty`` units of ``sku_id`` for ``user_id``, for good."""
         request = t.stock_pb2.DeductRequest(
-            sku_id=sku_id, user_id=user_id, qty=qty, request_id=request_id or t.new_request_id(), retry=retry
+            sku_id=sku_id, user_id=user_id, qty=qty, request_id=t.request_id_or_new(request_id), retry=retry
         )
         return t.deduct_result(self._conn._rpc_call("Deduct", request))
 
@@ -120,18 +120,18 @@ class StockClient:
     ) -> DeductResult:
         """Hold ``qty`` units for ``ttl_ms`` (0 = the node's default); the hold id is the request id."""
         request = t.stock_pb2.HoldRequest(
-            sku_id=sku_id, user_id=user_id, qty=qty, ttl_ms=ttl_ms, request_id=request_id or t.new_request_id(), retry=retry
+            sku_id=sku_id, user_id=user_id, qty=qty, ttl_ms=ttl_ms, request_id=t.request_id_or_new(request_id), retry=retry
         )
         return t.deduct_result(self._conn._rpc_call("Hold", request))
 
     def confirm(self, sku_id: str, hold_id: str, *, request_id: str | None = None) -> SettleResult:
         """Make the hold ``hold_id`` sold for good, unless it expired or was released first."""
-        request = t.stock_pb2.ConfirmRequest(sku_id=sku_id, hold_id=hold_id, request_id=request_id or t.new_request_id())
+        request = t.stock_pb2.ConfirmRequest(sku_id=sku_id, hold_id=hold_id, request_id=t.request_id_or_new(request_id))
         return t.settle_result(self._conn._rpc_call("Confirm", request))
 
     def release(self, sku_id: str, hold_id: str, *, request_id: str | None = None) -> SettleResult:
         """Give the hold ``hold_id``'s units back, unless it was confirmed or expired first."""
-        request = t.stock_pb2.ReleaseRequest(sku_id=sku_id, hold_id=hold_id, request_id=request_id or t.new_request_id())
+        request = t.stock_pb2.ReleaseRequest(sku_id=sku_id, hold_id=hold_id, request_id=t.request_id_or_new(request_id))
         return t.settle_result(self._conn._rpc_call("Release", request))
 
     def get_stock(self, sku_id: str) -> StockLevel:
@@ -148,7 +148,7 @@ class StockClient:
     ) -> BatchResult:
         """Take every item (a :class:`BatchItem` or ``(sku_id, qty)``), or none."""
         request = t.stock_pb2.BatchDeductRequest(
-            user_id=user_id, items=t.batch_items(items), request_id=request_id or t.new_request_id(), retry=retry
+            user_id=user_id, items=t.batch_items(items), request_id=t.request_id_or_new(request_id), retry=retry
         )
         return t.batch_result(self._conn._rpc_call("BatchDeduct", request))
 
@@ -205,7 +205,7 @@ class AdminClient:
             sale_start_ms=sale_start_ms,
             sale_end_ms=sale_end_ms,
             mode=mode,
-            request_id=request_id or t.new_request_id(),
+            request_id=t.request_id_or_new(request_id),
         )
         return t.admin_result(self._conn._rpc_call("PutSku", request))
 
@@ -232,17 +232,17 @@ class AdminClient:
 
     def adjust_stock(self, sku_id: str, delta: int, *, request_id: str | None = None) -> AdminResult:
         """Add (``delta > 0``) or take away stock, never below the units handed out."""
-        request = t.admin_pb2.AdjustStockRequest(sku_id=sku_id, delta=delta, request_id=request_id or t.new_request_id())
+        request = t.admin_pb2.AdjustStockRequest(sku_id=sku_id, delta=delta, request_id=t.request_id_or_new(request_id))
         return t.admin_result(self._conn._rpc_call("AdjustStock", request))
 
     def pause_sku(self, sku_id: str, *, request_id: str | None = None) -> AdminResult:
         """Stop the sale of ``sku_id``: attempts get NOT_ON_SALE."""
-        request = t.admin_pb2.PauseSkuRequest(sku_id=sku_id, request_id=request_id or t.new_request_id())
+        request = t.admin_pb2.PauseSkuRequest(sku_id=sku_id, request_id=t.request_id_or_new(request_id))
         return t.admin_result(self._conn._rpc_call("PauseSku", request))
 
     def resume_sku(self, sku_id: str, *, request_id: str | None = None) -> AdminResult:
         """Resume the sale of ``sku_id``."""
-        request = t.admin_pb2.ResumeSkuRequest(sku_id=sku_id, request_id=request_id or t.new_request_id())
+        request = t.admin_pb2.ResumeSkuRequest(sku_id=sku_id, request_id=t.request_id_or_new(request_id))
         return t.admin_result(self._conn._rpc_call("ResumeSku", request))
 
     def close(self) -> None:

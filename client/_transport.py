@@ -39,6 +39,15 @@ def new_request_id() -> str:
     return uuid.uuid4().hex
 
 
+def request_id_or_new(request_id: str | None) -> str:
+    """The caller's request id, or a fresh one when it gave none (None).
+
+    An empty string is passed on, for the node to refuse: a caller whose
+    order id came out empty must hear of it, not lose its idempotency.
+    """
+    return new_request_id() if request_id is None else request_id
+
+
 def error_of(exc: grpc.RpcError) -> FlashstockError:
     """The flashstock error a failed call stands for."""
     return from_status(exc.code(), exc.details() or "", exc.trailing_metadata())  # type: ignore[attr-defined]

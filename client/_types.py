@@ -71,7 +71,7 @@ class DeductResult:
     deduction: Deduction | None = None
     """The deduction made (OK) or recorded before (DUPLICATE)."""
     stock_left: int = -1
-    """Units left after the call; -1 when not known (refused from memory)."""
+    """Units left after the call; 0 when refused as sold out; -1 when not read (DUPLICATE)."""
 
     @property
     def took_effect(self) -> bool:

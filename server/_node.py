@@ -79,7 +79,7 @@ class Node:
         """Connect to Redis, start serving; returns the bound port."""
         await self._connect_redis()
         await self.store.load_scripts()
-        listener = SoldOutListener(self.redis, self.book, self.config.shards)
+        listener = SoldOutListener(self.redis, self.book, self.config.shards, on_redis=self._redis_health)
         self._tasks.append(asyncio.create_task(listener.run(), name="sold-out feed"))
         try:
             await asyncio.wait_for(listener.ready.wait(), timeout=10)
@@ -103,6 +103,14 @@ class Node:
         for name in ("", *SERVICE_NAMES):
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
         return self.port
+
+    async def _redis_health(self, up: bool) -> None:
+        # Without Redis the services answer UNAVAILABLE: say so to load
+        # balancers and readiness probes. "" (the process) stays SERVING.
+        status = health_pb2.HealthCheckResponse.SERVING if up else health_pb2.HealthCheckResponse.NOT_SERVING
+        if self._server is not None:
+            for name in SERVICE_NAMES:
+                await self.health.set(name, status)
 
     async def _connect_redis(self) -> None:
         # Give a Redis that is still starting (a pod beside us) a few seconds.
@@ -153,7 +161,11 @@ class Node:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
         await stop.wait()
-        await self.stop()
+        try:
+            await asyncio.wait_for(self.stop(), timeout=self.config.grace_s + 5)
+        except TimeoutError:
+            log.error("shutdown took longer than grace_s + 5 s; exiting now")
+            os._exit(1)
 
 
 def _setup_logging(config: NodeConfig) -> None:

@@ -76,11 +76,12 @@ class RedisServer:
             "--logfile", str(self.folder / "redis.log"),
             *self._extra,
         ]
-        self.proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        self.proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + 15
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise ProcessError(f"redis-server exited: {self.proc.stderr.read().decode() if self.proc.stderr else ''}")
+                log = self.folder / "redis.log"
+                raise ProcessError(f"redis-server exited: {log.read_text()[-2000:] if log.exists() else ''}")
             with contextlib.suppress(OSError):
                 with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as s:
                     s.sendall(b"PING\r\n")

@@ -148,11 +148,15 @@ def sku_from_hash(sku_id: str, shard: int, fields: dict[Any, Any]) -> Sku:
     )
 
 
-def admin_result(raw: Sequence[Any], sku_id: str, shard: int) -> AdminResult:
+def admin_result(raw: Sequence[Any], sku_id: str, shard: int, request_id: str = "") -> AdminResult:
     """Decode put_sku.lua's or adjust_sku.lua's reply."""
     code = _text(raw[0])
     if code == "NO_SKU":
         raise SkuNotFound(f"SKU {sku_id!r} is not defined", sku=sku_id)
+    if code == "MISMATCH":
+        raise RequestIdReused(
+            f"request_id {request_id!r} was applied before to another admin call", request_id=request_id, sku=sku_id
+        )
     flat = list(raw[1:])
     sku = sku_from_hash(sku_id, shard, dict(zip(flat[0::2], flat[1::2])))
     if code == "BELOW":

@@ -239,13 +239,13 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
     async def PauseSku(self, request: admin_pb2.PauseSkuRequest, context: Any) -> admin_pb2.PauseSkuReply:
         _check(v.id_violations("sku_id", request.sku_id) + v.id_violations("request_id", request.request_id))
         r = await self._store.change_sku(request.sku_id, "pause", request.request_id)
-        return admin_pb2.PauseSkuReply(sku=_sku_pb(r.sku))
+        return self._admin_reply(admin_pb2.PauseSkuReply, r)
 
     @_rpc
     async def ResumeSku(self, request: admin_pb2.ResumeSkuRequest, context: Any) -> admin_pb2.PauseSkuReply:
         _check(v.id_violations("sku_id", request.sku_id) + v.id_violations("request_id", request.request_id))
         r = await self._store.change_sku(request.sku_id, "resume", request.request_id)
-        return admin_pb2.PauseSkuReply(sku=_sku_pb(r.sku))
+        return self._admin_reply(admin_pb2.PauseSkuReply, r)
 
 
 __all__ = ["SERVICE_NAMES", "AdminServicer", "StockServicer"]

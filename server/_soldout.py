@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable, Callable
 
 import redis.asyncio as aioredis
 
@@ -66,10 +67,18 @@ class SoldOutListener:
     the subscription and snapshot are back.
     """
 
-    def __init__(self, redis: aioredis.Redis, book: SoldOutBook, shards: int) -> None:
+    def __init__(
+        self,
+        redis: aioredis.Redis,
+        book: SoldOutBook,
+        shards: int,
+        on_redis: Callable[[bool], Awaitable[None]] | None = None,
+    ) -> None:
         self._redis = redis
         self._book = book
         self._shards = shards
+        self._on_redis = on_redis
+        self._up: bool | None = None
         self.ready = asyncio.Event()
         """Set once the first snapshot is in."""
 
@@ -83,9 +92,12 @@ class SoldOutListener:
                 raise
             except Exception as exc:  # noqa: BLE001 - any failure means: resubscribe
                 self._book.forget_all()
-                log.warning("sold-out feed lost (%s); asking Redis until it is back", exc)
+                was_up = self._up
+                if was_up is not False:
+                    log.warning("sold-out feed lost (%s); asking Redis until it is back", exc)
+                await self._tell(False)
+                delay = 0.05 if was_up else min(delay * 2, 2.0)
                 await asyncio.sleep(delay)
-                delay = min(delay * 2, 2.0)
 
     async def _listen(self) -> None:
         pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
@@ -93,6 +105,7 @@ class SoldOutListener:
             await pubsub.subscribe(SOLD_OUT_CHANNEL)
             await self._load_snapshot()
             self.ready.set()
+            await self._tell(True)
             while True:
                 message = await pubsub.get_message(timeout=1.0)
                 if message is not None:
@@ -100,6 +113,13 @@ class SoldOutListener:
                     self._book.apply_message(data.decode() if isinstance(data, bytes) else data)
         finally:
             await pubsub.aclose()
+
+    async def _tell(self, up: bool) -> None:
+        # The feed's connection is the node's view of Redis: health follows it.
+        if up is not self._up:
+            self._up = up
+            if self._on_redis is not None:
+                await self._on_redis(up)
 
     async def _load_snapshot(self) -> None:
         async with self._redis.pipeline(transaction=False) as pipe:

@@ -218,7 +218,7 @@ class StockStore:
                     self._limits.request_ttl_s,
                 ],
             )
-        return _replies.admin_result(raw, sku_id, k.shard)
+        return _replies.admin_result(raw, sku_id, k.shard, request_id)
 
     async def change_sku(self, sku_id: str, op: str, request_id: str, delta: int = 0) -> AdminResult:
         """Adjust stock by ``delta`` (op ``adjust``), or ``pause`` / ``resume``."""
@@ -228,7 +228,7 @@ class StockStore:
                 keys=[k.sku(sku_id), k.sold_out, k.admin_record(request_id), k.log],
                 args=[sku_id, op, delta, self._limits.request_ttl_s],
             )
-        return _replies.admin_result(raw, sku_id, k.shard)
+        return _replies.admin_result(raw, sku_id, k.shard, request_id)
 
     async def reap_due(self, most_per_shard: int = 500) -> int:
         """Expire every hold whose time has passed; returns how many.

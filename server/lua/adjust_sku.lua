@@ -8,15 +8,19 @@
 --
 -- Returns {code, HGETALL of the sku hash...}, code one of
 --   OK, DUP (applied before; nothing changed), NO_SKU,
---   BELOW (the total would fall below held + confirmed; nothing changed)
+--   BELOW (the total would fall below held + confirmed; nothing changed),
+--   MISMATCH (the request_id was applied before to another call)
 local function answer(code)
   local out = {code}
   for _, v in ipairs(redis.call('HGETALL', KEYS[1])) do out[#out + 1] = v end
   return out
 end
 if redis.call('EXISTS', KEYS[1]) == 0 then return {'NO_SKU'} end
-if redis.call('EXISTS', KEYS[3]) == 1 then return answer('DUP') end
 local op = ARGV[2]
+local fingerprint = table.concat({op, ARGV[1], op == 'adjust' and ARGV[3] or ''}, '\0')
+local seen = redis.call('GET', KEYS[3])
+if seen and seen ~= fingerprint then return {'MISMATCH'} end
+if seen then return answer('DUP') end
 if op == 'adjust' then
   local delta = tonumber(ARGV[3])
   local s = redis.call('HMGET', KEYS[1], 'total', 'avail', 'held', 'conf')
@@ -29,5 +33,5 @@ if op == 'adjust' then
 else
   redis.call('HSET', KEYS[1], 'paused', op == 'pause' and 1 or 0)
 end
-redis.call('SET', KEYS[3], '1', 'EX', tonumber(ARGV[4]))
+redis.call('SET', KEYS[3], fingerprint, 'EX', tonumber(ARGV[4]))
 return answer('OK')

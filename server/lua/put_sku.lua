@@ -8,8 +8,13 @@
 -- ARGV[1] sku_id  ARGV[2] stock  ARGV[3] per-user limit  ARGV[4] max per request
 -- ARGV[5] sale start ms  ARGV[6] sale end ms  ARGV[7] mode  ARGV[8] admin ttl s
 --
--- Returns {code 'OK'|'DUP', HGETALL of the sku hash...}
-if redis.call('EXISTS', KEYS[4]) == 1 then
+-- Returns {code, HGETALL of the sku hash...}, code one of
+--   OK, DUP (applied before; nothing changed),
+--   MISMATCH (the request_id was applied before to another call)
+local fingerprint = table.concat({'put', ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7]}, '\0')
+local seen = redis.call('GET', KEYS[4])
+if seen and seen ~= fingerprint then return {'MISMATCH'} end
+if seen then
   local out = {'DUP'}
   for _, v in ipairs(redis.call('HGETALL', KEYS[1])) do out[#out + 1] = v end
   return out
@@ -23,7 +28,7 @@ redis.call('HSET', KEYS[1], 'avail', stock, 'total', stock, 'held', 0, 'conf', 0
            'sale', tonumber(old[2] or '0') + 1)
 announce(KEYS[1], KEYS[3], ARGV[1], stock, stock, true)
 redis.call('XADD', KEYS[5], '*', 't', 'P', 'r', '', 'k', ARGV[1], 'u', '', 'q', stock, 'e', 0)
-redis.call('SET', KEYS[4], '1', 'EX', tonumber(ARGV[8]))
+redis.call('SET', KEYS[4], fingerprint, 'EX', tonumber(ARGV[8]))
 local out = {'OK'}
 for _, v in ipairs(redis.call('HGETALL', KEYS[1])) do out[#out + 1] = v end
 return out

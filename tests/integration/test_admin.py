@@ -140,3 +140,20 @@ def test_adjust_of_unknown_sku_is_not_found(admin, sku):
         admin.get_sku(sku)
     with pytest.raises(SkuNotFound):
         admin.pause_sku(sku)
+
+
+def test_an_admin_request_id_reused_for_another_call_is_refused(admin, sku):
+    from flashstock.client import RequestIdReused
+
+    admin.put_sku(sku, 10, request_id=f"{sku}-put")
+    assert admin.adjust_stock(sku, 5, request_id=f"{sku}-adj").sku.total == 15
+    with pytest.raises(RequestIdReused):
+        admin.adjust_stock(sku, 7, request_id=f"{sku}-adj")  # another delta
+    paused = admin.pause_sku(sku, request_id=f"{sku}-p")
+    assert paused.sku.paused and not paused.duplicate
+    assert admin.pause_sku(sku, request_id=f"{sku}-p").duplicate
+    with pytest.raises(RequestIdReused):
+        admin.resume_sku(sku, request_id=f"{sku}-p")  # pause's id on a resume
+    with pytest.raises(RequestIdReused):
+        admin.put_sku(sku, 99, request_id=f"{sku}-put")  # another stock
+    assert admin.get_sku(sku).total == 15

@@ -235,3 +235,34 @@ def test_sold_out_sku_sells_again_after_redis_restarts_empty(private_stack, sku)
         # The node's memory of the old sell-out must not outlive the data it came from.
         eventually(lambda: stock.deduct(sku, "u2", 1), until=lambda r: r.outcome is Outcome.OK, retry_on=(Unavailable,))
         assert stock.get_stock(sku).available == 2
+
+
+def _health(address: str, service: str) -> int:
+    import grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    with grpc.insecure_channel(address) as channel:
+        return health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=service), timeout=2).status
+
+
+def test_health_follows_redis_while_the_process_stays_serving(private_stack):
+    from grpc_health.v1 import health_pb2
+
+    serving, not_serving = health_pb2.HealthCheckResponse.SERVING, health_pb2.HealthCheckResponse.NOT_SERVING
+    address, service = private_stack.node.address, "flashstock.v1.StockService"
+    assert _health(address, service) == serving
+
+    private_stack.kill_redis()
+    eventually(lambda: _health(address, service), until=lambda s: s == not_serving)
+    assert _health(address, "") == serving  # the process itself is alive
+
+    private_stack.restart_redis()
+    eventually(lambda: _health(address, service), until=lambda s: s == serving)
+
+
+def test_an_empty_request_id_is_refused_not_replaced(stock, admin, sku):
+    admin.put_sku(sku, 5)
+    with pytest.raises(InvalidArgument) as err:
+        stock.deduct(sku, "u1", 1, request_id="")
+    assert [v.field for v in err.value.violations] == ["request_id"]
+    assert stock.get_stock(sku).available == 5
