@@ -57,6 +57,7 @@ class _AsyncConnection:
             try:
                 return await getattr(stub, method)(request, timeout=timeout, metadata=config.metadata)
             except grpc.RpcError as exc:
+                t.pass_cancellation(exc)
                 error = t.error_of(exc)
                 delay = next(delays, None)
                 if not t.should_retry(exc) or delay is None:

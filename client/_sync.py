@@ -55,6 +55,7 @@ class _SyncConnection:
             try:
                 return getattr(stub, method)(request, timeout=timeout, metadata=config.metadata)
             except grpc.RpcError as exc:
+                t.pass_cancellation(exc)
                 error = t.error_of(exc)
                 delay = next(delays, None)
                 if not t.should_retry(exc) or delay is None:

@@ -6,6 +6,7 @@ by the async client and the sync one generated from it.
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import Iterable, Sequence
 from typing import Any
@@ -51,6 +52,19 @@ def request_id_or_new(request_id: str | None) -> str:
 def error_of(exc: grpc.RpcError) -> FlashstockError:
     """The flashstock error a failed call stands for."""
     return from_status(exc.code(), exc.details() or "", exc.trailing_metadata())  # type: ignore[attr-defined]
+
+
+def pass_cancellation(exc: grpc.RpcError) -> None:
+    """Re-raise a call cancelled because our own task is being cancelled as
+    ``asyncio.CancelledError``: cancellation passes through, it is no error."""
+    if exc.code() is not grpc.StatusCode.CANCELLED:  # type: ignore[attr-defined]
+        return
+    try:
+        task = asyncio.current_task()
+    except RuntimeError:  # no event loop: a blocking call
+        return
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError from None
 
 
 def should_retry(exc: grpc.RpcError) -> bool:

@@ -173,7 +173,10 @@ def run_demo(plan: DemoPlan, console: Console) -> int:
     """Run the demo sale; the exit code is 0 when every check holds."""
     try:
         console.print("[bold]flashstock demo[/]: starting a Redis and a node on loopback ...")
-        with RedisServer() as redis_server, NodeProcess(redis_server.url, workers=plan.workers) as node:
+        with (
+            RedisServer() as redis_server,
+            NodeProcess(redis_server.url, workers=plan.workers, extra_args=("--grace-s", "1")) as node,
+        ):
             console.print(f"Redis on {redis_server.url}, node on {node.address} ({plan.workers} worker(s))")
             console.print(
                 f"SKU {SKU!r}: {plan.stock:,} units, limit {plan.limit} per user; "

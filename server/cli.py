@@ -211,7 +211,7 @@ def sku_ls(
     console.print(_sku_table(skus) if skus else "no SKUs")
 
 
-@sku_app.command("adjust")
+@sku_app.command("adjust", context_settings={"ignore_unknown_options": True})  # lets "-200" be the delta
 def sku_adjust(
     sku_id: Annotated[str, typer.Argument(help="The SKU id.")],
     delta: Annotated[int, typer.Argument(help="Units to add (+N) or take away (-N).")],

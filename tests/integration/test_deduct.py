@@ -191,3 +191,10 @@ def test_max_per_request_defaults_to_the_per_user_limit(admin, stock, sku):
 
     assert [v.field for v in err.value.violations] == ["qty"]
     assert stock.get_stock(sku).available == 10
+
+
+def test_scripts_flushed_from_redis_are_loaded_again(stock, admin, redis, sku):
+    admin.put_sku(sku, 5)
+    redis.script_flush()  # as after a restart or failover: every EVALSHA meets NOSCRIPT
+    assert stock.deduct(sku, "u1", 1).outcome is Outcome.OK
+    assert stock.get_stock(sku).available == 4
