@@ -7,6 +7,7 @@ fencing epochs of the cluster issue land here.
 
 from ._shards import (
     DEFAULT_SHARDS,
+    PERSISTED_CHANNEL,
     SKU_INDEX_KEY,
     SOLD_OUT_CHANNEL,
     ShardKeys,
@@ -16,6 +17,7 @@ from ._shards import (
 
 __all__ = [
     "DEFAULT_SHARDS",
+    "PERSISTED_CHANNEL",
     "SKU_INDEX_KEY",
     "SOLD_OUT_CHANNEL",
     "ShardKeys",

@@ -75,6 +75,22 @@ class ShardKeys:
         return f"{self.prefix}hx"
 
     @property
+    def meta(self) -> str:
+        """Hash of the shard's own state: ``gen`` (rebuild generation) and
+        ``state`` (``ready`` once whole; missing or ``building`` otherwise)."""
+        return f"{self.prefix}m"
+
+    @property
+    def persisted(self) -> str:
+        """The last log entry id the ledger holds (set by the persister)."""
+        return f"{self.prefix}pc"
+
+    @property
+    def rebuild_lock(self) -> str:
+        """The name of the rebuild mutex (python-redis-lock keys it ``lock:<name>``)."""
+        return f"rebuild:{{s{self.shard}}}"
+
+    @property
     def sold_out(self) -> str:
         """Hash of the shard's sold-out SKUs, each with its stock version."""
         return f"{self.prefix}so"
@@ -85,3 +101,6 @@ SKU_INDEX_KEY = "fs:skus"
 
 SOLD_OUT_CHANNEL = "fs:soldout"
 """Pub/sub channel on which sell-outs and restocks are announced."""
+
+PERSISTED_CHANNEL = "fs:persisted"
+"""Pub/sub channel on which persisters announce ``"<shard> <last entry id>"`` after a commit."""

@@ -34,6 +34,12 @@ class NodeConfig:
     port: int = _setting(50051, "gRPC port; 0 picks a free one (printed at start).")
     redis_url: str = _setting("redis://127.0.0.1:6379/0", "Redis holding the stock (redis://host:port/db).")
     shards: int = _setting(64, "Logical shards; must match every other node and client of the cluster.")
+    ledger: str = _setting(
+        "",
+        "SQL ledger URL: sqlite:///path/ledger.sqlite3 (one host) or postgresql+psycopg://user:pw@host/db "
+        "(several hosts); empty = the embedded SQLite file <data_dir>/ledger.sqlite3.",
+    )
+    data_dir: str = _setting("./flashstock-data", "Folder of the node's own files (the embedded SQLite ledger).")
     workers: int = _setting(1, "Server processes sharing the port (SO_REUSEPORT); 0 = one per core.")
     request_ttl_s: int = _setting(
         86400,
@@ -48,6 +54,18 @@ class NodeConfig:
         "when the shard is busy (an idle shard's request goes at once); 0 = no waiting.",
     )
     reap_interval_ms: int = _setting(200, "How often expired holds are looked for, ms.")
+    persist_batch: int = _setting(500, "Most log entries per shard per ledger commit.")
+    persist_max_wait_ms: float = _setting(
+        2.0, "After a first new log entry, how long the persister waits for more before committing, ms."
+    )
+    durable_wait_ms: int = _setting(
+        2000,
+        "How long a durable reply waits for the ledger; then UNAVAILABLE, and a retry with the same "
+        "request id returns the real outcome.",
+    )
+    rebuild_wait_s: float = _setting(5.0, "How long requests wait for a shard's rebuild from the ledger before UNAVAILABLE.")
+    rebuild_lock_expire_s: int = _setting(5, "Expiry of a shard's rebuild mutex, seconds (renewed while held).")
+    metrics_port: int = _setting(0, "Prometheus metrics HTTP port on host (worker 0); 0 = off.")
     redis_pool_size: int = _setting(256, "Most Redis connections per worker process.")
     redis_timeout_s: float = _setting(2.0, "Redis socket timeout, seconds; a timeout answers UNAVAILABLE.")
     grace_s: float = _setting(5.0, "On SIGTERM: seconds in-flight calls get to finish.")
@@ -70,7 +88,20 @@ def config_problems(config: NodeConfig) -> list[str]:
         out.append(f"shards: {config.shards} is not 1-16384")
     if config.workers < 0:
         out.append(f"workers: {config.workers} is negative")
-    for name in ("request_ttl_s", "default_hold_ms", "reap_interval_ms", "redis_pool_size"):
+    if not 0 <= config.metrics_port <= 65535:
+        out.append(f"metrics_port: {config.metrics_port} is not 0-65535")
+    if config.ledger and not config.ledger.startswith(("sqlite:///", "postgresql")):
+        out.append(f"ledger: {config.ledger!r} is not sqlite:///path or postgresql+psycopg://...")
+    for name in (
+        "request_ttl_s",
+        "default_hold_ms",
+        "reap_interval_ms",
+        "redis_pool_size",
+        "persist_batch",
+        "durable_wait_ms",
+        "rebuild_wait_s",
+        "rebuild_lock_expire_s",
+    ):
         if getattr(config, name) <= 0:
             out.append(f"{name}: must be > 0")
     if not 0 <= config.coalesce_window_ms <= 100:
@@ -80,6 +111,13 @@ def config_problems(config: NodeConfig) -> list[str]:
     if config.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
         out.append(f"log_level: {config.log_level!r} is not DEBUG, INFO, WARNING or ERROR")
     return out
+
+
+def ledger_url(config: NodeConfig) -> str:
+    """The ledger URL the node uses: the setting, or the embedded SQLite file."""
+    from .ledger import sqlite_url
+
+    return config.ledger or sqlite_url(config.data_dir)
 
 
 def setting_help() -> dict[str, tuple[Any, str]]:

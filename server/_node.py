@@ -2,9 +2,11 @@
 
 One :class:`Node` per process. With ``workers > 1``, :func:`serve` starts that
 many processes sharing one port (SO_REUSEPORT); each keeps its own sold-out
-memory in step over pub/sub, and worker 0 runs the per-node duties (today the
-reaper of expired holds; the shard owners' duties of the cluster issue will be
-started from :meth:`Node._start_duties`).
+memory in step over pub/sub, and worker 0 runs the per-node duties, started
+from :meth:`Node._start_duties`: the persister (shard logs into the ledger),
+the reaper of expired holds, and the warden (rebuilds a shard whose Redis
+state is gone). Until the cluster issue gives shards owners, run one node
+per Redis.
 """
 
 from __future__ import annotations
@@ -26,12 +28,20 @@ import redis.asyncio as aioredis
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from flashstock.client import FlashstockError
+from flashstock.lockmgr import ShardKeys
 from flashstock.v1 import admin_pb2_grpc, stock_pb2_grpc
 
-from ._config import NodeConfig
+from ._config import NodeConfig, ledger_url
+from ._durable import PersistWatch
+from ._feed import RedisFeed
+from ._metrics import METRICS
+from ._persister import PersistPolicy, Persister
+from ._rebuild import RebuildPolicy, ShardRebuilder
 from ._servicer import SERVICE_NAMES, AdminServicer, StockServicer
-from ._soldout import SoldOutBook, SoldOutListener
+from ._soldout import SoldOutBook
 from ._stock import StockStore, StoreLimits
+from .ledger import Ledger, LedgerError
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +60,17 @@ class Node:
         self.config = config
         self.worker_index = worker_index
         self.book = SoldOutBook()
+        self.watch = PersistWatch()
+        try:
+            self.ledger = Ledger(ledger_url(config))
+        except LedgerError as exc:
+            raise StartupError(exc.message) from None
+        self.rebuilder = ShardRebuilder(
+            config.redis_url,
+            self.ledger,
+            config.request_ttl_s * 1000,
+            RebuildPolicy(lock_expire_s=config.rebuild_lock_expire_s, wait_s=config.rebuild_wait_s),
+        )
         self.redis = aioredis.Redis(
             connection_pool=aioredis.BlockingConnectionPool.from_url(
                 config.redis_url,
@@ -63,10 +84,13 @@ class Node:
             self.redis,
             config.shards,
             self.book,
+            self.watch,
+            self.rebuilder,
             StoreLimits(
                 request_ttl_s=config.request_ttl_s,
                 default_hold_ms=config.default_hold_ms,
                 coalesce_window_s=config.coalesce_window_ms / 1000,
+                durable_wait_s=config.durable_wait_ms / 1000,
             ),
         )
         self.stock_servicer = StockServicer(self.store, self.book)
@@ -76,17 +100,21 @@ class Node:
         self.port = 0
 
     async def start(self) -> int:
-        """Connect to Redis, start serving; returns the bound port."""
+        """Open the ledger, connect to Redis, start the duties and serving; returns the bound port."""
+        try:
+            await asyncio.to_thread(self.ledger.open)
+        except LedgerError as exc:
+            raise StartupError(exc.message) from None
         await self._connect_redis()
         await self.store.load_scripts()
-        listener = SoldOutListener(self.redis, self.book, self.config.shards, on_redis=self._redis_health)
-        self._tasks.append(asyncio.create_task(listener.run(), name="sold-out feed"))
+        feed = RedisFeed(self.redis, self.book, self.watch, self.config.shards, on_redis=self._redis_health)
+        self._tasks.append(asyncio.create_task(feed.run(), name="redis feed"))
         try:
-            await asyncio.wait_for(listener.ready.wait(), timeout=10)
+            await asyncio.wait_for(feed.ready.wait(), timeout=10)
         except TimeoutError:
-            raise StartupError("redis_url: the sold-out feed could not subscribe within 10 s") from None
+            raise StartupError("redis_url: the pub/sub feed could not subscribe within 10 s") from None
         if self.worker_index == 0:
-            self._start_duties()
+            await self._start_duties()
 
         options = [("grpc.so_reuseport", 1 if self.config.workers != 1 else 0)]
         server = grpc.aio.server(options=options)
@@ -124,8 +152,46 @@ class Node:
                     raise StartupError(f"redis_url: cannot reach Redis at {self.config.redis_url}: {exc}") from None
                 await asyncio.sleep(0.2)
 
-    def _start_duties(self) -> None:
+    async def _start_duties(self) -> None:
+        # Whole shards before the first request: rebuild any whose state is gone.
+        try:
+            await self._warden_pass()
+        except FlashstockError as exc:
+            log.warning("warden: %s (requests will rebuild what is missing)", exc.message)
+        persister = Persister(
+            self.redis,
+            self.ledger,
+            range(self.config.shards),
+            PersistPolicy(batch_size=self.config.persist_batch, max_wait_s=self.config.persist_max_wait_ms / 1000),
+        )
+        self._tasks.append(asyncio.create_task(persister.run(), name="persister"))
         self._tasks.append(asyncio.create_task(self._reaper(), name="hold reaper"))
+        self._tasks.append(asyncio.create_task(self._warden(), name="warden"))
+        if self.config.metrics_port:
+            from prometheus_client import start_http_server
+
+            start_http_server(self.config.metrics_port, addr=self.config.host, registry=METRICS.registry)
+
+    async def _warden_pass(self) -> int:
+        """Rebuild every shard whose state is missing in Redis; returns how many were."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for shard in range(self.config.shards):
+                pipe.hget(ShardKeys(shard).meta, "state")
+            states = await pipe.execute()
+        missing = [shard for shard, state in enumerate(states) if state != b"ready"]
+        for shard in missing:
+            await self.rebuilder.ensure(shard)
+        return len(missing)
+
+    async def _warden(self) -> None:
+        while True:
+            await asyncio.sleep(1.0)
+            try:
+                await self._warden_pass()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - the next pass tries again
+                log.warning("warden: %s", exc)
 
     async def _reaper(self) -> None:
         interval = self.config.reap_interval_ms / 1000
@@ -153,6 +219,8 @@ class Node:
                 await task
         await self.store.close()
         await self.redis.aclose()
+        self.rebuilder.close()
+        await asyncio.to_thread(self.ledger.close)
 
     async def run_until_signalled(self) -> None:
         """Serve until SIGTERM or SIGINT, then stop gracefully."""
@@ -174,6 +242,8 @@ def _setup_logging(config: NodeConfig) -> None:
         format="%(asctime)s %(levelname)s %(name)s[%(process)d]: %(message)s",
         stream=sys.stderr,
     )
+    # python-redis-lock logs every acquire and release at INFO.
+    logging.getLogger("redis_lock").setLevel(max(logging.WARNING, logging.getLogger().level))
 
 
 def _run(coro_factory) -> None:  # type: ignore[no-untyped-def]

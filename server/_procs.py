@@ -114,10 +114,25 @@ class RedisServer:
 class NodeProcess:
     """A ``flashstock serve`` process on a free loopback port."""
 
-    def __init__(self, redis_url: str, *, workers: int = 1, shards: int = 64, extra_args: Sequence[str] = (), env: dict | None = None) -> None:
+    def __init__(
+        self,
+        redis_url: str,
+        *,
+        workers: int = 1,
+        shards: int = 64,
+        extra_args: Sequence[str] = (),
+        env: dict | None = None,
+        data_dir: Path | None = None,
+        ledger: str | None = None,
+    ) -> None:
         self.redis_url = redis_url
         self.workers = workers
         self.shards = shards
+        self._own_data_dir = data_dir is None
+        self.data_dir = Path(data_dir or tempfile.mkdtemp(prefix="flashstock-data-"))
+        """The node's data folder (its embedded SQLite ledger unless ``ledger`` is given)."""
+        self.ledger = ledger
+        """The ledger URL given to the node (None: the embedded SQLite file)."""
         self.port = free_port()
         self._extra = list(extra_args)
         self._env = env
@@ -141,6 +156,8 @@ class NodeProcess:
             "--redis-url", self.redis_url,
             "--workers", str(self.workers),
             "--shards", str(self.shards),
+            "--data-dir", str(self.data_dir),
+            *(("--ledger", self.ledger) if self.ledger else ()),
             *self._extra,
         ]
         env = {**os.environ, **(self._env or {})}
@@ -156,7 +173,11 @@ class NodeProcess:
             if READY_LINE.encode() in buffered:
                 return self
             if self.proc.poll() is not None:
-                raise ProcessError(f"flashstock node exited ({self.proc.returncode}): {self.log()}")
+                message = f"flashstock node exited ({self.proc.returncode}): {self.log()}"
+                self.remove_data()
+                with contextlib.suppress(OSError):
+                    self.log_path.unlink()
+                raise ProcessError(message)
             time.sleep(0.05)
         self.stop()
         raise ProcessError(f"flashstock node not ready within {timeout} s: {self.log()}")
@@ -171,6 +192,13 @@ class NodeProcess:
         assert self.proc is not None
         return self.proc.pid
 
+    @property
+    def ledger_url(self) -> str:
+        """The ledger the node writes."""
+        from .ledger import sqlite_url
+
+        return self.ledger or sqlite_url(self.data_dir)
+
     def stop(self) -> None:
         """SIGTERM the node (graceful), SIGKILL if it lingers."""
         if self.proc is not None:
@@ -178,11 +206,28 @@ class NodeProcess:
             if self.proc.stdout:
                 self.proc.stdout.close()
 
+    def kill(self) -> None:
+        """SIGKILL the node and its workers (a crash)."""
+        if self.proc is not None and self.proc.poll() is None:
+            import psutil
+
+            for child in psutil.Process(self.proc.pid).children(recursive=True):
+                with contextlib.suppress(psutil.NoSuchProcess):
+                    child.kill()
+            self.proc.kill()
+            self.proc.wait()
+
+    def remove_data(self) -> None:
+        """Remove the data folder if this object made it."""
+        if self._own_data_dir:
+            shutil.rmtree(self.data_dir, ignore_errors=True)
+
     def __enter__(self) -> NodeProcess:
         return self.start()
 
     def __exit__(self, *exc_info: object) -> None:
         self.stop()
+        self.remove_data()
         if self.log_path is not None:
             with contextlib.suppress(OSError):
                 self.log_path.unlink()

@@ -7,7 +7,8 @@ is decoded here and nowhere else, and unit-tested on every code.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
 
 from flashstock.client import (
     AdminResult,
@@ -48,6 +49,27 @@ _STATES = {
 }
 
 
+_T = TypeVar("_T")
+
+
+class ShardMissing(Exception):
+    """The script found the shard's state missing (or being rebuilt)."""
+
+
+@dataclass(frozen=True)
+class Answer(Generic[_T]):
+    """A decoded script reply: the typed result and what the node must do next."""
+
+    result: _T
+    """What the caller gets."""
+    sold_out_sv: int = 0
+    """The stock version of a sell-out this call saw (0 = none)."""
+    log_id: str = ""
+    """The log entry the answer rests on ('' = none)."""
+    durable: bool = False
+    """The SKU is durable: reply only once the ledger holds ``log_id``."""
+
+
 def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
@@ -68,6 +90,8 @@ def _deduction(raw: Sequence[Any], request_id: str) -> Deduction | None:
 
 
 def _common_errors(code: str, raw: Sequence[Any], sku_id: str, request_id: str, field: str = "qty") -> None:
+    if code == "NO_SHARD":
+        raise ShardMissing(sku_id)
     if code == "NO_SKU":
         raise SkuNotFound(f"SKU {sku_id!r} is not defined", sku=sku_id)
     if code == "MISMATCH":
@@ -85,8 +109,14 @@ def _common_errors(code: str, raw: Sequence[Any], sku_id: str, request_id: str, 
         )
 
 
-def take_result(raw: Sequence[Any], sku_id: str, request_id: str) -> tuple[DeductResult, int]:
-    """Decode deduct.lua's reply: the result and the sold-out stock version (0 = none)."""
+def _log_id(raw: Sequence[Any]) -> tuple[str, bool]:
+    if len(raw) < 12:
+        return "", False
+    return _text(raw[10]), int(raw[11]) == 1
+
+
+def take_result(raw: Sequence[Any], sku_id: str, request_id: str) -> Answer[DeductResult]:
+    """Decode one request's reply of deduct.lua."""
     code = _text(raw[0])
     _common_errors(code, raw, sku_id, request_id)
     result = DeductResult(
@@ -94,39 +124,45 @@ def take_result(raw: Sequence[Any], sku_id: str, request_id: str) -> tuple[Deduc
         deduction=_deduction(raw, request_id),
         stock_left=int(raw[1]),
     )
-    return result, int(raw[2])
+    log_id, durable = _log_id(raw)
+    return Answer(result, sold_out_sv=int(raw[2]), log_id=log_id, durable=durable)
 
 
-def settle_result(raw: Sequence[Any], sku_id: str, hold_id: str) -> SettleResult:
+def settle_result(raw: Sequence[Any], sku_id: str, hold_id: str) -> Answer[SettleResult]:
     """Decode settle.lua's reply."""
     code = _text(raw[0])
-    return SettleResult(
+    if code == "NO_SHARD":
+        raise ShardMissing(sku_id)
+    result = SettleResult(
         outcome=_OUTCOMES[code],
         deduction=_deduction(raw, hold_id),
         stock_left=int(raw[1]),
     )
+    log_id, durable = _log_id(raw)
+    return Answer(result, log_id=log_id, durable=durable)
 
 
-def batch_result(raw: Sequence[Any], sku_ids: Sequence[str], request_id: str) -> BatchResult:
-    """Decode batch.lua's reply."""
+def batch_result(raw: Sequence[Any], sku_ids: Sequence[str], request_id: str) -> tuple[BatchResult, list[tuple[int, str]]]:
+    """Decode batch.lua's reply: the result, and the (item index, log id) of durable items to wait for."""
     code = _text(raw[0])
-    if code in ("NO_SKU", "MISMATCH", "QTY_MAX"):
+    if code in ("NO_SKU", "MISMATCH", "QTY_MAX", "NO_SHARD"):
         index = int(raw[1]) - 1
         field = f"items[{index}].qty"
         detail = [code, raw[2]] if len(raw) > 2 else [code]
         _common_errors(code, detail, sku_ids[index], request_id, field)
     n = int(raw[1])
     items = tuple(
-        BatchItemResult(sku_id=sku_ids[i], outcome=_OUTCOMES[_text(raw[2 + 2 * i])], stock_left=int(raw[3 + 2 * i]))
+        BatchItemResult(sku_id=sku_ids[i], outcome=_OUTCOMES[_text(raw[2 + 4 * i])], stock_left=int(raw[3 + 4 * i]))
         for i in range(n)
     )
+    waits = [(i, _text(raw[4 + 4 * i])) for i in range(n) if int(raw[5 + 4 * i]) == 1 and _text(raw[4 + 4 * i])]
     if code == "OK":
         outcome = Outcome.OK
     elif code == "DUP":
         outcome = Outcome.DUPLICATE
     else:
         outcome = next(item.outcome for item in items if item.outcome is not Outcome.OK)
-    return BatchResult(outcome=outcome, items=items)
+    return BatchResult(outcome=outcome, items=items), waits
 
 
 def sku_from_hash(sku_id: str, shard: int, fields: dict[Any, Any]) -> Sku:
@@ -148,16 +184,19 @@ def sku_from_hash(sku_id: str, shard: int, fields: dict[Any, Any]) -> Sku:
     )
 
 
-def admin_result(raw: Sequence[Any], sku_id: str, shard: int, request_id: str = "") -> AdminResult:
-    """Decode put_sku.lua's or adjust_sku.lua's reply."""
+def admin_result(raw: Sequence[Any], sku_id: str, shard: int, request_id: str = "") -> Answer[AdminResult]:
+    """Decode put_sku.lua's or adjust_sku.lua's reply (admin changes always wait for the ledger)."""
     code = _text(raw[0])
+    if code == "NO_SHARD":
+        raise ShardMissing(sku_id)
     if code == "NO_SKU":
         raise SkuNotFound(f"SKU {sku_id!r} is not defined", sku=sku_id)
     if code == "MISMATCH":
         raise RequestIdReused(
             f"request_id {request_id!r} was applied before to another admin call", request_id=request_id, sku=sku_id
         )
-    flat = list(raw[1:])
+    log_id = _text(raw[1])
+    flat = list(raw[2:])
     sku = sku_from_hash(sku_id, shard, dict(zip(flat[0::2], flat[1::2])))
     if code == "BELOW":
         handed_out = sku.held + sku.confirmed
@@ -166,4 +205,4 @@ def admin_result(raw: Sequence[Any], sku_id: str, shard: int, request_id: str = 
             handed_out=handed_out,
             sku=sku_id,
         )
-    return AdminResult(sku=sku, duplicate=code == "DUP")
+    return Answer(AdminResult(sku=sku, duplicate=code == "DUP"), log_id=log_id, durable=bool(log_id))

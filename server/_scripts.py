@@ -15,7 +15,7 @@ from importlib import resources
 import redis.asyncio as aioredis
 from redis.commands.core import AsyncScript
 
-_NAMES = ("deduct", "settle", "reap", "batch", "put_sku", "adjust_sku")
+_NAMES = ("deduct", "settle", "reap", "batch", "put_sku", "adjust_sku", "rebuild")
 
 
 def script_source(name: str) -> str:
@@ -40,6 +40,8 @@ class StockScripts:
     """Define a SKU: put_sku.lua."""
     adjust_sku: AsyncScript
     """Adjust stock, pause, resume: adjust_sku.lua."""
+    rebuild: AsyncScript
+    """Install a shard's state from the ledger: rebuild.lua."""
 
     @classmethod
     def register(cls, redis: aioredis.Redis) -> StockScripts:

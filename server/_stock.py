@@ -2,15 +2,24 @@
 
 A thin adapter: it names the keys (:class:`~flashstock.lockmgr.ShardKeys`),
 runs one script per operation, and hands the reply to the pure decoders in
-:mod:`._replies`. Redis connection failures surface as
-:class:`~flashstock.client.Unavailable`.
+:mod:`._replies`. Around every call, the same two rules:
+
+- a shard whose state is missing in Redis is rebuilt from the ledger
+  (:class:`~._rebuild.ShardRebuilder`), then the call is sent once more;
+- an answer about a durable SKU (and every admin change) is returned only
+  once the ledger holds its log entry (:class:`~._durable.PersistWatch`);
+  past ``durable_wait_s`` the caller gets UNAVAILABLE, and a retry with the
+  same request id returns the real outcome.
+
+Redis connection failures surface as :class:`~flashstock.client.Unavailable`.
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from typing import TypeVar
 
 import redis.asyncio as aioredis
 import redis.exceptions
@@ -30,10 +39,14 @@ from flashstock.client import (
 from flashstock.lockmgr import SKU_INDEX_KEY, ShardKeys, shard_of
 
 from . import _replies
-from ._validate import MAX_HOLD_MS
 from ._coalesce import ShardCoalescer
+from ._durable import PersistWatch
+from ._metrics import METRICS
+from ._rebuild import ShardRebuilder
+from ._replies import Answer, ShardMissing
 from ._scripts import StockScripts
 from ._soldout import SoldOutBook
+from ._validate import MAX_HOLD_MS
 
 
 @dataclass(frozen=True)
@@ -47,6 +60,8 @@ class StoreLimits:
     """Hold length when a Hold asks for 0."""
     coalesce_window_s: float = 0.002
     """Least time between two deduction calls of a busy shard (see :mod:`._coalesce`)."""
+    durable_wait_s: float = 2.0
+    """How long a durable reply waits for the ledger before answering UNAVAILABLE."""
 
 
 @contextlib.asynccontextmanager
@@ -59,6 +74,9 @@ async def _redis_errors() -> AsyncIterator[None]:
         raise Unavailable(f"Redis is unreachable: {exc}", retry_after=0.2) from exc
 
 
+_T = TypeVar("_T")
+
+
 class StockStore:
     """Every stock operation, one script call each, on one Redis."""
 
@@ -67,11 +85,15 @@ class StockStore:
         redis: aioredis.Redis,
         shards: int,
         book: SoldOutBook,
+        watch: PersistWatch,
+        rebuilder: ShardRebuilder,
         limits: StoreLimits = StoreLimits(),
     ) -> None:
         self._redis = redis
         self._shards = shards
         self._book = book
+        self._watch = watch
+        self._rebuilder = rebuilder
         self._limits = limits
         self._scripts = StockScripts.register(redis)
         self._record_ttl_ms = limits.request_ttl_s * 1000
@@ -84,6 +106,11 @@ class StockStore:
         """The number of logical shards."""
         return self._shards
 
+    @property
+    def max_hold_ms(self) -> int:
+        """The longest hold: a hold's record must outlive it (records last >= request_ttl_s)."""
+        return min(MAX_HOLD_MS, self._record_ttl_ms // 2)
+
     def keys(self, sku_id: str) -> ShardKeys:
         """The key names of ``sku_id``'s shard."""
         return ShardKeys(shard_of(sku_id, self._shards))
@@ -92,6 +119,50 @@ class StockStore:
         """Load every script into Redis now (else on first use)."""
         async with _redis_errors():
             await self._scripts.load(self._redis)
+
+    async def close(self) -> None:
+        """Cancel coalesced calls in flight."""
+        await self._coalescer.close()
+
+    # -- the two rules around every call ------------------------------------
+
+    async def _call(self, sku_ids: Sequence[str], call: Callable[[], Awaitable[_T]]) -> _T:
+        """Run ``call``; when it finds a shard missing, rebuild the shards of ``sku_ids`` and run it once more."""
+        async with _redis_errors():
+            try:
+                return await call()
+            except ShardMissing:
+                shards = sorted({shard_of(sku_id, self._shards) for sku_id in sku_ids})
+                for shard in shards:
+                    await self._rebuilder.ensure(shard)
+            try:
+                return await call()
+            except ShardMissing:
+                raise Unavailable(f"shards {shards} are being rebuilt", retry_after=0.5) from None
+
+    async def _settled(self, shard: int, answer: Answer[_T]) -> _T:
+        """The answer's result, once the ledger holds its log entry when it must."""
+        if answer.durable and answer.log_id:
+            await self.wait_persisted(shard, answer.log_id)
+        return answer.result
+
+    async def wait_persisted(self, shard: int, log_id: str) -> None:
+        """Return once the ledger holds ``log_id`` of ``shard``; else raise Unavailable."""
+        if await self._watch.wait(shard, log_id, self._limits.durable_wait_s):
+            return
+        # An announcement may have been missed (a reconnect): ask the shard's cursor.
+        async with _redis_errors():
+            persisted = await self._redis.get(ShardKeys(shard).persisted)
+        if persisted is not None:
+            self._watch.learn(shard, persisted.decode())
+            if self._watch.holds(shard, log_id):
+                return
+        METRICS.durable_timeouts.inc()
+        raise Unavailable(
+            "not yet in the ledger; send the same request id again for the outcome", retry_after=0.2, shard=shard
+        )
+
+    # -- deductions ----------------------------------------------------------
 
     async def take(
         self, sku_id: str, user_id: str, qty: int, request_id: str, hold_ms: int = 0
@@ -102,12 +173,15 @@ class StockStore:
         each is decided exactly as if it ran alone.
         """
         shard = shard_of(sku_id, self._shards)
-        async with _redis_errors():
+
+        async def call() -> Answer[DeductResult]:
             raw = await self._coalescer.submit(shard, (sku_id, user_id, qty, request_id, hold_ms))
-        result, sold_out_sv = _replies.take_result(raw, sku_id, request_id)
-        if sold_out_sv:
-            self._book.learn(sku_id, sold_out_sv, True)
-        return result
+            return _replies.take_result(raw, sku_id, request_id)
+
+        answer = await self._call((sku_id,), call)
+        if answer.sold_out_sv:
+            self._book.learn(sku_id, answer.sold_out_sv, True)
+        return await self._settled(shard, answer)
 
     async def _take_batch(self, shard: int, items: Sequence[tuple[str, str, int, str, int]]) -> list:
         k = ShardKeys(shard)
@@ -118,15 +192,6 @@ class StockStore:
             args += (sku_id, user_id, qty, request_id, hold_ms)
         return await self._scripts.deduct(keys=keys, args=args)
 
-    @property
-    def max_hold_ms(self) -> int:
-        """The longest hold: a hold's record must outlive it (records last >= request_ttl_s)."""
-        return min(MAX_HOLD_MS, self._record_ttl_ms // 2)
-
-    async def close(self) -> None:
-        """Cancel coalesced calls in flight."""
-        await self._coalescer.close()
-
     async def hold(self, sku_id: str, user_id: str, qty: int, request_id: str, ttl_ms: int) -> DeductResult:
         """Hold ``qty`` units for ``ttl_ms`` (0 = the default hold length)."""
         return await self.take(sku_id, user_id, qty, request_id, ttl_ms or self._limits.default_hold_ms)
@@ -134,12 +199,15 @@ class StockStore:
     async def settle(self, sku_id: str, hold_id: str, request_id: str, confirm: bool) -> SettleResult:
         """Confirm or release the hold ``hold_id``."""
         k = self.keys(sku_id)
-        async with _redis_errors():
+
+        async def call() -> Answer[SettleResult]:
             raw = await self._scripts.settle(
                 keys=[k.log],
                 args=["C" if confirm else "R", request_id, sku_id, hold_id, k.prefix, self._record_ttl_ms],
             )
-        return _replies.settle_result(raw, sku_id, hold_id)
+            return _replies.settle_result(raw, sku_id, hold_id)
+
+        return await self._settled(k.shard, await self._call((sku_id,), call))
 
     async def batch(self, user_id: str, items: Sequence[tuple[str, int]], request_id: str) -> BatchResult:
         """Take every item, or none."""
@@ -149,9 +217,17 @@ class StockStore:
             k = self.keys(sku_id)
             keys += [k.sku(sku_id), k.users(sku_id), k.log, k.sold_out]
             args += [sku_id, qty, k.prefix]
-        async with _redis_errors():
-            raw = await self._scripts.batch(keys=keys, args=args)
-        return _replies.batch_result(raw, [sku for sku, _ in items], request_id)
+        sku_ids = [sku for sku, _ in items]
+
+        async def call() -> tuple[BatchResult, list[tuple[int, str]]]:
+            return _replies.batch_result(await self._scripts.batch(keys=keys, args=args), sku_ids, request_id)
+
+        result, waits = await self._call(sku_ids, call)
+        for index, log_id in waits:
+            await self.wait_persisted(shard_of(sku_ids[index], self._shards), log_id)
+        return result
+
+    # -- reads -----------------------------------------------------------------
 
     async def stock_level(self, sku_id: str) -> StockLevel:
         """The counters of ``sku_id``."""
@@ -163,6 +239,9 @@ class StockStore:
         k = self.keys(sku_id)
         async with _redis_errors():
             fields = await self._redis.hgetall(k.sku(sku_id))
+            if not fields and await self._redis.hget(k.meta, "state") != b"ready":
+                await self._rebuilder.ensure(k.shard)
+                fields = await self._redis.hgetall(k.sku(sku_id))
         if not fields:
             raise SkuNotFound(f"SKU {sku_id!r} is not defined", sku=sku_id)
         return _replies.sku_from_hash(sku_id, k.shard, fields)
@@ -205,6 +284,8 @@ class StockStore:
             # The index first: a SKU may be listed a moment before it exists,
             # never exist without being listed.
             await self._redis.zadd(SKU_INDEX_KEY, {sku_id: 0})
+
+        async def call() -> Answer[AdminResult]:
             raw = await self._scripts.put_sku(
                 keys=[k.sku(sku_id), k.users(sku_id), k.sold_out, k.admin_record(request_id), k.log],
                 args=[
@@ -216,19 +297,25 @@ class StockStore:
                     sale_end_ms,
                     "durable" if mode is Mode.DURABLE else "fast",
                     self._limits.request_ttl_s,
+                    k.prefix,
                 ],
             )
-        return _replies.admin_result(raw, sku_id, k.shard, request_id)
+            return _replies.admin_result(raw, sku_id, k.shard, request_id)
+
+        return await self._settled(k.shard, await self._call((sku_id,), call))
 
     async def change_sku(self, sku_id: str, op: str, request_id: str, delta: int = 0) -> AdminResult:
         """Adjust stock by ``delta`` (op ``adjust``), or ``pause`` / ``resume``."""
         k = self.keys(sku_id)
-        async with _redis_errors():
+
+        async def call() -> Answer[AdminResult]:
             raw = await self._scripts.adjust_sku(
                 keys=[k.sku(sku_id), k.sold_out, k.admin_record(request_id), k.log],
-                args=[sku_id, op, delta, self._limits.request_ttl_s],
+                args=[sku_id, op, delta, self._limits.request_ttl_s, k.prefix],
             )
-        return _replies.admin_result(raw, sku_id, k.shard, request_id)
+            return _replies.admin_result(raw, sku_id, k.shard, request_id)
+
+        return await self._settled(k.shard, await self._call((sku_id,), call))
 
     async def reap_due(self, most_per_shard: int = 500) -> int:
         """Expire every hold whose time has passed; returns how many.

@@ -56,18 +56,43 @@ local function update_record(bucket, rid, rec)
 end
 
 -- The reply of every call about a deduction:
--- {code, stock_left, sold_out_sv, kind, state, qty, user, sku, taken_ms, exp_ms}
-local function reply(code, left, sv, rec)
+-- {code, stock_left, sold_out_sv, kind, state, qty, user, sku, taken_ms, exp_ms,
+--  log_id, durable}: log_id is the log entry the answer rests on ('' = none),
+-- durable 1 when the SKU is in durable mode (the node then waits until the
+-- ledger holds log_id before it replies).
+local function reply(code, left, sv, rec, log_id, durable)
   if rec then
-    return {code, left, sv, rec[1], rec[2], rec[3], rec[4], rec[5], rec[6], rec[7]}
+    return {code, left, sv, rec[1], rec[2], rec[3], rec[4], rec[5], rec[6], rec[7], log_id or '', durable or 0}
   end
   return {code, left, sv}
 end
 
+local function is_durable(sku_key)
+  return redis.call('HGET', sku_key, 'mode') == 'durable' and 1 or 0
+end
+
+-- The outbox: a change and its log entry are written by the same script.
+-- Every entry has the same fields (streams store them once per block):
+-- t event (D deduct, H hold, C confirm, R release, X expire), r request id,
+-- k sku, u user, q qty, e hold expiry ms, s sale, c confirm/release id.
+-- Returns the entry's id.
 local function log_event(log_key, event, rid, rec)
-  -- The outbox: the change and its log entry are written by the same script.
-  redis.call('XADD', log_key, '*', 't', event, 'r', rid, 'k', rec[5],
-             'u', rec[4], 'q', rec[3], 'e', rec[7])
+  return redis.call('XADD', log_key, '*', 't', event, 'r', rid, 'k', rec[5],
+                    'u', rec[4], 'q', rec[3], 'e', rec[7], 's', rec[9], 'c', rec[8])
+end
+
+-- The last entry id of a log, or '0-0'.
+local function log_tail(log_key)
+  local last = redis.call('XREVRANGE', log_key, '+', '-', 'COUNT', 1)
+  if #last == 0 then return '0-0' end
+  return last[1][1]
+end
+
+-- Is the shard's state in Redis whole? Missing after a restart or flush,
+-- 'building' during a rebuild: either way, the node rebuilds it from the
+-- ledger before serving it (server/_rebuild.py).
+local function shard_ready(prefix)
+  return redis.call('HGET', prefix .. 'm', 'state') == 'ready'
 end
 
 -- After avail changed: keep the sold-out hash and the nodes' memory in step.
@@ -124,8 +149,7 @@ local function take(sku_key, users_key, log_key, hx_key, store, sku_id, user, qt
   local sale = tonumber(redis.call('HGET', sku_key, 'sale'))
   local rec = {kind, state, qty, user, sku_id, now, exp, '', sale}
   add_record(store, rid, rec)
-  log_event(log_key, kind, rid, rec)
-  return rec, avail
+  return rec, avail, log_event(log_key, kind, rid, rec)
 end
 
 -- Give a hold's units back (release or expiry) and mark it `state`.

@@ -10,10 +10,12 @@
 -- ARGV[1] user_id  ARGV[2] request_id  ARGV[3] record ttl ms
 -- ARGV[2 + 3*i] sku_id, ARGV[3 + 3*i] qty, ARGV[4 + 3*i] key prefix of item i
 --
--- Returns {code, n, then per item: item_code, stock_left}, code one of
---   OK, DUP (the batch took effect before; items as recorded), REFUSED (the
---   first item refusal is the batch's outcome), NO_SKU (n = the item's index),
---   MISMATCH (likewise), QTY_MAX ({code, index, cap})
+-- Returns {code, n, then per item: item_code, stock_left, log_id, durable},
+-- code one of
+--   OK, DUP (the batch took effect before; items as recorded; log_id the
+--   tail of the item's log), REFUSED (the first item refusal is the batch's
+--   outcome), NO_SKU (n = the item's index), MISMATCH (likewise),
+--   QTY_MAX ({code, index, cap}), NO_SHARD ({code, index}: rebuild first)
 local user, rid, ttl_ms = ARGV[1], ARGV[2], tonumber(ARGV[3])
 local n = (#ARGV - 3) / 3
 local now = now_ms()
@@ -25,6 +27,7 @@ local function item(i)
 end
 
 for i = 1, n do
+  if not shard_ready(ARGV[3 * i + 3]) then return {'NO_SHARD', i} end
   if redis.call('EXISTS', item(i).sku) == 0 then return {'NO_SKU', i} end
 end
 
@@ -37,8 +40,11 @@ if find_record(first.store, first.rid) then
     if not rec or rec[5] ~= it.sku_id or rec[4] ~= user or rec[3] ~= it.qty then
       return {'MISMATCH', i}
     end
+    local durable = is_durable(it.sku)
     out[#out + 1] = 'OK'
     out[#out + 1] = -1
+    out[#out + 1] = durable == 1 and log_tail(it.log) or ''
+    out[#out + 1] = durable
   end
   return out
 end
@@ -51,6 +57,8 @@ for i = 1, n do
   if code ~= 'OK' then refused = true end
   out[#out + 1] = code
   out[#out + 1] = avail
+  out[#out + 1] = ''
+  out[#out + 1] = 0
 end
 if refused then
   out[1] = 'REFUSED'
@@ -59,8 +67,10 @@ end
 
 for i = 1, n do
   local it = item(i)
-  local _, avail = take(it.sku, it.users, it.log, nil, it.store, it.sku_id, user, it.qty, it.rid, 0, now)
+  local _, avail, log_id = take(it.sku, it.users, it.log, nil, it.store, it.sku_id, user, it.qty, it.rid, 0, now)
   announce(it.sku, it.so, it.sku_id, avail + it.qty, avail)
-  out[2 + 2 * i] = avail
+  out[4 * i] = avail
+  out[4 * i + 1] = log_id
+  out[4 * i + 2] = is_durable(it.sku)
 end
 return out

@@ -1,34 +1,40 @@
 -- put_sku.lua: define a SKU, or define it again and restart its sale.
 --
 -- Counters and per-user counts start from zero; holds of the previous sale
--- give their units back to nobody (their `sale` no longer matches).
+-- give their units back to nobody (their `sale` no longer matches). The
+-- definition goes to the shard log (event P, absolute values, so applying
+-- it twice changes nothing) for the ledger.
 --
 -- KEYS[1] sku hash  KEYS[2] users hash  KEYS[3] sold-out hash
 -- KEYS[4] admin record of request_id  KEYS[5] shard log
 -- ARGV[1] sku_id  ARGV[2] stock  ARGV[3] per-user limit  ARGV[4] max per request
 -- ARGV[5] sale start ms  ARGV[6] sale end ms  ARGV[7] mode  ARGV[8] admin ttl s
+-- ARGV[9] key prefix of the shard ('fs:{s<n>}:')
 --
--- Returns {code, HGETALL of the sku hash...}, code one of
---   OK, DUP (applied before; nothing changed),
---   MISMATCH (the request_id was applied before to another call)
+-- Returns {code, log_id, HGETALL of the sku hash...}, code one of
+--   OK, DUP (applied before; nothing changed; log_id the log's tail),
+--   MISMATCH (the request_id was applied before to another call),
+--   NO_SHARD (the shard's state is missing: rebuild it, then send again)
+if not shard_ready(ARGV[9]) then return {'NO_SHARD'} end
 local fingerprint = table.concat({'put', ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7]}, '\0')
 local seen = redis.call('GET', KEYS[4])
 if seen and seen ~= fingerprint then return {'MISMATCH'} end
-if seen then
-  local out = {'DUP'}
+local function answer(code, log_id)
+  local out = {code, log_id}
   for _, v in ipairs(redis.call('HGETALL', KEYS[1])) do out[#out + 1] = v end
   return out
 end
+if seen then return answer('DUP', log_tail(KEYS[5])) end
+
 local old = redis.call('HMGET', KEYS[1], 'sv', 'sale')
 local stock = tonumber(ARGV[2])
+local sale = tonumber(old[2] or '0') + 1
 redis.call('DEL', KEYS[1], KEYS[2])
 redis.call('HSET', KEYS[1], 'avail', stock, 'total', stock, 'held', 0, 'conf', 0,
            'lim', ARGV[3], 'maxq', ARGV[4], 'start', ARGV[5], 'end', ARGV[6],
-           'paused', 0, 'mode', ARGV[7], 'sv', tonumber(old[1] or '0'),
-           'sale', tonumber(old[2] or '0') + 1)
+           'paused', 0, 'mode', ARGV[7], 'sv', tonumber(old[1] or '0'), 'sale', sale)
 announce(KEYS[1], KEYS[3], ARGV[1], stock, stock, true)
-redis.call('XADD', KEYS[5], '*', 't', 'P', 'r', '', 'k', ARGV[1], 'u', '', 'q', stock, 'e', 0)
+local log_id = redis.call('XADD', KEYS[5], '*', 't', 'P', 'k', ARGV[1], 'q', stock, 'lim', ARGV[3],
+                          'maxq', ARGV[4], 'start', ARGV[5], 'end', ARGV[6], 'mode', ARGV[7], 's', sale)
 redis.call('SET', KEYS[4], fingerprint, 'EX', tonumber(ARGV[8]))
-local out = {'OK'}
-for _, v in ipairs(redis.call('HGETALL', KEYS[1])) do out[#out + 1] = v end
-return out
+return answer('OK', log_id)

@@ -10,6 +10,7 @@
 --
 -- Returns the number of holds expired.
 local prefix, most = ARGV[1], tonumber(ARGV[2])
+if not shard_ready(prefix) then return 0 end
 local now = now_ms()
 local store = records(prefix, now, tonumber(ARGV[3]))
 local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, most)

@@ -22,7 +22,7 @@ def test_client_exports():
 
 
 def test_lockmgr_exports():
-    assert lockmgr.__all__ == ["DEFAULT_SHARDS", "SKU_INDEX_KEY", "SOLD_OUT_CHANNEL", "ShardKeys", "shard_of", "stable_hash"]
+    assert lockmgr.__all__ == ["DEFAULT_SHARDS", "PERSISTED_CHANNEL", "SKU_INDEX_KEY", "SOLD_OUT_CHANNEL", "ShardKeys", "shard_of", "stable_hash"]
 
 
 def test_public_names_have_docstrings():

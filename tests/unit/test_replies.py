@@ -22,15 +22,16 @@ REC = [b"H", b"H", 2, b"u1", b"sku", 1000, 5000]
      ("INSUFFICIENT", Outcome.INSUFFICIENT), ("LIMIT", Outcome.LIMIT), ("NOT_ON_SALE", Outcome.NOT_ON_SALE)],
 )
 def test_take_outcomes(code, outcome):
-    result, sv = r.take_result([code.encode(), 3, 0], "sku", "rid")
-    assert result.outcome is outcome and result.stock_left == 3 and sv == 0
-    assert result.deduction is None
+    answer = r.take_result([code.encode(), 3, 0], "sku", "rid")
+    result = answer.result
+    assert result.outcome is outcome and result.stock_left == 3 and answer.sold_out_sv == 0
+    assert result.deduction is None and not answer.durable
 
 
-def test_take_ok_carries_the_deduction_and_sold_out_version():
-    result, sv = r.take_result([b"OK", 0, 9, *REC], "sku", "rid")
-    assert sv == 9
-    d = result.deduction
+def test_take_ok_carries_the_deduction_sold_out_version_and_log_entry():
+    answer = r.take_result([b"OK", 0, 9, *REC, b"1700-3", 1], "sku", "rid")
+    assert answer.sold_out_sv == 9 and answer.log_id == "1700-3" and answer.durable
+    d = answer.result.deduction
     assert (d.request_id, d.sku_id, d.user_id, d.qty, d.state, d.taken_at_ms, d.expires_at_ms) == (
         "rid", "sku", "u1", 2, DeductionState.HELD, 1000, 5000)
 
@@ -44,20 +45,28 @@ def test_take_errors():
     with pytest.raises(InvalidArgument) as e:
         r.take_result([b"QTY_MAX", 2, 0], "sku", "rid")
     assert e.value.violations[0].field == "qty"
+    with pytest.raises(r.ShardMissing):
+        r.take_result([b"NO_SHARD", -1, 0], "sku", "rid")
 
 
 @pytest.mark.parametrize("code", ["OK", "DUP", "HOLD_NOT_FOUND", "HOLD_EXPIRED", "HOLD_RELEASED", "HOLD_CONFIRMED"])
 def test_settle_codes(code):
-    result = r.settle_result([code.encode(), -1, 0, *REC], "sku", "hold")
+    result = r.settle_result([code.encode(), -1, 0, *REC, b"", 0], "sku", "hold").result
     assert result.outcome.name == {"DUP": "DUPLICATE"}.get(code, code)
     assert result.deduction.request_id == "hold"
 
 
 def test_batch_refusal_is_the_first_refused_item():
-    raw = [b"REFUSED", 3, b"OK", 5, b"LIMIT", 4, b"SOLD_OUT", 0]
-    result = r.batch_result(raw, ["a", "b", "c"], "rid")
-    assert result.outcome is Outcome.LIMIT
+    raw = [b"REFUSED", 3, b"OK", 5, b"", 0, b"LIMIT", 4, b"", 0, b"SOLD_OUT", 0, b"", 0]
+    result, waits = r.batch_result(raw, ["a", "b", "c"], "rid")
+    assert result.outcome is Outcome.LIMIT and waits == []
     assert [i.outcome for i in result.items] == [Outcome.OK, Outcome.LIMIT, Outcome.SOLD_OUT]
+
+
+def test_batch_durable_items_are_waited_for():
+    raw = [b"OK", 2, b"OK", 5, b"10-1", 1, b"OK", 4, b"11-0", 0]
+    result, waits = r.batch_result(raw, ["a", "b"], "rid")
+    assert result.outcome is Outcome.OK and waits == [(0, "10-1")]
 
 
 def test_batch_errors_name_the_item():
@@ -72,8 +81,10 @@ def test_batch_errors_name_the_item():
 def test_admin_reply_and_below_handed_out():
     fields = [b"avail", b"1", b"total", b"5", b"held", b"1", b"conf", b"3", b"lim", b"2", b"maxq", b"0",
               b"start", b"0", b"end", b"0", b"paused", b"1", b"mode", b"durable"]
-    result = r.admin_result([b"DUP", *fields], "s", 4)
+    answer = r.admin_result([b"DUP", b"5-0", *fields], "s", 4)
+    result = answer.result
     assert result.duplicate and result.sku.paused and result.sku.mode is Mode.DURABLE and result.sku.shard == 4
+    assert answer.durable and answer.log_id == "5-0"  # admin changes always wait for the ledger
     with pytest.raises(StockBelowHandedOut) as e:
-        r.admin_result([b"BELOW", *fields], "s", 4)
+        r.admin_result([b"BELOW", b"", *fields], "s", 4)
     assert e.value.handed_out == 4

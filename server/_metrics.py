@@ -1,0 +1,43 @@
+"""The node's Prometheus metrics, in one place.
+
+Served over HTTP on ``metrics_port`` by worker 0 (the process that runs the
+per-node duties), when the port is set.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+
+def _registry() -> CollectorRegistry:
+    return CollectorRegistry(auto_describe=True)
+
+
+@dataclass
+class Metrics:
+    """Every metric a node reports."""
+
+    registry: CollectorRegistry = field(default_factory=_registry)
+
+    def __post_init__(self) -> None:
+        r = self.registry
+        self.persisted = Counter("flashstock_persisted_entries", "Log entries written to the ledger.", registry=r)
+        self.persister_errors = Counter("flashstock_persister_errors", "Persister rounds that failed.", registry=r)
+        self.persister_lag = Histogram(
+            "flashstock_persister_lag_seconds",
+            "Time from a log entry's creation (its stream id) to its ledger commit.",
+            buckets=(0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10),
+            registry=r,
+        )
+        self.persister_backlog = Gauge("flashstock_persister_backlog_entries", "Log entries not yet in the ledger.", registry=r)
+        self.rebuilds = Counter("flashstock_rebuilds", "Shard rebuilds from the ledger, by result.", ["result"], registry=r)
+        self.durable_timeouts = Counter(
+            "flashstock_durable_timeouts", "Durable replies that gave up waiting for the ledger.", registry=r
+        )
+        self.fenced_writes = Counter("flashstock_fenced_writes", "Writes refused for a stale epoch.", registry=r)
+
+
+METRICS = Metrics()
+"""The process's metrics."""

@@ -1,0 +1,160 @@
+"""The persister: drains shard logs into the ledger, in batches, exactly once.
+
+Each round reads new entries of every shard it persists (one XREAD over all
+their logs, blocking until something arrives), waits up to ``max_wait`` for
+more to gather a batch (a group commit), and per shard writes the batch and
+its cursor in one ledger transaction. Only then does it announce the new
+cursor (pub/sub and the shard's ``pc`` key, for durable replies) and trim the
+log up to it. A crash anywhere re-reads from the ledger's cursor: entries
+are applied again at most, and applying them again changes nothing (inserts
+by request id, states only forward, admin changes as absolute values).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import redis.asyncio as aioredis
+
+from flashstock.lockmgr import PERSISTED_CHANNEL, ShardKeys
+
+from ._durable import parse_id
+from ._metrics import METRICS
+from .ledger import Ledger
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class PersistPolicy:
+    """How the persister batches."""
+
+    batch_size: int = 500
+    """Most entries per shard per commit."""
+    max_wait_s: float = 0.002
+    """After the first new entry, how long to wait for more before committing."""
+    block_s: float = 0.5
+    """How long one read blocks when every log is drained."""
+
+
+def _next_id(entry_id: str) -> str:
+    ms, seq = parse_id(entry_id)
+    return f"{ms}-{seq + 1}"
+
+
+class Persister:
+    """Drains the logs of ``shards`` into ``ledger``."""
+
+    def __init__(
+        self,
+        redis: aioredis.Redis,
+        ledger: Ledger,
+        shards: Sequence[int],
+        policy: PersistPolicy = PersistPolicy(),
+        epoch: int = 0,
+    ) -> None:
+        self._redis = redis
+        self._ledger = ledger
+        self._shards = list(shards)
+        self._policy = policy
+        self._epoch = epoch
+        self._positions: dict[int, str] = {}
+        self._committed: dict[int, str] = {}
+        self._generations: dict[int, int] = {}
+        self._generations_read = 0.0
+        self.persisted = 0
+        """Entries persisted by this persister."""
+
+    async def run(self) -> None:
+        """Persist until cancelled; a failed round is tried again after a pause."""
+        for shard in self._shards:
+            cursor = await asyncio.to_thread(self._ledger.cursor, shard)
+            self._positions[shard] = self._committed[shard] = cursor[1] if cursor else "0-0"
+        delay = 0.1
+        while True:
+            try:
+                await self.round()
+                delay = 0.1
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - nothing is trimmed until persisted: try again
+                log.warning("persister: %s; trying again in %.1f s", exc, delay)
+                METRICS.persister_errors.inc()
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+
+    async def round(self, block: bool = True) -> int:
+        """Read, persist and announce one batch per shard with news; returns entries persisted."""
+        await self._refresh_generations()
+        batches = await self._read(block)
+        if not batches:
+            return 0
+        if self._policy.max_wait_s > 0 and sum(len(b) for b in batches.values()) < self._policy.batch_size:
+            await asyncio.sleep(self._policy.max_wait_s)
+            for shard, more in (await self._read(False)).items():
+                batches.setdefault(shard, []).extend(more)
+        failure = await asyncio.to_thread(self._persist_all, batches)
+        now_ms = time.time() * 1000
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for shard, entries in batches.items():
+                last = entries[-1][0]
+                k = ShardKeys(shard)
+                pipe.set(k.persisted, last)
+                pipe.publish(PERSISTED_CHANNEL, f"{shard} {last}")
+                pipe.xtrim(k.log, minid=_next_id(last))
+                for entry_id, _ in entries:
+                    METRICS.persister_lag.observe(max(0.0, now_ms - parse_id(entry_id)[0]) / 1000)
+            await pipe.execute()
+        count = sum(len(e) for e in batches.values())
+        self.persisted += count
+        METRICS.persisted.inc(count)
+        if failure is not None:
+            raise failure
+        return count
+
+    async def _read(self, block: bool) -> dict[int, list[tuple[str, dict[str, str]]]]:
+        streams = {ShardKeys(shard).log: self._positions[shard] for shard in self._shards}
+        reply = await self._redis.xread(
+            streams,
+            count=self._policy.batch_size,
+            block=int(self._policy.block_s * 1000) if block else None,
+        )
+        out: dict[int, list[tuple[str, dict[str, str]]]] = {}
+        for stream, entries in reply or ():
+            shard = int(stream.decode().split("{s", 1)[1].split("}", 1)[0])
+            decoded = [
+                (entry_id.decode(), {k.decode(): v.decode() for k, v in fields.items()}) for entry_id, fields in entries
+            ]
+            if decoded:
+                out[shard] = decoded
+                self._positions[shard] = decoded[-1][0]
+        return out
+
+    def _persist_all(self, batches: dict[int, list[tuple[str, dict[str, str]]]]) -> Exception | None:
+        """Commit each shard's batch; drop from ``batches`` those that failed and return the failure."""
+        failure = None
+        for shard in list(batches):
+            try:
+                self._ledger.persist(shard, self._generations.get(shard, 0), batches[shard], epoch=self._epoch)
+            except Exception as exc:  # noqa: BLE001 - the others still get announced
+                failure = exc
+                del batches[shard]
+                # Read these entries again next round, from the last commit.
+                self._positions[shard] = self._committed[shard]
+            else:
+                self._committed[shard] = batches[shard][-1][0]
+        return failure
+
+    async def _refresh_generations(self) -> None:
+        if time.monotonic() - self._generations_read < 1.0:
+            return
+        self._generations_read = time.monotonic()
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for shard in self._shards:
+                pipe.hget(ShardKeys(shard).meta, "gen")
+            for shard, gen in zip(self._shards, await pipe.execute()):
+                self._generations[shard] = int(gen or 0)

@@ -1,0 +1,178 @@
+"""Rebuilding a shard's Redis state from the ledger (the "cache breakdown" plan).
+
+When a script finds a shard's state missing (Redis restarted empty, flushed,
+failed over), the node that noticed takes the shard's rebuild mutex
+(python-redis-lock ``rebuild:{s<n>}``, short expiry, renewed while held),
+checks again, counts a new generation in the ledger, loads the shard from
+the ledger and installs it with ``rebuild.lua``, whose every step is fenced by
+the mutex's token and the generation: a rebuilder paused past the mutex's
+expiry cannot overwrite a newer rebuild. One rebuild per shard runs at a
+time however many requests arrive: in a process, requests share one task;
+across processes and nodes, the mutex. Requests wait for it for a bounded
+time, then get UNAVAILABLE with a retry delay.
+
+python-redis-lock is blocking (and its timeouts are whole seconds), so the
+rebuild runs in a thread with a blocking Redis client, off the event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import redis
+import redis_lock
+
+from flashstock.client import Unavailable
+from flashstock.lockmgr import SKU_INDEX_KEY, ShardKeys
+
+from ._metrics import METRICS
+from ._scripts import script_source
+from .ledger import Ledger, ShardSnapshot
+
+log = logging.getLogger(__name__)
+
+_LETTER = {"held": "H", "confirmed": "C", "released": "R", "expired": "X"}
+
+
+@dataclass(frozen=True)
+class RebuildPolicy:
+    """Times of the rebuild."""
+
+    lock_expire_s: int = 5
+    """Expiry of the rebuild mutex (renewed every 2/3 of it while held)."""
+    wait_s: float = 5.0
+    """How long requests wait for a rebuild before they get UNAVAILABLE."""
+    chunk: int = 2000
+    """Records (or per-user counts) per install step."""
+
+
+def install_steps(snap: ShardSnapshot, chunk: int) -> list[tuple[str, str]]:
+    """The (step, JSON payload) calls that install ``snap``, after 'begin' and before 'commit'."""
+    steps: list[tuple[str, str]] = []
+    for s in snap.skus:
+        users = snap.user_counts.get(s.sku_id, {})
+        first = dict(list(users.items())[:chunk])
+        steps.append(
+            (
+                "sku",
+                json.dumps(
+                    {
+                        "sku": s.sku_id,
+                        "total": s.total,
+                        "held": s.held,
+                        "conf": s.confirmed,
+                        "lim": s.per_user_limit,
+                        "maxq": s.max_per_request,
+                        "start": s.sale_start_ms,
+                        "end": s.sale_end_ms,
+                        "paused": 1 if s.paused else 0,
+                        "mode": s.mode,
+                        "sale": s.sale,
+                        "users": first or {},
+                    }
+                ),
+            )
+        )
+        rest = list(users.items())[chunk:]
+        for start in range(0, len(rest), chunk):
+            steps.append(("users", json.dumps({"sku": s.sku_id, "users": dict(rest[start : start + chunk])})))
+    rows = [
+        [r.request_id, r.kind, _LETTER[r.state], r.qty, r.user_id, r.sku_id, r.taken_ms, r.expires_ms, r.closer_id, r.sale]
+        for r in snap.records
+    ]
+    for start in range(0, len(rows), chunk):
+        steps.append(("records", json.dumps(rows[start : start + chunk])))
+    return steps
+
+
+class ShardRebuilder:
+    """Rebuilds shards from the ledger: one at a time per shard, fenced."""
+
+    def __init__(self, redis_url: str, ledger: Ledger, record_ttl_ms: int, policy: RebuildPolicy = RebuildPolicy()) -> None:
+        self._sync = redis.Redis.from_url(redis_url, socket_timeout=10, socket_connect_timeout=5)
+        self._script = self._sync.register_script(script_source("rebuild"))
+        self._ledger = ledger
+        self._record_ttl_ms = record_ttl_ms
+        self._policy = policy
+        self._running: dict[int, asyncio.Task[str]] = {}
+        self.before_install: Callable[[int], None] | None = None
+        """A test's failpoint: called in the rebuild thread after loading, before installing."""
+        self.lock_factory: Callable[[redis.Redis, str], redis_lock.Lock] = lambda client, name: redis_lock.Lock(
+            client, name, expire=policy.lock_expire_s, auto_renewal=True
+        )
+        """Makes the rebuild mutex (a test may make one that is not renewed)."""
+
+    async def ensure(self, shard: int) -> str:
+        """Make sure ``shard`` is whole in Redis, rebuilding it if need be; returns what happened.
+
+        Raises :class:`Unavailable` when the rebuild did not finish within the wait.
+        """
+        task = self._running.get(shard)
+        if task is None:
+            task = asyncio.ensure_future(asyncio.to_thread(self.rebuild, shard))
+            self._running[shard] = task
+            task.add_done_callback(lambda _t, s=shard: self._running.pop(s, None))
+        try:
+            return await asyncio.wait_for(asyncio.shield(task), self._policy.wait_s)
+        except TimeoutError:
+            raise Unavailable(f"shard {shard} is being rebuilt from the ledger", retry_after=0.5, shard=shard) from None
+        except redis.exceptions.ConnectionError as exc:
+            raise Unavailable(f"Redis is unreachable: {exc}", retry_after=0.2, shard=shard) from None
+
+    def rebuild(self, shard: int) -> str:
+        """Rebuild ``shard`` (blocking): 'rebuilt', 'ready' (someone else did), 'stale' or 'busy'."""
+        k = ShardKeys(shard)
+        lock = self.lock_factory(self._sync, k.rebuild_lock)
+        if not lock.acquire(blocking=True, timeout=max(1, math.ceil(self._policy.wait_s))):
+            METRICS.rebuilds.labels("busy").inc()
+            return "busy"
+        try:
+            meta = self._sync.hgetall(k.meta)
+            if meta.get(b"state") == b"ready":
+                return "ready"
+            expected = meta.get(b"gen", b"").decode()
+            seconds, micros = self._sync.time()
+            now_ms = seconds * 1000 + micros // 1000
+            generation = self._ledger.bump_generation(shard, now_ms)
+            since = (now_ms // self._record_ttl_ms - 1) * self._record_ttl_ms
+            snap = self._ledger.snapshot(shard, generation, since)
+            cursor = self._ledger.cursor(shard)
+            if self.before_install is not None:
+                self.before_install(shard)
+            result = self._install(k, lock.id, snap, cursor[1] if cursor else "0-0", expected)
+            METRICS.rebuilds.labels(result).inc()
+            if result == "rebuilt":
+                log.log(
+                    logging.WARNING if snap.skus else logging.INFO,
+                    "shard %d rebuilt from the ledger: generation %d, %d SKUs, %d records",
+                    shard, generation, len(snap.skus), len(snap.records),
+                )
+            return result
+        finally:
+            try:
+                lock.release()
+            except redis_lock.NotAcquired:
+                pass  # it expired (a paused rebuilder): another may hold it now
+
+    def _install(self, k: ShardKeys, token: str, snap: ShardSnapshot, cursor: str, expected: str) -> str:
+        keys = [k.meta, f"lock:{k.rebuild_lock}"]
+        common = [token, snap.generation, k.prefix, self._record_ttl_ms]
+        if self._script(keys=keys, args=["begin", *common, expected, cursor]) != b"OK":
+            return "stale"
+        for step, payload in install_steps(snap, self._policy.chunk):
+            if self._script(keys=keys, args=[step, *common, payload]) != b"OK":
+                return "stale"
+        if self._script(keys=keys, args=["commit", *common]) != b"OK":
+            return "stale"
+        if snap.skus:  # the SKU index is global (not the shard's slot): written on its own
+            self._sync.zadd(SKU_INDEX_KEY, {s.sku_id: 0 for s in snap.skus})
+        return "rebuilt"
+
+    def close(self) -> None:
+        """Close the blocking Redis client."""
+        self._sync.close()

@@ -1,0 +1,29 @@
+"""The SQL ledger (SQLite or PostgreSQL) and its migrations."""
+
+from ._ledger import (
+    HEAD,
+    Fenced,
+    Ledger,
+    LedgerError,
+    Record,
+    ShardSnapshot,
+    SkuState,
+    create_engine,
+    schema_revision,
+    sqlite_url,
+    upgrade,
+)
+
+__all__ = [
+    "HEAD",
+    "Fenced",
+    "Ledger",
+    "LedgerError",
+    "Record",
+    "ShardSnapshot",
+    "SkuState",
+    "create_engine",
+    "schema_revision",
+    "sqlite_url",
+    "upgrade",
+]

@@ -1,0 +1,450 @@
+"""The SQL ledger: one code path (SQLAlchemy Core) for SQLite and PostgreSQL.
+
+It holds what must survive the loss of Redis: SKU definitions, every
+deduction with its state, the persisters' cursors, shard epochs and rebuild
+generations. Writes come from the persister (the shard log, in batches, each
+batch with its cursor in one transaction) and from the rebuild (a generation
+bump); reads from the rebuild and the reports.
+
+The calls here are blocking; the node runs them in a thread, off the event
+loop.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection, Engine
+
+from flashstock.client import FlashstockError
+
+from ._schema import STATES, deductions, metadata, persister_cursors, shard_epochs, shard_generations, skus
+
+HEAD = "0001"
+"""The schema revision this code reads and writes."""
+
+
+class LedgerError(FlashstockError):
+    """The ledger cannot be used: the message names the setting or file to fix."""
+
+
+class Fenced(FlashstockError):
+    """A write carried an epoch lower than the shard's: a newer owner exists."""
+
+
+def sqlite_url(data_dir: str | Path) -> str:
+    """The embedded default: ``<data_dir>/ledger.sqlite3``."""
+    return f"sqlite:///{Path(data_dir).expanduser().resolve() / 'ledger.sqlite3'}"
+
+
+def _on_sqlite_connect(dbapi_connection: Any, _record: Any) -> None:
+    cursor = dbapi_connection.cursor()
+    # WAL: readers (rebuild, reports, other workers) never block the persister.
+    cursor.execute("PRAGMA journal_mode=WAL")
+    # FULL: a commit is on disk before durable mode acknowledges it.
+    cursor.execute("PRAGMA synchronous=FULL")
+    cursor.execute("PRAGMA busy_timeout=10000")
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.close()
+
+
+def create_engine(url: str) -> Engine:
+    """An engine for ``url`` (``sqlite:///path`` or ``postgresql+psycopg://...``)."""
+    try:
+        parsed = sa.engine.make_url(url)
+    except Exception as exc:  # noqa: BLE001 - reported naming the setting
+        raise LedgerError(f"ledger: {url!r} is not a database URL ({exc})") from None
+    if parsed.get_backend_name() == "sqlite":
+        if parsed.database in (None, "", ":memory:"):
+            raise LedgerError("ledger: an SQLite ledger needs a file path (sqlite:///path/ledger.sqlite3)")
+        Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+        engine = sa.create_engine(parsed, connect_args={"timeout": 10})
+        sa.event.listen(engine, "connect", _on_sqlite_connect)
+        return engine
+    if parsed.get_backend_name() == "postgresql":
+        if parsed.get_driver_name() not in ("psycopg", "psycopg2"):
+            parsed = parsed.set(drivername="postgresql+psycopg")
+        return sa.create_engine(parsed, pool_pre_ping=True, pool_size=5, max_overflow=5)
+    raise LedgerError(f"ledger: {parsed.get_backend_name()!r} is not supported; use sqlite:/// or postgresql+psycopg://")
+
+
+def _alembic_config(connection: Connection) -> Any:
+    from alembic.config import Config
+
+    config = Config()
+    config.set_main_option("script_location", str(resources.files("flashstock.server.ledger") / "migrations"))
+    config.attributes["connection"] = connection
+    return config
+
+
+def schema_revision(engine: Engine) -> str | None:
+    """The ledger's schema revision; None for an empty database.
+
+    Raises :class:`LedgerError` for a database that cannot be reached, is not
+    a database, or holds tables that are not a flashstock ledger's.
+    """
+    try:
+        with engine.connect() as conn:
+            tables = set(sa.inspect(conn).get_table_names())
+            if "alembic_version" in tables:
+                return conn.execute(sa.text("SELECT version_num FROM alembic_version")).scalar()
+    except sa.exc.DatabaseError as exc:
+        if isinstance(exc.orig, sqlite3.DatabaseError):
+            raise LedgerError(
+                f"ledger: {engine.url.database} is not an SQLite database (or is corrupted); nothing was changed"
+            ) from None
+        raise LedgerError(f"ledger: cannot open {engine.url.render_as_string(hide_password=True)}: {exc.orig}") from None
+    except sa.exc.OperationalError as exc:
+        raise LedgerError(f"ledger: cannot reach {engine.url.render_as_string(hide_password=True)}: {exc.orig}") from None
+    if tables:
+        raise LedgerError(
+            f"ledger: {engine.url.render_as_string(hide_password=True)} holds tables that are not a flashstock "
+            f"ledger's ({', '.join(sorted(tables)[:5])}); nothing was changed"
+        )
+    return None
+
+
+def upgrade(engine: Engine) -> tuple[str | None, str]:
+    """Run the migrations up to HEAD; returns (revision before, after)."""
+    from alembic import command
+
+    before = schema_revision(engine)
+    if before not in (None, HEAD) and before not in _known_revisions():
+        raise LedgerError(f"ledger: schema revision {before!r} is unknown to this flashstock; upgrade flashstock first")
+    with engine.begin() as conn:
+        command.upgrade(_alembic_config(conn), "head")
+    return before, HEAD
+
+
+def _known_revisions() -> set[str]:
+    folder = resources.files("flashstock.server.ledger") / "migrations" / "versions"
+    return {p.name.split("_", 1)[0] for p in folder.iterdir() if p.name.endswith(".py")}
+
+
+@dataclass
+class SkuState:
+    """A SKU as the ledger knows it, with its counters for the current sale."""
+
+    sku_id: str
+    shard: int
+    total: int
+    per_user_limit: int
+    max_per_request: int
+    sale_start_ms: int
+    sale_end_ms: int
+    paused: bool
+    mode: str
+    sale: int
+    held: int = 0
+    confirmed: int = 0
+    released: int = 0
+    expired: int = 0
+    buyers: int = 0
+    first_ms: int = 0
+    last_ms: int = 0
+
+    @property
+    def available(self) -> int:
+        """Units left: total less held and confirmed."""
+        return self.total - self.held - self.confirmed
+
+
+@dataclass
+class Record:
+    """A deduction as the rebuild reinstalls it in Redis."""
+
+    request_id: str
+    sku_id: str
+    user_id: str
+    qty: int
+    kind: str
+    state: str
+    closer_id: str
+    sale: int
+    taken_ms: int
+    expires_ms: int
+
+
+@dataclass
+class ShardSnapshot:
+    """Everything Redis needs to serve a shard again."""
+
+    shard: int
+    generation: int
+    skus: list[SkuState] = field(default_factory=list)
+    user_counts: dict[str, dict[str, int]] = field(default_factory=dict)
+    records: list[Record] = field(default_factory=list)
+
+
+_STATE_OF = STATES
+_FORWARD = {"C": "confirmed", "R": "released", "X": "expired"}
+
+
+class Ledger:
+    """The ledger behind one URL."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.engine = create_engine(url)
+        self._dialect = self.engine.dialect.name
+
+    def open(self, create: bool = True) -> None:
+        """Check the schema: create a fresh ledger (``create``), refuse any other revision."""
+        revision = schema_revision(self.engine)
+        if revision is None and create:
+            upgrade(self.engine)
+            return
+        if revision is None:
+            raise LedgerError("ledger: the database is empty; run `flashstock ledger upgrade`")
+        if revision != HEAD:
+            if revision in _known_revisions():
+                raise LedgerError(f"ledger: schema revision {revision} is older than {HEAD}; run `flashstock ledger upgrade`")
+            raise LedgerError(f"ledger: schema revision {revision!r} is unknown to this flashstock; refusing to start")
+
+    def close(self) -> None:
+        """Close every connection."""
+        self.engine.dispose()
+
+    def _insert(self, table: sa.Table) -> Any:
+        if self._dialect == "postgresql":
+            from sqlalchemy.dialects.postgresql import insert
+        else:
+            from sqlalchemy.dialects.sqlite import insert
+        return insert(table)
+
+    # -- writes ----------------------------------------------------------------
+
+    def check_epoch(self, conn: Connection, shard: int, epoch: int, now_ms: int) -> None:
+        """Raise :class:`Fenced` when the shard has seen a higher epoch; record ``epoch``."""
+        stmt = self._insert(shard_epochs).values(shard=shard, epoch=epoch, updated_ms=now_ms)
+        stmt = stmt.on_conflict_do_update(
+            index_elements=["shard"],
+            set_={"epoch": epoch, "updated_ms": now_ms},
+            where=shard_epochs.c.epoch <= epoch,
+        )
+        if conn.execute(stmt).rowcount == 0:
+            raise Fenced(f"shard {shard}: epoch {epoch} is stale", shard=shard, epoch=epoch)
+
+    def persist(
+        self,
+        shard: int,
+        generation: int,
+        entries: Sequence[tuple[str, dict[str, str]]],
+        epoch: int = 0,
+    ) -> None:
+        """Apply log entries ``(stream_id, fields)`` of a shard and move its cursor, in one transaction.
+
+        Idempotent: deductions are inserted once by request id, and states
+        only move forward (held -> confirmed | released | expired).
+        """
+        if not entries:
+            return
+        last_id = entries[-1][0]
+        now_ms = int(last_id.split("-")[0])
+        inserts: list[dict[str, Any]] = []
+        updates: list[tuple[str, dict[str, Any]]] = []
+        sku_ops: list[tuple[str, dict[str, str], int]] = []
+        for stream_id, f in entries:
+            at_ms = int(stream_id.split("-")[0])
+            event = f["t"]
+            if event in ("D", "H"):
+                inserts.append(
+                    {
+                        "request_id": f["r"],
+                        "sku_id": f["k"],
+                        "user_id": f["u"],
+                        "qty": int(f["q"]),
+                        "kind": event,
+                        "state": "confirmed" if event == "D" else "held",
+                        "closer_id": "",
+                        "sale": int(f.get("s", 0)),
+                        "shard": shard,
+                        "epoch": epoch,
+                        "taken_ms": at_ms,
+                        "expires_ms": int(f.get("e", 0)),
+                        "updated_ms": at_ms,
+                    }
+                )
+            elif event == "G":  # the first entry of a rebuilt log: nothing to apply
+                continue
+            elif event in _FORWARD:
+                updates.append(
+                    (_FORWARD[event], {"rid": f["r"], "closer": f.get("c", ""), "at": at_ms, "epoch": epoch})
+                )
+            else:
+                sku_ops.append((event, f, at_ms))
+        with self.engine.begin() as conn:
+            self.check_epoch(conn, shard, epoch, now_ms)
+            for event, f, at_ms in sku_ops:
+                self._apply_sku_op(conn, shard, event, f, at_ms)
+            if inserts:
+                conn.execute(self._insert(deductions).on_conflict_do_nothing(index_elements=["request_id"]), inserts)
+            for state in set(s for s, _ in updates):
+                rows = [params for s, params in updates if s == state]
+                conn.execute(
+                    deductions.update()
+                    .where(deductions.c.request_id == sa.bindparam("rid"), deductions.c.state == "held")
+                    .values(
+                        state=state,
+                        closer_id=sa.bindparam("closer"),
+                        updated_ms=sa.bindparam("at"),
+                        epoch=sa.bindparam("epoch"),
+                    ),
+                    rows,
+                )
+            cursor = self._insert(persister_cursors).values(
+                shard=shard, generation=generation, last_id=last_id, updated_ms=now_ms
+            )
+            conn.execute(
+                cursor.on_conflict_do_update(
+                    index_elements=["shard"], set_={"generation": generation, "last_id": last_id, "updated_ms": now_ms}
+                )
+            )
+
+    def _apply_sku_op(self, conn: Connection, shard: int, event: str, f: dict[str, str], at_ms: int) -> None:
+        sku_id = f["k"]
+        if event == "P":
+            row = {
+                "sku_id": sku_id,
+                "shard": shard,
+                "total": int(f["q"]),
+                "per_user_limit": int(f["lim"]),
+                "max_per_request": int(f["maxq"]),
+                "sale_start_ms": int(f["start"]),
+                "sale_end_ms": int(f["end"]),
+                "paused": False,
+                "mode": f["mode"],
+                "sale": int(f["s"]),
+                "put_ms": at_ms,
+                "updated_ms": at_ms,
+            }
+            stmt = self._insert(skus).values(**row)
+            conn.execute(stmt.on_conflict_do_update(index_elements=["sku_id"], set_={k: v for k, v in row.items() if k != "sku_id"}))
+        elif event == "A":  # the new total, absolute: applying it twice changes nothing
+            conn.execute(skus.update().where(skus.c.sku_id == sku_id).values(total=int(f["q"]), updated_ms=at_ms))
+        elif event in ("Z", "U"):
+            conn.execute(skus.update().where(skus.c.sku_id == sku_id).values(paused=event == "Z", updated_ms=at_ms))
+
+    def bump_generation(self, shard: int, now_ms: int) -> int:
+        """The shard's next rebuild generation (counted: one per rebuild begun)."""
+        with self.engine.begin() as conn:
+            stmt = self._insert(shard_generations).values(shard=shard, generation=1, updated_ms=now_ms)
+            conn.execute(
+                stmt.on_conflict_do_update(
+                    index_elements=["shard"],
+                    set_={"generation": shard_generations.c.generation + 1, "updated_ms": now_ms},
+                )
+            )
+            return int(conn.execute(sa.select(shard_generations.c.generation).where(shard_generations.c.shard == shard)).scalar_one())
+
+    # -- reads -----------------------------------------------------------------
+
+    def cursor(self, shard: int) -> tuple[int, str] | None:
+        """(generation, last persisted stream id) of a shard's persister, or None."""
+        with self.engine.connect() as conn:
+            row = conn.execute(
+                sa.select(persister_cursors.c.generation, persister_cursors.c.last_id).where(persister_cursors.c.shard == shard)
+            ).first()
+        return (int(row[0]), row[1]) if row else None
+
+    def generations(self) -> dict[int, int]:
+        """Rebuilds begun per shard."""
+        with self.engine.connect() as conn:
+            return {int(s): int(g) for s, g in conn.execute(sa.select(shard_generations.c.shard, shard_generations.c.generation))}
+
+    def sku_states(self, shard: int | None = None, sku_id: str | None = None) -> list[SkuState]:
+        """SKUs with their counters for the current sale (all, one shard's, or one)."""
+        query = sa.select(skus)
+        if shard is not None:
+            query = query.where(skus.c.shard == shard)
+        if sku_id is not None:
+            query = query.where(skus.c.sku_id == sku_id)
+        with self.engine.connect() as conn:
+            states = {
+                r.sku_id: SkuState(
+                    sku_id=r.sku_id,
+                    shard=r.shard,
+                    total=r.total,
+                    per_user_limit=r.per_user_limit,
+                    max_per_request=r.max_per_request,
+                    sale_start_ms=r.sale_start_ms,
+                    sale_end_ms=r.sale_end_ms,
+                    paused=bool(r.paused),
+                    mode=r.mode,
+                    sale=r.sale,
+                )
+                for r in conn.execute(query.order_by(skus.c.sku_id))
+            }
+            if not states:
+                return []
+            d, s = deductions.c, skus.c
+            joined = deductions.join(skus, sa.and_(d.sku_id == s.sku_id, d.sale == s.sale))
+            counters = sa.select(d.sku_id, d.state, sa.func.sum(d.qty)).select_from(joined).group_by(d.sku_id, d.state)
+            buyers = (
+                sa.select(d.sku_id, sa.func.count(sa.distinct(d.user_id)), sa.func.min(d.taken_ms), sa.func.max(d.taken_ms))
+                .select_from(joined)
+                .where(d.state.in_(("held", "confirmed")))
+                .group_by(d.sku_id)
+            )
+            if shard is not None:
+                counters, buyers = counters.where(s.shard == shard), buyers.where(s.shard == shard)
+            if sku_id is not None:
+                counters, buyers = counters.where(s.sku_id == sku_id), buyers.where(s.sku_id == sku_id)
+            for sku, state, units in conn.execute(counters):
+                setattr(states[sku], state, int(units))
+            for sku, count, first, last in conn.execute(buyers):
+                states[sku].buyers, states[sku].first_ms, states[sku].last_ms = int(count), int(first or 0), int(last or 0)
+        return list(states.values())
+
+    def snapshot(self, shard: int, generation: int, records_since_ms: int) -> ShardSnapshot:
+        """A shard's state for a rebuild: SKUs and counters, per-user counts, and the
+        records of requests taken since ``records_since_ms`` plus every open hold."""
+        snap = ShardSnapshot(shard=shard, generation=generation, skus=self.sku_states(shard=shard))
+        d, s = deductions.c, skus.c
+        joined = deductions.join(skus, sa.and_(d.sku_id == s.sku_id, d.sale == s.sale))
+        with self.engine.connect() as conn:
+            users = (
+                sa.select(d.sku_id, d.user_id, sa.func.sum(d.qty))
+                .select_from(joined)
+                .where(s.shard == shard, s.per_user_limit > 0, d.state.in_(("held", "confirmed")))
+                .group_by(d.sku_id, d.user_id)
+            )
+            for sku, user, units in conn.execute(users):
+                snap.user_counts.setdefault(sku, {})[user] = int(units)
+            rows = conn.execute(
+                sa.select(deductions).where(
+                    d.shard == shard, sa.or_(d.taken_ms >= records_since_ms, d.state == "held")
+                )
+            )
+            snap.records = [
+                Record(r.request_id, r.sku_id, r.user_id, r.qty, r.kind, r.state, r.closer_id, r.sale, r.taken_ms, r.expires_ms)
+                for r in rows
+            ]
+        return snap
+
+    def deductions_of(self, request_ids: Iterable[str]) -> dict[str, dict[str, Any]]:
+        """The ledger rows of these request ids (for tests and checks)."""
+        ids = list(request_ids)
+        out: dict[str, dict[str, Any]] = {}
+        with self.engine.connect() as conn:
+            for start in range(0, len(ids), 500):
+                for row in conn.execute(sa.select(deductions).where(deductions.c.request_id.in_(ids[start : start + 500]))):
+                    out[row.request_id] = dict(row._mapping)
+        return out
+
+
+def letter_state(letter: str) -> str:
+    """A state's name from its letter in Redis records."""
+    return _STATE_OF[letter]
+
+
+def iter_chunks(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
+    """``items`` in slices of ``size``."""
+    for start in range(0, len(items), size):
+        yield items[start : start + size]

@@ -1,0 +1,83 @@
+"""The ledger's tables (SQLAlchemy Core): one definition for SQLite and PostgreSQL.
+
+The ledger is the durable record from which Redis is rebuilt and sales are
+reported. Migrations (``migrations/versions``) create these tables; a test
+checks that the migrated schema equals this one.
+"""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+
+metadata = sa.MetaData()
+
+ID = sa.String(128)
+"""SKU, user and request ids: at most 128 bytes (the node refuses longer ones)."""
+
+skus = sa.Table(
+    "skus",
+    metadata,
+    sa.Column("sku_id", ID, primary_key=True, comment="The SKU id."),
+    sa.Column("shard", sa.Integer, nullable=False, comment="stable_hash(sku_id) mod S."),
+    sa.Column("total", sa.BigInteger, nullable=False, comment="Units put on sale, after adjustments."),
+    sa.Column("per_user_limit", sa.BigInteger, nullable=False, server_default="0"),
+    sa.Column("max_per_request", sa.BigInteger, nullable=False, server_default="0"),
+    sa.Column("sale_start_ms", sa.BigInteger, nullable=False, server_default="0"),
+    sa.Column("sale_end_ms", sa.BigInteger, nullable=False, server_default="0"),
+    sa.Column("paused", sa.Boolean, nullable=False, server_default=sa.false()),
+    sa.Column("mode", sa.String(8), nullable=False, server_default="fast", comment="fast | durable"),
+    sa.Column("sale", sa.Integer, nullable=False, comment="+1 on every put: deductions of older sales count for nobody."),
+    sa.Column("put_ms", sa.BigInteger, nullable=False, comment="When the current sale was put (Redis clock)."),
+    sa.Column("updated_ms", sa.BigInteger, nullable=False),
+    sa.Index("ix_skus_shard", "shard"),
+)
+
+deductions = sa.Table(
+    "deductions",
+    metadata,
+    sa.Column("request_id", sa.String(160), primary_key=True, comment="The Deduct/Hold request id (batch items: id#i)."),
+    sa.Column("sku_id", ID, nullable=False),
+    sa.Column("user_id", ID, nullable=False),
+    sa.Column("qty", sa.BigInteger, nullable=False),
+    sa.Column("kind", sa.String(1), nullable=False, comment="D = Deduct (final at once), H = Hold."),
+    sa.Column("state", sa.String(10), nullable=False, comment="held | confirmed | released | expired"),
+    sa.Column("closer_id", sa.String(160), nullable=False, server_default="", comment="The Confirm/Release request id."),
+    sa.Column("sale", sa.Integer, nullable=False),
+    sa.Column("shard", sa.Integer, nullable=False),
+    sa.Column("epoch", sa.BigInteger, nullable=False, server_default="0", comment="Epoch of the owner that wrote it."),
+    sa.Column("taken_ms", sa.BigInteger, nullable=False, comment="When the units were taken (Redis clock)."),
+    sa.Column("expires_ms", sa.BigInteger, nullable=False, server_default="0", comment="Holds: expiry (Redis clock)."),
+    sa.Column("updated_ms", sa.BigInteger, nullable=False, comment="When the state last changed (Redis clock)."),
+    sa.Index("ix_deductions_sku_sale_state", "sku_id", "sale", "state"),
+    sa.Index("ix_deductions_shard_taken", "shard", "taken_ms"),
+    sa.Index("ix_deductions_shard_state", "shard", "state"),
+)
+
+persister_cursors = sa.Table(
+    "persister_cursors",
+    metadata,
+    sa.Column("shard", sa.Integer, primary_key=True),
+    sa.Column("generation", sa.BigInteger, nullable=False, comment="The Redis generation of the shard's log stream."),
+    sa.Column("last_id", sa.String(40), nullable=False, comment="Last stream entry id persisted."),
+    sa.Column("updated_ms", sa.BigInteger, nullable=False),
+)
+
+shard_epochs = sa.Table(
+    "shard_epochs",
+    metadata,
+    sa.Column("shard", sa.Integer, primary_key=True),
+    sa.Column("epoch", sa.BigInteger, nullable=False, comment="Highest owner epoch seen; lower ones are fenced off."),
+    sa.Column("owner", sa.String(256), nullable=False, server_default=""),
+    sa.Column("updated_ms", sa.BigInteger, nullable=False),
+)
+
+shard_generations = sa.Table(
+    "shard_generations",
+    metadata,
+    sa.Column("shard", sa.Integer, primary_key=True),
+    sa.Column("generation", sa.BigInteger, nullable=False, comment="Rebuilds of the shard's Redis state so far."),
+    sa.Column("updated_ms", sa.BigInteger, nullable=False),
+)
+
+STATES = {"H": "held", "C": "confirmed", "R": "released", "X": "expired"}
+"""Deduction states by their letter in Redis records and log entries."""

@@ -1,0 +1,85 @@
+-- rebuild.lua: install a shard's state from the ledger, in steps, fenced.
+--
+-- A rebuilder holds the shard's rebuild mutex (python-redis-lock, key
+-- 'lock:rebuild:{s<n>}'); every step first checks that the mutex still holds
+-- its token and that the shard's generation is still the one it is
+-- installing, so a rebuilder paused past the mutex's expiry cannot overwrite
+-- a newer rebuild. Requests see the shard as missing until 'commit'.
+--
+-- KEYS[1] shard meta hash   KEYS[2] the rebuild mutex key
+-- ARGV[1] step: 'begin' | 'sku' | 'users' | 'records' | 'commit'
+-- ARGV[2] mutex token   ARGV[3] generation being installed
+-- ARGV[4] key prefix of the shard ('fs:{s<n>}:')   ARGV[5] record ttl ms
+-- begin:   ARGV[6] the generation read before loading the ledger ('' = none)
+--          ARGV[7] the ledger's persister cursor of the shard ('0-0' = none):
+--          the new log starts after it, so the persister reads on from there
+-- sku:     ARGV[6] JSON {sku, total, held, conf, lim, maxq, start, end,
+--                        paused, mode, sale, users = {user = units}}
+-- users:   ARGV[6] JSON {sku, users = {user = units}} (more per-user counts)
+-- records: ARGV[6] JSON [[request_id, kind, state letter, qty, user, sku,
+--                         taken_ms, exp_ms, closer, sale], ...]
+--
+-- Returns 'OK', or 'STALE' (the mutex is not ours any more, or another
+-- generation is in place: nothing was written).
+local step, token, gen, prefix = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+local ttl_ms = tonumber(ARGV[5])
+if redis.call('GET', KEYS[2]) ~= token then return 'STALE' end
+local now = now_ms()
+
+if step == 'begin' then
+  local current = redis.call('HGET', KEYS[1], 'gen') or ''
+  if current ~= ARGV[6] then return 'STALE' end
+  local store = records(prefix, now, ttl_ms)
+  -- A clean slate: whatever is left of the shard is older than the ledger.
+  -- The log goes too: the persister starts the new generation's log at 0-0.
+  redis.call('DEL', prefix .. 'hx', prefix .. 'so', prefix .. 'log', prefix .. 'pc', store.cur, store.prev)
+  if ARGV[7] ~= '0-0' then
+    -- A marker entry just after the persisted cursor: every new entry's id
+    -- is above it, whatever the clock of the new Redis says.
+    local ms, seq = string.match(ARGV[7], '^(%d+)-(%d+)$')
+    redis.call('XADD', prefix .. 'log', ms .. '-' .. (tonumber(seq) + 1), 't', 'G', 'q', gen)
+  end
+  redis.call('HSET', KEYS[1], 'gen', gen, 'state', 'building')
+  return 'OK'
+end
+
+if redis.call('HGET', KEYS[1], 'gen') ~= gen or redis.call('HGET', KEYS[1], 'state') ~= 'building' then
+  return 'STALE'
+end
+
+if step == 'sku' then
+  local s = cjson.decode(ARGV[6])
+  local sku_key, users_key = prefix .. 'k:' .. s.sku, prefix .. 'u:' .. s.sku
+  local avail = s.total - s.held - s.conf
+  redis.call('DEL', sku_key, users_key)
+  -- A stock version newer than any announced before the loss.
+  redis.call('HSET', sku_key, 'avail', avail, 'total', s.total, 'held', s.held, 'conf', s.conf,
+             'lim', s.lim, 'maxq', s.maxq, 'start', s.start, 'end', s['end'], 'paused', s.paused,
+             'mode', s.mode, 'sv', now, 'sale', s.sale)
+  for user, units in pairs(s.users) do redis.call('HSET', users_key, user, units) end
+  announce(sku_key, prefix .. 'so', s.sku, avail, avail, true)
+  return 'OK'
+end
+
+if step == 'users' then
+  local s = cjson.decode(ARGV[6])
+  for user, units in pairs(s.users) do redis.call('HSET', prefix .. 'u:' .. s.sku, user, units) end
+  return 'OK'
+end
+
+if step == 'records' then
+  for _, r in ipairs(cjson.decode(ARGV[6])) do
+    local g = math.floor(r[7] / ttl_ms)
+    local bucket = prefix .. 'r:' .. g
+    redis.call('HSET', bucket, r[1], cmsgpack.pack({r[2], r[3], r[4], r[5], r[6], r[7], r[8], r[9], r[10]}))
+    redis.call('PEXPIREAT', bucket, (g + 2) * ttl_ms)
+    if r[3] == 'H' then redis.call('ZADD', prefix .. 'hx', r[8], r[1]) end
+  end
+  return 'OK'
+end
+
+if step == 'commit' then
+  redis.call('HSET', KEYS[1], 'state', 'ready')
+  return 'OK'
+end
+return redis.error_reply('rebuild.lua: unknown step ' .. tostring(step))
