@@ -60,6 +60,10 @@ TARGET_SOLD_OUT_EVALSHA = 0
 """EVALSHA calls while refusing a sold-out SKU, at most."""
 TARGET_BYTES_PER_RECORD = 300
 """Redis memory per recorded deduction, below (bytes)."""
+TARGET_DURABLE_RATIO = 0.5
+"""Successful durable deductions/s over fast ones, at least."""
+TARGET_LAG_P99_MS = 50.0
+"""Persister lag p99 at half the fast load, below (ms)."""
 
 NOISY_REST_PERCENT = 25.0
 """Above this much CPU (% of a core) used by others during a throughput phase, the run is called noisy."""
@@ -162,6 +166,8 @@ async def _load_phase(index: int, phase: dict[str, Any], ctrl: Any, progress: An
         prefix = f"{phase['users']}{index}-"
         distinct = phase["distinct_users"]
         budget = [phase["requests"] if phase["requests"] is not None else -1]
+        # A paced phase: each coroutine sends one call per `interval` seconds.
+        interval = phase["coroutines"] / phase["rate"] if phase.get("rate") else 0.0
         serial = itertools.count()
         totals: Counter[Any] = Counter()
         window: Counter[Any] = Counter()
@@ -176,7 +182,11 @@ async def _load_phase(index: int, phase: dict[str, Any], ctrl: Any, progress: An
             deduct = stubs[k % len(stubs)].Deduct
             user = f"{prefix}{k}"
             done = 0
+            next_at = now() + interval * k / max(1, phase["coroutines"])
             while now() < ctrl[_CTRL_STOP]:
+                if interval:
+                    await asyncio.sleep(max(0.0, next_at - now()))
+                    next_at += interval
                 if budget[0] >= 0:
                     if budget[0] == 0:
                         break
@@ -396,6 +406,7 @@ class _Run:
     """One bench run on a stack it started: Redis, a node, the echo, load processes."""
 
     SKU_HOT = "bench-hot"
+    SKU_DURABLE = "bench-durable"
     SKU_MEM = "bench-mem"
     SKU_SALE = "bench-sale"
 
@@ -433,7 +444,12 @@ class _Run:
         self.redis_server = RedisServer()
         self.stack.push(self.redis_server)  # its __exit__: stop, remove its folder
         self.redis_server.start()
-        self.node = NodeProcess(self.redis_server.url, workers=plan.workers)
+        from ._procs import free_port
+
+        self.metrics_port = free_port()
+        self.node = NodeProcess(
+            self.redis_server.url, workers=plan.workers, extra_args=("--metrics-port", str(self.metrics_port))
+        )
         self.stack.push(self.node)  # its __exit__: stop, remove its log
         self.node.start()
         self.echo.wait_ready()
@@ -466,9 +482,12 @@ class _Run:
 
         return AdminClient(ClientConfig(addresses=self.node.address, deadline_s=10))
 
-    def _phases(self, target: str, sku: str, users: str, distinct: bool, requests: int | None = None) -> list[dict[str, Any]]:
+    def _phases(
+        self, target: str, sku: str, users: str, distinct: bool, requests: int | None = None, rate: float | None = None
+    ) -> list[dict[str, Any]]:
         plan = self.plan
         budgets = _split(requests, plan.client_procs) if requests is not None else [None] * plan.client_procs
+        buyers = _split(plan.buyers, plan.client_procs)
         return [
             {
                 "target": target,
@@ -478,21 +497,23 @@ class _Run:
                 "requests": budget,
                 "coroutines": n,
                 "connections": plan.connections_per_proc(),
+                "rate": rate * n / plan.buyers if rate else None,
             }
-            for n, budget in zip(_split(plan.buyers, plan.client_procs), budgets)
+            for n, budget in zip(buyers, budgets)
         ]
 
     # -- phases ---------------------------------------------------------------------
 
-    def throughput(self, name: str, target: str) -> dict[str, Any]:
-        """Warm-up, then ``seconds`` of back-to-back Deducts of the hot SKU against ``target``."""
+    def throughput(self, name: str, target: str, sku: str = SKU_HOT, rate: float | None = None) -> dict[str, Any]:
+        """Warm-up, then ``seconds`` of Deducts of ``sku`` against ``target``: back to back, or paced at ``rate``/s."""
         plan = self.plan
-        task = self.progress.add_task(f"{name}: {plan.buyers} buyers, warm-up {plan.warmup:g} s + {plan.seconds:g} s", total=plan.warmup + plan.seconds, info="")
+        pace = f", paced at {rate:,.0f}/s" if rate else ""
+        task = self.progress.add_task(f"{name}: {plan.buyers} buyers{pace}, warm-up {plan.warmup:g} s + {plan.seconds:g} s", total=plan.warmup + plan.seconds, info="")
         start = time.monotonic()
         measure_from = start + plan.warmup
         measure_until = measure_from + plan.seconds
         self.loads.set_clock(measure_from, measure_until, measure_until)
-        self.loads.start(self._phases(target, self.SKU_HOT, "t", distinct=False))
+        self.loads.start(self._phases(target, sku, "t", distinct=False, rate=rate))
 
         def tick() -> None:
             self.loads.check_alive()
@@ -501,8 +522,10 @@ class _Run:
 
         _sleep_until(measure_from, tick)
         before = self.cpu.sample()
+        lag_before = self._lag_buckets() if target == self.node.address else None
         _sleep_until(measure_until, tick)
         after = self.cpu.sample()
+        lag_after = self._lag_buckets() if target == self.node.address else None
         r = _merge(self.loads.results())
         wall = measure_until - measure_from
         from flashstock.v1 import stock_pb2
@@ -520,6 +543,7 @@ class _Run:
             for name in (server, "redis", "load")
         }
         return {
+            "persister_lag_ms": _lag_quantiles(lag_before, lag_after) if lag_before is not None else None,
             "calls_per_s": round(calls / wall, 1),
             "ok_per_s": round(ok / wall, 1),
             "calls": calls,
@@ -529,6 +553,19 @@ class _Run:
             "cpu_percent": cpu,
             "cpu_us_per_call": per_call,
         }
+
+    def _lag_buckets(self) -> dict[float, float]:
+        """The node's persister lag histogram: cumulative count per upper bound (seconds)."""
+        import urllib.request
+
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5) as reply:
+            text = reply.read().decode()
+        out: dict[float, float] = {}
+        for line in text.splitlines():
+            if line.startswith("flashstock_persister_lag_seconds_bucket{"):
+                bound = line.split('le="', 1)[1].split('"', 1)[0]
+                out[float("inf") if bound == "+Inf" else float(bound)] = float(line.rsplit(" ", 1)[1])
+        return out
 
     def memory(self) -> dict[str, Any]:
         """``records`` deductions by distinct users; Redis used_memory after minus before."""
@@ -658,12 +695,18 @@ class _Run:
         return sale, soldout
 
     def run(self) -> int:
+        from flashstock.client import Mode
+
         with self.progress:
             self.start_stack()
             with self.admin() as admin:
                 admin.put_sku(self.SKU_HOT, 10**12)
+                admin.put_sku(self.SKU_DURABLE, 10**12, mode=Mode.DURABLE)
             self.figures["flashstock"] = self.throughput("flashstock", self.node.address)
+            self.figures["durable"] = self.throughput("durable", self.node.address, sku=self.SKU_DURABLE)
             self.figures["echo"] = self.throughput("echo", self.echo.address)
+            half = self.figures["flashstock"]["ok_per_s"] / 2
+            self.figures["half_load"] = self.throughput("half load", self.node.address, rate=half)
             self.figures["memory"] = self.memory()
             self.figures["sale"], self.figures["sold_out"] = self.sale()
         return self.report()
@@ -682,8 +725,20 @@ class _Run:
         if mem["ok_answers"] > mem["stock"] or mem["recorded"] > mem["stock"]:
             oversell_problems.append(f"memory: {mem['ok_answers']} OK answers, {mem['recorded']} recorded, stock {mem['stock']}")
         bpr = mem["bytes_per_record"]
+        durable_ratio = f["durable"]["ok_per_s"] / fs["ok_per_s"] if fs["ok_per_s"] else 0.0
+        lag_p99 = (f["half_load"]["persister_lag_ms"] or {}).get("p99")
         targets = {
             "ratio": {"value": round(ratio, 3), "target": f">= {TARGET_RATIO}", "pass": ratio >= TARGET_RATIO},
+            "durable_ratio": {
+                "value": round(durable_ratio, 3),
+                "target": f">= {TARGET_DURABLE_RATIO}",
+                "pass": durable_ratio >= TARGET_DURABLE_RATIO,
+            },
+            "lag_p99_half_load_ms": {
+                "value": lag_p99,
+                "target": f"< {TARGET_LAG_P99_MS}",
+                "pass": lag_p99 is not None and lag_p99 < TARGET_LAG_P99_MS,
+            },
             "sold_out_evalsha": {"value": so["evalsha"], "target": f"== {TARGET_SOLD_OUT_EVALSHA}", "pass": so["evalsha"] <= TARGET_SOLD_OUT_EVALSHA},
             "bytes_per_record": {"value": bpr, "target": f"< {TARGET_BYTES_PER_RECORD}", "pass": bpr is not None and bpr < TARGET_BYTES_PER_RECORD},
         }
@@ -702,7 +757,14 @@ class _Run:
             )
         self.console.print(self._sale_table(mem, sale, so))
         self.console.print(self._redis_calls_table(so))
-        for name, label in (("ratio", "flashstock/echo ratio"), ("sold_out_evalsha", "EVALSHA after sold out"), ("bytes_per_record", "Redis bytes per recorded deduction")):
+        self.console.print(self._durable_table(fs, f["durable"], f["half_load"], durable_ratio))
+        for name, label in (
+            ("ratio", "flashstock/echo ratio"),
+            ("durable_ratio", "durable/fast ratio"),
+            ("lag_p99_half_load_ms", "persister lag p99 at half load, ms"),
+            ("sold_out_evalsha", "EVALSHA after sold out"),
+            ("bytes_per_record", "Redis bytes per recorded deduction"),
+        ):
             t = targets[name]
             mark = "[bold green]PASS[/]" if t["pass"] else "[bold red]FAIL[/]"
             self.console.print(f"{mark} {label}: {t['value']} (target {t['target']})")
@@ -748,6 +810,27 @@ class _Run:
         cores = os.cpu_count() or 1
         t.add_row(f"machine CPU, % of a core ({cores} cores)", f"{fc['machine']:.0f}", f"{ec['machine']:.0f}")
         t.add_row("  of which not the bench's processes", f"{max(0.0, fc['rest']):.0f}", f"{max(0.0, ec['rest']):.0f}")
+        return t
+
+    def _durable_table(self, fast: dict[str, Any], durable: dict[str, Any], half: dict[str, Any], ratio: float) -> Table:
+        t = Table("figure", "fast", "durable", "fast at half load", title="Durable mode: replies wait for the ledger")
+        t.add_row("successful deductions/s", f"{fast['ok_per_s']:,.0f}", f"{durable['ok_per_s']:,.0f}", f"{half['ok_per_s']:,.0f}")
+        t.add_row("ratio durable/fast", "1", f"{ratio:.2f}", "-")
+        for q in ("p50", "p99", "p999"):
+            t.add_row(
+                f"latency {q} (ms)",
+                f"{fast['latency_ms'][q]:.2f}",
+                f"{durable['latency_ms'][q]:.2f}",
+                f"{half['latency_ms'][q]:.2f}",
+            )
+
+        def lag(phase: dict[str, Any], q: str) -> str:
+            value = (phase["persister_lag_ms"] or {}).get(q)
+            return "-" if value is None else f"{value:.1f}"
+
+        for q in ("p50", "p99"):
+            t.add_row(f"persister lag {q} (ms)", lag(fast, q), lag(durable, q), lag(half, q))
+        t.add_row("node CPU, % of a core", _cpu_cell(fast["cpu_percent"], "node"), _cpu_cell(durable["cpu_percent"], "node"), _cpu_cell(half["cpu_percent"], "node"))
         return t
 
     def _sale_table(self, mem: dict[str, Any], sale: dict[str, Any], so: dict[str, Any]) -> Table:
@@ -818,6 +901,27 @@ def _memory_breakdown(before: dict[str, Any], after: dict[str, Any], records: in
         "key_space_hash_tables": round((tables(after) - tables(before)) / records, 1),
         "clients": delta("clients.normal"),
     }
+
+
+def _lag_quantiles(before: dict[float, float], after: dict[float, float]) -> dict[str, float | None]:
+    """p50/p99 (ms) of the entries persisted between two scrapes, interpolated within buckets."""
+    bounds = sorted(after)
+    counts = [after[b] - before.get(b, 0.0) for b in bounds]
+    total = counts[-1] if counts else 0.0
+    out: dict[str, float | None] = {"entries": total}
+    for name, q in (("p50", 0.5), ("p99", 0.99)):
+        if not total:
+            out[name] = None
+            continue
+        rank, lower, below = q * total, 0.0, 0.0
+        for bound, cumulative in zip(bounds, counts):
+            if cumulative >= rank:
+                upper = bound if bound != float("inf") else lower
+                share = (rank - below) / (cumulative - below) if cumulative > below else 1.0
+                out[name] = round((lower + (upper - lower) * share) * 1000, 2)
+                break
+            lower, below = bound, cumulative
+    return out
 
 
 def _command_delta(before: dict[str, Any], after: dict[str, Any]) -> dict[str, int]:
