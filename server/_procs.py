@@ -1,4 +1,4 @@
-"""Real server processes on loopback: Redis and flashstock nodes.
+"""Real server processes on loopback: Redis, PostgreSQL and flashstock nodes.
 
 Used by ``flashstock demo`` and ``flashstock bench`` and by the test
 fixtures: each starts its process on a free 127.0.0.1 port in a temporary
@@ -7,14 +7,17 @@ folder, waits until it answers, and stops it (also when the caller fails).
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import os
+import shlex
 import shutil
 import signal
 import socket
 import subprocess
 import sys
 import tempfile
+import uuid
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -105,6 +108,189 @@ class RedisServer:
             shutil.rmtree(self.folder, ignore_errors=True)
 
     def __enter__(self) -> RedisServer:
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+
+def _postgres_bindir() -> Path | None:
+    """The folder of ``initdb`` and ``pg_ctl``: on PATH, else Debian's newest /usr/lib/postgresql/<major>/bin."""
+    candidates = []
+    if found := shutil.which("pg_ctl"):
+        candidates.append(Path(found).resolve().parent)
+
+    def major(bindir: Path) -> int:
+        name = bindir.parent.name
+        return int(name) if name.isdigit() else 0
+
+    candidates += sorted(Path("/usr/lib/postgresql").glob("*/bin"), key=major, reverse=True)
+    for bindir in candidates:
+        if (bindir / "initdb").is_file() and (bindir / "pg_ctl").is_file():
+            return bindir
+    return None
+
+
+class PostgresServer:
+    """A PostgreSQL server of our own: a fresh cluster in a temp folder on a free loopback port.
+
+    ``initdb`` (trust authentication, superuser ``postgres``), then ``pg_ctl
+    start`` with ``fsync=off``: for tests and demos, never for data that
+    matters. PostgreSQL refuses to run as root, so as root both run as the
+    ``postgres`` OS user (``runuser``), in a folder that user owns. Clients
+    connect over TCP to 127.0.0.1 as ``postgres`` without a password.
+    """
+
+    def __init__(self, folder: Path | None = None, port: int | None = None, os_user: str = "postgres") -> None:
+        bindir = _postgres_bindir()
+        if bindir is None:
+            raise ProcessError(
+                "PostgreSQL server binaries (initdb, pg_ctl) not found: install Debian's package "
+                "(apt-get install postgresql)"
+            )
+        self.bindir = bindir
+        self._own_folder = folder is None
+        self.folder = Path(folder or tempfile.mkdtemp(prefix="flashstock-pg-"))
+        self.data_dir = self.folder / "data"
+        self.log_path = self.folder / "postgres.log"
+        self.port = port or free_port()
+        self._fixed_port = port is not None
+        self._os_user = os_user
+        self._started = False
+
+    # -- addresses --------------------------------------------------------------
+
+    @property
+    def url(self) -> str:
+        """SQLAlchemy URL of the ``postgres`` database (for a ledger: see :meth:`create_database`)."""
+        return self.database_url("postgres")
+
+    def database_url(self, name: str) -> str:
+        """SQLAlchemy (psycopg 3) URL of database ``name`` on this server."""
+        return f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/{name}"
+
+    def dsn(self, name: str = "postgres") -> str:
+        """libpq connection string of database ``name`` (for psycopg.connect)."""
+        return f"host=127.0.0.1 port={self.port} user=postgres dbname={name} connect_timeout=10"
+
+    # -- databases --------------------------------------------------------------
+
+    def create_database(self, name: str | None = None) -> str:
+        """Create an empty database (a fresh name unless given); returns its URL."""
+        import psycopg
+        from psycopg import sql
+
+        name = name or f"flashstock_{uuid.uuid4().hex[:16]}"
+        with psycopg.connect(self.dsn(), autocommit=True) as conn:
+            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+        return self.database_url(name)
+
+    def drop_database(self, name: str) -> None:
+        """Drop database ``name`` if it exists, closing whatever connections it still has."""
+        import psycopg
+        from psycopg import sql
+
+        with psycopg.connect(self.dsn(), autocommit=True) as conn:
+            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+
+    # -- the process ------------------------------------------------------------
+
+    def _command(self, *args: str) -> list[str]:
+        if os.geteuid() != 0:
+            return list(args)
+        runuser = shutil.which("runuser") or next(
+            (p for p in ("/usr/sbin/runuser", "/sbin/runuser") if Path(p).exists()), None
+        )
+        if runuser is None:
+            raise ProcessError("PostgreSQL refuses to run as root, and runuser (util-linux) is not installed")
+        return [runuser, "-u", self._os_user, "--", *args]
+
+    def _run(self, *args: str, timeout: float = 90) -> subprocess.CompletedProcess:
+        # No PG* variables of the caller's (PGDATA, PGPORT, ...): every setting is on the command line.
+        env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
+        return subprocess.run(
+            self._command(*args),
+            cwd=self.folder,  # a folder the server's user may enter
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            timeout=timeout,
+            check=False,
+        )
+
+    def _log_tail(self) -> str:
+        return self.log_path.read_text(errors="replace")[-2000:] if self.log_path.exists() else ""
+
+    def start(self) -> PostgresServer:
+        """initdb, start, and wait until the server takes connections."""
+        atexit.register(self.stop)  # stopped at exit too, should the caller never get to it
+        try:
+            self._start()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _start(self) -> None:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        os.chmod(self.folder, 0o700)
+        if os.geteuid() == 0:
+            import pwd
+
+            try:
+                user = pwd.getpwnam(self._os_user)
+            except KeyError:
+                raise ProcessError(
+                    f"PostgreSQL refuses to run as root and there is no {self._os_user!r} OS user "
+                    "(Debian's postgresql package creates it)"
+                ) from None
+            os.chown(self.folder, user.pw_uid, user.pw_gid)
+        initdb = self._run(
+            str(self.bindir / "initdb"),
+            "-D", str(self.data_dir),
+            "--auth=trust",
+            "--username=postgres",
+            "--encoding=UTF8",
+            "--locale=C",
+            "--no-sync",
+        )
+        if initdb.returncode != 0:
+            raise ProcessError(f"initdb failed ({initdb.returncode}): {initdb.stdout.decode(errors='replace')[-2000:]}")
+        for attempt in range(3):
+            options = f"-p {self.port} -k {shlex.quote(str(self.folder))} -c listen_addresses=127.0.0.1 -c fsync=off"
+            started = self._run(
+                str(self.bindir / "pg_ctl"),
+                "-D", str(self.data_dir),
+                "-l", str(self.log_path),
+                "-o", options,
+                "-w", "-t", "60",
+                "start",
+            )
+            if started.returncode == 0:
+                self._started = True
+                return
+            log = self._log_tail()
+            if self._fixed_port or attempt == 2 or "could not bind" not in log:
+                output = started.stdout.decode(errors="replace")[-1000:]
+                raise ProcessError(f"PostgreSQL did not start on port {self.port}: {output}\n{log}")
+            self.port = free_port()  # someone took the port meanwhile: another one
+
+    def stop(self) -> None:
+        """Stop the server (fast shutdown) and remove its folder if we made it."""
+        # Also after a start that timed out: the pid file says whether a server runs.
+        if self._started or (self.data_dir / "postmaster.pid").exists():
+            pg_ctl = str(self.bindir / "pg_ctl")
+            stopped = self._run(pg_ctl, "-D", str(self.data_dir), "-m", "fast", "-w", "-t", "30", "stop")
+            if stopped.returncode != 0:
+                self._run(pg_ctl, "-D", str(self.data_dir), "-m", "immediate", "-w", "stop")
+            self._started = False
+        if self._own_folder:
+            shutil.rmtree(self.folder, ignore_errors=True)
+        # Only now: a stop cut short (a test timeout in teardown) is done again at exit.
+        atexit.unregister(self.stop)
+
+    def __enter__(self) -> PostgresServer:
         return self.start()
 
     def __exit__(self, *exc_info: object) -> None:

@@ -140,8 +140,10 @@ class ShardRebuilder:
             now_ms = seconds * 1000 + micros // 1000
             generation = self._ledger.bump_generation(shard, now_ms)
             since = (now_ms // self._record_ttl_ms - 1) * self._record_ttl_ms
-            snap = self._ledger.snapshot(shard, generation, since)
+            # The cursor first: the snapshot then holds at least everything up
+            # to it, whatever a persister still commits in between.
             cursor = self._ledger.cursor(shard)
+            snap = self._ledger.snapshot(shard, generation, since)
             if self.before_install is not None:
                 self.before_install(shard)
             result = self._install(k, lock.id, snap, cursor[1] if cursor else "0-0", expected)

@@ -16,6 +16,11 @@ SKU id, so tests never see each other's stock.
 - ``sku``: a fresh, unique SKU id.
 - ``private_stack``: a Redis and a node of the test's own, for tests that
   kill or restart Redis.
+- ``postgres``: the session's PostgreSQL server (a :class:`PostgresServer`:
+  its own cluster in a temp folder, started on first use).
+- ``engine_url``: a fresh, empty ledger URL per test, once per engine: a new
+  SQLite file (``[sqlite]``) or a new database on the session's PostgreSQL
+  (``[postgresql]``, dropped afterwards).
 """
 
 from __future__ import annotations
@@ -43,7 +48,7 @@ from flashstock.client import (  # noqa: E402
     ClientConfig,
     StockClient,
 )
-from flashstock.server._procs import NodeProcess, RedisServer  # noqa: E402
+from flashstock.server._procs import NodeProcess, PostgresServer, RedisServer  # noqa: E402
 
 
 @contextlib.contextmanager
@@ -218,3 +223,30 @@ def private_stack(request: pytest.FixtureRequest) -> Iterator[PrivateStack]:
             stack.stop()
         else:
             server.stop()
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PostgresServer]:
+    """The session's PostgreSQL server, stopped (and its folder removed) at the end."""
+    with PostgresServer() as server:
+        yield server
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def engine_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A ledger URL of an empty database of the test's own, on each engine.
+
+    PostgreSQL is started only when a ``[postgresql]`` test runs; the
+    database is created for the test and dropped after it (with any
+    connection still open on it).
+    """
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'ledger.sqlite3'}"
+        return
+    server: PostgresServer = request.getfixturevalue("postgres")
+    name = f"ledger_{uuid.uuid4().hex[:16]}"
+    url = server.create_database(name)
+    try:
+        yield url
+    finally:
+        server.drop_database(name)

@@ -111,15 +111,42 @@ def schema_revision(engine: Engine) -> str | None:
 
 
 def upgrade(engine: Engine) -> tuple[str | None, str]:
-    """Run the migrations up to HEAD; returns (revision before, after)."""
+    """Run the migrations up to HEAD; returns (revision before, after).
+
+    Several processes may do it at once (a node's workers, nodes starting
+    together on an empty database): the migrations run under a lock held to
+    the end of their transaction, and whoever gets it later finds HEAD.
+    """
     from alembic import command
 
     before = schema_revision(engine)
     if before not in (None, HEAD) and before not in _known_revisions():
         raise LedgerError(f"ledger: schema revision {before!r} is unknown to this flashstock; upgrade flashstock first")
     with engine.begin() as conn:
-        command.upgrade(_alembic_config(conn), "head")
+        _lock_migrations(conn)
+        before = _revision(conn)  # again, under the lock: another process may have migrated meanwhile
+        if before != HEAD:
+            command.upgrade(_alembic_config(conn), "head")
     return before, HEAD
+
+
+_MIGRATION_LOCK = 0x666C6173
+"""PostgreSQL advisory lock key of ledger migrations ("flas")."""
+
+
+def _lock_migrations(conn: Connection) -> None:
+    """Take the ledger's migration lock, held until ``conn``'s transaction ends."""
+    if conn.dialect.name == "postgresql":
+        conn.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": _MIGRATION_LOCK})
+    else:
+        # SQLite: the database's write lock (which also makes the DDL one transaction).
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+def _revision(conn: Connection) -> str | None:
+    if not sa.inspect(conn).has_table("alembic_version"):
+        return None
+    return conn.execute(sa.text("SELECT version_num FROM alembic_version")).scalar()
 
 
 def _known_revisions() -> set[str]:
@@ -228,7 +255,9 @@ class Ledger:
             set_={"epoch": epoch, "updated_ms": now_ms},
             where=shard_epochs.c.epoch <= epoch,
         )
-        if conn.execute(stmt).rowcount == 0:
+        # No row back: the WHERE refused the update. (Not rowcount: psycopg 3
+        # reports -1 for an INSERT once SQLAlchemy has closed its cursor.)
+        if conn.execute(stmt.returning(shard_epochs.c.epoch)).first() is None:
             raise Fenced(f"shard {shard}: epoch {epoch} is stale", shard=shard, epoch=epoch)
 
     def persist(
@@ -266,7 +295,8 @@ class Ledger:
                         "sale": int(f.get("s", 0)),
                         "shard": shard,
                         "epoch": epoch,
-                        "taken_ms": at_ms,
+                        # The record's own time (entries of older nodes lack it: the entry's).
+                        "taken_ms": int(f.get("w", at_ms)),
                         "expires_ms": int(f.get("e", 0)),
                         "updated_ms": at_ms,
                     }

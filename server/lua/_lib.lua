@@ -74,11 +74,13 @@ end
 -- The outbox: a change and its log entry are written by the same script.
 -- Every entry has the same fields (streams store them once per block):
 -- t event (D deduct, H hold, C confirm, R release, X expire), r request id,
--- k sku, u user, q qty, e hold expiry ms, s sale, c confirm/release id.
+-- k sku, u user, q qty, e hold expiry ms, s sale, c confirm/release id,
+-- w when the units were taken (the record's taken_ms: the entry id's ms may
+-- be a later one, and a retry after a rebuild must get the first answer).
 -- Returns the entry's id.
 local function log_event(log_key, event, rid, rec)
   return redis.call('XADD', log_key, '*', 't', event, 'r', rid, 'k', rec[5],
-                    'u', rec[4], 'q', rec[3], 'e', rec[7], 's', rec[9], 'c', rec[8])
+                    'u', rec[4], 'q', rec[3], 'e', rec[7], 's', rec[9], 'c', rec[8], 'w', rec[6])
 end
 
 -- The last entry id of a log, or '0-0'.
