@@ -1,10 +1,28 @@
-"""Coordination: shard placement, and (later) etcd membership, leases and epochs.
+"""Coordination: shard placement, etcd membership, leases, shard owners and epochs.
 
-Today it holds what every part agrees on about shards: which shard a SKU lives
-in and the Redis key names of a shard. The etcd leases, shard owners and
-fencing epochs of the cluster issue land here.
+- Which shard a SKU lives in, and the Redis key names of a shard
+  (:func:`shard_of`, :class:`ShardKeys`).
+- Which live node should own each shard: rendezvous hashing with the
+  operator's pins and drains (:func:`assign`, pure).
+- A node's etcd session: one lease, kept alive, that says when it is lost
+  (:class:`EtcdSession`), and the node's registration under it.
+- Shard ownership: an etcd transaction on the shard's owner key, bound to
+  the session's lease; the key's create revision is the shard's epoch, the
+  fencing token every duty's write carries (:func:`claim`, :class:`ShardLease`).
+- The cluster's settings in etcd: the shard count, set once
+  (:func:`init_cluster`), and the pins and drains.
+
+The etcd key layout is in :class:`ClusterKeys`'s module. etcd is reached
+through aetcd (asyncio); :func:`etcd_client` makes a client.
 """
 
+from ._assign import assign, moves
+from ._client import etcd_client
+from ._cluster import Overrides, drain, init_cluster, pin, read_overrides, undrain, unpin, watch_overrides
+from ._errors import CoordinationError, LeaseLost, NodeIdTaken, ShardCountMismatch
+from ._keys import ClusterKeys
+from ._owner import ShardLease, ShardOwner, claim, owner_compare, owners, release, watch_owners
+from ._session import DEFAULT_SESSION, EtcdSession, NodeInfo, SessionConfig, live_nodes, watch_nodes
 from ._shards import (
     DEFAULT_SHARDS,
     PERSISTED_CHANNEL,
@@ -16,11 +34,40 @@ from ._shards import (
 )
 
 __all__ = [
+    "DEFAULT_SESSION",
     "DEFAULT_SHARDS",
     "PERSISTED_CHANNEL",
     "SKU_INDEX_KEY",
     "SOLD_OUT_CHANNEL",
+    "ClusterKeys",
+    "CoordinationError",
+    "EtcdSession",
+    "LeaseLost",
+    "NodeIdTaken",
+    "NodeInfo",
+    "Overrides",
+    "SessionConfig",
+    "ShardCountMismatch",
     "ShardKeys",
+    "ShardLease",
+    "ShardOwner",
+    "assign",
+    "claim",
+    "drain",
+    "etcd_client",
+    "init_cluster",
+    "live_nodes",
+    "moves",
+    "owner_compare",
+    "owners",
+    "pin",
+    "read_overrides",
+    "release",
     "shard_of",
     "stable_hash",
+    "undrain",
+    "unpin",
+    "watch_nodes",
+    "watch_overrides",
+    "watch_owners",
 ]

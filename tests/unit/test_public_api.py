@@ -22,7 +22,19 @@ def test_client_exports():
 
 
 def test_lockmgr_exports():
-    assert lockmgr.__all__ == ["DEFAULT_SHARDS", "PERSISTED_CHANNEL", "SKU_INDEX_KEY", "SOLD_OUT_CHANNEL", "ShardKeys", "shard_of", "stable_hash"]
+    assert lockmgr.__all__ == [
+        "DEFAULT_SESSION", "DEFAULT_SHARDS", "PERSISTED_CHANNEL", "SKU_INDEX_KEY", "SOLD_OUT_CHANNEL",
+        "ClusterKeys", "CoordinationError", "EtcdSession", "LeaseLost", "NodeIdTaken", "NodeInfo", "Overrides",
+        "SessionConfig", "ShardCountMismatch", "ShardKeys", "ShardLease", "ShardOwner",
+        "assign", "claim", "drain", "etcd_client", "init_cluster", "live_nodes", "moves", "owner_compare", "owners",
+        "pin", "read_overrides", "release", "shard_of", "stable_hash", "undrain", "unpin", "watch_nodes",
+        "watch_overrides", "watch_owners",
+    ]
+    assert all(hasattr(lockmgr, name) for name in lockmgr.__all__)
+    for name in lockmgr.__all__:
+        obj = getattr(lockmgr, name)
+        if inspect.isclass(obj) or inspect.isfunction(obj):
+            assert obj.__doc__, name
 
 
 def test_public_names_have_docstrings():

@@ -1,0 +1,153 @@
+"""Cluster-wide settings in etcd: the shard count, and the operator's pins and drains.
+
+The shard count is chosen once, by the first node of a cluster, and never
+changes: ``shard = stable_hash(sku) mod S`` places every SKU's Redis keys,
+so another S would look for every SKU in the wrong shard. A node started
+with another S is refused (:class:`~flashstock.lockmgr.ShardCountMismatch`).
+
+Pins and drains are the overrides :func:`~flashstock.lockmgr.assign` applies.
+They are written only into an initialised cluster, so a typo in the cluster
+name cannot create an override nobody reads.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from ._client import snapshots
+from ._errors import CoordinationError, ShardCountMismatch
+from ._keys import ClusterKeys, check_id, tail
+from ._shards import DEFAULT_SHARDS
+
+if TYPE_CHECKING:
+    import aetcd
+
+log = logging.getLogger(__name__)
+
+
+def _check_shards(shards: int) -> int:
+    if isinstance(shards, bool) or not isinstance(shards, int) or shards < 1:
+        raise ValueError(f"shards must be an int >= 1, not {shards!r}")
+    return shards
+
+
+async def init_cluster(client: aetcd.Client, cluster: str, shards: int | None = None) -> int:
+    """Store the cluster's shard count if it has none yet; return the stored count.
+
+    ``shards=None`` adopts the stored count (or :data:`DEFAULT_SHARDS` for a
+    new cluster). A count other than the stored one raises
+    :class:`ShardCountMismatch`, which names the ``shards`` setting.
+    """
+    keys = ClusterKeys(cluster)
+    want = DEFAULT_SHARDS if shards is None else _check_shards(shards)
+    key = keys.shards.encode()
+    tx = client.transactions
+    ok, responses = await client.transaction(
+        # Absent: this is the cluster's first node, its count becomes the
+        # cluster's. Present: adopt it, never overwrite it (every SKU's
+        # shard depends on it).
+        compare=[tx.create(key) == 0],
+        success=[tx.put(key, str(want).encode())],
+        failure=[tx.get(key)],
+    )
+    stored = want if ok else int(responses[0][0][0])
+    if shards is not None and stored != shards:
+        raise ShardCountMismatch(cluster, stored, shards)
+    return stored
+
+
+async def _stored_shards(client: aetcd.Client, keys: ClusterKeys) -> tuple[int, int]:
+    current = await client.get(keys.shards.encode())
+    if current is None:
+        raise CoordinationError(
+            f"cluster {keys.cluster!r} is not initialised in etcd (no {keys.shards}): "
+            "check the cluster name, or start its first node"
+        )
+    return int(current.value), current.mod_revision
+
+
+@dataclass(frozen=True, slots=True)
+class Overrides:
+    """The operator's overrides of shard placement."""
+
+    pins: Mapping[int, str] = field(default_factory=dict)
+    """shard -> the node that should own it (while live and not drained)."""
+    drains: frozenset[str] = frozenset()
+    """Nodes that should own no shard (while another node can)."""
+
+
+async def _read_overrides(client: aetcd.Client, keys: ClusterKeys) -> tuple[Overrides, int]:
+    pins_read = await client.get_prefix(keys.pins.encode())
+    drains_read = await client.get_prefix(keys.drains.encode())
+    pins = {}
+    for kv in pins_read:
+        name = tail(kv.key, keys.pins)
+        if name.isdigit():
+            pins[int(name)] = kv.value.decode()
+        else:
+            log.warning("ignoring a malformed pin key %r", kv.key)
+    drains = frozenset(tail(kv.key, keys.drains) for kv in drains_read)
+    # Two reads: a watch from just after the earlier one misses nothing.
+    return Overrides(pins, drains), min(pins_read.header.revision, drains_read.header.revision)
+
+
+async def read_overrides(client: aetcd.Client, cluster: str) -> Overrides:
+    """The pins and drains of ``cluster`` now."""
+    overrides, _ = await _read_overrides(client, ClusterKeys(cluster))
+    return overrides
+
+
+def watch_overrides(client: aetcd.Client, cluster: str) -> AsyncIterator[Overrides]:
+    """The pins and drains now, then again whenever one changes (snapshots, not events)."""
+    keys = ClusterKeys(cluster)
+    return snapshots(client, [keys.pins, keys.drains], lambda: _read_overrides(client, keys))
+
+
+async def pin(client: aetcd.Client, cluster: str, shard: int, node: str) -> None:
+    """Pin ``shard`` to ``node``: it owns the shard whenever it is live and not drained."""
+    keys = ClusterKeys(cluster)
+    check_id("node id", node)
+    stored, revision = await _stored_shards(client, keys)
+    if isinstance(shard, bool) or not isinstance(shard, int) or not 0 <= shard < stored:
+        raise ValueError(f"shard must be 0 .. {stored - 1} in cluster {cluster!r}, not {shard!r}")
+    tx = client.transactions
+    ok, _ = await client.transaction(
+        # The shard count the shard was checked against is still the
+        # cluster's: it was not deleted and initialised anew meanwhile.
+        compare=[tx.mod(keys.shards) == revision],
+        success=[tx.put(keys.pin(shard).encode(), node.encode())],
+        failure=[],
+    )
+    if not ok:
+        raise CoordinationError(f"the configuration of cluster {cluster!r} changed while pinning; retry")
+
+
+async def unpin(client: aetcd.Client, cluster: str, shard: int) -> bool:
+    """Remove the pin of ``shard``; False if it had none."""
+    return await client.delete(ClusterKeys(cluster).pin(shard).encode()) is not None
+
+
+async def drain(client: aetcd.Client, cluster: str, node: str) -> None:
+    """Drain ``node``: its shards move to the other live nodes (it may be live or not)."""
+    keys = ClusterKeys(cluster)
+    key = keys.drain(node).encode()
+    tx = client.transactions
+    ok, _ = await client.transaction(
+        # Only into an initialised cluster (see the module docstring).
+        compare=[tx.version(keys.shards) > 0],
+        success=[tx.put(key, json.dumps({"since_ms": int(time.time() * 1000)}).encode())],
+        failure=[],
+    )
+    if not ok:
+        await _stored_shards(client, keys)  # raises, naming what is missing
+        raise CoordinationError(f"cluster {cluster!r} changed while draining {node!r}; retry")
+
+
+async def undrain(client: aetcd.Client, cluster: str, node: str) -> bool:
+    """End the drain of ``node``; False if it was not drained."""
+    return await client.delete(ClusterKeys(cluster).drain(node).encode()) is not None

@@ -1,0 +1,70 @@
+"""The errors of coordination, a branch of flashstock's one error tree.
+
+::
+
+    FlashstockError
+    └── CoordinationError       etcd refused or cannot do what was asked
+        ├── ShardCountMismatch  .stored .requested   the node's `shards` is not the cluster's
+        ├── LeaseLost                                the session's lease is gone: stop every duty
+        └── NodeIdTaken         .node                another live session registered this node id
+
+A shard that someone else owns is not an error: :func:`~flashstock.lockmgr.claim`
+returns ``None``.
+"""
+
+from __future__ import annotations
+
+from flashstock.client import FlashstockError
+
+
+class CoordinationError(FlashstockError):
+    """etcd refused or cannot do what was asked."""
+
+    reason = "COORDINATION"
+
+
+class ShardCountMismatch(CoordinationError):
+    """The node was started with another shard count than the cluster's."""
+
+    reason = "SHARD_COUNT_MISMATCH"
+
+    def __init__(self, cluster: str, stored: int, requested: int) -> None:
+        super().__init__(
+            f"cluster {cluster!r} has shards={stored} (set at cluster init, kept in etcd), "
+            f"but this node was started with shards={requested}: set the `shards` setting to {stored} "
+            "(a cluster's shard count never changes)"
+        )
+        self.cluster = cluster
+        """The cluster's name."""
+        self.stored = stored
+        """The shard count the cluster was initialised with."""
+        self.requested = requested
+        """The shard count this node asked for."""
+
+
+class LeaseLost(CoordinationError):
+    """The session's lease expired, was revoked, or its local deadline passed.
+
+    A lost session stays lost: open a new one (a new lease) to take part again.
+    """
+
+    reason = "LEASE_LOST"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+
+
+class NodeIdTaken(CoordinationError):
+    """Another live session has registered this node id."""
+
+    reason = "NODE_ID_TAKEN"
+
+    def __init__(self, cluster: str, node: str) -> None:
+        super().__init__(
+            f"node id {node!r} is registered in cluster {cluster!r} by another live session: "
+            "give every node its own id, or wait for the old session's lease to expire"
+        )
+        self.cluster = cluster
+        """The cluster's name."""
+        self.node = node
+        """The node id that is taken."""
