@@ -4,7 +4,9 @@ A crowd of buyers (some sending their request again with the same request
 id) goes through the typed async client at one hot SKU; at the end the demo
 checks the promises: units handed out equal the stock, never more; no user
 above the limit; every retry of a request that took effect got its first
-answer. Everything it starts is stopped on exit, Ctrl-C included.
+answer. Then it reconciles Redis against the node's ledger (the same check as
+``flashstock reconcile``): any difference fails the demo. Everything it
+starts is stopped on exit, Ctrl-C included.
 """
 
 from __future__ import annotations
@@ -20,9 +22,10 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from flashstock.client import AsyncAdminClient, AsyncStockClient, ClientConfig, DeductResult, Outcome
+from flashstock.client import AsyncAdminClient, AsyncStockClient, ClientConfig, DeductResult, Mode, Outcome
 
 from ._procs import NodeProcess, RedisServer
+from ._reconcile import run_reconcile
 
 SKU = "demo-hot-sku"
 
@@ -47,6 +50,8 @@ class DemoPlan:
     """Node worker processes."""
     seed: int = 7
     """Random seed of the crowd."""
+    mode: str = "fast"
+    """The SKU's mode: 'fast', or 'durable' (each reply waits until the ledger holds it)."""
 
 
 @dataclass
@@ -102,7 +107,8 @@ async def _sale(plan: DemoPlan, address: str, console: Console) -> tuple[SaleLog
     config = ClientConfig(addresses=(address,), connections_per_address=max(2, 2 * plan.workers))
     log = SaleLog()
     async with AsyncAdminClient(config) as admin, AsyncStockClient(config) as stock:
-        await admin.put_sku(SKU, plan.stock, per_user_limit=plan.limit)
+        mode = Mode.DURABLE if plan.mode == "durable" else Mode.FAST
+        defined = (await admin.put_sku(SKU, plan.stock, per_user_limit=plan.limit, mode=mode)).sku
         crowd = [
             (f"user-{rng.randrange(plan.users)}", 2 if rng.random() < 0.2 else 1, rng.random() < plan.retry_share)
             for _ in range(plan.buyers)
@@ -131,7 +137,13 @@ async def _sale(plan: DemoPlan, address: str, console: Console) -> tuple[SaleLog
             await asyncio.gather(*(worker() for _ in range(plan.concurrency)))
         elapsed = time.perf_counter() - started
         level = await stock.get_stock(SKU)
-    return log, elapsed, {"total": level.total, "held": level.held, "confirmed": level.confirmed, "available": level.available}
+    return log, elapsed, {
+        "total": level.total,
+        "held": level.held,
+        "confirmed": level.confirmed,
+        "available": level.available,
+        "mode": defined.mode.name.lower(),
+    }
 
 
 def report(plan: DemoPlan, log: SaleLog, elapsed: float, level: dict, console: Console) -> bool:
@@ -142,6 +154,7 @@ def report(plan: DemoPlan, log: SaleLog, elapsed: float, level: dict, console: C
     over_limit = [u for u, n in log.sold_by_user.items() if n > plan.limit]
 
     figures = Table("figure", "value", title="flash sale")
+    figures.add_row("SKU mode (as the node has it)", level.get("mode", plan.mode))
     figures.add_row("buyers / distinct users", f"{plan.buyers:,} / {plan.users:,}")
     figures.add_row("attempts (retries included)", f"{attempts:,} ({log.retries:,} retries)")
     figures.add_row("units sold (OK answers)", f"{sold:,} of {plan.stock:,}")
@@ -179,13 +192,18 @@ def run_demo(plan: DemoPlan, console: Console) -> int:
         ):
             console.print(f"Redis on {redis_server.url}, node on {node.address} ({plan.workers} worker(s))")
             console.print(
-                f"SKU {SKU!r}: {plan.stock:,} units, limit {plan.limit} per user; "
+                f"SKU {SKU!r} ({plan.mode} mode): {plan.stock:,} units, limit {plan.limit} per user; "
                 f"{plan.buyers:,} buyers from {plan.users:,} users, {plan.retry_share:.0%} retrying"
             )
             log, elapsed, level = asyncio.run(_sale(plan, node.address, console))
-        ok = report(plan, log, elapsed, level, console)
+            ok = report(plan, log, elapsed, level, console)
+            # The node still runs: its persister drains the last log entries
+            # into the ledger, which reconcile waits for.
+            reconciled = run_reconcile(redis_server.url, node.ledger_url, node.shards, console) == 0
     except KeyboardInterrupt:
         console.print("[yellow]interrupted: everything the demo started is stopped")
         return 130
-    console.print("[green]all promises held" if ok else "[red]a promise was broken")
-    return 0 if ok else 1
+    if not reconciled:
+        console.print("[red]Redis and the ledger disagree")
+    console.print("[green]all promises held" if ok and reconciled else "[red]a promise was broken")
+    return 0 if ok and reconciled else 1

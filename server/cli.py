@@ -1,26 +1,33 @@
 """The ``flashstock`` command: serve a node, steer SKUs, run the demo and the benchmark.
 
 Admin commands use only the public client API (:mod:`flashstock.client`).
+The operator commands on the ledger (``ledger``, ``reconcile``, ``sales``)
+read their settings like ``serve`` (flags > ``FLASHSTOCK_*`` env > config file)
+and talk to Redis and the ledger directly.
 """
 
 from __future__ import annotations
 
 import asyncio
+import csv
 import inspect
+import json
 import os
 import re
 import sys
 import time
-from datetime import datetime
-from typing import Annotated, Any, Optional
+from datetime import datetime, timezone
+from enum import Enum
+from typing import Annotated, Any, NoReturn, Optional
 
 import typer
+from rich import box
 from rich.console import Console
-from rich.table import Table
+from rich.table import Column, Table
 
 from flashstock.client import AdminClient, ClientConfig, FlashstockError, InvalidArgument, Mode, Sku
 
-from ._config import load_config, setting_help
+from ._config import NodeConfig, ledger_url, load_config, setting_help
 
 app = typer.Typer(
     help="flashstock: a gRPC stock service for flash sales. Every unit of a hot item, handed out exactly once.",
@@ -29,6 +36,10 @@ app = typer.Typer(
 )
 sku_app = typer.Typer(help="Define SKUs and steer their sale (AdminService).", no_args_is_help=True)
 app.add_typer(sku_app, name="sku")
+ledger_app = typer.Typer(help="The SQL ledger: migrate its schema, show its state.", no_args_is_help=True)
+app.add_typer(ledger_app, name="ledger")
+sales_app = typer.Typer(help="Sales figures, from the ledger.", no_args_is_help=True)
+app.add_typer(sales_app, name="sales")
 
 console = Console()
 err_console = Console(stderr=True)
@@ -246,6 +257,332 @@ def sku_resume(sku_id: Annotated[str, typer.Argument(help="The SKU id.")], addr:
             _fail(exc)
 
 
+# -- ledger, reconcile, sales ---------------------------------------------------
+
+ConfigOption = Annotated[
+    Optional[str],
+    typer.Option("--config", help="TOML config file, as for serve. Env: FLASHSTOCK_CONFIG.", show_default=False),
+]
+LedgerOption = Annotated[
+    Optional[str],
+    typer.Option(
+        "--ledger",
+        help="Ledger URL, as for serve (env FLASHSTOCK_LEDGER); default the SQLite file in --data-dir.",
+        show_default=False,
+    ),
+]
+DataDirOption = Annotated[
+    Optional[str],
+    typer.Option("--data-dir", help="The node's data folder, as for serve (env FLASHSTOCK_DATA_DIR).", show_default=False),
+]
+
+
+def _settings(command: str, config_file: str | None, **flags: Any) -> NodeConfig:
+    """The settings as ``serve`` reads them; a bad one ends the command (exit 2)."""
+    try:
+        return load_config(flags, config_file=config_file)
+    except ValueError as exc:
+        _exit_error(command, f"bad setting: {exc}")
+
+
+def _exit_error(command: str, message: str, code: int = 2) -> NoReturn:
+    from rich.text import Text
+
+    err_console.print(Text.assemble((f"flashstock {command}: ", "red"), " ".join(message.split())), soft_wrap=True)
+    raise typer.Exit(code)
+
+
+def _ledger_failure(command: str, config: NodeConfig, exc: Exception) -> NoReturn:
+    """One line naming the setting: the ledger URL, or the data folder it came from."""
+    import sqlalchemy as sa
+
+    if isinstance(exc, sa.exc.SQLAlchemyError):
+        message = f"ledger: {exc.orig if getattr(exc, 'orig', None) is not None else exc}"
+    else:
+        message = str(exc)
+    if not config.ledger:
+        message += f" [ledger unset: the embedded SQLite file of data_dir {config.data_dir}]"
+    _exit_error(command, message)
+
+
+def _shown_url(url: str) -> str:
+    import sqlalchemy as sa
+
+    try:
+        return sa.engine.make_url(url).render_as_string(hide_password=True)
+    except Exception:  # noqa: BLE001 - shown as given
+        return url
+
+
+def _revision(revision: str | None) -> str:
+    from .ledger import HEAD
+
+    if revision is None:
+        return "none (empty)"
+    return f"{revision} (head)" if revision == HEAD else revision
+
+
+@ledger_app.command("upgrade")
+def ledger_upgrade(ledger: LedgerOption = None, data_dir: DataDirOption = None, config: ConfigOption = None) -> None:
+    """Run the ledger's schema migrations up to this flashstock's revision.
+
+    Creates a missing SQLite ledger. A file that is not a database, or a
+    database holding other tables, is refused untouched (exit 2).
+    """
+    import sqlalchemy as sa
+
+    from .ledger import LedgerError
+    from .ledger._reports import checked_upgrade
+
+    settings = _settings("ledger upgrade", config, ledger=ledger, data_dir=data_dir)
+    url = ledger_url(settings)
+    try:
+        before, after = checked_upgrade(url)
+    except (LedgerError, sa.exc.SQLAlchemyError) as exc:
+        _ledger_failure("ledger upgrade", settings, exc)
+    shown = _shown_url(url)
+    if before == after:
+        console.print(f"ledger {shown}: schema revision [green]{_revision(after)}[/]; nothing to do", soft_wrap=True)
+    else:
+        console.print(
+            f"ledger {shown}: schema revision [yellow]{_revision(before)}[/] → [green]{_revision(after)}[/]",
+            soft_wrap=True,
+        )
+
+
+@ledger_app.command("status")
+def ledger_status(
+    ledger: LedgerOption = None,
+    data_dir: DataDirOption = None,
+    config: ConfigOption = None,
+    all_shards: Annotated[bool, typer.Option("--all-shards", help="Also the shards with nothing persisted yet.")] = False,
+) -> None:
+    """Show the ledger's schema revision and, per shard, the persister's cursor and the rebuilds.
+
+    Exit code 0 at this flashstock's revision, 1 when `ledger upgrade` is due,
+    2 when the ledger cannot be read.
+    """
+    import sqlalchemy as sa
+
+    from .ledger import HEAD, LedgerError
+    from .ledger._reports import ledger_counts, open_for_reading, probe, shard_status
+
+    settings = _settings("ledger status", config, ledger=ledger, data_dir=data_dir)
+    url = ledger_url(settings)
+    shown = _shown_url(url)
+    try:
+        found = probe(url)
+        if not found.exists:
+            raise LedgerError(f"ledger: there is no ledger at {shown} (a node or `flashstock ledger upgrade` creates it)")
+        if found.revision != HEAD:
+            console.print(
+                f"ledger {shown}: schema revision [yellow]{_revision(found.revision)}[/], this flashstock needs "
+                f"{HEAD}: run `flashstock ledger upgrade`",
+                soft_wrap=True,
+            )
+            raise typer.Exit(1)
+        opened = open_for_reading(url)
+        try:
+            shards = shard_status(opened.engine)
+            n_skus, n_deductions = ledger_counts(opened.engine)
+        finally:
+            opened.close()
+    except (LedgerError, sa.exc.SQLAlchemyError) as exc:
+        _ledger_failure("ledger status", settings, exc)
+    console.print(
+        f"ledger {shown}: schema revision [green]{_revision(found.revision)}[/]; "
+        f"{n_skus:,} SKU(s), {n_deductions:,} deduction(s)",
+        soft_wrap=True,
+    )
+    listed = [st for st in shards if all_shards or st.cursor is not None]
+    if listed:
+        table = Table("shard", "persisted up to", "log generation", "cursor moved", "rebuilds", "epoch", title="shards")
+        for st in listed:
+            table.add_row(
+                str(st.shard),
+                st.cursor or "-",
+                "-" if st.cursor_generation is None else str(st.cursor_generation),
+                _when(st.cursor_ms),
+                str(st.rebuilds),
+                "-" if st.epoch is None else str(st.epoch),
+            )
+        console.print(table)
+    hidden = len(shards) - len(listed)
+    if hidden:
+        rebuilds = sorted({st.rebuilds for st in shards if st.cursor is None})
+        console.print(
+            f"{hidden} more shard(s) with nothing persisted yet (rebuilds: {', '.join(map(str, rebuilds))}); "
+            "--all-shards lists them"
+        )
+    elif not shards:
+        console.print("no shard has been persisted or rebuilt yet")
+
+
+@app.command("reconcile")
+def reconcile(
+    redis_url: Annotated[
+        Optional[str], typer.Option(help="Redis holding the stock, as for serve (env FLASHSTOCK_REDIS_URL).", show_default=False)
+    ] = None,
+    shards: Annotated[
+        Optional[int], typer.Option(help="Logical shards of the cluster, as for serve (env FLASHSTOCK_SHARDS; default 64).", show_default=False)
+    ] = None,
+    ledger: LedgerOption = None,
+    data_dir: DataDirOption = None,
+    sku: Annotated[Optional[str], typer.Option(help="Only this SKU; default every SKU of either side.")] = None,
+    wait: Annotated[float, typer.Option(help="Most seconds to wait for the persister to catch up with the Redis logs.")] = 10.0,
+    config: ConfigOption = None,
+) -> None:
+    """Compare each SKU's stock in Redis with the ledger: put, held, confirmed, left.
+
+    Waits until the ledger holds every log entry the Redis figures rest on
+    (up to --wait seconds), then prints both sides. Exit code 0 when they
+    agree, 1 on any difference (a SKU on one side only included), 2 when it
+    cannot run.
+    """
+    from ._reconcile import run_reconcile
+
+    if wait < 0:
+        raise typer.BadParameter("must be >= 0", param_hint="--wait")
+    settings = _settings("reconcile", config, redis_url=redis_url, shards=shards, ledger=ledger, data_dir=data_dir)
+    code = run_reconcile(
+        settings.redis_url,
+        ledger_url(settings),
+        settings.shards,
+        console,
+        sku_id=sku,
+        wait_s=wait,
+        err_console=err_console,
+    )
+    raise typer.Exit(code)
+
+
+class ReportFormat(str, Enum):
+    """Output formats of ``sales report``."""
+
+    table = "table"
+    csv = "csv"
+    json = "json"
+
+
+REPORT_FIELDS = (
+    "sku",
+    "shard",
+    "sale",
+    "mode",
+    "total",
+    "sold",
+    "held",
+    "left",
+    "buyers",
+    "holds",
+    "holds_confirmed",
+    "holds_expired",
+    "holds_released",
+    "holds_open",
+    "first_sale",
+    "last_sale",
+)
+"""The columns of ``sales report --format csv`` and the keys of its JSON objects."""
+
+
+def _local_time(ms: int) -> str:
+    return "-" if ms == 0 else datetime.fromtimestamp(ms / 1000).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _iso_utc(ms: int) -> str | None:
+    return None if ms == 0 else datetime.fromtimestamp(ms / 1000, tz=timezone.utc).isoformat(timespec="milliseconds")
+
+
+def report_rows(sales: list[Any]) -> list[dict[str, Any]]:
+    """``sales report``'s rows (:class:`~flashstock.server.ledger._reports.SkuSales`) as plain dicts."""
+    return [
+        {
+            "sku": s.sku_id,
+            "shard": s.shard,
+            "sale": s.sale,
+            "mode": s.mode,
+            "total": s.total,
+            "sold": s.sold,
+            "held": s.held,
+            "left": s.left,
+            "buyers": s.buyers,
+            "holds": s.holds,
+            "holds_confirmed": s.holds_confirmed,
+            "holds_expired": s.holds_expired,
+            "holds_released": s.holds_released,
+            "holds_open": s.holds_open,
+            "first_sale": _iso_utc(s.first_sale_ms),
+            "last_sale": _iso_utc(s.last_sale_ms),
+        }
+        for s in sales
+    ]
+
+
+@sales_app.command("report")
+def sales_report(
+    sku: Annotated[Optional[str], typer.Option(help="Only this SKU; default every SKU in the ledger.")] = None,
+    format: Annotated[ReportFormat, typer.Option("--format", help="table (for people), csv or json (for programs).")] = ReportFormat.table,
+    ledger: LedgerOption = None,
+    data_dir: DataDirOption = None,
+    config: ConfigOption = None,
+) -> None:
+    """Per SKU, its current sale from the ledger: units sold, buyers, holds confirmed / expired / released,
+    first and last sale (csv and json: ISO-8601, UTC).
+
+    Reads the ledger only. Sold = confirmed units; buyers = distinct users with
+    confirmed or held units; holds are counted by what became of them.
+    """
+    import sqlalchemy as sa
+
+    from .ledger import LedgerError
+    from .ledger._reports import open_for_reading
+    from .ledger._reports import sales_report as query
+
+    settings = _settings("sales report", config, ledger=ledger, data_dir=data_dir)
+    try:
+        opened = open_for_reading(ledger_url(settings))
+        try:
+            sales = query(opened.engine, sku_id=sku)
+        finally:
+            opened.close()
+    except (LedgerError, sa.exc.SQLAlchemyError) as exc:
+        _ledger_failure("sales report", settings, exc)
+    if sku is not None and not sales:
+        _exit_error("sales report", f"sku: {sku!r} is not in the ledger", code=1)
+    rows = report_rows(sales)
+    if format is ReportFormat.json:
+        sys.stdout.write(json.dumps(rows, indent=2) + "\n")
+        return
+    if format is ReportFormat.csv:
+        writer = csv.DictWriter(sys.stdout, fieldnames=REPORT_FIELDS, lineterminator="\n")
+        writer.writeheader()
+        writer.writerows({k: ("" if v is None else v) for k, v in row.items()} for row in rows)
+        return
+    if not rows:
+        console.print("no SKUs in the ledger")
+        return
+    table = Table(
+        "sku",
+        *(Column(name, justify="right") for name in ("put", "sold", "held", "left", "buyers", "holds", "confirmed", "expired", "released")),
+        "first sale",
+        "last sale",
+        title="sales: the current sale of each SKU, from the ledger",
+        caption="sold = units confirmed; buyers = users with units confirmed or held; holds taken, and what became of them",
+        box=box.HORIZONTALS,
+        pad_edge=False,
+        collapse_padding=True,
+    )
+    for sale in sales:
+        table.add_row(
+            sale.sku_id,
+            *(f"{n:,}" for n in (sale.total, sale.sold, sale.held, sale.left, sale.buyers, sale.holds,
+                                 sale.holds_confirmed, sale.holds_expired, sale.holds_released)),
+            _local_time(sale.first_sale_ms),
+            _local_time(sale.last_sale_ms),
+        )
+    console.print(table)
+
+
 # -- demo and bench ------------------------------------------------------------
 
 
@@ -259,12 +596,16 @@ def demo(
     concurrency: Annotated[int, typer.Option(help="Buyers in flight at once.")] = 200,
     workers: Annotated[int, typer.Option(help="Node worker processes.")] = 1,
     seed: Annotated[int, typer.Option(help="Random seed of the crowd.")] = 7,
+    mode: Annotated[str, typer.Option(help="The SKU's mode: fast | durable (replies wait for the ledger).")] = "fast",
 ) -> None:
-    """A flash sale on a Redis and a node of its own: 20,000 buyers, 1,000 units, an oversell check."""
+    """A flash sale on a Redis and a node of its own: 20,000 buyers, 1,000 units, an oversell check,
+    then Redis reconciled against the ledger."""
     from ._demo import DemoPlan, run_demo
 
+    if mode not in ("fast", "durable"):
+        raise typer.BadParameter("mode must be fast or durable", param_hint="--mode")
     plan = DemoPlan(buyers=buyers, users=users, stock=stock, limit=limit, retry_share=retry_share,
-                    concurrency=concurrency, workers=workers, seed=seed)
+                    concurrency=concurrency, workers=workers, seed=seed, mode=mode)
     raise typer.Exit(run_demo(plan, console))
 
 

@@ -1,0 +1,399 @@
+"""Reconciliation: the stock figures in Redis against the ledger's, SKU by SKU.
+
+Redis keeps per SKU the units put on sale (``total``), ``held``, confirmed
+(``conf``) and left (``avail``); the ledger holds every deduction with its
+state, from which the same figures follow. Both rest on the shard logs: Redis
+writes a change and its log entry in one script, the persister drains the log
+into the ledger. Once the ledger has caught up with a shard's log, the two
+sides must agree to the unit; :func:`reconcile` waits for that, reads both,
+and :func:`compare` (pure) lists every difference, a SKU known to one side
+only included. Released and expired units have no counters in Redis: they are
+shown from the ledger and not compared.
+
+Used by ``flashstock reconcile`` and at the end of ``flashstock demo``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+import redis as redis_py
+import sqlalchemy as sa
+from rich import box
+from rich.console import Console
+from rich.table import Column, Table
+from rich.text import Text
+
+from flashstock.lockmgr import SKU_INDEX_KEY, ShardKeys, shard_of
+
+from ._durable import parse_id
+from .ledger import Ledger, LedgerError, SkuState
+from .ledger._reports import open_for_reading, persisted_cursors, sku_shards
+
+COMPARED = ("total", "held", "confirmed", "available", "sale")
+"""The figures both sides keep, compared one to one."""
+
+LABELS = {"total": "put", "held": "held", "confirmed": "confirmed", "available": "left", "sale": "sale"}
+"""How the figures are named in the table and the messages."""
+
+
+class ReconcileError(Exception):
+    """Reconciliation cannot run: the message names the setting or argument to fix."""
+
+
+@dataclass(frozen=True)
+class SkuFigures:
+    """One side's figures of a SKU."""
+
+    sku_id: str
+    shard: int
+    total: int
+    """Units put on sale, after adjustments."""
+    held: int
+    """Units in open holds."""
+    confirmed: int
+    """Units sold for good."""
+    available: int
+    """Units left."""
+    sale: int
+    """The sale number (+1 on every put)."""
+    released: int | None = None
+    """Units given back by a Release (the ledger only)."""
+    expired: int | None = None
+    """Units given back by an expired hold (the ledger only)."""
+
+
+@dataclass(frozen=True)
+class Difference:
+    """A figure of a SKU on which Redis and the ledger disagree.
+
+    ``figure`` is one of :data:`COMPARED`, or ``"presence"`` for a SKU that
+    only one side knows (the other side's value is then None).
+    """
+
+    sku_id: str
+    figure: str
+    redis: int | None
+    ledger: int | None
+
+    def __str__(self) -> str:
+        if self.figure == "presence":
+            side = "Redis" if self.ledger is None else "the ledger"
+            return f"{self.sku_id}: only in {side}"
+        return f"{self.sku_id}: {LABELS[self.figure]} {self.redis} in Redis, {self.ledger} in the ledger"
+
+
+def figures_from_hash(sku_id: str, shard: int, fields: Mapping[str, str]) -> SkuFigures:
+    """A SKU's figures from its Redis hash (fields as documented in ``lua/_lib.lua``)."""
+    return SkuFigures(
+        sku_id=sku_id,
+        shard=shard,
+        total=int(fields.get("total", 0)),
+        held=int(fields.get("held", 0)),
+        confirmed=int(fields.get("conf", 0)),
+        available=int(fields.get("avail", 0)),
+        sale=int(fields.get("sale", 0)),
+    )
+
+
+def figures_from_ledger(state: SkuState) -> SkuFigures:
+    """A SKU's figures from the ledger's view of its current sale."""
+    return SkuFigures(
+        sku_id=state.sku_id,
+        shard=state.shard,
+        total=state.total,
+        held=state.held,
+        confirmed=state.confirmed,
+        available=state.available,
+        sale=state.sale,
+        released=state.released,
+        expired=state.expired,
+    )
+
+
+def compare(redis_rows: Iterable[SkuFigures], ledger_rows: Iterable[SkuFigures]) -> list[Difference]:
+    """Every difference between the two sides, by SKU id then figure."""
+    redis_by_id = {r.sku_id: r for r in redis_rows}
+    ledger_by_id = {r.sku_id: r for r in ledger_rows}
+    out: list[Difference] = []
+    for sku_id in sorted(set(redis_by_id) | set(ledger_by_id)):
+        r, l = redis_by_id.get(sku_id), ledger_by_id.get(sku_id)
+        if r is None or l is None:
+            out.append(Difference(sku_id, "presence", None if r is None else 1, None if l is None else 1))
+            continue
+        for figure in COMPARED:
+            a, b = getattr(r, figure), getattr(l, figure)
+            if a != b:
+                out.append(Difference(sku_id, figure, a, b))
+    return out
+
+
+# -- waiting for the persister ---------------------------------------------------
+
+
+@dataclass(frozen=True)
+class LogMark:
+    """A shard's log and state in Redis at one moment."""
+
+    length: int
+    """Entries in the log (the persister trims those the ledger holds)."""
+    last_id: str
+    """The last entry id ever added ('0-0' when there is no log)."""
+    state: str | None
+    """The shard's state: 'ready' once whole; 'building' or None (lost) otherwise."""
+
+
+def unsettled_reason(mark: LogMark, cursor: str | None) -> str | None:
+    """Why a shard cannot be compared yet (None: it can).
+
+    The ledger has caught up when the log holds no entry beyond its cursor:
+    the log is empty (trimmed), or its last entry is at or below the cursor.
+    """
+    if mark.state != "ready":
+        return "its Redis state is being rebuilt" if mark.state == "building" else "its Redis state is missing"
+    if mark.length == 0 or (cursor is not None and parse_id(mark.last_id) <= parse_id(cursor)):
+        return None
+    return f"the ledger is behind the log ({cursor or 'nothing'} < {mark.last_id})"
+
+
+def read_redis(
+    client: redis_py.Redis, shards: Sequence[int], sku_ids: Sequence[str], shard_count: int
+) -> tuple[dict[int, LogMark], dict[str, SkuFigures]]:
+    """The log marks of ``shards`` and the figures of ``sku_ids`` (those defined), read in
+    one MULTI, so they are of one moment. ``client`` must decode responses."""
+    with client.pipeline(transaction=True) as pipe:
+        for shard in shards:
+            keys = ShardKeys(shard)
+            pipe.xinfo_stream(keys.log)
+            pipe.hget(keys.meta, "state")
+        for sku_id in sku_ids:
+            pipe.hgetall(ShardKeys(shard_of(sku_id, shard_count)).sku(sku_id))
+        replies = pipe.execute(raise_on_error=False)
+    marks: dict[int, LogMark] = {}
+    for i, shard in enumerate(shards):
+        info, state = replies[2 * i], replies[2 * i + 1]
+        if isinstance(info, redis_py.ResponseError):
+            if "no such key" not in str(info).lower():
+                raise info
+            marks[shard] = LogMark(0, "0-0", state)
+        else:
+            marks[shard] = LogMark(int(info["length"]), str(info["last-generated-id"]), state)
+    rows: dict[str, SkuFigures] = {}
+    for sku_id, fields in zip(sku_ids, replies[2 * len(shards) :]):
+        if isinstance(fields, Exception):
+            raise fields
+        if fields:
+            rows[sku_id] = figures_from_hash(sku_id, shard_of(sku_id, shard_count), fields)
+    return marks, rows
+
+
+@dataclass
+class Reconciliation:
+    """Both sides' figures and their differences."""
+
+    redis: dict[str, SkuFigures]
+    ledger: dict[str, SkuFigures]
+    differences: list[Difference]
+    unsettled: dict[int, str] = field(default_factory=dict)
+    """Shards that could not be brought to a comparable state within the wait, and why."""
+    waited_s: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        """True when the two sides agree on every compared figure of every SKU."""
+        return not self.differences
+
+
+def _check_shards(ledger_shards: Mapping[str, int], shard_count: int) -> None:
+    for sku_id, shard in ledger_shards.items():
+        if shard_of(sku_id, shard_count) != shard:
+            raise ReconcileError(
+                f"shards: the ledger keeps SKU {sku_id!r} in shard {shard}, but with {shard_count} shards it "
+                f"would be in shard {shard_of(sku_id, shard_count)}; give the cluster's --shards"
+            )
+
+
+def reconcile(
+    client: redis_py.Redis,
+    ledger: Ledger,
+    shard_count: int,
+    sku_id: str | None = None,
+    wait_s: float = 10.0,
+    poll_s: float = 0.05,
+    on_wait: Callable[[dict[int, str]], None] | None = None,
+) -> Reconciliation:
+    """Compare Redis and the ledger, for every SKU or ``sku_id``.
+
+    Reads Redis (the SKU hashes and the shards' logs, in one MULTI), then the
+    ledger, and accepts the reading once the ledger held every log entry the
+    Redis figures rest on and no entry was added meanwhile: both sides then
+    describe the same moment. Otherwise it polls again, calling ``on_wait``
+    with the shards still unsettled, for up to ``wait_s`` seconds; after that
+    it compares the last reading and names those shards in ``unsettled``.
+    ``client`` must decode responses.
+    """
+    started = time.monotonic()
+    deadline = started + wait_s
+    while True:
+        ledger_shards = sku_shards(ledger.engine, sku_id)
+        _check_shards(ledger_shards, shard_count)
+        redis_ids = [sku_id] if sku_id is not None else list(client.zrange(SKU_INDEX_KEY, 0, -1))
+        ids = sorted(set(ledger_shards) | set(redis_ids))
+        shards = sorted({shard_of(i, shard_count) for i in ids})
+        marks, redis_rows = read_redis(client, shards, ids, shard_count)
+        cursors = persisted_cursors(ledger.engine)  # before the ledger's figures: they hold at least this
+        unsettled = {s: why for s in shards if (why := unsettled_reason(marks[s], cursors.get(s)))}
+        timed_out = time.monotonic() >= deadline
+        if not unsettled or timed_out:
+            ledger_rows = {s.sku_id: figures_from_ledger(s) for s in ledger.sku_states(sku_id=sku_id)}
+            after, _ = read_redis(client, shards, (), shard_count)
+            for shard in shards:
+                if after[shard].last_id != marks[shard].last_id:
+                    unsettled[shard] = "the log moved while reading"
+            for new in set(ledger_rows) - set(ids):
+                unsettled.setdefault(ledger_rows[new].shard, "a SKU appeared while reading")
+            if not unsettled or timed_out:
+                return Reconciliation(
+                    redis=redis_rows,
+                    ledger=ledger_rows,
+                    differences=compare(redis_rows.values(), ledger_rows.values()),
+                    unsettled=unsettled,
+                    waited_s=time.monotonic() - started,
+                )
+        if on_wait is not None:
+            on_wait(unsettled)
+        time.sleep(poll_s)
+
+
+# -- showing it -----------------------------------------------------------------
+
+
+_SHOWN = ("total", "held", "confirmed", "released", "expired", "available")
+
+
+def reconcile_table(rec: Reconciliation) -> Table:
+    """Both sides of each SKU, one above the other (Redis, then the ledger); differing figures in red.
+
+    The SKU's row names its shard below its id; the check column says "ok"
+    or which figures differ (the sale number there too).
+    """
+    table = Table(
+        "sku",
+        "side",
+        *(Column(LABELS.get(f, f), justify="right") for f in _SHOWN),
+        "check",
+        title="reconcile: Redis against the ledger",
+        caption=(
+            "Compared: put, held, confirmed, left and the sale number. Released and expired "
+            "are from the ledger only (Redis keeps no counters of them) and not compared."
+        ),
+        box=box.HORIZONTALS,
+        pad_edge=False,
+        collapse_padding=True,
+    )
+    by_sku: dict[str, list[Difference]] = {}
+    for diff in rec.differences:
+        by_sku.setdefault(diff.sku_id, []).append(diff)
+
+    def cells(row: SkuFigures | None, differing: set[str]) -> list[Text]:
+        out = []
+        for figure in _SHOWN:
+            value = None if row is None else getattr(row, figure)
+            if value is None:
+                out.append(Text("-", style="dim"))
+            else:
+                out.append(Text(str(value), style="bold red" if figure in differing else ""))
+        return out
+
+    for sku_id in sorted(set(rec.redis) | set(rec.ledger)):
+        r, l = rec.redis.get(sku_id), rec.ledger.get(sku_id)
+        diffs = by_sku.get(sku_id, [])
+        differing = {d.figure for d in diffs}
+        if r is None:
+            check = Text("only in the ledger", style="bold red")
+        elif l is None:
+            check = Text("only in Redis", style="bold red")
+        elif diffs:
+            parts = [f"sale {d.redis} ≠ {d.ledger}" if d.figure == "sale" else LABELS[d.figure] for d in diffs]
+            check = Text("differs: " + ", ".join(parts), style="bold red")
+        else:
+            check = Text("ok", style="green")
+        shard = (r or l).shard  # type: ignore[union-attr]
+        table.add_row(sku_id, "redis", *cells(r, differing), check)
+        table.add_row(Text(f"shard {shard}", style="dim"), "ledger", *cells(l, differing), "", end_section=True)
+    return table
+
+
+def print_reconciliation(rec: Reconciliation, console: Console) -> None:
+    """The table, then a verdict naming each difference."""
+    if rec.unsettled:
+        shards = ", ".join(f"{s} ({why})" for s, why in sorted(rec.unsettled.items()))
+        console.print(
+            f"[yellow]after {rec.waited_s:.1f} s, shard(s) still unsettled: {shards}; is a node (its persister) "
+            "running? Their figures are compared as they are.",
+            soft_wrap=True,
+        )
+    if not rec.redis and not rec.ledger:
+        console.print("no SKUs in Redis or in the ledger")
+        return
+    console.print(reconcile_table(rec))
+    skus = len(set(rec.redis) | set(rec.ledger))
+    if rec.ok:
+        console.print(f"[green]Redis and the ledger agree on all {skus} SKU(s)")
+        return
+    differing = sorted({d.sku_id for d in rec.differences})
+    console.print(f"[red]{len(rec.differences)} difference(s) in {len(differing)} of {skus} SKU(s):")
+    for diff in rec.differences:
+        console.print(Text(f"  {diff}", style="red"), soft_wrap=True)
+
+
+def _error(console: Console, message: str) -> None:
+    console.print(Text.assemble(("reconcile: ", "red"), message), soft_wrap=True)
+
+
+def run_reconcile(
+    redis_url: str,
+    ledger_url: str,
+    shard_count: int,
+    console: Console,
+    sku_id: str | None = None,
+    wait_s: float = 10.0,
+    err_console: Console | None = None,
+) -> int:
+    """Reconcile and print it; the exit code: 0 agreed, 1 differences, 2 could not run."""
+    err = err_console or console
+    try:
+        client = redis_py.Redis.from_url(redis_url, decode_responses=True, socket_timeout=5, socket_connect_timeout=5)
+    except ValueError as exc:
+        _error(err, f"redis_url: {exc}")
+        return 2
+    ledger: Ledger | None = None
+    try:
+        ledger = open_for_reading(ledger_url)
+        client.ping()
+        with console.status("reading Redis and the ledger ...") as status:
+
+            def waiting(unsettled: dict[int, str]) -> None:
+                status.update(f"waiting for the persister: {len(unsettled)} shard(s) not settled yet ...")
+
+            rec = reconcile(client, ledger, shard_count, sku_id=sku_id, wait_s=wait_s, on_wait=waiting)
+    except (LedgerError, ReconcileError) as exc:
+        _error(err, str(exc))
+        return 2
+    except sa.exc.SQLAlchemyError as exc:
+        _error(err, f"ledger: cannot read {ledger_url}: {' '.join(str(getattr(exc, 'orig', None) or exc).split())}")
+        return 2
+    except redis_py.RedisError as exc:
+        _error(err, f"redis_url: cannot read Redis at {redis_url}: {exc}")
+        return 2
+    finally:
+        client.close()
+        if ledger is not None:
+            ledger.close()
+    if sku_id is not None and not rec.redis and not rec.ledger:
+        _error(err, f"sku: {sku_id!r} is defined neither in Redis nor in the ledger")
+        return 2
+    print_reconciliation(rec, console)
+    return 0 if rec.ok else 1
