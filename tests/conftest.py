@@ -52,14 +52,16 @@ from flashstock.server._procs import NodeProcess, PostgresServer, RedisServer  #
 
 
 @contextlib.contextmanager
-def running_node(redis_url: str, *, workers: int = 1, extra_args: tuple[str, ...] = ()) -> Iterator[NodeProcess]:
+def running_node(
+    redis_url: str, *, workers: int = 1, extra_args: tuple[str, ...] = (), ledger: str | None = None
+) -> Iterator[NodeProcess]:
     """A started :class:`NodeProcess`, stopped on exit with every worker it forked.
 
     ``NodeProcess.stop`` SIGTERMs the parent, which forwards the signal to its
     workers; should the parent have to be SIGKILLed, its workers would live
     on, so any still alive afterwards are killed here.
     """
-    node = NodeProcess(redis_url, workers=workers, extra_args=extra_args)
+    node = NodeProcess(redis_url, workers=workers, extra_args=extra_args, ledger=ledger)
     children: list[psutil.Process] = []
     try:
         node.start()
@@ -70,6 +72,7 @@ def running_node(redis_url: str, *, workers: int = 1, extra_args: tuple[str, ...
         for child in children:
             with contextlib.suppress(psutil.NoSuchProcess):
                 child.kill()
+        node.remove_data()
         if node.log_path is not None:
             with contextlib.suppress(OSError):
                 node.log_path.unlink()
@@ -104,9 +107,13 @@ def node(redis_server: RedisServer) -> Iterator[NodeProcess]:
 
 
 @pytest.fixture(scope="session")
-def node_2w(redis_server: RedisServer) -> Iterator[NodeProcess]:
-    """A second node on the same Redis: two worker processes sharing one port."""
-    with running_node(redis_server.url, workers=2) as n:
+def node_2w(redis_server: RedisServer, node: NodeProcess) -> Iterator[NodeProcess]:
+    """A second node on the same Redis: two worker processes sharing one port.
+
+    It shares the first node's ledger: nodes on one Redis drain the same
+    shard logs, so each must persist into the same ledger.
+    """
+    with running_node(redis_server.url, workers=2, ledger=node.ledger_url) as n:
         yield n
 
 

@@ -22,7 +22,7 @@ from typing import Any, TypeVar
 T = TypeVar("T")
 
 __all__ = [
-    "REAPER_COMMANDS",
+    "BACKGROUND_COMMANDS",
     "aeventually",
     "calls_delta",
     "command_calls",
@@ -31,9 +31,11 @@ __all__ = [
     "redis_now_ms",
 ]
 
-REAPER_COMMANDS = frozenset({"time", "zrange"})
-"""What a node's reaper sends every round, whatever the traffic (a pipeline of
-TIME and one ZRANGE per shard); left out when counting a request's Redis calls."""
+BACKGROUND_COMMANDS = frozenset({"time", "zrange", "hget", "xread"})
+"""What a node's duties send whatever the traffic, left out when counting a
+request's Redis calls: the reaper (a pipeline of TIME and one ZRANGE per
+shard), the warden (one HGET of each shard's state a second) and the
+persister (a blocking XREAD)."""
 
 
 def _accept(value: Any, until: Callable[[Any], bool] | None) -> bool:

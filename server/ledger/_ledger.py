@@ -44,9 +44,10 @@ def sqlite_url(data_dir: str | Path) -> str:
 
 
 def _on_sqlite_connect(dbapi_connection: Any, _record: Any) -> None:
+    # Per connection, and none of them writes to the file: a database that
+    # turns out not to be a ledger is left as it was. (WAL, which is written
+    # into the file, is set by Ledger.open once the schema is known.)
     cursor = dbapi_connection.cursor()
-    # WAL: readers (rebuild, reports, other workers) never block the persister.
-    cursor.execute("PRAGMA journal_mode=WAL")
     # FULL: a commit is on disk before durable mode acknowledges it.
     cursor.execute("PRAGMA synchronous=FULL")
     cursor.execute("PRAGMA busy_timeout=10000")
@@ -94,14 +95,14 @@ def schema_revision(engine: Engine) -> str | None:
             tables = set(sa.inspect(conn).get_table_names())
             if "alembic_version" in tables:
                 return conn.execute(sa.text("SELECT version_num FROM alembic_version")).scalar()
+    except sa.exc.OperationalError as exc:  # a DatabaseError too: test it first
+        raise LedgerError(f"ledger: cannot open {engine.url.render_as_string(hide_password=True)}: {exc.orig}") from None
     except sa.exc.DatabaseError as exc:
         if isinstance(exc.orig, sqlite3.DatabaseError):
             raise LedgerError(
                 f"ledger: {engine.url.database} is not an SQLite database (or is corrupted); nothing was changed"
             ) from None
         raise LedgerError(f"ledger: cannot open {engine.url.render_as_string(hide_password=True)}: {exc.orig}") from None
-    except sa.exc.OperationalError as exc:
-        raise LedgerError(f"ledger: cannot reach {engine.url.render_as_string(hide_password=True)}: {exc.orig}") from None
     if tables:
         raise LedgerError(
             f"ledger: {engine.url.render_as_string(hide_password=True)} holds tables that are not a flashstock "
@@ -226,6 +227,7 @@ class Ledger:
         revision = schema_revision(self.engine)
         if revision is None and create:
             upgrade(self.engine)
+            self._use_wal()
             return
         if revision is None:
             raise LedgerError("ledger: the database is empty; run `flashstock ledger upgrade`")
@@ -233,6 +235,14 @@ class Ledger:
             if revision in _known_revisions():
                 raise LedgerError(f"ledger: schema revision {revision} is older than {HEAD}; run `flashstock ledger upgrade`")
             raise LedgerError(f"ledger: schema revision {revision!r} is unknown to this flashstock; refusing to start")
+        self._use_wal()
+
+    def _use_wal(self) -> None:
+        # WAL: readers (rebuild, reports, other workers) never block the
+        # persister. It is a property of the file, set once it is ours.
+        if self._dialect == "sqlite":
+            with self.engine.connect() as conn:
+                conn.exec_driver_sql("PRAGMA journal_mode=WAL")
 
     def close(self) -> None:
         """Close every connection."""

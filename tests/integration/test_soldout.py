@@ -12,7 +12,7 @@ import uuid
 
 import psutil
 import pytest
-from helpers import REAPER_COMMANDS, calls_delta, command_calls, eventually, no_hold_due_soon
+from helpers import BACKGROUND_COMMANDS, calls_delta, command_calls, eventually, no_hold_due_soon
 
 from flashstock.client import ClientConfig, Outcome, StockClient
 
@@ -25,7 +25,7 @@ def redis_calls_of(redis, action):
     before = command_calls(redis)
     result = action()
     delta = calls_delta(before, command_calls(redis))
-    delta = {name: n for name, n in delta.items() if name not in REAPER_COMMANDS | {"info"}}
+    delta = {name: n for name, n in delta.items() if name not in BACKGROUND_COMMANDS | {"info"}}
     return result, delta
 
 
