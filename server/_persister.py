@@ -64,6 +64,7 @@ class Persister:
         self._epoch = epoch
         self._positions: dict[int, str] = {}
         self._committed: dict[int, str] = {}
+        self._announced: dict[int, str] = {}
         self._generations: dict[int, int] = {}
         self._generations_read = 0.0
         self.persisted = 0
@@ -84,12 +85,17 @@ class Persister:
             except Exception as exc:  # noqa: BLE001 - nothing is trimmed until persisted: try again
                 log.warning("persister: %s; trying again in %.1f s", exc, delay)
                 METRICS.persister_errors.inc()
+                # A round may fail after reading (its second read, say): read those entries again.
+                self._positions.update(self._committed)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
 
     async def round(self, block: bool = True) -> int:
         """Read, persist and announce one batch per shard with news; returns entries persisted."""
         await self._refresh_generations()
+        # What a failed round (or a previous node) committed but did not announce:
+        # durable replies wait for it, and no new entry may come to carry it.
+        await self._announce_committed()
         batches = await self._read(block)
         if not batches:
             return 0
@@ -99,22 +105,30 @@ class Persister:
                 batches.setdefault(shard, []).extend(more)
         failure = await asyncio.to_thread(self._persist_all, batches)
         now_ms = time.time() * 1000
-        async with self._redis.pipeline(transaction=False) as pipe:
-            for shard, entries in batches.items():
-                last = entries[-1][0]
-                k = ShardKeys(shard)
-                pipe.set(k.persisted, last)
-                pipe.publish(PERSISTED_CHANNEL, f"{shard} {last}")
-                pipe.xtrim(k.log, minid=_next_id(last))
-                for entry_id, _ in entries:
-                    METRICS.persister_lag.observe(max(0.0, now_ms - parse_id(entry_id)[0]) / 1000)
-            await pipe.execute()
+        for entries in batches.values():
+            for entry_id, _ in entries:
+                METRICS.persister_lag.observe(max(0.0, now_ms - parse_id(entry_id)[0]) / 1000)
+        await self._announce_committed()
         count = sum(len(e) for e in batches.values())
         self.persisted += count
         METRICS.persisted.inc(count)
         if failure is not None:
             raise failure
         return count
+
+    async def _announce_committed(self) -> None:
+        """Announce each shard's committed cursor not yet announced, and trim its log up to it."""
+        due = {s: last for s, last in self._committed.items() if last != "0-0" and self._announced.get(s) != last}
+        if not due:
+            return
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for shard, last in due.items():
+                k = ShardKeys(shard)
+                pipe.set(k.persisted, last)
+                pipe.publish(PERSISTED_CHANNEL, f"{shard} {last}")
+                pipe.xtrim(k.log, minid=_next_id(last))
+            await pipe.execute()
+        self._announced.update(due)
 
     async def _read(self, block: bool) -> dict[int, list[tuple[str, dict[str, str]]]]:
         streams = {ShardKeys(shard).log: self._positions[shard] for shard in self._shards}

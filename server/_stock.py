@@ -7,8 +7,11 @@ runs one script per operation, and hands the reply to the pure decoders in
 - a shard whose state is missing in Redis is rebuilt from the ledger
   (:class:`~._rebuild.ShardRebuilder`), then the call is sent once more;
 - an answer about a durable SKU (and every admin change) is returned only
-  once the ledger holds its log entry (:class:`~._durable.PersistWatch`);
-  past ``durable_wait_s`` the caller gets UNAVAILABLE, and a retry with the
+  once the ledger holds its log entry (:class:`~._durable.PersistWatch`)
+  and the shard was not rebuilt since the call (a rebuilt shard has a new
+  log, whose entry ids pass those of the lost one: "persisted up to" says
+  nothing then about an entry of the lost log); past ``durable_wait_s``,
+  or after a rebuild, the caller gets UNAVAILABLE, and a retry with the
   same request id returns the real outcome.
 
 Redis connection failures surface as :class:`~flashstock.client.Unavailable`.
@@ -16,6 +19,7 @@ Redis connection failures surface as :class:`~flashstock.client.Unavailable`.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -97,6 +101,9 @@ class StockStore:
         self._limits = limits
         self._scripts = StockScripts.register(redis)
         self._record_ttl_ms = limits.request_ttl_s * 1000
+        self._generations: dict[int, bytes | None] = {}
+        """Per shard, its rebuild generation as last read from Redis: never above the current one."""
+        self._generation_reads: dict[int, asyncio.Future[bytes | None]] = {}
         self._coalescer: ShardCoalescer[tuple[str, str, int, str, int]] = ShardCoalescer(
             self._take_batch, window=limits.coalesce_window_s
         )
@@ -126,41 +133,85 @@ class StockStore:
 
     # -- the two rules around every call ------------------------------------
 
-    async def _call(self, sku_ids: Sequence[str], call: Callable[[], Awaitable[_T]]) -> _T:
-        """Run ``call``; when it finds a shard missing, rebuild the shards of ``sku_ids`` and run it once more."""
+    async def _call(
+        self, sku_ids: Sequence[str], call: Callable[[], Awaitable[_T]]
+    ) -> tuple[_T, dict[int, bytes | None]]:
+        """Run ``call``; when it finds a shard missing, rebuild the shards of ``sku_ids`` and run it once more.
+
+        Returns the reply and, per shard, a generation read before the call
+        (for :meth:`wait_persisted`).
+        """
+        shards = sorted({shard_of(sku_id, self._shards) for sku_id in sku_ids})
         async with _redis_errors():
             try:
-                return await call()
+                generations = {shard: await self._generation_before(shard) for shard in shards}
+                return await call(), generations
             except ShardMissing:
-                shards = sorted({shard_of(sku_id, self._shards) for sku_id in sku_ids})
                 for shard in shards:
                     await self._rebuilder.ensure(shard)
+                    self._generations.pop(shard, None)
             try:
-                return await call()
+                generations = {shard: await self._generation_before(shard) for shard in shards}
+                return await call(), generations
             except ShardMissing:
                 raise Unavailable(f"shards {shards} are being rebuilt", retry_after=0.5) from None
 
-    async def _settled(self, shard: int, answer: Answer[_T]) -> _T:
+    async def _generation_before(self, shard: int) -> bytes | None:
+        """The shard's generation as last read (read now if never): at most the one a call sent next sees."""
+        if shard not in self._generations:
+            self._generations[shard] = await self._redis.hget(ShardKeys(shard).meta, "gen")
+        return self._generations[shard]
+
+    async def _generation_now(self, shard: int) -> bytes | None:
+        """The shard's generation, read after this call began; concurrent callers share one read."""
+        read = self._generation_reads.get(shard)
+        if read is None:
+            read = self._generation_reads[shard] = asyncio.ensure_future(self._read_generation(shard))
+        return await asyncio.shield(read)
+
+    async def _read_generation(self, shard: int) -> bytes | None:
+        # Whoever joined this read did so before it is sent; later callers start another.
+        del self._generation_reads[shard]
+        async with _redis_errors():
+            generation = await self._redis.hget(ShardKeys(shard).meta, "gen")
+        self._generations[shard] = generation
+        return generation
+
+    async def _settled(self, shard: int, answer: Answer[_T], generations: dict[int, bytes | None]) -> _T:
         """The answer's result, once the ledger holds its log entry when it must."""
         if answer.durable and answer.log_id:
-            await self.wait_persisted(shard, answer.log_id)
+            await self.wait_persisted(shard, answer.log_id, generations[shard])
         return answer.result
 
-    async def wait_persisted(self, shard: int, log_id: str) -> None:
-        """Return once the ledger holds ``log_id`` of ``shard``; else raise Unavailable."""
-        if await self._watch.wait(shard, log_id, self._limits.durable_wait_s):
-            return
-        # An announcement may have been missed (a reconnect): ask the shard's cursor.
-        async with _redis_errors():
-            persisted = await self._redis.get(ShardKeys(shard).persisted)
-        if persisted is not None:
-            self._watch.learn(shard, persisted.decode())
-            if self._watch.holds(shard, log_id):
-                return
-        METRICS.durable_timeouts.inc()
-        raise Unavailable(
-            "not yet in the ledger; send the same request id again for the outcome", retry_after=0.2, shard=shard
-        )
+    async def wait_persisted(self, shard: int, log_id: str, generation: bytes | None) -> None:
+        """Return once the ledger holds ``log_id`` of ``shard``; else raise Unavailable.
+
+        ``generation``: the shard's generation read before the call that wrote
+        ``log_id``. Stream ids only order the entries of one log: should the
+        shard have been rebuilt since (a new log, ids passing the old ones),
+        no cursor says whether ``log_id`` of the lost log was persisted.
+        """
+        if not await self._watch.wait(shard, log_id, self._limits.durable_wait_s):
+            # An announcement may have been missed (a reconnect): ask the shard's cursor.
+            async with _redis_errors():
+                persisted = await self._redis.get(ShardKeys(shard).persisted)
+            if persisted is not None:
+                self._watch.learn(shard, persisted.decode())
+            if not self._watch.holds(shard, log_id):
+                METRICS.durable_timeouts.inc()
+                raise Unavailable(
+                    "not yet in the ledger; send the same request id again for the outcome",
+                    retry_after=0.2,
+                    shard=shard,
+                )
+        # Generations only grow: the same one before the call and after the
+        # ledger caught up means no rebuild in between, so one log throughout.
+        if generation is None or await self._generation_now(shard) != generation:
+            raise Unavailable(
+                "the shard was rebuilt from the ledger meanwhile; send the same request id again for the outcome",
+                retry_after=0.05,
+                shard=shard,
+            )
 
     # -- deductions ----------------------------------------------------------
 
@@ -178,10 +229,10 @@ class StockStore:
             raw = await self._coalescer.submit(shard, (sku_id, user_id, qty, request_id, hold_ms))
             return _replies.take_result(raw, sku_id, request_id)
 
-        answer = await self._call((sku_id,), call)
+        answer, generations = await self._call((sku_id,), call)
         if answer.sold_out_sv:
             self._book.learn(sku_id, answer.sold_out_sv, True)
-        return await self._settled(shard, answer)
+        return await self._settled(shard, answer, generations)
 
     async def _take_batch(self, shard: int, items: Sequence[tuple[str, str, int, str, int]]) -> list:
         k = ShardKeys(shard)
@@ -207,7 +258,8 @@ class StockStore:
             )
             return _replies.settle_result(raw, sku_id, hold_id)
 
-        return await self._settled(k.shard, await self._call((sku_id,), call))
+        answer, generations = await self._call((sku_id,), call)
+        return await self._settled(k.shard, answer, generations)
 
     async def batch(self, user_id: str, items: Sequence[tuple[str, int]], request_id: str) -> BatchResult:
         """Take every item, or none."""
@@ -222,9 +274,10 @@ class StockStore:
         async def call() -> tuple[BatchResult, list[tuple[int, str]]]:
             return _replies.batch_result(await self._scripts.batch(keys=keys, args=args), sku_ids, request_id)
 
-        result, waits = await self._call(sku_ids, call)
+        (result, waits), generations = await self._call(sku_ids, call)
         for index, log_id in waits:
-            await self.wait_persisted(shard_of(sku_ids[index], self._shards), log_id)
+            shard = shard_of(sku_ids[index], self._shards)
+            await self.wait_persisted(shard, log_id, generations[shard])
         return result
 
     # -- reads -----------------------------------------------------------------
@@ -302,7 +355,8 @@ class StockStore:
             )
             return _replies.admin_result(raw, sku_id, k.shard, request_id)
 
-        return await self._settled(k.shard, await self._call((sku_id,), call))
+        answer, generations = await self._call((sku_id,), call)
+        return await self._settled(k.shard, answer, generations)
 
     async def change_sku(self, sku_id: str, op: str, request_id: str, delta: int = 0) -> AdminResult:
         """Adjust stock by ``delta`` (op ``adjust``), or ``pause`` / ``resume``."""
@@ -315,7 +369,8 @@ class StockStore:
             )
             return _replies.admin_result(raw, sku_id, k.shard, request_id)
 
-        return await self._settled(k.shard, await self._call((sku_id,), call))
+        answer, generations = await self._call((sku_id,), call)
+        return await self._settled(k.shard, answer, generations)
 
     async def reap_due(self, most_per_shard: int = 500) -> int:
         """Expire every hold whose time has passed; returns how many.
