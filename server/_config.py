@@ -41,6 +41,11 @@ class NodeConfig:
     )
     data_dir: str = _setting("./flashstock-data", "Folder of the node's own files (the embedded SQLite ledger).")
     workers: int = _setting(1, "Server processes sharing the port (SO_REUSEPORT); 0 = one per core.")
+    duties_process: bool = _setting(
+        True,
+        "Run the node's duties (persister, reaper, warden, metrics) in a process of their own, apart from "
+        "the serving workers; false = in worker 0.",
+    )
     request_ttl_s: int = _setting(
         86400,
         "How long a request's first answer is kept for retries, seconds (at least this, at most twice). "
@@ -56,7 +61,9 @@ class NodeConfig:
     reap_interval_ms: int = _setting(200, "How often expired holds are looked for, ms.")
     persist_batch: int = _setting(500, "Most log entries per shard per ledger commit.")
     persist_max_wait_ms: float = _setting(
-        2.0, "After a first new log entry, how long the persister waits for more before committing, ms."
+        5.0,
+        "After a first new log entry, how long the persister waits for more before committing, ms "
+        "(a group commit: larger batches cost the node less CPU; durable replies wait about this much).",
     )
     durable_wait_ms: int = _setting(
         2000,

@@ -1,11 +1,13 @@
 """A flashstock node: the gRPC server, its Redis, and its background duties.
 
-One :class:`Node` per process. With ``workers > 1``, :func:`serve` starts that
-many processes sharing one port (SO_REUSEPORT); each keeps its own sold-out
-memory in step over pub/sub, and worker 0 runs the per-node duties, started
-from :meth:`Node._start_duties`: the persister (shard logs into the ledger),
-the reaper of expired holds, and the warden (rebuilds a shard whose Redis
-state is gone). Until the cluster issue gives shards owners, run one node
+One :class:`Node` per process. :func:`serve` starts ``workers`` serving
+processes sharing one port (SO_REUSEPORT), each keeping its own sold-out
+memory in step over pub/sub, and one more process for the per-node duties
+(``duties_process``), started from :meth:`Node._start_duties`: the persister
+(shard logs into the ledger), the reaper of expired holds, and the warden
+(rebuilds a shard whose Redis state is gone). Apart, the duties do not take
+the serving processes' CPU (measured with ``flashstock bench``: see
+benchmarks/README.md); with ``duties_process`` off, worker 0 runs them. Until the cluster issue gives shards owners, run one node
 per Redis.
 """
 
@@ -56,9 +58,16 @@ class StartupError(Exception):
 class Node:
     """One server process: gRPC services, health, reflection, sold-out feed, duties."""
 
+    DUTIES_ONLY = -1
+    """The worker index of the process that runs the duties and serves nothing."""
+
     def __init__(self, config: NodeConfig, worker_index: int = 0) -> None:
         self.config = config
         self.worker_index = worker_index
+        self.serving = worker_index != self.DUTIES_ONLY
+        """True for a process that serves gRPC."""
+        self.runs_duties = worker_index == self.DUTIES_ONLY or (worker_index == 0 and not config.duties_process)
+        """True for the one process of the node that runs the duties."""
         self.book = SoldOutBook()
         self.watch = PersistWatch()
         try:
@@ -113,8 +122,10 @@ class Node:
             await asyncio.wait_for(feed.ready.wait(), timeout=10)
         except TimeoutError:
             raise StartupError("redis_url: the pub/sub feed could not subscribe within 10 s") from None
-        if self.worker_index == 0:
+        if self.runs_duties:
             await self._start_duties()
+        if not self.serving:
+            return 0
 
         options = [("grpc.so_reuseport", 1 if self.config.workers != 1 else 0)]
         server = grpc.aio.server(options=options)
@@ -273,10 +284,11 @@ def _announce(config: NodeConfig, port: int) -> None:
 def _worker_main(config: NodeConfig, worker_index: int, ready: multiprocessing.queues.Queue) -> None:
     _setup_logging(config)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent turns Ctrl-C into SIGTERM
+    name = "the duties process" if worker_index == Node.DUTIES_ONLY else f"worker {worker_index}"
     try:
         _run(lambda: _serve_one(config, worker_index, ready.put))
     except StartupError as exc:
-        log.error("worker %d cannot start: %s", worker_index, exc)
+        log.error("%s cannot start: %s", name, exc)
         sys.exit(2)
 
 
@@ -290,7 +302,7 @@ def serve(config: NodeConfig) -> int:
     """Run a node until signalled; returns the process exit code."""
     _setup_logging(config)
     workers = config.workers or os.cpu_count() or 1
-    if workers == 1:
+    if workers == 1 and not config.duties_process:
         config = replace(config, workers=1)
         try:
             _run(lambda: _serve_one(config, 0, lambda port: _announce(config, port)))
@@ -303,9 +315,9 @@ def serve(config: NodeConfig) -> int:
     config = replace(config, workers=workers)
     ctx = multiprocessing.get_context("spawn")
     ready = ctx.Queue()
+    indexes = [*([Node.DUTIES_ONLY] if config.duties_process else []), *range(workers)]
     procs = [
-        ctx.Process(target=_worker_main, args=(config, i, ready), name=f"flashstock-worker-{i}")
-        for i in range(workers)
+        ctx.Process(target=_worker_main, args=(config, i, ready), name=f"flashstock-worker-{i}") for i in indexes
     ]
     for p in procs:
         p.start()
@@ -318,13 +330,13 @@ def serve(config: NodeConfig) -> int:
     signal.signal(signal.SIGTERM, forward)
     signal.signal(signal.SIGINT, forward)
     started = 0
-    while started < workers and all(p.is_alive() for p in procs):
+    while started < len(procs) and all(p.is_alive() for p in procs):
         try:
             ready.get(timeout=0.2)
             started += 1
         except queue.Empty:
             pass
-    if started == workers:
+    if started == len(procs):
         _announce(config, config.port)
     else:
         print("flashstock: cannot start: a worker exited during start (see its log above)", file=sys.stderr)
@@ -332,4 +344,4 @@ def serve(config: NodeConfig) -> int:
     for p in procs:
         p.join()
     failed = [p for p in procs if p.exitcode not in (0, -signal.SIGTERM)]
-    return 2 if started < workers or failed else 0
+    return 2 if started < len(procs) or failed else 0

@@ -35,7 +35,7 @@ class PersistPolicy:
 
     batch_size: int = 500
     """Most entries per shard per commit."""
-    max_wait_s: float = 0.002
+    max_wait_s: float = 0.005
     """After the first new entry, how long to wait for more before committing."""
     block_s: float = 0.5
     """How long one read blocks when every log is drained."""
