@@ -92,7 +92,7 @@ class Persister:
 
     async def round(self, block: bool = True) -> int:
         """Read, persist and announce one batch per shard with news; returns entries persisted."""
-        await self._refresh_generations()
+        await self._refresh_shard_state()
         # What a failed round (or a previous node) committed but did not announce:
         # durable replies wait for it, and no new entry may come to carry it.
         await self._announce_committed()
@@ -163,12 +163,17 @@ class Persister:
                 self._committed[shard] = batches[shard][-1][0]
         return failure
 
-    async def _refresh_generations(self) -> None:
+    async def _refresh_shard_state(self) -> None:
+        """Once a second: each shard's generation, and the backlog (log entries not yet persisted)."""
         if time.monotonic() - self._generations_read < 1.0:
             return
         self._generations_read = time.monotonic()
         async with self._redis.pipeline(transaction=False) as pipe:
             for shard in self._shards:
                 pipe.hget(ShardKeys(shard).meta, "gen")
-            for shard, gen in zip(self._shards, await pipe.execute()):
-                self._generations[shard] = int(gen or 0)
+                # The log is trimmed up to what is persisted: what is left is the backlog.
+                pipe.xlen(ShardKeys(shard).log)
+            replies = await pipe.execute()
+        for shard, gen in zip(self._shards, replies[0::2]):
+            self._generations[shard] = int(gen or 0)
+        METRICS.persister_backlog.set(sum(replies[1::2]))

@@ -284,3 +284,34 @@ async def test_confirm_racing_the_expiry_agrees_with_the_ledger(durable_node, ad
         confirmed = sum(o is Outcome.OK for o in outcomes.values())
         with StockClient(addresses=[durable_node.address]) as sync_stock:
             assert redis_counters(sync_stock, sku) == ledger_counters(ledger, sku) == (len(offsets_ms), 0, confirmed)
+
+
+def test_the_persister_reports_its_lag_and_backlog(tmp_path):
+    """Persister lag (ms, a histogram) and backlog (entries) are served as Prometheus metrics."""
+    import urllib.request
+
+    from flashstock.client import AdminClient, StockClient
+    from flashstock.server._procs import NodeProcess, RedisServer, free_port
+
+    port = free_port()
+    with RedisServer() as redis_server, NodeProcess(
+        redis_server.url, data_dir=tmp_path, extra_args=("--metrics-port", str(port))
+    ) as node:
+        with AdminClient(addresses=node.address) as admin, StockClient(addresses=node.address) as stock:
+            admin.put_sku("lagged", 100)
+            for i in range(30):
+                stock.deduct("lagged", f"u{i}", 1)
+
+        def scrape() -> dict[str, float]:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as reply:
+                lines = reply.read().decode().splitlines()
+            return {
+                line.split(" ")[0]: float(line.split(" ")[1])
+                for line in lines
+                if line.startswith(("flashstock_persister_lag_seconds_count", "flashstock_persister_backlog_entries"))
+            }
+
+        # 30 deductions and the put, each timed from its log entry to its commit.
+        metrics = eventually(scrape, until=lambda m: m.get("flashstock_persister_lag_seconds_count", 0) >= 31)
+        assert "flashstock_persister_backlog_entries" in metrics
+        eventually(scrape, until=lambda m: m["flashstock_persister_backlog_entries"] == 0)
