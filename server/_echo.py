@@ -17,9 +17,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import multiprocessing
 import os
-import queue
 import signal
 import subprocess
 import sys
@@ -30,6 +28,8 @@ from pathlib import Path
 import grpc
 
 from flashstock.v1 import stock_pb2
+
+from ._node import supervise
 
 READY_LINE = "flashstock echo serving on"
 """The start of the line the echo server prints once it serves."""
@@ -177,34 +177,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.workers <= 1:
         _run(args.host, args.port, 1, announce)
         return 0
-    ctx = multiprocessing.get_context("spawn")
-    ready = ctx.Queue()
-    procs = [ctx.Process(target=_worker, args=(args.host, args.port, args.workers, ready), name=f"echo-{i}") for i in range(args.workers)]
-    for p in procs:
-        p.start()
-
-    def forward(signum: int, _frame: object) -> None:
-        for p in procs:
-            if p.is_alive():
-                os.kill(p.pid, signal.SIGTERM)
-
-    signal.signal(signal.SIGTERM, forward)
-    signal.signal(signal.SIGINT, forward)
-    started = 0
-    while started < len(procs) and all(p.is_alive() for p in procs):
-        try:
-            ready.get(timeout=0.2)
-            started += 1
-        except queue.Empty:
-            pass
-    if started == len(procs):
-        announce(args.port)
-    else:
-        print("flashstock echo: a worker exited during start", file=sys.stderr)
-        forward(signal.SIGTERM, None)
-    for p in procs:
-        p.join()
-    return 0 if started == len(procs) else 2
+    _procs, started = supervise(
+        [(_worker, (args.host, args.port, args.workers), f"echo-{i}") for i in range(args.workers)],
+        on_ready=lambda: announce(args.port),
+        failure="flashstock echo: a worker exited during start",
+    )
+    return 0 if started else 2
 
 
 if __name__ == "__main__":

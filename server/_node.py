@@ -23,7 +23,9 @@ import queue
 import signal
 import socket
 import sys
+from collections.abc import Callable
 from dataclasses import replace
+from typing import Any
 
 import grpc
 import redis.asyncio as aioredis
@@ -313,12 +315,32 @@ def serve(config: NodeConfig) -> int:
     if config.port == 0:
         config = replace(config, port=_free_port(config.host))
     config = replace(config, workers=workers)
+    indexes = [*([Node.DUTIES_ONLY] if config.duties_process else []), *range(workers)]
+    procs, started = supervise(
+        [(_worker_main, (config, i), f"flashstock-worker-{i}") for i in indexes],
+        on_ready=lambda: _announce(config, config.port),
+        failure="flashstock: cannot start: a worker exited during start (see its log above)",
+    )
+    failed = [p for p in procs if p.exitcode not in (0, -signal.SIGTERM)]
+    return 2 if not started or failed else 0
+
+
+def supervise(
+    targets: list[tuple[Callable[..., None], tuple[Any, ...], str]],
+    on_ready: Callable[[], None],
+    failure: str,
+) -> tuple[list[multiprocessing.Process], bool]:
+    """Start one spawned process per ``(target, args, name)`` and see them through.
+
+    Each target gets a queue as its last argument and puts on it once it is
+    ready. SIGTERM and SIGINT are passed on to every process. ``on_ready``
+    runs once all are ready; if one exits first, ``failure`` is printed and
+    the others are stopped. Returns the processes, joined, and whether all
+    became ready.
+    """
     ctx = multiprocessing.get_context("spawn")
     ready = ctx.Queue()
-    indexes = [*([Node.DUTIES_ONLY] if config.duties_process else []), *range(workers)]
-    procs = [
-        ctx.Process(target=_worker_main, args=(config, i, ready), name=f"flashstock-worker-{i}") for i in indexes
-    ]
+    procs = [ctx.Process(target=target, args=(*args, ready), name=name) for target, args, name in targets]
     for p in procs:
         p.start()
 
@@ -337,11 +359,10 @@ def serve(config: NodeConfig) -> int:
         except queue.Empty:
             pass
     if started == len(procs):
-        _announce(config, config.port)
+        on_ready()
     else:
-        print("flashstock: cannot start: a worker exited during start (see its log above)", file=sys.stderr)
+        print(failure, file=sys.stderr)
         forward(signal.SIGTERM, None)
     for p in procs:
         p.join()
-    failed = [p for p in procs if p.exitcode not in (0, -signal.SIGTERM)]
-    return 2 if started < len(procs) or failed else 0
+    return procs, started == len(procs)
