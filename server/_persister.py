@@ -65,8 +65,9 @@ class Persister:
         self._positions: dict[int, str] = {}
         self._committed: dict[int, str] = {}
         self._announced: dict[int, str] = {}
-        self._generations: dict[int, int] = {}
-        self._generations_read = 0.0
+        self._read_generations: dict[int, int] = {}
+        self._index = {shard: i for i, shard in enumerate(self._shards)}
+        self._state_read = 0.0
         self.persisted = 0
         """Entries persisted by this persister."""
 
@@ -101,7 +102,13 @@ class Persister:
             return 0
         if self._policy.max_wait_s > 0 and sum(len(b) for b in batches.values()) < self._policy.batch_size:
             await asyncio.sleep(self._policy.max_wait_s)
+            first = dict(self._read_generations)
             for shard, more in (await self._read(False)).items():
+                if shard in batches and first.get(shard) != self._read_generations[shard]:
+                    # Rebuilt in between: a batch is of one log only. Read the rest next round.
+                    self._positions[shard] = batches[shard][-1][0]
+                    self._read_generations[shard] = first[shard]
+                    continue
                 batches.setdefault(shard, []).extend(more)
         failure = await asyncio.to_thread(self._persist_all, batches)
         now_ms = time.time() * 1000
@@ -131,12 +138,18 @@ class Persister:
         self._announced.update(due)
 
     async def _read(self, block: bool) -> dict[int, list[tuple[str, dict[str, str]]]]:
+        """New entries per shard, each shard's rebuild generation read in the same instant."""
         streams = {ShardKeys(shard).log: self._positions[shard] for shard in self._shards}
-        reply = await self._redis.xread(
-            streams,
-            count=self._policy.batch_size,
-            block=int(self._policy.block_s * 1000) if block else None,
-        )
+        if block:
+            # Wait for news; the entries themselves are read below, atomically
+            # with the generations they belong to.
+            if not await self._redis.xread(streams, count=1, block=int(self._policy.block_s * 1000)):
+                return {}
+        async with self._redis.pipeline(transaction=True) as pipe:
+            for shard in self._shards:
+                pipe.hget(ShardKeys(shard).meta, "gen")
+            pipe.xread(streams, count=self._policy.batch_size)
+            *generations, reply = await pipe.execute()
         out: dict[int, list[tuple[str, dict[str, str]]]] = {}
         for stream, entries in reply or ():
             shard = int(stream.decode().split("{s", 1)[1].split("}", 1)[0])
@@ -146,6 +159,7 @@ class Persister:
             if decoded:
                 out[shard] = decoded
                 self._positions[shard] = decoded[-1][0]
+                self._read_generations[shard] = int(generations[self._index[shard]] or 0)
         return out
 
     def _persist_all(self, batches: dict[int, list[tuple[str, dict[str, str]]]]) -> Exception | None:
@@ -153,7 +167,7 @@ class Persister:
         failure = None
         for shard in list(batches):
             try:
-                self._ledger.persist(shard, self._generations.get(shard, 0), batches[shard], epoch=self._epoch)
+                self._ledger.persist(shard, self._read_generations[shard], batches[shard], epoch=self._epoch)
             except Exception as exc:  # noqa: BLE001 - the others still get announced
                 failure = exc
                 del batches[shard]
@@ -164,16 +178,12 @@ class Persister:
         return failure
 
     async def _refresh_shard_state(self) -> None:
-        """Once a second: each shard's generation, and the backlog (log entries not yet persisted)."""
-        if time.monotonic() - self._generations_read < 1.0:
+        """Once a second: the backlog (log entries not yet persisted)."""
+        if time.monotonic() - self._state_read < 1.0:
             return
-        self._generations_read = time.monotonic()
+        self._state_read = time.monotonic()
         async with self._redis.pipeline(transaction=False) as pipe:
             for shard in self._shards:
-                pipe.hget(ShardKeys(shard).meta, "gen")
                 # The log is trimmed up to what is persisted: what is left is the backlog.
                 pipe.xlen(ShardKeys(shard).log)
-            replies = await pipe.execute()
-        for shard, gen in zip(self._shards, replies[0::2]):
-            self._generations[shard] = int(gen or 0)
-        METRICS.persister_backlog.set(sum(replies[1::2]))
+            METRICS.persister_backlog.set(sum(await pipe.execute()))

@@ -31,11 +31,12 @@ __all__ = [
     "redis_now_ms",
 ]
 
-BACKGROUND_COMMANDS = frozenset({"time", "zrange", "hget", "xread", "xlen"})
+BACKGROUND_COMMANDS = frozenset({"time", "zrange", "hget", "xread", "xlen", "multi", "exec"})
 """What a node's duties send whatever the traffic, left out when counting a
 request's Redis calls: the reaper (a pipeline of TIME and one ZRANGE per
 shard), the warden (one HGET of each shard's state a second) and the
-persister (a blocking XREAD, and an XLEN of each log a second for its backlog)."""
+persister (a blocking XREAD, then the entries and the shards' generations in one
+MULTI, and an XLEN of each log a second for its backlog)."""
 
 
 def _accept(value: Any, until: Callable[[Any], bool] | None) -> bool:

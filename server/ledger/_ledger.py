@@ -38,6 +38,11 @@ class Fenced(FlashstockError):
     """A write carried an epoch lower than the shard's: a newer owner exists."""
 
 
+class StaleGeneration(Fenced):
+    """Log entries read before a rebuild of their shard began: their log is gone,
+    and the rebuilt state does not hold them, so neither may the ledger."""
+
+
 def sqlite_url(data_dir: str | Path) -> str:
     """The embedded default: ``<data_dir>/ledger.sqlite3``."""
     return f"sqlite:///{Path(data_dir).expanduser().resolve() / 'ledger.sqlite3'}"
@@ -281,6 +286,8 @@ class Ledger:
 
         Idempotent: deductions are inserted once by request id, and states
         only move forward (held -> confirmed | released | expired).
+        ``generation`` is the shard's rebuild generation the entries were
+        read under; raises :class:`StaleGeneration` when a rebuild began since.
         """
         if not entries:
             return
@@ -321,6 +328,17 @@ class Ledger:
                 sku_ops.append((event, f, at_ms))
         with self.engine.begin() as conn:
             self.check_epoch(conn, shard, epoch, now_ms)
+            # A rebuild counts its generation before it reads the ledger: if
+            # one began since these entries were read, refuse them (the row
+            # lock makes a rebuild starting now wait for this commit).
+            current = conn.execute(
+                sa.select(shard_generations.c.generation).where(shard_generations.c.shard == shard).with_for_update()
+            ).scalar()
+            if current is not None and current > generation:
+                raise StaleGeneration(
+                    f"shard {shard}: entries of generation {generation}, rebuilt since (generation {current})",
+                    shard=shard,
+                )
             for event, f, at_ms in sku_ops:
                 self._apply_sku_op(conn, shard, event, f, at_ms)
             if inserts:

@@ -357,12 +357,16 @@ class LedgerWriter:
     def put(self, stock: int) -> None:
         fields = {"t": "P", "k": self.sku, "q": str(stock), "lim": "0", "maxq": "0", "start": "0", "end": "0"}
         fields |= {"mode": "fast", "s": "1"}
-        self.ledger.persist(self.shard, 0, [(self._id(), fields)])
+        self.ledger.persist(self.shard, self._generation(), [(self._id(), fields)])
 
     def deduct(self, *request_ids: str, qty: int = 1) -> None:
         fields = {"t": "D", "k": self.sku, "q": str(qty), "e": "0", "s": "1", "c": ""}
         entries = [(self._id(), {**fields, "r": r, "u": f"user-{r}"}) for r in request_ids]
-        self.ledger.persist(self.shard, 0, entries)
+        self.ledger.persist(self.shard, self._generation(), entries)
+
+    def _generation(self) -> int:
+        # As a persister does: entries written now belong to the current generation.
+        return self.ledger.generations().get(self.shard, 0)
 
 
 def record_exists(redis: redis_py.Redis, shard: int, request_id: str) -> bool:

@@ -19,7 +19,7 @@ import pytest
 import sqlalchemy as sa
 
 from flashstock.server._procs import free_port
-from flashstock.server.ledger import HEAD, Fenced, Ledger, LedgerError, schema_revision, upgrade
+from flashstock.server.ledger import HEAD, Fenced, Ledger, LedgerError, StaleGeneration, schema_revision, upgrade
 from flashstock.server.ledger._schema import deductions, metadata, persister_cursors, shard_epochs, skus
 
 SHARD = 3
@@ -545,3 +545,24 @@ def test_bump_generation_counts_up_per_shard(ledger):
     assert ledger.bump_generation(SHARD + 1, T0) == 1
     assert ledger.bump_generation(SHARD, T0 + 9) == 4
     assert ledger.generations() == {SHARD: 4, SHARD + 1: 1}
+
+
+def test_entries_read_before_a_rebuild_began_are_refused(engine_url):
+    """A persister holding entries of a lost log must not write them once a
+    rebuild has counted a newer generation: the rebuilt state does not hold them."""
+    ledger = Ledger(engine_url)
+    ledger.open()
+    try:
+        log = Log()
+        ledger.persist(SHARD, 1, [log.put("sku-a", 5)])
+        assert ledger.bump_generation(SHARD, T0) == 1
+        ledger.persist(SHARD, 1, [log.take("D", "kept", "sku-a", "u1")])  # same generation: fine
+        assert ledger.bump_generation(SHARD, T0) == 2  # a rebuild begins
+        stale = log.take("D", "lost", "sku-a", "u2")
+        with pytest.raises(StaleGeneration):
+            ledger.persist(SHARD, 1, [stale])
+        assert set(ledger.deductions_of(["kept", "lost"])) == {"kept"}
+        ledger.persist(SHARD, 2, [log.take("D", "new", "sku-a", "u3")])
+        assert "new" in ledger.deductions_of(["new"])
+    finally:
+        ledger.close()
