@@ -77,6 +77,7 @@ class EtcdServer:
         """Holds the member's data (``data/``) and its log (``etcd.log``)."""
         self.name = name
         """The member name (``--name``)."""
+        self._own_ports = client_port is None and peer_port is None and initial_cluster is None
         self.client_port = client_port or free_port()
         """The port clients connect to."""
         self.peer_port = peer_port or free_port()
@@ -173,13 +174,27 @@ class EtcdServer:
         raise ProcessError(f"etcd {self.name} not healthy on {self.endpoint} within {timeout} s: {self.log()}")
 
     def start(self, timeout: float = 30.0) -> EtcdServer:
-        """Start and wait until it is healthy; closed again (folder and all) if it does not get there."""
-        try:
-            self.launch()
-            return self.wait_ready(timeout)
-        except BaseException:
-            self.close()
-            raise
+        """Start and wait until it is healthy; closed again (folder and all) if it does not get there.
+
+        A member that chose its own ports tries new ones (up to three times)
+        should another process take one before etcd binds it.
+        """
+        for attempt in range(3):
+            try:
+                self.launch()
+                return self.wait_ready(timeout)
+            except ProcessError:
+                if not self._own_ports or attempt == 2:
+                    self.close()
+                    raise
+                self.stop()
+                shutil.rmtree(self.folder / "data", ignore_errors=True)  # it may name the old ports
+                self.client_port, self.peer_port = free_port(), free_port()
+                self.initial_cluster = f"{self.name}={self.peer_url}"
+            except BaseException:
+                self.close()
+                raise
+        raise AssertionError("unreachable")
 
     def stop(self, timeout: float = 10.0) -> None:
         """SIGTERM the member (SIGKILL if it lingers); its data folder stays."""
@@ -246,10 +261,18 @@ class EtcdCluster:
             raise ValueError(f"size must be >= 1, not {size}")
         self.folder = Path(tempfile.mkdtemp(prefix="flashstock-etcd-cluster-"))
         """Holds one sub-folder per member."""
+        self._size, self._heartbeat_ms, self._election_ms = size, heartbeat_ms, election_ms
+        self.members = self._new_members()
+        """The members, in order."""
+
+    def _new_members(self) -> list[EtcdServer]:
+        # Every member's peer port is in every member's --initial-cluster:
+        # the ports are chosen for all of them at once.
+        size, heartbeat_ms, election_ms = self._size, self._heartbeat_ms, self._election_ms
         ports = [(free_port(), free_port()) for _ in range(size)]
         initial = ",".join(f"m{i}=http://127.0.0.1:{peer}" for i, (_, peer) in enumerate(ports))
         token = f"flashstock-{os.getpid()}-{ports[0][0]}"
-        self.members = [
+        return [
             EtcdServer(
                 self.folder / f"m{i}",
                 name=f"m{i}",
@@ -262,7 +285,6 @@ class EtcdCluster:
             )
             for i, (client, peer) in enumerate(ports)
         ]
-        """The members, in order."""
 
     @property
     def endpoints(self) -> list[str]:
@@ -270,18 +292,35 @@ class EtcdCluster:
         return [m.endpoint for m in self.members]
 
     def start(self, timeout: float = 30.0) -> EtcdCluster:
-        """Start every member and wait until each is healthy (a leader is elected)."""
-        try:
-            for member in self.members:
-                (self.folder / member.name).mkdir(parents=True, exist_ok=True)
-                member.launch()
-            # A member reports healthy only once a quorum elected a leader,
-            # so all must be running before any is waited for.
-            for member in self.members:
-                member.wait_ready(timeout)
-        except BaseException:
-            self.close()
-            raise
+        """Start every member and wait until each is healthy (a leader is elected).
+
+        Should a member fail to start (another process took one of its ports
+        meanwhile), the whole cluster is started again on new ports, up to
+        three times.
+        """
+        for attempt in range(3):
+            try:
+                for member in self.members:
+                    (self.folder / member.name).mkdir(parents=True, exist_ok=True)
+                    member.launch()
+                # A member reports healthy only once a quorum elected a leader,
+                # so all must be running before any is waited for.
+                for member in self.members:
+                    member.wait_ready(timeout)
+                return self
+            except ProcessError:
+                for member in self.members:
+                    with contextlib.suppress(Exception):
+                        member.stop()
+                shutil.rmtree(self.folder, ignore_errors=True)
+                self.folder.mkdir(parents=True)
+                if attempt == 2:
+                    self.close()
+                    raise
+                self.members = self._new_members()
+            except BaseException:
+                self.close()
+                raise
         return self
 
     def stop_member(self, index: int) -> EtcdServer:
