@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Iterator
 
 import pytest
 import redis as redis_py
@@ -27,21 +26,9 @@ from flashstock.server.cli import app
 from flashstock.server.ledger import Ledger, sqlite_url
 from flashstock.server.ledger._reports import checked_upgrade
 
+from own_stack import node, redis_server  # noqa: F401 - this module's own stack
+
 ENV = {"COLUMNS": "250", "NO_COLOR": "1"}
-
-
-@pytest.fixture(scope="module")
-def redis_server() -> Iterator[RedisServer]:
-    """This module's own Redis."""
-    with RedisServer() as server:
-        yield server
-
-
-@pytest.fixture(scope="module")
-def node(redis_server: RedisServer) -> Iterator[NodeProcess]:
-    """The only node on this module's Redis, so its ledger gets every log entry."""
-    with NodeProcess(redis_server.url, workers=1) as n:
-        yield n
 
 
 def run_cli(node: NodeProcess, *args: str):  # type: ignore[no-untyped-def]

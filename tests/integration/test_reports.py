@@ -14,7 +14,6 @@ import io
 import json
 import os
 import sqlite3
-from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
 
@@ -26,27 +25,15 @@ from typer.testing import CliRunner
 
 from flashstock.client import Outcome
 from flashstock.lockmgr import shard_of
-from flashstock.server._procs import NodeProcess, RedisServer, free_port
+from flashstock.server._procs import NodeProcess, free_port
 from flashstock.server._reconcile import reconcile
 from flashstock.server.cli import REPORT_FIELDS, app
 from flashstock.server.ledger import HEAD, Ledger
 from flashstock.server.ledger._schema import metadata
 
+from own_stack import node, redis_server  # noqa: F401 - this module's own stack
+
 ENV = {"COLUMNS": "250", "NO_COLOR": "1"}
-
-
-@pytest.fixture(scope="module")
-def redis_server() -> Iterator[RedisServer]:
-    """This module's own Redis."""
-    with RedisServer() as server:
-        yield server
-
-
-@pytest.fixture(scope="module")
-def node(redis_server: RedisServer) -> Iterator[NodeProcess]:
-    """The only node on this module's Redis, so its ledger gets every log entry."""
-    with NodeProcess(redis_server.url, workers=1) as n:
-        yield n
 
 
 def cli(*args: str, env: dict[str, str] | None = None):  # type: ignore[no-untyped-def]
