@@ -72,7 +72,20 @@ class NodeConfig:
     )
     rebuild_wait_s: float = _setting(5.0, "How long requests wait for a shard's rebuild from the ledger before UNAVAILABLE.")
     rebuild_lock_expire_s: int = _setting(5, "Expiry of a shard's rebuild mutex, seconds (renewed while held).")
-    metrics_port: int = _setting(0, "Prometheus metrics HTTP port on host (worker 0); 0 = off.")
+    metrics_port: int = _setting(0, "Prometheus metrics HTTP port on host (the duties process); 0 = off.")
+    etcd: str = _setting(
+        "",
+        "etcd endpoints (host:port, comma-separated) of the cluster's coordination: the node registers, "
+        "and runs the duties only of the shards it owns; empty = a standalone node that owns every shard.",
+    )
+    cluster: str = _setting("flashstock", "Cluster name: the etcd key prefix /flashstock/<cluster>/ (several clusters may share an etcd).")
+    node_id: str = _setting("", "This node's id in the cluster; empty = <host>-<port> (the advertised address).")
+    advertise: str = _setting("", "host:port clients reach this node at, registered in etcd; empty = host:port.")
+    lease_ttl_s: int = _setting(
+        5,
+        "etcd lease TTL, seconds: a node that stops (crash, pause, partition) keeps its shards this long, "
+        "then they fail over; it stops its own duties a fifth of it earlier.",
+    )
     redis_pool_size: int = _setting(256, "Most Redis connections per worker process.")
     redis_timeout_s: float = _setting(2.0, "Redis socket timeout, seconds; a timeout answers UNAVAILABLE.")
     grace_s: float = _setting(5.0, "On SIGTERM: seconds in-flight calls get to finish.")
@@ -97,6 +110,16 @@ def config_problems(config: NodeConfig) -> list[str]:
         out.append(f"workers: {config.workers} is negative")
     if not 0 <= config.metrics_port <= 65535:
         out.append(f"metrics_port: {config.metrics_port} is not 0-65535")
+    for endpoint in filter(None, config.etcd.split(",")):
+        if not endpoint.strip().rpartition(":")[2].isdigit():
+            out.append(f"etcd: {endpoint!r} is not host:port")
+    for name, value in (("cluster", config.cluster), ("node_id", config.node_id or "x")):
+        if not value or "/" in value or len(value) > 128 or value != value.strip():
+            out.append(f"{name}: {value!r} must be 1-128 characters without '/' or spaces at its ends")
+    if config.advertise and not config.advertise.rpartition(":")[2].isdigit():
+        out.append(f"advertise: {config.advertise!r} is not host:port")
+    if not 1 <= config.lease_ttl_s <= 600:
+        out.append(f"lease_ttl_s: {config.lease_ttl_s} is not 1-600")
     if config.ledger and not config.ledger.startswith(("sqlite:///", "postgresql")):
         out.append(f"ledger: {config.ledger!r} is not sqlite:///path or postgresql+psycopg://...")
     for name in (
@@ -125,6 +148,11 @@ def ledger_url(config: NodeConfig) -> str:
     from .ledger import sqlite_url
 
     return config.ledger or sqlite_url(config.data_dir)
+
+
+def etcd_endpoints(config: NodeConfig) -> list[str]:
+    """The etcd endpoints of ``config`` (empty: a standalone node)."""
+    return [e.strip() for e in config.etcd.split(",") if e.strip()]
 
 
 def setting_help() -> dict[str, tuple[Any, str]]:
