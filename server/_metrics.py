@@ -36,7 +36,19 @@ class Metrics:
         self.durable_timeouts = Counter(
             "flashstock_durable_timeouts", "Durable replies that gave up waiting for the ledger.", registry=r
         )
-        self.fenced_writes = Counter("flashstock_fenced_writes", "Writes refused for a stale epoch.", registry=r)
+        self.fenced_writes = Counter(
+            "flashstock_fenced_writes",
+            "Duty writes refused because a newer owner's epoch is stored (this node was paused or cut off), "
+            "by store (redis, ledger) and duty (persister, reaper, warden, claim).",
+            ["store", "duty"],
+            registry=r,
+        )
+        self.owned_shards = Gauge("flashstock_owned_shards", "Shards whose duties this node runs.", registry=r)
+        self.shard_claims = Counter("flashstock_shard_claims", "Shards this node claimed (etcd).", registry=r)
+        self.shard_releases = Counter("flashstock_shard_releases", "Shards this node gave up, by why.", ["why"], registry=r)
+        self.etcd_session_losses = Counter(
+            "flashstock_etcd_session_losses", "etcd sessions (leases) this node lost; it stopped its duties.", registry=r
+        )
 
 
 METRICS = Metrics()

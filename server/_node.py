@@ -2,13 +2,17 @@
 
 One :class:`Node` per process. :func:`serve` starts ``workers`` serving
 processes sharing one port (SO_REUSEPORT), each keeping its own sold-out
-memory in step over pub/sub, and one more process for the per-node duties
-(``duties_process``), started from :meth:`Node._start_duties`: the persister
-(shard logs into the ledger), the reaper of expired holds, and the warden
-(rebuilds a shard whose Redis state is gone). Apart, the duties do not take
-the serving processes' CPU (measured with ``flashstock bench``: see
-benchmarks/README.md); with ``duties_process`` off, worker 0 runs them. Until the cluster issue gives shards owners, run one node
-per Redis.
+memory in step over pub/sub, and one more process for the shard duties
+(``duties_process``, see ``_duties.py``): the persister (shard logs into the
+ledger), the reaper of expired holds, and the warden (rebuilds a shard whose
+Redis state is gone). Apart, the duties do not take the serving processes'
+CPU (measured with ``flashstock bench``: see benchmarks/README.md); with
+``duties_process`` off, worker 0 runs them.
+
+Standalone (no ``etcd``), the node runs the duties of every shard: one such
+node per Redis. In a cluster (``etcd`` set), every node serves every SKU but
+runs the duties only of the shards it owns (``_ownership.py``), fenced by
+their epochs.
 """
 
 from __future__ import annotations
@@ -33,14 +37,16 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from flashstock.client import FlashstockError
-from flashstock.lockmgr import ShardKeys
+from flashstock.lockmgr import CoordinationError, SessionConfig
 from flashstock.v1 import admin_pb2_grpc, stock_pb2_grpc
 
-from ._config import NodeConfig, ledger_url
+from ._config import NodeConfig, etcd_endpoints, ledger_url
+from ._duties import DutyPolicy, ShardDuties
 from ._durable import PersistWatch
 from ._feed import RedisFeed
 from ._metrics import METRICS
-from ._persister import PersistPolicy, Persister
+from ._ownership import Ownership
+from ._persister import PersistPolicy
 from ._rebuild import RebuildPolicy, ShardRebuilder
 from ._servicer import SERVICE_NAMES, AdminServicer, StockServicer
 from ._soldout import SoldOutBook
@@ -107,6 +113,10 @@ class Node:
         self.stock_servicer = StockServicer(self.store, self.book)
         self.health = health.aio.HealthServicer()
         self._tasks: list[asyncio.Task[None]] = []
+        self.duties: ShardDuties | None = None
+        """The shard duties, in the process that runs them."""
+        self.ownership: Ownership | None = None
+        """This node's place in the cluster (etcd), when ``etcd`` is set."""
         self._server: grpc.aio.Server | None = None
         self.port = 0
 
@@ -124,9 +134,8 @@ class Node:
             await asyncio.wait_for(feed.ready.wait(), timeout=10)
         except TimeoutError:
             raise StartupError("redis_url: the pub/sub feed could not subscribe within 10 s") from None
-        if self.runs_duties:
-            await self._start_duties()
         if not self.serving:
+            await self._start_duties(self.config.port)
             return 0
 
         options = [("grpc.so_reuseport", 1 if self.config.workers != 1 else 0)]
@@ -139,6 +148,9 @@ class Node:
             self.port = server.add_insecure_port(f"{self.config.host}:{self.config.port}")
         except RuntimeError as exc:
             raise StartupError(f"host/port: cannot bind {self.config.host}:{self.config.port}: {exc}") from None
+        if self.runs_duties:
+            # The port is bound (the address to register is known); calls are taken from start() on.
+            await self._start_duties(self.port)
         await server.start()
         self._server = server
         for name in ("", *SERVICE_NAMES):
@@ -165,59 +177,50 @@ class Node:
                     raise StartupError(f"redis_url: cannot reach Redis at {self.config.redis_url}: {exc}") from None
                 await asyncio.sleep(0.2)
 
-    async def _start_duties(self) -> None:
-        # Whole shards before the first request: rebuild any whose state is gone.
-        try:
-            await self._warden_pass()
-        except FlashstockError as exc:
-            log.warning("warden: %s (requests will rebuild what is missing)", exc.message)
-        persister = Persister(
+    async def _start_duties(self, port: int) -> None:
+        self.duties = ShardDuties(
             self.redis,
             self.ledger,
-            range(self.config.shards),
-            PersistPolicy(batch_size=self.config.persist_batch, max_wait_s=self.config.persist_max_wait_ms / 1000),
+            self.store,
+            self.rebuilder,
+            DutyPolicy(
+                reap_interval_s=self.config.reap_interval_ms / 1000,
+                persist=PersistPolicy(
+                    batch_size=self.config.persist_batch, max_wait_s=self.config.persist_max_wait_ms / 1000
+                ),
+            ),
         )
-        self._tasks.append(asyncio.create_task(persister.run(), name="persister"))
-        self._tasks.append(asyncio.create_task(self._reaper(), name="hold reaper"))
-        self._tasks.append(asyncio.create_task(self._warden(), name="warden"))
+        endpoints = etcd_endpoints(self.config)
+        if endpoints:
+            address = self.config.advertise or f"{self.config.host}:{port}"
+            self.ownership = Ownership(
+                endpoints,
+                self.config.cluster,
+                self.config.node_id or address,
+                address,
+                self.config.shards,
+                SessionConfig(ttl=self.config.lease_ttl_s),
+                self.redis,
+                self.ledger,
+                self.duties,
+            )
+            try:
+                await self.ownership.start()
+            except CoordinationError as exc:
+                self.ownership = None
+                raise StartupError(str(exc)) from None
+        else:
+            # Standalone: this node owns every shard, unfenced. Whole shards
+            # before the first request: rebuild any whose state is gone.
+            await self.duties.assign({shard: None for shard in range(self.config.shards)})
+            try:
+                await self.duties.warden_pass()
+            except FlashstockError as exc:
+                log.warning("warden: %s (requests will rebuild what is missing)", exc.message)
         if self.config.metrics_port:
             from prometheus_client import start_http_server
 
             start_http_server(self.config.metrics_port, addr=self.config.host, registry=METRICS.registry)
-
-    async def _warden_pass(self) -> int:
-        """Rebuild every shard whose state is missing in Redis; returns how many were."""
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for shard in range(self.config.shards):
-                pipe.hget(ShardKeys(shard).meta, "state")
-            states = await pipe.execute()
-        missing = [shard for shard, state in enumerate(states) if state != b"ready"]
-        for shard in missing:
-            await self.rebuilder.ensure(shard)
-        return len(missing)
-
-    async def _warden(self) -> None:
-        while True:
-            await asyncio.sleep(1.0)
-            try:
-                await self._warden_pass()
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # noqa: BLE001 - the next pass tries again
-                log.warning("warden: %s", exc)
-
-    async def _reaper(self) -> None:
-        interval = self.config.reap_interval_ms / 1000
-        while True:
-            try:
-                expired = await self.store.reap_due()
-                if expired:
-                    log.debug("expired %d holds", expired)
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # noqa: BLE001 - the next round tries again
-                log.warning("reaper: %s", exc)
-            await asyncio.sleep(interval)
 
     async def stop(self, grace: float | None = None) -> None:
         """Stop taking calls, give in-flight ones ``grace`` seconds, stop duties."""
@@ -225,6 +228,10 @@ class Node:
             await self.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
         if self._server is not None:
             await self._server.stop(self.config.grace_s if grace is None else grace)
+        if self.ownership is not None:
+            await self.ownership.stop()
+        elif self.duties is not None:
+            await self.duties.stop()
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:

@@ -13,20 +13,26 @@ by request id, states only forward, admin changes as absolute values).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
+from typing import TypeVar
 
 import redis.asyncio as aioredis
+import redis.exceptions
 
 from flashstock.lockmgr import PERSISTED_CHANNEL, ShardKeys
 
 from ._durable import parse_id
 from ._metrics import METRICS
-from .ledger import Ledger
+from ._scripts import StockScripts
+from .ledger import Fenced, Ledger
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -46,6 +52,22 @@ def _next_id(entry_id: str) -> str:
     return f"{ms}-{seq + 1}"
 
 
+async def _finish_on_cancel(work: Awaitable[T]) -> T:
+    """Await ``work``; if cancelled meanwhile, let it finish first, then pass the cancellation on.
+
+    A ledger commit runs in a thread, which cancelling does not stop: whoever
+    stops the persister (to hand its shards over) must know that no commit
+    of it is still under way.
+    """
+    future = asyncio.ensure_future(work)
+    try:
+        return await asyncio.shield(future)
+    except asyncio.CancelledError:
+        with contextlib.suppress(Exception):
+            await future
+        raise
+
+
 class Persister:
     """Drains the logs of ``shards`` into ``ledger``."""
 
@@ -53,15 +75,21 @@ class Persister:
         self,
         redis: aioredis.Redis,
         ledger: Ledger,
-        shards: Sequence[int],
+        epochs: Mapping[int, int | None],
         policy: PersistPolicy = PersistPolicy(),
-        epoch: int = 0,
+        on_fenced: Callable[[int, str], None] | None = None,
     ) -> None:
+        """Persist the shards of ``epochs`` (shard -> owner epoch; None: a
+        standalone node, recorded as epoch 0). ``on_fenced(shard, store)`` is
+        called when a write of a shard is refused for its epoch."""
         self._redis = redis
         self._ledger = ledger
-        self._shards = list(shards)
+        self._scripts = StockScripts.register(redis)
+        self._epochs = dict(epochs)
+        self._shards = list(self._epochs)
         self._policy = policy
-        self._epoch = epoch
+        self._on_fenced = on_fenced
+        self._scripts_loaded = False
         self._positions: dict[int, str] = {}
         self._committed: dict[int, str] = {}
         self._announced: dict[int, str] = {}
@@ -110,7 +138,10 @@ class Persister:
                     self._read_generations[shard] = first[shard]
                     continue
                 batches.setdefault(shard, []).extend(more)
-        failure = await asyncio.to_thread(self._persist_all, batches)
+        self._refused: list[int] = []
+        failure = await _finish_on_cancel(asyncio.to_thread(self._persist_all, batches))
+        for shard in self._refused:
+            self._fenced(shard, "ledger")
         now_ms = time.time() * 1000
         for entries in batches.values():
             for entry_id, _ in entries:
@@ -125,21 +156,61 @@ class Persister:
 
     async def _announce_committed(self) -> None:
         """Announce each shard's committed cursor not yet announced, and trim its log up to it."""
-        due = {s: last for s, last in self._committed.items() if last != "0-0" and self._announced.get(s) != last}
+        due = {
+            s: last
+            for s, last in self._committed.items()
+            if last != "0-0" and self._announced.get(s) != last and s in self._index
+        }
         if not due:
             return
+        if not self._scripts_loaded:
+            await self._scripts.load(self._redis)
+            self._scripts_loaded = True
+        announce = self._scripts.announce
         async with self._redis.pipeline(transaction=False) as pipe:
             for shard, last in due.items():
                 k = ShardKeys(shard)
-                pipe.set(k.persisted, last)
-                pipe.publish(PERSISTED_CHANNEL, f"{shard} {last}")
-                pipe.xtrim(k.log, minid=_next_id(last))
-            await pipe.execute()
-        self._announced.update(due)
+                # By SHA (loaded at start): a pipeline given the script would ask SCRIPT EXISTS every time.
+                pipe.evalsha(
+                    announce.sha, 2, k.persisted, k.log,
+                    k.prefix, self._epoch_arg(shard), last, _next_id(last), PERSISTED_CHANNEL, f"{shard} {last}",
+                )
+            try:
+                replies = await pipe.execute()
+            except redis.exceptions.NoScriptError:
+                self._scripts_loaded = False  # a restarted Redis: load them again, then announce
+                raise
+        for (shard, last), reply in zip(due.items(), replies):
+            if reply == 1:
+                self._announced[shard] = last
+            else:
+                self._fenced(shard, "redis")
+
+    def _epoch_arg(self, shard: int) -> int | str:
+        epoch = self._epochs[shard]
+        return "" if epoch is None else epoch
+
+    def _fenced(self, shard: int, store: str) -> None:
+        """Stop persisting ``shard``: a newer owner's epoch refused our write to ``store``."""
+        if shard not in self._index:
+            return
+        METRICS.fenced_writes.labels(store=store, duty="persister").inc()
+        log.warning(
+            "fenced: shard %d, epoch %s is stale in %s: a newer owner persists it; this node stops",
+            shard, self._epochs[shard], store,
+        )
+        self._shards.remove(shard)
+        self._index = {s: i for i, s in enumerate(self._shards)}
+        if self._on_fenced is not None:
+            self._on_fenced(shard, store)
 
     async def _read(self, block: bool) -> dict[int, list[tuple[str, dict[str, str]]]]:
         """New entries per shard, each shard's rebuild generation read in the same instant."""
         streams = {ShardKeys(shard).log: self._positions[shard] for shard in self._shards}
+        if not streams:
+            if block:
+                await asyncio.sleep(self._policy.block_s)
+            return {}
         if block:
             # Wait for news; the entries themselves are read below, atomically
             # with the generations they belong to.
@@ -163,11 +234,17 @@ class Persister:
         return out
 
     def _persist_all(self, batches: dict[int, list[tuple[str, dict[str, str]]]]) -> Exception | None:
-        """Commit each shard's batch; drop from ``batches`` those that failed and return the failure."""
+        """Commit each shard's batch; drop from ``batches`` those that failed and return the failure.
+
+        A shard refused for its epoch is dropped too, and noted in ``self._refused``."""
         failure = None
         for shard in list(batches):
             try:
-                self._ledger.persist(shard, self._read_generations[shard], batches[shard], epoch=self._epoch)
+                epoch = self._epochs[shard] or 0
+                self._ledger.persist(shard, self._read_generations[shard], batches[shard], epoch=epoch)
+            except Fenced:
+                del batches[shard]
+                self._refused.append(shard)
             except Exception as exc:  # noqa: BLE001 - the others still get announced
                 failure = exc
                 del batches[shard]

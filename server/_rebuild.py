@@ -107,14 +107,17 @@ class ShardRebuilder:
         )
         """Makes the rebuild mutex (a test may make one that is not renewed)."""
 
-    async def ensure(self, shard: int) -> str:
+    async def ensure(self, shard: int, epoch: int | None = None) -> str:
         """Make sure ``shard`` is whole in Redis, rebuilding it if need be; returns what happened.
 
-        Raises :class:`Unavailable` when the rebuild did not finish within the wait.
+        ``epoch``: the shard owner's (the warden's rebuild is a duty write,
+        fenced); None for a rebuild a request asked for (fenced by the mutex
+        and the generation only). Raises :class:`Unavailable` when the
+        rebuild did not finish within the wait.
         """
         task = self._running.get(shard)
         if task is None:
-            task = asyncio.ensure_future(asyncio.to_thread(self.rebuild, shard))
+            task = asyncio.ensure_future(asyncio.to_thread(self.rebuild, shard, epoch))
             self._running[shard] = task
             task.add_done_callback(lambda _t, s=shard: self._running.pop(s, None))
         try:
@@ -124,8 +127,9 @@ class ShardRebuilder:
         except redis.exceptions.ConnectionError as exc:
             raise Unavailable(f"Redis is unreachable: {exc}", retry_after=0.2, shard=shard) from None
 
-    def rebuild(self, shard: int) -> str:
-        """Rebuild ``shard`` (blocking): 'rebuilt', 'ready' (someone else did), 'stale' or 'busy'."""
+    def rebuild(self, shard: int, epoch: int | None = None) -> str:
+        """Rebuild ``shard`` (blocking): 'rebuilt', 'ready' (someone else did), 'stale', 'busy'
+        or 'fenced' (``epoch`` is older than the shard's stored one)."""
         k = ShardKeys(shard)
         lock = self.lock_factory(self._sync, k.rebuild_lock)
         if not lock.acquire(blocking=True, timeout=max(1, math.ceil(self._policy.wait_s))):
@@ -146,7 +150,7 @@ class ShardRebuilder:
             snap = self._ledger.snapshot(shard, generation, since)
             if self.before_install is not None:
                 self.before_install(shard)
-            result = self._install(k, lock.id, snap, cursor[1] if cursor else "0-0", expected)
+            result = self._install(k, lock.id, snap, cursor[1] if cursor else "0-0", expected, epoch)
             METRICS.rebuilds.labels(result).inc()
             if result == "rebuilt":
                 log.log(
@@ -161,10 +165,15 @@ class ShardRebuilder:
             except redis_lock.NotAcquired:
                 pass  # it expired (a paused rebuilder): another may hold it now
 
-    def _install(self, k: ShardKeys, token: str, snap: ShardSnapshot, cursor: str, expected: str) -> str:
+    def _install(
+        self, k: ShardKeys, token: str, snap: ShardSnapshot, cursor: str, expected: str, epoch: int | None
+    ) -> str:
         keys = [k.meta, f"lock:{k.rebuild_lock}"]
         common = [token, snap.generation, k.prefix, self._record_ttl_ms]
-        if self._script(keys=keys, args=["begin", *common, expected, cursor]) != b"OK":
+        begun = self._script(keys=keys, args=["begin", *common, expected, cursor, snap.epoch, "" if epoch is None else epoch])
+        if begun == b"FENCED":
+            return "fenced"
+        if begun != b"OK":
             return "stale"
         for step, payload in install_steps(snap, self._policy.chunk):
             if self._script(keys=keys, args=[step, *common, payload]) != b"OK":

@@ -15,7 +15,7 @@ from importlib import resources
 import redis.asyncio as aioredis
 from redis.commands.core import AsyncScript
 
-_NAMES = ("deduct", "settle", "reap", "batch", "put_sku", "adjust_sku", "rebuild")
+_NAMES = ("deduct", "settle", "reap", "batch", "put_sku", "adjust_sku", "rebuild", "announce", "fence")
 
 
 def script_source(name: str) -> str:
@@ -42,6 +42,10 @@ class StockScripts:
     """Adjust stock, pause, resume: adjust_sku.lua."""
     rebuild: AsyncScript
     """Install a shard's state from the ledger: rebuild.lua."""
+    announce: AsyncScript
+    """Record, announce and trim up to a shard's persisted cursor, fenced: announce.lua."""
+    fence: AsyncScript
+    """Raise a shard's stored owner epoch to a new owner's: fence.lua."""
 
     @classmethod
     def register(cls, redis: aioredis.Redis) -> StockScripts:

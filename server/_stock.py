@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -372,24 +372,37 @@ class StockStore:
         answer, generations = await self._call((sku_id,), call)
         return await self._settled(k.shard, answer, generations)
 
-    async def reap_due(self, most_per_shard: int = 500) -> int:
-        """Expire every hold whose time has passed; returns how many.
+    async def reap_due(self, epochs: Mapping[int, int | None], most_per_shard: int = 500) -> tuple[int, list[int]]:
+        """Expire every hold whose time has passed in the shards of ``epochs``
+        (shard -> its owner epoch; None: standalone, not fenced).
 
-        One pipelined read finds the shards whose earliest hold is due (by
-        Redis's clock); only those get a script call.
+        Returns how many expired, and the shards whose reaping was refused
+        because a newer owner's epoch is stored. One pipelined read finds the
+        shards whose earliest hold is due (by Redis's clock); only those get
+        a script call.
         """
+        shards = list(epochs)
+        fenced: list[int] = []
+        if not shards:
+            return 0, fenced
         async with _redis_errors():
             async with self._redis.pipeline(transaction=False) as pipe:
                 pipe.time()
-                for shard in range(self._shards):
+                for shard in shards:
                     pipe.zrange(ShardKeys(shard).hold_expiries, 0, 0, withscores=True)
                 now_s, *earliest = await pipe.execute()
             now_ms = now_s[0] * 1000 + now_s[1] // 1000
             expired = 0
-            for shard, first in enumerate(earliest):
+            for shard, first in zip(shards, earliest):
                 if first and first[0][1] <= now_ms:
                     k = ShardKeys(shard)
-                    expired += await self._scripts.reap(
-                        keys=[k.hold_expiries, k.log], args=[k.prefix, most_per_shard, self._record_ttl_ms]
+                    epoch = epochs[shard]
+                    done = await self._scripts.reap(
+                        keys=[k.hold_expiries, k.log],
+                        args=[k.prefix, most_per_shard, self._record_ttl_ms, "" if epoch is None else epoch],
                     )
-        return expired
+                    if done < 0:
+                        fenced.append(shard)
+                    else:
+                        expired += done
+        return expired, fenced

@@ -27,6 +27,7 @@ __all__ = [
     "calls_delta",
     "command_calls",
     "eventually",
+    "logs_drained",
     "no_hold_due_soon",
     "redis_now_ms",
 ]
@@ -129,3 +130,12 @@ def no_hold_due_soon(redis: Any, within_ms: int = 3000) -> bool:
     """
     horizon = redis_now_ms(redis) + within_ms
     return all(redis.zcount(key, "-inf", horizon) == 0 for key in redis.scan_iter(match="fs:*:hx", count=1000))
+
+
+def logs_drained(redis: Any) -> bool:
+    """True when every shard log is persisted and announced (the persister trims a log once it announced it).
+
+    The announcement is a script call (an EVALSHA) of the persister: tests
+    counting EVALSHAs wait for this first.
+    """
+    return all(redis.xlen(key) == 0 for key in redis.scan_iter(match="fs:*:log", count=1000))

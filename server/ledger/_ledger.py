@@ -38,7 +38,7 @@ class Fenced(FlashstockError):
     """A write carried an epoch lower than the shard's: a newer owner exists."""
 
 
-class StaleGeneration(Fenced):
+class StaleGeneration(FlashstockError):
     """Log entries read before a rebuild of their shard began: their log is gone,
     and the rebuilt state does not hold them, so neither may the ledger."""
 
@@ -213,6 +213,9 @@ class ShardSnapshot:
     skus: list[SkuState] = field(default_factory=list)
     user_counts: dict[str, dict[str, int]] = field(default_factory=dict)
     records: list[Record] = field(default_factory=list)
+    epoch: int = 0
+    """The highest owner epoch the ledger has seen for the shard (0: none):
+    a rebuilt Redis fences off owners older than it, as the ledger does."""
 
 
 _STATE_OF = STATES
@@ -262,12 +265,13 @@ class Ledger:
 
     # -- writes ----------------------------------------------------------------
 
-    def check_epoch(self, conn: Connection, shard: int, epoch: int, now_ms: int) -> None:
-        """Raise :class:`Fenced` when the shard has seen a higher epoch; record ``epoch``."""
-        stmt = self._insert(shard_epochs).values(shard=shard, epoch=epoch, updated_ms=now_ms)
+    def check_epoch(self, conn: Connection, shard: int, epoch: int, now_ms: int, owner: str | None = None) -> None:
+        """Raise :class:`Fenced` when the shard has seen a higher epoch; record ``epoch`` (and ``owner``)."""
+        row = {"shard": shard, "epoch": epoch, "updated_ms": now_ms, **({"owner": owner} if owner is not None else {})}
+        stmt = self._insert(shard_epochs).values(**row)
         stmt = stmt.on_conflict_do_update(
             index_elements=["shard"],
-            set_={"epoch": epoch, "updated_ms": now_ms},
+            set_={k: v for k, v in row.items() if k != "shard"},
             where=shard_epochs.c.epoch <= epoch,
         )
         # No row back: the WHERE refused the update. (Not rowcount: psycopg 3
@@ -389,6 +393,12 @@ class Ledger:
         elif event in ("Z", "U"):
             conn.execute(skus.update().where(skus.c.sku_id == sku_id).values(paused=event == "Z", updated_ms=at_ms))
 
+    def claim_epoch(self, shard: int, epoch: int, owner: str, now_ms: int) -> None:
+        """Record a new owner's ``epoch`` for ``shard`` before its duties run;
+        raises :class:`Fenced` if the ledger has seen a higher one."""
+        with self.engine.begin() as conn:
+            self.check_epoch(conn, shard, epoch, now_ms, owner)
+
     def bump_generation(self, shard: int, now_ms: int) -> int:
         """The shard's next rebuild generation (counted: one per rebuild begun)."""
         with self.engine.begin() as conn:
@@ -410,6 +420,12 @@ class Ledger:
                 sa.select(persister_cursors.c.generation, persister_cursors.c.last_id).where(persister_cursors.c.shard == shard)
             ).first()
         return (int(row[0]), row[1]) if row else None
+
+    def epochs(self) -> dict[int, tuple[int, str]]:
+        """Each shard's highest recorded owner epoch and its owner."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(sa.select(shard_epochs.c.shard, shard_epochs.c.epoch, shard_epochs.c.owner))
+            return {int(r.shard): (int(r.epoch), r.owner) for r in rows}
 
     def generations(self) -> dict[int, int]:
         """Rebuilds begun per shard."""
@@ -465,6 +481,8 @@ class Ledger:
         records of requests taken since ``records_since_ms`` plus every open hold."""
         snap = ShardSnapshot(shard=shard, generation=generation, skus=self.sku_states(shard=shard))
         d, s = deductions.c, skus.c
+        with self.engine.connect() as conn:
+            snap.epoch = int(conn.execute(sa.select(shard_epochs.c.epoch).where(shard_epochs.c.shard == shard)).scalar() or 0)
         joined = deductions.join(skus, sa.and_(d.sku_id == s.sku_id, d.sale == s.sale))
         with self.engine.connect() as conn:
             users = (

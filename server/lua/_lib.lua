@@ -97,6 +97,19 @@ local function shard_ready(prefix)
   return redis.call('HGET', prefix .. 'm', 'state') == 'ready'
 end
 
+-- The fencing check of every duty write (reaper, persister, warden): false
+-- when the shard's meta holds a higher owner epoch than `epoch` (a newer
+-- owner exists: refuse, write nothing); else the stored epoch is raised to
+-- `epoch`, so an older owner is refused from now on. '' = not a duty write.
+local function epoch_ok(prefix, epoch)
+  if epoch == nil or epoch == '' then return true end
+  epoch = tonumber(epoch)
+  local stored = tonumber(redis.call('HGET', prefix .. 'm', 'epoch') or '0')
+  if epoch < stored then return false end
+  if epoch > stored then redis.call('HSET', prefix .. 'm', 'epoch', epoch) end
+  return true
+end
+
 -- After avail changed: keep the sold-out hash and the nodes' memory in step.
 -- Announces a flip between sold out and available (or, with `force`, the
 -- current state after a put or adjust) under a new stock version.

@@ -6,10 +6,12 @@
 --
 -- KEYS[1] hold expiries (sorted set)   KEYS[2] shard log
 -- ARGV[1] key prefix of the shard ('fs:{s<n>}:')   ARGV[2] most holds to reap
--- ARGV[3] record ttl ms
+-- ARGV[3] record ttl ms   ARGV[4] the reaper's owner epoch ('' = standalone)
 --
--- Returns the number of holds expired.
+-- Returns the number of holds expired, or -1: refused, a newer owner's epoch
+-- is stored (nothing was written).
 local prefix, most = ARGV[1], tonumber(ARGV[2])
+if not epoch_ok(prefix, ARGV[4]) then return -1 end
 if not shard_ready(prefix) then return 0 end
 local now = now_ms()
 local store = records(prefix, now, tonumber(ARGV[3]))

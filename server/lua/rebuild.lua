@@ -13,14 +13,18 @@
 -- begin:   ARGV[6] the generation read before loading the ledger ('' = none)
 --          ARGV[7] the ledger's persister cursor of the shard ('0-0' = none):
 --          the new log starts after it, so the persister reads on from there
+--          ARGV[8] the ledger's highest owner epoch of the shard: a Redis that
+--          lost the shard's meta fences off older owners again
+--          ARGV[9] the rebuilding owner's epoch ('' = a request's rebuild)
 -- sku:     ARGV[6] JSON {sku, total, held, conf, lim, maxq, start, end,
 --                        paused, mode, sale, users = {user = units}}
 -- users:   ARGV[6] JSON {sku, users = {user = units}} (more per-user counts)
 -- records: ARGV[6] JSON [[request_id, kind, state letter, qty, user, sku,
 --                         taken_ms, exp_ms, closer, sale], ...]
 --
--- Returns 'OK', or 'STALE' (the mutex is not ours any more, or another
--- generation is in place: nothing was written).
+-- Returns 'OK', 'STALE' (the mutex is not ours any more, or another
+-- generation is in place: nothing was written) or 'FENCED' (begin: a newer
+-- owner's epoch is stored: nothing was written).
 local step, token, gen, prefix = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local ttl_ms = tonumber(ARGV[5])
 if redis.call('GET', KEYS[2]) ~= token then return 'STALE' end
@@ -29,6 +33,10 @@ local now = now_ms()
 if step == 'begin' then
   local current = redis.call('HGET', KEYS[1], 'gen') or ''
   if current ~= ARGV[6] then return 'STALE' end
+  if tonumber(ARGV[8]) > tonumber(redis.call('HGET', KEYS[1], 'epoch') or '0') then
+    redis.call('HSET', KEYS[1], 'epoch', ARGV[8])
+  end
+  if not epoch_ok(prefix, ARGV[9]) then return 'FENCED' end
   local store = records(prefix, now, ttl_ms)
   -- A clean slate: whatever is left of the shard is older than the ledger.
   -- The log goes too: the persister starts the new generation's log at 0-0.

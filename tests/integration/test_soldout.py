@@ -12,7 +12,7 @@ import uuid
 
 import psutil
 import pytest
-from helpers import BACKGROUND_COMMANDS, calls_delta, command_calls, eventually, no_hold_due_soon
+from helpers import BACKGROUND_COMMANDS, calls_delta, command_calls, eventually, logs_drained, no_hold_due_soon
 
 from flashstock.client import ClientConfig, Outcome, StockClient
 
@@ -21,7 +21,7 @@ REFUSALS = 200
 
 def redis_calls_of(redis, action):
     """Run ``action`` and return the Redis commands it caused, reaper rounds left out."""
-    eventually(lambda: no_hold_due_soon(redis))
+    eventually(lambda: no_hold_due_soon(redis) and logs_drained(redis))
     before = command_calls(redis)
     result = action()
     delta = calls_delta(before, command_calls(redis))

@@ -1,0 +1,183 @@
+"""The singleton duties of the shards a node owns: persister, reaper, warden.
+
+:class:`ShardDuties` runs them for a set of shards, each under its owner
+epoch; :meth:`ShardDuties.assign` changes the set (the ownership follower in
+``_ownership.py`` calls it as shards come and go; a standalone node gives it
+every shard once, with no epoch). Every write a duty makes carries its
+shard's epoch and is refused by the store when a newer owner's is stored: a
+refused shard is dropped from the duties at once and reported to
+``on_fenced``, and counted in ``flashstock_fenced_writes``.
+
+- the **persister** drains the shards' logs into the ledger (``_persister.py``);
+- the **reaper** returns the units of holds whose time ran out (``reap.lua``);
+- the **warden** rebuilds, from the ledger, a shard whose Redis state is gone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+import redis.asyncio as aioredis
+
+from flashstock.client import FlashstockError
+from flashstock.lockmgr import ShardKeys
+
+from ._metrics import METRICS
+from ._persister import PersistPolicy, Persister
+from ._rebuild import ShardRebuilder
+from ._stock import StockStore
+from .ledger import Ledger
+
+log = logging.getLogger(__name__)
+
+Epochs = Mapping[int, int | None]
+"""shard -> its owner epoch (None: a standalone node, whose writes are not fenced)."""
+
+
+@dataclass(frozen=True)
+class DutyPolicy:
+    """How often the duties run."""
+
+    reap_interval_s: float = 0.2
+    """Between looks for expired holds."""
+    warden_interval_s: float = 1.0
+    """Between looks for shards whose Redis state is gone."""
+    persist: PersistPolicy = PersistPolicy()
+    """How the persister batches."""
+
+
+class ShardDuties:
+    """Runs the persister, reaper and warden of the shards it is given."""
+
+    def __init__(
+        self,
+        redis: aioredis.Redis,
+        ledger: Ledger,
+        store: StockStore,
+        rebuilder: ShardRebuilder,
+        policy: DutyPolicy = DutyPolicy(),
+        on_fenced: Callable[[int], None] | None = None,
+    ) -> None:
+        self._redis = redis
+        self._ledger = ledger
+        self._store = store
+        self._rebuilder = rebuilder
+        self._policy = policy
+        self.on_fenced = on_fenced
+        """Called with a shard whose duty write was refused for its epoch (it was dropped already)."""
+        self._epochs: dict[int, int | None] = {}
+        self._persister_task: asyncio.Task[None] | None = None
+        self._loops: list[asyncio.Task[None]] = []
+        self._rounds = asyncio.Lock()  # held by a reaper or warden round while it writes
+        self.persister: Persister | None = None
+        """The running persister (None while no shard is owned)."""
+
+    @property
+    def epochs(self) -> dict[int, int | None]:
+        """The shards whose duties run, with their epochs (a copy)."""
+        return dict(self._epochs)
+
+    async def assign(self, epochs: Epochs) -> None:
+        """Run the duties of exactly the shards of ``epochs`` from now on.
+
+        When this returns, no duty of a shard outside ``epochs`` is running
+        or has a write under way: the caller may give those shards up.
+        """
+        epochs = dict(epochs)
+        if epochs == self._epochs and (self._persister_task is not None or not epochs):
+            return
+        await self._stop_persister()
+        async with self._rounds:
+            self._epochs = epochs
+        if not self._loops:
+            self._loops = [
+                asyncio.create_task(self._reaper(), name="hold reaper"),
+                asyncio.create_task(self._warden(), name="warden"),
+            ]
+        if epochs:
+            self.persister = Persister(self._redis, self._ledger, epochs, self._policy.persist, self._persister_fenced)
+            self._persister_task = asyncio.create_task(self.persister.run(), name="persister")
+
+    async def stop(self) -> None:
+        """Stop every duty (and wait for writes under way)."""
+        await self._stop_persister()
+        async with self._rounds:
+            self._epochs = {}
+        for task in self._loops:
+            task.cancel()
+        for task in self._loops:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        self._loops = []
+
+    async def _stop_persister(self) -> None:
+        task, self._persister_task, self.persister = self._persister_task, None, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+
+    def _fenced(self, shard: int) -> None:
+        # Whatever refused it, the shard is another node's now: no more duties here.
+        self._epochs.pop(shard, None)
+        if self.on_fenced is not None:
+            self.on_fenced(shard)
+
+    def _persister_fenced(self, shard: int, _store: str) -> None:
+        self._fenced(shard)  # the persister counted it and dropped the shard itself
+
+    async def warden_pass(self) -> int:
+        """Rebuild every owned shard whose state is missing in Redis; returns how many were."""
+        epochs = dict(self._epochs)
+        if not epochs:
+            return 0
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for shard in epochs:
+                pipe.hget(ShardKeys(shard).meta, "state")
+            states = await pipe.execute()
+        missing = [shard for shard, state in zip(epochs, states) if state != b"ready"]
+        for shard in missing:
+            if shard not in self._epochs:
+                continue  # given up meanwhile
+            if await self._rebuilder.ensure(shard, epochs[shard]) == "fenced":
+                METRICS.fenced_writes.labels(store="redis", duty="warden").inc()
+                log.warning("fenced: shard %d, epoch %s is stale in redis (warden): a newer owner exists", shard, epochs[shard])
+                self._fenced(shard)
+        return len(missing)
+
+    async def _warden(self) -> None:
+        while True:
+            try:
+                async with self._rounds:
+                    await self.warden_pass()
+            except asyncio.CancelledError:
+                raise
+            except FlashstockError as exc:
+                log.warning("warden: %s (requests will rebuild what is missing)", exc.message)
+            except Exception as exc:  # noqa: BLE001 - the next pass tries again
+                log.warning("warden: %s", exc)
+            await asyncio.sleep(self._policy.warden_interval_s)
+
+    async def _reaper(self) -> None:
+        while True:
+            try:
+                async with self._rounds:
+                    expired, fenced = await self._store.reap_due(dict(self._epochs))
+                if expired:
+                    log.debug("expired %d holds", expired)
+                for shard in fenced:
+                    METRICS.fenced_writes.labels(store="redis", duty="reaper").inc()
+                    log.warning(
+                        "fenced: shard %d, epoch %s is stale in redis (reaper): a newer owner exists",
+                        shard, self._epochs.get(shard),
+                    )
+                    self._fenced(shard)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - the next round tries again
+                log.warning("reaper: %s", exc)
+            await asyncio.sleep(self._policy.reap_interval_s)

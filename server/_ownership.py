@@ -1,0 +1,335 @@
+"""A node in a cluster: its etcd session, and the shards it owns.
+
+:class:`Ownership` runs in the process of a node that runs the duties. It
+keeps one etcd session (a lease, kept alive) with the node registered under
+it, watches the live nodes, the operator's pins and drains and the shard
+owners, and keeps what the node owns equal to what :func:`assign` gives it:
+
+- a shard assigned here and unowned is **claimed** (an etcd transaction on
+  its owner key, bound to the lease; the key's create revision is the
+  shard's epoch), then **fenced** (the epoch is raised in Redis and recorded
+  in the ledger), and only then are its duties started;
+- a shard assigned elsewhere is **given up**: its duties are stopped (and
+  writes under way finished), then its owner key is deleted, so the next
+  owner can claim it;
+- a shard whose duty write was refused for its epoch is dropped at once.
+
+When the session is lost (etcd said so, or the local deadline passed: see
+:class:`~flashstock.lockmgr.EtcdSession`), every duty stops at once and a
+new session is opened; the shards are claimed again under new epochs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import time
+from collections.abc import Iterable
+from typing import TYPE_CHECKING
+
+import redis.asyncio as aioredis
+
+from flashstock.lockmgr import (
+    CoordinationError,
+    EtcdSession,
+    LeaseLost,
+    NodeIdTaken,
+    NodeInfo,
+    Overrides,
+    SessionConfig,
+    ShardCountMismatch,
+    ShardKeys,
+    ShardLease,
+    ShardOwner,
+    assign,
+    claim,
+    etcd_client,
+    init_cluster,
+    release,
+    watch_overrides,
+    watch_owners,
+)
+
+from ._duties import ShardDuties
+from ._metrics import METRICS
+from ._scripts import StockScripts
+from .ledger import Fenced, Ledger
+
+if TYPE_CHECKING:
+    import aetcd
+
+log = logging.getLogger(__name__)
+
+KEEP_DUTIES_ON_LOSS = "FLASHSTOCK_FAILPOINT_KEEP_DUTIES_ON_LOSS"
+"""A test's failpoint (environment variable, "1"): on losing its session the
+node keeps its duties running until the stores refuse them, as if the pause
+had struck between its own deadline check and a write. Shows that the epoch
+at the store, not the node's good behaviour, keeps a stale owner out."""
+
+
+class Ownership:
+    """Keeps the shards this node owns in step with the cluster map, and runs their duties."""
+
+    def __init__(
+        self,
+        endpoints: list[str],
+        cluster: str,
+        node_id: str,
+        address: str,
+        shards: int,
+        session: SessionConfig,
+        redis: aioredis.Redis,
+        ledger: Ledger,
+        duties: ShardDuties,
+    ) -> None:
+        self.endpoints = endpoints
+        self.cluster = cluster
+        self.node_id = node_id
+        self.address = address
+        self.shards = shards
+        self._session_config = session
+        self._redis = redis
+        self._scripts = StockScripts.register(redis)
+        self._ledger = ledger
+        self.duties = duties
+        duties.on_fenced = self.on_fenced
+        self.owned: dict[int, ShardLease] = {}
+        """The shards this node owns, with their leases (epochs)."""
+        self._client: aetcd.Client | None = None
+        self._nodes: dict[str, NodeInfo] = {}
+        self._overrides = Overrides()
+        self._owners: dict[int, ShardOwner] = {}
+        self._seen: set[str] = set()  # the watched maps read at least once in this session
+        self._changed = asyncio.Event()
+        self._fenced: set[int] = set()
+        self._task: asyncio.Task[None] | None = None
+        self._keep_on_loss = os.environ.get(KEEP_DUTIES_ON_LOSS) == "1"
+
+    async def start(self, timeout: float = 10.0) -> None:
+        """Join the cluster's configuration (the shard count must match) and start following it.
+
+        Raises :class:`CoordinationError` (:class:`ShardCountMismatch` for
+        another shard count) when the node must not start.
+        """
+        self._client = etcd_client(self.endpoints)
+        try:
+            await asyncio.wait_for(init_cluster(self._client, self.cluster, self.shards), timeout)
+        except ShardCountMismatch:
+            await self._client.close()
+            raise
+        except (TimeoutError, Exception) as exc:
+            await self._client.close()
+            raise CoordinationError(
+                f"etcd: cannot reach {','.join(self.endpoints)} within {timeout:.0f} s: {exc!r}"
+            ) from None
+        self._task = asyncio.create_task(self._run(), name="shard ownership")
+
+    def on_fenced(self, shard: int) -> None:
+        """A duty write of ``shard`` was refused for its epoch (called by :class:`ShardDuties`)."""
+        self._fenced.add(shard)
+        self._changed.set()
+
+    async def stop(self) -> None:
+        """Stop the duties, then give every shard up (the session's lease is revoked)."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._task
+        await self.duties.stop()
+        if self._client is not None:
+            await self._client.close()
+
+    # -- the follower ------------------------------------------------------
+
+    async def _run(self) -> None:
+        assert self._client is not None
+        delay = 0.2
+        while True:
+            session = EtcdSession(self._client, self.cluster, self.node_id, self._session_config)
+            try:
+                await session.start()
+                await session.register(self.address)
+                log.info("node %s joined cluster %r at %s (lease %x)", self.node_id, self.cluster, self.address, session.lease_id)
+                delay = 0.2
+                await self._follow(session)
+            except asyncio.CancelledError:
+                await self.duties.assign({})
+                self.owned.clear()
+                await asyncio.shield(session.close())
+                raise
+            except NodeIdTaken as exc:
+                log.error("%s; trying again", exc)
+            except (LeaseLost, CoordinationError) as exc:
+                log.warning("etcd session: %s", exc)
+            except Exception as exc:  # noqa: BLE001 - etcd unreachable and such: a new session later
+                log.warning("etcd session failed: %r; a new one in %.1f s", exc, delay)
+            await self._lost(session)
+            await session.close()
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 5.0)
+
+    async def _lost(self, session: EtcdSession) -> None:
+        """Stop every duty now: the session's lease may be gone, and the shards with it."""
+        if self.owned:
+            METRICS.etcd_session_losses.inc()
+            log.warning(
+                "node %s lost its etcd session (%s): stopping the duties of %d shards",
+                self.node_id, session.lost_reason or "an etcd call failed", len(self.owned),
+            )
+        if self._keep_on_loss and self.owned:
+            log.warning("failpoint %s: the duties run on until the stores refuse them", KEEP_DUTIES_ON_LOSS)
+            deadline = time.monotonic() + 10 * self._session_config.ttl
+            while self.duties.epochs and time.monotonic() < deadline:
+                await asyncio.sleep(0.05)
+        await self.duties.assign({})
+        self.owned.clear()
+        METRICS.owned_shards.set(0)
+
+    async def _follow(self, session: EtcdSession) -> None:
+        """Follow the cluster map until the session is lost."""
+        assert self._client is not None
+        self._seen.clear()
+        self._fenced.clear()
+        feeds = [
+            asyncio.create_task(self._feed(session.watch_nodes(), "_nodes"), name="watch nodes"),
+            asyncio.create_task(self._feed(watch_overrides(self._client, self.cluster), "_overrides"), name="watch overrides"),
+            asyncio.create_task(self._feed(watch_owners(self._client, self.cluster), "_owners"), name="watch owners"),
+        ]
+        lost = asyncio.create_task(session.lost.wait())
+        try:
+            while not session.lost.is_set():
+                changed = asyncio.create_task(self._changed.wait())
+                # A second's tick: claims refused while an old owner's key lingered are tried again.
+                await asyncio.wait({changed, lost, *feeds}, timeout=1.0, return_when=asyncio.FIRST_COMPLETED)
+                changed.cancel()
+                for feed in feeds:
+                    if feed.done():
+                        feed.result()  # a failed first read: raise, so a new session starts
+                if session.lost.is_set():
+                    return
+                self._changed.clear()
+                if self._ready():
+                    await self._reconcile(session)
+        finally:
+            lost.cancel()
+            for feed in feeds:
+                feed.cancel()
+            await asyncio.gather(*feeds, return_exceptions=True)
+
+    async def _feed(self, snapshots, attribute: str) -> None:  # type: ignore[no-untyped-def]
+        try:
+            async for value in snapshots:
+                setattr(self, attribute, value)
+                self._seen.add(attribute)
+                self._changed.set()
+        finally:
+            with contextlib.suppress(Exception):
+                await snapshots.aclose()
+
+    def _ready(self) -> bool:
+        return self._seen == {"_nodes", "_overrides", "_owners"}
+
+    def desired(self) -> set[int]:
+        """The shards the current map gives this node."""
+        placement = assign(self.shards, self._nodes, self._overrides.pins, self._overrides.drains)
+        return {shard for shard, node in placement.items() if node == self.node_id}
+
+    async def _reconcile(self, session: EtcdSession) -> None:
+        desired = self.desired() if self.node_id in self._nodes else set()
+        fenced, self._fenced = self._fenced & set(self.owned), set()
+        give_up = (set(self.owned) - desired) | fenced
+        if give_up:
+            await self._give_up(session, give_up, fenced)
+        wanted = [
+            shard
+            for shard in sorted(desired - set(self.owned))
+            if shard not in self._owners or self._owners[shard].lease == session.lease_id
+        ]
+        if wanted:
+            await self._take(session, wanted)
+
+    async def _give_up(self, session: EtcdSession, shards: set[int], fenced: set[int]) -> None:
+        keep = {s: lease for s, lease in self.owned.items() if s not in shards}
+        # Duties first (and their writes under way), then the keys: only then may another node claim.
+        await self.duties.assign({s: lease.epoch for s, lease in keep.items()})
+        for shard in sorted(shards):
+            lease = self.owned.pop(shard)
+            why = "fenced" if shard in fenced else "moved"
+            with contextlib.suppress(Exception):
+                await release(session, lease)
+            METRICS.shard_releases.labels(why=why).inc()
+        METRICS.owned_shards.set(len(self.owned))
+        log.info("node %s gave up shards %s", self.node_id, shard_ranges(shards))
+
+    async def _take(self, session: EtcdSession, shards: list[int]) -> None:
+        leases = await asyncio.gather(*(claim(session, shard) for shard in shards))
+        claimed = [lease for lease in leases if lease is not None]
+        if not claimed:
+            return
+        fenced_ok = await self._fence(claimed)
+        for lease in claimed:
+            if lease.shard not in fenced_ok:
+                with contextlib.suppress(Exception):
+                    await release(session, lease)
+        if not fenced_ok:
+            return
+        if not session.alive():
+            raise LeaseLost("the session was lost while claiming")
+        for lease in claimed:
+            if lease.shard in fenced_ok:
+                self.owned[lease.shard] = lease
+        METRICS.shard_claims.inc(len(fenced_ok))
+        METRICS.owned_shards.set(len(self.owned))
+        await self.duties.assign({s: lease.epoch for s, lease in self.owned.items()})
+        log.info(
+            "node %s owns shards %s (epochs %d..%d)",
+            self.node_id, shard_ranges(fenced_ok), min(c.epoch for c in claimed), max(c.epoch for c in claimed),
+        )
+
+    async def _fence(self, leases: list[ShardLease]) -> set[int]:
+        """Raise each claimed shard's epoch in Redis and record it in the ledger; the shards where both took it."""
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for lease in leases:
+                k = ShardKeys(lease.shard)
+                await self._scripts.fence(keys=[k.meta], args=[k.prefix, lease.epoch, self.node_id], client=pipe)
+            replies = await pipe.execute()
+        ok = set()
+        for lease, (code, stored) in zip(leases, replies):
+            if code < 0:
+                METRICS.fenced_writes.labels(store="redis", duty="claim").inc()
+                log.error(
+                    "shard %d: claimed under epoch %d but Redis holds epoch %d (etcd was reset?): not taking it",
+                    lease.shard, lease.epoch, stored,
+                )
+            else:
+                ok.add(lease.shard)
+        now_ms = int(time.time() * 1000)
+
+        def record() -> set[int]:
+            refused = set()
+            for lease in leases:
+                if lease.shard in ok:
+                    try:
+                        self._ledger.claim_epoch(lease.shard, lease.epoch, self.node_id, now_ms)
+                    except Fenced:
+                        refused.add(lease.shard)
+            return refused
+
+        refused = await asyncio.to_thread(record)
+        for shard in refused:
+            METRICS.fenced_writes.labels(store="ledger", duty="claim").inc()
+            log.error("shard %d: the ledger holds a newer epoch (etcd was reset?): not taking it", shard)
+        return ok - refused
+
+
+def shard_ranges(shards: Iterable[int]) -> str:
+    """Shard numbers as ranges: ``0-3,7,9-10``."""
+    runs: list[list[int]] = []
+    for shard in sorted(shards):
+        if runs and runs[-1][1] == shard - 1:
+            runs[-1][1] = shard
+        else:
+            runs.append([shard, shard])
+    return ",".join(f"{a}" if a == b else f"{a}-{b}" for a, b in runs)
