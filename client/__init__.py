@@ -9,6 +9,11 @@
         if result.outcome in (Outcome.OK, Outcome.DUPLICATE):
             ...
 
+To call the live nodes registered in etcd instead of fixed addresses, and
+follow them as they join and leave::
+
+    AsyncStockClient(ClientConfig(etcd="10.0.0.2:2379", cluster="prod"))
+
 :class:`StockClient` and :class:`AdminClient` are the blocking twins.
 Errors are the :class:`FlashstockError` tree; business outcomes are values.
 """

@@ -4,6 +4,11 @@ This is the hand-written source; ``_sync.py`` (the blocking clients) is
 generated from it by ``scripts/unasync.py``, and a test fails when the two
 drift apart. Every call goes through one ``_rpc_call``, which owns deadlines,
 metadata, retries (same request id, marked as a retry) and error mapping.
+
+The nodes are the configured addresses, or the live nodes registered in
+etcd (``ClientConfig.etcd``): then a discovery (``_discovery.py``) follows
+them from the client's start on and tells the connection when the set
+changes.
 """
 
 from __future__ import annotations
@@ -12,12 +17,14 @@ import asyncio
 import random
 import time
 from collections.abc import Iterable, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import grpc
 
 from . import _transport as t
 from ._config import ClientConfig, channel_targets
+from ._discovery import AsyncDiscovery
+from ._errors import Unavailable
 from ._types import AdminResult, BatchItem, BatchResult, DeductResult, Mode, SettleResult, Sku, SkuPage, StockLevel
 
 _CHANNEL_OPTIONS = [
@@ -37,40 +44,97 @@ def _config_of(config: ClientConfig | None, addresses: Sequence[str] | str | Non
     return config or ClientConfig()
 
 
+class _Route(NamedTuple):
+    """One connection to a node, and the stub that calls through it."""
+
+    address: str
+    channel: Any
+    stub: Any
+
+
 class _AsyncConnection:
-    """Channels to every configured address, and the one ``_rpc_call``."""
+    """Channels to the nodes (the configured ones, or the live ones in etcd), and the one ``_rpc_call``."""
 
     def __init__(self, config: ClientConfig, stub_type: Any) -> None:
         self.config = config
-        self._channels = [grpc.aio.insecure_channel(target, options=_CHANNEL_OPTIONS) for target in channel_targets(config)]
-        self._stubs = [stub_type(channel) for channel in self._channels]
-        self._next = random.randrange(len(self._stubs))
+        self._stub_type = stub_type
+        # Replaced whole, never changed in place: a call reads it once per attempt.
+        self._routes: list[_Route] = []
+        self._next = random.randrange(1 << 30)  # clients start at different nodes
+        self._discovery = AsyncDiscovery(config, self._use) if config.etcd else None
+        if self._discovery is None:
+            self._use(config.addresses or ())
+        self._no_node = (
+            f"no node of {self._discovery.where} is registered now"
+            if self._discovery is not None
+            else "no node address is configured"
+        )
+
+    @property
+    def addresses(self) -> tuple[str, ...]:
+        """The addresses calls go to now, sorted."""
+        return tuple(sorted({route.address for route in self._routes}))
+
+    def _use(self, addresses: Sequence[str]) -> list[Any]:
+        """Send calls to ``addresses`` from now on; return the channels no longer used.
+
+        Channels to addresses that stay are kept, so a node that stays keeps its connections.
+        """
+        spare: dict[str, list[_Route]] = {}
+        for route in self._routes:
+            spare.setdefault(route.address, []).append(route)
+        routes = []
+        for address in channel_targets(self.config, addresses):
+            kept = spare.get(address)
+            if kept:
+                routes.append(kept.pop())
+            else:
+                channel = grpc.aio.insecure_channel(address, options=_CHANNEL_OPTIONS)
+                routes.append(_Route(address, channel, self._stub_type(channel)))
+        self._routes = routes
+        return [route.channel for left in spare.values() for route in left]
+
+    async def start(self) -> None:
+        """With etcd: read the live nodes and start following them (once)."""
+        if self._discovery is not None:
+            await self._discovery.start()
 
     async def _rpc_call(self, method: str, request: Any) -> Any:
+        if self._discovery is not None:
+            await self._discovery.start()
         config = self.config
         deadline = time.monotonic() + config.deadline_s
         delays = config.retry.delays()
         while True:
-            stub = self._stubs[self._next % len(self._stubs)]
-            self._next += 1  # spread calls; a retry goes to the next address
-            timeout = max(0.001, min(config.attempt_timeout_s, deadline - time.monotonic()))
-            try:
-                return await getattr(stub, method)(request, timeout=timeout, metadata=config.metadata)
-            except grpc.RpcError as exc:
-                t.pass_cancellation(exc)
-                error = t.error_of(exc)
-                delay = next(delays, None)
-                if not t.should_retry(exc) or delay is None:
-                    raise error from None
-                delay = max(delay, getattr(error, "retry_after", 0.0))
-                if time.monotonic() + delay >= deadline:
-                    raise error from None
-                t.mark_retry(request)
-                await asyncio.sleep(delay)
+            routes = self._routes
+            if routes:
+                stub = routes[self._next % len(routes)].stub
+                self._next += 1  # spread calls; a retry goes to the next address
+                timeout = max(0.001, min(config.attempt_timeout_s, deadline - time.monotonic()))
+                try:
+                    return await getattr(stub, method)(request, timeout=timeout, metadata=config.metadata)
+                except grpc.RpcError as exc:
+                    t.pass_cancellation(exc)
+                    error = t.error_of(exc)
+                    if not t.should_retry(exc):
+                        raise error from None
+                    t.mark_retry(request)
+            else:
+                # Every node left etcd; one may join (or come back) before the deadline.
+                error = Unavailable(self._no_node)
+            delay = next(delays, None)
+            if delay is None:
+                raise error from None
+            delay = max(delay, getattr(error, "retry_after", 0.0))
+            if time.monotonic() + delay >= deadline:
+                raise error from None
+            await asyncio.sleep(delay)
 
     async def close(self) -> None:
-        for channel in self._channels:
-            await channel.close()
+        if self._discovery is not None:
+            await self._discovery.close()
+        for route in self._routes:
+            await route.channel.close()
 
 
 class AsyncStockClient:
@@ -101,6 +165,12 @@ class AsyncStockClient:
     def config(self) -> ClientConfig:
         """The client's settings."""
         return self._conn.config
+
+    @property
+    def addresses(self) -> tuple[str, ...]:
+        """The node addresses calls go to now, sorted: the configured ones, or
+        (with ``etcd``) the live nodes last seen there; empty before the start."""
+        return self._conn.addresses
 
     async def deduct(
         self, sku_id: str, user_id: str, qty: int = 1, *, request_id: str | None = None, retry: bool = False
@@ -155,11 +225,24 @@ class AsyncStockClient:
         )
         return t.batch_result(await self._conn._rpc_call("BatchDeduct", request))
 
+    async def start(self) -> None:
+        """Find the nodes now, instead of on the first call: with ``etcd``, read
+        the live nodes and start following them. Raises :class:`Unavailable`
+        when etcd does not answer, or lists no node, within
+        ``discovery_timeout_s``. Nothing to do with fixed addresses.
+        """
+        await self._conn.start()
+
     async def close(self) -> None:
-        """Close every connection."""
+        """Close every connection, and stop following the nodes in etcd."""
         await self._conn.close()
 
     async def __aenter__(self) -> AsyncStockClient:
+        try:
+            await self.start()
+        except BaseException:
+            await self.close()
+            raise
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
@@ -186,6 +269,12 @@ class AsyncAdminClient:
     def config(self) -> ClientConfig:
         """The client's settings."""
         return self._conn.config
+
+    @property
+    def addresses(self) -> tuple[str, ...]:
+        """The node addresses calls go to now, sorted: the configured ones, or
+        (with ``etcd``) the live nodes last seen there; empty before the start."""
+        return self._conn.addresses
 
     async def put_sku(
         self,
@@ -248,11 +337,24 @@ class AsyncAdminClient:
         request = t.admin_pb2.ResumeSkuRequest(sku_id=sku_id, request_id=t.request_id_or_new(request_id))
         return t.admin_result(await self._conn._rpc_call("ResumeSku", request))
 
+    async def start(self) -> None:
+        """Find the nodes now, instead of on the first call: with ``etcd``, read
+        the live nodes and start following them. Raises :class:`Unavailable`
+        when etcd does not answer, or lists no node, within
+        ``discovery_timeout_s``. Nothing to do with fixed addresses.
+        """
+        await self._conn.start()
+
     async def close(self) -> None:
-        """Close every connection."""
+        """Close every connection, and stop following the nodes in etcd."""
         await self._conn.close()
 
     async def __aenter__(self) -> AsyncAdminClient:
+        try:
+            await self.start()
+        except BaseException:
+            await self.close()
+            raise
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:

@@ -29,13 +29,33 @@ class RetryPolicy:
             ceiling = min(ceiling * self.multiplier, self.max_backoff_s)
 
 
+DEFAULT_ADDRESSES = ("127.0.0.1:50051",)
+"""Where a client without ``addresses`` or ``etcd`` sends its calls: a node on this machine."""
+
+
 @dataclass(frozen=True)
 class ClientConfig:
-    """Where a client sends calls and how long it keeps trying."""
+    """Where a client sends calls and how long it keeps trying.
 
-    addresses: Sequence[str] = ("127.0.0.1:50051",)
-    """Node addresses (host:port); calls are spread over them round-robin, and a
-    retry goes to the next one."""
+    The nodes come from one of two sources, never both:
+
+    - a fixed list, ``addresses`` (the default: :data:`DEFAULT_ADDRESSES`);
+    - the live nodes of ``cluster`` registered in ``etcd``: the client reads
+      them when it starts and follows them as they join and leave.
+
+    ::
+
+        ClientConfig(addresses="10.0.0.5:50051,10.0.0.6:50051")
+        ClientConfig(etcd="10.0.0.2:2379,10.0.0.3:2379", cluster="prod")
+    """
+
+    addresses: Sequence[str] | None = None
+    """Node addresses (host:port, a list or a comma-separated string); calls
+    are spread over them round-robin, and a retry goes to the next one.
+    ``None``: :data:`DEFAULT_ADDRESSES`, or none when ``etcd`` is given
+    (giving both is an error: ``dataclasses.replace(config, etcd=...,
+    addresses=None)`` switches a config to etcd). Always a tuple once the
+    config is made."""
     deadline_s: float = 10.0
     """Overall time a call may take, retries included."""
     attempt_timeout_s: float = 3.0
@@ -47,22 +67,72 @@ class ClientConfig:
     worker processes (they share the port with SO_REUSEPORT)."""
     metadata: Sequence[tuple[str, str]] = ()
     """Metadata sent with every call (credentials for admin calls, say)."""
+    etcd: Sequence[str] = ()
+    """etcd endpoints (host:port, a list or a comma-separated string) to find
+    the nodes in, instead of ``addresses``: the client calls the nodes of
+    ``cluster`` registered there, opening connections to nodes that join and
+    closing those to nodes that leave (after their calls in flight). Needs
+    the ``aetcd`` package. Empty: use ``addresses``."""
+    cluster: str = "flashstock"
+    """With ``etcd``: the cluster whose nodes to call (its keys live under
+    ``/flashstock/<cluster>/``)."""
+    discovery_timeout_s: float = 10.0
+    """With ``etcd``: how long starting the client may wait for etcd to
+    answer and list at least one node before it raises ``Unavailable``."""
 
     def __post_init__(self) -> None:
-        if isinstance(self.addresses, str):
-            object.__setattr__(self, "addresses", tuple(a for a in self.addresses.split(",") if a))
-        if not self.addresses:
-            raise ValueError("addresses: give at least one host:port")
-        for address in self.addresses:
-            host, _, port = address.rpartition(":")
-            if not host or not port.isdigit():
-                raise ValueError(f"addresses: {address!r} is not host:port")
-        if self.deadline_s <= 0 or self.attempt_timeout_s <= 0:
-            raise ValueError("deadline_s and attempt_timeout_s must be > 0")
+        etcd = _split(self.etcd)
+        object.__setattr__(self, "etcd", etcd)
+        if etcd:
+            if self.addresses is not None and _split(self.addresses):
+                raise ValueError(
+                    "give addresses or etcd, not both: with etcd the client calls the nodes registered there"
+                )
+            _check_etcd(etcd, self.cluster)
+            object.__setattr__(self, "addresses", ())
+        else:
+            addresses = DEFAULT_ADDRESSES if self.addresses is None else _split(self.addresses)
+            object.__setattr__(self, "addresses", addresses)
+            if not addresses:
+                raise ValueError("addresses: give at least one host:port (or etcd endpoints)")
+            for address in addresses:
+                if not _is_host_port(address):
+                    raise ValueError(f"addresses: {address!r} is not host:port")
+        if self.deadline_s <= 0 or self.attempt_timeout_s <= 0 or self.discovery_timeout_s <= 0:
+            raise ValueError("deadline_s, attempt_timeout_s and discovery_timeout_s must be > 0")
         if self.connections_per_address < 1:
             raise ValueError("connections_per_address must be >= 1")
 
 
-def channel_targets(config: ClientConfig) -> list[str]:
-    """One target per connection to open, addresses interleaved."""
-    return [a for _ in range(config.connections_per_address) for a in config.addresses]
+def _split(value: Sequence[str] | str) -> tuple[str, ...]:
+    if isinstance(value, str):
+        return tuple(part.strip() for part in value.split(",") if part.strip())
+    return tuple(value)
+
+
+def _check_etcd(endpoints: tuple[str, ...], cluster: str) -> None:
+    # lockmgr's own rules, so what passes here is what the client can dial;
+    # lockmgr imports aetcd only when a client is made, not here.
+    from flashstock.lockmgr._client import grpc_target
+    from flashstock.lockmgr._keys import check_id
+
+    try:
+        grpc_target(endpoints)
+    except ValueError as exc:
+        raise ValueError(f"etcd: {exc}") from None
+    check_id("cluster", cluster)
+
+
+def _is_host_port(address: str) -> bool:
+    host, _, port = address.rpartition(":")
+    return bool(host) and port.isdigit()
+
+
+def channel_targets(config: ClientConfig, addresses: Sequence[str] | None = None) -> list[str]:
+    """One target per connection to open, addresses interleaved.
+
+    ``addresses``: the nodes to reach now (the live ones found in etcd);
+    ``None``: the configured ``addresses``.
+    """
+    addresses = config.addresses if addresses is None else addresses
+    return [a for _ in range(config.connections_per_address) for a in addresses or ()]

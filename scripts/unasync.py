@@ -29,8 +29,9 @@ RULES = [
     (r"\bgrpc\.aio\.", "grpc."),
     (r"\basyncio\.sleep\b", "time.sleep"),
     (r"\b_AsyncConnection\b", "_SyncConnection"),
-    (r"\bAsyncStockClient\b", "StockClient"),
-    (r"\bAsyncAdminClient\b", "AdminClient"),
+    # AsyncStockClient -> StockClient, AsyncDiscovery -> Discovery: the
+    # blocking twin of an Async* class has the same name without the prefix.
+    (r"\bAsync([A-Z]\w*)\b", r"\1"),
     (r"\b__aenter__\b", "__enter__"),
     (r"\b__aexit__\b", "__exit__"),
 ]

@@ -25,14 +25,12 @@ SKU id, so tests never see each other's stock.
 
 from __future__ import annotations
 
-import contextlib
 import re
 import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
-import psutil
 import pytest
 import redis as redis_py
 
@@ -49,33 +47,9 @@ from flashstock.client import (  # noqa: E402
     StockClient,
 )
 from flashstock.server._procs import NodeProcess, PostgresServer, RedisServer  # noqa: E402
+from processes import running_node  # noqa: E402
 
 
-@contextlib.contextmanager
-def running_node(
-    redis_url: str, *, workers: int = 1, extra_args: tuple[str, ...] = (), ledger: str | None = None
-) -> Iterator[NodeProcess]:
-    """A started :class:`NodeProcess`, stopped on exit with every worker it forked.
-
-    ``NodeProcess.stop`` SIGTERMs the parent, which forwards the signal to its
-    workers; should the parent have to be SIGKILLed, its workers would live
-    on, so any still alive afterwards are killed here.
-    """
-    node = NodeProcess(redis_url, workers=workers, extra_args=extra_args, ledger=ledger)
-    children: list[psutil.Process] = []
-    try:
-        node.start()
-        children = psutil.Process(node.pid).children(recursive=True)
-        yield node
-    finally:
-        node.stop()
-        for child in children:
-            with contextlib.suppress(psutil.NoSuchProcess):
-                child.kill()
-        node.remove_data()
-        if node.log_path is not None:
-            with contextlib.suppress(OSError):
-                node.log_path.unlink()
 
 
 @pytest.hookimpl(wrapper=True, tryfirst=True)

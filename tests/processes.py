@@ -1,0 +1,37 @@
+"""Node processes for tests: started, and stopped with every worker they forked."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+
+import psutil
+
+from flashstock.server._procs import NodeProcess
+
+
+@contextlib.contextmanager
+def running_node(
+    redis_url: str, *, workers: int = 1, extra_args: tuple[str, ...] = (), ledger: str | None = None
+) -> Iterator[NodeProcess]:
+    """A started :class:`NodeProcess`, stopped on exit with every worker it forked.
+
+    ``NodeProcess.stop`` SIGTERMs the parent, which forwards the signal to its
+    workers; should the parent have to be SIGKILLed, its workers would live
+    on, so any still alive afterwards are killed here.
+    """
+    node = NodeProcess(redis_url, workers=workers, extra_args=extra_args, ledger=ledger)
+    children: list[psutil.Process] = []
+    try:
+        node.start()
+        children = psutil.Process(node.pid).children(recursive=True)
+        yield node
+    finally:
+        node.stop()
+        for child in children:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                child.kill()
+        node.remove_data()
+        if node.log_path is not None:
+            with contextlib.suppress(OSError):
+                node.log_path.unlink()
