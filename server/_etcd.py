@@ -70,6 +70,7 @@ class EtcdServer:
         heartbeat_ms: int = 50,
         election_ms: int = 500,
         extra_args: Sequence[str] = (),
+        detach: bool = False,
     ) -> None:
         self._binary = etcd_binary()
         self._own_folder = folder is None
@@ -89,6 +90,8 @@ class EtcdServer:
         self.heartbeat_ms = heartbeat_ms
         self.election_ms = election_ms
         self._extra = list(extra_args)
+        self.detach = detach
+        """Start the member in a session of its own, so it outlives its starter (and its Ctrl-C)."""
         self.proc: subprocess.Popen | None = None
         self._paused = False
 
@@ -149,7 +152,9 @@ class EtcdServer:
         self.folder.mkdir(parents=True, exist_ok=True)
         # Flag errors come before the logger is set up: keep them too.
         with open(self.folder / "etcd.out", "ab") as out:
-            self.proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT)
+            self.proc = subprocess.Popen(
+                args, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, start_new_session=self.detach
+            )
         self._paused = False
         return self
 

@@ -68,7 +68,9 @@ def _stop(proc: subprocess.Popen, timeout: float = 10.0) -> None:
 class RedisServer:
     """A ``redis-server`` of our own: free loopback port, temp folder, no persistence by default."""
 
-    def __init__(self, folder: Path | None = None, extra_args: Sequence[str] = (), port: int | None = None) -> None:
+    def __init__(
+        self, folder: Path | None = None, extra_args: Sequence[str] = (), port: int | None = None, *, detach: bool = False
+    ) -> None:
         binary = shutil.which("redis-server") or ("/usr/bin/redis-server" if Path("/usr/bin/redis-server").exists() else None)
         if binary is None:
             raise ProcessError("redis-server not found: install Debian's package (apt-get install redis-server)")
@@ -77,6 +79,8 @@ class RedisServer:
         self.folder = Path(folder or tempfile.mkdtemp(prefix="flashstock-redis-"))
         self.port = port or free_port()
         self._extra = list(extra_args)
+        self.detach = detach
+        """Start the server in a session of its own, so it outlives its starter (and its Ctrl-C)."""
         self.proc: subprocess.Popen | None = None
 
     @property
@@ -98,7 +102,13 @@ class RedisServer:
             "--logfile", str(self.folder / "redis.log"),
             *self._extra,
         ]
-        self.proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.proc = subprocess.Popen(
+            args,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=self.detach,
+        )
         deadline = time.monotonic() + 15
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -160,7 +170,9 @@ class PostgresServer:
     connect over TCP to 127.0.0.1 as ``postgres`` without a password.
     """
 
-    def __init__(self, folder: Path | None = None, port: int | None = None, os_user: str = "postgres") -> None:
+    def __init__(
+        self, folder: Path | None = None, port: int | None = None, os_user: str = "postgres", *, detach: bool = False
+    ) -> None:
         bindir = _postgres_bindir()
         if bindir is None:
             raise ProcessError(
@@ -175,6 +187,8 @@ class PostgresServer:
         self.port = port or free_port()
         self._fixed_port = port is not None
         self._os_user = os_user
+        self.detach = detach
+        """Leave the server running when this process exits (no stop at exit): whoever started it stops it."""
         self._started = False
 
     # -- addresses --------------------------------------------------------------
@@ -242,8 +256,9 @@ class PostgresServer:
         return self.log_path.read_text(errors="replace")[-2000:] if self.log_path.exists() else ""
 
     def start(self) -> PostgresServer:
-        """initdb, start, and wait until the server takes connections."""
-        atexit.register(self.stop)  # stopped at exit too, should the caller never get to it
+        """initdb (unless the folder holds a cluster already), start, and wait until the server takes connections."""
+        if not self.detach:
+            atexit.register(self.stop)  # stopped at exit too, should the caller never get to it
         try:
             self._start()
         except BaseException:
@@ -265,6 +280,11 @@ class PostgresServer:
                     "(Debian's postgresql package creates it)"
                 ) from None
             os.chown(self.folder, user.pw_uid, user.pw_gid)
+        if not (self.data_dir / "PG_VERSION").exists():
+            self._initdb()
+        self._pg_start()
+
+    def _initdb(self) -> None:
         initdb = self._run(
             str(self.bindir / "initdb"),
             "-D", str(self.data_dir),
@@ -276,6 +296,8 @@ class PostgresServer:
         )
         if initdb.returncode != 0:
             raise ProcessError(f"initdb failed ({initdb.returncode}): {initdb.stdout.decode(errors='replace')[-2000:]}")
+
+    def _pg_start(self) -> None:
         for attempt in range(3):
             options = f"-p {self.port} -k {shlex.quote(str(self.folder))} -c listen_addresses=127.0.0.1 -c fsync=off"
             started = self._run(

@@ -8,14 +8,13 @@ and talk to Redis and the ledger directly.
 
 from __future__ import annotations
 
-import asyncio
 import csv
 import inspect
 import json
-import os
 import re
 import sys
 import time
+from dataclasses import replace
 from datetime import datetime, timezone
 from enum import Enum
 from typing import Annotated, Any, NoReturn, Optional
@@ -27,6 +26,7 @@ from rich.table import Column, Table
 
 from flashstock.client import AdminClient, ClientConfig, FlashstockError, InvalidArgument, Mode, Sku
 
+from ._cluster_cli import cluster_app, nodes_app, shards_app
 from ._config import NodeConfig, ledger_url, load_config, setting_help
 
 app = typer.Typer(
@@ -40,6 +40,9 @@ ledger_app = typer.Typer(help="The SQL ledger: migrate its schema, show its stat
 app.add_typer(ledger_app, name="ledger")
 sales_app = typer.Typer(help="Sales figures, from the ledger.", no_args_is_help=True)
 app.add_typer(sales_app, name="sales")
+app.add_typer(nodes_app, name="nodes")
+app.add_typer(shards_app, name="shards")
+app.add_typer(cluster_app, name="cluster")
 
 console = Console()
 err_console = Console(stderr=True)
@@ -47,6 +50,18 @@ err_console = Console(stderr=True)
 AddrOption = Annotated[
     str,
     typer.Option("--addr", envvar="FLASHSTOCK_ADDR", help="Node address(es), host:port, comma-separated."),
+]
+AdminEtcdOption = Annotated[
+    str,
+    typer.Option(
+        "--etcd",
+        envvar="FLASHSTOCK_ETCD",
+        help="Call the nodes registered in etcd instead of --addr: etcd endpoints, host:port, comma-separated.",
+    ),
+]
+AdminClusterOption = Annotated[
+    str,
+    typer.Option("--cluster", envvar="FLASHSTOCK_CLUSTER", help="With --etcd: the cluster whose nodes to call."),
 ]
 
 
@@ -106,12 +121,21 @@ _build_serve_command()
 # -- sku ---------------------------------------------------------------------
 
 
-def _admin(addr: str) -> AdminClient:
+def _admin(addr: str, etcd: str = "", cluster: str = "flashstock") -> AdminClient:
     try:
-        return AdminClient(ClientConfig(addresses=addr, deadline_s=10))
+        if etcd and addr != "127.0.0.1:50051":
+            raise ValueError("give --addr or --etcd, not both")
+        config = ClientConfig(etcd=etcd, cluster=cluster) if etcd else ClientConfig(addresses=addr)
+        admin = AdminClient(replace(config, deadline_s=10, discovery_timeout_s=3))
     except ValueError as exc:
-        err_console.print(f"[red]--addr:[/] {exc}")
+        err_console.print(f"[red]{'--etcd' if etcd else '--addr'}:[/] {exc}")
         raise typer.Exit(2) from None
+    try:
+        admin.start()  # with --etcd: find the nodes, or say why not
+    except FlashstockError as exc:
+        admin.close()
+        _fail(exc)
+    return admin
 
 
 def _fail(exc: FlashstockError) -> None:
@@ -177,11 +201,13 @@ def sku_put(
     mode: Annotated[str, typer.Option(help="fast | durable.")] = "fast",
     request_id: Annotated[Optional[str], typer.Option(help="Idempotency key; default a new one.")] = None,
     addr: AddrOption = "127.0.0.1:50051",
+    etcd: AdminEtcdOption = "",
+    cluster: AdminClusterOption = "flashstock",
 ) -> None:
     """Define a SKU (defining it again restarts its sale)."""
     if mode not in ("fast", "durable"):
         raise typer.BadParameter("mode must be fast or durable", param_hint="--mode")
-    with _admin(addr) as admin:
+    with _admin(addr, etcd, cluster) as admin:
         try:
             result = admin.put_sku(
                 sku_id,
@@ -199,9 +225,14 @@ def sku_put(
 
 
 @sku_app.command("get")
-def sku_get(sku_id: Annotated[str, typer.Argument(help="The SKU id.")], addr: AddrOption = "127.0.0.1:50051") -> None:
+def sku_get(
+    sku_id: Annotated[str, typer.Argument(help="The SKU id.")],
+    addr: AddrOption = "127.0.0.1:50051",
+    etcd: AdminEtcdOption = "",
+    cluster: AdminClusterOption = "flashstock",
+) -> None:
     """Show one SKU."""
-    with _admin(addr) as admin:
+    with _admin(addr, etcd, cluster) as admin:
         try:
             console.print(_sku_table([admin.get_sku(sku_id)]))
         except FlashstockError as exc:
@@ -212,9 +243,11 @@ def sku_get(sku_id: Annotated[str, typer.Argument(help="The SKU id.")], addr: Ad
 def sku_ls(
     prefix: Annotated[str, typer.Option(help="Only SKUs whose id starts with this.")] = "",
     addr: AddrOption = "127.0.0.1:50051",
+    etcd: AdminEtcdOption = "",
+    cluster: AdminClusterOption = "flashstock",
 ) -> None:
     """List SKUs."""
-    with _admin(addr) as admin:
+    with _admin(addr, etcd, cluster) as admin:
         try:
             skus = admin.all_skus(prefix)
         except FlashstockError as exc:
@@ -228,9 +261,11 @@ def sku_adjust(
     delta: Annotated[int, typer.Argument(help="Units to add (+N) or take away (-N).")],
     request_id: Annotated[Optional[str], typer.Option(help="Idempotency key; default a new one.")] = None,
     addr: AddrOption = "127.0.0.1:50051",
+    etcd: AdminEtcdOption = "",
+    cluster: AdminClusterOption = "flashstock",
 ) -> None:
     """Add or take away stock, never below the units handed out."""
-    with _admin(addr) as admin:
+    with _admin(addr, etcd, cluster) as admin:
         try:
             console.print(_sku_table([admin.adjust_stock(sku_id, delta, request_id=request_id).sku]))
         except FlashstockError as exc:
@@ -238,9 +273,14 @@ def sku_adjust(
 
 
 @sku_app.command("pause")
-def sku_pause(sku_id: Annotated[str, typer.Argument(help="The SKU id.")], addr: AddrOption = "127.0.0.1:50051") -> None:
+def sku_pause(
+    sku_id: Annotated[str, typer.Argument(help="The SKU id.")],
+    addr: AddrOption = "127.0.0.1:50051",
+    etcd: AdminEtcdOption = "",
+    cluster: AdminClusterOption = "flashstock",
+) -> None:
     """Stop a SKU's sale: every attempt gets NOT_ON_SALE."""
-    with _admin(addr) as admin:
+    with _admin(addr, etcd, cluster) as admin:
         try:
             console.print(_sku_table([admin.pause_sku(sku_id).sku]))
         except FlashstockError as exc:
@@ -248,9 +288,14 @@ def sku_pause(sku_id: Annotated[str, typer.Argument(help="The SKU id.")], addr: 
 
 
 @sku_app.command("resume")
-def sku_resume(sku_id: Annotated[str, typer.Argument(help="The SKU id.")], addr: AddrOption = "127.0.0.1:50051") -> None:
+def sku_resume(
+    sku_id: Annotated[str, typer.Argument(help="The SKU id.")],
+    addr: AddrOption = "127.0.0.1:50051",
+    etcd: AdminEtcdOption = "",
+    cluster: AdminClusterOption = "flashstock",
+) -> None:
     """Resume a paused SKU's sale."""
-    with _admin(addr) as admin:
+    with _admin(addr, etcd, cluster) as admin:
         try:
             console.print(_sku_table([admin.resume_sku(sku_id).sku]))
         except FlashstockError as exc:

@@ -1,0 +1,865 @@
+"""A flashstock cluster on one machine: etcd, Redis, N nodes and their shared ledger, in one folder.
+
+``flashstock cluster up`` runs it, and so can tests and demos::
+
+    with LocalCluster(tmp_path / "cluster", nodes=3) as cluster:
+        client = StockClient(ClientConfig(addresses=cluster.node_addresses))
+        cluster.pause(0)            # node-0 stops answering and refreshing its lease
+        cluster.resume(0)
+        cluster.kill(1)             # a crash: SIGKILL, workers included
+        cluster.start_node(1)       # back, with the same id and port
+
+Everything listens on 127.0.0.1, on free ports, and lives in the folder::
+
+    cluster.json        what runs: every process (pid, command line, ports, log) and the endpoints
+    etcd/               etcd's data and its own log
+    redis/              Redis's folder (no persistence: the nodes rebuild it from the ledger)
+    ledger.sqlite3      --ledger sqlite: the ledger every node shares (SQLite WAL: one host)
+    postgres/           --ledger postgresql: a PostgreSQL cluster, database ``flashstock``
+    node-<i>/           node i's data folder
+    logs/<name>.log     every process's log (links to etcd's, Redis's and PostgreSQL's own)
+
+Each process runs in a session of its own (``start_new_session``), so it
+outlives the command that started it and a Ctrl-C in that command's terminal.
+:meth:`LocalCluster.down` stops exactly the recorded processes: a pid is
+signalled only while its start time and command line are still the
+recorded ones, so a pid the OS has since given to another program is left
+alone. ``up`` on a folder whose cluster is down starts it again with its
+data (the same ports when they are free): etcd keeps the shard count and
+the epochs the ledger has seen, so the two stay consistent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import dataclasses
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections import Counter
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Self, TypeVar
+
+from ._etcd import EtcdServer
+from ._node import READY_LINE
+from ._procs import PostgresServer, ProcessError, RedisServer, free_port
+
+__all__ = ["ClusterProcess", "ClusterStatus", "LocalCluster", "ProcessStatus", "StopOutcome"]
+
+T = TypeVar("T")
+
+CLUSTER_FILE = "cluster.json"
+"""The record of a local cluster, in its folder."""
+
+LEDGER_DATABASE = "flashstock"
+"""The PostgreSQL database of the ledger (``--ledger postgresql``)."""
+
+_STOP_ORDER = ("node", "redis", "etcd", "postgres")
+"""Nodes first (they write to the others), then what they use."""
+
+_STOP_TIMEOUT_S = {"node": 20.0, "redis": 10.0, "etcd": 10.0, "postgres": 30.0}
+"""How long a process gets to exit after its stop signal, before SIGKILL.
+A node's grace period for in-flight calls is 5 s by default."""
+
+_STOP_SIGNAL = {"node": signal.SIGTERM, "redis": signal.SIGTERM, "etcd": signal.SIGTERM, "postgres": signal.SIGINT}
+"""SIGINT is PostgreSQL's fast shutdown; its SIGTERM would wait for every client session to end."""
+
+
+@dataclass
+class ClusterProcess:
+    """One process of a local cluster, as ``cluster.json`` records it."""
+
+    name: str
+    """``etcd``, ``redis``, ``postgres`` or the node id (``node-0`` ...)."""
+    role: str
+    """``etcd``, ``redis``, ``postgres`` or ``node``."""
+    pid: int
+    """Its process id."""
+    argv: list[str]
+    """Its command line, as the OS reports it: with ``create_time``, what tells it from a reused pid."""
+    create_time: float
+    """When the OS started it (``psutil.Process.create_time()``, unix seconds)."""
+    started_ms: int
+    """When it was ready, unix ms (for people)."""
+    ports: dict[str, int]
+    """Its TCP ports on 127.0.0.1, by use (``client``, ``peer``, ``grpc``, ``metrics`` ...)."""
+    log: str
+    """Its log file."""
+    address: str = ""
+    """What clients are given: an endpoint, a URL or ``host:port``."""
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> ClusterProcess:
+        """The record from its ``cluster.json`` form."""
+        return cls(**data)
+
+
+@dataclass(frozen=True)
+class ProcessStatus:
+    """How one recorded process is doing now."""
+
+    name: str
+    """The process's name in the cluster."""
+    role: str
+    """``etcd``, ``redis``, ``postgres`` or ``node``."""
+    pid: int
+    """The recorded pid."""
+    state: str
+    """``running``, ``paused`` (SIGSTOPped) or ``gone``."""
+    address: str
+    """What clients are given."""
+    health: str | None = None
+    """Nodes: the gRPC health check's answer (``SERVING``, ``NOT_SERVING``) or why there was none."""
+    shards: int | None = None
+    """Nodes: shards it owns according to etcd; None when etcd could not be read."""
+
+    @property
+    def ok(self) -> bool:
+        """Running, and (a node) serving."""
+        return self.state == "running" and (self.role != "node" or self.health == "SERVING")
+
+
+@dataclass(frozen=True)
+class ClusterStatus:
+    """How a local cluster is doing now (:meth:`LocalCluster.status`)."""
+
+    state: str
+    """What ``cluster.json`` says: ``starting``, ``up`` or ``down``."""
+    processes: list[ProcessStatus]
+    """Every recorded process."""
+    etcd_error: str | None = None
+    """Why the shard owners could not be read from etcd, if they could not."""
+
+    @property
+    def ok(self) -> bool:
+        """Every process running, every node serving."""
+        return bool(self.processes) and all(p.ok for p in self.processes)
+
+
+@dataclass(frozen=True)
+class StopOutcome:
+    """What :meth:`LocalCluster.down` did to one recorded process."""
+
+    name: str
+    """The process's name in the cluster."""
+    pid: int
+    """The recorded pid."""
+    outcome: str
+    """``stopped`` (exited on its signal), ``killed`` (SIGKILL after the timeout) or ``not running``
+    (gone already, or the pid now belongs to another program: left alone)."""
+
+
+@dataclass(frozen=True)
+class _NodeSpec:
+    index: int
+    port: int
+    metrics_port: int
+
+    @property
+    def id(self) -> str:
+        return f"node-{self.index}"
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+
+@dataclass
+class _Record:
+    """Everything ``cluster.json`` holds."""
+
+    cluster: str
+    shards: int
+    ledger: str
+    lease_ttl_s: int
+    workers: int
+    extra_node_args: list[str]
+    state: str = "new"
+    etcd_endpoint: str = ""
+    redis_url: str = ""
+    ledger_url: str = ""
+    nodes: list[dict[str, int]] = field(default_factory=list)
+    processes: list[ClusterProcess] = field(default_factory=list)
+    up_ms: int = 0
+    down_ms: int = 0
+
+
+# -- processes ------------------------------------------------------------------
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def _identify(pid: int) -> tuple[list[str], float]:
+    """The command line and start time the OS has for ``pid`` now."""
+    import psutil
+
+    proc = psutil.Process(pid)
+    return proc.cmdline(), proc.create_time()
+
+
+def _gone(proc: Any) -> bool:
+    """True once ``proc`` (a ``psutil.Process``) exited; reaps it if it is our own child.
+
+    A zombie counts as exited: an orphan's zombie stays until its new parent
+    reaps it, and in a container that may be never.
+    """
+    import psutil
+
+    try:
+        if proc.status() != psutil.STATUS_ZOMBIE:
+            return not proc.is_running()
+    except psutil.NoSuchProcess:
+        return True
+    with contextlib.suppress(ChildProcessError, OSError):
+        os.waitpid(proc.pid, os.WNOHANG)
+    return True
+
+
+def _running(record: ClusterProcess) -> Any:
+    """The live ``psutil.Process`` of ``record``, or None if it exited or the pid is another program's now."""
+    import psutil
+
+    try:
+        proc = psutil.Process(record.pid)
+        if abs(proc.create_time() - record.create_time) > 1.0:
+            return None  # the pid was given to another process since
+        if _gone(proc) or proc.cmdline() != record.argv:
+            return None
+        return proc
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
+        return None
+
+
+def _wait_gone(procs: Sequence[Any], timeout: float) -> list[Any]:
+    """Wait until every process exited (a zombie counts as exited); the ones still alive."""
+    deadline = time.monotonic() + timeout
+    alive = list(procs)
+    while alive:
+        alive = [p for p in alive if not _gone(p)]
+        if not alive or time.monotonic() >= deadline:
+            break
+        time.sleep(0.05)
+    return alive
+
+
+def _wait_stopped(procs: Sequence[Any], stopped: bool, timeout: float = 5.0) -> None:
+    """Wait until every process is (``stopped``) or is not (not ``stopped``) SIGSTOPped: signals take a moment."""
+    import psutil
+
+    def settled(proc: Any) -> bool:
+        try:
+            return (proc.status() == psutil.STATUS_STOPPED) == stopped
+        except psutil.NoSuchProcess:
+            return True
+
+    deadline = time.monotonic() + timeout
+    while not all(settled(p) for p in procs) and time.monotonic() < deadline:
+        time.sleep(0.01)
+
+
+def _family(proc: Any) -> list[Any]:
+    """``proc`` and every process under it (a node's workers and duties process)."""
+    import psutil
+
+    try:
+        return [proc, *proc.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return [proc]
+
+
+def _signal_all(procs: Sequence[Any], signum: int) -> None:
+    import psutil
+
+    for proc in procs:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            proc.send_signal(signum)
+
+
+def _terminate(record: ClusterProcess) -> str:
+    """Stop ``record``'s process (and its children): its stop signal, then SIGKILL after the role's timeout."""
+    proc = _running(record)
+    if proc is None:
+        return "not running"
+    family = _family(proc)
+    _signal_all([proc], _STOP_SIGNAL[record.role])
+    # A SIGSTOPped process would hold the signal until resumed.
+    _signal_all(family, signal.SIGCONT)
+    outcome = "stopped"
+    if _wait_gone([proc], _STOP_TIMEOUT_S[record.role]):
+        _signal_all(family, signal.SIGKILL)
+        outcome = "killed"
+    # A node forwards its signal to its workers; a killed one leaves them behind.
+    leftovers = _wait_gone(family, 5.0)
+    _signal_all(leftovers, signal.SIGKILL)
+    _wait_gone(leftovers, 5.0)
+    return outcome
+
+
+def _port_free(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        # As the servers bind: a port whose old connections linger in TIME_WAIT is free to them.
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def _reuse_or_new(port: int | None) -> int:
+    return port if port and _port_free(port) else free_port()
+
+
+def _link_log(folder: Path, name: str, target: Path) -> Path:
+    """``logs/<name>.log``, a link to a log the process writes elsewhere."""
+    link = folder / "logs" / f"{name}.log"
+    with contextlib.suppress(FileNotFoundError):
+        link.unlink()
+    link.symlink_to(os.path.relpath(target, link.parent))
+    return link
+
+
+def _run_async(factory: Callable[[], Awaitable[T]]) -> T:
+    """Run a coroutine to the end, also when called from a running event loop (on a thread of its own)."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(factory())  # type: ignore[arg-type]
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        return pool.submit(lambda: asyncio.run(factory())).result()  # type: ignore[arg-type]
+
+
+def _node_env() -> dict[str, str]:
+    # Every setting is on the command line: none of the caller's FLASHSTOCK_* (or its config file).
+    return {k: v for k, v in os.environ.items() if not k.upper().startswith("FLASHSTOCK_")}
+
+
+# -- the cluster ---------------------------------------------------------------------
+
+
+class LocalCluster:
+    """etcd, Redis, ``nodes`` flashstock nodes and a shared ledger, on loopback, in ``folder``.
+
+    :meth:`up` starts it and :meth:`down` stops it; as a context manager it
+    does both, and also stops what it started when starting fails half way.
+    :meth:`load` rebuilds the object from the folder's ``cluster.json`` (for
+    ``cluster status`` / ``down`` in another process). The methods block;
+    they may be called from a running event loop (its loop is not used).
+
+    ``ledger`` is ``"sqlite"`` (one file every node opens, ``ledger.sqlite3``)
+    or ``"postgresql"`` (a PostgreSQL server in the folder). ``workers`` and
+    ``extra_node_args`` go to every node's ``flashstock serve``; ``cluster``
+    is the cluster's name in etcd.
+    """
+
+    def __init__(
+        self,
+        folder: str | Path,
+        nodes: int = 3,
+        ledger: str = "sqlite",
+        shards: int = 64,
+        lease_ttl_s: int = 5,
+        workers: int = 1,
+        extra_node_args: Sequence[str] = (),
+        cluster: str = "flashstock",
+    ) -> None:
+        if nodes < 1:
+            raise ValueError(f"nodes must be >= 1, not {nodes}")
+        if ledger not in ("sqlite", "postgresql"):
+            raise ValueError(f"ledger must be 'sqlite' or 'postgresql', not {ledger!r}")
+        if not 1 <= shards <= 16384:
+            raise ValueError(f"shards must be 1-16384, not {shards}")
+        if lease_ttl_s < 1:
+            raise ValueError(f"lease_ttl_s must be >= 1, not {lease_ttl_s}")
+        if workers < 0:
+            raise ValueError(f"workers must be >= 0, not {workers}")
+        self.folder = Path(folder).expanduser().resolve()
+        """The cluster's folder (absolute)."""
+        self.size = nodes
+        """How many nodes it runs."""
+        self._record = _Record(
+            cluster=cluster,
+            shards=shards,
+            ledger=ledger,
+            lease_ttl_s=lease_ttl_s,
+            workers=workers,
+            extra_node_args=list(extra_node_args),
+        )
+        self._popens: dict[int, subprocess.Popen] = {}
+
+    # -- what it is --------------------------------------------------------------
+
+    @classmethod
+    def load(cls, folder: str | Path) -> LocalCluster:
+        """The cluster recorded in ``folder``/cluster.json; ``FileNotFoundError`` if there is none."""
+        path = Path(folder).expanduser().resolve() / CLUSTER_FILE
+        data = json.loads(path.read_text())
+        processes = [ClusterProcess.from_json(p) for p in data.pop("processes")]
+        record = _Record(**data, processes=processes)
+        cluster = cls(
+            path.parent,
+            nodes=max(1, len(record.nodes)),
+            ledger=record.ledger,
+            shards=record.shards,
+            lease_ttl_s=record.lease_ttl_s,
+            workers=record.workers,
+            extra_node_args=record.extra_node_args,
+            cluster=record.cluster,
+        )
+        cluster._record = record
+        return cluster
+
+    @property
+    def cluster(self) -> str:
+        """The cluster's name in etcd."""
+        return self._record.cluster
+
+    @property
+    def shards(self) -> int:
+        """The cluster's shard count."""
+        return self._record.shards
+
+    @property
+    def state(self) -> str:
+        """``new`` (never started), ``starting``, ``up`` or ``down``, as recorded."""
+        return self._record.state
+
+    @property
+    def etcd_endpoint(self) -> str:
+        """``127.0.0.1:<port>`` of etcd (``--etcd``)."""
+        return self._record.etcd_endpoint
+
+    @property
+    def redis_url(self) -> str:
+        """``redis://127.0.0.1:<port>/0``."""
+        return self._record.redis_url
+
+    @property
+    def ledger_url(self) -> str:
+        """The ledger URL every node is given (``--ledger``)."""
+        return self._record.ledger_url
+
+    @property
+    def node_ids(self) -> list[str]:
+        """The nodes' ids, by index: ``node-0`` ..."""
+        return [self._spec(i).id for i in range(len(self._record.nodes))]
+
+    @property
+    def node_addresses(self) -> list[str]:
+        """The nodes' gRPC addresses (``127.0.0.1:<port>``), by index."""
+        return [self._spec(i).address for i in range(len(self._record.nodes))]
+
+    @property
+    def processes(self) -> list[ClusterProcess]:
+        """Every recorded process, in start order."""
+        return list(self._record.processes)
+
+    def node_pids(self, i: int) -> list[int]:
+        """Node ``i``'s process and every process under it (workers, duties); empty if it is not running."""
+        proc = _running(self._process(self._spec(i).id))
+        return [] if proc is None else [p.pid for p in _family(proc)]
+
+    # -- up and down ----------------------------------------------------------------
+
+    def up(self) -> Self:
+        """Start etcd, Redis, the ledger and the nodes; wait until each node serves.
+
+        Refuses (``ProcessError``) a folder whose recorded cluster still runs.
+        Should anything fail to start, what was started is stopped again.
+        """
+        previous = self._previous()
+        self._refuse_if_running(previous)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        (self.folder / "logs").mkdir(exist_ok=True)
+        self._record.processes = []
+        self._record.nodes = []
+        self._record.state = "starting"
+        try:
+            self._start_etcd(previous)
+            self._init_cluster()
+            self._start_redis(previous)
+            self._start_ledger(previous)
+            for i in range(self.size):
+                self._start_first_node(i, previous)
+        except BaseException:
+            self.down()
+            raise
+        self._record.state = "up"
+        self._record.up_ms = _now_ms()
+        self._save()
+        return self
+
+    def down(self, purge: bool = False) -> list[StopOutcome]:
+        """Stop every recorded process (nodes, then Redis, etcd, PostgreSQL) and mark the folder down.
+
+        Logs and data stay unless ``purge``, which removes the folder.
+        """
+        outcomes = []
+        for record in sorted(self._record.processes, key=self._stop_rank):
+            outcomes.append(StopOutcome(record.name, record.pid, _terminate(record)))
+        self._forget_popens()
+        if purge:
+            shutil.rmtree(self.folder, ignore_errors=True)
+        elif self._record.state != "new":
+            self._record.state = "down"
+            self._record.down_ms = _now_ms()
+            self._save()
+        return outcomes
+
+    def status(self, timeout: float = 1.0) -> ClusterStatus:
+        """Each recorded process alive or not; each node's health check and shards owned (from etcd)."""
+        owned, etcd_error = self._owned_shards(timeout=max(timeout, 2.0))
+        statuses = []
+        for record in self._record.processes:
+            state = self._state_of(record)
+            if record.role != "node":
+                statuses.append(ProcessStatus(record.name, record.role, record.pid, state, record.address))
+                continue
+            health = _health(record.address, timeout) if state == "running" else None
+            shards = None if owned is None else owned.get(record.name, 0)
+            statuses.append(ProcessStatus(record.name, record.role, record.pid, state, record.address, health, shards))
+        return ClusterStatus(self._record.state, statuses, etcd_error)
+
+    def __enter__(self) -> Self:
+        return self.up()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.down()
+
+    # -- one node ------------------------------------------------------------------------
+
+    def kill(self, i: int) -> None:
+        """SIGKILL node ``i`` and every process under it: a crash."""
+        proc = _running(self._process(self._spec(i).id))
+        if proc is None:
+            return
+        family = _family(proc)
+        _signal_all(family, signal.SIGKILL)
+        _wait_gone(family, 10.0)
+
+    def stop_node(self, i: int) -> StopOutcome:
+        """Stop node ``i`` gracefully (SIGTERM; SIGKILL if it lingers)."""
+        record = self._process(self._spec(i).id)
+        return StopOutcome(record.name, record.pid, _terminate(record))
+
+    def start_node(self, i: int, timeout: float = 60.0) -> ClusterProcess:
+        """Start node ``i`` again (same id, port and data) and wait until it serves; refused while it runs."""
+        record = self._process(self._spec(i).id)
+        if _running(record) is not None:
+            raise ProcessError(f"{record.name} is running (pid {record.pid}): stop or kill it first")
+        started = self._spawn_node(record.argv, Path(record.log), timeout)
+        started.ports, started.address = record.ports, record.address
+        self._replace(started)
+        return started
+
+    def pause(self, i: int) -> None:
+        """SIGSTOP node ``i`` and its workers: it holds its sockets but answers nothing, refreshes no lease.
+
+        Returns once every one of them is stopped.
+        """
+        proc = _running(self._process(self._spec(i).id))
+        if proc is not None:
+            family = _family(proc)
+            _signal_all(family, signal.SIGSTOP)
+            _wait_stopped(family, stopped=True)
+
+    def resume(self, i: int) -> None:
+        """SIGCONT node ``i`` and its workers; returns once none of them is stopped."""
+        proc = _running(self._process(self._spec(i).id))
+        if proc is not None:
+            family = list(reversed(_family(proc)))
+            _signal_all(family, signal.SIGCONT)
+            _wait_stopped(family, stopped=False)
+
+    # -- starting ----------------------------------------------------------------------
+
+    def _previous(self) -> LocalCluster | None:
+        try:
+            return LocalCluster.load(self.folder)
+        except FileNotFoundError:
+            return None
+        except (ValueError, TypeError, KeyError) as exc:
+            raise ProcessError(f"{self.folder / CLUSTER_FILE} is not a cluster record ({exc!r}): remove it") from None
+
+    def _refuse_if_running(self, previous: LocalCluster | None) -> None:
+        if previous is None:
+            return
+        running = [p for p in previous.processes if _running(p) is not None]
+        if running:
+            names = ", ".join(f"{p.name} (pid {p.pid})" for p in running)
+            raise ProcessError(
+                f"a cluster is running in {self.folder}: {names}; stop it first (flashstock cluster down --dir {self.folder})"
+            )
+
+    def _start_etcd(self, previous: LocalCluster | None) -> None:
+        old_etcd = previous._find("etcd") if previous else None
+        old = old_etcd.ports if old_etcd else {}
+        reuse = bool(old) and _port_free(old["client"]) and _port_free(old["peer"])
+        server = EtcdServer(
+            self.folder / "etcd",
+            client_port=old["client"] if reuse else None,
+            peer_port=old["peer"] if reuse else None,
+            detach=True,
+        )
+        server.start()
+        assert server.proc is not None
+        self._popens[server.proc.pid] = server.proc
+        self._record.etcd_endpoint = server.endpoint
+        log = _link_log(self.folder, "etcd", server.log_path)
+        ports = {"client": server.client_port, "peer": server.peer_port}
+        self._add(self._recorded("etcd", "etcd", server.proc.pid, ports, log, server.endpoint))
+
+    def _init_cluster(self) -> None:
+        from flashstock.lockmgr import ShardCountMismatch, etcd_client, init_cluster
+
+        async def init() -> int:
+            client = etcd_client(self.etcd_endpoint, timeout=10)
+            try:
+                return await init_cluster(client, self.cluster, self.shards)
+            finally:
+                await client.close()
+
+        try:
+            _run_async(init)
+        except ShardCountMismatch as exc:
+            raise ProcessError(
+                f"the cluster in {self.folder} has shards={exc.stored} (kept in its etcd, and the ledger's epochs "
+                f"with it), not {self.shards}: start it with shards={exc.stored}, or use another folder"
+            ) from None
+
+    def _start_redis(self, previous: LocalCluster | None) -> None:
+        old = previous._find("redis") if previous else None
+        (self.folder / "redis").mkdir(exist_ok=True)
+        server = RedisServer(self.folder / "redis", port=_reuse_or_new(old.ports["redis"] if old else None), detach=True)
+        server.start()
+        assert server.proc is not None
+        self._popens[server.proc.pid] = server.proc
+        self._record.redis_url = server.url
+        log = _link_log(self.folder, "redis", server.folder / "redis.log")
+        self._add(self._recorded("redis", "redis", server.proc.pid, {"redis": server.port}, log, server.url))
+
+    def _start_ledger(self, previous: LocalCluster | None) -> None:
+        if self._record.ledger == "sqlite":
+            self._record.ledger_url = f"sqlite:///{self.folder / 'ledger.sqlite3'}"
+            return
+        old = previous._find("postgres") if previous else None
+        server = PostgresServer(self.folder / "postgres", port=_reuse_or_new(old.ports["postgres"] if old else None), detach=True)
+        try:
+            server.start()
+        except ProcessError as exc:
+            hint = (
+                " (as root, PostgreSQL runs as the postgres user: it must be able to enter every folder above "
+                f"{self.folder})"
+                if os.geteuid() == 0
+                else ""
+            )
+            raise ProcessError(f"{exc}{hint}") from None
+        pid = int((server.data_dir / "postmaster.pid").read_text().split()[0])
+        log = _link_log(self.folder, "postgres", server.log_path)
+        address = f"127.0.0.1:{server.port}"
+        self._add(self._recorded("postgres", "postgres", pid, {"postgres": server.port}, log, address))
+        self._record.ledger_url = _ensure_database(server, LEDGER_DATABASE)
+
+    def _start_first_node(self, i: int, previous: LocalCluster | None) -> None:
+        """Start node ``i`` on its previous ports if free; new ports if another program takes one first."""
+        old = previous._record.nodes[i] if previous and i < len(previous._record.nodes) else {}
+        for attempt in range(3):
+            spec = _NodeSpec(i, _reuse_or_new(old.get("port")), _reuse_or_new(old.get("metrics_port")))
+            self._set_spec(spec)
+            log = self.folder / "logs" / f"{spec.id}.log"
+            try:
+                started = self._spawn_node(self._node_argv(spec), log)
+            except ProcessError as exc:
+                if attempt == 2 or "cannot bind" not in str(exc):
+                    raise
+                old = {}
+                continue
+            started.ports = {"grpc": spec.port, "metrics": spec.metrics_port}
+            started.address = spec.address
+            self._add(started)
+            return
+
+    def _node_argv(self, spec: _NodeSpec) -> list[str]:
+        r = self._record
+        return [
+            sys.executable, "-m", "flashstock.server", "serve",
+            "--host", "127.0.0.1",
+            "--port", str(spec.port),
+            "--redis-url", r.redis_url,
+            "--etcd", r.etcd_endpoint,
+            "--cluster", r.cluster,
+            "--node-id", spec.id,
+            "--shards", str(r.shards),
+            "--lease-ttl-s", str(r.lease_ttl_s),
+            "--workers", str(r.workers),
+            "--data-dir", str(self.folder / spec.id),
+            "--ledger", r.ledger_url,
+            "--metrics-port", str(spec.metrics_port),
+            *r.extra_node_args,
+        ]
+
+    def _spawn_node(self, argv: list[str], log: Path, timeout: float = 60.0) -> ClusterProcess:
+        """Start a node with stdout and stderr into ``log``; wait for its ready line there."""
+        name = argv[argv.index("--node-id") + 1]
+        log.parent.mkdir(parents=True, exist_ok=True)
+        with open(log, "ab") as out:
+            offset = out.tell()
+            proc = subprocess.Popen(
+                argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                env=_node_env(), start_new_session=True,
+            )
+        self._popens[proc.pid] = proc
+        deadline = time.monotonic() + timeout
+        while True:
+            text = _read_from(log, offset)
+            if READY_LINE in text:
+                return self._recorded(name, "node", proc.pid, {}, log, "")
+            if proc.poll() is not None:
+                raise ProcessError(f"{name} exited ({proc.returncode}) before serving: {text[-3000:]}")
+            if time.monotonic() >= deadline:
+                _kill_tree(proc.pid)
+                proc.wait()
+                raise ProcessError(f"{name} not serving within {timeout} s: {text[-3000:]}")
+            time.sleep(0.05)
+
+    # -- the record ------------------------------------------------------------------------
+
+    def _recorded(self, name: str, role: str, pid: int, ports: dict[str, int], log: Path, address: str) -> ClusterProcess:
+        argv, create_time = _identify(pid)
+        return ClusterProcess(name, role, pid, argv, create_time, _now_ms(), ports, str(log), address)
+
+    def _add(self, record: ClusterProcess) -> None:
+        # Saved at once: a starter killed half way leaves a record `down` can use.
+        self._record.processes.append(record)
+        self._save()
+
+    def _replace(self, record: ClusterProcess) -> None:
+        self._record.processes = [record if p.name == record.name else p for p in self._record.processes]
+        self._save()
+
+    def _find(self, name: str) -> ClusterProcess | None:
+        return next((p for p in self._record.processes if p.name == name), None)
+
+    def _process(self, name: str) -> ClusterProcess:
+        record = self._find(name)
+        if record is None:
+            raise ProcessError(f"{name} is not a process of the cluster in {self.folder}")
+        return record
+
+    def _spec(self, i: int) -> _NodeSpec:
+        if not 0 <= i < len(self._record.nodes):
+            raise IndexError(f"node index {i} is not 0-{len(self._record.nodes) - 1}")
+        node = self._record.nodes[i]
+        return _NodeSpec(i, node["port"], node["metrics_port"])
+
+    def _set_spec(self, spec: _NodeSpec) -> None:
+        nodes = self._record.nodes
+        entry = {"port": spec.port, "metrics_port": spec.metrics_port}
+        if spec.index < len(nodes):
+            nodes[spec.index] = entry
+        else:
+            nodes.append(entry)
+
+    def _save(self) -> None:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        data = dataclasses.asdict(self._record)
+        data["processes"] = [dataclasses.asdict(p) for p in self._record.processes]
+        path = self.folder / CLUSTER_FILE
+        tmp = path.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(data, indent=2) + "\n")
+        os.replace(tmp, path)
+
+    def _stop_rank(self, record: ClusterProcess) -> tuple[int, str]:
+        return _STOP_ORDER.index(record.role), record.name
+
+    def _forget_popens(self) -> None:
+        # Reaped already (the pid is gone): let each Popen know, so none warns it still runs.
+        for proc in self._popens.values():
+            with contextlib.suppress(OSError):
+                proc.poll()
+        self._popens.clear()
+
+    # -- status --------------------------------------------------------------------------
+
+    def _state_of(self, record: ClusterProcess) -> str:
+        import psutil
+
+        proc = _running(record)
+        if proc is None:
+            return "gone"
+        with contextlib.suppress(psutil.NoSuchProcess):
+            if proc.status() == psutil.STATUS_STOPPED:
+                return "paused"
+        return "running"
+
+    def _owned_shards(self, timeout: float) -> tuple[Counter[str] | None, str | None]:
+        from flashstock.lockmgr import etcd_client, owners
+
+        etcd = self._find("etcd")
+        if etcd is None or self._state_of(etcd) != "running":
+            return None, "etcd is not running"
+
+        async def read() -> Counter[str]:
+            client = etcd_client(self.etcd_endpoint, timeout=timeout)
+            try:
+                return Counter(o.node for o in (await owners(client, self.cluster)).values())
+            finally:
+                await client.close()
+
+        try:
+            return _run_async(read), None
+        except Exception as exc:  # noqa: BLE001 - shown to the operator, not raised
+            return None, f"{type(exc).__name__}: {exc}"
+
+
+def _read_from(path: Path, offset: int) -> str:
+    try:
+        with open(path, "rb") as f:
+            f.seek(offset)
+            return f.read().decode(errors="replace")
+    except OSError:
+        return ""
+
+
+def _kill_tree(pid: int) -> None:
+    """SIGKILL ``pid`` and every process under it, if it still runs."""
+    import psutil
+
+    try:
+        family = _family(psutil.Process(pid))
+    except psutil.NoSuchProcess:
+        return
+    _signal_all(family, signal.SIGKILL)
+
+
+def _health(address: str, timeout: float) -> str:
+    """The gRPC health check's answer for the whole server, or why there was none."""
+    import grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    with grpc.insecure_channel(address) as channel:
+        try:
+            reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=""), timeout=timeout)
+        except grpc.RpcError as exc:
+            return f"unreachable ({exc.code().name})"  # type: ignore[attr-defined]
+    return health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
+
+
+def _ensure_database(server: PostgresServer, name: str) -> str:
+    """The URL of database ``name`` on ``server``, created if it is missing (a cluster started again keeps it)."""
+    import psycopg
+
+    with psycopg.connect(server.dsn(), autocommit=True) as conn:
+        exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone()
+    return server.database_url(name) if exists else server.create_database(name)
