@@ -24,7 +24,7 @@ from sqlalchemy.engine import Connection, Engine
 
 from flashstock.client import FlashstockError
 
-from ._schema import STATES, deductions, metadata, persister_cursors, shard_epochs, shard_generations, skus
+from ._schema import STATES, deductions, persister_cursors, shard_epochs, shard_generations, skus
 
 HEAD = "0001"
 """The schema revision this code reads and writes."""

@@ -24,7 +24,7 @@
 --
 -- Returns 'OK', 'STALE' (the mutex is not ours any more, or another
 -- generation is in place: nothing was written) or 'FENCED' (begin: a newer
--- owner's epoch is stored: nothing was written).
+-- owner's epoch is stored: only the ledger's epoch was taken back).
 local step, token, gen, prefix = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local ttl_ms = tonumber(ARGV[5])
 if redis.call('GET', KEYS[2]) ~= token then return 'STALE' end

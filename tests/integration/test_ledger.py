@@ -566,3 +566,18 @@ def test_entries_read_before_a_rebuild_began_are_refused(engine_url):
         assert "new" in ledger.deductions_of(["new"])
     finally:
         ledger.close()
+
+
+def test_claim_epoch_records_the_owner_and_the_snapshot_carries_the_epoch(ledger):
+    ledger.claim_epoch(SHARD, 12, "node-a", T0)
+    ledger.claim_epoch(SHARD, 15, "node-b", T0 + 1)
+    with pytest.raises(Fenced):
+        ledger.claim_epoch(SHARD, 14, "node-a", T0 + 2)  # node-a woke up after node-b took over
+
+    assert ledger.epochs() == {SHARD: (15, "node-b")}
+    assert ledger.snapshot(SHARD, 1, 0).epoch == 15
+    assert ledger.snapshot(SHARD + 1, 1, 0).epoch == 0
+    # The new owner's duties go on; the old one's commit is refused.
+    ledger.persist(SHARD, 1, [Log().put("sku-a", 5)], epoch=15)
+    with pytest.raises(Fenced):
+        ledger.persist(SHARD, 1, [Log().put("sku-a", 7)], epoch=12)

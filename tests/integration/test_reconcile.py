@@ -13,7 +13,6 @@ from __future__ import annotations
 import re
 import time
 
-import pytest
 import redis as redis_py
 from rich.console import Console
 from typer.testing import CliRunner

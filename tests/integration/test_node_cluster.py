@@ -1,0 +1,58 @@
+"""A node in a cluster, on its own: it joins, owns every shard, refuses another shard count, leaves cleanly."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from flashstock.lockmgr import ShardKeys, init_cluster, live_nodes, owners
+from flashstock.server._procs import NodeProcess, ProcessError
+
+pytest_plugins = ["etcd_fixtures"]
+
+SHARDS = 8
+
+
+def etcd_args(etcd_server, cluster_name):
+    return ["--etcd", etcd_server.endpoint, "--cluster", cluster_name, "--lease-ttl-s", "5"]
+
+
+async def read(etcd, cluster_name):
+    return await live_nodes(etcd, cluster_name), await owners(etcd, cluster_name)
+
+
+@pytest.mark.asyncio(loop_scope="session")
+async def test_a_node_alone_owns_every_shard_and_frees_them_when_it_stops(etcd, etcd_server, cluster_name, redis_server, redis, tmp_path):
+    node = NodeProcess(redis_server.url, shards=SHARDS, data_dir=tmp_path, extra_args=etcd_args(etcd_server, cluster_name))
+    await asyncio.to_thread(node.start)
+    try:
+        async def all_owned():
+            nodes, owned = await read(etcd, cluster_name)
+            return len(owned) == SHARDS and {o.node for o in owned.values()} == set(nodes) == {node.address}
+
+        for _ in range(200):
+            if await all_owned():
+                break
+            await asyncio.sleep(0.05)
+        assert await all_owned()
+        nodes, owned = await read(etcd, cluster_name)
+        assert nodes[node.address].address == node.address
+        # Fenced in Redis under the epochs etcd gave (the node's shards: 8 of the Redis's keyspace).
+        for shard, owner in owned.items():
+            assert int(redis.hget(ShardKeys(shard).meta, "epoch")) == owner.epoch
+    finally:
+        await asyncio.to_thread(node.stop)
+    # Stopped gracefully: its lease is revoked, so its keys are gone at once, not a TTL later.
+    assert await read(etcd, cluster_name) == ({}, {})
+
+
+@pytest.mark.asyncio(loop_scope="session")
+async def test_a_node_with_another_shard_count_refuses_to_start(etcd, etcd_server, cluster_name, redis_server, tmp_path):
+    await init_cluster(etcd, cluster_name, 16)
+    node = NodeProcess(redis_server.url, shards=SHARDS, data_dir=tmp_path, extra_args=etcd_args(etcd_server, cluster_name))
+
+    with pytest.raises(ProcessError) as caught:
+        await asyncio.to_thread(node.start)
+
+    assert "shards" in str(caught.value) and "16" in str(caught.value)
