@@ -79,7 +79,7 @@ class NodeConfig:
         "and runs the duties only of the shards it owns; empty = a standalone node that owns every shard.",
     )
     cluster: str = _setting("flashstock", "Cluster name: the etcd key prefix /flashstock/<cluster>/ (several clusters may share an etcd).")
-    node_id: str = _setting("", "This node's id in the cluster; empty = <host>-<port> (the advertised address).")
+    node_id: str = _setting("", "This node's id in the cluster; empty = its advertised address (host:port).")
     advertise: str = _setting("", "host:port clients reach this node at, registered in etcd; empty = host:port.")
     lease_ttl_s: int = _setting(
         5,
