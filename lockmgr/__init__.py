@@ -30,6 +30,7 @@ from ._shards import (
     SOLD_OUT_CHANNEL,
     ShardKeys,
     shard_of,
+    shard_ranges,
     stable_hash,
 )
 
@@ -64,6 +65,7 @@ __all__ = [
     "read_overrides",
     "release",
     "shard_of",
+    "shard_ranges",
     "stable_hash",
     "undrain",
     "unpin",

@@ -12,6 +12,7 @@ Cluster a shard is one slot and one Lua script can touch all of its keys.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterable
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -104,3 +105,20 @@ SOLD_OUT_CHANNEL = "fs:soldout"
 
 PERSISTED_CHANNEL = "fs:persisted"
 """Pub/sub channel on which persisters announce ``"<shard> <last entry id>"`` after a commit."""
+
+
+def shard_ranges(shards: Iterable[int]) -> str:
+    """Shard numbers as ranges: ``[0, 1, 2, 3, 7]`` -> ``"0-3,7"`` (``"-"`` for none)."""
+    ordered = sorted(set(shards))
+    if not ordered:
+        return "-"
+    parts = []
+    start = prev = ordered[0]
+    for shard in [*ordered[1:], None]:
+        if shard is not None and shard == prev + 1:
+            prev = shard
+            continue
+        parts.append(str(start) if start == prev else f"{start}-{prev}")
+        if shard is not None:
+            start = prev = shard
+    return ",".join(parts)

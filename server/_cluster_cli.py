@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from enum import Enum
@@ -51,6 +51,7 @@ from flashstock.lockmgr import (
     owners,
     pin,
     read_overrides,
+    shard_ranges,
     undrain,
     unpin,
 )
@@ -188,23 +189,6 @@ def check_node(view: ClusterView, node: str, force: bool, *, to_own: bool) -> No
         )
 
 
-def compact_ranges(shards: Iterable[int]) -> str:
-    """Shard numbers as ranges: ``[0, 1, 2, 3, 7]`` -> ``"0-3,7"`` (``"-"`` for none)."""
-    ordered = sorted(set(shards))
-    if not ordered:
-        return "-"
-    parts = []
-    start = prev = ordered[0]
-    for shard in [*ordered[1:], None]:
-        if shard is not None and shard == prev + 1:
-            prev = shard
-            continue
-        parts.append(str(start) if start == prev else f"{start}-{prev}")
-        if shard is not None:
-            start = prev = shard
-    return ",".join(parts)
-
-
 def shard_state(view: ClusterView, shard: int, desired: Mapping[int, str]) -> str:
     """``""`` when the shard's owner is its desired owner, else ``moving`` (or ``unowned``)."""
     owner = view.owners.get(shard)
@@ -269,14 +253,14 @@ def map_table(view: ClusterView) -> Table:
         epochs = sorted(o.epoch for o in owned)
         table.add_row(
             node if node in view.nodes else Text(f"{node} (not live)", style="yellow"),
-            compact_ranges(o.shard for o in owned),
+            shard_ranges(o.shard for o in owned),
             str(len(owned)),
             "-" if not epochs else (str(epochs[0]) if epochs[0] == epochs[-1] else f"{epochs[0]}-{epochs[-1]}"),
             local_time(min((o.since_ms for o in owned), default=0)),
         )
     unowned = [s for s in range(view.shards) if s not in view.owners]
     if unowned:
-        table.add_row(Text("(unowned)", style="yellow"), compact_ranges(unowned), str(len(unowned)), "-", "-")
+        table.add_row(Text("(unowned)", style="yellow"), shard_ranges(unowned), str(len(unowned)), "-", "-")
     return table
 
 

@@ -1,30 +1,38 @@
-"""``flashstock demo``: a flash sale on a Redis and a node of its own.
+"""``flashstock demo``: a flash sale on a cluster of its own.
 
-A crowd of buyers (some sending their request again with the same request
-id) goes through the typed async client at one hot SKU; at the end the demo
+It starts a local cluster (etcd, Redis and three nodes on one SQLite ledger,
+as ``flashstock cluster up`` does) in a temporary folder. A crowd of buyers
+(some sending their request again with the same request id) goes through
+the typed async client, which finds the nodes in etcd, at one hot SKU.
+Half-way through, the node that owns the SKU's shard is drained: its shards,
+and their duties, move to the other nodes mid-sale. At the end the demo
 checks the promises: units handed out equal the stock, never more; no user
 above the limit; every retry of a request that took effect got its first
-answer. Then it reconciles Redis against the node's ledger (the same check as
-``flashstock reconcile``): any difference fails the demo. Everything it
-starts is stopped on exit, Ctrl-C included.
+answer; the drained node owns nothing. Then it reconciles Redis against the
+ledger (the same check as ``flashstock reconcile``): any difference fails the
+demo. Everything it starts is stopped on exit, Ctrl-C included.
 """
 
 from __future__ import annotations
 
 import asyncio
 import random
+import tempfile
 import time
 import uuid
 from collections import Counter
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from flashstock.client import AsyncAdminClient, AsyncStockClient, ClientConfig, DeductResult, Mode, Outcome
+from flashstock.lockmgr import drain, etcd_client, shard_of
 
-from ._procs import NodeProcess, RedisServer
+from ._cluster_cli import map_table, read_view
+from ._localcluster import LocalCluster
 from ._reconcile import run_reconcile
 
 SKU = "demo-hot-sku"
@@ -46,8 +54,12 @@ class DemoPlan:
     """Share of buyers who send their request again, with the same request id."""
     concurrency: int = 200
     """Buyers in flight at once."""
+    nodes: int = 3
+    """Nodes of the local cluster."""
+    drain: bool = True
+    """Drain the node owning the SKU's shard half-way through (with more than one node)."""
     workers: int = 1
-    """Node worker processes."""
+    """Worker processes per node."""
     seed: int = 7
     """Random seed of the crowd."""
     mode: str = "fast"
@@ -102,9 +114,40 @@ async def _buyer(stock: AsyncStockClient, log: SaleLog, user: str, qty: int, ret
         log.sold_by_user[user] += qty
 
 
-async def _sale(plan: DemoPlan, address: str, console: Console) -> tuple[SaleLog, float, dict]:
+@dataclass
+class Drain:
+    """The half-way drain: which node, when, and what the map showed after."""
+
+    node: str = ""
+    """The drained node ('' = none)."""
+    at_sold: int = 0
+    """Units sold when it was drained."""
+    shard_owner_after: str = ""
+    """The owner of the SKU's shard after the drain."""
+
+
+async def _owner_of_shard(cluster: LocalCluster, shard: int) -> str:
+    client = etcd_client(cluster.etcd_endpoint)
+    try:
+        view = await read_view(client, cluster.cluster)
+        return view.owners[shard].node if shard in view.owners else ""
+    finally:
+        await client.close()
+
+
+async def _drain(cluster: LocalCluster, node: str) -> None:
+    client = etcd_client(cluster.etcd_endpoint)
+    try:
+        await drain(client, cluster.cluster, node)
+    finally:
+        await client.close()
+
+
+async def _sale(plan: DemoPlan, cluster: LocalCluster, console: Console, drained: Drain) -> tuple[SaleLog, float, dict]:
     rng = random.Random(plan.seed)
-    config = ClientConfig(addresses=(address,), connections_per_address=max(2, 2 * plan.workers))
+    config = ClientConfig(
+        etcd=cluster.etcd_endpoint, cluster=cluster.cluster, connections_per_address=max(2, 2 * plan.workers)
+    )
     log = SaleLog()
     async with AsyncAdminClient(config) as admin, AsyncStockClient(config) as stock:
         mode = Mode.DURABLE if plan.mode == "durable" else Mode.FAST
@@ -126,9 +169,17 @@ async def _sale(plan: DemoPlan, address: str, console: Console) -> tuple[SaleLog
         )
         task = progress.add_task("sale", total=plan.buyers, sold=0, stock=plan.stock)
 
+        if plan.drain and plan.nodes > 1:
+            drained.node = await _owner_of_shard(cluster, shard_of(SKU, cluster.shards))
+
         async def worker() -> None:
             while not queue.empty():
                 user, qty, retries = queue.get_nowait()
+                sold = sum(log.sold_by_user.values())
+                if drained.node and not drained.at_sold and sold >= plan.stock // 2:
+                    drained.at_sold = sold
+                    progress.console.print(f"half-way ({sold:,} sold): draining {drained.node}, the owner of the SKU's shard")
+                    await _drain(cluster, drained.node)
                 await _buyer(stock, log, user, qty, retries)
                 progress.update(task, advance=1, sold=sum(log.sold_by_user.values()))
 
@@ -146,7 +197,7 @@ async def _sale(plan: DemoPlan, address: str, console: Console) -> tuple[SaleLog
     }
 
 
-def report(plan: DemoPlan, log: SaleLog, elapsed: float, level: dict, console: Console) -> bool:
+def report(plan: DemoPlan, log: SaleLog, elapsed: float, level: dict, console: Console, drained: Drain | None = None) -> bool:
     """Print the sale's figures and checks; True when every check holds."""
     attempts = sum(log.outcomes.values())
     sold = sum(log.sold_by_user.values())
@@ -173,6 +224,11 @@ def report(plan: DemoPlan, log: SaleLog, elapsed: float, level: dict, console: C
         (f"every retry got its first answer ({len(log.retry_mismatches)} did not)", not log.retry_mismatches),
         (f"no errors ({sum(log.errors.values())})", not log.errors),
     ]
+    if drained is not None and drained.node:
+        moved = drained.shard_owner_after not in ("", drained.node)
+        checks.append(
+            (f"the drained {drained.node} gave the SKU's shard up (now {drained.shard_owner_after or 'nobody'})", moved)
+        )
     table = Table("oversell check", "result", title="promises")
     for text, ok in checks:
         table.add_row(text, "[green]PASS" if ok else "[red]FAIL")
@@ -184,22 +240,31 @@ def report(plan: DemoPlan, log: SaleLog, elapsed: float, level: dict, console: C
 
 def run_demo(plan: DemoPlan, console: Console) -> int:
     """Run the demo sale; the exit code is 0 when every check holds."""
+    drained = Drain()
     try:
-        console.print("[bold]flashstock demo[/]: starting a Redis and a node on loopback ...")
+        console.print(f"[bold]flashstock demo[/]: starting etcd, Redis and {plan.nodes} node(s) on loopback ...")
         with (
-            RedisServer() as redis_server,
-            NodeProcess(redis_server.url, workers=plan.workers, extra_args=("--grace-s", "1")) as node,
+            tempfile.TemporaryDirectory(prefix="flashstock-demo-") as folder,
+            LocalCluster(
+                Path(folder), nodes=plan.nodes, workers=plan.workers, extra_node_args=("--grace-s", "1")
+            ) as cluster,
         ):
-            console.print(f"Redis on {redis_server.url}, node on {node.address} ({plan.workers} worker(s))")
+            console.print(
+                f"etcd on {cluster.etcd_endpoint}, Redis on {cluster.redis_url}, "
+                f"nodes on {', '.join(cluster.node_addresses)} ({plan.workers} worker(s) each)"
+            )
             console.print(
                 f"SKU {SKU!r} ({plan.mode} mode): {plan.stock:,} units, limit {plan.limit} per user; "
                 f"{plan.buyers:,} buyers from {plan.users:,} users, {plan.retry_share:.0%} retrying"
             )
-            log, elapsed, level = asyncio.run(_sale(plan, node.address, console))
-            ok = report(plan, log, elapsed, level, console)
-            # The node still runs: its persister drains the last log entries
+            log, elapsed, level = asyncio.run(_sale(plan, cluster, console, drained))
+            if drained.node:
+                drained.shard_owner_after = asyncio.run(_settled_owner(cluster, drained.node))
+                console.print(asyncio.run(_map(cluster)))
+            ok = report(plan, log, elapsed, level, console, drained)
+            # The nodes still run: the persisters drain the last log entries
             # into the ledger, which reconcile waits for.
-            reconciled = run_reconcile(redis_server.url, node.ledger_url, node.shards, console) == 0
+            reconciled = run_reconcile(cluster.redis_url, cluster.ledger_url, cluster.shards, console) == 0
     except KeyboardInterrupt:
         console.print("[yellow]interrupted: everything the demo started is stopped")
         return 130
@@ -207,3 +272,22 @@ def run_demo(plan: DemoPlan, console: Console) -> int:
         console.print("[red]Redis and the ledger disagree")
     console.print("[green]all promises held" if ok and reconciled else "[red]a promise was broken")
     return 0 if ok and reconciled else 1
+
+
+async def _settled_owner(cluster: LocalCluster, drained: str, timeout: float = 15.0) -> str:
+    """The owner of the SKU's shard once the drained node has given it up (or after ``timeout``)."""
+    deadline = time.monotonic() + timeout
+    shard = shard_of(SKU, cluster.shards)
+    owner = await _owner_of_shard(cluster, shard)
+    while owner in ("", drained) and time.monotonic() < deadline:
+        await asyncio.sleep(0.1)
+        owner = await _owner_of_shard(cluster, shard)
+    return owner
+
+
+async def _map(cluster: LocalCluster) -> Table:
+    client = etcd_client(cluster.etcd_endpoint)
+    try:
+        return map_table(await read_view(client, cluster.cluster))
+    finally:
+        await client.close()

@@ -26,7 +26,6 @@ import contextlib
 import logging
 import os
 import time
-from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
 import redis.asyncio as aioredis
@@ -48,6 +47,7 @@ from flashstock.lockmgr import (
     etcd_client,
     init_cluster,
     release,
+    shard_ranges,
     watch_overrides,
     watch_owners,
 )
@@ -322,14 +322,3 @@ class Ownership:
             METRICS.fenced_writes.labels(store="ledger", duty="claim").inc()
             log.error("shard %d: the ledger holds a newer epoch (etcd was reset?): not taking it", shard)
         return ok - refused
-
-
-def shard_ranges(shards: Iterable[int]) -> str:
-    """Shard numbers as ranges: ``0-3,7,9-10``."""
-    runs: list[list[int]] = []
-    for shard in sorted(shards):
-        if runs and runs[-1][1] == shard - 1:
-            runs[-1][1] = shard
-        else:
-            runs.append([shard, shard])
-    return ",".join(f"{a}" if a == b else f"{a}-{b}" for a, b in runs)

@@ -41,7 +41,8 @@ from flashstock.lockmgr import (
     read_overrides,
     release,
 )
-from flashstock.server._cluster_cli import compact_ranges, local_time
+from flashstock.lockmgr import shard_ranges
+from flashstock.server._cluster_cli import local_time
 from flashstock.server._etcd import EtcdServer
 from flashstock.server._localcluster import LocalCluster
 from flashstock.server._procs import free_port
@@ -156,8 +157,8 @@ def shard_desired_on(node: str, nodes: list[str]) -> int:
     "shards, text",
     [([], "-"), ([5], "5"), ([0, 1, 2, 3, 7], "0-3,7"), ([9, 8, 1, 3, 2], "1-3,8-9"), ([0, 2, 4], "0,2,4")],
 )
-def test_shard_lists_are_printed_as_compact_ranges(shards, text):
-    assert compact_ranges(shards) == text
+def test_shard_lists_are_printed_as_ranges(shards, text):
+    assert shard_ranges(shards) == text
 
 
 # -- reading -------------------------------------------------------------------------------------

@@ -27,7 +27,7 @@ def test_lockmgr_exports():
         "ClusterKeys", "CoordinationError", "EtcdSession", "LeaseLost", "NodeIdTaken", "NodeInfo", "Overrides",
         "SessionConfig", "ShardCountMismatch", "ShardKeys", "ShardLease", "ShardOwner",
         "assign", "claim", "drain", "etcd_client", "init_cluster", "live_nodes", "moves", "owner_compare", "owners",
-        "pin", "read_overrides", "release", "shard_of", "stable_hash", "undrain", "unpin", "watch_nodes",
+        "pin", "read_overrides", "release", "shard_of", "shard_ranges", "stable_hash", "undrain", "unpin", "watch_nodes",
         "watch_overrides", "watch_owners",
     ]
     assert all(hasattr(lockmgr, name) for name in lockmgr.__all__)
