@@ -104,6 +104,7 @@ class Persister:
         for shard in self._shards:
             cursor = await asyncio.to_thread(self._ledger.cursor, shard)
             self._positions[shard] = self._committed[shard] = cursor[1] if cursor else "0-0"
+        await self._read_announced()
         delay = 0.1
         while True:
             try:
@@ -153,6 +154,19 @@ class Persister:
         if failure is not None:
             raise failure
         return count
+
+    async def _read_announced(self) -> None:
+        """Note the cursors Redis already holds, so a start (or a handover) announces only what is new."""
+        try:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for shard in self._shards:
+                    pipe.get(ShardKeys(shard).persisted)
+                held = await pipe.execute()
+        except redis.exceptions.RedisError:
+            return  # the first round announces them all
+        for shard, value in zip(self._shards, held):
+            if value is not None and value.decode() == self._committed[shard]:
+                self._announced[shard] = self._committed[shard]
 
     async def _announce_committed(self) -> None:
         """Announce each shard's committed cursor not yet announced, and trim its log up to it."""
