@@ -15,6 +15,9 @@ nodes, a 2 s lease so failovers are quick) and breaks it:
    one deduction, the same deduction in every answer.
 5. a three-member etcd with one member stopped: the cluster keeps serving
    and failing over.
+
+And a node cut off from etcd stops its duties by its own deadline (nobody
+tells it), keeps serving, and takes its shards back when etcd returns.
 """
 
 from __future__ import annotations
@@ -47,8 +50,8 @@ event, a claim and the fence. Generous, for a busy 2-core machine."""
 
 
 @contextlib.contextmanager
-def cluster_of(request: pytest.FixtureRequest, tmp_path: Path, **kwargs: Any) -> Iterator[ClusterStack]:
-    with ClusterStack(tmp_path, 3, lease_ttl_s=TTL, **kwargs) as stack:
+def cluster_of(request: pytest.FixtureRequest, tmp_path: Path, nodes: int = 3, **kwargs: Any) -> Iterator[ClusterStack]:
+    with ClusterStack(tmp_path, nodes, lease_ttl_s=TTL, **kwargs) as stack:
         yield stack
         report = getattr(request.node, "rep_call", None)
         if report is not None and report.failed:
@@ -320,3 +323,23 @@ def test_with_one_of_three_etcd_members_down_the_cluster_serves_and_fails_over(c
     cluster.wait_owners(live={0, 2}, timeout=TTL + ELECTION_SLACK_S + 5)
     assert all(len(ids) == stock for ids in sold(answers).values())
     assert_books_agree(cluster, answers, stock)
+
+
+def test_a_node_cut_off_from_etcd_stops_its_duties_serves_on_and_rejoins(request, tmp_path):
+    with cluster_of(request, tmp_path, nodes=1) as cluster:
+        sku = skus_on(cluster, 0, 1, "cut-off")[0]
+        asyncio.run(put_skus(cluster, [sku], 10, mode=Mode.FAST))
+        assert cluster.metric(0, "flashstock_owned_shards") == SHARDS
+
+        cluster.etcd.pause()  # no answer to keepalives: only the node's own deadline can tell it
+        try:
+            eventually(lambda: cluster.metric(0, "flashstock_owned_shards") == 0, timeout=TTL + 5)
+            assert cluster.metric(0, "flashstock_etcd_session_losses_total") == 1
+            with StockClient(cluster.client_config()) as client:
+                assert client.deduct(sku, "u1", 1, request_id="cut-off-1").outcome is Outcome.OK  # Redis serves on
+        finally:
+            cluster.etcd.resume()
+
+        cluster.wait_owners(live={0})
+        eventually(lambda: cluster.metric(0, "flashstock_owned_shards") == SHARDS, timeout=10)
+        assert_books_agree(cluster, {"cut-off-1": (sku, Outcome.OK)}, 10)
