@@ -29,6 +29,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from enum import Enum
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
@@ -370,6 +371,19 @@ def _print_plan(view: ClusterView, changed: Overrides, dry_run: bool) -> None:
         console.print("dry run: nothing written")
 
 
+async def _change(
+    view: ClusterView, changed: Overrides, dry_run: bool, write: Callable[[], Awaitable[Any]], done: str
+) -> bool:
+    """Print the moves the overrides ``changed`` cause; unless ``dry_run``, ``write`` them and
+    print ``done``. True when written."""
+    _print_plan(view, changed, dry_run)
+    if dry_run:
+        return False
+    await write()
+    console.print(done)
+    return True
+
+
 # -- nodes ---------------------------------------------------------------------------------
 
 
@@ -441,10 +455,9 @@ def shards_move(
         view = await read_view(client, cluster)
         check_shard(view, shard)
         check_node(view, node, force, to_own=True)
-        _print_plan(view, with_pin(view.overrides, shard, node), dry_run)
-        if dry_run:
+        write = partial(pin, client, cluster, shard, node)
+        if not await _change(view, with_pin(view.overrides, shard, node), dry_run, write, f"shard {shard} pinned to {node}"):
             return 0
-        await pin(client, cluster, shard, node)
         return await _await_move(client, view, shard, node, wait)
 
     run_etcd("shards move", etcd, cluster, work)
@@ -453,7 +466,6 @@ def shards_move(
 async def _await_move(client: Any, view: ClusterView, shard: int, node: str, wait: float) -> int:
     before = view.owners.get(shard)
     if wait == 0:
-        console.print(f"shard {shard} pinned to {node}")
         return 0
     with console.status(f"waiting up to {wait:g} s for {node} to own shard {shard}"):
         owner = await wait_for_owner(client, view.cluster, shard, node, wait)
@@ -485,10 +497,8 @@ def shards_pin(
         view = await read_view(client, cluster)
         check_shard(view, shard)
         check_node(view, node, force, to_own=True)
-        _print_plan(view, with_pin(view.overrides, shard, node), dry_run)
-        if not dry_run:
-            await pin(client, cluster, shard, node)
-            console.print(f"shard {shard} pinned to {node}")
+        write = partial(pin, client, cluster, shard, node)
+        await _change(view, with_pin(view.overrides, shard, node), dry_run, write, f"shard {shard} pinned to {node}")
 
     run_etcd("shards pin", etcd, cluster, work)
 
@@ -508,10 +518,8 @@ def shards_unpin(
         if shard not in view.overrides.pins:
             console.print(f"shard {shard} is not pinned: nothing to do")
             return
-        _print_plan(view, without_pin(view.overrides, shard), dry_run)
-        if not dry_run:
-            await unpin(client, cluster, shard)
-            console.print(f"shard {shard} unpinned")
+        write = partial(unpin, client, cluster, shard)
+        await _change(view, without_pin(view.overrides, shard), dry_run, write, f"shard {shard} unpinned")
 
     run_etcd("shards unpin", etcd, cluster, work)
 
@@ -532,10 +540,8 @@ def shards_drain(
         if node in view.overrides.drains:
             console.print(f"node {node} is drained already: nothing to do")
             return
-        _print_plan(view, with_drain(view.overrides, node), dry_run)
-        if not dry_run:
-            await drain(client, cluster, node)
-            console.print(f"node {node} drained")
+        write = partial(drain, client, cluster, node)
+        await _change(view, with_drain(view.overrides, node), dry_run, write, f"node {node} drained")
 
     run_etcd("shards drain", etcd, cluster, work)
 
@@ -554,10 +560,8 @@ def shards_undrain(
         if node not in view.overrides.drains:
             console.print(f"node {node} is not drained: nothing to do")
             return
-        _print_plan(view, without_drain(view.overrides, node), dry_run)
-        if not dry_run:
-            await undrain(client, cluster, node)
-            console.print(f"node {node} undrained")
+        write = partial(undrain, client, cluster, node)
+        await _change(view, without_drain(view.overrides, node), dry_run, write, f"node {node} undrained")
 
     run_etcd("shards undrain", etcd, cluster, work)
 
@@ -575,10 +579,8 @@ def shards_rebalance(
         if not view.overrides.pins:
             console.print("no shard is pinned: nothing to do")
             return
-        _print_plan(view, without_pins(view.overrides), dry_run)
-        if not dry_run:
-            await remove_pins(client, view)
-            console.print(f"{len(view.overrides.pins)} pin(s) removed")
+        write = partial(remove_pins, client, view)
+        await _change(view, without_pins(view.overrides), dry_run, write, f"{len(view.overrides.pins)} pin(s) removed")
 
     run_etcd("shards rebalance", etcd, cluster, work)
 
