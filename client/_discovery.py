@@ -53,6 +53,20 @@ def node_addresses(nodes: Mapping[str, Any]) -> tuple[str, ...]:
     return tuple(sorted({info.address for info in nodes.values()}))
 
 
+def _reporter(started: asyncio.Future[None] | concurrent.futures.Future[None]) -> Callable[[str | None], None]:
+    """How a watch tells its start's waiters the outcome: ``None`` (found a node) or why not, once."""
+
+    def report(why: str | None) -> None:
+        if started.done():
+            return
+        if why is None:
+            started.set_result(None)
+        else:
+            started.set_exception(Unavailable(why))
+
+    return report
+
+
 class _NodeWatch:
     """The work both discoveries share: follow etcd's list of live nodes, and hand it on."""
 
@@ -149,16 +163,7 @@ class AsyncDiscovery(_NodeWatch):
         if started is None or started.done():
             loop = asyncio.get_running_loop()
             self._started = started = loop.create_future()
-
-            def report(why: str | None) -> None:
-                if started.done():
-                    return
-                if why is None:
-                    started.set_result(None)
-                else:
-                    started.set_exception(Unavailable(why))
-
-            self._task = loop.create_task(self._follow(report), name=f"flashstock discovery of {self.where}")
+            self._task = loop.create_task(self._follow(_reporter(started)), name=f"flashstock discovery of {self.where}")
         # Shielded: a caller that gives up does not stop the start others wait for.
         await asyncio.shield(started)
 
@@ -242,14 +247,7 @@ class Discovery(_NodeWatch):
         started.result()
 
     def _run(self, loop: asyncio.AbstractEventLoop, started: concurrent.futures.Future[None]) -> None:
-        def report(why: str | None) -> None:
-            if started.done():
-                return
-            if why is None:
-                started.set_result(None)
-            else:
-                started.set_exception(Unavailable(why))
-
+        report = _reporter(started)
         asyncio.set_event_loop(loop)
         try:
             # Set before the loop runs, so the cancel that close() schedules finds it.
