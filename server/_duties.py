@@ -16,10 +16,10 @@ refused shard is dropped from the duties at once and reported to
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import redis.asyncio as aioredis
 
@@ -33,6 +33,28 @@ from ._stock import StockStore
 from .ledger import Ledger
 
 log = logging.getLogger(__name__)
+
+async def stop_task(task: asyncio.Task[Any], stop: Callable[[], None] | None = None) -> None:
+    """Stop ``task`` and wait until it has ended.
+
+    ``stop`` first (a flag the task checks between its rounds), then
+    cancellation, sent again every second until the task is done: a library
+    (or ``asyncio.wait_for`` in Python 3.11) can lose a cancellation that
+    arrives just as an inner await completes, and a task that runs on would
+    keep a shard's duties alive after the shard was given up.
+    """
+    if stop is not None:
+        stop()
+    sent = 0
+    while not task.done():
+        task.cancel()
+        sent += 1
+        await asyncio.wait({task}, timeout=1.0)
+    if sent > 1:
+        log.warning("%s took %d cancellations to stop", task.get_name(), sent)
+    if not task.cancelled() and task.exception() is not None:
+        log.warning("%s ended with %r", task.get_name(), task.exception())
+
 
 Epochs = Mapping[int, int | None]
 """shard -> its owner epoch (None: a standalone node, whose writes are not fenced)."""
@@ -108,18 +130,14 @@ class ShardDuties:
         async with self._rounds:
             self._epochs = {}
         for task in self._loops:
-            task.cancel()
-        for task in self._loops:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+            await stop_task(task)
         self._loops = []
 
     async def _stop_persister(self) -> None:
-        task, self._persister_task, self.persister = self._persister_task, None, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        task, persister = self._persister_task, self.persister
+        self._persister_task = self.persister = None
+        if task is not None and persister is not None:
+            await stop_task(task, persister.stop)
 
     def _fenced(self, shard: int) -> None:
         # Whatever refused it, the shard is another node's now: no more duties here.

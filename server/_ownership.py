@@ -52,7 +52,7 @@ from flashstock.lockmgr import (
     watch_owners,
 )
 
-from ._duties import ShardDuties
+from ._duties import ShardDuties, stop_task
 from ._metrics import METRICS
 from ._scripts import StockScripts
 from .ledger import Fenced, Ledger
@@ -134,9 +134,7 @@ class Ownership:
     async def stop(self) -> None:
         """Stop the duties, then give every shard up (the session's lease is revoked)."""
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._task
+            await stop_task(self._task)
         await self.duties.stop()
         if self._client is not None:
             await self._client.close()

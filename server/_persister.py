@@ -63,8 +63,10 @@ async def _finish_on_cancel(work: Awaitable[T]) -> T:
     try:
         return await asyncio.shield(future)
     except asyncio.CancelledError:
-        with contextlib.suppress(Exception):
-            await future
+        while not future.done():
+            # A second cancellation must not end the wait either.
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await asyncio.shield(future)
         raise
 
 
@@ -90,6 +92,8 @@ class Persister:
         self._policy = policy
         self._on_fenced = on_fenced
         self._scripts_loaded = False
+        self.stopping = False
+        """Set by :meth:`stop`."""
         self._positions: dict[int, str] = {}
         self._committed: dict[int, str] = {}
         self._announced: dict[int, str] = {}
@@ -99,14 +103,18 @@ class Persister:
         self.persisted = 0
         """Entries persisted by this persister."""
 
+    def stop(self) -> None:
+        """Ask :meth:`run` to return after the round under way (a cancellation may be lost in a library)."""
+        self.stopping = True
+
     async def run(self) -> None:
-        """Persist until cancelled; a failed round is tried again after a pause."""
+        """Persist until stopped or cancelled; a failed round is tried again after a pause."""
         for shard in self._shards:
             cursor = await asyncio.to_thread(self._ledger.cursor, shard)
             self._positions[shard] = self._committed[shard] = cursor[1] if cursor else "0-0"
         await self._read_announced()
         delay = 0.1
-        while True:
+        while not self.stopping:
             try:
                 await self.round()
                 delay = 0.1

@@ -276,6 +276,10 @@ def test_draining_a_node_mid_sale_moves_its_shards_and_loses_nothing(cluster):
     rows = {line.split()[0]: line for line in shown.output.splitlines() if line.strip().startswith(("node-",))}
     assert cluster.node_ids[drained] not in rows or " 0 " in rows[cluster.node_ids[drained]], shown.output
     assert cluster.node_ids[0] in shown.output and cluster.node_ids[1] in shown.output
+    # It gave its shards up cleanly: duties stopped first, so none of its writes was refused after.
+    assert cluster.metric(drained, "flashstock_shard_releases_total") > 0
+    assert cluster.metric(drained, "flashstock_fenced_writes_total") == 0
+    assert cluster.metric(drained, "flashstock_owned_shards") == 0
     assert all(len(ids) == stock for ids in sold(answers).values())
     assert_books_agree(cluster, answers, stock)
 
