@@ -95,6 +95,8 @@ class ShardDuties:
         self._persister_task: asyncio.Task[None] | None = None
         self._loops: list[asyncio.Task[None]] = []
         self._rounds = asyncio.Lock()  # held by a reaper or warden round while it writes
+        self._assigning = asyncio.Lock()  # one change of the shard set at a time
+        self._changes: set[asyncio.Future[None]] = set()
         self.persister: Persister | None = None
         """The running persister (None while no shard is owned)."""
 
@@ -108,8 +110,19 @@ class ShardDuties:
 
         When this returns, no duty of a shard outside ``epochs`` is running
         or has a write under way: the caller may give those shards up.
+        Changes apply one at a time, in order; a caller cancelled while
+        waiting does not cut one short (the next change waits for it).
         """
-        epochs = dict(epochs)
+        change = asyncio.ensure_future(self._assign(dict(epochs)))
+        self._changes.add(change)  # a strong reference while it runs
+        change.add_done_callback(self._changes.discard)
+        await asyncio.shield(change)
+
+    async def _assign(self, epochs: dict[int, int | None]) -> None:
+        async with self._assigning:
+            await self._apply(epochs)
+
+    async def _apply(self, epochs: dict[int, int | None]) -> None:
         if epochs == self._epochs and (self._persister_task is not None or not epochs):
             return
         await self._stop_persister()
@@ -126,9 +139,7 @@ class ShardDuties:
 
     async def stop(self) -> None:
         """Stop every duty (and wait for writes under way)."""
-        await self._stop_persister()
-        async with self._rounds:
-            self._epochs = {}
+        await self.assign({})
         for task in self._loops:
             await stop_task(task)
         self._loops = []

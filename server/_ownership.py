@@ -196,25 +196,32 @@ class Ownership:
             asyncio.create_task(self._feed(watch_owners(self._client, self.cluster), "_owners"), name="watch owners"),
         ]
         lost = asyncio.create_task(session.lost.wait())
+        # The loss ends the following at once, even while a claim waits on
+        # etcd: the caller stops the duties then (_lost).
+        following = asyncio.create_task(self._follow_changes(session, feeds), name="follow the cluster map")
         try:
-            while not session.lost.is_set():
-                changed = asyncio.create_task(self._changed.wait())
-                # A second's tick: claims refused while an old owner's key lingered are tried again.
-                await asyncio.wait({changed, lost, *feeds}, timeout=1.0, return_when=asyncio.FIRST_COMPLETED)
-                changed.cancel()
-                for feed in feeds:
-                    if feed.done():
-                        feed.result()  # a failed first read: raise, so a new session starts
-                if session.lost.is_set():
-                    return
-                self._changed.clear()
-                if self._ready():
-                    await self._reconcile(session)
+            await asyncio.wait({following, lost}, return_when=asyncio.FIRST_COMPLETED)
+            if following.done():
+                following.result()  # a failure: raise, so a new session starts
         finally:
             lost.cancel()
+            await stop_task(following)
             for feed in feeds:
                 feed.cancel()
             await asyncio.gather(*feeds, return_exceptions=True)
+
+    async def _follow_changes(self, session: EtcdSession, feeds: list[asyncio.Task[None]]) -> None:
+        while True:
+            changed = asyncio.create_task(self._changed.wait())
+            # A second's tick: claims refused while an old owner's key lingered are tried again.
+            await asyncio.wait({changed, *feeds}, timeout=1.0, return_when=asyncio.FIRST_COMPLETED)
+            changed.cancel()
+            for feed in feeds:
+                if feed.done():
+                    feed.result()  # a failed first read: raise, so a new session starts
+            self._changed.clear()
+            if self._ready():
+                await self._reconcile(session)
 
     async def _feed(self, snapshots, attribute: str) -> None:  # type: ignore[no-untyped-def]
         try:
