@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 PYTEST_ARGS ?=
 
-.PHONY: setup demo test test-fast test-slow bench gen sync-client clean
+.PHONY: setup demo test test-fast test-slow bench bench-cluster gen sync-client clean
 
 setup:
 	@VENV=$(VENV) bash scripts/setup.sh
@@ -23,6 +23,10 @@ test-slow: setup
 
 bench: setup
 	$(BIN)/flashstock bench
+
+# Failover time, 1 vs 3 nodes, etcd writes (~5 min; see benchmarks/README.md).
+bench-cluster: setup
+	$(BIN)/flashstock bench-cluster
 
 # Regenerate the stubs after editing protos/ (pip install -e does it too).
 gen: setup

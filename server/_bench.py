@@ -934,6 +934,16 @@ def _command_delta(before: dict[str, Any], after: dict[str, Any]) -> dict[str, i
     return out
 
 
+def sigterm_as_interrupt(stack: contextlib.ExitStack) -> None:
+    """Until ``stack`` closes, SIGTERM raises KeyboardInterrupt: the same clean stop as Ctrl-C."""
+
+    def terminated(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, terminated)
+    stack.callback(signal.signal, signal.SIGTERM, previous)
+
+
 def run_bench(plan: BenchPlan, console: Console) -> int:
     """Run the bench; returns the exit code (see the module's docstring)."""
     from ._procs import ProcessError
@@ -943,12 +953,8 @@ def run_bench(plan: BenchPlan, console: Console) -> int:
         for p in problems:
             console.print(f"[red]flashstock bench:[/] {p}")
         return 2
-    def terminated(signum: int, frame: Any) -> None:
-        raise KeyboardInterrupt  # SIGTERM: the same clean stop as Ctrl-C
-
     with contextlib.ExitStack() as stack:
-        previous = signal.signal(signal.SIGTERM, terminated)
-        stack.callback(signal.signal, signal.SIGTERM, previous)
+        sigterm_as_interrupt(stack)
         run = _Run(plan, console, stack)
         try:
             return run.run()

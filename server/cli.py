@@ -698,6 +698,49 @@ def bench(
     raise typer.Exit(run_bench(plan, console))
 
 
+@app.command("bench-cluster")
+def bench_cluster(
+    runs: Annotated[int, typer.Option(help="Failover runs: kill -9 of a node (0, 1, 2, 0 ...), each.")] = 20,
+    lease_ttl_s: Annotated[int, typer.Option(help="The nodes' lease TTL, seconds.")] = 5,
+    buyers: Annotated[int, typer.Option(help="Concurrent async buyers of the throughput phases.")] = 64,
+    seconds: Annotated[float, typer.Option(help="Length of each measured throughput phase.")] = 5.0,
+    warmup: Annotated[float, typer.Option(help="Unmeasured seconds before each throughput phase.")] = 1.5,
+    idle_seconds: Annotated[float, typer.Option(help="Length of the idle etcd window.")] = 10.0,
+    client_procs: Annotated[int, typer.Option(help="Load-generating processes (one SKU each).")] = 3,
+    failover_rate: Annotated[float, typer.Option(help="Paced deductions/s on the survivors during failover (0: none).")] = 300.0,
+    skip: Annotated[
+        Optional[list[str]],
+        typer.Option(metavar="PART", help="Leave a part out: failover, throughput or etcd (repeat, or comma-separated)."),
+    ] = None,
+    json_out: Annotated[Optional[str], typer.Option("--json", help="Also write the figures to this JSON file.")] = None,
+    folder: Annotated[
+        Optional[str], typer.Option("--dir", help="Keep the clusters' folders and logs here (default: a temporary folder, removed).")
+    ] = None,
+) -> None:
+    """Failover time, deductions/s on 1 node vs 3 nodes, and etcd writes at steady state, in one run.
+
+    Starts its own clusters (etcd, Redis, nodes, a SQLite ledger) on loopback.
+    Exit code 0 when measured, 1 when a consistency check after the
+    failovers fails, 2 when it could not run. See benchmarks/README.md.
+    """
+    from ._bench_cluster import ClusterBenchPlan, parse_skip, run_cluster_bench
+
+    plan = ClusterBenchPlan(
+        runs=runs,
+        lease_ttl_s=lease_ttl_s,
+        buyers=buyers,
+        seconds=seconds,
+        warmup=warmup,
+        idle_seconds=idle_seconds,
+        client_procs=client_procs,
+        failover_rate=failover_rate,
+        skip=parse_skip(skip or ()),
+        json_out=json_out,
+        folder=folder,
+    )
+    raise typer.Exit(run_cluster_bench(plan, console))
+
+
 def main() -> None:
     """Entry point of the ``flashstock`` console script."""
     app()
