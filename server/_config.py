@@ -72,6 +72,11 @@ class NodeConfig:
     )
     rebuild_wait_s: float = _setting(5.0, "How long requests wait for a shard's rebuild from the ledger before UNAVAILABLE.")
     rebuild_lock_expire_s: int = _setting(5, "Expiry of a shard's rebuild mutex, seconds (renewed while held).")
+    reconcile_interval_s: float = _setting(
+        10.0,
+        "How often the node compares Redis with the ledger for the shards it owns (the reconciliation "
+        "duty; its findings are the flashstock_reconcile_* metrics), seconds; 0 = never.",
+    )
     metrics_port: int = _setting(0, "Prometheus metrics HTTP port on host (the duties process); 0 = off.")
     etcd: str = _setting(
         "",
@@ -134,6 +139,8 @@ def config_problems(config: NodeConfig) -> list[str]:
     ):
         if getattr(config, name) <= 0:
             out.append(f"{name}: must be > 0")
+    if config.reconcile_interval_s < 0:
+        out.append(f"reconcile_interval_s: {config.reconcile_interval_s} is negative")
     if not 0 <= config.coalesce_window_ms <= 100:
         out.append(f"coalesce_window_ms: {config.coalesce_window_ms} is not 0-100")
     if config.default_hold_ms > config.request_ttl_s * 1000 // 2:

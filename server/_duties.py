@@ -10,7 +10,10 @@ refused shard is dropped from the duties at once and reported to
 
 - the **persister** drains the shards' logs into the ledger (``_persister.py``);
 - the **reaper** returns the units of holds whose time ran out (``reap.lua``);
-- the **warden** rebuilds, from the ledger, a shard whose Redis state is gone.
+- the **warden** rebuilds, from the ledger, a shard whose Redis state is gone;
+- **reconciliation** compares Redis with the ledger for the shards, and
+  reports the differences as metrics and log lines (``_reconcile.py``); it
+  only reads.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import redis as redis_py
 import redis.asyncio as aioredis
 
 from flashstock.client import FlashstockError
@@ -29,6 +33,7 @@ from flashstock.lockmgr import ShardKeys
 from ._metrics import METRICS
 from ._persister import PersistPolicy, Persister
 from ._rebuild import ShardRebuilder
+from ._reconcile import read_once, settled_differences
 from ._stock import StockStore
 from .ledger import Ledger
 
@@ -68,6 +73,8 @@ class DutyPolicy:
     """Between looks for expired holds."""
     warden_interval_s: float = 1.0
     """Between looks for shards whose Redis state is gone."""
+    reconcile_interval_s: float = 10.0
+    """Between comparisons of Redis with the ledger; 0 = never."""
     persist: PersistPolicy = PersistPolicy()
     """How the persister batches."""
 
@@ -83,8 +90,14 @@ class ShardDuties:
         rebuilder: ShardRebuilder,
         policy: DutyPolicy = DutyPolicy(),
         on_fenced: Callable[[int], None] | None = None,
+        reconcile_redis: redis_py.Redis | None = None,
+        shard_count: int = 0,
     ) -> None:
+        """``reconcile_redis`` (a blocking client that decodes responses) and
+        ``shard_count`` are for reconciliation, which runs when both are given."""
         self._redis = redis
+        self._reconcile_redis = reconcile_redis
+        self._shard_count = shard_count
         self._ledger = ledger
         self._store = store
         self._rebuilder = rebuilder
@@ -133,6 +146,8 @@ class ShardDuties:
                 asyncio.create_task(self._reaper(), name="hold reaper"),
                 asyncio.create_task(self._warden(), name="warden"),
             ]
+            if self._reconcile_redis is not None and self._shard_count and self._policy.reconcile_interval_s > 0:
+                self._loops.append(asyncio.create_task(self._reconciler(), name="reconciliation"))
         if epochs:
             self.persister = Persister(self._redis, self._ledger, epochs, self._policy.persist, self._persister_fenced)
             self._persister_task = asyncio.create_task(self.persister.run(), name="persister")
@@ -190,6 +205,33 @@ class ShardDuties:
             except Exception as exc:  # noqa: BLE001 - the next pass tries again
                 log.warning("warden: %s", exc)
             await asyncio.sleep(self._policy.warden_interval_s)
+
+    async def reconcile_pass(self) -> int:
+        """Compare Redis with the ledger for the owned shards; returns the differences found (also in the metrics)."""
+        shards = set(self._epochs)
+        assert self._reconcile_redis is not None
+        reading = await asyncio.to_thread(
+            read_once, self._reconcile_redis, self._ledger, self._shard_count, None, shards
+        )
+        differences = settled_differences(reading)
+        METRICS.reconcile_passes.inc()
+        METRICS.reconcile_differences.set(len(differences))
+        METRICS.reconcile_unsettled.set(len(reading.unsettled))
+        for difference in differences:
+            log.error("reconcile: Redis and the ledger disagree: %s", difference)
+        return len(differences)
+
+    async def _reconciler(self) -> None:
+        while True:
+            await asyncio.sleep(self._policy.reconcile_interval_s)
+            if not self._epochs:
+                continue
+            try:
+                await self.reconcile_pass()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - the next pass tries again
+                log.warning("reconcile: %s", exc)
 
     async def _reaper(self) -> None:
         while True:

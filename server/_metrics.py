@@ -43,6 +43,20 @@ class Metrics:
             ["store", "duty"],
             registry=r,
         )
+        self.reconcile_passes = Counter(
+            "flashstock_reconcile_passes", "Comparisons of Redis with the ledger over this node's shards.", registry=r
+        )
+        self.reconcile_differences = Gauge(
+            "flashstock_reconcile_differences",
+            "Figures on which Redis and the ledger disagree, in the last comparison of this node's settled shards "
+            "(0 is the only good value).",
+            registry=r,
+        )
+        self.reconcile_unsettled = Gauge(
+            "flashstock_reconcile_unsettled_shards",
+            "Shards left out of the last comparison: their log moved while reading (the persister was behind).",
+            registry=r,
+        )
         self.owned_shards = Gauge("flashstock_owned_shards", "Shards whose duties this node runs.", registry=r)
         self.shard_claims = Counter("flashstock_shard_claims", "Shards this node claimed (etcd).", registry=r)
         self.shard_releases = Counter("flashstock_shard_releases", "Shards this node gave up, by why.", ["why"], registry=r)

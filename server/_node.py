@@ -32,6 +32,7 @@ from dataclasses import replace
 from typing import Any
 
 import grpc
+import redis as redis_py
 import redis.asyncio as aioredis
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
@@ -113,6 +114,9 @@ class Node:
         self.stock_servicer = StockServicer(self.store, self.book)
         self.health = health.aio.HealthServicer()
         self._tasks: list[asyncio.Task[None]] = []
+        self._reconcile_redis = redis_py.Redis.from_url(
+            config.redis_url, decode_responses=True, socket_timeout=config.redis_timeout_s
+        )
         self.duties: ShardDuties | None = None
         """The shard duties, in the process that runs them."""
         self.ownership: Ownership | None = None
@@ -185,10 +189,13 @@ class Node:
             self.rebuilder,
             DutyPolicy(
                 reap_interval_s=self.config.reap_interval_ms / 1000,
+                reconcile_interval_s=self.config.reconcile_interval_s,
                 persist=PersistPolicy(
                     batch_size=self.config.persist_batch, max_wait_s=self.config.persist_max_wait_ms / 1000
                 ),
             ),
+            reconcile_redis=self._reconcile_redis,
+            shard_count=self.config.shards,
         )
         endpoints = etcd_endpoints(self.config)
         if endpoints:
@@ -239,6 +246,7 @@ class Node:
                 await task
         await self.store.close()
         await self.redis.aclose()
+        self._reconcile_redis.close()
         self.rebuilder.close()
         await asyncio.to_thread(self.ledger.close)
 

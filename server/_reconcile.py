@@ -10,7 +10,9 @@ and :func:`compare` (pure) lists every difference, a SKU known to one side
 only included. Released and expired units have no counters in Redis: they are
 shown from the ledger and not compared.
 
-Used by ``flashstock reconcile`` and at the end of ``flashstock demo``.
+Used by ``flashstock reconcile``, at the end of ``flashstock demo``, and by
+every node for the shards it owns (the reconciliation duty, ``_duties.py``),
+whose findings are metrics.
 """
 
 from __future__ import annotations
@@ -215,6 +217,50 @@ def _check_shards(ledger_shards: Mapping[str, int], shard_count: int) -> None:
             )
 
 
+def read_once(
+    client: redis_py.Redis,
+    ledger: Ledger,
+    shard_count: int,
+    sku_id: str | None = None,
+    shards: Iterable[int] | None = None,
+) -> Reconciliation:
+    """One reading of both sides, for every SKU, ``sku_id``, or the SKUs of ``shards``.
+
+    Reads Redis (the SKU hashes and the shards' logs, in one MULTI), then the
+    ledger, then the logs again. A shard is settled when the ledger held
+    every log entry the Redis figures rest on and no entry was added
+    meanwhile: both sides then describe the same moment. The others are
+    named in ``unsettled``; their SKUs are compared too, and may differ only
+    because the persister is behind. ``client`` must decode responses.
+    """
+    only = None if shards is None else set(shards)
+    ledger_shards = sku_shards(ledger.engine, sku_id)
+    _check_shards(ledger_shards, shard_count)
+    redis_ids = [sku_id] if sku_id is not None else list(client.zrange(SKU_INDEX_KEY, 0, -1))
+    ids = sorted(i for i in set(ledger_shards) | set(redis_ids) if only is None or shard_of(i, shard_count) in only)
+    read_shards = sorted({shard_of(i, shard_count) for i in ids})
+    marks, redis_rows = read_redis(client, read_shards, ids, shard_count)
+    cursors = persisted_cursors(ledger.engine)  # before the ledger's figures: they hold at least this
+    unsettled = {s: why for s in read_shards if (why := unsettled_reason(marks[s], cursors.get(s)))}
+    ledger_rows = {
+        s.sku_id: figures_from_ledger(s)
+        for s in ledger.sku_states(sku_id=sku_id)
+        if only is None or s.shard in only
+    }
+    after, _ = read_redis(client, read_shards, (), shard_count)
+    for shard in read_shards:
+        if after[shard].last_id != marks[shard].last_id:
+            unsettled.setdefault(shard, "the log moved while reading")
+    for new in set(ledger_rows) - set(ids):
+        unsettled.setdefault(ledger_rows[new].shard, "a SKU appeared while reading")
+    return Reconciliation(
+        redis=redis_rows,
+        ledger=ledger_rows,
+        differences=compare(redis_rows.values(), ledger_rows.values()),
+        unsettled=unsettled,
+    )
+
+
 def reconcile(
     client: redis_py.Redis,
     ledger: Ledger,
@@ -224,47 +270,32 @@ def reconcile(
     poll_s: float = 0.05,
     on_wait: Callable[[dict[int, str]], None] | None = None,
 ) -> Reconciliation:
-    """Compare Redis and the ledger, for every SKU or ``sku_id``.
+    """Compare Redis and the ledger, for every SKU or ``sku_id``, once every shard is settled.
 
-    Reads Redis (the SKU hashes and the shards' logs, in one MULTI), then the
-    ledger, and accepts the reading once the ledger held every log entry the
-    Redis figures rest on and no entry was added meanwhile: both sides then
-    describe the same moment. Otherwise it polls again, calling ``on_wait``
-    with the shards still unsettled, for up to ``wait_s`` seconds; after that
-    it compares the last reading and names those shards in ``unsettled``.
-    ``client`` must decode responses.
+    Reads both sides (:func:`read_once`) until no shard is unsettled,
+    calling ``on_wait`` with the shards still unsettled, for up to
+    ``wait_s`` seconds; after that it returns the last reading, whose
+    ``unsettled`` names those shards. ``client`` must decode responses.
     """
     started = time.monotonic()
     deadline = started + wait_s
     while True:
-        ledger_shards = sku_shards(ledger.engine, sku_id)
-        _check_shards(ledger_shards, shard_count)
-        redis_ids = [sku_id] if sku_id is not None else list(client.zrange(SKU_INDEX_KEY, 0, -1))
-        ids = sorted(set(ledger_shards) | set(redis_ids))
-        shards = sorted({shard_of(i, shard_count) for i in ids})
-        marks, redis_rows = read_redis(client, shards, ids, shard_count)
-        cursors = persisted_cursors(ledger.engine)  # before the ledger's figures: they hold at least this
-        unsettled = {s: why for s in shards if (why := unsettled_reason(marks[s], cursors.get(s)))}
-        timed_out = time.monotonic() >= deadline
-        if not unsettled or timed_out:
-            ledger_rows = {s.sku_id: figures_from_ledger(s) for s in ledger.sku_states(sku_id=sku_id)}
-            after, _ = read_redis(client, shards, (), shard_count)
-            for shard in shards:
-                if after[shard].last_id != marks[shard].last_id:
-                    unsettled[shard] = "the log moved while reading"
-            for new in set(ledger_rows) - set(ids):
-                unsettled.setdefault(ledger_rows[new].shard, "a SKU appeared while reading")
-            if not unsettled or timed_out:
-                return Reconciliation(
-                    redis=redis_rows,
-                    ledger=ledger_rows,
-                    differences=compare(redis_rows.values(), ledger_rows.values()),
-                    unsettled=unsettled,
-                    waited_s=time.monotonic() - started,
-                )
+        reading = read_once(client, ledger, shard_count, sku_id)
+        if not reading.unsettled or time.monotonic() >= deadline:
+            reading.waited_s = time.monotonic() - started
+            return reading
         if on_wait is not None:
-            on_wait(unsettled)
+            on_wait(reading.unsettled)
         time.sleep(poll_s)
+
+
+def settled_differences(reading: Reconciliation) -> list[Difference]:
+    """The differences of SKUs whose shards were settled: real ones, not a persister behind."""
+
+    def shard(sku_id: str) -> int:
+        return (reading.redis.get(sku_id) or reading.ledger[sku_id]).shard
+
+    return [d for d in reading.differences if shard(d.sku_id) not in reading.unsettled]
 
 
 # -- showing it -----------------------------------------------------------------

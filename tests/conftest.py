@@ -47,7 +47,7 @@ from flashstock.client import (  # noqa: E402
     StockClient,
 )
 from flashstock.server._procs import NodeProcess, PostgresServer, RedisServer  # noqa: E402
-from processes import running_node  # noqa: E402
+from processes import QUIET, running_node  # noqa: E402
 
 
 
@@ -76,7 +76,7 @@ def redis_server() -> Iterator[RedisServer]:
 @pytest.fixture(scope="session")
 def node(redis_server: RedisServer) -> Iterator[NodeProcess]:
     """A node with one worker process on the session's Redis."""
-    with running_node(redis_server.url, workers=1) as n:
+    with running_node(redis_server.url, workers=1, extra_args=QUIET) as n:
         yield n
 
 
@@ -87,7 +87,7 @@ def node_2w(redis_server: RedisServer, node: NodeProcess) -> Iterator[NodeProces
     It shares the first node's ledger: nodes on one Redis drain the same
     shard logs, so each must persist into the same ledger.
     """
-    with running_node(redis_server.url, workers=2, ledger=node.ledger_url) as n:
+    with running_node(redis_server.url, workers=2, ledger=node.ledger_url, extra_args=QUIET) as n:
         yield n
 
 

@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import re
 import time
+import urllib.request
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -28,6 +30,7 @@ __all__ = [
     "command_calls",
     "eventually",
     "logs_drained",
+    "metric",
     "no_hold_due_soon",
     "redis_now_ms",
 ]
@@ -139,3 +142,11 @@ def logs_drained(redis: Any) -> bool:
     counting EVALSHAs wait for this first.
     """
     return all(redis.xlen(key) == 0 for key in redis.scan_iter(match="fs:*:log", count=1000))
+
+
+def metric(port: int, name: str) -> float:
+    """The sum of Prometheus metric ``name`` (every label set) served on 127.0.0.1:``port``."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as response:
+        text = response.read().decode()
+    pattern = re.compile(rf"^{re.escape(name)}(?:{{[^}}]*}})? (\S+)$", re.M)
+    return sum(float(v) for v in pattern.findall(text))

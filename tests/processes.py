@@ -9,6 +9,11 @@ import psutil
 
 from flashstock.server._procs import NodeProcess
 
+QUIET = ("--reconcile-interval-s", "0")
+"""Flags of a node that does not reconcile: tests count the Redis calls a
+request causes, and a reconciliation pass reads every SKU. The duty has its
+own tests (test_reconcile_duty.py)."""
+
 
 @contextlib.contextmanager
 def running_node(

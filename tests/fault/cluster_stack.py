@@ -19,15 +19,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import re
 import signal
 import time
-import urllib.request
 from collections import Counter
 from pathlib import Path
 
 import psutil
 import redis as redis_py
+from helpers import metric
 
 from flashstock.client import ClientConfig, RetryPolicy
 from flashstock.lockmgr import ShardOwner, etcd_client, owners, shard_of
@@ -184,11 +183,7 @@ class ClusterStack:
 
     def metric(self, index: int, name: str) -> float:
         """The sum of metric ``name`` (every label set) of node ``index``'s duties process."""
-        url = f"http://127.0.0.1:{self.metrics_ports[index]}/metrics"
-        with urllib.request.urlopen(url, timeout=2) as response:
-            text = response.read().decode()
-        pattern = re.compile(rf"^{re.escape(name)}(?:{{[^}}]*}})? (\S+)$", re.M)
-        return sum(float(v) for v in pattern.findall(text))
+        return metric(self.metrics_ports[index], name)
 
     # -- faults ----------------------------------------------------------
 

@@ -13,7 +13,7 @@ import uuid
 import psutil
 import pytest
 from helpers import BACKGROUND_COMMANDS, calls_delta, command_calls, eventually, logs_drained, no_hold_due_soon
-from processes import running_node
+from processes import QUIET, running_node
 
 from flashstock.client import ClientConfig, Outcome, StockClient
 
@@ -96,7 +96,7 @@ def test_sell_out_on_another_node_is_refused_from_memory(admin, stock, sku, redi
 def test_a_node_started_after_the_sell_out_refuses_it_from_memory(admin, stock, sku, redis, redis_server, node):
     sell_out(admin, stock, sku)
     # A node joining late reads the sold-out set at start (subscribe, then snapshot).
-    with running_node(redis_server.url, ledger=node.ledger_url) as late, StockClient(ClientConfig(addresses=[late.address])) as other:
+    with running_node(redis_server.url, ledger=node.ledger_url, extra_args=QUIET) as late, StockClient(ClientConfig(addresses=[late.address])) as other:
         outcomes, calls = redis_calls_of(redis, lambda: refuse_many(other, sku))
 
     assert outcomes == [Outcome.SOLD_OUT] * REFUSALS
