@@ -615,7 +615,6 @@ def _processes_table(cluster: LocalCluster) -> Table:
 
 def _usage(cluster: LocalCluster) -> str:
     etcd = f"--etcd {cluster.etcd_endpoint} --cluster {cluster.cluster}"
-    addr = ",".join(cluster.node_addresses)
     folder = f"--dir {cluster.folder}"
     return "\n".join(
         [
@@ -625,7 +624,7 @@ def _usage(cluster: LocalCluster) -> str:
             f"  flashstock nodes ls {etcd}",
             f"  flashstock shards ls {etcd}",
             f"  flashstock shards map {etcd}",
-            f"  flashstock sku put hot-sku --stock 1000 --addr {addr}",
+            f"  flashstock sku put hot-sku --stock 1000 {etcd}",
             f"  flashstock cluster status {folder}",
             f"  flashstock cluster down {folder}",
         ]
