@@ -38,7 +38,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from flashstock.client import FlashstockError
-from flashstock.lockmgr import CoordinationError, SessionConfig
+from flashstock.lockmgr import CoordinationError, SessionConfig, ShardKeys
 from flashstock.v1 import admin_pb2_grpc, stock_pb2_grpc
 
 from ._config import NodeConfig, etcd_endpoints, ledger_url
@@ -217,6 +217,7 @@ class Node:
                 self.ownership = None
                 raise StartupError(str(exc)) from None
         else:
+            await self._refuse_a_clusters_redis()
             # Standalone: this node owns every shard, unfenced. Whole shards
             # before the first request: rebuild any whose state is gone.
             await self.duties.assign({shard: None for shard in range(self.config.shards)})
@@ -228,6 +229,21 @@ class Node:
             from prometheus_client import start_http_server
 
             start_http_server(self.config.metrics_port, addr=self.config.host, registry=METRICS.registry)
+
+    async def _refuse_a_clusters_redis(self) -> None:
+        """A standalone node's duty writes carry no epoch: refuse a Redis whose shards have owners' epochs."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for shard in range(self.config.shards):
+                pipe.hget(ShardKeys(shard).meta, "epoch")
+            epochs = await pipe.execute()
+        owned = [(shard, int(epoch)) for shard, epoch in enumerate(epochs) if epoch and int(epoch) > 0]
+        if owned:
+            shard, epoch = owned[0]
+            raise StartupError(
+                f"etcd: this Redis belongs to a cluster (shard {shard} has owner epoch {epoch}, and "
+                f"{len(owned)} shard(s) in all): start the node with --etcd of that cluster; a standalone "
+                "node's duties would write without fencing"
+            )
 
     async def stop(self, grace: float | None = None) -> None:
         """Stop taking calls, give in-flight ones ``grace`` seconds, stop duties."""

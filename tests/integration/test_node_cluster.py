@@ -1,17 +1,36 @@
-"""A node in a cluster, on its own: it joins, owns every shard, refuses another shard count, leaves cleanly."""
+"""A node in a cluster, on its own: it joins, owns every shard, refuses another shard count, leaves cleanly.
+
+The module has a Redis of its own: the shards' owner epochs stay in it, and a
+standalone node (the session's) would refuse such a Redis.
+"""
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Iterator
 
 import pytest
+import redis as redis_py
 
 from flashstock.lockmgr import ShardKeys, init_cluster, live_nodes, owners
-from flashstock.server._procs import NodeProcess, ProcessError
+from flashstock.server._procs import NodeProcess, ProcessError, RedisServer
 
 pytest_plugins = ["etcd_fixtures"]
 
 SHARDS = 8
+
+
+@pytest.fixture(scope="module")
+def redis_server() -> Iterator[RedisServer]:
+    """This module's own Redis."""
+    with RedisServer() as server:
+        yield server
+
+
+@pytest.fixture
+def redis(redis_server: RedisServer) -> Iterator[redis_py.Redis]:
+    with redis_py.Redis.from_url(redis_server.url) as client:
+        yield client
 
 
 def etcd_args(etcd_server, cluster_name):
@@ -56,3 +75,16 @@ async def test_a_node_with_another_shard_count_refuses_to_start(etcd, etcd_serve
         await asyncio.to_thread(node.start)
 
     assert "shards" in str(caught.value) and "16" in str(caught.value)
+
+
+@pytest.mark.asyncio(loop_scope="session")
+async def test_a_standalone_node_refuses_a_redis_whose_shards_have_owners(redis_server, redis, tmp_path):
+    redis.hset(ShardKeys(3).meta, "epoch", 42)  # as a cluster's owner leaves it (fence.lua)
+    node = NodeProcess(redis_server.url, shards=SHARDS, data_dir=tmp_path)
+    try:
+        with pytest.raises(ProcessError) as caught:
+            await asyncio.to_thread(node.start)
+    finally:
+        redis.hdel(ShardKeys(3).meta, "epoch")
+
+    assert "this Redis belongs to a cluster" in str(caught.value) and "--etcd" in str(caught.value)
