@@ -34,6 +34,7 @@ from ._metrics import METRICS
 from ._persister import PersistPolicy, Persister
 from ._rebuild import ShardRebuilder
 from ._reconcile import read_once, settled_differences
+from ._scripts import StockScripts
 from ._stock import StockStore
 from .ledger import Ledger
 
@@ -114,6 +115,11 @@ class ShardDuties:
         """The running persister (None while no shard is owned)."""
 
     @property
+    def scripts(self) -> StockScripts:
+        """The node's scripts (the stock store's, loaded at start)."""
+        return self._store.scripts
+
+    @property
     def epochs(self) -> dict[int, int | None]:
         """The shards whose duties run, with their epochs (a copy)."""
         return dict(self._epochs)
@@ -149,7 +155,9 @@ class ShardDuties:
             if self._reconcile_redis is not None and self._shard_count and self._policy.reconcile_interval_s > 0:
                 self._loops.append(asyncio.create_task(self._reconciler(), name="reconciliation"))
         if epochs:
-            self.persister = Persister(self._redis, self._ledger, epochs, self._policy.persist, self._persister_fenced)
+            self.persister = Persister(
+                self._redis, self._ledger, epochs, self._policy.persist, self._persister_fenced, self._store.scripts
+            )
             self._persister_task = asyncio.create_task(self.persister.run(), name="persister")
 
     async def stop(self) -> None:

@@ -54,7 +54,6 @@ from flashstock.lockmgr import (
 
 from ._duties import ShardDuties, stop_task
 from ._metrics import METRICS
-from ._scripts import StockScripts
 from .ledger import Fenced, Ledger
 
 if TYPE_CHECKING:
@@ -91,7 +90,7 @@ class Ownership:
         self.shards = shards
         self._session_config = session
         self._redis = redis
-        self._scripts = StockScripts.register(redis)
+        self._scripts = duties.scripts
         self._ledger = ledger
         self.duties = duties
         duties.on_fenced = self.on_fenced

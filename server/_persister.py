@@ -80,18 +80,20 @@ class Persister:
         epochs: Mapping[int, int | None],
         policy: PersistPolicy = PersistPolicy(),
         on_fenced: Callable[[int, str], None] | None = None,
+        scripts: StockScripts | None = None,
     ) -> None:
         """Persist the shards of ``epochs`` (shard -> owner epoch; None: a
         standalone node, recorded as epoch 0). ``on_fenced(shard, store)`` is
-        called when a write of a shard is refused for its epoch."""
+        called when a write of a shard is refused for its epoch. ``scripts``: the
+        node's, loaded already (by default the persister loads its own)."""
         self._redis = redis
         self._ledger = ledger
-        self._scripts = StockScripts.register(redis)
+        self._scripts = scripts or StockScripts.register(redis)
         self._epochs = dict(epochs)
         self._shards = list(self._epochs)
         self._policy = policy
         self._on_fenced = on_fenced
-        self._scripts_loaded = False
+        self._scripts_loaded = scripts is not None  # a restart of the persister loads nothing again
         self.stopping = False
         """Set by :meth:`stop`."""
         self._positions: dict[int, str] = {}

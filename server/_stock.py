@@ -122,6 +122,11 @@ class StockStore:
         """The key names of ``sku_id``'s shard."""
         return ShardKeys(shard_of(sku_id, self._shards))
 
+    @property
+    def scripts(self) -> StockScripts:
+        """The scripts, registered on this store's Redis client (loaded by :meth:`load_scripts`)."""
+        return self._scripts
+
     async def load_scripts(self) -> None:
         """Load every script into Redis now (else on first use)."""
         async with _redis_errors():
