@@ -23,6 +23,7 @@ class Outcome(enum.IntEnum):
     HOLD_RELEASED = 8
     HOLD_CONFIRMED = 9
     HOLD_NOT_FOUND = 10
+    HOLD_VOIDED = 11
 
 
 class DeductionState(enum.IntEnum):
@@ -88,7 +89,7 @@ class SettleResult:
     """The answer to Confirm or Release."""
 
     outcome: Outcome
-    """OK, DUPLICATE, HOLD_EXPIRED, HOLD_RELEASED, HOLD_CONFIRMED or HOLD_NOT_FOUND."""
+    """OK, DUPLICATE, HOLD_EXPIRED, HOLD_RELEASED, HOLD_CONFIRMED, HOLD_VOIDED or HOLD_NOT_FOUND."""
     deduction: Deduction | None = None
     """The hold as it stands after the call."""
     stock_left: int = -1

@@ -26,6 +26,7 @@ from ._session import DEFAULT_SESSION, EtcdSession, NodeInfo, SessionConfig, liv
 from ._shards import (
     DEFAULT_SHARDS,
     PERSISTED_CHANNEL,
+    SHARD_READY,
     SKU_INDEX_KEY,
     SOLD_OUT_CHANNEL,
     ShardKeys,
@@ -38,6 +39,7 @@ __all__ = [
     "DEFAULT_SESSION",
     "DEFAULT_SHARDS",
     "PERSISTED_CHANNEL",
+    "SHARD_READY",
     "SKU_INDEX_KEY",
     "SOLD_OUT_CHANNEL",
     "ClusterKeys",

@@ -53,13 +53,14 @@ class ShardKeys:
         """Hash of units handed out (held + confirmed) per user of a SKU."""
         return f"{self.prefix}u:{sku_id}"
 
-    def record_bucket(self, generation: int) -> str:
-        """Hash of the first answers recorded in one generation (request_id -> record).
+    def record_bucket(self, generation: int, sku_id: str) -> str:
+        """Hash of the first answers recorded for one SKU in one generation (request_id -> record).
 
-        ``generation = floor(redis_now_ms / request_ttl_ms)``; a bucket expires
-        at the end of the next generation, so a record lives ttl to 2 x ttl.
+        A request id's scope is its SKU. ``generation = floor(redis_now_ms /
+        request_ttl_ms)``; a bucket expires at the end of the next generation,
+        so a record lives ttl to 2 x ttl.
         """
-        return f"{self.prefix}r:{generation}"
+        return f"{self.prefix}r:{generation}:{sku_id}"
 
     def admin_record(self, request_id: str) -> str:
         """Marks an admin request as applied, for idempotent admin calls."""
@@ -72,13 +73,13 @@ class ShardKeys:
 
     @property
     def hold_expiries(self) -> str:
-        """Sorted set of open holds, scored by expiry (ms, Redis clock)."""
+        """Sorted set of open holds (members ``<sku_id>\\n<hold_id>``), scored by expiry (ms, Redis clock)."""
         return f"{self.prefix}hx"
 
     @property
     def meta(self) -> str:
         """Hash of the shard's own state: ``gen`` (rebuild generation) and
-        ``state`` (``ready`` once whole; missing or ``building`` otherwise)."""
+        ``state`` (:data:`SHARD_READY` once whole; anything else is rebuilt)."""
         return f"{self.prefix}m"
 
     @property
@@ -96,6 +97,11 @@ class ShardKeys:
         """Hash of the shard's sold-out SKUs, each with its stock version."""
         return f"{self.prefix}so"
 
+
+SHARD_READY = b"ready:2"
+"""A shard meta's ``state`` once the shard is whole in the current key layout
+(per-SKU request records). A shard in any other state (missing, ``building``,
+or ``ready`` of the layout before) is rebuilt from the ledger before it serves."""
 
 SKU_INDEX_KEY = "fs:skus"
 """Sorted set of every SKU id (score 0, read by lexicographic range)."""

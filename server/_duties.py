@@ -28,7 +28,7 @@ import redis as redis_py
 import redis.asyncio as aioredis
 
 from flashstock.client import FlashstockError
-from flashstock.lockmgr import ShardKeys
+from flashstock.lockmgr import SHARD_READY, ShardKeys
 
 from ._metrics import METRICS
 from ._persister import PersistPolicy, Persister
@@ -191,7 +191,7 @@ class ShardDuties:
             for shard in epochs:
                 pipe.hget(ShardKeys(shard).meta, "state")
             states = await pipe.execute()
-        missing = [shard for shard, state in zip(epochs, states) if state != b"ready"]
+        missing = [shard for shard, state in zip(epochs, states) if state != SHARD_READY]
         for shard in missing:
             if shard not in self._epochs:
                 continue  # given up meanwhile

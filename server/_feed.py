@@ -1,4 +1,5 @@
-"""The node's pub/sub feed from Redis: sell-outs and restocks, and persister progress.
+"""The node's pub/sub feed from Redis: sell-outs and restocks, and persister progress;
+and the loader of the ids that took a sold-out SKU's units.
 
 One task per process subscribes first, then reads the snapshots (every
 shard's sold-out hash and persisted cursor), so nothing announced in between
@@ -16,12 +17,76 @@ from collections.abc import Awaitable, Callable
 
 import redis.asyncio as aioredis
 
-from flashstock.lockmgr import PERSISTED_CHANNEL, SOLD_OUT_CHANNEL, ShardKeys
+from flashstock.lockmgr import PERSISTED_CHANNEL, SOLD_OUT_CHANNEL, ShardKeys, shard_of
 
 from ._durable import PersistWatch
 from ._soldout import SoldOutBook
 
 log = logging.getLogger(__name__)
+
+
+class TakersLoader:
+    """Loads, per sold-out SKU, the request ids that took its units into the :class:`SoldOutBook`.
+
+    They are the fields of the SKU's record buckets (the current and the
+    previous generation: every record a resend can still find). The read is
+    an HSCAN, so a large SKU never blocks Redis; it is taken only if the SKU
+    was sold out at the same stock version before and after it: while a SKU
+    is sold out no request can take its units, so no taker is missed. A
+    failed load leaves the SKU answered by Redis (slower, always right).
+    """
+
+    def __init__(self, redis: aioredis.Redis, book: SoldOutBook, shards: int, record_ttl_ms: int) -> None:
+        self._redis = redis
+        self._book = book
+        self._shards = shards
+        self._record_ttl_ms = record_ttl_ms
+        self._loading: dict[str, asyncio.Task[None]] = {}
+        self._gate = asyncio.Semaphore(4)
+
+    def schedule(self, sku_id: str, version: int) -> None:
+        """Load the takers of ``sku_id``'s sell-out at ``version`` (from inside the event loop)."""
+        running = self._loading.get(sku_id)
+        if running is not None:
+            running.cancel()  # an older sell-out's load: its ids would be refused anyway
+        task = asyncio.get_running_loop().create_task(self._load(sku_id, version), name=f"takers {sku_id}")
+        self._loading[sku_id] = task
+        task.add_done_callback(lambda t: self._loading.pop(sku_id, None) if self._loading.get(sku_id) is t else None)
+
+    async def _load(self, sku_id: str, version: int) -> None:
+        delay = 0.05
+        for _ in range(5):
+            try:
+                async with self._gate:
+                    takers = await self._read(sku_id, version)
+                if takers is not None:
+                    self._book.install_takers(sku_id, version, takers)
+                return
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - the SKU stays answered by Redis
+                log.debug("takers of %s: %s; trying again", sku_id, exc)
+                await asyncio.sleep(delay)
+                delay *= 2
+
+    async def _read(self, sku_id: str, version: int) -> frozenset[str] | None:
+        """The takers, or None when the SKU is no longer sold out at ``version``."""
+        keys = ShardKeys(shard_of(sku_id, self._shards))
+        async with self._redis.pipeline(transaction=False) as pipe:
+            pipe.time()
+            pipe.hmget(keys.sku(sku_id), "sv", "avail")
+            (seconds, micros), (sv, avail) = await pipe.execute()
+        if sv is None or int(sv) != version or int(avail or 0) > 0:
+            return None
+        generation = (seconds * 1000 + micros // 1000) // self._record_ttl_ms
+        takers: set[str] = set()
+        for bucket in (keys.record_bucket(generation - 1, sku_id), keys.record_bucket(generation, sku_id)):
+            # (HSCAN NOVALUES needs Redis 7.4; Debian 12 ships 7.0.)
+            async for field, _record in self._redis.hscan_iter(bucket, count=1000):
+                takers.add(field.decode())
+        if await self._redis.hget(keys.sku(sku_id), "sv") != sv:
+            return None  # restocked meanwhile: the newer news brings its own load
+        return frozenset(takers)
 
 
 class RedisFeed:

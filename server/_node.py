@@ -44,7 +44,7 @@ from flashstock.v1 import admin_pb2_grpc, stock_pb2_grpc
 from ._config import NodeConfig, etcd_endpoints, ledger_url
 from ._duties import DutyPolicy, ShardDuties
 from ._durable import PersistWatch
-from ._feed import RedisFeed
+from ._feed import RedisFeed, TakersLoader
 from ._metrics import METRICS
 from ._ownership import Ownership
 from ._persister import PersistPolicy
@@ -111,6 +111,8 @@ class Node:
                 durable_wait_s=config.durable_wait_ms / 1000,
             ),
         )
+        self.takers = TakersLoader(self.redis, self.book, config.shards, config.request_ttl_s * 1000)
+        self.book.on_sell_out = self.takers.schedule
         self.stock_servicer = StockServicer(self.store, self.book)
         self.health = health.aio.HealthServicer()
         self._tasks: list[asyncio.Task[None]] = []

@@ -28,7 +28,7 @@ import redis
 import redis_lock
 
 from flashstock.client import Unavailable
-from flashstock.lockmgr import SKU_INDEX_KEY, ShardKeys
+from flashstock.lockmgr import SHARD_READY, SKU_INDEX_KEY, ShardKeys
 
 from ._metrics import METRICS
 from ._scripts import script_source
@@ -82,11 +82,32 @@ def install_steps(snap: ShardSnapshot, chunk: int) -> list[tuple[str, str]]:
         for start in range(0, len(rest), chunk):
             steps.append(("users", json.dumps({"sku": s.sku_id, "users": dict(rest[start : start + chunk])})))
     rows = [
-        [r.request_id, r.kind, _LETTER[r.state], r.qty, r.user_id, r.sku_id, r.taken_ms, r.expires_ms, r.closer_id, r.sale]
+        [
+            r.request_id,
+            r.kind,
+            _LETTER[r.state],
+            r.qty,
+            r.user_id,
+            r.sku_id,
+            r.taken_ms,
+            r.expires_ms,
+            r.closer_id,
+            r.sale,
+            r.batch_fp,
+        ]
         for r in snap.records
     ]
     for start in range(0, len(rows), chunk):
         steps.append(("records", json.dumps(rows[start : start + chunk])))
+    # The Confirm and Release calls that took effect, under their own ids: a
+    # resend gets its first answer, the id used by another call is refused.
+    settles = [
+        [r.sku_id, r.closer_id, _LETTER[r.state], r.request_id, r.updated_ms]
+        for r in snap.records
+        if r.closer_id and r.state in ("confirmed", "released")
+    ]
+    for start in range(0, len(settles), chunk):
+        steps.append(("settles", json.dumps(settles[start : start + chunk])))
     return steps
 
 
@@ -137,7 +158,7 @@ class ShardRebuilder:
             return "busy"
         try:
             meta = self._sync.hgetall(k.meta)
-            if meta.get(b"state") == b"ready":
+            if meta.get(b"state") == SHARD_READY:
                 return "ready"
             expected = meta.get(b"gen", b"").decode()
             seconds, micros = self._sync.time()

@@ -28,7 +28,7 @@ from rich.console import Console
 from rich.table import Column, Table
 from rich.text import Text
 
-from flashstock.lockmgr import SKU_INDEX_KEY, ShardKeys, shard_of
+from flashstock.lockmgr import SHARD_READY, SKU_INDEX_KEY, ShardKeys, shard_of
 
 from ._durable import parse_id
 from .ledger import Ledger, LedgerError, SkuState
@@ -144,7 +144,7 @@ class LogMark:
     last_id: str
     """The last entry id ever added ('0-0' when there is no log)."""
     state: str | None
-    """The shard's state: 'ready' once whole; 'building' or None (lost) otherwise."""
+    """The shard's state: ``SHARD_READY`` once whole; 'building', an older layout's or None (lost) otherwise."""
 
 
 def unsettled_reason(mark: LogMark, cursor: str | None) -> str | None:
@@ -153,7 +153,7 @@ def unsettled_reason(mark: LogMark, cursor: str | None) -> str | None:
     The ledger has caught up when the log holds no entry beyond its cursor:
     the log is empty (trimmed), or its last entry is at or below the cursor.
     """
-    if mark.state != "ready":
+    if mark.state != SHARD_READY.decode():
         return "its Redis state is being rebuilt" if mark.state == "building" else "its Redis state is missing"
     if mark.length == 0 or (cursor is not None and parse_id(mark.last_id) <= parse_id(cursor)):
         return None

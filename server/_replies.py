@@ -39,6 +39,7 @@ _OUTCOMES = {
     "HOLD_EXPIRED": Outcome.HOLD_EXPIRED,
     "HOLD_RELEASED": Outcome.HOLD_RELEASED,
     "HOLD_CONFIRMED": Outcome.HOLD_CONFIRMED,
+    "HOLD_VOIDED": Outcome.HOLD_VOIDED,
 }
 
 _STATES = {
@@ -96,7 +97,7 @@ def _common_errors(code: str, raw: Sequence[Any], sku_id: str, request_id: str, 
         raise SkuNotFound(f"SKU {sku_id!r} is not defined", sku=sku_id)
     if code == "MISMATCH":
         raise RequestIdReused(
-            f"request_id {request_id!r} took effect before with other arguments",
+            f"request_id {request_id!r} took effect before on SKU {sku_id!r} as another call or with other arguments",
             request_id=request_id,
             sku=sku_id,
         )
@@ -128,11 +129,18 @@ def take_result(raw: Sequence[Any], sku_id: str, request_id: str) -> Answer[Dedu
     return Answer(result, sold_out_sv=int(raw[2]), log_id=log_id, durable=durable)
 
 
-def settle_result(raw: Sequence[Any], sku_id: str, hold_id: str) -> Answer[SettleResult]:
+def settle_result(raw: Sequence[Any], sku_id: str, hold_id: str, request_id: str = "") -> Answer[SettleResult]:
     """Decode settle.lua's reply."""
     code = _text(raw[0])
     if code == "NO_SHARD":
         raise ShardMissing(sku_id)
+    if code == "MISMATCH":
+        raise RequestIdReused(
+            f"request_id {request_id!r} took effect before as another call (another hold, or a Confirm for a "
+            "Release, or a Deduct...)",
+            request_id=request_id,
+            sku=sku_id,
+        )
     result = SettleResult(
         outcome=_OUTCOMES[code],
         deduction=_deduction(raw, hold_id),

@@ -110,9 +110,10 @@ class StockServicer(stock_pb2_grpc.StockServiceServicer):
         self._book = book
 
     def _sold_out_reply(self, request: Any, reply_type: type) -> Any:
-        # A retry always goes to the script: a request that succeeded before
-        # the sell-out must get its first answer, not SOLD_OUT.
-        if not request.retry and request.sku_id in self._book:
+        # The book refuses only ids that took no unit of the SKU: a resend of
+        # one that did must get its first answer, flag or no flag. A request
+        # marked as a retry goes to the script anyway.
+        if not request.retry and self._book.refuses(request.sku_id, request.request_id):
             return reply_type(outcome=stock_pb2.OUTCOME_SOLD_OUT, stock_left=0)
         return None
 
@@ -162,7 +163,7 @@ class StockServicer(stock_pb2_grpc.StockServiceServicer):
         items = [(item.sku_id, item.qty) for item in request.items]
         _check(v.batch_violations(request.user_id, items, request.request_id))
         if not request.retry:
-            sold = [i for i, (sku_id, _) in enumerate(items) if sku_id in self._book]
+            sold = [i for i, (sku_id, _) in enumerate(items) if self._book.refuses(sku_id, request.request_id)]
             if sold:
                 return stock_pb2.BatchDeductReply(
                     outcome=stock_pb2.OUTCOME_SOLD_OUT,

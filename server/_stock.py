@@ -40,7 +40,7 @@ from flashstock.client import (
     StockLevel,
     Unavailable,
 )
-from flashstock.lockmgr import SKU_INDEX_KEY, ShardKeys, shard_of
+from flashstock.lockmgr import SHARD_READY, SKU_INDEX_KEY, ShardKeys, shard_of
 
 from . import _replies
 from ._coalesce import ShardCoalescer
@@ -261,7 +261,7 @@ class StockStore:
                 keys=[k.log],
                 args=["C" if confirm else "R", request_id, sku_id, hold_id, k.prefix, self._record_ttl_ms],
             )
-            return _replies.settle_result(raw, sku_id, hold_id)
+            return _replies.settle_result(raw, sku_id, hold_id, request_id)
 
         answer, generations = await self._call((sku_id,), call)
         return await self._settled(k.shard, answer, generations)
@@ -297,7 +297,7 @@ class StockStore:
         k = self.keys(sku_id)
         async with _redis_errors():
             fields = await self._redis.hgetall(k.sku(sku_id))
-            if not fields and await self._redis.hget(k.meta, "state") != b"ready":
+            if not fields and await self._redis.hget(k.meta, "state") != SHARD_READY:
                 await self._rebuilder.ensure(k.shard)
                 fields = await self._redis.hgetall(k.sku(sku_id))
         if not fields:

@@ -26,7 +26,7 @@ from flashstock.client import FlashstockError
 
 from ._schema import STATES, deductions, persister_cursors, shard_epochs, shard_generations, skus
 
-HEAD = "0001"
+HEAD = "0002"
 """The schema revision this code reads and writes."""
 
 
@@ -202,6 +202,10 @@ class Record:
     sale: int
     taken_ms: int
     expires_ms: int
+    batch_fp: str = ""
+    """BatchDeduct items: the fingerprint of the batch's items."""
+    updated_ms: int = 0
+    """When the state last changed: a Confirm's or Release's own record is of then."""
 
 
 @dataclass
@@ -303,7 +307,7 @@ class Ledger:
         for stream_id, f in entries:
             at_ms = int(stream_id.split("-")[0])
             event = f["t"]
-            if event in ("D", "H"):
+            if event in ("D", "H", "B"):
                 inserts.append(
                     {
                         "request_id": f["r"],
@@ -311,7 +315,8 @@ class Ledger:
                         "user_id": f["u"],
                         "qty": int(f["q"]),
                         "kind": event,
-                        "state": "confirmed" if event == "D" else "held",
+                        "state": "held" if event == "H" else "confirmed",
+                        "batch_fp": f.get("b", ""),
                         "closer_id": "",
                         "sale": int(f.get("s", 0)),
                         "shard": shard,
@@ -326,7 +331,10 @@ class Ledger:
                 continue
             elif event in _FORWARD:
                 updates.append(
-                    (_FORWARD[event], {"rid": f["r"], "closer": f.get("c", ""), "at": at_ms, "epoch": epoch})
+                    (
+                        _FORWARD[event],
+                        {"sku": f["k"], "rid": f["r"], "closer": f.get("c", ""), "at": at_ms, "epoch": epoch},
+                    )
                 )
             else:
                 sku_ops.append((event, f, at_ms))
@@ -346,12 +354,18 @@ class Ledger:
             for event, f, at_ms in sku_ops:
                 self._apply_sku_op(conn, shard, event, f, at_ms)
             if inserts:
-                conn.execute(self._insert(deductions).on_conflict_do_nothing(index_elements=["request_id"]), inserts)
+                conn.execute(
+                    self._insert(deductions).on_conflict_do_nothing(index_elements=["sku_id", "request_id"]), inserts
+                )
             for state in set(s for s, _ in updates):
                 rows = [params for s, params in updates if s == state]
                 conn.execute(
                     deductions.update()
-                    .where(deductions.c.request_id == sa.bindparam("rid"), deductions.c.state == "held")
+                    .where(
+                        deductions.c.sku_id == sa.bindparam("sku"),
+                        deductions.c.request_id == sa.bindparam("rid"),
+                        deductions.c.state == "held",
+                    )
                     .values(
                         state=state,
                         closer_id=sa.bindparam("closer"),
@@ -478,7 +492,7 @@ class Ledger:
 
     def snapshot(self, shard: int, generation: int, records_since_ms: int) -> ShardSnapshot:
         """A shard's state for a rebuild: SKUs and counters, per-user counts, and the
-        records of requests taken since ``records_since_ms`` plus every open hold."""
+        records of requests taken or settled since ``records_since_ms`` plus every open hold."""
         snap = ShardSnapshot(shard=shard, generation=generation, skus=self.sku_states(shard=shard))
         d, s = deductions.c, skus.c
         with self.engine.connect() as conn:
@@ -495,22 +509,42 @@ class Ledger:
                 snap.user_counts.setdefault(sku, {})[user] = int(units)
             rows = conn.execute(
                 sa.select(deductions).where(
-                    d.shard == shard, sa.or_(d.taken_ms >= records_since_ms, d.state == "held")
+                    d.shard == shard,
+                    sa.or_(d.taken_ms >= records_since_ms, d.updated_ms >= records_since_ms, d.state == "held"),
                 )
             )
             snap.records = [
-                Record(r.request_id, r.sku_id, r.user_id, r.qty, r.kind, r.state, r.closer_id, r.sale, r.taken_ms, r.expires_ms)
+                Record(
+                    r.request_id,
+                    r.sku_id,
+                    r.user_id,
+                    r.qty,
+                    r.kind,
+                    r.state,
+                    r.closer_id,
+                    r.sale,
+                    r.taken_ms,
+                    r.expires_ms,
+                    r.batch_fp,
+                    r.updated_ms,
+                )
                 for r in rows
             ]
         return snap
 
-    def deductions_of(self, request_ids: Iterable[str]) -> dict[str, dict[str, Any]]:
-        """The ledger rows of these request ids (for tests and checks)."""
+    def deductions_of(self, request_ids: Iterable[str], sku_id: str | None = None) -> dict[str, dict[str, Any]]:
+        """The ledger rows of these request ids, by request id (for tests and checks).
+
+        An id's scope is its SKU: give ``sku_id`` where one id may key rows of several SKUs.
+        """
         ids = list(request_ids)
         out: dict[str, dict[str, Any]] = {}
         with self.engine.connect() as conn:
             for start in range(0, len(ids), 500):
-                for row in conn.execute(sa.select(deductions).where(deductions.c.request_id.in_(ids[start : start + 500]))):
+                query = sa.select(deductions).where(deductions.c.request_id.in_(ids[start : start + 500]))
+                if sku_id is not None:
+                    query = query.where(deductions.c.sku_id == sku_id)
+                for row in conn.execute(query):
                     out[row.request_id] = dict(row._mapping)
         return out
 

@@ -35,11 +35,15 @@ skus = sa.Table(
 deductions = sa.Table(
     "deductions",
     metadata,
-    sa.Column("request_id", sa.String(160), primary_key=True, comment="The Deduct/Hold request id (batch items: id#i)."),
-    sa.Column("sku_id", ID, nullable=False),
+    # A request id's scope is its SKU: (sku_id, request_id) keys a deduction,
+    # so one order id can key every line of an order.
+    sa.Column("sku_id", ID, primary_key=True),
+    sa.Column("request_id", sa.String(160), primary_key=True, comment="The Deduct/Hold/BatchDeduct request id."),
     sa.Column("user_id", ID, nullable=False),
     sa.Column("qty", sa.BigInteger, nullable=False),
-    sa.Column("kind", sa.String(1), nullable=False, comment="D = Deduct (final at once), H = Hold."),
+    sa.Column(
+        "kind", sa.String(1), nullable=False, comment="D = Deduct (final at once), H = Hold, B = a BatchDeduct item."
+    ),
     sa.Column("state", sa.String(10), nullable=False, comment="held | confirmed | released | expired"),
     sa.Column("closer_id", sa.String(160), nullable=False, server_default="", comment="The Confirm/Release request id."),
     sa.Column("sale", sa.Integer, nullable=False),
@@ -48,6 +52,13 @@ deductions = sa.Table(
     sa.Column("taken_ms", sa.BigInteger, nullable=False, comment="When the units were taken (Redis clock)."),
     sa.Column("expires_ms", sa.BigInteger, nullable=False, server_default="0", comment="Holds: expiry (Redis clock)."),
     sa.Column("updated_ms", sa.BigInteger, nullable=False, comment="When the state last changed (Redis clock)."),
+    sa.Column(
+        "batch_fp",
+        sa.String(40),
+        nullable=False,
+        server_default="",
+        comment="BatchDeduct items: the fingerprint of the batch's items (a resend with others is refused).",
+    ),
     sa.Index("ix_deductions_sku_sale_state", "sku_id", "sale", "state"),
     sa.Index("ix_deductions_shard_taken", "shard", "taken_ms"),
     sa.Index("ix_deductions_shard_state", "shard", "state"),

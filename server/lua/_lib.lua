@@ -14,16 +14,35 @@
 --   sale                    +1 on every put; holds of an older sale give
 --                           their units back to nobody
 --
--- Records: the first answer of every request that took effect, kept in
--- generation buckets, hashes fs:{s<n>}:r:<gen> (gen = floor(now_ms / ttl_ms))
--- with field request_id. A bucket expires at the end of the generation after
--- its own, so a record lives between ttl and 2 x ttl; a lookup reads the
--- current and the previous bucket. One hash field costs far less memory than
--- a key with its own expiry. A record is a msgpack array:
---   {kind 'D'|'H', state 'C'|'H'|'R'|'X', qty, user, sku, taken_ms, exp_ms,
---    closer request_id ('' until confirmed or released), sale}
+-- Records: the first answer of every call that took effect, per SKU: a
+-- request id has one scope, (sku_id, request_id), everywhere (Redis, the
+-- ledger's key, the rebuild, the reports), so an order id can key every line
+-- of an order. Kept in generation buckets, hashes fs:{s<n>}:r:<gen>:<sku>
+-- (gen = floor(now_ms / ttl_ms)) with field request_id. A bucket expires at
+-- the end of the generation after its own, so a record lives between ttl and
+-- 2 x ttl; a lookup reads the current and the previous bucket. One hash field
+-- costs far less memory than a key with its own expiry, and the ids that took
+-- a SKU's units are the fields of its buckets (what a node loads once the SKU
+-- sells out, so it can still answer their resends). A record is a msgpack
+-- array:
+--   units taken (kind 'D' Deduct, 'H' Hold, 'B' a BatchDeduct item):
+--     {kind, state 'C'|'H'|'R'|'X', qty, user, sku, taken_ms, exp_ms,
+--      closer request_id ('' until confirmed or released), sale,
+--      batch fingerprint ('' unless kind 'B')}
+--   a Confirm or Release that took effect (kind 'C' | 'R'): {kind, hold_id}
+-- An id is used by one call only: the same id with another kind or other
+-- arguments is refused (MISMATCH), never answered as a duplicate.
+--
+-- Open holds are members '<sku>\n<hold_id>' of the shard's expiry set
+-- fs:{s<n>}:hx ('\n' cannot occur in an id: the node refuses control
+-- characters).
+--
+-- The shard meta's state is READY once the shard is whole in the current
+-- record layout; a shard in any other state (missing, 'building', or
+-- 'ready' of the layout before per-SKU records) is rebuilt from the ledger.
 
 local SOLD_OUT_CHANNEL = 'fs:soldout'  -- flashstock.lockmgr.SOLD_OUT_CHANNEL
+local READY = 'ready:2'                -- flashstock.lockmgr.SHARD_READY
 
 local function now_ms()
   -- Redis's clock decides windows and expiries, so every node agrees.
@@ -31,10 +50,11 @@ local function now_ms()
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 end
 
--- The record store of one shard at one moment.
-local function records(prefix, now, ttl_ms)
+-- The record store of one SKU at one moment.
+local function records(prefix, sku_id, now, ttl_ms)
   local gen = math.floor(now / ttl_ms)
-  return {cur = prefix .. 'r:' .. gen, prev = prefix .. 'r:' .. (gen - 1), expire_at = (gen + 2) * ttl_ms}
+  return {cur = prefix .. 'r:' .. gen .. ':' .. sku_id, prev = prefix .. 'r:' .. (gen - 1) .. ':' .. sku_id,
+          expire_at = (gen + 2) * ttl_ms}
 end
 
 -- The record of `rid` and the bucket holding it, or nil.
@@ -49,6 +69,11 @@ end
 local function add_record(store, rid, rec)
   redis.call('HSET', store.cur, rid, cmsgpack.pack(rec))
   redis.call('PEXPIREAT', store.cur, store.expire_at)
+end
+
+-- The member of a hold in the shard's expiry set.
+local function hold_member(sku_id, hold_id)
+  return sku_id .. '\n' .. hold_id
 end
 
 local function update_record(bucket, rid, rec)
@@ -76,11 +101,13 @@ end
 -- t event (D deduct, H hold, C confirm, R release, X expire), r request id,
 -- k sku, u user, q qty, e hold expiry ms, s sale, c confirm/release id,
 -- w when the units were taken (the record's taken_ms: the entry id's ms may
--- be a later one, and a retry after a rebuild must get the first answer).
+-- be a later one, and a retry after a rebuild must get the first answer),
+-- b the batch fingerprint of a BatchDeduct item ('' otherwise).
 -- Returns the entry's id.
 local function log_event(log_key, event, rid, rec)
   return redis.call('XADD', log_key, '*', 't', event, 'r', rid, 'k', rec[5],
-                    'u', rec[4], 'q', rec[3], 'e', rec[7], 's', rec[9], 'c', rec[8], 'w', rec[6])
+                    'u', rec[4], 'q', rec[3], 'e', rec[7], 's', rec[9], 'c', rec[8], 'w', rec[6],
+                    'b', rec[10] or '')
 end
 
 -- The last entry id of a log, or '0-0'.
@@ -94,7 +121,7 @@ end
 -- 'building' during a rebuild: either way, the node rebuilds it from the
 -- ledger before serving it (server/_rebuild.py).
 local function shard_ready(prefix)
-  return redis.call('HGET', prefix .. 'm', 'state') == 'ready'
+  return redis.call('HGET', prefix .. 'm', 'state') == READY
 end
 
 -- The fencing check of every duty write (reaper, persister, warden): false
@@ -147,22 +174,25 @@ local function check_take(sku_key, users_key, user, qty, now)
   return 'OK', avail, 0
 end
 
--- Take the units a check_take allowed; returns the record and avail after.
-local function take(sku_key, users_key, log_key, hx_key, store, sku_id, user, qty, rid, hold_ms, now)
+-- Take the units a check_take allowed; returns the record, avail after and
+-- the log entry's id. `batch_fp`: the fingerprint of the BatchDeduct this
+-- item belongs to (nil for a Deduct or Hold).
+local function take(sku_key, users_key, log_key, hx_key, store, sku_id, user, qty, rid, hold_ms, now, batch_fp)
   local avail = redis.call('HINCRBY', sku_key, 'avail', -qty)
   local kind, state, exp = 'D', 'C', 0
   if hold_ms > 0 then
     kind, state, exp = 'H', 'H', now + hold_ms
     redis.call('HINCRBY', sku_key, 'held', qty)
-    redis.call('ZADD', hx_key, exp, rid)
+    redis.call('ZADD', hx_key, exp, hold_member(sku_id, rid))
   else
     redis.call('HINCRBY', sku_key, 'conf', qty)
+    if batch_fp then kind = 'B' end
   end
   if redis.call('HGET', sku_key, 'lim') ~= '0' then
     redis.call('HINCRBY', users_key, user, qty)
   end
   local sale = tonumber(redis.call('HGET', sku_key, 'sale'))
-  local rec = {kind, state, qty, user, sku_id, now, exp, '', sale}
+  local rec = {kind, state, qty, user, sku_id, now, exp, '', sale, batch_fp or ''}
   add_record(store, rid, rec)
   return rec, avail, log_event(log_key, kind, rid, rec)
 end
@@ -173,7 +203,7 @@ local function give_back(prefix, bucket, hold_id, rec, state, closer)
   local sku_key = prefix .. 'k:' .. rec[5]
   rec[2], rec[8] = state, closer
   update_record(bucket, hold_id, rec)
-  redis.call('ZREM', prefix .. 'hx', hold_id)
+  redis.call('ZREM', prefix .. 'hx', hold_member(rec[5], hold_id))
   local left = -1
   if tonumber(redis.call('HGET', sku_key, 'sale') or '-1') == rec[9] then
     local qty = rec[3]

@@ -1,9 +1,13 @@
 -- batch.lua: take units of several SKUs of one order, all or nothing.
 --
 -- Every item is checked first; units are taken only when every item passes.
--- Item i is recorded as "<request_id>#<i>" in its SKU's shard and logged to
--- that shard's log, exactly as a Deduct. The keys of one call may span
--- shards: this runs on a single Redis (not Redis Cluster).
+-- Item i is recorded under the batch's request_id in its own SKU's records
+-- (an id's scope is its SKU), as kind 'B' with the batch's fingerprint (its
+-- items, in order), and logged to that shard's log. A resend with the same
+-- items gets the first answer; the id with other items, or an item's SKU
+-- where the id was used by another call (a Deduct, a Hold...), is refused
+-- (MISMATCH) and takes nothing. The keys of one call may span shards: this
+-- runs on a single Redis (not Redis Cluster).
 --
 -- KEYS per item i (1-based), four each, at 4*(i-1)+1 ..:
 --   sku hash, users hash, shard log, sold-out hash
@@ -19,11 +23,16 @@
 local user, rid, ttl_ms = ARGV[1], ARGV[2], tonumber(ARGV[3])
 local n = (#ARGV - 3) / 3
 local now = now_ms()
+local parts = {}
+for i = 1, n do parts[i] = ARGV[3 * i + 1] .. '\n' .. ARGV[3 * i + 2] end
+local fingerprint = redis.sha1hex(table.concat(parts, '\n'))
+
 local function item(i)
   local b = 4 * (i - 1)
+  local sku_id = ARGV[3 * i + 1]
   return {sku = KEYS[b + 1], users = KEYS[b + 2], log = KEYS[b + 3], so = KEYS[b + 4],
-          sku_id = ARGV[3 * i + 1], qty = tonumber(ARGV[3 * i + 2]),
-          store = records(ARGV[3 * i + 3], now, ttl_ms), rid = rid .. '#' .. i}
+          sku_id = sku_id, qty = tonumber(ARGV[3 * i + 2]),
+          store = records(ARGV[3 * i + 3], sku_id, now, ttl_ms)}
 end
 
 for i = 1, n do
@@ -31,15 +40,24 @@ for i = 1, n do
   if redis.call('EXISTS', item(i).sku) == 0 then return {'NO_SKU', i} end
 end
 
-local first = item(1)
-if find_record(first.store, first.rid) then
+-- Seen before? Either every item holds this batch's record, or none holds
+-- any record under the id.
+local seen = 0
+for i = 1, n do
+  local it = item(i)
+  local rec = find_record(it.store, rid)
+  if rec then
+    if rec[1] ~= 'B' or rec[10] ~= fingerprint or rec[4] ~= user then return {'MISMATCH', i} end
+    seen = seen + 1
+  elseif seen > 0 then
+    return {'MISMATCH', i}
+  end
+end
+if seen > 0 and seen < n then return {'MISMATCH', 1} end
+if seen == n then
   local out = {'DUP', n}
   for i = 1, n do
     local it = item(i)
-    local rec = find_record(it.store, it.rid)
-    if not rec or rec[5] ~= it.sku_id or rec[4] ~= user or rec[3] ~= it.qty then
-      return {'MISMATCH', i}
-    end
     local durable = is_durable(it.sku)
     out[#out + 1] = 'OK'
     out[#out + 1] = -1
@@ -67,7 +85,8 @@ end
 
 for i = 1, n do
   local it = item(i)
-  local _, avail, log_id = take(it.sku, it.users, it.log, nil, it.store, it.sku_id, user, it.qty, it.rid, 0, now)
+  local _, avail, log_id = take(it.sku, it.users, it.log, nil, it.store, it.sku_id, user, it.qty, rid, 0, now,
+                                fingerprint)
   announce(it.sku, it.so, it.sku_id, avail + it.qty, avail)
   out[4 * i] = avail
   out[4 * i + 1] = log_id

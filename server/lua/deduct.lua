@@ -20,8 +20,9 @@
 -- where code is one of OK, DUP (the record's first answer; log_id is the
 -- log's tail, which the first answer's entry is not after), SOLD_OUT,
 -- INSUFFICIENT, LIMIT, NOT_ON_SALE, QTY_MAX (stock_left = the cap), NO_SKU,
--- MISMATCH (request_id used before with other arguments), NO_SHARD (the
--- shard's state is missing: rebuild it, then send again).
+-- MISMATCH (the SKU's request_id was used before by another kind of call or
+-- with other arguments), NO_SHARD (the shard's state is missing: rebuild it,
+-- then send again).
 local n = (#KEYS - 3) / 2
 if not shard_ready(ARGV[1]) then
   local out = {}
@@ -29,15 +30,16 @@ if not shard_ready(ARGV[1]) then
   return out
 end
 local now = now_ms()
-local store = records(ARGV[1], now, tonumber(ARGV[2]))
+local ttl_ms = tonumber(ARGV[2])
 local out = {}
 
 local function one(sku_key, users_key, sku_id, user, qty, rid, hold_ms)
   if redis.call('EXISTS', sku_key) == 0 then return {'NO_SKU', -1, 0} end
+  local store = records(ARGV[1], sku_id, now, ttl_ms)
   local rec = find_record(store, rid)
   if rec then
     local kind = hold_ms > 0 and 'H' or 'D'
-    if rec[5] ~= sku_id or rec[4] ~= user or rec[3] ~= qty or rec[1] ~= kind then
+    if rec[1] ~= kind or rec[4] ~= user or rec[3] ~= qty then
       return {'MISMATCH', -1, 0}
     end
     local durable = is_durable(sku_key)

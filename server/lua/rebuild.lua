@@ -7,7 +7,7 @@
 -- a newer rebuild. Requests see the shard as missing until 'commit'.
 --
 -- KEYS[1] shard meta hash   KEYS[2] the rebuild mutex key
--- ARGV[1] step: 'begin' | 'sku' | 'users' | 'records' | 'commit'
+-- ARGV[1] step: 'begin' | 'sku' | 'users' | 'records' | 'settles' | 'commit'
 -- ARGV[2] mutex token   ARGV[3] generation being installed
 -- ARGV[4] key prefix of the shard ('fs:{s<n>}:')   ARGV[5] record ttl ms
 -- begin:   ARGV[6] the generation read before loading the ledger ('' = none)
@@ -20,7 +20,9 @@
 --                        paused, mode, sale, users = {user = units}}
 -- users:   ARGV[6] JSON {sku, users = {user = units}} (more per-user counts)
 -- records: ARGV[6] JSON [[request_id, kind, state letter, qty, user, sku,
---                         taken_ms, exp_ms, closer, sale], ...]
+--                         taken_ms, exp_ms, closer, sale, batch fingerprint], ...]
+-- settles: ARGV[6] JSON [[sku, request_id, 'C' | 'R', hold_id, at_ms], ...]:
+--          the Confirm/Release calls that took effect, recorded under their ids
 --
 -- Returns 'OK', 'STALE' (the mutex is not ours any more, or another
 -- generation is in place: nothing was written) or 'FENCED' (begin: a newer
@@ -37,10 +39,10 @@ if step == 'begin' then
     redis.call('HSET', KEYS[1], 'epoch', ARGV[8])
   end
   if not epoch_ok(prefix, ARGV[9]) then return 'FENCED' end
-  local store = records(prefix, now, ttl_ms)
-  -- A clean slate: whatever is left of the shard is older than the ledger.
-  -- The log goes too: the persister starts the new generation's log at 0-0.
-  redis.call('DEL', prefix .. 'hx', prefix .. 'so', prefix .. 'log', prefix .. 'pc', store.cur, store.prev)
+  -- A clean slate: whatever is left of the shard is older than the ledger
+  -- (each SKU's records go in its 'sku' step). The log goes too: the
+  -- persister starts the new generation's log at 0-0.
+  redis.call('DEL', prefix .. 'hx', prefix .. 'so', prefix .. 'log', prefix .. 'pc')
   if ARGV[7] ~= '0-0' then
     -- A marker entry just after the persisted cursor: every new entry's id
     -- is above it, whatever the clock of the new Redis says.
@@ -59,7 +61,8 @@ if step == 'sku' then
   local s = cjson.decode(ARGV[6])
   local sku_key, users_key = prefix .. 'k:' .. s.sku, prefix .. 'u:' .. s.sku
   local avail = s.total - s.held - s.conf
-  redis.call('DEL', sku_key, users_key)
+  local store = records(prefix, s.sku, now, ttl_ms)
+  redis.call('DEL', sku_key, users_key, store.cur, store.prev)
   -- A stock version newer than any announced before the loss.
   redis.call('HSET', sku_key, 'avail', avail, 'total', s.total, 'held', s.held, 'conf', s.conf,
              'lim', s.lim, 'maxq', s.maxq, 'start', s.start, 'end', s['end'], 'paused', s.paused,
@@ -75,19 +78,29 @@ if step == 'users' then
   return 'OK'
 end
 
+-- A record in the bucket of the generation it was made in.
+local function restore(sku_id, rid, at_ms, rec)
+  local g = math.floor(at_ms / ttl_ms)
+  local bucket = prefix .. 'r:' .. g .. ':' .. sku_id
+  redis.call('HSET', bucket, rid, cmsgpack.pack(rec))
+  redis.call('PEXPIREAT', bucket, (g + 2) * ttl_ms)
+end
+
 if step == 'records' then
   for _, r in ipairs(cjson.decode(ARGV[6])) do
-    local g = math.floor(r[7] / ttl_ms)
-    local bucket = prefix .. 'r:' .. g
-    redis.call('HSET', bucket, r[1], cmsgpack.pack({r[2], r[3], r[4], r[5], r[6], r[7], r[8], r[9], r[10]}))
-    redis.call('PEXPIREAT', bucket, (g + 2) * ttl_ms)
-    if r[3] == 'H' then redis.call('ZADD', prefix .. 'hx', r[8], r[1]) end
+    restore(r[6], r[1], r[7], {r[2], r[3], r[4], r[5], r[6], r[7], r[8], r[9], r[10], r[11]})
+    if r[3] == 'H' then redis.call('ZADD', prefix .. 'hx', r[8], hold_member(r[6], r[1])) end
   end
   return 'OK'
 end
 
+if step == 'settles' then
+  for _, r in ipairs(cjson.decode(ARGV[6])) do restore(r[1], r[2], r[5], {r[3], r[4]}) end
+  return 'OK'
+end
+
 if step == 'commit' then
-  redis.call('HSET', KEYS[1], 'state', 'ready')
+  redis.call('HSET', KEYS[1], 'state', READY)
   return 'OK'
 end
 return redis.error_reply('rebuild.lua: unknown step ' .. tostring(step))

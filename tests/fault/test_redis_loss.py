@@ -41,7 +41,7 @@ from flashstock.client import (
     Outcome,
     Unavailable,
 )
-from flashstock.lockmgr import ShardKeys, shard_of
+from flashstock.lockmgr import SHARD_READY, ShardKeys, shard_of
 from flashstock.server._rebuild import RebuildPolicy, ShardRebuilder
 from flashstock.server.ledger import Ledger
 
@@ -369,10 +369,10 @@ class LedgerWriter:
         return self.ledger.generations().get(self.shard, 0)
 
 
-def record_exists(redis: redis_py.Redis, shard: int, request_id: str) -> bool:
+def record_exists(redis: redis_py.Redis, shard: int, sku_id: str, request_id: str) -> bool:
     k = ShardKeys(shard)
     now_bucket = redis_now_ms(redis) // RECORD_TTL_MS
-    return any(redis.hexists(k.record_bucket(g), request_id) for g in (now_bucket, now_bucket - 1))
+    return any(redis.hexists(k.record_bucket(g, sku_id), request_id) for g in (now_bucket, now_bucket - 1))
 
 
 def start_rebuild(rebuilder: ShardRebuilder, shard: int) -> tuple[threading.Thread, dict[str, str]]:
@@ -428,19 +428,19 @@ def test_paused_rebuilder_cannot_overwrite_a_newer_rebuild(fault_redis, tmp_path
         if meanwhile == "newer rebuild":
             # Redis holds B's rebuild (the newer generation, the newer ledger), not A's.
             assert generations == 2
-            assert meta == {b"gen": b"2", b"state": b"ready"}
+            assert meta == {b"gen": b"2", b"state": SHARD_READY}
             fields = redis.hgetall(k.sku(sku))
             (state,) = ledger.sku_states(sku_id=sku)
             assert (int(fields[b"total"]), int(fields[b"held"]), int(fields[b"conf"])) == (100, 0, 8)
             assert (state.total, state.held, state.confirmed) == (100, 0, 8)
             assert int(fields[b"avail"]) == 92
-            assert record_exists(redis, shard, "late-2") and record_exists(redis, shard, "early-1")
+            assert record_exists(redis, shard, sku, "late-2") and record_exists(redis, shard, sku, "early-1")
         else:
             # A wrote nothing: the shard is still missing, and the next rebuild makes it whole.
             assert generations == 1
             assert meta == {} and not redis.exists(k.sku(sku))
             assert b.rebuild(shard) == "rebuilt"
-            assert redis.hgetall(k.meta) == {b"gen": b"2", b"state": b"ready"}
+            assert redis.hgetall(k.meta) == {b"gen": b"2", b"state": SHARD_READY}
             assert int(redis.hget(k.sku(sku), "conf")) == 6
     finally:
         pause.recover()

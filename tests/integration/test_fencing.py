@@ -12,7 +12,7 @@ import itertools
 
 import pytest
 
-from flashstock.lockmgr import PERSISTED_CHANNEL, ShardKeys
+from flashstock.lockmgr import PERSISTED_CHANNEL, SHARD_READY, ShardKeys
 from flashstock.server._scripts import script_source
 
 _shards = itertools.count(9000)
@@ -48,8 +48,8 @@ def test_fence_raises_the_epoch_and_refuses_a_lower_one(redis, shard):
 
 def test_reap_of_a_stale_owner_is_refused_and_changes_nothing(redis, shard):
     k = ShardKeys(shard)
-    redis.hset(k.meta, mapping={"state": "ready", "gen": "1"})
-    redis.zadd(k.hold_expiries, {"hold-1": 0})  # due long ago (its record is gone: reaping just drops it)
+    redis.hset(k.meta, mapping={"state": SHARD_READY, "gen": "1"})
+    redis.zadd(k.hold_expiries, {"sku-1\nhold-1": 0})  # due long ago (its record is gone: reaping just drops it)
     fence(redis, shard, 5)
 
     assert run(redis, "reap", [k.hold_expiries, k.log], [k.prefix, 100, 86_400_000, 4]) == -1

@@ -18,7 +18,7 @@ from rich.console import Console
 from typer.testing import CliRunner
 
 from flashstock.client import Outcome
-from flashstock.lockmgr import ShardKeys, shard_of
+from flashstock.lockmgr import SHARD_READY, ShardKeys, shard_of
 from flashstock.server._procs import NodeProcess, RedisServer
 from flashstock.server._reconcile import reconcile, run_reconcile
 from flashstock.server.cli import app
@@ -157,7 +157,7 @@ def test_reconcile_waits_only_so_long_for_a_ledger_that_lags(tmp_path):
     console = Console(width=250, record=True, color_system=None)
     with RedisServer() as server:
         client = redis_py.Redis.from_url(server.url, decode_responses=True)
-        client.hset(keys.meta, mapping={"state": "ready", "gen": 0})
+        client.hset(keys.meta, mapping={"state": SHARD_READY, "gen": 0})
         client.hset(keys.sku(sku), mapping={"avail": 4, "total": 4, "held": 0, "conf": 0, "sale": 1})
         client.xadd(keys.log, {"t": "P", "k": sku})
         client.close()

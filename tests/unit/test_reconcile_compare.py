@@ -64,14 +64,14 @@ def test_figures_from_a_redis_hash():
 @pytest.mark.parametrize(
     "mark, cursor, settled",
     [
-        (LogMark(0, "0-0", "ready"), None, True),  # no log at all
-        (LogMark(0, "1700-5", "ready"), "1700-2", True),  # trimmed: the persister held it all
-        (LogMark(3, "1700-5", "ready"), "1700-5", True),  # not trimmed yet, but persisted
-        (LogMark(3, "1700-5", "ready"), "1699-9", False),
-        (LogMark(3, "1700-5", "ready"), "1700-4", False),  # ids compare by (ms, seq), not as text
-        (LogMark(1, "1700-10", "ready"), "1700-9", False),
-        (LogMark(1, "1700-9", "ready"), "1700-10", True),
-        (LogMark(2, "1700-5", "ready"), None, False),  # never persisted
+        (LogMark(0, "0-0", "ready:2"), None, True),  # no log at all
+        (LogMark(0, "1700-5", "ready:2"), "1700-2", True),  # trimmed: the persister held it all
+        (LogMark(3, "1700-5", "ready:2"), "1700-5", True),  # not trimmed yet, but persisted
+        (LogMark(3, "1700-5", "ready:2"), "1699-9", False),
+        (LogMark(3, "1700-5", "ready:2"), "1700-4", False),  # ids compare by (ms, seq), not as text
+        (LogMark(1, "1700-10", "ready:2"), "1700-9", False),
+        (LogMark(1, "1700-9", "ready:2"), "1700-10", True),
+        (LogMark(2, "1700-5", "ready:2"), None, False),  # never persisted
         (LogMark(0, "0-0", "building"), "1700-5", False),
         (LogMark(0, "0-0", None), "1700-5", False),  # Redis lost the shard
     ],
