@@ -45,6 +45,7 @@ from ._config import NodeConfig, etcd_endpoints, ledger_url
 from ._duties import DutyPolicy, ShardDuties
 from ._durable import PersistWatch
 from ._feed import RedisFeed, TakersLoader
+from ._incarnation import IncarnationGate
 from ._metrics import METRICS
 from ._ownership import Ownership
 from ._persister import PersistPolicy
@@ -89,6 +90,12 @@ class Node:
             config.request_ttl_s * 1000,
             RebuildPolicy(lock_expire_s=config.rebuild_lock_expire_s, wait_s=config.rebuild_wait_s),
         )
+        self.gate = IncarnationGate(
+            lambda: self.rebuilder.verify(config.shards),
+            wait_s=config.rebuild_wait_s,
+            on_rebuilt=lambda shards: self.store.forget_generations(shards),
+        )
+        """Holds connections to a (re)started Redis until it was checked against the ledger."""
         self.redis = aioredis.Redis(
             connection_pool=aioredis.BlockingConnectionPool.from_url(
                 config.redis_url,
@@ -96,6 +103,7 @@ class Node:
                 timeout=config.redis_timeout_s,
                 socket_timeout=config.redis_timeout_s,
                 socket_connect_timeout=config.redis_timeout_s,
+                redis_connect_func=self.gate.on_connect,
             )
         )
         self.store = StockStore(
@@ -133,6 +141,7 @@ class Node:
         except LedgerError as exc:
             raise StartupError(exc.message) from None
         await self._connect_redis()
+        await self._check_redis_against_ledger()
         await self.store.load_scripts()
         feed = RedisFeed(self.redis, self.book, self.watch, self.config.shards, on_redis=self._redis_health)
         self._tasks.append(asyncio.create_task(feed.run(), name="redis feed"))
@@ -181,6 +190,18 @@ class Node:
             except Exception as exc:  # noqa: BLE001 - reported below, naming the setting
                 if asyncio.get_running_loop().time() > deadline:
                     raise StartupError(f"redis_url: cannot reach Redis at {self.config.redis_url}: {exc}") from None
+                await asyncio.sleep(0.2)
+
+    async def _check_redis_against_ledger(self) -> None:
+        """Before anything is served: no shard of this Redis may be older than the ledger."""
+        deadline = asyncio.get_running_loop().time() + 2 * self.config.rebuild_wait_s
+        while True:
+            try:
+                await self.gate.arm()
+                return
+            except redis_py.exceptions.ConnectionError as exc:
+                if asyncio.get_running_loop().time() > deadline:
+                    raise StartupError(f"redis_url: the Redis at {self.config.redis_url} could not be checked against the ledger: {exc}") from None
                 await asyncio.sleep(0.2)
 
     async def _start_duties(self, port: int) -> None:

@@ -11,6 +11,16 @@ time however many requests arrive: in a process, requests share one task;
 across processes and nodes, the mutex. Requests wait for it for a bounded
 time, then get UNAVAILABLE with a retry delay.
 
+A shard can also be present and yet older than the ledger: Redis restarted
+from an AOF or snapshot taken a moment before a crash, a restored backup, a
+replica that lagged when it was promoted. Its state reads "ready", but the
+ledger holds deductions it lacks, so serving it would hand their units out
+again. :func:`stale_reason` tells such a shard from the ledger's cursor and
+generation against what Redis holds; :meth:`ShardRebuilder.verify` checks
+every shard so whenever a node meets a Redis it has not checked yet (see
+``_incarnation.py``), and rebuilds those behind, under the same mutex and
+fences as any rebuild.
+
 python-redis-lock is blocking (and its timeouts are whole seconds), so the
 rebuild runs in a thread with a blocking Redis client, off the event loop.
 """
@@ -30,6 +40,7 @@ import redis_lock
 from flashstock.client import Unavailable
 from flashstock.lockmgr import SHARD_READY, SKU_INDEX_KEY, ShardKeys
 
+from ._durable import parse_id
 from ._metrics import METRICS
 from ._scripts import script_source
 from .ledger import Ledger, ShardSnapshot
@@ -111,6 +122,45 @@ def install_steps(snap: ShardSnapshot, chunk: int) -> list[tuple[str, str]]:
     return steps
 
 
+def stale_reason(
+    cursor: tuple[int, str] | None,
+    ledger_generation: int,
+    redis_generation: int,
+    persisted: str | None,
+    holds_cursor_entry: bool,
+) -> str | None:
+    """Why a shard that Redis holds as ready is older than the ledger; None when it is not.
+
+    ``cursor``: the ledger's (generation, last persisted log entry) of the
+    shard; ``ledger_generation``: rebuilds the ledger has begun;
+    ``redis_generation``: the generation in the shard's meta; ``persisted``:
+    the cursor Redis was last told (its ``pc`` key); ``holds_cursor_entry``:
+    the log still holds the cursor's entry (committed, not yet announced).
+
+    Every write to the ledger comes from a Redis log, after it: a Redis that
+    holds the ledger's cursor entry, or was told of it, holds everything the
+    ledger does. Entries ids are only compared within one generation (one
+    log); a later generation began with a rebuild that read the ledger.
+    """
+    if ledger_generation > redis_generation:
+        return f"Redis holds generation {redis_generation}; the ledger began generation {ledger_generation}"
+    if cursor is None:
+        return None
+    generation, last = cursor
+    if generation < redis_generation:
+        return None  # rebuilt since that commit: the rebuild read it
+    if generation > redis_generation:
+        return f"the ledger persisted generation {generation}; Redis holds generation {redis_generation}"
+    if persisted is not None and parse_id(persisted) >= parse_id(last):
+        return None
+    if holds_cursor_entry:
+        return None
+    return (
+        f"the ledger holds its log up to {last}; Redis has neither that entry nor word of it "
+        f"(it was told {persisted or 'nothing'})"
+    )
+
+
 class ShardRebuilder:
     """Rebuilds shards from the ledger: one at a time per shard, fenced."""
 
@@ -148,9 +198,13 @@ class ShardRebuilder:
         except redis.exceptions.ConnectionError as exc:
             raise Unavailable(f"Redis is unreachable: {exc}", retry_after=0.2, shard=shard) from None
 
-    def rebuild(self, shard: int, epoch: int | None = None) -> str:
+    def rebuild(self, shard: int, epoch: int | None = None, when_behind: bool = False) -> str:
         """Rebuild ``shard`` (blocking): 'rebuilt', 'ready' (someone else did), 'stale', 'busy'
-        or 'fenced' (``epoch`` is older than the shard's stored one)."""
+        or 'fenced' (``epoch`` is older than the shard's stored one).
+
+        ``when_behind``: also rebuild a ready shard that is older than the
+        ledger (:func:`stale_reason`, decided under the mutex); 'fresh' when
+        it is not."""
         k = ShardKeys(shard)
         lock = self.lock_factory(self._sync, k.rebuild_lock)
         if not lock.acquire(blocking=True, timeout=max(1, math.ceil(self._policy.wait_s))):
@@ -159,7 +213,12 @@ class ShardRebuilder:
         try:
             meta = self._sync.hgetall(k.meta)
             if meta.get(b"state") == SHARD_READY:
-                return "ready"
+                if not when_behind:
+                    return "ready"
+                reason = self._stale([shard]).get(shard)
+                if reason is None:
+                    return "fresh"
+                log.warning("shard %d: Redis is older than the ledger (%s); rebuilding it from the ledger", shard, reason)
             expected = meta.get(b"gen", b"").decode()
             seconds, micros = self._sync.time()
             now_ms = seconds * 1000 + micros // 1000
@@ -204,6 +263,56 @@ class ShardRebuilder:
         if snap.skus:  # the SKU index is global (not the shard's slot): written on its own
             self._sync.zadd(SKU_INDEX_KEY, {s.sku_id: 0 for s in snap.skus})
         return "rebuilt"
+
+    def run_id(self) -> str:
+        """The run id of the Redis this rebuilder talks to (new with every start of Redis)."""
+        return str(self._sync.info("server")["run_id"])
+
+    def verify(self, shards: int) -> tuple[str, list[int]]:
+        """Check every ready shard against the ledger and rebuild those older than it (blocking).
+
+        Returns the run id of the Redis checked (read first: whatever came
+        before it was checked too) and the shards rebuilt. Raises
+        :class:`Unavailable` when a rebuild could not be done now.
+        """
+        run_id = self.run_id()
+        rebuilt = []
+        for shard, reason in self._stale(range(shards)).items():
+            if reason is None:
+                continue
+            result = self.rebuild(shard, when_behind=True)
+            if result == "rebuilt":
+                rebuilt.append(shard)
+            elif result not in ("fresh", "ready"):
+                raise Unavailable(f"shard {shard} is older than the ledger and could not be rebuilt yet ({result})", shard=shard)
+        return run_id, rebuilt
+
+    def _stale(self, shards: range | list[int]) -> dict[int, str | None]:
+        """For each ready shard of ``shards``, why it is older than the ledger (None: it is not)."""
+        shards = list(shards)
+        cursors = self._ledger.cursors()
+        generations = self._ledger.generations()
+        with self._sync.pipeline(transaction=False) as pipe:
+            for shard in shards:
+                k = ShardKeys(shard)
+                pipe.hmget(k.meta, "state", "gen")
+                pipe.get(k.persisted)
+                cursor = cursors.get(shard)
+                pipe.xrange(k.log, cursor[1], cursor[1], count=1) if cursor else pipe.echo("")
+            replies = pipe.execute()
+        out: dict[int, str | None] = {}
+        for i, shard in enumerate(shards):
+            (state, gen), persisted, entry = replies[3 * i : 3 * i + 3]
+            if state != SHARD_READY:
+                continue  # missing or being built: the ordinary rebuild's business
+            out[shard] = stale_reason(
+                cursors.get(shard),
+                generations.get(shard, 0),
+                int(gen or 0),
+                persisted.decode() if persisted else None,
+                bool(entry),
+            )
+        return out
 
     def close(self) -> None:
         """Close the blocking Redis client."""

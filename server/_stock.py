@@ -161,6 +161,11 @@ class StockStore:
             except ShardMissing:
                 raise Unavailable(f"shards {shards} are being rebuilt", retry_after=0.5) from None
 
+    def forget_generations(self, shards: list[int]) -> None:
+        """The shards were rebuilt behind this store's back: read their generations anew."""
+        for shard in shards:
+            self._generations.pop(shard, None)
+
     async def _generation_before(self, shard: int) -> bytes | None:
         """The shard's generation as last read (read now if never): at most the one a call sent next sees."""
         if shard not in self._generations:

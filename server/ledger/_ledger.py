@@ -435,6 +435,14 @@ class Ledger:
             ).first()
         return (int(row[0]), row[1]) if row else None
 
+    def cursors(self) -> dict[int, tuple[int, str]]:
+        """Every shard's persister cursor: (generation, last persisted stream id)."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                sa.select(persister_cursors.c.shard, persister_cursors.c.generation, persister_cursors.c.last_id)
+            )
+            return {int(r.shard): (int(r.generation), r.last_id) for r in rows}
+
     def epochs(self) -> dict[int, tuple[int, str]]:
         """Each shard's highest recorded owner epoch and its owner."""
         with self.engine.connect() as conn:
