@@ -30,9 +30,13 @@ _SERVICES = {"StockService", "AdminService"}
 
 
 class Stranger:
-    """Raw gRPC calls to ``addresses`` (round-robin), messages from server reflection."""
+    """Raw gRPC calls to ``addresses`` (round-robin), messages from server reflection.
 
-    def __init__(self, addresses: Sequence[str], package: str = "flashstock.v1") -> None:
+    ``connections``: channels per address, each with a connection of its own
+    (a node's worker processes share its port: each connection lands on one).
+    """
+
+    def __init__(self, addresses: Sequence[str], package: str = "flashstock.v1", connections: int = 1) -> None:
         self._reflection = grpc.insecure_channel(addresses[0])
         self._pool = descriptor_pool.DescriptorPool(ProtoReflectionDescriptorDatabase(self._reflection))
         self._package = package
@@ -46,7 +50,9 @@ class Stranger:
                     GetMessageClass(method.output_type),
                 )
         self._outcomes = self._pool.FindEnumTypeByName(f"{package}.Outcome")
-        self._channels = [grpc.aio.insecure_channel(a) for a in addresses]
+        own = [("grpc.use_local_subchannel_pool", 1)]
+        self._channels = [grpc.aio.insecure_channel(a, options=own) for a in addresses for _ in range(connections)]
+        self.nodes = len(addresses)
         self._next = itertools.cycle(range(len(self._channels)))
 
     def message(self, method: str, **fields: Any) -> Any:
@@ -54,9 +60,14 @@ class Stranger:
         return self._methods[method][1](**fields)
 
     async def call(self, method: str, *, node: int | None = None, timeout: float = 10.0, **fields: Any) -> Any:
-        """Call ``method`` (e.g. ``"Deduct"``) on the next node, or on node ``node``; raises grpc.aio.AioRpcError."""
+        """Call ``method`` (e.g. ``"Deduct"``) on the next connection, or on one to node ``node``;
+        raises grpc.aio.AioRpcError."""
         path, request_type, reply_type = self._methods[method]
-        channel = self._channels[next(self._next) if node is None else node]
+        index = next(self._next)
+        if node is not None:
+            per_node = len(self._channels) // self.nodes
+            index = node * per_node + index % per_node
+        channel = self._channels[index]
         stub = channel.unary_unary(path, request_serializer=request_type.SerializeToString, response_deserializer=reply_type.FromString)
         return await stub(request_type(**fields), timeout=timeout)
 

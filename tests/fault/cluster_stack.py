@@ -49,6 +49,7 @@ class ClusterStack:
         lease_ttl_s: int = 2,
         etcd_members: int = 1,
         node_env: dict[str, dict[str, str]] | None = None,
+        workers: int = 1,
     ) -> None:
         self.folder = folder
         self.lease_ttl_s = lease_ttl_s
@@ -60,6 +61,7 @@ class ClusterStack:
         self.metrics_ports = [free_port() for _ in range(nodes)]
         self.nodes: list[NodeProcess] = []
         self._node_env = node_env or {}
+        self._workers = workers
         self._ledgers: list[Ledger] = []
 
     @property
@@ -78,6 +80,7 @@ class ClusterStack:
             self.nodes.append(
                 NodeProcess(
                     self.redis.url,
+                    workers=self._workers,
                     shards=SHARDS,
                     data_dir=self.folder / node_id,
                     ledger=self.ledger_url,

@@ -3,7 +3,7 @@
 Each example puts a fresh SKU (stock S, per-user limit L) and runs a few waves
 of operations by a few users, every wave's operations at once: Deducts,
 short Holds, Confirms and Releases of earlier holds, and retries (an earlier
-request_id sent again, marked as a retry). Meanwhile GetStock is sampled.
+request_id sent again, marked as a retry or not). Meanwhile GetStock is sampled.
 When every hold is settled or expired, a checker holds the outcomes against
 the promises: no oversell, each request_id took effect at most once, a
 retry of a request that took effect got its first answer, the per-user
@@ -39,8 +39,9 @@ _op = st.one_of(
     st.tuples(st.just("hold"), _user, _qty, st.integers(100, 400)),
     st.tuples(st.just("confirm"), _ref),
     st.tuples(st.just("release"), _ref),
-    st.tuples(st.just("retry"), _ref),
-    st.tuples(st.just("retry"), _ref),
+    # A resend of an earlier request id, marked as a retry or not: no answer depends on the flag.
+    st.tuples(st.just("retry"), _ref, st.booleans()),
+    st.tuples(st.just("retry"), _ref, st.booleans()),
     st.tuples(st.just("resettle"), _ref),
 )
 # A wave: a pause before it (so holds may expire between waves, or while a
@@ -143,7 +144,7 @@ async def _run(astock, sku: str, scenario: dict) -> tuple[list[Take], list[Settl
                     calls.append(send(wave, s.sends, settle_call(s)))
                 elif kind == "retry" and earlier_takes:
                     t = earlier_takes[op[1] % len(earlier_takes)]
-                    calls.append(send(wave, t.sends, take_call(t, retry=True)))
+                    calls.append(send(wave, t.sends, take_call(t, retry=op[2])))
                 elif kind == "resettle" and earlier_settles:
                     s = earlier_settles[op[1] % len(earlier_settles)]
                     calls.append(send(wave, s.sends, settle_call(s)))
