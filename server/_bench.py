@@ -37,6 +37,7 @@ from __future__ import annotations
 import array
 import asyncio
 import contextlib
+import gc
 import itertools
 import json
 import math
@@ -44,6 +45,7 @@ import multiprocessing
 import os
 import signal
 import time
+import tracemalloc
 import uuid
 from collections import Counter
 from dataclasses import asdict, dataclass
@@ -292,6 +294,41 @@ class _LoadProcs:
                 proc.join(3)
         for pipe in self._pipes:
             pipe.close()
+
+
+def takers_memory(redis_url: str, sku_id: str, shards: int, record_ttl_ms: int = 86_400_000) -> dict[str, Any]:
+    """What a node's memory holds for a sold-out SKU: its takers (the ids that took
+    its units), loaded as a node loads them, measured with tracemalloc."""
+    import redis.asyncio as aioredis
+
+    from flashstock.lockmgr import ShardKeys, shard_of
+
+    from ._feed import TakersLoader
+    from ._soldout import SoldOutBook
+
+    async def load() -> dict[str, Any]:
+        client = aioredis.Redis.from_url(redis_url)
+        try:
+            sv = int(await client.hget(ShardKeys(shard_of(sku_id, shards)).sku(sku_id), "sv") or 0)
+            book = SoldOutBook()
+            loader = TakersLoader(client, book, shards, record_ttl_ms)
+            tracemalloc.start()
+            before = tracemalloc.get_traced_memory()[0]
+            book.on_sell_out = loader.schedule
+            book.learn(sku_id, sv, True)
+            for _ in range(500):
+                if book.refuses(sku_id, ""):
+                    break
+                await asyncio.sleep(0.01)
+            gc.collect()
+            held = tracemalloc.get_traced_memory()[0] - before
+            tracemalloc.stop()
+            takers = book.takers_held()
+        finally:
+            await client.aclose()
+        return {"takers": takers, "bytes": held, "bytes_per_unit": round(held / takers, 1) if takers else None}
+
+    return asyncio.run(load())
 
 
 def _split(total: int, parts: int) -> list[int]:
@@ -692,6 +729,7 @@ class _Run:
         }
         refusals = r["window"].get(stock_pb2.OUTCOME_SOLD_OUT, 0)
         soldout["node_cpu_us_per_refusal"] = round(soldout["cpu_percent"]["node"] / 100 * 1e6 * wall / refusals, 1) if refusals else None
+        soldout["takers_memory"] = takers_memory(self.node.redis_url, self.SKU_SALE, self.node.shards)
         return sale, soldout
 
     def run(self) -> int:
@@ -743,6 +781,7 @@ class _Run:
             "bytes_per_record": {"value": bpr, "target": f"< {TARGET_BYTES_PER_RECORD}", "pass": bpr is not None and bpr < TARGET_BYTES_PER_RECORD},
         }
         f["ratio"] = round(ratio, 3)
+        so["refusals_vs_echo"] = round(so["refusals_per_s"] / echo["calls_per_s"], 3) if echo["calls_per_s"] else None
         node_us, echo_us = fs["cpu_us_per_call"]["node"], echo["cpu_us_per_call"]["echo"]
         f["cpu_ratio"] = round(echo_us / node_us, 3) if node_us and echo_us else None
         f["targets"] = targets
@@ -863,6 +902,14 @@ class _Run:
         t.add_row("sold out: CPU node / Redis / load, % of a core", f"{_cpu_cell(c, 'node')} / {_cpu_cell(c, 'redis')} / {_cpu_cell(c, 'load')}")
         if so["node_cpu_us_per_refusal"]:
             t.add_row("sold out: node CPU per refusal (µs)", f"{so['node_cpu_us_per_refusal']:,.0f}")
+        if so.get("refusals_vs_echo") is not None:
+            t.add_row("sold out: refusals/s ÷ echo calls/s", f"[bold]{so['refusals_vs_echo']:.2f}[/]")
+        tm = so["takers_memory"]
+        t.add_row(
+            "sold out: node memory of the SKU's takers",
+            f"[bold]{tm['bytes_per_unit']:,.0f} B per unit[/] ({tm['takers']:,} ids, {tm['bytes']:,} B; "
+            "what each worker holds to answer their resends)",
+        )
         t.add_row("sold out: Redis calls (all commands)", f"{so['redis_calls']:,}")
         t.add_row("sold out: EVALSHA calls", f"{so['evalsha']:,}")
         return t
