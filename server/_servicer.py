@@ -131,10 +131,21 @@ def _rpc(method: Callable[..., Awaitable[_R]]) -> Callable[..., Awaitable[_R]]:
     return wrapper
 
 
+MOST_VIOLATIONS = 16
+"""Field violations an INVALID_ARGUMENT carries at most (the message says how many there were).
+
+A status travels in trailing metadata, which a gRPC client refuses past
+8 KiB (RESOURCE_EXHAUSTED instead of our answer): a batch of 64 bad items
+has 128 violations."""
+
+
 def _check(violations: list) -> None:
     if violations:
-        fields = ", ".join(sorted({x.field for x in violations}))
-        raise InvalidArgument(f"invalid request: {fields}", violations)
+        shown = violations[:MOST_VIOLATIONS]
+        fields = ", ".join(sorted({x.field for x in shown}))
+        if len(violations) > len(shown):
+            fields += f" (the first {len(shown)} of {len(violations)} violations)"
+        raise InvalidArgument(f"invalid request: {fields}", shown)
 
 
 def _deduction_pb(d: Deduction | None) -> stock_pb2.Deduction | None:

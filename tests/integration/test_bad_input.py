@@ -217,3 +217,16 @@ def test_the_largest_allowed_values_survive_a_rebuild(admin, redis, node):
     stored = redis.hgetall(f"fs:{{s{before.shard}}}:k:{sku_id}")
     assert not [v for v in stored.values() if b"e+" in v]
     assert "Traceback" not in node_log(node)
+
+
+def test_a_batch_of_bad_items_is_invalid_argument_however_many_violations(stock):
+    # 64 items, each with a bad id, a bad qty and (but the first) the SKU of
+    # another item: 193 violations. The answer must stay small
+    # enough for a client to take (gRPC refuses metadata past 8 KiB).
+    items = [stock_pb2.BatchItem(sku_id="中" * 200, qty=-1) for _ in range(64)]
+    request = stock_pb2.BatchDeductRequest(user_id="u" * 300, request_id="r" * 300, items=items)
+    for _ in range(20):
+        with pytest.raises(grpc.RpcError) as err:
+            stock.BatchDeduct(request, timeout=10)
+        assert err.value.code() is grpc.StatusCode.INVALID_ARGUMENT, err.value.details()
+        assert "(the first 16 of 193 violations)" in err.value.details()
