@@ -20,6 +20,7 @@ length prefix). The promises:
 from __future__ import annotations
 
 import collections
+import functools
 import os
 import random
 import time
@@ -137,26 +138,33 @@ def message_of(field: Any, wild: bool) -> st.SearchStrategy[Any]:
     return wild_message(cls) if wild else plausible_message(cls)
 
 
+@functools.cache
 def wild_message(cls: Any) -> st.SearchStrategy[Any]:
     """Instances of ``cls``, each field set or not, to any value of its type."""
     return st.fixed_dictionaries({}, optional={f.name: wild(f) for f in cls.DESCRIPTOR.fields}).map(lambda kw: cls(**kw))
 
 
+@functools.cache
 def plausible_message(cls: Any) -> st.SearchStrategy[Any]:
     """Instances of ``cls`` with every field plausible, but at most one (often) set to any value."""
     fields = cls.DESCRIPTOR.fields
+    # Built once: a strategy made inside a draw is validated on every draw.
+    usual = {f.name: plausible(f) for f in fields}
+    odd_value = {f.name: wild(f) for f in fields}
+    odd_field = st.sampled_from([None, *(f.name for f in fields)])
 
     @st.composite
     def build(draw: st.DrawFn) -> Any:
-        kw = {f.name: draw(plausible(f)) for f in fields}
-        odd = draw(st.sampled_from([None, *fields]))
+        kw = {name: draw(value) for name, value in usual.items()}
+        odd = draw(odd_field)
         if odd is not None:
-            kw[odd.name] = draw(wild(odd))
+            kw[odd] = draw(odd_value[odd])
         return cls(**kw)
 
     return build()
 
 
+@functools.cache
 def request(cls: Any) -> st.SearchStrategy[Any]:
     """A request of type ``cls``: plausible (one field perhaps odd) or wild."""
     return st.one_of(plausible_message(cls), wild_message(cls))
