@@ -21,6 +21,8 @@ from typing import Any
 import pydantic
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from ._validate import max_hold_ms
+
 
 def _setting(default: Any, help: str) -> Any:
     return field(default=default, metadata={"help": help})
@@ -52,7 +54,9 @@ class NodeConfig:
         "Far longer than any client's retry window (the client gives up after its deadline, 10 s by "
         "default); holds may last at most half of it.",
     )
-    default_hold_ms: int = _setting(600_000, "Hold length when a Hold asks for 0, ms; at most request_ttl_s / 2.")
+    default_hold_ms: int = _setting(
+        600_000, "Hold length when a Hold asks for 0, ms; at most a day, and at most request_ttl_s / 2."
+    )
     coalesce_window_ms: float = _setting(
         2.0,
         "Concurrent deductions of one shard share one Redis call, at most one call per this many ms "
@@ -143,8 +147,11 @@ def config_problems(config: NodeConfig) -> list[str]:
         out.append(f"reconcile_interval_s: {config.reconcile_interval_s} is negative")
     if not 0 <= config.coalesce_window_ms <= 100:
         out.append(f"coalesce_window_ms: {config.coalesce_window_ms} is not 0-100")
-    if config.default_hold_ms > config.request_ttl_s * 1000 // 2:
-        out.append("default_hold_ms: must be at most half of request_ttl_s (a hold's record must outlive it)")
+    if config.default_hold_ms > max_hold_ms(config.request_ttl_s):
+        out.append(
+            f"default_hold_ms: must be at most {max_hold_ms(config.request_ttl_s)}, the longest hold: a day, "
+            "or half of request_ttl_s if less (a hold's record must outlive it)"
+        )
     if config.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
         out.append(f"log_level: {config.log_level!r} is not DEBUG, INFO, WARNING or ERROR")
     return out

@@ -39,7 +39,6 @@ from grpc_reflection.v1alpha import reflection
 
 from flashstock.client import FlashstockError
 from flashstock.lockmgr import CoordinationError, SessionConfig, ShardKeys
-from flashstock.v1 import admin_pb2_grpc, stock_pb2_grpc
 
 from ._config import NodeConfig, etcd_endpoints, ledger_url
 from ._duties import DutyPolicy, ShardDuties
@@ -50,7 +49,7 @@ from ._metrics import METRICS
 from ._ownership import Ownership
 from ._persister import PersistPolicy
 from ._rebuild import RebuildPolicy, ShardRebuilder
-from ._servicer import SERVICE_NAMES, AdminServicer, StockServicer
+from ._servicer import SERVICE_NAMES, AdminServicer, StockServicer, add_services
 from ._soldout import SoldOutBook
 from ._stock import StockStore, StoreLimits
 from .ledger import Ledger, LedgerError
@@ -155,8 +154,7 @@ class Node:
 
         options = [("grpc.so_reuseport", 1 if self.config.workers != 1 else 0)]
         server = grpc.aio.server(options=options)
-        stock_pb2_grpc.add_StockServiceServicer_to_server(self.stock_servicer, server)
-        admin_pb2_grpc.add_AdminServiceServicer_to_server(AdminServicer(self.store), server)
+        add_services(server, self.stock_servicer, AdminServicer(self.store))
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         reflection.enable_server_reflection((*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
         try:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from decimal import Decimal, InvalidOperation
 from typing import Any, Generic, TypeVar
 
 from flashstock.client import (
@@ -17,6 +18,7 @@ from flashstock.client import (
     Deduction,
     DeductionState,
     DeductResult,
+    FailedPrecondition,
     InvalidArgument,
     FieldViolation,
     Mode,
@@ -27,6 +29,8 @@ from flashstock.client import (
     SkuNotFound,
     StockBelowHandedOut,
 )
+
+from ._validate import MAX_STOCK
 
 _OUTCOMES = {
     "OK": Outcome.OK,
@@ -173,19 +177,48 @@ def batch_result(raw: Sequence[Any], sku_ids: Sequence[str], request_id: str) ->
     return BatchResult(outcome=outcome, items=items), waits
 
 
+_INT64 = range(-(2**63), 2**63)
+
+
+class UnreadableSku(FailedPrecondition):
+    """A SKU's hash in Redis holds a value that is no integer (GetSku refuses it; ListSkus leaves it out)."""
+
+
+def _hash_int(sku_id: str, f: dict[str, str], name: str) -> int:
+    text = f.get(name, "0")
+    try:
+        value = int(text)
+    except ValueError:
+        # An older node wrote numbers past 17 digits as floats ('1e+17'):
+        # read an integral one exactly; anything else is unreadable.
+        try:
+            number = Decimal(text)
+        except InvalidOperation:
+            number = Decimal("NaN")
+        # Compared as a Decimal first: int() of '1e+999999999' would take ages.
+        integral = number.is_finite() and _INT64[0] <= number <= _INT64[-1] and number == number.to_integral_value()
+        value = int(number) if integral else None
+    if value is None or value not in _INT64:
+        raise UnreadableSku(
+            f"SKU {sku_id!r}: its field {name!r} in Redis is {text[:40]!r}, not an integer; put the SKU again",
+            sku=sku_id,
+        )
+    return value
+
+
 def sku_from_hash(sku_id: str, shard: int, fields: dict[Any, Any]) -> Sku:
-    """A SKU from its Redis hash (HGETALL as a dict)."""
+    """A SKU from its Redis hash (HGETALL as a dict); :class:`UnreadableSku` when a number is not one."""
     f = {_text(k): _text(v) for k, v in fields.items()}
     return Sku(
         sku_id=sku_id,
-        total=int(f.get("total", 0)),
-        available=int(f.get("avail", 0)),
-        held=int(f.get("held", 0)),
-        confirmed=int(f.get("conf", 0)),
-        per_user_limit=int(f.get("lim", 0)),
-        max_per_request=int(f.get("maxq", 0)),
-        sale_start_ms=int(f.get("start", 0)),
-        sale_end_ms=int(f.get("end", 0)),
+        total=_hash_int(sku_id, f, "total"),
+        available=_hash_int(sku_id, f, "avail"),
+        held=_hash_int(sku_id, f, "held"),
+        confirmed=_hash_int(sku_id, f, "conf"),
+        per_user_limit=_hash_int(sku_id, f, "lim"),
+        max_per_request=_hash_int(sku_id, f, "maxq"),
+        sale_start_ms=_hash_int(sku_id, f, "start"),
+        sale_end_ms=_hash_int(sku_id, f, "end"),
         paused=f.get("paused", "0") == "1",
         mode=Mode.DURABLE if f.get("mode") == "durable" else Mode.FAST,
         shard=shard,
@@ -211,6 +244,12 @@ def admin_result(raw: Sequence[Any], sku_id: str, shard: int, request_id: str = 
         raise StockBelowHandedOut(
             f"SKU {sku_id!r}: the stock cannot go below the {handed_out} units handed out",
             handed_out=handed_out,
+            sku=sku_id,
+        )
+    if code == "ABOVE":
+        raise InvalidArgument(
+            f"SKU {sku_id!r}: the stock cannot go above {MAX_STOCK} units (it is {sku.total})",
+            [FieldViolation("delta", f"would make the total more than {MAX_STOCK}, the most a SKU may hold")],
             sku=sku_id,
         )
     return Answer(AdminResult(sku=sku, duplicate=code == "DUP"), log_id=log_id, durable=bool(log_id))

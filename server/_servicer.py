@@ -5,6 +5,12 @@ SKU from node memory where the promise allows it, makes one store call, and
 turns the typed result into a reply. Errors leave through :func:`_rpc`, which
 maps them with the one table in :mod:`flashstock.client._errors`: a caller
 never sees a stack trace, and the node keeps serving.
+
+Requests are decoded by :func:`add_services`, not by grpc's generated
+``add_*Servicer_to_server``: bytes that are no message (bad UTF-8 in a
+string, truncated, a length past the end) become a :class:`MalformedRequest`
+that :func:`_rpc` answers INVALID_ARGUMENT, logged at most once per kind per
+minute, instead of grpc's UNKNOWN with a traceback per request.
 """
 
 from __future__ import annotations
@@ -13,6 +19,7 @@ import asyncio
 import functools
 import logging
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import grpc
@@ -23,7 +30,6 @@ from flashstock.client import (
     Deduction,
     FlashstockError,
     InvalidArgument,
-    FieldViolation,
     Mode,
     Sku,
 )
@@ -31,6 +37,7 @@ from flashstock.client._errors import to_status
 from flashstock.v1 import admin_pb2, admin_pb2_grpc, stock_pb2, stock_pb2_grpc
 
 from . import _validate as v
+from ._log_gate import LogGate
 from ._soldout import SoldOutBook
 from ._stock import StockStore
 
@@ -45,12 +52,71 @@ SERVICE_NAMES = (
 _R = TypeVar("_R")
 
 
+@dataclass(frozen=True)
+class MalformedRequest:
+    """What a request decodes to when its bytes are no message of its type."""
+
+    message_type: str
+    """The full name of the message the bytes should have been."""
+    reason: str
+    """What protobuf found wrong, without the message type (a bounded set of texts)."""
+
+
+def _decoder(message_type: Any) -> Callable[[bytes], Any]:
+    # grpc.aio answers a deserializer's exception with UNKNOWN naming its
+    # class, and logs a traceback per request: return a value instead.
+    def decode(data: bytes) -> Any:
+        try:
+            return message_type.FromString(data)
+        except Exception as exc:  # noqa: BLE001 - any failure to parse is the caller's bytes
+            reason = str(exc).rpartition("': ")[2] or type(exc).__name__
+            return MalformedRequest(message_type.DESCRIPTOR.full_name, reason[:200])
+
+    return decode
+
+
+def _service_handler(servicer: Any, service: Any, module: Any) -> grpc.GenericRpcHandler:
+    handlers = {
+        m.name: grpc.unary_unary_rpc_method_handler(
+            getattr(servicer, m.name),
+            request_deserializer=_decoder(getattr(module, m.input_type.name)),
+            response_serializer=getattr(module, m.output_type.name).SerializeToString,
+        )
+        for m in service.methods
+    }
+    return grpc.method_handlers_generic_handler(service.full_name, handlers)
+
+
+def add_services(server: grpc.aio.Server, stock: StockServicer, admin: AdminServicer) -> None:
+    """Serve ``stock`` and ``admin`` on ``server``, their requests decoded by :func:`_decoder`."""
+    server.add_generic_rpc_handlers(
+        (
+            _service_handler(stock, stock_pb2.DESCRIPTOR.services_by_name["StockService"], stock_pb2),
+            _service_handler(admin, admin_pb2.DESCRIPTOR.services_by_name["AdminService"], admin_pb2),
+        )
+    )
+
+
+_malformed_log = LogGate(interval_s=60.0)
+
+
+def _refuse_malformed(method: str, request: MalformedRequest) -> None:
+    held_back = _malformed_log.admit((method, request.reason))
+    if held_back is not None:
+        log.warning(
+            "malformed %s request: %s (%d more like it since the last such line)", method, request.reason, held_back
+        )
+    raise InvalidArgument(f"malformed request: not a {request.message_type}: {request.reason}")
+
+
 def _rpc(method: Callable[..., Awaitable[_R]]) -> Callable[..., Awaitable[_R]]:
     """Map every error a method raises to a gRPC status, in one place."""
 
     @functools.wraps(method)
     async def wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext) -> _R:
         try:
+            if isinstance(request, MalformedRequest):
+                _refuse_malformed(method.__name__, request)
             return await method(self, request, context)
         except asyncio.CancelledError:
             raise
@@ -65,10 +131,21 @@ def _rpc(method: Callable[..., Awaitable[_R]]) -> Callable[..., Awaitable[_R]]:
     return wrapper
 
 
+MOST_VIOLATIONS = 16
+"""Field violations an INVALID_ARGUMENT carries at most (the message says how many there were).
+
+A status travels in trailing metadata, which a gRPC client refuses past
+8 KiB (RESOURCE_EXHAUSTED instead of our answer): a batch of 64 bad items
+has 128 violations."""
+
+
 def _check(violations: list) -> None:
     if violations:
-        fields = ", ".join(sorted({x.field for x in violations}))
-        raise InvalidArgument(f"invalid request: {fields}", violations)
+        shown = violations[:MOST_VIOLATIONS]
+        fields = ", ".join(sorted({x.field for x in shown}))
+        if len(violations) > len(shown):
+            fields += f" (the first {len(shown)} of {len(violations)} violations)"
+        raise InvalidArgument(f"invalid request: {fields}", shown)
 
 
 def _deduction_pb(d: Deduction | None) -> stock_pb2.Deduction | None:
@@ -204,6 +281,7 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
                 request.sale_start_ms,
                 request.sale_end_ms,
                 request.request_id,
+                request.mode,
             )
         )
         r = await self._store.put_sku(
@@ -225,9 +303,8 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
 
     @_rpc
     async def ListSkus(self, request: admin_pb2.ListSkusRequest, context: Any) -> admin_pb2.ListSkusReply:
-        if request.page_size > 1000:
-            _check([FieldViolation("page_size", f"must be 0 to 1000, not {request.page_size}")])
-        page = await self._store.list_skus(request.prefix, request.page_size or 100, request.page_token)
+        _check(v.list_violations(request.prefix, request.page_size, request.page_token))
+        page = await self._store.list_skus(request.prefix, request.page_size or v.DEFAULT_PAGE_SIZE, request.page_token)
         return admin_pb2.ListSkusReply(skus=[_sku_pb(s) for s in page.skus], next_page_token=page.next_page_token)
 
     @_rpc
@@ -249,4 +326,4 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         return self._admin_reply(admin_pb2.PauseSkuReply, r)
 
 
-__all__ = ["SERVICE_NAMES", "AdminServicer", "StockServicer"]
+__all__ = ["SERVICE_NAMES", "AdminServicer", "MalformedRequest", "StockServicer", "add_services"]

@@ -21,9 +21,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import redis.asyncio as aioredis
 import redis.exceptions
@@ -45,12 +46,15 @@ from flashstock.lockmgr import SHARD_READY, SKU_INDEX_KEY, ShardKeys, shard_of
 from . import _replies
 from ._coalesce import ShardCoalescer
 from ._durable import PersistWatch
+from ._log_gate import LogGate
 from ._metrics import METRICS
 from ._rebuild import ShardRebuilder
 from ._replies import Answer, ShardMissing
 from ._scripts import StockScripts
 from ._soldout import SoldOutBook
-from ._validate import MAX_HOLD_MS
+from ._validate import MAX_STOCK, max_hold_ms
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -104,6 +108,7 @@ class StockStore:
         self._generations: dict[int, bytes | None] = {}
         """Per shard, its rebuild generation as last read from Redis: never above the current one."""
         self._generation_reads: dict[int, asyncio.Future[bytes | None]] = {}
+        self._unreadable_log = LogGate(interval_s=60.0)
         self._coalescer: ShardCoalescer[tuple[str, str, int, str, int]] = ShardCoalescer(
             self._take_batch, window=limits.coalesce_window_s
         )
@@ -115,8 +120,8 @@ class StockStore:
 
     @property
     def max_hold_ms(self) -> int:
-        """The longest hold: a hold's record must outlive it (records last >= request_ttl_s)."""
-        return min(MAX_HOLD_MS, self._record_ttl_ms // 2)
+        """The longest hold this node allows (the one rule, :func:`~._validate.max_hold_ms`)."""
+        return max_hold_ms(self._limits.request_ttl_s)
 
     def keys(self, sku_id: str) -> ShardKeys:
         """The key names of ``sku_id``'s shard."""
@@ -322,13 +327,20 @@ class StockStore:
                 for sku_id in names[:page_size]:
                     pipe.hgetall(self.keys(sku_id).sku(sku_id))
                 hashes = await pipe.execute()
-        skus = tuple(
-            _replies.sku_from_hash(sku_id, self.keys(sku_id).shard, fields)
-            for sku_id, fields in zip(names, hashes)
-            if fields
-        )
+        skus = tuple(sku for sku_id, fields in zip(names, hashes) if fields and (sku := self._listed(sku_id, fields)))
         more = len(names) > page_size
         return SkuPage(skus=skus, next_page_token=names[page_size - 1] if more else "")
+
+    def _listed(self, sku_id: str, fields: dict[Any, Any]) -> Sku | None:
+        # One unreadable SKU must not fail the listing of every other one:
+        # it is left out (GetSku names it), and said in the log now and then.
+        try:
+            return _replies.sku_from_hash(sku_id, self.keys(sku_id).shard, fields)
+        except _replies.UnreadableSku as exc:
+            held_back = self._unreadable_log.admit(sku_id)
+            if held_back is not None:
+                log.warning("ListSkus leaves out %s (%d times since the last such line)", exc.message, held_back)
+            return None
 
     async def put_sku(
         self,
@@ -375,7 +387,7 @@ class StockStore:
         async def call() -> Answer[AdminResult]:
             raw = await self._scripts.adjust_sku(
                 keys=[k.sku(sku_id), k.sold_out, k.admin_record(request_id), k.log],
-                args=[sku_id, op, delta, self._limits.request_ttl_s, k.prefix],
+                args=[sku_id, op, delta, self._limits.request_ttl_s, k.prefix, MAX_STOCK],
             )
             return _replies.admin_result(raw, sku_id, k.shard, request_id)
 

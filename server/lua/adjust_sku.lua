@@ -10,10 +10,12 @@
 -- ARGV[1] sku_id  ARGV[2] op: 'adjust' | 'pause' | 'resume'
 -- ARGV[3] delta (adjust)  ARGV[4] admin ttl s
 -- ARGV[5] key prefix of the shard ('fs:{s<n>}:')
+-- ARGV[6] the most units a SKU may hold (flashstock.server._validate.MAX_STOCK)
 --
 -- Returns {code, log_id, HGETALL of the sku hash...}, code one of
 --   OK, DUP (applied before; nothing changed; log_id the log's tail), NO_SKU,
 --   BELOW (the total would fall below held + confirmed; nothing changed),
+--   ABOVE (the total would pass ARGV[6], the cap PutSku enforces; nothing changed),
 --   MISMATCH (the request_id was applied before to another call),
 --   NO_SHARD (the shard's state is missing: rebuild it, then send again)
 local function answer(code, log_id)
@@ -34,8 +36,11 @@ if op == 'adjust' then
   local s = redis.call('HMGET', KEYS[1], 'total', 'avail', 'held', 'conf')
   local total, was = tonumber(s[1]), tonumber(s[2])
   if total + delta < tonumber(s[3]) + tonumber(s[4]) then return answer('BELOW') end
-  local new_total = redis.call('HINCRBY', KEYS[1], 'total', delta)
-  local avail = redis.call('HINCRBY', KEYS[1], 'avail', delta)
+  -- The total is only known here: PutSku's cap, checked where it can be.
+  if total + delta > tonumber(ARGV[6]) then return answer('ABOVE') end
+  -- ARGV[3] as sent (a decimal integer): never a Lua number formatted as a float.
+  local new_total = redis.call('HINCRBY', KEYS[1], 'total', ARGV[3])
+  local avail = redis.call('HINCRBY', KEYS[1], 'avail', ARGV[3])
   announce(KEYS[1], KEYS[2], ARGV[1], was, avail, true)
   log_id = redis.call('XADD', KEYS[4], '*', 't', 'A', 'k', ARGV[1], 'q', new_total)
 else

@@ -28,13 +28,16 @@ if seen then return answer('DUP', log_tail(KEYS[5])) end
 
 local old = redis.call('HMGET', KEYS[1], 'sv', 'sale')
 local stock = tonumber(ARGV[2])
-local sale = tonumber(old[2] or '0') + 1
+local sale = string.format('%d', tonumber(old[2] or '0') + 1)
 redis.call('DEL', KEYS[1], KEYS[2])
-redis.call('HSET', KEYS[1], 'avail', stock, 'total', stock, 'held', 0, 'conf', 0,
+-- Numbers are written as the decimal strings they came as (ARGV, the old
+-- hash) or formatted with %d: never a Lua number, which Redis would write
+-- as a float ('1e+17') past 17 digits.
+redis.call('HSET', KEYS[1], 'avail', ARGV[2], 'total', ARGV[2], 'held', 0, 'conf', 0,
            'lim', ARGV[3], 'maxq', ARGV[4], 'start', ARGV[5], 'end', ARGV[6],
-           'paused', 0, 'mode', ARGV[7], 'sv', tonumber(old[1] or '0'), 'sale', sale)
+           'paused', 0, 'mode', ARGV[7], 'sv', old[1] or '0', 'sale', sale)
 announce(KEYS[1], KEYS[3], ARGV[1], stock, stock, true)
-local log_id = redis.call('XADD', KEYS[5], '*', 't', 'P', 'k', ARGV[1], 'q', stock, 'lim', ARGV[3],
+local log_id = redis.call('XADD', KEYS[5], '*', 't', 'P', 'k', ARGV[1], 'q', ARGV[2], 'lim', ARGV[3],
                           'maxq', ARGV[4], 'start', ARGV[5], 'end', ARGV[6], 'mode', ARGV[7], 's', sale)
 redis.call('SET', KEYS[4], fingerprint, 'EX', tonumber(ARGV[8]))
 return answer('OK', log_id)

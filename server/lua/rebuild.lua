@@ -28,6 +28,9 @@
 -- generation is in place: nothing was written) or 'FENCED' (begin: a newer
 -- owner's epoch is stored: only the ledger's epoch was taken back).
 local step, token, gen, prefix = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+-- cjson.decode makes every number a double, which Redis would write as a
+-- float ('1e+17') past 17 digits: counters and times go to Redis as %d.
+local function int(n) return string.format('%d', n) end
 local ttl_ms = tonumber(ARGV[5])
 if redis.call('GET', KEYS[2]) ~= token then return 'STALE' end
 local now = now_ms()
@@ -64,17 +67,17 @@ if step == 'sku' then
   local store = records(prefix, s.sku, now, ttl_ms)
   redis.call('DEL', sku_key, users_key, store.cur, store.prev)
   -- A stock version newer than any announced before the loss.
-  redis.call('HSET', sku_key, 'avail', avail, 'total', s.total, 'held', s.held, 'conf', s.conf,
-             'lim', s.lim, 'maxq', s.maxq, 'start', s.start, 'end', s['end'], 'paused', s.paused,
-             'mode', s.mode, 'sv', now, 'sale', s.sale)
-  for user, units in pairs(s.users) do redis.call('HSET', users_key, user, units) end
+  redis.call('HSET', sku_key, 'avail', int(avail), 'total', int(s.total), 'held', int(s.held), 'conf', int(s.conf),
+             'lim', int(s.lim), 'maxq', int(s.maxq), 'start', int(s.start), 'end', int(s['end']),
+             'paused', int(s.paused), 'mode', s.mode, 'sv', int(now), 'sale', int(s.sale))
+  for user, units in pairs(s.users) do redis.call('HSET', users_key, user, int(units)) end
   announce(sku_key, prefix .. 'so', s.sku, avail, avail, true)
   return 'OK'
 end
 
 if step == 'users' then
   local s = cjson.decode(ARGV[6])
-  for user, units in pairs(s.users) do redis.call('HSET', prefix .. 'u:' .. s.sku, user, units) end
+  for user, units in pairs(s.users) do redis.call('HSET', prefix .. 'u:' .. s.sku, user, int(units)) end
   return 'OK'
 end
 

@@ -88,3 +88,24 @@ def test_admin_reply_and_below_handed_out():
     with pytest.raises(StockBelowHandedOut) as e:
         r.admin_result([b"BELOW", b"", *fields], "s", 4)
     assert e.value.handed_out == 4
+
+
+def test_a_sku_hash_with_a_float_formatted_integer_reads_exactly():
+    # An older node wrote numbers past 17 digits the way Lua formats them.
+    sku = r.sku_from_hash("s", 3, {b"total": b"5", b"start": b"1e+17", b"end": b"4.611686018427388e+18"})
+    assert sku.sale_start_ms == 10**17 and sku.total == 5
+    assert sku.sale_end_ms == 4611686018427388000
+
+
+@pytest.mark.parametrize("garbage", [b"abc", b"1.5", b"inf", b"nan", b"1e+999999999", b"9223372036854775808", b""])
+def test_a_sku_hash_with_garbage_is_unreadable_naming_the_field(garbage):
+    with pytest.raises(r.UnreadableSku) as e:
+        r.sku_from_hash("s", 3, {b"total": b"5", b"lim": garbage})
+    assert "'lim'" in e.value.message and e.value.sku == "s"
+
+
+def test_adjust_above_the_most_a_sku_may_hold_is_invalid_argument():
+    fields = [b"total", b"7", b"avail", b"7", b"held", b"0", b"conf", b"0"]
+    with pytest.raises(InvalidArgument) as e:
+        r.admin_result([b"ABOVE", b"", *fields], "s", 4)
+    assert [v.field for v in e.value.violations] == ["delta"]

@@ -44,3 +44,67 @@ def test_adjust_and_hold_ttl():
     assert fields(v.adjust_violations("s", 0, "r")) == {"delta"}
     assert fields(v.hold_ttl_violations(-1)) == {"ttl_ms"}
     assert v.hold_ttl_violations(0) == []
+
+
+def test_every_limit_is_held_exactly_by_a_lua_number():
+    # Lua numbers are doubles: each value a script does arithmetic on must
+    # stay an exact integer, also a total plus the largest delta.
+    for limit in (v.MAX_QTY, v.MAX_STOCK, v.MAX_TIME_MS + v.MAX_HOLD_MS, 2 * v.MAX_STOCK):
+        assert limit < 2**53
+
+
+def test_put_refuses_times_past_year_9999_and_numbers_past_their_range():
+    assert v.put_violations("s", 1, 0, 0, v.MAX_TIME_MS - 1, v.MAX_TIME_MS, "r") == []
+    assert fields(v.put_violations("s", 1, 0, 0, 10**17, 0, "r")) == {"sale_start_ms"}
+    assert fields(v.put_violations("s", 1, 0, 0, 0, 2**62, "r")) == {"sale_end_ms"}
+    assert fields(v.put_violations("s", v.MAX_STOCK + 1, v.MAX_STOCK + 1, v.MAX_QTY + 1, 0, 0, "r")) == {
+        "stock",
+        "per_user_limit",
+        "max_per_request",
+    }
+    assert fields(v.put_violations("s", 1, -1, -1, -1, -1, "r")) == {
+        "per_user_limit",
+        "max_per_request",
+        "sale_start_ms",
+        "sale_end_ms",
+    }
+
+
+def test_an_unknown_mode_is_refused_not_taken_as_fast():
+    assert [v.put_violations("s", 1, 0, 0, 0, 0, "r", mode) for mode in (0, 1, 2)] == [[], [], []]
+    for mode in (3, 99, -1):
+        assert fields(v.put_violations("s", 1, 0, 0, 0, 0, "r", mode)) == {"mode"}
+
+
+def test_the_longest_hold_is_a_day_or_half_the_record_ttl():
+    assert v.max_hold_ms(86400) == 12 * 3600 * 1000
+    assert v.max_hold_ms(3 * 86400) == v.MAX_HOLD_MS == 24 * 3600 * 1000
+    assert v.max_hold_ms(10) == 5000
+    assert v.hold_ttl_violations(5000, v.max_hold_ms(10)) == []
+    assert fields(v.hold_ttl_violations(5001, v.max_hold_ms(10))) == {"ttl_ms"}
+
+
+def test_adjust_delta_within_the_stock_range():
+    assert v.adjust_violations("s", -v.MAX_STOCK, "r") == []
+    assert fields(v.adjust_violations("s", v.MAX_STOCK + 1, "r")) == {"delta"}
+    assert fields(v.adjust_violations("s", -(2**63), "r")) == {"delta"}
+
+
+def test_list_checks_prefix_page_size_and_token():
+    assert v.list_violations("", 0, "") == []
+    assert v.list_violations("ab", v.MAX_PAGE_SIZE, "abc") == []
+    assert fields(v.list_violations("", v.MAX_PAGE_SIZE + 1, "")) == {"page_size"}
+    assert fields(v.list_violations("x" * 129, 0, "")) == {"prefix"}
+    assert fields(v.list_violations("a\x00", 0, "")) == {"prefix"}
+    # A token outside the prefix would list SKUs that do not start with it.
+    assert fields(v.list_violations("b", 0, "a")) == {"page_token"}
+    assert fields(v.list_violations("", 0, "t" * 129)) == {"page_token"}
+
+
+def test_batch_violations_stay_small_whatever_the_ids():
+    sku = "中" * 42
+    bad = v.batch_violations("u", [(sku, 1)] * v.MAX_BATCH_ITEMS, "r")
+    assert len(bad) == v.MAX_BATCH_ITEMS - 1
+    assert all(sku not in x.description for x in bad)
+    # Past the most items, the count is said once and the items not looked at.
+    assert len(v.batch_violations("u", [("", 0)] * 10_000, "r")) == 1
