@@ -25,6 +25,7 @@ from ._keys import ClusterKeys
 from ._owner import ShardLease, ShardOwner, claim, owner_compare, owners, release, watch_owners
 from ._session import DEFAULT_SESSION, EtcdSession, NodeInfo, SessionConfig, live_nodes, watch_nodes
 from ._shards import (
+    CONFIG_KEY,
     DEFAULT_SHARDS,
     PERSISTED_CHANNEL,
     SKU_INDEX_KEY,
@@ -36,6 +37,7 @@ from ._shards import (
 )
 
 __all__ = [
+    "CONFIG_KEY",
     "DEFAULT_SESSION",
     "DEFAULT_SHARDS",
     "PERSISTED_CHANNEL",

@@ -28,11 +28,10 @@ class SettingMismatch(FlashstockError):
 
     reason = "SETTING_MISMATCH"
 
-    def __init__(self, setting: str, node_value: str, bound_value: str, where: str, hint: str = "") -> None:
-        super().__init__(
-            f"{setting}: this node has {node_value}, {where} has {bound_value} (bound by the first node)"
-            + (f"; {hint}" if hint else "")
-        )
+    def __init__(
+        self, setting: str, node_value: str, bound_value: str, where: str, how: str = "bound by the first node"
+    ) -> None:
+        super().__init__(f"{setting}: this node has {node_value}, {where} has {bound_value} ({how})")
         self.setting = setting
         """The setting's name (as in ``flashstock serve --help``, or ``ledger_id``)."""
         self.node_value = node_value
