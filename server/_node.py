@@ -215,8 +215,8 @@ class Node:
                     raise
                 except Exception as exc:  # noqa: BLE001 - reported naming the setting
                     raise StartupError(f"etcd: cannot reach {','.join(endpoints)} within 10 s: {exc!r}") from None
-            else:
-                # Before binding: a cluster's Redis from before the binding must not be bound as a standalone's.
+            elif not await self.redis.exists(CONFIG_KEY):
+                # A cluster's Redis from before the binding must not be bound as a standalone's.
                 await self._refuse_a_clusters_redis()
             if await bind_in_redis(self.redis, self.store.scripts.bind, self._bound):
                 log.info("bound %s in Redis (%s)", self._bound, CONFIG_KEY)

@@ -163,6 +163,16 @@ def test_cluster_node_with_other_request_ttl_refused(nodes, redis_server, etcd_s
 
 
 @pytest.mark.slow
+def test_standalone_node_on_a_clusters_redis_refused_naming_cluster(nodes, redis_server, etcd_server, cluster_name):
+    ledger = nodes.ledger("a")
+    nodes.start(redis_server.url, ledger, *etcd_args(etcd_server, cluster_name))
+
+    stderr = nodes.refusal(redis_server.url, ledger)
+
+    assert f"cluster: this node has none (standalone), Redis ({CONFIG_KEY}) has {cluster_name!r}" in stderr
+
+
+@pytest.mark.slow
 def test_cluster_node_with_other_ledger_refused(nodes, redis_server, etcd_server, cluster_name):
     cluster = etcd_args(etcd_server, cluster_name)
     first = nodes.start(redis_server.url, nodes.ledger("a"), *cluster)
