@@ -14,8 +14,8 @@ without a word:
   shard (two stocks for one SKU).
 - ``request_ttl_s``: records live in buckets numbered ``now // ttl``; a node
   with another TTL looks in other buckets, so a resend takes a second unit,
-  and a hold's record (and with it its expiry) is not where the reaper
-  looks.
+  and a hold recorded by one node is not found when another settles or
+  reaps it (its units never come back).
 - ``cluster`` (its name, or none for a standalone node): a standalone node's
   duties write without epochs, and two clusters fence with epochs from two
   etcds that cannot be compared: either way two nodes run one shard's
