@@ -9,8 +9,9 @@
 - Shard ownership: an etcd transaction on the shard's owner key, bound to
   the session's lease; the key's create revision is the shard's epoch, the
   fencing token every duty's write carries (:func:`claim`, :class:`ShardLease`).
-- The cluster's settings in etcd: the shard count, set once
-  (:func:`init_cluster`), and the pins and drains.
+- The cluster's settings in etcd: the shard count and the other settings
+  every node must share, bound once (:func:`init_cluster`), and the pins
+  and drains.
 
 The etcd key layout is in :class:`ClusterKeys`'s module. etcd is reached
 through aetcd (asyncio); :func:`etcd_client` makes a client.
@@ -19,11 +20,12 @@ through aetcd (asyncio); :func:`etcd_client` makes a client.
 from ._assign import assign, moves
 from ._client import etcd_client
 from ._cluster import Overrides, drain, init_cluster, pin, read_overrides, undrain, unpin, watch_overrides
-from ._errors import CoordinationError, LeaseLost, NodeIdTaken, ShardCountMismatch
+from ._errors import CoordinationError, LeaseLost, NodeIdTaken, SettingMismatch, ShardCountMismatch
 from ._keys import ClusterKeys
 from ._owner import ShardLease, ShardOwner, claim, owner_compare, owners, release, watch_owners
 from ._session import DEFAULT_SESSION, EtcdSession, NodeInfo, SessionConfig, live_nodes, watch_nodes
 from ._shards import (
+    CONFIG_KEY,
     DEFAULT_SHARDS,
     PERSISTED_CHANNEL,
     SHARD_READY,
@@ -36,6 +38,7 @@ from ._shards import (
 )
 
 __all__ = [
+    "CONFIG_KEY",
     "DEFAULT_SESSION",
     "DEFAULT_SHARDS",
     "PERSISTED_CHANNEL",
@@ -50,6 +53,7 @@ __all__ = [
     "NodeInfo",
     "Overrides",
     "SessionConfig",
+    "SettingMismatch",
     "ShardCountMismatch",
     "ShardKeys",
     "ShardLease",

@@ -1,9 +1,11 @@
-"""Cluster-wide settings in etcd: the shard count, and the operator's pins and drains.
+"""Cluster-wide settings in etcd: the shard count and the other bound settings, and the operator's pins and drains.
 
 The shard count is chosen once, by the first node of a cluster, and never
 changes: ``shard = stable_hash(sku) mod S`` places every SKU's Redis keys,
 so another S would look for every SKU in the wrong shard. A node started
 with another S is refused (:class:`~flashstock.lockmgr.ShardCountMismatch`).
+Other settings every node must share (the ledger's identity, the record
+TTL) are bound with it, the same way (:class:`~flashstock.lockmgr.SettingMismatch`).
 
 Pins and drains are the overrides :func:`~flashstock.lockmgr.assign` applies.
 They are written only into an initialised cluster, so a typo in the cluster
@@ -20,7 +22,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from ._client import snapshots
-from ._errors import CoordinationError, ShardCountMismatch
+from ._errors import CoordinationError, SettingMismatch, ShardCountMismatch
 from ._keys import ClusterKeys, check_id, tail
 from ._shards import DEFAULT_SHARDS
 
@@ -36,28 +38,57 @@ def _check_shards(shards: int) -> int:
     return shards
 
 
-async def init_cluster(client: aetcd.Client, cluster: str, shards: int | None = None) -> int:
-    """Store the cluster's shard count if it has none yet; return the stored count.
+async def init_cluster(
+    client: aetcd.Client, cluster: str, shards: int | None = None, settings: Mapping[str, str] | None = None
+) -> int:
+    """Bind the cluster's shard count (and ``settings``) if not bound yet; return the stored count.
 
     ``shards=None`` adopts the stored count (or :data:`DEFAULT_SHARDS` for a
     new cluster). A count other than the stored one raises
     :class:`ShardCountMismatch`, which names the ``shards`` setting.
+
+    ``settings`` (name -> value: the ledger's identity, the record TTL, ...)
+    are bound alike, in the same transaction: written where absent,
+    compared where present; the first that differs raises
+    :class:`SettingMismatch` naming it, this value and the bound one.
     """
     keys = ClusterKeys(cluster)
     want = DEFAULT_SHARDS if shards is None else _check_shards(shards)
-    key = keys.shards.encode()
+    settings = {name: str(value) for name, value in (settings or {}).items()}
+    stored = await _bind(client, {keys.shards: str(want), **{keys.setting(n): v for n, v in settings.items()}})
+    stored_shards = int(stored[keys.shards])
+    if shards is not None and stored_shards != shards:
+        raise ShardCountMismatch(cluster, stored_shards, shards)
+    for name, value in settings.items():
+        if stored[keys.setting(name)] != value:
+            raise SettingMismatch(name, value, stored[keys.setting(name)], f"cluster {cluster!r} in etcd")
+    return stored_shards
+
+
+async def _bind(client: aetcd.Client, wanted: dict[str, str]) -> dict[str, str]:
+    """Write each key of ``wanted`` that is absent; returns every key's stored value."""
     tx = client.transactions
-    ok, responses = await client.transaction(
-        # Absent: this is the cluster's first node, its count becomes the
-        # cluster's. Present: adopt it, never overwrite it (every SKU's
-        # shard depends on it).
-        compare=[tx.create(key) == 0],
-        success=[tx.put(key, str(want).encode())],
-        failure=[tx.get(key)],
-    )
-    stored = want if ok else int(responses[0][0][0])
-    if shards is not None and stored != shards:
-        raise ShardCountMismatch(cluster, stored, shards)
+    stored: dict[str, str] = {}
+    missing = dict(wanted)
+    while missing:
+        ok, responses = await client.transaction(
+            # All absent (the cluster's first node): its values become the
+            # cluster's. Any present: adopt it, never overwrite it (every
+            # SKU's shard, every record's life, the ledger depend on it).
+            compare=[tx.create(key.encode()) == 0 for key in missing],
+            success=[tx.put(key.encode(), value.encode()) for key, value in missing.items()],
+            failure=[tx.get(key.encode()) for key in missing],
+        )
+        if ok:
+            stored.update(missing)
+            break
+        # Some present: keep them; bind the rest in another round (a cluster
+        # initialised before a setting was bound). A failed round found at
+        # least one present, so the rounds end.
+        for key, found in zip(list(missing), responses):
+            if found:
+                stored[key] = found[0][0].decode()
+                del missing[key]
     return stored
 
 

@@ -3,6 +3,8 @@
 ::
 
     FlashstockError
+    ├── SettingMismatch         .setting .node_value .bound_value .where
+    │                           a setting the node's peers must share differs from the one bound
     └── CoordinationError       etcd refused or cannot do what was asked
         ├── ShardCountMismatch  .stored .requested   the node's `shards` is not the cluster's
         ├── LeaseLost                                the session's lease is gone: stop every duty
@@ -15,6 +17,29 @@ returns ``None``.
 from __future__ import annotations
 
 from flashstock.client import FlashstockError
+
+
+class SettingMismatch(FlashstockError):
+    """A setting that every node of a cluster (or on one Redis) must share differs from the bound one.
+
+    The first node binds such settings (in etcd for a cluster, in Redis for
+    every node using it); a node that disagrees must not start, or must stop.
+    """
+
+    reason = "SETTING_MISMATCH"
+
+    def __init__(
+        self, setting: str, node_value: str, bound_value: str, where: str, how: str = "bound by the first node"
+    ) -> None:
+        super().__init__(f"{setting}: this node has {node_value}, {where} has {bound_value} ({how})")
+        self.setting = setting
+        """The setting's name (as in ``flashstock serve --help``, or ``ledger_id``)."""
+        self.node_value = node_value
+        """This node's value."""
+        self.bound_value = bound_value
+        """The value in force."""
+        self.where = where
+        """Where the value in force is bound: etcd (a cluster) or Redis."""
 
 
 class CoordinationError(FlashstockError):

@@ -3,6 +3,7 @@
 Every key lives under ``/flashstock/<cluster>/``::
 
     config/shards        "64"                        written once, at cluster init
+    config/<setting>     "<value>"                   bound once, by the first node (ledger_id, request_ttl_s)
     nodes/<node>         {"address", "started_ms"}   bound to the node's session lease
     owners/<shard>       {"node", "since_ms"}        bound to the owner's session lease;
                                                      its create revision is the shard's epoch
@@ -51,6 +52,10 @@ class ClusterKeys:
     def shards(self) -> str:
         """The cluster's shard count, written once."""
         return f"{self.prefix}config/shards"
+
+    def setting(self, name: str) -> str:
+        """A setting every node of the cluster must share, bound by the first node."""
+        return f"{self.prefix}config/{check_id('setting', name)}"
 
     @property
     def nodes(self) -> str:

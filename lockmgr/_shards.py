@@ -106,6 +106,10 @@ or ``ready`` of the layout before) is rebuilt from the ledger before it serves."
 SKU_INDEX_KEY = "fs:skus"
 """Sorted set of every SKU id (score 0, read by lexicographic range)."""
 
+CONFIG_KEY = "fs:config"
+"""Hash of the settings every node on this Redis must share (ledger_id, shards,
+request_ttl_s, cluster), written by the first node, compared by the others."""
+
 SOLD_OUT_CHANNEL = "fs:soldout"
 """Pub/sub channel on which sell-outs and restocks are announced."""
 

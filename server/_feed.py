@@ -6,7 +6,9 @@ shard's sold-out hash and persisted cursor), so nothing announced in between
 is missed. On a broken connection the sold-out memory is emptied (every
 request goes to Redis, which is always right) until the subscription and the
 snapshots are back; the feed's connection is also the node's view of Redis
-for health checks.
+for health checks. On every (re)connect, and every few seconds while
+connected, it runs the node's ``check`` (the bound settings: a Redis that
+restarted empty, or was flushed, has lost them).
 """
 
 from __future__ import annotations
@@ -23,6 +25,9 @@ from ._durable import PersistWatch
 from ._soldout import SoldOutBook
 
 log = logging.getLogger(__name__)
+
+CHECK_EVERY_S = 5.0
+"""How often the feed runs its ``check`` while connected (one HGETALL: see ``_binding.py``)."""
 
 
 class TakersLoader:
@@ -99,12 +104,14 @@ class RedisFeed:
         watch: PersistWatch,
         shards: int,
         on_redis: Callable[[bool], Awaitable[None]] | None = None,
+        check: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         self._redis = redis
         self._book = book
         self._watch = watch
         self._shards = shards
         self._on_redis = on_redis
+        self._check = check
         self._up: bool | None = None
         self.ready = asyncio.Event()
         """Set once the first snapshots are in."""
@@ -135,12 +142,21 @@ class RedisFeed:
         try:
             await pubsub.subscribe(SOLD_OUT_CHANNEL, PERSISTED_CHANNEL)
             await self._load_snapshots()
+            loop = asyncio.get_running_loop()
+            next_check = loop.time()
+            if self._check is not None:
+                await self._check()  # before SERVING again: a Redis back empty has lost the bound settings
+                next_check += CHECK_EVERY_S
             self.ready.set()
             await self._tell(True)
             while True:
                 message = await pubsub.get_message(timeout=1.0)
                 if message is not None:
                     handlers[message["channel"]](message["data"].decode())
+                if self._check is not None and loop.time() >= next_check:
+                    # A FLUSHALL keeps the connection: only looking again finds it.
+                    await self._check()
+                    next_check = loop.time() + CHECK_EVERY_S
         finally:
             await pubsub.aclose()
 

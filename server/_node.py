@@ -38,8 +38,16 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from flashstock.client import FlashstockError
-from flashstock.lockmgr import CoordinationError, SessionConfig, ShardKeys
+from flashstock.lockmgr import (
+    CONFIG_KEY,
+    CoordinationError,
+    SessionConfig,
+    SettingMismatch,
+    ShardCountMismatch,
+    ShardKeys,
+)
 
+from ._binding import BoundSettings, bind_in_etcd, bind_in_redis, explain
 from ._config import NodeConfig, etcd_endpoints, ledger_url
 from ._duties import DutyPolicy, ShardDuties
 from ._durable import PersistWatch
@@ -90,7 +98,7 @@ class Node:
             RebuildPolicy(lock_expire_s=config.rebuild_lock_expire_s, wait_s=config.rebuild_wait_s),
         )
         self.gate = IncarnationGate(
-            lambda: self.rebuilder.verify(config.shards),
+            lambda: self.rebuilder.verify(config.shards, self._bound.ledger_id if self._bound else None),
             wait_s=config.rebuild_wait_s,
             on_rebuilt=lambda shards: self.store.forget_generations(shards),
         )
@@ -132,6 +140,8 @@ class Node:
         """This node's place in the cluster (etcd), when ``etcd`` is set."""
         self._server: grpc.aio.Server | None = None
         self.port = 0
+        self._bound: BoundSettings | None = None
+        self._refused: asyncio.Task[None] | None = None
 
     async def start(self) -> int:
         """Open the ledger, connect to Redis, start the duties and serving; returns the bound port."""
@@ -140,9 +150,13 @@ class Node:
         except LedgerError as exc:
             raise StartupError(exc.message) from None
         await self._connect_redis()
-        await self._check_redis_against_ledger()
         await self.store.load_scripts()
-        feed = RedisFeed(self.redis, self.book, self.watch, self.config.shards, on_redis=self._redis_health)
+        await self._bind_settings()
+        # Only a node bound to this Redis's ledger may repair the Redis from it.
+        await self._check_redis_against_ledger()
+        feed = RedisFeed(
+            self.redis, self.book, self.watch, self.config.shards, on_redis=self._redis_health, check=self._recheck_binding
+        )
         self._tasks.append(asyncio.create_task(feed.run(), name="redis feed"))
         try:
             await asyncio.wait_for(feed.ready.wait(), timeout=10)
@@ -202,6 +216,57 @@ class Node:
                     raise StartupError(f"redis_url: the Redis at {self.config.redis_url} could not be checked against the ledger: {exc}") from None
                 await asyncio.sleep(0.2)
 
+    async def _bind_settings(self) -> None:
+        """Refuse to start with a setting other than the one bound for this node's peers (``_binding.py``).
+
+        etcd first, for a cluster: it keeps the binding when Redis loses it.
+        Every process of the node checks: each would write with its settings.
+        """
+        endpoints = etcd_endpoints(self.config)
+        try:
+            ledger_id = await asyncio.to_thread(self.ledger.identity)
+        except LedgerError as exc:
+            raise StartupError(exc.message) from None
+        cluster = self.config.cluster if endpoints else ""
+        self._bound = BoundSettings(ledger_id, self.config.shards, self.config.request_ttl_s, cluster)
+        try:
+            if endpoints:
+                try:
+                    await bind_in_etcd(endpoints, self.config.cluster, self._bound)
+                except (SettingMismatch, ShardCountMismatch):
+                    raise
+                except Exception as exc:  # noqa: BLE001 - reported naming the setting
+                    raise StartupError(f"etcd: cannot reach {','.join(endpoints)} within 10 s: {exc!r}") from None
+            elif not await self.redis.exists(CONFIG_KEY):
+                # A cluster's Redis from before the binding must not be bound as a standalone's.
+                await self._refuse_a_clusters_redis()
+            if await bind_in_redis(self.redis, self.store.scripts.bind, self._bound):
+                log.info("bound %s in Redis (%s)", self._bound, CONFIG_KEY)
+        except (SettingMismatch, ShardCountMismatch) as exc:
+            raise StartupError(explain(exc)) from None
+
+    async def _recheck_binding(self) -> None:
+        """Bind Redis again when it lost the binding; stop if another node bound other values meanwhile.
+
+        Run by the feed on every reconnect and every few seconds: a node that
+        went on beside a node of another ledger (or shard count, or TTL)
+        would split or double what they sell, so it exits with status 2.
+        """
+        assert self._bound is not None
+        try:
+            if await bind_in_redis(self.redis, self.store.scripts.bind, self._bound):
+                log.warning("Redis had lost the bound settings (%s): bound this node's again", CONFIG_KEY)
+        except SettingMismatch as exc:
+            if self._refused is None:
+                log.error("%s. This process stops serving and exits (status 2)", explain(exc))
+                self._refused = asyncio.create_task(self._exit_refused(), name="refused")
+
+    async def _exit_refused(self) -> None:
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(self.stop(0), timeout=self.config.grace_s + 5)
+        logging.shutdown()
+        os._exit(2)
+
     async def _start_duties(self, port: int) -> None:
         self.duties = ShardDuties(
             self.redis,
@@ -238,7 +303,6 @@ class Node:
                 self.ownership = None
                 raise StartupError(str(exc)) from None
         else:
-            await self._refuse_a_clusters_redis()
             # Standalone: this node owns every shard, unfenced. Whole shards
             # before the first request: rebuild any whose state is gone.
             await self.duties.assign({shard: None for shard in range(self.config.shards)})

@@ -38,7 +38,7 @@ import redis
 import redis_lock
 
 from flashstock.client import Unavailable
-from flashstock.lockmgr import SHARD_READY, SKU_INDEX_KEY, ShardKeys
+from flashstock.lockmgr import CONFIG_KEY, SHARD_READY, SKU_INDEX_KEY, ShardKeys
 
 from ._durable import parse_id
 from ._metrics import METRICS
@@ -268,14 +268,20 @@ class ShardRebuilder:
         """The run id of the Redis this rebuilder talks to (new with every start of Redis)."""
         return str(self._sync.info("server")["run_id"])
 
-    def verify(self, shards: int) -> tuple[str, list[int]]:
+    def verify(self, shards: int, ledger_id: str | None = None) -> tuple[str, list[int]]:
         """Check every ready shard against the ledger and rebuild those older than it (blocking).
 
         Returns the run id of the Redis checked (read first: whatever came
         before it was checked too) and the shards rebuilt. Raises
-        :class:`Unavailable` when a rebuild could not be done now.
+        :class:`Unavailable` when a rebuild could not be done now, or when
+        the Redis is bound to a ledger other than ``ledger_id`` (this
+        ledger must not overwrite another's state: the node's binding check
+        stops it).
         """
         run_id = self.run_id()
+        bound = self._sync.hget(CONFIG_KEY, "ledger_id")
+        if ledger_id is not None and bound is not None and bound.decode() != ledger_id:
+            raise Unavailable(f"this Redis is bound to ledger {bound.decode()}, not to this node's {ledger_id}")
         rebuilt = []
         for shard, reason in self._stale(range(shards)).items():
             if reason is None:

@@ -15,7 +15,7 @@ from importlib import resources
 import redis.asyncio as aioredis
 from redis.commands.core import AsyncScript
 
-_NAMES = ("deduct", "settle", "reap", "batch", "put_sku", "adjust_sku", "rebuild", "announce", "fence")
+_NAMES = ("deduct", "settle", "reap", "batch", "put_sku", "adjust_sku", "rebuild", "announce", "fence", "bind")
 
 
 def script_source(name: str) -> str:
@@ -46,6 +46,8 @@ class StockScripts:
     """Record, announce and trim up to a shard's persisted cursor, fenced: announce.lua."""
     fence: AsyncScript
     """Raise a shard's stored owner epoch to a new owner's: fence.lua."""
+    bind: AsyncScript
+    """Bind the settings every node on the Redis must share, once: bind.lua."""
 
     @classmethod
     def register(cls, redis: aioredis.Redis) -> StockScripts:

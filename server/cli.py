@@ -402,7 +402,7 @@ def ledger_status(
     config: ConfigOption = None,
     all_shards: Annotated[bool, typer.Option("--all-shards", help="Also the shards with nothing persisted yet.")] = False,
 ) -> None:
-    """Show the ledger's schema revision and, per shard, the persister's cursor and the rebuilds.
+    """Show the ledger's schema revision and identity (ledger_id) and, per shard, the persister's cursor and the rebuilds.
 
     Exit code 0 at this flashstock's revision, 1 when `ledger upgrade` is due,
     2 when the ledger cannot be read.
@@ -430,6 +430,7 @@ def ledger_status(
         try:
             shards = shard_status(opened.engine)
             n_skus, n_deductions = ledger_counts(opened.engine)
+            identity = opened.identity()
         finally:
             opened.close()
     except (LedgerError, sa.exc.SQLAlchemyError) as exc:
@@ -439,6 +440,8 @@ def ledger_status(
         f"{n_skus:,} SKU(s), {n_deductions:,} deduction(s)",
         soft_wrap=True,
     )
+    # The identity nodes bind in Redis and etcd (a node refusing to start names it).
+    console.print(f"ledger_id {identity}", soft_wrap=True, highlight=False)
     listed = [st for st in shards if all_shards or st.cursor is not None]
     if listed:
         table = Table("shard", "persisted up to", "log generation", "cursor moved", "rebuilds", "epoch", title="shards")

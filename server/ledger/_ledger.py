@@ -24,9 +24,9 @@ from sqlalchemy.engine import Connection, Engine
 
 from flashstock.client import FlashstockError
 
-from ._schema import STATES, deductions, persister_cursors, shard_epochs, shard_generations, skus
+from ._schema import STATES, deductions, ledger_meta, persister_cursors, shard_epochs, shard_generations, skus
 
-HEAD = "0002"
+HEAD = "0003"
 """The schema revision this code reads and writes."""
 
 
@@ -255,6 +255,18 @@ class Ledger:
         if self._dialect == "sqlite":
             with self.engine.connect() as conn:
                 conn.exec_driver_sql("PRAGMA journal_mode=WAL")
+
+    def identity(self) -> str:
+        """The ledger's identity: a UUID made with its schema (``ledger_meta.ledger_id``).
+
+        Nodes bind it in Redis and etcd, so that nodes working on one Redis
+        or in one cluster are seen to write into one ledger.
+        """
+        with self.engine.connect() as conn:
+            value = conn.execute(sa.select(ledger_meta.c.value).where(ledger_meta.c.key == "ledger_id")).scalar()
+        if value is None:
+            raise LedgerError("ledger: it has no identity (ledger_meta.ledger_id); run `flashstock ledger upgrade`")
+        return str(value)
 
     def close(self) -> None:
         """Close every connection."""

@@ -90,5 +90,13 @@ shard_generations = sa.Table(
     sa.Column("updated_ms", sa.BigInteger, nullable=False),
 )
 
+ledger_meta = sa.Table(
+    "ledger_meta",
+    metadata,
+    sa.Column("key", sa.String(64), primary_key=True, comment="ledger_id: the ledger's identity."),
+    sa.Column("value", sa.String(256), nullable=False),
+)
+"""Facts about the ledger itself: ``ledger_id``, a UUID made with the schema (migration 0002)."""
+
 STATES = {"H": "held", "C": "confirmed", "R": "released", "X": "expired"}
 """Deduction states by their letter in Redis records and log entries."""

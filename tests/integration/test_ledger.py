@@ -13,6 +13,7 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
+import uuid
 from typing import Any
 
 import pytest
@@ -170,6 +171,7 @@ ledger = Ledger(sys.argv[1])
 print("ready", flush=True)
 sys.stdin.readline()
 ledger.open()
+print(ledger.identity(), flush=True)
 ledger.close()
 """
 
@@ -188,17 +190,57 @@ def test_processes_opening_an_empty_database_at_once_all_succeed(engine_url):
             proc.stdin.write("go\n")
             proc.stdin.flush()
         outcomes = [(proc.wait(60), proc.stderr.read()[-600:]) for proc in procs]
+        identities = {proc.stdout.read().strip() for proc in procs}
     finally:
         for proc in procs:
             if proc.poll() is None:
                 proc.kill()
                 proc.wait()
     assert [code for code, _ in outcomes] == [0] * len(procs), outcomes
+    assert len(identities) == 1, identities  # one identity, made once, under the migration lock
     led = Ledger(engine_url)
     try:
         assert table_names(led.engine) == set(metadata.tables) | {"alembic_version"}
         with led.engine.connect() as conn:
             assert conn.execute(sa.text("SELECT version_num FROM alembic_version")).scalars().all() == [HEAD]
+    finally:
+        led.close()
+
+
+def test_a_ledger_has_one_identity_made_with_its_schema(engine_url, tmp_path):
+    led = Ledger(engine_url)
+    other = Ledger(f"sqlite:///{tmp_path / 'another-ledger.sqlite3'}")
+    try:
+        led.open()
+        identity = led.identity()
+        assert str(uuid.UUID(identity)) == identity
+        led.open()  # opened again: the same ledger, the same identity
+        assert led.identity() == identity
+        other.open()  # another ledger: another identity
+        assert other.identity() != identity
+    finally:
+        led.close()
+        other.close()
+
+
+def test_upgrade_gives_a_ledger_of_revision_0001_an_identity_and_keeps_its_rows(engine_url):
+    from alembic import command
+
+    from flashstock.server.ledger._ledger import _alembic_config
+
+    led = Ledger(engine_url)
+    try:
+        with led.engine.begin() as conn:
+            command.upgrade(_alembic_config(conn), "0001")
+        led.persist(SHARD, 0, [Log().put("sku-a", 5)])
+        with pytest.raises(LedgerError, match="older than"):
+            led.open()
+
+        assert upgrade(led.engine) == ("0001", HEAD)
+
+        led.open()
+        assert str(uuid.UUID(led.identity())) == led.identity()
+        assert [r["sku_id"] for r in rows(led, skus)] == ["sku-a"]
     finally:
         led.close()
 

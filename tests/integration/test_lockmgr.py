@@ -20,6 +20,7 @@ from flashstock.lockmgr import (
     LeaseLost,
     NodeIdTaken,
     Overrides,
+    SettingMismatch,
     ShardCountMismatch,
     ShardLease,
     claim,
@@ -245,6 +246,21 @@ async def test_cluster_init_stores_the_shard_count_once_and_refuses_another(etcd
         await init_cluster(etcd, cluster_name, 32)
     assert (caught.value.stored, caught.value.requested) == (16, 32)
     assert (await etcd.get(ClusterKeys(cluster_name).shards.encode())).value == b"16"
+
+
+async def test_cluster_init_binds_the_other_settings_once_and_names_one_that_differs(etcd, cluster_name):
+    await init_cluster(etcd, cluster_name, 16)  # a cluster from before these settings were bound
+    bound = {"ledger_id": "L-1", "request_ttl_s": "86400"}
+    assert await init_cluster(etcd, cluster_name, 16, bound) == 16  # bound now, by this node
+    assert await init_cluster(etcd, cluster_name, 16, bound) == 16
+
+    with pytest.raises(SettingMismatch) as caught:
+        await init_cluster(etcd, cluster_name, 16, {**bound, "request_ttl_s": "600"})
+
+    error = caught.value
+    assert (error.setting, error.node_value, error.bound_value) == ("request_ttl_s", "600", "86400")
+    assert str(error).startswith(f"request_ttl_s: this node has 600, cluster {cluster_name!r} in etcd has 86400")
+    assert (await etcd.get(ClusterKeys(cluster_name).setting("request_ttl_s").encode())).value == b"86400"
 
 
 async def test_racing_first_nodes_agree_on_one_shard_count(etcd, cluster_name):

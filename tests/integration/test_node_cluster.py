@@ -12,7 +12,7 @@ from collections.abc import Iterator
 import pytest
 import redis as redis_py
 
-from flashstock.lockmgr import ShardKeys, init_cluster, live_nodes, owners
+from flashstock.lockmgr import CONFIG_KEY, ShardKeys, init_cluster, live_nodes, owners
 from flashstock.server._procs import NodeProcess, ProcessError, RedisServer
 
 pytest_plugins = ["etcd_fixtures"]
@@ -80,11 +80,13 @@ async def test_a_node_with_another_shard_count_refuses_to_start(etcd, etcd_serve
 @pytest.mark.asyncio(loop_scope="session")
 async def test_a_standalone_node_refuses_a_redis_whose_shards_have_owners(redis_server, redis, tmp_path):
     redis.hset(ShardKeys(3).meta, "epoch", 42)  # as a cluster's owner leaves it (fence.lua)
+    redis.delete(CONFIG_KEY)  # ...in a Redis from before settings were bound (else: refused naming `cluster`)
     node = NodeProcess(redis_server.url, shards=SHARDS, data_dir=tmp_path)
     try:
         with pytest.raises(ProcessError) as caught:
             await asyncio.to_thread(node.start)
     finally:
         redis.hdel(ShardKeys(3).meta, "epoch")
+    assert not redis.exists(CONFIG_KEY)  # refused before binding the Redis as a standalone node's
 
     assert "this Redis belongs to a cluster" in str(caught.value) and "--etcd" in str(caught.value)

@@ -158,7 +158,7 @@ def test_upgrade_creates_the_schema_of_a_fresh_file(tmp_path):
     result = cli("ledger", "upgrade", "--ledger", f"sqlite:///{path}")
 
     assert result.exit_code == 0, result.output
-    assert "none (empty) → 0002 (head)" in result.output
+    assert f"none (empty) → {HEAD} (head)" in result.output
     assert tables(path) == set(metadata.tables) | {"alembic_version"}
     engine = sa.create_engine(f"sqlite:///{path}")
     with engine.connect() as conn:
@@ -248,7 +248,12 @@ def test_status_shows_the_revision_and_the_persisted_shards(node, admin, stock, 
     result = cli("ledger", "status", "--data-dir", str(node.data_dir))
 
     assert result.exit_code == 0, result.output
-    assert "0002 (head)" in result.output
+    assert f"{HEAD} (head)" in result.output
+    ledger = Ledger(node.ledger_url)
+    try:
+        assert f"ledger_id {ledger.identity()}" in result.output
+    finally:
+        ledger.close()
     rows = [[c.strip() for c in line.split("│")[1:-1]] for line in result.output.splitlines() if "│" in line]
     shard, cursor, _generation, _moved, rebuilds, _epoch = next(r for r in rows if r[0] == str(shard_of(sku)))
     assert cursor != "-"  # a persisted cursor

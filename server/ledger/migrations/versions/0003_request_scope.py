@@ -6,15 +6,15 @@ Redis. The table is copied into one keyed by ``(sku_id, request_id)``; every
 row keeps its ids (BatchDeduct items of earlier versions keep their
 ``<id>#<i>`` ids, and are marked kind D as they were).
 
-Revision ID: 0002
-Revises: 0001
+Revision ID: 0003
+Revises: 0002
 """
 
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0002"
-down_revision = "0001"
+revision = "0003"
+down_revision = "0002"
 branch_labels = None
 depends_on = None
 
