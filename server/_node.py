@@ -13,6 +13,12 @@ Standalone (no ``etcd``), the node runs the duties of every shard: one such
 node per Redis. In a cluster (``etcd`` set), every node serves every SKU but
 runs the duties only of the shards it owns (``_ownership.py``), fenced by
 their epochs.
+
+The node lives and dies whole (:func:`supervise`): each child ties itself
+to the main process first thing (``_lifeline.py``) and exits within a
+second of its death; SIGTERM stops the workers first (their calls in flight
+get ``grace_s``) and the duties process after them; a child that dies
+stops the others.
 """
 
 from __future__ import annotations

@@ -9,6 +9,8 @@ directly.
   process) is gone within about a second, the port refuses connections, and
   the dying duties process revokes the node's etcd lease, so its shards fail
   over at once instead of one lease TTL later.
+- ``kill -9`` of one worker: the node does not limp on; it stops whole and
+  exits non-zero, for its supervisor to restart.
 - SIGTERM: the node stops taking calls at once, but a call in flight gets up
   to ``grace_s`` to finish (here a durable Deduct waiting for a ledger that
   the test keeps locked), and the node then exits 0.
@@ -57,7 +59,8 @@ def redis_server() -> Iterator[RedisServer]:
 @contextlib.contextmanager
 def node_process(redis_url: str, data_dir: Path, *, workers: int, extra_args: tuple[str, ...] = ()) -> Iterator[NodeProcess]:
     """A started ``flashstock serve``; afterwards every process of its tree is killed, whatever the test did to it."""
-    node = NodeProcess(redis_url, workers=workers, data_dir=data_dir, extra_args=extra_args)
+    # Few shards: a node starts faster (its warden looks at each at start).
+    node = NodeProcess(redis_url, workers=workers, shards=8, data_dir=data_dir, extra_args=extra_args)
     children: list[psutil.Process] = []
     try:
         node.start()
@@ -115,6 +118,27 @@ def test_children_exit_when_main_process_is_killed(redis_server, tmp_path):
         assert refuses_connections(node.port), "the dead node's port still accepts connections"
 
 
+def listens_on(proc: psutil.Process, port: int) -> bool:
+    """True when ``proc`` has a listening socket on ``port`` (a serving worker, not the duties process)."""
+    return any(c.status == psutil.CONN_LISTEN and c.laddr.port == port for c in proc.net_connections(kind="tcp"))
+
+
+def test_a_node_whose_worker_dies_stops_whole(redis_server, tmp_path):
+    with node_process(redis_server.url, tmp_path, workers=2) as node:
+        children = psutil.Process(node.pid).children(recursive=True)
+        worker = next(c for c in children if listens_on(c, node.port))
+
+        worker.kill()
+
+        # Not a node limping on with a worker less: the main process stops the rest and exits non-zero,
+        # so whatever supervises it starts it again, whole.
+        assert node.proc is not None
+        assert node.proc.wait(timeout=20) != 0
+        eventually(lambda: alive(children), until=lambda procs: not procs, timeout=CHILDREN_GONE_S)
+        assert refuses_connections(node.port)
+        assert "stopping the others" in node.log()
+
+
 def etcd_view(endpoint: str, cluster: str) -> tuple[set[str], set[str]]:
     """The live nodes' ids and the shard owners' ids in etcd, read directly."""
 
@@ -134,7 +158,7 @@ def test_a_killed_nodes_shards_are_freed_at_once_not_a_lease_later(redis_server,
     lease_ttl_s = 30
     args = (
         "--etcd", etcd_server.endpoint, "--cluster", cluster_name, "--node-id", "doomed",
-        "--lease-ttl-s", str(lease_ttl_s), "--shards", "8",
+        "--lease-ttl-s", str(lease_ttl_s),
     )
     with node_process(redis_server.url, tmp_path, workers=1, extra_args=args) as node:
         eventually(lambda: etcd_view(etcd_server.endpoint, cluster_name) == ({"doomed"}, {"doomed"}), timeout=15)
