@@ -115,13 +115,17 @@ class Lifeline:
         """Block until the parent is gone; returns how that was noticed."""
         waits = self.has_last_words and self.kernel_notice and hasattr(signal, "sigtimedwait")
         while True:
+            signalled = False
             if waits:
-                if signal.sigtimedwait({PARENT_DIED_SIGNAL}, self.poll_s) is not None:
-                    return "the kernel's parent-death signal"
+                signalled = signal.sigtimedwait({PARENT_DIED_SIGNAL}, self.poll_s) is not None
             else:
                 time.sleep(self.poll_s)
+            # The kernel re-parents an orphan before it signals it, so this
+            # holds whenever the signal is the kernel's: one sent by hand is ignored.
             if parent_is_gone(self.parent_pid, os.getppid()):
-                return "a new parent pid"
+                return "the kernel's parent-death signal" if signalled else "a new parent pid"
+            if signalled:
+                log.warning("%s received while the parent (pid %d) lives: ignored", PARENT_DIED_SIGNAL.name, self.parent_pid)
 
     def _watch(self) -> None:
         how = self._notice()

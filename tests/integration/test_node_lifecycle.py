@@ -235,10 +235,11 @@ def test_sigterm_lets_an_in_flight_call_finish_within_grace(redis_server, tmp_pa
 
 
 PARENT_AND_CHILD = """
-import multiprocessing, os, sys, time
+import logging, multiprocessing, os, sys, time
 from flashstock.server._lifeline import Lifeline
 
 def child(parent_pid, mode, out):
+    logging.basicConfig(filename=out + ".log", level=logging.INFO)
     lifeline = Lifeline(parent_pid, has_last_words=mode != "no-last-words", kernel=mode != "poll")
     lifeline.start()
     open(out + ".tied", "w").close()
@@ -261,7 +262,7 @@ if __name__ == "__main__":
 """
 
 
-@pytest.mark.parametrize("mode", ["no-last-words", "last-words", "hang", "poll", "parent-gone-already"])
+@pytest.mark.parametrize("mode", ["no-last-words", "last-words", "hang", "poll", "stray-signal", "parent-gone-already"])
 def test_a_child_leaves_within_a_second_of_its_parents_death(mode, tmp_path):
     script = tmp_path / "tree.py"
     script.write_text(PARENT_AND_CHILD)
@@ -277,6 +278,11 @@ def test_a_child_leaves_within_a_second_of_its_parents_death(mode, tmp_path):
             assert not (tmp_path / "last-words.tied").exists()
             return
         eventually(lambda: (tmp_path / "last-words.tied").exists())
+        if mode == "stray-signal":
+            # The parent-death signal sent by hand, the parent alive: the child stays.
+            child.send_signal(signal.SIGUSR1)
+            eventually(lambda: "ignored" in (tmp_path / "last-words.log").read_text())
+            assert alive([child])
 
         parent.kill()
         parent.wait(timeout=5)
