@@ -92,13 +92,14 @@ class Lifeline:
         """True when the kernel will signal this process at its parent's death (Linux)."""
         self.last_words: Callable[[float], None] | None = None
         """Run on the watcher thread once the parent is gone, given the seconds left; may be cut short."""
-        self._gone = threading.Lock()
 
     def start(self) -> Lifeline:
         """Tie the process to its parent. Call from the main thread, before any other thread starts."""
         if self.has_last_words:
             # Blocked before any other thread exists, so every thread inherits the
-            # mask and the signal waits for the watcher's sigtimedwait.
+            # mask and the signal waits for the watcher's sigtimedwait. (Were a
+            # thread to have it unblocked, its default action would end the
+            # process: dead all the same, only without last words.)
             signal.pthread_sigmask(signal.SIG_BLOCK, {PARENT_DIED_SIGNAL})
             # The deadline is SIGALRM's default action: no Python code needed to end the process.
             signal.signal(signal.SIGALRM, signal.SIG_DFL)
@@ -128,22 +129,20 @@ class Lifeline:
                 log.warning("%s received while the parent (pid %d) lives: ignored", PARENT_DIED_SIGNAL.name, self.parent_pid)
 
     def _watch(self) -> None:
-        how = self._notice()
-        self.parent_died(how)
+        self._leave(self._notice())
 
-    def parent_died(self, how: str) -> None:
-        """Leave now: last words (if any) within the deadline, then exit. Never returns."""
-        with self._gone:
-            deadline = time.monotonic() + self.deadline_s
-            if hasattr(signal, "setitimer"):
-                signal.setitimer(signal.ITIMER_REAL, self.deadline_s)
-            log.error("the node's main process (pid %d) is gone (%s): exiting", self.parent_pid, how)
-            if self.last_words is not None:
-                try:
-                    self.last_words(max(0.0, deadline - time.monotonic() - 0.1))
-                except Exception as exc:  # noqa: BLE001 - leaving anyway
-                    log.warning("last words before exiting failed: %r", exc)
-            os._exit(1)
+    def _leave(self, how: str) -> None:
+        # Last words (if any) within the deadline, then exit; never returns.
+        deadline = time.monotonic() + self.deadline_s
+        if hasattr(signal, "setitimer"):
+            signal.setitimer(signal.ITIMER_REAL, self.deadline_s)
+        log.error("the node's main process (pid %d) is gone (%s): exiting", self.parent_pid, how)
+        if self.last_words is not None:
+            try:
+                self.last_words(max(0.0, deadline - time.monotonic() - 0.1))
+            except Exception as exc:  # noqa: BLE001 - leaving anyway
+                log.warning("last words before exiting failed: %r", exc)
+        os._exit(1)
 
 
 def tie_to_parent(parent_pid: int, *, has_last_words: bool = False) -> Lifeline:
