@@ -13,7 +13,8 @@ directly.
   exits non-zero, for its supervisor to restart.
 - SIGTERM: the node stops taking calls at once, but a call in flight gets up
   to ``grace_s`` to finish (here a durable Deduct waiting for a ledger that
-  the test keeps locked), and the node then exits 0.
+  the test keeps locked), and the node then exits 0; one still running when
+  the grace ends is cut (UNAVAILABLE: the client retries it elsewhere).
 - The mechanism alone (``_lifeline.py``), in a two-process tree of the
   test's own: the kernel's notice, the polling fallback, last words that
   hang (cut at the deadline), a parent gone before the child tied itself.
@@ -304,3 +305,32 @@ def test_a_child_leaves_within_a_second_of_its_parents_death(mode, tmp_path):
         if child is not None:
             with contextlib.suppress(psutil.NoSuchProcess):
                 child.kill()
+
+
+def test_sigterm_cuts_a_call_still_running_when_grace_ends(redis_server, tmp_path):
+    sku = f"cut-{uuid.uuid4().hex[:8]}"
+    grace_s = 1.0
+    args = ("--grace-s", str(grace_s), "--durable-wait-ms", "30000")
+    with node_process(redis_server.url, tmp_path, workers=2, extra_args=args) as node:
+        put_durable_sku(node.address, sku, stock=5)
+        channel = grpc.insecure_channel(node.address)
+        try:
+            stub = stock_pb2_grpc.StockServiceStub(channel)
+            with ledger_locked(tmp_path):
+                call = stub.Deduct.future(
+                    stock_pb2.DeductRequest(sku_id=sku, user_id="u1", qty=1, request_id="too-slow"), timeout=30
+                )
+                eventually(lambda: confirmed(node.address, sku) == 1)
+                assert node.proc is not None
+                node.proc.send_signal(signal.SIGTERM)
+                signalled_at = time.monotonic()
+
+                # The ledger stays locked: the call cannot finish, and is cut once its grace is over.
+                error = call.exception(timeout=15)
+                cut_after = time.monotonic() - signalled_at
+                assert isinstance(error, grpc.RpcError), error
+                assert error.code() == grpc.StatusCode.UNAVAILABLE  # the client retries it, same request id
+                assert grace_s * 0.8 <= cut_after < grace_s + 4, f"cut {cut_after:.2f} s after SIGTERM"
+            assert node.proc.wait(timeout=30) == 0
+        finally:
+            channel.close()
