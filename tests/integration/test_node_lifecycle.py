@@ -17,7 +17,8 @@ directly.
   the grace ends is cut (UNAVAILABLE: the client retries it elsewhere).
 - The mechanism alone (``_lifeline.py``), in a two-process tree of the
   test's own: the kernel's notice, the polling fallback, last words that
-  hang (cut at the deadline), a parent gone before the child tied itself.
+  hang (cut at the deadline), a parent gone before the child tied itself, a
+  parent-death signal sent by hand while the parent lives (ignored).
 """
 
 from __future__ import annotations
@@ -97,7 +98,7 @@ def refuses_connections(port: int) -> bool:
 
 
 def kill_main_process_only(node: NodeProcess) -> None:
-    """``kill -9 <main pid>``: not its group, so no child is signalled by anyone but the kernel's care."""
+    """``kill -9 <main pid>``: the main process alone, not its group; its children learn of it only by themselves."""
     assert node.proc is not None
     node.proc.send_signal(signal.SIGKILL)
     node.proc.wait(timeout=5)
