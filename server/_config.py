@@ -97,7 +97,12 @@ class NodeConfig:
     )
     redis_pool_size: int = _setting(256, "Most Redis connections per worker process.")
     redis_timeout_s: float = _setting(2.0, "Redis socket timeout, seconds; a timeout answers UNAVAILABLE.")
-    grace_s: float = _setting(5.0, "On SIGTERM: seconds in-flight calls get to finish.")
+    grace_s: float = _setting(
+        5.0,
+        "Shutdown grace, seconds: on SIGTERM (or Ctrl-C) the node stops taking calls at once (its port "
+        "closes) and gives the calls in flight this long to finish, durable ones included (the duties "
+        "process stops after the workers), then cuts them; 0 = cut them at once.",
+    )
     log_level: str = _setting("INFO", "Logging level: DEBUG, INFO, WARNING, ERROR.")
 
     def __post_init__(self) -> None:
@@ -143,6 +148,8 @@ def config_problems(config: NodeConfig) -> list[str]:
     ):
         if getattr(config, name) <= 0:
             out.append(f"{name}: must be > 0")
+    if not 0 <= config.grace_s <= 3600:
+        out.append(f"grace_s: {config.grace_s} is not 0-3600")
     if config.reconcile_interval_s < 0:
         out.append(f"reconcile_interval_s: {config.reconcile_interval_s} is negative")
     if not 0 <= config.coalesce_window_ms <= 100:

@@ -13,6 +13,12 @@ Standalone (no ``etcd``), the node runs the duties of every shard: one such
 node per Redis. In a cluster (``etcd`` set), every node serves every SKU but
 runs the duties only of the shards it owns (``_ownership.py``), fenced by
 their epochs.
+
+The node lives and dies whole (:func:`supervise`): each child ties itself
+to the main process first thing (``_lifeline.py``) and exits within a
+second of its death; SIGTERM stops the workers first (their calls in flight
+get ``grace_s``) and the duties process after them; a child that dies
+stops the others.
 """
 
 from __future__ import annotations
@@ -21,13 +27,15 @@ import asyncio
 import contextlib
 import logging
 import multiprocessing
+import multiprocessing.connection
 import multiprocessing.queues
 import os
 import queue
 import signal
 import socket
 import sys
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Collection
 from dataclasses import replace
 from typing import Any
 
@@ -53,6 +61,7 @@ from ._duties import DutyPolicy, ShardDuties
 from ._durable import PersistWatch
 from ._feed import RedisFeed, TakersLoader
 from ._incarnation import IncarnationGate
+from ._lifeline import Lifeline, tie_to_parent
 from ._metrics import METRICS
 from ._ownership import Ownership
 from ._persister import PersistPolicy
@@ -351,18 +360,38 @@ class Node:
         self.rebuilder.close()
         await asyncio.to_thread(self.ledger.close)
 
-    async def run_until_signalled(self) -> None:
-        """Serve until SIGTERM or SIGINT, then stop gracefully."""
+    async def run_until_signalled(self, lifeline: Lifeline | None = None) -> None:
+        """Serve until SIGTERM or SIGINT, then stop gracefully (:meth:`stop`: calls in flight get ``grace_s``).
+
+        ``lifeline``: this is a child of the node's main process; if that
+        dies, this process exits within a second, and its last words revoke
+        the node's etcd lease (when it holds one), so its shards fail over
+        at once.
+        """
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
+        if lifeline is not None:
+            lifeline.last_words = lambda seconds: self._abandon(loop, seconds)
         await stop.wait()
         try:
             await asyncio.wait_for(self.stop(), timeout=self.config.grace_s + 5)
         except TimeoutError:
             log.error("shutdown took longer than grace_s + 5 s; exiting now")
             os._exit(1)
+
+    def _abandon(self, loop: asyncio.AbstractEventLoop, seconds: float) -> None:
+        # On the lifeline's thread, the main process gone: no time to stop
+        # the duties in order. Revoking the lease frees the shards now; a
+        # duty write racing a successor's claim is refused by the epoch.
+        if self.ownership is None or seconds <= 0:
+            return
+        future = asyncio.run_coroutine_threadsafe(self.ownership.abandon(), loop)
+        try:
+            future.result(timeout=seconds)
+        except Exception as exc:  # noqa: BLE001 - the lease then expires by itself
+            log.warning("could not revoke the etcd lease in %.2f s (it expires by itself): %r", seconds, exc)
 
 
 def _setup_logging(config: NodeConfig) -> None:
@@ -384,7 +413,7 @@ def _run(coro_factory) -> None:  # type: ignore[no-untyped-def]
         uvloop.run(coro_factory())
 
 
-async def _serve_one(config: NodeConfig, worker_index: int, on_ready) -> None:  # type: ignore[no-untyped-def]
+async def _serve_one(config: NodeConfig, worker_index: int, on_ready, lifeline: Lifeline | None = None) -> None:  # type: ignore[no-untyped-def]
     node = Node(config, worker_index)
     try:
         port = await node.start()
@@ -392,19 +421,22 @@ async def _serve_one(config: NodeConfig, worker_index: int, on_ready) -> None:  
         await node.stop(0)
         raise
     on_ready(port)
-    await node.run_until_signalled()
+    await node.run_until_signalled(lifeline)
 
 
 def _announce(config: NodeConfig, port: int) -> None:
     print(f"{READY_LINE} {config.host}:{port} (shards={config.shards}, workers={config.workers})", flush=True)
 
 
-def _worker_main(config: NodeConfig, worker_index: int, ready: multiprocessing.queues.Queue) -> None:
+def _worker_main(config: NodeConfig, worker_index: int, parent_pid: int, ready: multiprocessing.queues.Queue) -> None:
+    # First of all: never outlive the main process (kill -9 of it alone included).
+    runs_duties = worker_index == Node.DUTIES_ONLY or (worker_index == 0 and not config.duties_process)
+    lifeline = tie_to_parent(parent_pid, has_last_words=runs_duties and bool(etcd_endpoints(config)))
     _setup_logging(config)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent turns Ctrl-C into SIGTERM
     name = "the duties process" if worker_index == Node.DUTIES_ONLY else f"worker {worker_index}"
     try:
-        _run(lambda: _serve_one(config, worker_index, ready.put))
+        _run(lambda: _serve_one(config, worker_index, ready.put, lifeline))
     except StartupError as exc:
         log.error("%s cannot start: %s", name, exc)
         sys.exit(2)
@@ -432,10 +464,18 @@ def serve(config: NodeConfig) -> int:
         config = replace(config, port=_free_port(config.host))
     config = replace(config, workers=workers)
     indexes = [*([Node.DUTIES_ONLY] if config.duties_process else []), *range(workers)]
+    duties = "flashstock-duties"
     procs, started = supervise(
-        [(_worker_main, (config, i), f"flashstock-worker-{i}") for i in indexes],
+        [
+            (_worker_main, (config, i, os.getpid()), duties if i == Node.DUTIES_ONLY else f"flashstock-worker-{i}")
+            for i in indexes
+        ],
         on_ready=lambda: _announce(config, config.port),
         failure="flashstock: cannot start: a worker exited during start (see its log above)",
+        # The workers' calls in flight may wait for the ledger (durable mode):
+        # the duties persist it, so they stop only once the workers are done.
+        stop_last=(duties,),
+        stop_last_within=config.grace_s + 10,
     )
     failed = [p for p in procs if p.exitcode not in (0, -signal.SIGTERM)]
     return 2 if not started or failed else 0
@@ -445,30 +485,44 @@ def supervise(
     targets: list[tuple[Callable[..., None], tuple[Any, ...], str]],
     on_ready: Callable[[], None],
     failure: str,
+    *,
+    stop_last: Collection[str] = (),
+    stop_last_within: float = 15.0,
 ) -> tuple[list[multiprocessing.Process], bool]:
     """Start one spawned process per ``(target, args, name)`` and see them through.
 
     Each target gets a queue as its last argument and puts on it once it is
-    ready. SIGTERM and SIGINT are passed on to every process. ``on_ready``
-    runs once all are ready; if one exits first, ``failure`` is printed and
-    the others are stopped. Returns the processes, joined, and whether all
-    became ready.
+    ready. ``on_ready`` runs once all are ready; if one exits first,
+    ``failure`` is printed and the others are stopped. SIGTERM and SIGINT
+    are passed on as SIGTERM: first to the processes not named in
+    ``stop_last``, then, once those have exited (or ``stop_last_within``
+    seconds passed), to the named ones. A process that exits while the
+    others serve stops them all: the group lives and dies whole. Returns
+    the processes, joined, and whether all became ready.
     """
     ctx = multiprocessing.get_context("spawn")
     ready = ctx.Queue()
     procs = [ctx.Process(target=target, args=(*args, ready), name=name) for target, args, name in targets]
+    first = [p for p in procs if p.name not in stop_last]
+    last = [p for p in procs if p.name in stop_last]
     for p in procs:
         p.start()
+    signalled_at: list[float] = []  # when the stop began (a list: set from the signal handler)
 
-    def forward(signum: int, _frame: object) -> None:
-        for p in procs:
+    def terminate(group: list[multiprocessing.Process]) -> None:
+        for p in group:
             if p.is_alive():
                 os.kill(p.pid, signal.SIGTERM)
+
+    def forward(signum: int, _frame: object) -> None:
+        if not signalled_at:
+            signalled_at.append(time.monotonic())
+        terminate(first)
 
     signal.signal(signal.SIGTERM, forward)
     signal.signal(signal.SIGINT, forward)
     started = 0
-    while started < len(procs) and all(p.is_alive() for p in procs):
+    while started < len(procs) and all(p.is_alive() for p in procs) and not signalled_at:
         try:
             ready.get(timeout=0.2)
             started += 1
@@ -476,9 +530,20 @@ def supervise(
             pass
     if started == len(procs):
         on_ready()
-    else:
+    elif not signalled_at:
         print(failure, file=sys.stderr)
         forward(signal.SIGTERM, None)
+    last_signalled = False
+    while any(p.is_alive() for p in procs):
+        multiprocessing.connection.wait([p.sentinel for p in procs if p.is_alive()], timeout=0.2)
+        if not signalled_at and not all(p.is_alive() for p in procs):
+            gone = next(p for p in procs if not p.is_alive())
+            print(f"{gone.name} exited ({gone.exitcode}): stopping the others", file=sys.stderr)
+            forward(signal.SIGTERM, None)
+        if signalled_at and not last_signalled:
+            if not any(p.is_alive() for p in first) or time.monotonic() > signalled_at[0] + stop_last_within:
+                terminate(last)
+                last_signalled = True
     for p in procs:
         p.join()
     return procs, started == len(procs)

@@ -104,6 +104,7 @@ class Ownership:
         self._changed = asyncio.Event()
         self._fenced: set[int] = set()
         self._task: asyncio.Task[None] | None = None
+        self._session: EtcdSession | None = None  # the current one, for abandon()
         self._keep_on_loss = os.environ.get(KEEP_DUTIES_ON_LOSS) == "1"
 
     async def start(self, timeout: float = 10.0) -> None:
@@ -138,6 +139,17 @@ class Ownership:
         if self._client is not None:
             await self._client.close()
 
+    async def abandon(self) -> None:
+        """The node is dying (its main process is gone): revoke the lease now, so its shards fail over at once.
+
+        Unlike :meth:`stop`, the duties are not stopped first (there is no
+        time for it); a duty write that races a successor's claim is refused
+        by the epoch.
+        """
+        session = self._session
+        if session is not None and session.lease_id and self._client is not None:
+            await self._client.revoke_lease(session.lease_id)
+
     # -- the follower ------------------------------------------------------
 
     async def _run(self) -> None:
@@ -145,6 +157,7 @@ class Ownership:
         delay = 0.2
         while True:
             session = EtcdSession(self._client, self.cluster, self.node_id, self._session_config)
+            self._session = session
             try:
                 await session.start()
                 await session.register(self.address)

@@ -22,8 +22,9 @@ def running_node(
     """A started :class:`NodeProcess`, stopped on exit with every worker it forked.
 
     ``NodeProcess.stop`` SIGTERMs the parent, which forwards the signal to its
-    workers; should the parent have to be SIGKILLed, its workers would live
-    on, so any still alive afterwards are killed here.
+    workers; should the parent have to be SIGKILLed, its workers follow it
+    within a second. Any still alive afterwards (a test that broke that
+    promise) are killed here, so no test leaves a process behind.
     """
     node = NodeProcess(redis_url, workers=workers, extra_args=extra_args, ledger=ledger)
     children: list[psutil.Process] = []

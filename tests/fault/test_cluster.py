@@ -15,6 +15,8 @@ nodes, a 2 s lease so failovers are quick) and breaks it:
    one deduction, the same deduction in every answer.
 5. a three-member etcd with one member stopped: the cluster keeps serving
    and failing over.
+6. kill -9 of a node's main process only (not its workers): its children
+   die with it, and its shards move to the survivors within a lease.
 
 And a node cut off from etcd stops its duties by its own deadline (nobody
 tells it), keeps serving, and takes its shards back when etcd returns.
@@ -25,6 +27,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import io
+import os
+import re
+import signal
+import subprocess
+import sys
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -32,6 +39,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import psutil
 import pytest
 from cluster_stack import CLUSTER, SHARDS, ClusterStack
 from helpers import eventually
@@ -307,6 +315,47 @@ def test_one_request_id_on_three_nodes_is_one_deduction(cluster):
             c.close()
     rows = cluster.ledger().deductions_of(["order-42"])
     assert rows["order-42"]["qty"] == 2
+
+
+def flashstock(*args: str) -> str:
+    """Run the ``flashstock`` CLI as an operator would (a process of its own); returns its output."""
+    done = subprocess.run(
+        [sys.executable, "-m", "flashstock.server", *args], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    return done.stdout
+
+
+def test_shards_move_when_a_nodes_main_process_is_killed(cluster):
+    victim = 1
+    victim_shards = cluster.shards_of(victim)
+    assert victim_shards
+    main = cluster.nodes[victim].proc
+    assert main is not None
+    children = psutil.Process(main.pid).children(recursive=True)
+    try:
+        os.kill(main.pid, signal.SIGKILL)  # the main pid only: not its process group, not its workers
+        main.wait(timeout=5)
+        killed_at = time.monotonic()
+
+        def still_running() -> list[psutil.Process]:
+            return [c for c in children if c.is_running() and c.status() != psutil.STATUS_ZOMBIE]
+
+        eventually(still_running, until=lambda procs: not procs, timeout=3, retry_on=(psutil.NoSuchProcess,))
+        owners = cluster.wait_owners(live={0, 2}, timeout=TTL + ELECTION_SLACK_S + 5)
+        failover_s = time.monotonic() - killed_at
+        assert failover_s <= TTL + ELECTION_SLACK_S, f"the shards of the killed node moved only after {failover_s:.1f} s"
+        eventually(lambda: redis_epochs(cluster, victim_shards) == {s: owners[s].epoch for s in victim_shards})
+
+        etcd_args = ("--etcd", cluster.endpoints, "--cluster", CLUSTER)
+        shown = flashstock("shards", "map", *etcd_args)
+        listed = set(re.findall(r"\bnode-\d+\b", shown))
+        assert listed == {cluster.node_ids[0], cluster.node_ids[2]}, shown
+        assert cluster.node_ids[victim] not in flashstock("nodes", "ls", *etcd_args)
+    finally:
+        for child in children:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                child.kill()
 
 
 @pytest.fixture

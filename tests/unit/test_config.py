@@ -33,6 +33,7 @@ def test_config_file_from_env_and_a_named_table(tmp_path):
         ({"FLASHSTOCK_REDIS_URL": "http://x"}, "redis_url"),
         ({"FLASHSTOCK_SHARDS": "0"}, "shards"),
         ({"FLASHSTOCK_LOG_LEVEL": "LOUD"}, "log_level"),
+        ({"FLASHSTOCK_GRACE_S": "-1"}, "grace_s"),
     ],
 )
 def test_a_bad_setting_is_named(env, setting):
