@@ -33,6 +33,7 @@ __all__ = [
     "metric",
     "no_hold_due_soon",
     "redis_now_ms",
+    "varint",
 ]
 
 BACKGROUND_COMMANDS = frozenset({"time", "zrange", "hget", "xread", "xlen", "multi", "exec"})
@@ -150,3 +151,13 @@ def metric(port: int, name: str) -> float:
         text = response.read().decode()
     pattern = re.compile(rf"^{re.escape(name)}(?:{{[^}}]*}})? (\S+)$", re.M)
     return sum(float(v) for v in pattern.findall(text))
+
+
+def varint(n: int) -> bytes:
+    """``n`` as a protobuf base-128 varint (to write malformed messages by hand)."""
+    out = b""
+    while True:
+        byte, n = n & 0x7F, n >> 7
+        out += bytes([byte | (0x80 if n else 0)])
+        if not n:
+            return out

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 import grpc
 import pytest
 import redis as redis_py
-from helpers import eventually
+from helpers import eventually, varint
 from own_stack import redis_server  # noqa: F401 - this module's own Redis
 from processes import QUIET, running_node
 
@@ -78,15 +78,6 @@ def put(admin, sku_id: str, **fields) -> admin_pb2.Sku:  # type: ignore[no-untyp
 def node_log(node: NodeProcess) -> str:
     assert node.log_path is not None
     return node.log_path.read_text(errors="replace")
-
-
-def varint(n: int) -> bytes:
-    out = b""
-    while True:
-        byte, n = n & 0x7F, n >> 7
-        out += bytes([byte | (0x80 if n else 0)])
-        if not n:
-            return out
 
 
 MALFORMED = {

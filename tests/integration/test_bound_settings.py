@@ -19,6 +19,7 @@ import psutil
 import pytest
 import redis as redis_py
 from helpers import eventually
+from processes import stop_tree
 
 from flashstock.lockmgr import CONFIG_KEY, shard_of
 from flashstock.server._procs import NodeProcess, ProcessError, RedisServer
@@ -63,13 +64,7 @@ class Nodes:
             children = []
             with contextlib.suppress(Exception):
                 children = psutil.Process(node.pid).children(recursive=True) if node.proc else []
-            node.stop()
-            for child in children:
-                with contextlib.suppress(psutil.NoSuchProcess):
-                    child.kill()
-            if node.log_path is not None:
-                with contextlib.suppress(OSError):
-                    node.log_path.unlink()
+            stop_tree(node, children)
 
 
 @pytest.fixture

@@ -33,6 +33,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from hypothesis import HealthCheck, Phase, given, seed, settings
 from hypothesis import strategies as st
+from helpers import varint
 from own_stack import redis_server  # noqa: F401 - this module's own Redis
 from processes import QUIET, running_node
 
@@ -168,15 +169,6 @@ def plausible_message(cls: Any) -> st.SearchStrategy[Any]:
 def request(cls: Any) -> st.SearchStrategy[Any]:
     """A request of type ``cls``: plausible (one field perhaps odd) or wild."""
     return st.one_of(plausible_message(cls), wild_message(cls))
-
-
-def varint(n: int) -> bytes:
-    out = b""
-    while True:
-        byte, n = n & 0x7F, n >> 7
-        out += bytes([byte | (0x80 if n else 0)])
-        if not n:
-            return out
 
 
 def malformed(cls: Any) -> st.SearchStrategy[bytes]:

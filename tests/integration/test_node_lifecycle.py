@@ -39,6 +39,7 @@ import grpc
 import psutil
 import pytest
 from helpers import eventually
+from processes import running_node
 
 from flashstock.lockmgr import etcd_client, live_nodes, owners
 from flashstock.server._procs import NodeProcess, RedisServer
@@ -58,24 +59,10 @@ def redis_server() -> Iterator[RedisServer]:
         yield server
 
 
-@contextlib.contextmanager
-def node_process(redis_url: str, data_dir: Path, *, workers: int, extra_args: tuple[str, ...] = ()) -> Iterator[NodeProcess]:
+def node_process(redis_url: str, data_dir: Path, *, workers: int, extra_args: tuple[str, ...] = ()):
     """A started ``flashstock serve``; afterwards every process of its tree is killed, whatever the test did to it."""
     # Few shards: a node starts faster (its warden looks at each at start).
-    node = NodeProcess(redis_url, workers=workers, shards=8, data_dir=data_dir, extra_args=extra_args)
-    children: list[psutil.Process] = []
-    try:
-        node.start()
-        children = psutil.Process(node.pid).children(recursive=True)
-        yield node
-    finally:
-        node.stop()
-        for child in children:
-            with contextlib.suppress(psutil.NoSuchProcess):
-                child.kill()
-        if node.log_path is not None:
-            with contextlib.suppress(OSError):
-                node.log_path.unlink()
+    return running_node(redis_url, workers=workers, extra_args=extra_args, shards=8, data_dir=data_dir)
 
 
 def alive(processes: list[psutil.Process]) -> list[psutil.Process]:
