@@ -19,7 +19,7 @@ from collections.abc import Awaitable, Callable
 
 import redis.asyncio as aioredis
 
-from flashstock.lockmgr import PERSISTED_CHANNEL, SOLD_OUT_CHANNEL, ShardKeys, shard_of
+from flashstock.lockmgr import PERSISTED_CHANNEL, SHARD_READY, SOLD_OUT_CHANNEL, ShardKeys, shard_of
 
 from ._durable import PersistWatch
 from ._soldout import SoldOutBook
@@ -28,6 +28,10 @@ log = logging.getLogger(__name__)
 
 CHECK_EVERY_S = 5.0
 """How often the feed runs its ``check`` while connected (one HGETALL: see ``_binding.py``)."""
+
+
+class _ShardNotReady(Exception):
+    """The SKU's shard is being rebuilt: its records are not all back yet."""
 
 
 class TakersLoader:
@@ -40,6 +44,9 @@ class TakersLoader:
     is sold out no request can take its units, so no taker is missed. A
     failed load leaves the SKU answered by Redis (slower, always right).
     """
+
+    PATIENCE_S = 30.0
+    """How long a load waits for a shard being rebuilt (its records are installed after its SKUs)."""
 
     def __init__(self, redis: aioredis.Redis, book: SoldOutBook, shards: int, record_ttl_ms: int) -> None:
         self._redis = redis
@@ -60,7 +67,8 @@ class TakersLoader:
 
     async def _load(self, sku_id: str, version: int) -> None:
         delay = 0.05
-        for _ in range(5):
+        deadline = asyncio.get_running_loop().time() + self.PATIENCE_S
+        while True:
             try:
                 async with self._gate:
                     takers = await self._read(sku_id, version)
@@ -70,9 +78,12 @@ class TakersLoader:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # noqa: BLE001 - the SKU stays answered by Redis
+                if asyncio.get_running_loop().time() > deadline:
+                    log.warning("takers of %s not loaded (%s): its refusals go to Redis", sku_id, exc)
+                    return
                 log.debug("takers of %s: %s; trying again", sku_id, exc)
                 await asyncio.sleep(delay)
-                delay *= 2
+                delay = min(delay * 2, 0.5)
 
     async def _read(self, sku_id: str, version: int) -> frozenset[str] | None:
         """The takers, or None when the SKU is no longer sold out at ``version``."""
@@ -80,7 +91,11 @@ class TakersLoader:
         async with self._redis.pipeline(transaction=False) as pipe:
             pipe.time()
             pipe.hmget(keys.sku(sku_id), "sv", "avail")
-            (seconds, micros), (sv, avail) = await pipe.execute()
+            pipe.hget(keys.meta, "state")
+            (seconds, micros), (sv, avail), state = await pipe.execute()
+        if state != SHARD_READY:
+            # Being rebuilt: its SKUs (and their sell-outs) come back before its records.
+            raise _ShardNotReady(f"shard {keys.shard} is not whole")
         if sv is None or int(sv) != version or int(avail or 0) > 0:
             return None
         generation = (seconds * 1000 + micros // 1000) // self._record_ttl_ms
@@ -89,8 +104,14 @@ class TakersLoader:
             # (HSCAN NOVALUES needs Redis 7.4; Debian 12 ships 7.0.)
             async for field, _record in self._redis.hscan_iter(bucket, count=1000):
                 takers.add(field.decode())
-        if await self._redis.hget(keys.sku(sku_id), "sv") != sv:
-            return None  # restocked meanwhile: the newer news brings its own load
+        async with self._redis.pipeline(transaction=False) as pipe:
+            pipe.hget(keys.sku(sku_id), "sv")
+            pipe.hget(keys.meta, "state")
+            sv_after, state_after = await pipe.execute()
+        if state_after != SHARD_READY:
+            raise _ShardNotReady(f"shard {keys.shard} was being rebuilt")
+        if sv_after != sv:
+            return None  # restocked (or rebuilt) meanwhile: the newer news brings its own load
         return frozenset(takers)
 
 

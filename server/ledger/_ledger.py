@@ -13,6 +13,7 @@ loop.
 from __future__ import annotations
 
 import sqlite3
+import time
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
@@ -252,9 +253,21 @@ class Ledger:
     def _use_wal(self) -> None:
         # WAL: readers (rebuild, reports, other workers) never block the
         # persister. It is a property of the file, set once it is ours.
-        if self._dialect == "sqlite":
-            with self.engine.connect() as conn:
-                conn.exec_driver_sql("PRAGMA journal_mode=WAL")
+        if self._dialect != "sqlite":
+            return
+        # Switching the journal needs the file to itself, and SQLite answers
+        # "locked" at once (no busy wait) while another process of a node
+        # starting beside this one migrates or switches it: try again.
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                with self.engine.connect() as conn:
+                    conn.exec_driver_sql("PRAGMA journal_mode=WAL")
+                return
+            except sa.exc.OperationalError as exc:
+                if "locked" not in str(exc.orig) or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
 
     def identity(self) -> str:
         """The ledger's identity: a UUID made with its schema (``ledger_meta.ledger_id``).
