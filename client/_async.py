@@ -143,9 +143,9 @@ class AsyncStockClient:
     Every mutating method takes a ``request_id``; give your own (an order id)
     to make your own retries safe, or let the client make one. The client
     retries UNAVAILABLE and DEADLINE_EXCEEDED with the same id, so a retry
-    never takes units twice. Pass ``retry=True`` when you send a request id
-    that you may have sent before: a node then consults the record even for
-    a sold-out SKU, and you get the first answer.
+    never takes units twice. A request id you send again gets its first
+    answer (DUPLICATE), also once the SKU is sold out; ``retry=True`` only
+    tells the node to ask Redis at once.
     """
 
     RPCS = {

@@ -62,9 +62,12 @@ class ShardKeys:
         """
         return f"{self.prefix}r:{generation}:{sku_id}"
 
-    def admin_record(self, request_id: str) -> str:
-        """Marks an admin request as applied, for idempotent admin calls."""
-        return f"{self.prefix}a:{request_id}"
+    def admin_record(self, sku_id: str, request_id: str) -> str:
+        """Marks an admin request as applied, for idempotent admin calls; an id's scope is its SKU.
+
+        The SKU id's length comes first, so no other (sku_id, request_id) pair names the same key.
+        """
+        return f"{self.prefix}a:{len(sku_id.encode())}:{sku_id}:{request_id}"
 
     @property
     def log(self) -> str:

@@ -362,7 +362,7 @@ class StockStore:
 
         async def call() -> Answer[AdminResult]:
             raw = await self._scripts.put_sku(
-                keys=[k.sku(sku_id), k.users(sku_id), k.sold_out, k.admin_record(request_id), k.log],
+                keys=[k.sku(sku_id), k.users(sku_id), k.sold_out, k.admin_record(sku_id, request_id), k.log],
                 args=[
                     sku_id,
                     stock,
@@ -386,7 +386,7 @@ class StockStore:
 
         async def call() -> Answer[AdminResult]:
             raw = await self._scripts.adjust_sku(
-                keys=[k.sku(sku_id), k.sold_out, k.admin_record(request_id), k.log],
+                keys=[k.sku(sku_id), k.sold_out, k.admin_record(sku_id, request_id), k.log],
                 args=[sku_id, op, delta, self._limits.request_ttl_s, k.prefix, MAX_STOCK],
             )
             return _replies.admin_result(raw, sku_id, k.shard, request_id)
