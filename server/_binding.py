@@ -110,19 +110,23 @@ def explain(error: SettingMismatch | ShardCountMismatch) -> str:
     return f"{error}: {advice[setting]}" if isinstance(error, SettingMismatch) else str(error)
 
 
-async def bind_in_redis(redis: aioredis.Redis, script: AsyncScript, mine: BoundSettings) -> bool:
+async def bind_in_redis(
+    redis: aioredis.Redis, script: AsyncScript, mine: BoundSettings, check_placement: bool = True
+) -> bool:
     """Compare with, or make, the Redis binding; True when this call made it.
 
     Raises :class:`SettingMismatch` for a setting that differs. A bound Redis
     costs one HGETALL (this runs again every few seconds); an unbound one
     that holds SKUs (from before the binding) is checked for where its SKUs
-    live before it is bound.
+    live before it is bound (``check_placement``; a running node that finds
+    the binding gone after a Redis loss binds again without: the SKUs then
+    in Redis are the ones rebuilt since, by nodes bound as it is).
     """
     bound = {k.decode(): v.decode() for k, v in (await redis.hgetall(CONFIG_KEY)).items()}
     if set(bound) >= set(mine.fields()):
         created = False
     else:
-        if not bound:
+        if not bound and check_placement:
             await _check_placement(redis, mine.shards)
         reply = await script(keys=[CONFIG_KEY], args=[x for pair in mine.fields().items() for x in pair])
         created = bool(reply[0])
@@ -145,15 +149,19 @@ async def _check_placement(redis: aioredis.Redis, shards: int) -> None:
         here = await pipe.execute()
     for sku_id in (s for s, found in zip(sampled, here) if not found):
         # A SKU whose keys are nowhere lost its state (a rebuild brings it
-        # back): it says nothing. One found under another count does.
-        for count in await _counts_placing(redis, sku_id):
+        # back): it says nothing; nor does one that a rebuild has just put
+        # where this count puts it. One found only under another count does.
+        counts = await _counts_placing(redis, sku_id)
+        if shards in counts:
+            continue
+        for count in counts:
             if await _all_placed(redis, sampled, count):
                 raise SettingMismatch(
                     "shards", str(shards), str(count), "Redis",
                     f"where its SKUs are, e.g. {sku_id!r} under shard {stable_hash(sku_id) % count} of {count}: "
                     "a Redis from before settings were bound",
                 )
-        if await _counts_placing(redis, sku_id):
+        if counts:
             raise SettingMismatch(
                 "shards", str(shards), "another count", "Redis",
                 f"SKU {sku_id!r} is not under shard {stable_hash(sku_id) % shards} but elsewhere: "

@@ -263,7 +263,7 @@ class Node:
         """
         assert self._bound is not None
         try:
-            if await bind_in_redis(self.redis, self.store.scripts.bind, self._bound):
+            if await bind_in_redis(self.redis, self.store.scripts.bind, self._bound, check_placement=False):
                 log.warning("Redis had lost the bound settings (%s): bound this node's again", CONFIG_KEY)
         except SettingMismatch as exc:
             if self._refused is None:
