@@ -119,6 +119,9 @@ def install_steps(snap: ShardSnapshot, chunk: int) -> list[tuple[str, str]]:
     ]
     for start in range(0, len(settles), chunk):
         steps.append(("settles", json.dumps(settles[start : start + chunk])))
+    admin = [list(a) for a in snap.admin]
+    for start in range(0, len(admin), chunk):
+        steps.append(("admin", json.dumps(admin[start : start + chunk])))
     return steps
 
 

@@ -373,6 +373,7 @@ class StockStore:
                     "durable" if mode is Mode.DURABLE else "fast",
                     self._limits.request_ttl_s,
                     k.prefix,
+                    request_id,
                 ],
             )
             return _replies.admin_result(raw, sku_id, k.shard, request_id)
@@ -387,7 +388,7 @@ class StockStore:
         async def call() -> Answer[AdminResult]:
             raw = await self._scripts.adjust_sku(
                 keys=[k.sku(sku_id), k.sold_out, k.admin_record(sku_id, request_id), k.log],
-                args=[sku_id, op, delta, self._limits.request_ttl_s, k.prefix, MAX_STOCK],
+                args=[sku_id, op, delta, self._limits.request_ttl_s, k.prefix, MAX_STOCK, request_id],
             )
             return _replies.admin_result(raw, sku_id, k.shard, request_id)
 

@@ -25,9 +25,9 @@ from sqlalchemy.engine import Connection, Engine
 
 from flashstock.client import FlashstockError
 
-from ._schema import STATES, deductions, ledger_meta, persister_cursors, shard_epochs, shard_generations, skus
+from ._schema import STATES, admin_requests, deductions, ledger_meta, persister_cursors, shard_epochs, shard_generations, skus
 
-HEAD = "0003"
+HEAD = "0004"
 """The schema revision this code reads and writes."""
 
 
@@ -221,6 +221,8 @@ class ShardSnapshot:
     epoch: int = 0
     """The highest owner epoch the ledger has seen for the shard (0: none):
     a rebuilt Redis fences off owners older than it, as the ledger does."""
+    admin: list[tuple[str, str, str, int]] = field(default_factory=list)
+    """Admin calls applied within the retry window: (sku_id, request_id, fingerprint, applied_ms)."""
 
 
 _STATE_OF = STATES
@@ -410,6 +412,11 @@ class Ledger:
 
     def _apply_sku_op(self, conn: Connection, shard: int, event: str, f: dict[str, str], at_ms: int) -> None:
         sku_id = f["k"]
+        if f.get("r"):  # the admin call itself, for its resends after a Redis loss (entries of older nodes lack it)
+            row = {"sku_id": sku_id, "request_id": f["r"], "fingerprint": f.get("f", ""), "applied_ms": at_ms}
+            conn.execute(
+                self._insert(admin_requests).values(**row).on_conflict_do_nothing(index_elements=["sku_id", "request_id"])
+            )
         if event == "P":
             row = {
                 "sku_id": sku_id,
@@ -562,6 +569,15 @@ class Ledger:
                     r.updated_ms,
                 )
                 for r in rows
+            ]
+            a = admin_requests.c
+            snap.admin = [
+                (r.sku_id, r.request_id, r.fingerprint, int(r.applied_ms))
+                for r in conn.execute(
+                    sa.select(a.sku_id, a.request_id, a.fingerprint, a.applied_ms)
+                    .select_from(admin_requests.join(skus, a.sku_id == s.sku_id))
+                    .where(s.shard == shard, a.applied_ms >= records_since_ms)
+                )
             ]
         return snap
 

@@ -64,6 +64,17 @@ deductions = sa.Table(
     sa.Index("ix_deductions_shard_state", "shard", "state"),
 )
 
+admin_requests = sa.Table(
+    "admin_requests",
+    metadata,
+    sa.Column("sku_id", ID, primary_key=True),
+    sa.Column("request_id", sa.String(160), primary_key=True, comment="The PutSku/AdjustStock/PauseSku/ResumeSku request id."),
+    sa.Column("fingerprint", sa.String(40), nullable=False, comment="SHA-1 of the call's arguments: a resend with others is refused."),
+    sa.Column("applied_ms", sa.BigInteger, nullable=False, comment="When it was applied (Redis clock)."),
+    sa.Index("ix_admin_requests_applied", "applied_ms"),
+)
+"""Admin calls that took effect, so a rebuilt Redis still answers their resends as duplicates."""
+
 persister_cursors = sa.Table(
     "persister_cursors",
     metadata,

@@ -11,6 +11,8 @@
 -- ARGV[3] delta (adjust)  ARGV[4] admin ttl s
 -- ARGV[5] key prefix of the shard ('fs:{s<n>}:')
 -- ARGV[6] the most units a SKU may hold (flashstock.server._validate.MAX_STOCK)
+-- ARGV[7] request_id (logged with the call's fingerprint: the ledger keeps
+--         both, so a resend after a Redis loss still changes nothing)
 --
 -- Returns {code, log_id, HGETALL of the sku hash...}, code one of
 --   OK, DUP (applied before; nothing changed; log_id the log's tail), NO_SKU,
@@ -26,7 +28,7 @@ end
 if not shard_ready(ARGV[5]) then return {'NO_SHARD'} end
 if redis.call('EXISTS', KEYS[1]) == 0 then return {'NO_SKU'} end
 local op = ARGV[2]
-local fingerprint = table.concat({op, ARGV[1], op == 'adjust' and ARGV[3] or ''}, '\0')
+local fingerprint = redis.sha1hex(table.concat({op, ARGV[1], op == 'adjust' and ARGV[3] or ''}, '\0'))
 local seen = redis.call('GET', KEYS[3])
 if seen and seen ~= fingerprint then return {'MISMATCH'} end
 if seen then return answer('DUP', log_tail(KEYS[4])) end
@@ -42,10 +44,10 @@ if op == 'adjust' then
   local new_total = redis.call('HINCRBY', KEYS[1], 'total', ARGV[3])
   local avail = redis.call('HINCRBY', KEYS[1], 'avail', ARGV[3])
   announce(KEYS[1], KEYS[2], ARGV[1], was, avail, true)
-  log_id = redis.call('XADD', KEYS[4], '*', 't', 'A', 'k', ARGV[1], 'q', new_total)
+  log_id = redis.call('XADD', KEYS[4], '*', 't', 'A', 'k', ARGV[1], 'q', new_total, 'r', ARGV[7], 'f', fingerprint)
 else
   redis.call('HSET', KEYS[1], 'paused', op == 'pause' and 1 or 0)
-  log_id = redis.call('XADD', KEYS[4], '*', 't', op == 'pause' and 'Z' or 'U', 'k', ARGV[1])
+  log_id = redis.call('XADD', KEYS[4], '*', 't', op == 'pause' and 'Z' or 'U', 'k', ARGV[1], 'r', ARGV[7], 'f', fingerprint)
 end
 redis.call('SET', KEYS[3], fingerprint, 'EX', tonumber(ARGV[4]))
 return answer('OK', log_id)

@@ -3,20 +3,22 @@
 -- Counters and per-user counts start from zero; holds of the previous sale
 -- give their units back to nobody (their `sale` no longer matches). The
 -- definition goes to the shard log (event P, absolute values, so applying
--- it twice changes nothing) for the ledger.
+-- it twice changes nothing) for the ledger, with the request id and the
+-- call's fingerprint: the ledger keeps them, so a rebuild brings the admin
+-- record back and a resend after a Redis loss still changes nothing.
 --
 -- KEYS[1] sku hash  KEYS[2] users hash  KEYS[3] sold-out hash
 -- KEYS[4] admin record of request_id  KEYS[5] shard log
 -- ARGV[1] sku_id  ARGV[2] stock  ARGV[3] per-user limit  ARGV[4] max per request
 -- ARGV[5] sale start ms  ARGV[6] sale end ms  ARGV[7] mode  ARGV[8] admin ttl s
--- ARGV[9] key prefix of the shard ('fs:{s<n>}:')
+-- ARGV[9] key prefix of the shard ('fs:{s<n>}:')   ARGV[10] request_id
 --
 -- Returns {code, log_id, HGETALL of the sku hash...}, code one of
 --   OK, DUP (applied before; nothing changed; log_id the log's tail),
 --   MISMATCH (the request_id was applied before to another call),
 --   NO_SHARD (the shard's state is missing: rebuild it, then send again)
 if not shard_ready(ARGV[9]) then return {'NO_SHARD'} end
-local fingerprint = table.concat({'put', ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7]}, '\0')
+local fingerprint = redis.sha1hex(table.concat({'put', ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7]}, '\0'))
 local seen = redis.call('GET', KEYS[4])
 if seen and seen ~= fingerprint then return {'MISMATCH'} end
 local function answer(code, log_id)
@@ -38,6 +40,7 @@ redis.call('HSET', KEYS[1], 'avail', ARGV[2], 'total', ARGV[2], 'held', 0, 'conf
            'paused', 0, 'mode', ARGV[7], 'sv', old[1] or '0', 'sale', sale)
 announce(KEYS[1], KEYS[3], ARGV[1], stock, stock, true)
 local log_id = redis.call('XADD', KEYS[5], '*', 't', 'P', 'k', ARGV[1], 'q', ARGV[2], 'lim', ARGV[3],
-                          'maxq', ARGV[4], 'start', ARGV[5], 'end', ARGV[6], 'mode', ARGV[7], 's', sale)
+                          'maxq', ARGV[4], 'start', ARGV[5], 'end', ARGV[6], 'mode', ARGV[7], 's', sale,
+                          'r', ARGV[10], 'f', fingerprint)
 redis.call('SET', KEYS[4], fingerprint, 'EX', tonumber(ARGV[8]))
 return answer('OK', log_id)

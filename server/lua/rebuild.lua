@@ -7,7 +7,7 @@
 -- a newer rebuild. Requests see the shard as missing until 'commit'.
 --
 -- KEYS[1] shard meta hash   KEYS[2] the rebuild mutex key
--- ARGV[1] step: 'begin' | 'sku' | 'users' | 'records' | 'settles' | 'commit'
+-- ARGV[1] step: 'begin' | 'sku' | 'users' | 'records' | 'settles' | 'admin' | 'commit'
 -- ARGV[2] mutex token   ARGV[3] generation being installed
 -- ARGV[4] key prefix of the shard ('fs:{s<n>}:')   ARGV[5] record ttl ms
 -- begin:   ARGV[6] the generation read before loading the ledger ('' = none)
@@ -23,6 +23,8 @@
 --                         taken_ms, exp_ms, closer, sale, batch fingerprint], ...]
 -- settles: ARGV[6] JSON [[sku, request_id, 'C' | 'R', hold_id, at_ms], ...]:
 --          the Confirm/Release calls that took effect, recorded under their ids
+-- admin:   ARGV[6] JSON [[sku, request_id, fingerprint, applied_ms], ...]: the
+--          admin calls applied within the retry window, so a resend changes nothing
 --
 -- Returns 'OK', 'STALE' (the mutex is not ours any more, or another
 -- generation is in place: nothing was written) or 'FENCED' (begin: a newer
@@ -93,6 +95,17 @@ if step == 'records' then
   for _, r in ipairs(cjson.decode(ARGV[6])) do
     restore(r[6], r[1], r[7], {r[2], r[3], r[4], r[5], r[6], r[7], r[8], r[9], r[10], r[11]})
     if r[3] == 'H' then redis.call('ZADD', prefix .. 'hx', r[8], hold_member(r[6], r[1])) end
+  end
+  return 'OK'
+end
+
+if step == 'admin' then
+  for _, r in ipairs(cjson.decode(ARGV[6])) do
+    -- The key of ShardKeys.admin_record; it lives request ttl from when the call was applied.
+    local left = r[4] + ttl_ms - now
+    if left > 0 then
+      redis.call('SET', prefix .. 'a:' .. #r[1] .. ':' .. r[1] .. ':' .. r[2], r[3], 'PX', string.format('%d', left))
+    end
   end
   return 'OK'
 end

@@ -215,3 +215,25 @@ async def test_a_hold_of_an_earlier_sale_confirms_nothing_and_is_closed_in_the_l
     assert line["sold"] == 1 and line["held"] == 0, line
     level = await stranger.call("GetStock", sku_id=sku)
     assert (level.total, level.available, level.held, level.confirmed) == (1, 0, 0, 1)
+
+
+async def test_an_admin_change_resent_after_a_redis_loss_changes_nothing(stranger, ledger, node, redis_server):  # noqa: F811
+    sku = f"admin-{uuid.uuid4().hex[:8]}"
+    put_id, adjust_id, pause_id = (f"{x}-{uuid.uuid4().hex}" for x in ("put", "adjust", "pause"))
+    await answered(stranger, "PutSku", sku_id=sku, stock=5, request_id=put_id)
+    for i in range(3):
+        took = await stranger.call("Deduct", sku_id=sku, user_id=f"u{i}", qty=1, request_id=f"{sku}-order-{i}")
+        assert stranger.outcome(took) == "OUTCOME_OK"
+    await answered(stranger, "AdjustStock", sku_id=sku, delta=2, request_id=adjust_id)
+    await answered(stranger, "PauseSku", sku_id=sku, request_id=pause_id)
+    await aeventually(lambda: len(ledger.deductions_of([f"{sku}-order-{i}" for i in range(3)], sku_id=sku)) == 3)
+
+    flush_redis(redis_server)  # the admin records are gone from Redis; the ledger brings them back
+
+    again = await answered(stranger, "PutSku", sku_id=sku, stock=5, request_id=put_id)
+    assert again.duplicate  # not a second sale: the 3 units sold stay sold
+    assert (await answered(stranger, "AdjustStock", sku_id=sku, delta=2, request_id=adjust_id)).duplicate
+    assert (await answered(stranger, "PauseSku", sku_id=sku, request_id=pause_id)).duplicate
+    await refused_as_reused(stranger.call("PutSku", sku_id=sku, stock=9, request_id=put_id))
+    level = await stranger.call("GetSku", sku_id=sku)
+    assert (level.sku.total, level.sku.available, level.sku.confirmed, level.sku.paused) == (7, 4, 3, True)
