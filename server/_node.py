@@ -87,12 +87,17 @@ class Node:
     DUTIES_ONLY = -1
     """The worker index of the process that runs the duties and serves nothing."""
 
+    @classmethod
+    def duties_run_in(cls, config: NodeConfig, worker_index: int) -> bool:
+        """True for the one process of a node that runs its duties: the duties process, or worker 0 without one."""
+        return worker_index == cls.DUTIES_ONLY or (worker_index == 0 and not config.duties_process)
+
     def __init__(self, config: NodeConfig, worker_index: int = 0) -> None:
         self.config = config
         self.worker_index = worker_index
         self.serving = worker_index != self.DUTIES_ONLY
         """True for a process that serves gRPC."""
-        self.runs_duties = worker_index == self.DUTIES_ONLY or (worker_index == 0 and not config.duties_process)
+        self.runs_duties = self.duties_run_in(config, worker_index)
         """True for the one process of the node that runs the duties."""
         self.book = SoldOutBook()
         self.watch = PersistWatch()
@@ -430,8 +435,9 @@ def _announce(config: NodeConfig, port: int) -> None:
 
 def _worker_main(config: NodeConfig, worker_index: int, parent_pid: int, ready: multiprocessing.queues.Queue) -> None:
     # First of all: never outlive the main process (kill -9 of it alone included).
-    runs_duties = worker_index == Node.DUTIES_ONLY or (worker_index == 0 and not config.duties_process)
-    lifeline = tie_to_parent(parent_pid, has_last_words=runs_duties and bool(etcd_endpoints(config)))
+    lifeline = tie_to_parent(
+        parent_pid, has_last_words=Node.duties_run_in(config, worker_index) and bool(etcd_endpoints(config))
+    )
     _setup_logging(config)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent turns Ctrl-C into SIGTERM
     name = "the duties process" if worker_index == Node.DUTIES_ONLY else f"worker {worker_index}"

@@ -71,6 +71,10 @@ class Stranger:
         stub = channel.unary_unary(path, request_serializer=request_type.SerializeToString, response_deserializer=reply_type.FromString)
         return await stub(request_type(**fields), timeout=timeout)
 
+    def enum_number(self, enum: str, name: str) -> int:
+        """The number of value ``name`` of enum ``enum`` (e.g. ``"Mode"``, ``"MODE_DURABLE"``), from reflection."""
+        return self._pool.FindEnumTypeByName(f"{self._package}.{enum}").values_by_name[name].number
+
     def outcome(self, reply: Any) -> str:
         """The name of a reply's outcome, e.g. ``"OUTCOME_DUPLICATE"``."""
         return self._outcomes.values_by_number[reply.outcome].name

@@ -113,7 +113,7 @@ async def test_unmarked_resends_around_the_sell_out_get_their_first_answer(stran
 
 async def test_resends_of_acknowledged_durable_deductions_after_a_redis_loss(cluster: ClusterStack, stranger) -> None:
     sku = f"durable-crowd-{uuid.uuid4().hex[:8]}"
-    durable = stranger._pool.FindEnumTypeByName("flashstock.v1.Mode").values_by_name["MODE_DURABLE"].number
+    durable = stranger.enum_number("Mode", "MODE_DURABLE")
     await stranger.call("PutSku", sku_id=sku, stock=150, mode=durable, request_id=f"put-{sku}")
     orders = [f"{sku}-{i}" for i in range(400)]
     sends: list[tuple[str, object]] = []

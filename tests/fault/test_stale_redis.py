@@ -89,7 +89,7 @@ async def test_redis_restarted_from_an_older_aof_is_rebuilt_from_the_ledger(tmp_
     try:
         node.start()
         stranger = Stranger([node.address])
-        durable = stranger._pool.FindEnumTypeByName("flashstock.v1.Mode").values_by_name["MODE_DURABLE"].number
+        durable = stranger.enum_number("Mode", "MODE_DURABLE")
         for sku, stock in STOCK.items():
             await stranger.call(
                 "PutSku", sku_id=sku, stock=stock, request_id=f"put-{sku}", mode=durable if sku == DURABLE else 0
