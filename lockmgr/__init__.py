@@ -1,7 +1,7 @@
 """Coordination: shard placement, etcd membership, leases, shard owners and epochs.
 
-- Which shard a SKU lives in, and the Redis key names of a shard
-  (:func:`shard_of`, :class:`ShardKeys`).
+- Which shard a SKU lives in (:func:`shard_of`); the Redis key names of a
+  shard are the store's (``flashstock.server.store.keys``).
 - Which live node should own each shard: rendezvous hashing with the
   operator's pins and drains (:func:`assign`, pure).
 - A node's etcd session: one lease, kept alive, that says when it is lost
@@ -24,27 +24,11 @@ from ._errors import CoordinationError, LeaseLost, NodeIdTaken, SettingMismatch,
 from ._keys import ClusterKeys
 from ._owner import ShardLease, ShardOwner, claim, owner_compare, owners, release, watch_owners
 from ._session import DEFAULT_SESSION, EtcdSession, NodeInfo, SessionConfig, live_nodes, watch_nodes
-from ._shards import (
-    CONFIG_KEY,
-    DEFAULT_SHARDS,
-    PERSISTED_CHANNEL,
-    SHARD_READY,
-    SKU_INDEX_KEY,
-    SOLD_OUT_CHANNEL,
-    ShardKeys,
-    shard_of,
-    shard_ranges,
-    stable_hash,
-)
+from ._shards import DEFAULT_SHARDS, shard_of, shard_ranges, stable_hash
 
 __all__ = [
-    "CONFIG_KEY",
     "DEFAULT_SESSION",
     "DEFAULT_SHARDS",
-    "PERSISTED_CHANNEL",
-    "SHARD_READY",
-    "SKU_INDEX_KEY",
-    "SOLD_OUT_CHANNEL",
     "ClusterKeys",
     "CoordinationError",
     "EtcdSession",
@@ -55,7 +39,6 @@ __all__ = [
     "SessionConfig",
     "SettingMismatch",
     "ShardCountMismatch",
-    "ShardKeys",
     "ShardLease",
     "ShardOwner",
     "assign",

@@ -1,5 +1,5 @@
 """``python -m flashstock.server``: the same as the ``flashstock`` command."""
 
-from .cli import main
+from flashstock.server.cli.app import main
 
 main()

@@ -42,16 +42,9 @@ from dataclasses import asdict, dataclass
 import redis.asyncio as aioredis
 from redis.commands.core import AsyncScript
 
-from flashstock.lockmgr import (
-    CONFIG_KEY,
-    SKU_INDEX_KEY,
-    SettingMismatch,
-    ShardCountMismatch,
-    ShardKeys,
-    etcd_client,
-    init_cluster,
-    stable_hash,
-)
+from flashstock.lockmgr import SettingMismatch, ShardCountMismatch, etcd_client, init_cluster, stable_hash
+
+from flashstock.server.store.keys import CONFIG_KEY, SKU_INDEX_KEY, ShardKeys
 
 REDIS = f"Redis ({CONFIG_KEY})"
 """Where a Redis binding lives, as messages name it."""

@@ -21,7 +21,7 @@ from typing import Any
 import pydantic
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
-from ._validate import max_hold_ms
+from flashstock.server.rpc.validate import max_hold_ms
 
 
 def _setting(default: Any, help: str) -> Any:
@@ -166,7 +166,7 @@ def config_problems(config: NodeConfig) -> list[str]:
 
 def ledger_url(config: NodeConfig) -> str:
     """The ledger URL the node uses: the setting, or the embedded SQLite file."""
-    from .ledger import sqlite_url
+    from flashstock.server.ledger import sqlite_url
 
     return config.ledger or sqlite_url(config.data_dir)
 

@@ -46,30 +46,24 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from flashstock.client import FlashstockError
-from flashstock.lockmgr import (
-    CONFIG_KEY,
-    CoordinationError,
-    SessionConfig,
-    SettingMismatch,
-    ShardCountMismatch,
-    ShardKeys,
-)
+from flashstock.lockmgr import CoordinationError, SessionConfig, SettingMismatch, ShardCountMismatch
+from flashstock.server.store.keys import CONFIG_KEY, ShardKeys
 
-from ._binding import BoundSettings, bind_in_etcd, bind_in_redis, explain
-from ._config import NodeConfig, etcd_endpoints, ledger_url
-from ._duties import DutyPolicy, ShardDuties
-from ._durable import PersistWatch
-from ._feed import RedisFeed, TakersLoader
-from ._incarnation import IncarnationGate
-from ._lifeline import Lifeline, tie_to_parent
-from ._metrics import METRICS
-from ._ownership import Ownership
-from ._persister import PersistPolicy
-from ._rebuild import RebuildPolicy, ShardRebuilder
-from ._servicer import SERVICE_NAMES, AdminServicer, StockServicer, add_services
-from ._soldout import SoldOutBook
-from ._stock import StockStore, StoreLimits
-from .ledger import Ledger, LedgerError
+from flashstock.server._binding import BoundSettings, bind_in_etcd, bind_in_redis, explain
+from flashstock.server._config import NodeConfig, etcd_endpoints, ledger_url
+from flashstock.server.duties.shard import DutyPolicy, ShardDuties
+from flashstock.server.store.durable import PersistWatch
+from flashstock.server.store.feed import RedisFeed, TakersLoader
+from flashstock.server._incarnation import IncarnationGate
+from flashstock.server._lifeline import Lifeline, tie_to_parent
+from flashstock.server._metrics import METRICS
+from flashstock.server.duties.ownership import Ownership
+from flashstock.server.duties.persister import PersistPolicy
+from flashstock.server.duties.rebuild import RebuildPolicy, ShardRebuilder
+from flashstock.server.rpc.servicer import SERVICE_NAMES, AdminServicer, StockServicer, add_services
+from flashstock.server.store.soldout import SoldOutBook
+from flashstock.server.store.stock import StockStore, StoreLimits
+from flashstock.server.ledger import Ledger, LedgerError
 
 log = logging.getLogger(__name__)
 

@@ -46,7 +46,7 @@ from flashstock.client import (  # noqa: E402
     ClientConfig,
     StockClient,
 )
-from flashstock.server._procs import NodeProcess, PostgresServer, RedisServer  # noqa: E402
+from flashstock.server.local.procs import NodeProcess, PostgresServer, RedisServer  # noqa: E402
 from processes import QUIET, running_node  # noqa: E402
 
 

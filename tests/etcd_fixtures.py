@@ -21,7 +21,7 @@ import pytest
 import pytest_asyncio
 
 from flashstock.lockmgr import EtcdSession, SessionConfig, etcd_client
-from flashstock.server._etcd import EtcdCluster, EtcdServer
+from flashstock.server.local.etcd import EtcdCluster, EtcdServer
 
 OpenSession = Callable[..., Awaitable[EtcdSession]]
 

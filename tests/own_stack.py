@@ -11,7 +11,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from flashstock.server._procs import NodeProcess, RedisServer
+from flashstock.server.local.procs import NodeProcess, RedisServer
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import psutil
 
-from flashstock.server._procs import NodeProcess
+from flashstock.server.local.procs import NodeProcess
 
 QUIET = ("--reconcile-interval-s", "0")
 """Flags of a node that does not reconcile: tests count the Redis calls a

@@ -1,6 +1,6 @@
 """The SQL ledger (SQLite or PostgreSQL) and its migrations."""
 
-from ._ledger import (
+from flashstock.server.ledger._ledger import (
     HEAD,
     Fenced,
     Ledger,

@@ -25,7 +25,7 @@ from sqlalchemy.engine import Connection, Engine
 
 from flashstock.client import FlashstockError
 
-from ._schema import STATES, admin_requests, deductions, ledger_meta, persister_cursors, shard_epochs, shard_generations, skus
+from flashstock.server.ledger._schema import STATES, admin_requests, deductions, ledger_meta, persister_cursors, shard_epochs, shard_generations, skus
 
 HEAD = "0004"
 """The schema revision this code reads and writes."""

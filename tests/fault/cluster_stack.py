@@ -30,8 +30,8 @@ from helpers import metric
 
 from flashstock.client import ClientConfig, RetryPolicy
 from flashstock.lockmgr import ShardOwner, etcd_client, owners, shard_of
-from flashstock.server._etcd import EtcdCluster, EtcdServer
-from flashstock.server._procs import NodeProcess, RedisServer, free_port
+from flashstock.server.local.etcd import EtcdCluster, EtcdServer
+from flashstock.server.local.procs import NodeProcess, RedisServer, free_port
 from flashstock.server.ledger import Ledger, sqlite_url
 
 SHARDS = 64

@@ -26,7 +26,7 @@ if str(Path(__file__).parent) not in sys.path:
     sys.path.insert(0, str(Path(__file__).parent))
 
 from flashstock.client import ClientConfig, RetryPolicy  # noqa: E402
-from flashstock.server._procs import NodeProcess, RedisServer  # noqa: E402
+from flashstock.server.local.procs import NodeProcess, RedisServer  # noqa: E402
 from flashstock.server.ledger import Ledger, sqlite_url  # noqa: E402
 
 

@@ -8,7 +8,7 @@ A fault test reads as "sell, inject, recover, check the promises"::
 
 Each failpoint acts on real processes (a ``redis-server``, node processes)
 or, for :class:`PauseRebuilder`, on an in-process
-:class:`~flashstock.server._rebuild.ShardRebuilder` through its test hooks.
+:class:`~flashstock.server.duties.rebuild.ShardRebuilder` through its test hooks.
 ``inject`` returns once the fault is in place; ``recover`` once the broken
 part is back (a node: serving; Redis: answering PING), not once the system
 healed itself: that is what the tests check.
@@ -24,7 +24,7 @@ import redis as redis_py
 if TYPE_CHECKING:
     from conftest import FaultStack
 
-    from flashstock.server._rebuild import ShardRebuilder
+    from flashstock.server.duties.rebuild import ShardRebuilder
 
 __all__ = ["DropRedisConnections", "Failpoint", "FlushRedis", "KillRedis", "PauseRebuilder", "RestartNode"]
 

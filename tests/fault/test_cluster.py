@@ -47,8 +47,9 @@ from helpers import eventually
 from rich.console import Console
 
 from flashstock.client import AsyncAdminClient, AsyncStockClient, Mode, Outcome, StockClient
-from flashstock.lockmgr import ShardKeys, shard_of
-from flashstock.server._reconcile import run_reconcile
+from flashstock.lockmgr import shard_of
+from flashstock.server.store.keys import ShardKeys
+from flashstock.server.cli.reconcile import run_reconcile
 
 pytestmark = pytest.mark.slow
 
@@ -275,7 +276,7 @@ async def hold_each(cluster: ClusterStack, skus: list[str], hold_ms: int) -> lis
 def test_draining_a_node_mid_sale_moves_its_shards_and_loses_nothing(cluster):
     from typer.testing import CliRunner
 
-    from flashstock.server.cli import app
+    from flashstock.server.cli.app import app
 
     drained = 2
     skus = skus_on(cluster, drained, 3, "drain") + skus_on(cluster, 1, 2, "drain-other")

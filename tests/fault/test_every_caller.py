@@ -21,7 +21,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from stranger import Stranger
 
-from flashstock.server._procs import RedisServer
+from flashstock.server.local.procs import RedisServer
 
 pytestmark = pytest.mark.slow
 

@@ -41,8 +41,9 @@ from flashstock.client import (
     Outcome,
     Unavailable,
 )
-from flashstock.lockmgr import SHARD_READY, ShardKeys, shard_of
-from flashstock.server._rebuild import RebuildPolicy, ShardRebuilder
+from flashstock.lockmgr import shard_of
+from flashstock.server.store.keys import SHARD_READY, ShardKeys
+from flashstock.server.duties.rebuild import RebuildPolicy, ShardRebuilder
 from flashstock.server.ledger import Ledger
 
 SHARDS = 64

@@ -24,7 +24,7 @@ import grpc
 import pytest
 from stranger import Stranger
 
-from flashstock.server._procs import NodeProcess, RedisServer
+from flashstock.server.local.procs import NodeProcess, RedisServer
 from flashstock.server.ledger import Ledger, sqlite_url
 
 pytestmark = pytest.mark.slow

@@ -4,7 +4,7 @@ import re
 
 from typer.testing import CliRunner
 
-from flashstock.server.cli import app
+from flashstock.server.cli.app import app
 
 
 def run(*args: str) -> str:

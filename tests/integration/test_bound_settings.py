@@ -21,8 +21,10 @@ import redis as redis_py
 from helpers import eventually
 from processes import stop_tree
 
-from flashstock.lockmgr import CONFIG_KEY, shard_of
-from flashstock.server._procs import NodeProcess, ProcessError, RedisServer
+from flashstock.lockmgr import shard_of
+
+from flashstock.server.store.keys import CONFIG_KEY
+from flashstock.server.local.procs import NodeProcess, ProcessError, RedisServer
 from flashstock.server.ledger import Ledger, sqlite_url
 from flashstock.v1 import admin_pb2, admin_pb2_grpc
 

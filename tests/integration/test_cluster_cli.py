@@ -42,11 +42,11 @@ from flashstock.lockmgr import (
     release,
 )
 from flashstock.lockmgr import shard_ranges
-from flashstock.server._cluster_cli import local_time
-from flashstock.server._etcd import EtcdServer
-from flashstock.server._localcluster import LocalCluster
-from flashstock.server._procs import free_port
-from flashstock.server.cli import app
+from flashstock.server.cli.cluster import local_time
+from flashstock.server.local.etcd import EtcdServer
+from flashstock.server.local.cluster import LocalCluster
+from flashstock.server.local.procs import free_port
+from flashstock.server.cli.app import app
 
 SHARDS = 16
 

@@ -34,8 +34,8 @@ from flashstock.client import (
     StockClient,
     Unavailable,
 )
-from flashstock.server._procs import NodeProcess, RedisServer, free_port
-from flashstock.server.cli import app
+from flashstock.server.local.procs import NodeProcess, RedisServer, free_port
+from flashstock.server.cli.app import app
 
 pytest_plugins = ["etcd_fixtures"]
 

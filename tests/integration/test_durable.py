@@ -33,8 +33,9 @@ from flashstock.client import (
     StockClient,
     Unavailable,
 )
-from flashstock.lockmgr import ShardKeys, shard_of
-from flashstock.server._procs import NodeProcess, RedisServer
+from flashstock.lockmgr import shard_of
+from flashstock.server.store.keys import ShardKeys
+from flashstock.server.local.procs import NodeProcess, RedisServer
 from flashstock.server.ledger import Ledger
 
 DURABLE_WAIT_MS = 500
@@ -291,7 +292,7 @@ def test_the_persister_reports_its_lag_and_backlog(tmp_path):
     import urllib.request
 
     from flashstock.client import AdminClient, StockClient
-    from flashstock.server._procs import NodeProcess, RedisServer, free_port
+    from flashstock.server.local.procs import NodeProcess, RedisServer, free_port
 
     port = free_port()
     with RedisServer() as redis_server, NodeProcess(

@@ -12,8 +12,8 @@ import itertools
 
 import pytest
 
-from flashstock.lockmgr import PERSISTED_CHANNEL, SHARD_READY, ShardKeys
-from flashstock.server._scripts import script_source
+from flashstock.server.store.keys import PERSISTED_CHANNEL, SHARD_READY, ShardKeys
+from flashstock.server.store.scripts import script_source
 
 _shards = itertools.count(9000)
 

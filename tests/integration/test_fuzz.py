@@ -37,8 +37,8 @@ from helpers import varint
 from own_stack import redis_server  # noqa: F401 - this module's own Redis
 from processes import QUIET, running_node
 
-from flashstock.server._procs import NodeProcess, RedisServer
-from flashstock.server._validate import MAX_HOLD_MS, MAX_ID_BYTES, MAX_QTY, MAX_STOCK, MAX_TIME_MS
+from flashstock.server.local.procs import NodeProcess, RedisServer
+from flashstock.server.rpc.validate import MAX_HOLD_MS, MAX_ID_BYTES, MAX_QTY, MAX_STOCK, MAX_TIME_MS
 from flashstock.v1 import admin_pb2, admin_pb2_grpc, stock_pb2, stock_pb2_grpc
 from google.protobuf.descriptor import FieldDescriptor as F
 

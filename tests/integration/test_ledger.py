@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-from flashstock.server._procs import free_port
+from flashstock.server.local.procs import free_port
 from flashstock.server.ledger import HEAD, Fenced, Ledger, LedgerError, StaleGeneration, schema_revision, upgrade
 from flashstock.server.ledger._schema import deductions, metadata, persister_cursors, shard_epochs, skus
 

@@ -12,8 +12,10 @@ from collections.abc import Iterator
 import pytest
 import redis as redis_py
 
-from flashstock.lockmgr import CONFIG_KEY, ShardKeys, init_cluster, live_nodes, owners
-from flashstock.server._procs import NodeProcess, ProcessError, RedisServer
+from flashstock.lockmgr import init_cluster, live_nodes, owners
+
+from flashstock.server.store.keys import CONFIG_KEY, ShardKeys
+from flashstock.server.local.procs import NodeProcess, ProcessError, RedisServer
 
 pytest_plugins = ["etcd_fixtures"]
 

@@ -42,7 +42,7 @@ from helpers import eventually
 from processes import running_node
 
 from flashstock.lockmgr import etcd_client, live_nodes, owners
-from flashstock.server._procs import NodeProcess, RedisServer
+from flashstock.server.local.procs import NodeProcess, RedisServer
 from flashstock.v1 import admin_pb2, admin_pb2_grpc, stock_pb2, stock_pb2_grpc
 
 pytest_plugins = ["etcd_fixtures"]

@@ -19,7 +19,7 @@ from helpers import eventually
 from psycopg.rows import dict_row
 
 from flashstock.client import AdminClient, Mode, Outcome, StockClient
-from flashstock.server._procs import NodeProcess, RedisServer
+from flashstock.server.local.procs import NodeProcess, RedisServer
 from flashstock.server.ledger import HEAD, Ledger, create_engine, schema_revision
 
 

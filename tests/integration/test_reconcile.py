@@ -18,12 +18,14 @@ from rich.console import Console
 from typer.testing import CliRunner
 
 from flashstock.client import Outcome
-from flashstock.lockmgr import SHARD_READY, ShardKeys, shard_of
-from flashstock.server._procs import NodeProcess, RedisServer
-from flashstock.server._reconcile import reconcile, run_reconcile
-from flashstock.server.cli import app
+from flashstock.lockmgr import shard_of
+from flashstock.server.store.keys import SHARD_READY, ShardKeys
+from flashstock.server.local.procs import NodeProcess, RedisServer
+from flashstock.server.cli.reconcile import run_reconcile
+from flashstock.server.duties.reconcile import reconcile
+from flashstock.server.cli.app import app
 from flashstock.server.ledger import Ledger, sqlite_url
-from flashstock.server.ledger._reports import checked_upgrade
+from flashstock.server.ledger.reports import checked_upgrade
 
 from own_stack import node, redis_server  # noqa: F401 - this module's own stack
 
@@ -183,7 +185,7 @@ def test_the_demo_ends_with_a_reconcile_in_durable_mode():
 
 
 def test_the_demo_fails_when_reconcile_finds_a_difference(monkeypatch):
-    import flashstock.server._demo as demo
+    import flashstock.server.local.demo as demo
 
     seen = []
 

@@ -8,8 +8,9 @@ import pytest
 from helpers import eventually, metric
 
 from flashstock.client import AdminClient, ClientConfig, Outcome, StockClient
-from flashstock.lockmgr import ShardKeys, shard_of
-from flashstock.server._procs import NodeProcess, RedisServer, free_port
+from flashstock.lockmgr import shard_of
+from flashstock.server.store.keys import ShardKeys
+from flashstock.server.local.procs import NodeProcess, RedisServer, free_port
 
 
 @pytest.fixture(scope="module")

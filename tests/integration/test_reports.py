@@ -25,9 +25,9 @@ from typer.testing import CliRunner
 
 from flashstock.client import Outcome
 from flashstock.lockmgr import shard_of
-from flashstock.server._procs import NodeProcess, free_port
-from flashstock.server._reconcile import reconcile
-from flashstock.server.cli import REPORT_FIELDS, app
+from flashstock.server.local.procs import NodeProcess, free_port
+from flashstock.server.duties.reconcile import reconcile
+from flashstock.server.cli.app import REPORT_FIELDS, app
 from flashstock.server.ledger import HEAD, Ledger
 from flashstock.server.ledger._schema import metadata
 

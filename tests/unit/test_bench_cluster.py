@@ -12,7 +12,7 @@ from hypothesis import assume, given
 from hypothesis import strategies as st
 
 from flashstock.lockmgr import assign, shard_of
-from flashstock.server._bench_cluster import (
+from flashstock.server.bench.cluster import (
     ClusterBenchPlan,
     ShardFence,
     counter_rates,

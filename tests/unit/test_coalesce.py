@@ -5,7 +5,7 @@ import asyncio
 
 import pytest
 
-from flashstock.server._coalesce import ShardCoalescer
+from flashstock.server.store.coalesce import ShardCoalescer
 
 
 class Recorder:

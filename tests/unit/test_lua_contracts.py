@@ -5,10 +5,10 @@ from pathlib import Path
 
 import pytest
 
-from flashstock.lockmgr import SOLD_OUT_CHANNEL
-from flashstock.server._scripts import _NAMES, script_source
+from flashstock.server.store.keys import SOLD_OUT_CHANNEL
+from flashstock.server.store.scripts import _NAMES, script_source
 
-LUA = Path(__file__).parents[2] / "server" / "lua"
+LUA = Path(__file__).parents[2] / "server" / "store" / "lua"
 
 
 @pytest.mark.parametrize("name", _NAMES)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from flashstock.server import _validate as v
+from flashstock.server.rpc import validate as v
 
 PROTOS = Path(__file__).parents[2] / "protos" / "flashstock" / "v1"
 

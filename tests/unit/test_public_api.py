@@ -23,9 +23,9 @@ def test_client_exports():
 
 def test_lockmgr_exports():
     assert lockmgr.__all__ == [
-        "CONFIG_KEY", "DEFAULT_SESSION", "DEFAULT_SHARDS", "PERSISTED_CHANNEL", "SHARD_READY", "SKU_INDEX_KEY", "SOLD_OUT_CHANNEL",
+        "DEFAULT_SESSION", "DEFAULT_SHARDS",
         "ClusterKeys", "CoordinationError", "EtcdSession", "LeaseLost", "NodeIdTaken", "NodeInfo", "Overrides",
-        "SessionConfig", "SettingMismatch", "ShardCountMismatch", "ShardKeys", "ShardLease", "ShardOwner",
+        "SessionConfig", "SettingMismatch", "ShardCountMismatch", "ShardLease", "ShardOwner",
         "assign", "claim", "drain", "etcd_client", "init_cluster", "live_nodes", "moves", "owner_compare", "owners",
         "pin", "read_overrides", "release", "shard_of", "shard_ranges", "stable_hash", "undrain", "unpin", "watch_nodes",
         "watch_overrides", "watch_owners",

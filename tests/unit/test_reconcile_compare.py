@@ -7,14 +7,14 @@ from dataclasses import replace
 import pytest
 from rich.console import Console
 
-from flashstock.server._reconcile import (
+from flashstock.server.cli.reconcile import reconcile_table
+from flashstock.server.duties.reconcile import (
     Difference,
     LogMark,
     Reconciliation,
     SkuFigures,
     compare,
     figures_from_hash,
-    reconcile_table,
     unsettled_reason,
 )
 

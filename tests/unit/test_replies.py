@@ -11,7 +11,7 @@ from flashstock.client import (
     SkuNotFound,
     StockBelowHandedOut,
 )
-from flashstock.server import _replies as r
+from flashstock.server.store import replies as r
 
 REC = [b"H", b"H", 2, b"u1", b"sku", 1000, 5000]
 

@@ -5,7 +5,9 @@ from collections import Counter
 
 import pytest
 
-from flashstock.lockmgr import ShardKeys, shard_of, stable_hash
+from flashstock.lockmgr import shard_of, stable_hash
+
+from flashstock.server.store.keys import ShardKeys
 
 
 def test_stable_hash_is_blake2b_first_eight_bytes_big_endian():

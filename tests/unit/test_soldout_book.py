@@ -3,7 +3,7 @@
 from hypothesis import given
 from hypothesis import strategies as st
 
-from flashstock.server._soldout import SoldOutBook
+from flashstock.server.store.soldout import SoldOutBook
 
 news = st.lists(
     st.tuples(st.sampled_from(["a", "b", "c"]), st.integers(1, 50), st.booleans()),

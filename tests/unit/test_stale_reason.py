@@ -3,7 +3,7 @@
 import pytest
 
 from flashstock.server._incarnation import run_id_of
-from flashstock.server._rebuild import stale_reason
+from flashstock.server.duties.rebuild import stale_reason
 
 
 @pytest.mark.parametrize(

@@ -1,6 +1,6 @@
 """Request checks find every bad field before any I/O."""
 
-from flashstock.server import _validate as v
+from flashstock.server.rpc import validate as v
 
 
 def fields(violations):

@@ -26,8 +26,8 @@ from rich.table import Column, Table
 
 from flashstock.client import AdminClient, ClientConfig, FlashstockError, InvalidArgument, Mode, Sku
 
-from ._cluster_cli import cluster_app, nodes_app, shards_app
-from ._config import NodeConfig, ledger_url, load_config, setting_help
+from flashstock.server.cli.cluster import cluster_app, nodes_app, shards_app
+from flashstock.server._config import NodeConfig, ledger_url, load_config, setting_help
 
 app = typer.Typer(
     help="flashstock: a gRPC stock service for flash sales. Every unit of a hot item, handed out exactly once.",
@@ -75,7 +75,7 @@ def _serve(**flags: Any) -> None:
     except ValueError as exc:
         err_console.print(f"[red]flashstock serve: bad setting:[/] {exc}")
         raise typer.Exit(2) from None
-    from ._node import serve
+    from flashstock.server._node import serve
 
     raise typer.Exit(serve(config))
 
@@ -360,7 +360,7 @@ def _shown_url(url: str) -> str:
 
 
 def _revision(revision: str | None) -> str:
-    from .ledger import HEAD
+    from flashstock.server.ledger import HEAD
 
     if revision is None:
         return "none (empty)"
@@ -376,8 +376,8 @@ def ledger_upgrade(ledger: LedgerOption = None, data_dir: DataDirOption = None, 
     """
     import sqlalchemy as sa
 
-    from .ledger import LedgerError
-    from .ledger._reports import checked_upgrade
+    from flashstock.server.ledger import LedgerError
+    from flashstock.server.ledger.reports import checked_upgrade
 
     settings = _settings("ledger upgrade", config, ledger=ledger, data_dir=data_dir)
     url = ledger_url(settings)
@@ -409,8 +409,8 @@ def ledger_status(
     """
     import sqlalchemy as sa
 
-    from .ledger import HEAD, LedgerError
-    from .ledger._reports import ledger_counts, open_for_reading, probe, shard_status
+    from flashstock.server.ledger import HEAD, LedgerError
+    from flashstock.server.ledger.reports import ledger_counts, open_for_reading, probe, shard_status
 
     settings = _settings("ledger status", config, ledger=ledger, data_dir=data_dir)
     url = ledger_url(settings)
@@ -487,7 +487,7 @@ def reconcile(
     agree, 1 on any difference (a SKU on one side only included), 2 when it
     cannot run.
     """
-    from ._reconcile import run_reconcile
+    from flashstock.server.cli.reconcile import run_reconcile
 
     if wait < 0:
         raise typer.BadParameter("must be >= 0", param_hint="--wait")
@@ -542,7 +542,7 @@ def _iso_utc(ms: int) -> str | None:
 
 
 def report_rows(sales: list[Any]) -> list[dict[str, Any]]:
-    """``sales report``'s rows (:class:`~flashstock.server.ledger._reports.SkuSales`) as plain dicts."""
+    """``sales report``'s rows (:class:`~flashstock.server.ledger.reports.SkuSales`) as plain dicts."""
     return [
         {
             "sku": s.sku_id,
@@ -582,9 +582,9 @@ def sales_report(
     """
     import sqlalchemy as sa
 
-    from .ledger import LedgerError
-    from .ledger._reports import open_for_reading
-    from .ledger._reports import sales_report as query
+    from flashstock.server.ledger import LedgerError
+    from flashstock.server.ledger.reports import open_for_reading
+    from flashstock.server.ledger.reports import sales_report as query
 
     settings = _settings("sales report", config, ledger=ledger, data_dir=data_dir)
     try:
@@ -651,7 +651,7 @@ def demo(
     """A flash sale on a local cluster of its own (etcd, Redis, 3 nodes): 20,000 buyers, 1,000 units,
     the owner of the SKU's shard drained half-way, an oversell check, then Redis reconciled against
     the ledger."""
-    from ._demo import DemoPlan, run_demo
+    from flashstock.server.local.demo import DemoPlan, run_demo
 
     if mode not in ("fast", "durable"):
         raise typer.BadParameter("mode must be fast or durable", param_hint="--mode")
@@ -684,7 +684,7 @@ def bench(
     whatever the figures, 1 when the oversell check fails, 2 when it could
     not run. See benchmarks/README.md.
     """
-    from ._bench import BenchPlan, run_bench
+    from flashstock.server.bench.node import BenchPlan, run_bench
 
     plan = BenchPlan(
         buyers=buyers,
@@ -726,7 +726,7 @@ def bench_cluster(
     Exit code 0 when measured, 1 when a consistency check after the
     failovers fails, 2 when it could not run. See benchmarks/README.md.
     """
-    from ._bench_cluster import ClusterBenchPlan, parse_skip, run_cluster_bench
+    from flashstock.server.bench.cluster import ClusterBenchPlan, parse_skip, run_cluster_bench
 
     plan = ClusterBenchPlan(
         runs=runs,

@@ -36,10 +36,10 @@ from flashstock.client import (
 from flashstock.client._errors import to_status
 from flashstock.v1 import admin_pb2, admin_pb2_grpc, stock_pb2, stock_pb2_grpc
 
-from . import _validate as v
-from ._log_gate import LogGate
-from ._soldout import SoldOutBook
-from ._stock import StockStore
+from flashstock.server.rpc import validate as v
+from flashstock.server._log_gate import LogGate
+from flashstock.server.store.soldout import SoldOutBook
+from flashstock.server.store.stock import StockStore
 
 log = logging.getLogger(__name__)
 

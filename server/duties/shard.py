@@ -28,15 +28,15 @@ import redis as redis_py
 import redis.asyncio as aioredis
 
 from flashstock.client import FlashstockError
-from flashstock.lockmgr import SHARD_READY, ShardKeys
+from flashstock.server.store.keys import SHARD_READY, ShardKeys
 
-from ._metrics import METRICS
-from ._persister import PersistPolicy, Persister
-from ._rebuild import ShardRebuilder
-from ._reconcile import read_once, settled_differences
-from ._scripts import StockScripts
-from ._stock import StockStore
-from .ledger import Ledger
+from flashstock.server._metrics import METRICS
+from flashstock.server.duties.persister import PersistPolicy, Persister
+from flashstock.server.duties.rebuild import ShardRebuilder
+from flashstock.server.duties.reconcile import read_once, settled_differences
+from flashstock.server.store.scripts import StockScripts
+from flashstock.server.store.stock import StockStore
+from flashstock.server.ledger import Ledger
 
 log = logging.getLogger(__name__)
 

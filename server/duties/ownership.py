@@ -30,31 +30,13 @@ from typing import TYPE_CHECKING
 
 import redis.asyncio as aioredis
 
-from flashstock.lockmgr import (
-    CoordinationError,
-    EtcdSession,
-    LeaseLost,
-    NodeIdTaken,
-    NodeInfo,
-    Overrides,
-    SessionConfig,
-    ShardCountMismatch,
-    ShardKeys,
-    ShardLease,
-    ShardOwner,
-    assign,
-    claim,
-    etcd_client,
-    init_cluster,
-    release,
-    shard_ranges,
-    watch_overrides,
-    watch_owners,
-)
+from flashstock.lockmgr import CoordinationError, EtcdSession, LeaseLost, NodeIdTaken, NodeInfo, Overrides, SessionConfig, ShardCountMismatch, ShardLease, ShardOwner, assign, claim, etcd_client, init_cluster, release, shard_ranges, watch_overrides, watch_owners
 
-from ._duties import ShardDuties, stop_task
-from ._metrics import METRICS
-from .ledger import Fenced, Ledger
+from flashstock.server.store.keys import ShardKeys
+
+from flashstock.server.duties.shard import ShardDuties, stop_task
+from flashstock.server._metrics import METRICS
+from flashstock.server.ledger import Fenced, Ledger
 
 if TYPE_CHECKING:
     import aetcd

@@ -23,7 +23,7 @@ import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-from ._node import READY_LINE
+from flashstock.server._node import READY_LINE
 
 
 class ProcessError(RuntimeError):
@@ -422,7 +422,7 @@ class NodeProcess:
     @property
     def ledger_url(self) -> str:
         """The ledger the node writes."""
-        from .ledger import sqlite_url
+        from flashstock.server.ledger import sqlite_url
 
         return self.ledger or sqlite_url(self.data_dir)
 

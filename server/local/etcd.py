@@ -34,7 +34,7 @@ import urllib.request
 from collections.abc import Sequence
 from pathlib import Path
 
-from ._procs import ProcessError, free_port
+from flashstock.server.local.procs import ProcessError, free_port
 
 __all__ = ["EtcdCluster", "EtcdServer", "etcd_binary"]
 

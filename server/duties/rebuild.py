@@ -38,12 +38,12 @@ import redis
 import redis_lock
 
 from flashstock.client import Unavailable
-from flashstock.lockmgr import CONFIG_KEY, SHARD_READY, SKU_INDEX_KEY, ShardKeys
+from flashstock.server.store.keys import CONFIG_KEY, SHARD_READY, SKU_INDEX_KEY, ShardKeys
 
-from ._durable import parse_id
-from ._metrics import METRICS
-from ._scripts import script_source
-from .ledger import Ledger, ShardSnapshot
+from flashstock.server.store.durable import parse_id
+from flashstock.server._metrics import METRICS
+from flashstock.server.store.scripts import script_source
+from flashstock.server.ledger import Ledger, ShardSnapshot
 
 log = logging.getLogger(__name__)
 

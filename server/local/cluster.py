@@ -49,9 +49,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Self, TypeVar
 
-from ._etcd import EtcdServer
-from ._node import READY_LINE
-from ._procs import PostgresServer, ProcessError, RedisServer, free_port
+from flashstock.server.local.etcd import EtcdServer
+from flashstock.server._node import READY_LINE
+from flashstock.server.local.procs import PostgresServer, ProcessError, RedisServer, free_port
 
 __all__ = ["ClusterProcess", "ClusterStatus", "LocalCluster", "ProcessStatus", "StopOutcome"]
 

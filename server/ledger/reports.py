@@ -27,8 +27,8 @@ from urllib.parse import quote
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from ._ledger import HEAD, Ledger, LedgerError, _known_revisions, create_engine, schema_revision, upgrade
-from ._schema import deductions, persister_cursors, shard_epochs, shard_generations, skus
+from flashstock.server.ledger._ledger import HEAD, Ledger, LedgerError, _known_revisions, create_engine, schema_revision, upgrade
+from flashstock.server.ledger._schema import deductions, persister_cursors, shard_epochs, shard_generations, skus
 
 CONNECT_TIMEOUT_S = 5
 """How long an operator command waits to connect to PostgreSQL before it gives up."""

@@ -69,7 +69,7 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from ._bench import (
+from flashstock.server.bench.node import (
     _INF,
     NOISY_REST_PERCENT,
     _Cpu,
@@ -434,7 +434,7 @@ class _ClusterRun:
 
     def cluster(self, stack: contextlib.ExitStack, name: str, nodes: int) -> Any:
         """A cluster of ``nodes`` in ``name``/, up and settled; ``stack`` stops it."""
-        from ._localcluster import LocalCluster
+        from flashstock.server.local.cluster import LocalCluster
 
         task = self.progress.add_task(f"{name}: start etcd, Redis, {nodes} node(s)", total=None, info="")
         cluster = LocalCluster(
@@ -461,7 +461,7 @@ class _ClusterRun:
 
             from flashstock.lockmgr import etcd_client
 
-            from ._cluster_cli import read_view
+            from flashstock.server.cli.cluster import read_view
 
             etcd = etcd_client(cluster.etcd_endpoint)
             r = aioredis.Redis.from_url(cluster.redis_url, decode_responses=True)
@@ -749,8 +749,8 @@ class _ClusterRun:
 
         from flashstock.client import AdminClient, ClientConfig
 
-        from ._reconcile import reconcile
-        from .ledger._reports import open_for_reading
+        from flashstock.server.duties.reconcile import reconcile
+        from flashstock.server.ledger.reports import open_for_reading
 
         ok = sum(run["load"]["ok"] for run in runs)
         errors = sum(run["load"]["errors"] for run in runs)
@@ -960,7 +960,7 @@ def _count(value: float | None) -> str:
 
 async def _read_fences(r: Any, shards: Iterable[int]) -> dict[int, ShardFence | None]:
     """Each shard's fence from its meta hash, in one pipelined round trip."""
-    from flashstock.lockmgr import ShardKeys
+    from flashstock.server.store.keys import ShardKeys
 
     chosen = list(shards)
     async with r.pipeline(transaction=False) as pipe:
@@ -995,7 +995,7 @@ def _etcd_window(before: Mapping[str, float], after: Mapping[str, float], second
 
 def run_cluster_bench(plan: ClusterBenchPlan, console: Console) -> int:
     """Run the cluster bench; returns the exit code (see the module's docstring)."""
-    from ._procs import ProcessError
+    from flashstock.server.local.procs import ProcessError
 
     problems = plan.problems()
     if problems:

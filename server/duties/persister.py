@@ -23,12 +23,12 @@ from typing import TypeVar
 import redis.asyncio as aioredis
 import redis.exceptions
 
-from flashstock.lockmgr import PERSISTED_CHANNEL, ShardKeys
+from flashstock.server.store.keys import PERSISTED_CHANNEL, ShardKeys
 
-from ._durable import parse_id
-from ._metrics import METRICS
-from ._scripts import StockScripts
-from .ledger import Fenced, Ledger
+from flashstock.server.store.durable import parse_id
+from flashstock.server._metrics import METRICS
+from flashstock.server.store.scripts import StockScripts
+from flashstock.server.ledger import Fenced, Ledger
 
 log = logging.getLogger(__name__)
 

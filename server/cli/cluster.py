@@ -18,7 +18,7 @@ or drained node without ``--force``, the cluster not initialised, a move not
 done in time); 2 cannot run (etcd unreachable, a malformed option).
 
 ``cluster up / status / down`` run a whole cluster on this machine in one
-folder (:class:`~flashstock.server._localcluster.LocalCluster`).
+folder (:class:`~flashstock.server.local.cluster.LocalCluster`).
 """
 
 from __future__ import annotations
@@ -60,7 +60,7 @@ from flashstock.lockmgr import (
 if TYPE_CHECKING:
     import aetcd
 
-    from ._localcluster import ClusterStatus, LocalCluster, StopOutcome
+    from flashstock.server.local.cluster import ClusterStatus, LocalCluster, StopOutcome
 
 nodes_app = typer.Typer(help="The cluster's live nodes, as registered in etcd.", no_args_is_help=True)
 shards_app = typer.Typer(
@@ -596,7 +596,7 @@ class LedgerKind(str, Enum):
 
 
 def _load(command: str, folder: Path) -> LocalCluster:
-    from ._localcluster import LocalCluster
+    from flashstock.server.local.cluster import LocalCluster
 
     try:
         return LocalCluster.load(folder)
@@ -644,8 +644,8 @@ def cluster_up(
     cluster: Annotated[str, typer.Option("--cluster", help="The cluster's name in etcd.")] = DEFAULT_CLUSTER,
 ) -> None:
     """Start etcd, Redis and NODES nodes on loopback (free ports), all in one folder; they keep running."""
-    from ._localcluster import LocalCluster
-    from ._procs import ProcessError
+    from flashstock.server.local.cluster import LocalCluster
+    from flashstock.server.local.procs import ProcessError
 
     local = LocalCluster(folder, nodes=nodes, ledger=ledger.value, shards=shards, lease_ttl_s=lease_ttl_s,
                          workers=workers, cluster=cluster)

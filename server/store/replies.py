@@ -30,7 +30,7 @@ from flashstock.client import (
     StockBelowHandedOut,
 )
 
-from ._validate import MAX_STOCK
+from flashstock.server.rpc.validate import MAX_STOCK
 
 _OUTCOMES = {
     "OK": Outcome.OK,

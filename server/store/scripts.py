@@ -20,7 +20,7 @@ _NAMES = ("deduct", "settle", "reap", "batch", "put_sku", "adjust_sku", "rebuild
 
 def script_source(name: str) -> str:
     """The full source of script ``name``: the shared helpers, then the file."""
-    lua = resources.files("flashstock.server") / "lua"
+    lua = resources.files("flashstock.server.store") / "lua"
     return (lua / "_lib.lua").read_text() + "\n" + (lua / f"{name}.lua").read_text()
 
 

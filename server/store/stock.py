@@ -1,6 +1,6 @@
 """The stock store: flashstock's operations as Redis script calls.
 
-A thin adapter: it names the keys (:class:`~flashstock.lockmgr.ShardKeys`),
+A thin adapter: it names the keys (:class:`~flashstock.server.store.keys.ShardKeys`),
 runs one script per operation, and hands the reply to the pure decoders in
 :mod:`._replies`. Around every call, the same two rules:
 
@@ -41,18 +41,19 @@ from flashstock.client import (
     StockLevel,
     Unavailable,
 )
-from flashstock.lockmgr import SHARD_READY, SKU_INDEX_KEY, ShardKeys, shard_of
+from flashstock.lockmgr import shard_of
+from flashstock.server.store.keys import SHARD_READY, SKU_INDEX_KEY, ShardKeys
 
-from . import _replies
-from ._coalesce import ShardCoalescer
-from ._durable import PersistWatch
-from ._log_gate import LogGate
-from ._metrics import METRICS
-from ._rebuild import ShardRebuilder
-from ._replies import Answer, ShardMissing
-from ._scripts import StockScripts
-from ._soldout import SoldOutBook
-from ._validate import MAX_STOCK, max_hold_ms
+from flashstock.server.store import replies as _replies
+from flashstock.server.store.coalesce import ShardCoalescer
+from flashstock.server.store.durable import PersistWatch
+from flashstock.server._log_gate import LogGate
+from flashstock.server._metrics import METRICS
+from flashstock.server.duties.rebuild import ShardRebuilder
+from flashstock.server.store.replies import Answer, ShardMissing
+from flashstock.server.store.scripts import StockScripts
+from flashstock.server.store.soldout import SoldOutBook
+from flashstock.server.rpc.validate import MAX_STOCK, max_hold_ms
 
 log = logging.getLogger(__name__)
 

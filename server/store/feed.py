@@ -19,10 +19,12 @@ from collections.abc import Awaitable, Callable
 
 import redis.asyncio as aioredis
 
-from flashstock.lockmgr import PERSISTED_CHANNEL, SHARD_READY, SOLD_OUT_CHANNEL, ShardKeys, shard_of
+from flashstock.lockmgr import shard_of
 
-from ._durable import PersistWatch
-from ._soldout import SoldOutBook
+from flashstock.server.store.keys import PERSISTED_CHANNEL, SHARD_READY, SOLD_OUT_CHANNEL, ShardKeys
+
+from flashstock.server.store.durable import PersistWatch
+from flashstock.server.store.soldout import SoldOutBook
 
 log = logging.getLogger(__name__)
 

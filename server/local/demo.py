@@ -31,9 +31,9 @@ from rich.table import Table
 from flashstock.client import AsyncAdminClient, AsyncStockClient, ClientConfig, DeductResult, Mode, Outcome
 from flashstock.lockmgr import drain, etcd_client, shard_of
 
-from ._cluster_cli import map_table, read_view
-from ._localcluster import LocalCluster
-from ._reconcile import run_reconcile
+from flashstock.server.cli.cluster import map_table, read_view
+from flashstock.server.local.cluster import LocalCluster
+from flashstock.server.cli.reconcile import run_reconcile
 
 SKU = "demo-hot-sku"
 

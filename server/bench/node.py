@@ -249,7 +249,7 @@ class _LoadProcs:
         for pipe, proc in zip(self._pipes, self.procs):
             while not pipe.poll(0.1):
                 if not proc.is_alive() or time.monotonic() > deadline:
-                    from ._procs import ProcessError
+                    from flashstock.server.local.procs import ProcessError
 
                     raise ProcessError(f"load process {proc.name} did not start")
             tag, pid = pipe.recv()
@@ -301,10 +301,12 @@ def takers_memory(redis_url: str, sku_id: str, shards: int, record_ttl_ms: int =
     its units), loaded as a node loads them, measured with tracemalloc."""
     import redis.asyncio as aioredis
 
-    from flashstock.lockmgr import ShardKeys, shard_of
+    from flashstock.lockmgr import shard_of
 
-    from ._feed import TakersLoader
-    from ._soldout import SoldOutBook
+    from flashstock.server.store.keys import ShardKeys
+
+    from flashstock.server.store.feed import TakersLoader
+    from flashstock.server.store.soldout import SoldOutBook
 
     async def load() -> dict[str, Any]:
         client = aioredis.Redis.from_url(redis_url)
@@ -467,8 +469,8 @@ class _Run:
     def start_stack(self) -> None:
         import redis
 
-        from ._echo import EchoProcess
-        from ._procs import NodeProcess, RedisServer
+        from flashstock.server.bench.echo import EchoProcess
+        from flashstock.server.local.procs import NodeProcess, RedisServer
 
         plan = self.plan
         task = self.progress.add_task(
@@ -481,7 +483,7 @@ class _Run:
         self.redis_server = RedisServer()
         self.stack.push(self.redis_server)  # its __exit__: stop, remove its folder
         self.redis_server.start()
-        from ._procs import free_port
+        from flashstock.server.local.procs import free_port
 
         self.metrics_port = free_port()
         self.node = NodeProcess(
@@ -658,7 +660,8 @@ class _Run:
 
     def sale(self) -> tuple[dict[str, Any], dict[str, Any]]:
         """A sale until sold out, then buyers for ``soldout_seconds`` more, with commandstats."""
-        from flashstock.lockmgr import ShardKeys, shard_of
+        from flashstock.lockmgr import shard_of
+        from flashstock.server.store.keys import ShardKeys
         from flashstock.v1 import stock_pb2
 
         plan = self.plan
@@ -993,7 +996,7 @@ def sigterm_as_interrupt(stack: contextlib.ExitStack) -> None:
 
 def run_bench(plan: BenchPlan, console: Console) -> int:
     """Run the bench; returns the exit code (see the module's docstring)."""
-    from ._procs import ProcessError
+    from flashstock.server.local.procs import ProcessError
 
     problems = plan.problems()
     if problems:

@@ -8,7 +8,7 @@ deduction echoed back, with a timestamp and a stock level), so the bench
 drives it with the very same stub and loop as a node, and the ratio
 node/echo is the share of the bare stack's rate the node keeps.
 
-Run as its own process: ``python -m flashstock.server._echo --port N
+Run as its own process: ``python -m flashstock.server.bench.echo --port N
 [--workers W]``; it prints :data:`READY_LINE` once it serves and stops on
 SIGTERM or SIGINT.
 """
@@ -29,7 +29,7 @@ import grpc
 
 from flashstock.v1 import stock_pb2
 
-from ._node import supervise
+from flashstock.server._node import supervise
 
 READY_LINE = "flashstock echo serving on"
 """The start of the line the echo server prints once it serves."""
@@ -101,7 +101,7 @@ class EchoProcess:
     """The echo server as its own process on a free loopback port (like :class:`~._procs.NodeProcess`)."""
 
     def __init__(self, workers: int = 1) -> None:
-        from ._procs import free_port
+        from flashstock.server.local.procs import free_port
 
         self.workers = workers
         self.port = free_port()
@@ -125,7 +125,7 @@ class EchoProcess:
         fd, name = tempfile.mkstemp(prefix="flashstock-echo-", suffix=".log")
         os.close(fd)
         self._log = Path(name)
-        args = [sys.executable, "-m", "flashstock.server._echo", "--port", str(self.port), "--workers", str(self.workers)]
+        args = [sys.executable, "-m", "flashstock.server.bench.echo", "--port", str(self.port), "--workers", str(self.workers)]
         with open(self._log, "wb") as log_file:
             self.proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=log_file)
         assert self.proc.stdout is not None
@@ -134,7 +134,7 @@ class EchoProcess:
 
     def wait_ready(self, timeout: float = 60.0) -> EchoProcess:
         """Wait for the ready line; raises ProcessError if it exits or is late."""
-        from ._procs import ProcessError
+        from flashstock.server.local.procs import ProcessError
 
         assert self.proc is not None and self.proc.stdout is not None
         deadline = time.monotonic() + timeout
@@ -153,7 +153,7 @@ class EchoProcess:
 
     def stop(self) -> None:
         """SIGTERM it (SIGKILL if it lingers) and remove its log."""
-        from ._procs import _stop
+        from flashstock.server.local.procs import _stop
 
         if self.proc is not None:
             _stop(self.proc, timeout=10)
@@ -165,7 +165,7 @@ class EchoProcess:
 
 def main(argv: list[str] | None = None) -> int:
     """Serve until SIGTERM/SIGINT; ``--workers`` processes share the port."""
-    parser = argparse.ArgumentParser(prog="python -m flashstock.server._echo", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m flashstock.server.bench.echo", description=__doc__.split("\n\n")[0])
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--workers", type=int, default=1)

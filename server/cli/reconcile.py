@@ -1,0 +1,150 @@
+"""``flashstock reconcile``: the comparison of :mod:`flashstock.server.duties.reconcile`, shown."""
+
+from __future__ import annotations
+
+import redis as redis_py
+import sqlalchemy as sa
+from rich import box
+from rich.console import Console
+from rich.table import Column, Table
+from rich.text import Text
+
+from flashstock.server.duties.reconcile import (
+    LABELS,
+    Difference,
+    Reconciliation,
+    ReconcileError,
+    SkuFigures,
+    reconcile,
+)
+from flashstock.server.ledger import Ledger, LedgerError
+from flashstock.server.ledger.reports import open_for_reading
+
+
+_SHOWN = ("total", "held", "confirmed", "released", "expired", "available")
+
+
+def reconcile_table(rec: Reconciliation) -> Table:
+    """Both sides of each SKU, one above the other (Redis, then the ledger); differing figures in red.
+
+    The SKU's row names its shard below its id; the check column says "ok"
+    or which figures differ (the sale number there too).
+    """
+    table = Table(
+        "sku",
+        "side",
+        *(Column(LABELS.get(f, f), justify="right") for f in _SHOWN),
+        "check",
+        title="reconcile: Redis against the ledger",
+        caption=(
+            "Compared: put, held, confirmed, left and the sale number. Released and expired "
+            "are from the ledger only (Redis keeps no counters of them) and not compared."
+        ),
+        box=box.HORIZONTALS,
+        pad_edge=False,
+        collapse_padding=True,
+    )
+    by_sku: dict[str, list[Difference]] = {}
+    for diff in rec.differences:
+        by_sku.setdefault(diff.sku_id, []).append(diff)
+
+    def cells(row: SkuFigures | None, differing: set[str]) -> list[Text]:
+        out = []
+        for figure in _SHOWN:
+            value = None if row is None else getattr(row, figure)
+            if value is None:
+                out.append(Text("-", style="dim"))
+            else:
+                out.append(Text(str(value), style="bold red" if figure in differing else ""))
+        return out
+
+    for sku_id in sorted(set(rec.redis) | set(rec.ledger)):
+        r, l = rec.redis.get(sku_id), rec.ledger.get(sku_id)
+        diffs = by_sku.get(sku_id, [])
+        differing = {d.figure for d in diffs}
+        if r is None:
+            check = Text("only in the ledger", style="bold red")
+        elif l is None:
+            check = Text("only in Redis", style="bold red")
+        elif diffs:
+            parts = [f"sale {d.redis} ≠ {d.ledger}" if d.figure == "sale" else LABELS[d.figure] for d in diffs]
+            check = Text("differs: " + ", ".join(parts), style="bold red")
+        else:
+            check = Text("ok", style="green")
+        shard = (r or l).shard  # type: ignore[union-attr]
+        table.add_row(sku_id, "redis", *cells(r, differing), check)
+        table.add_row(Text(f"shard {shard}", style="dim"), "ledger", *cells(l, differing), "", end_section=True)
+    return table
+
+
+def print_reconciliation(rec: Reconciliation, console: Console) -> None:
+    """The table, then a verdict naming each difference."""
+    if rec.unsettled:
+        shards = ", ".join(f"{s} ({why})" for s, why in sorted(rec.unsettled.items()))
+        console.print(
+            f"[yellow]after {rec.waited_s:.1f} s, shard(s) still unsettled: {shards}; is a node (its persister) "
+            "running? Their figures are compared as they are.",
+            soft_wrap=True,
+        )
+    if not rec.redis and not rec.ledger:
+        console.print("no SKUs in Redis or in the ledger")
+        return
+    console.print(reconcile_table(rec))
+    skus = len(set(rec.redis) | set(rec.ledger))
+    if rec.ok:
+        console.print(f"[green]Redis and the ledger agree on all {skus} SKU(s)")
+        return
+    differing = sorted({d.sku_id for d in rec.differences})
+    console.print(f"[red]{len(rec.differences)} difference(s) in {len(differing)} of {skus} SKU(s):")
+    for diff in rec.differences:
+        console.print(Text(f"  {diff}", style="red"), soft_wrap=True)
+
+
+def _error(console: Console, message: str) -> None:
+    console.print(Text.assemble(("reconcile: ", "red"), message), soft_wrap=True)
+
+
+def run_reconcile(
+    redis_url: str,
+    ledger_url: str,
+    shard_count: int,
+    console: Console,
+    sku_id: str | None = None,
+    wait_s: float = 10.0,
+    err_console: Console | None = None,
+) -> int:
+    """Reconcile and print it; the exit code: 0 agreed, 1 differences, 2 could not run."""
+    err = err_console or console
+    try:
+        client = redis_py.Redis.from_url(redis_url, decode_responses=True, socket_timeout=5, socket_connect_timeout=5)
+    except ValueError as exc:
+        _error(err, f"redis_url: {exc}")
+        return 2
+    ledger: Ledger | None = None
+    try:
+        ledger = open_for_reading(ledger_url)
+        client.ping()
+        with console.status("reading Redis and the ledger ...") as status:
+
+            def waiting(unsettled: dict[int, str]) -> None:
+                status.update(f"waiting for the persister: {len(unsettled)} shard(s) not settled yet ...")
+
+            rec = reconcile(client, ledger, shard_count, sku_id=sku_id, wait_s=wait_s, on_wait=waiting)
+    except (LedgerError, ReconcileError) as exc:
+        _error(err, str(exc))
+        return 2
+    except sa.exc.SQLAlchemyError as exc:
+        _error(err, f"ledger: cannot read {ledger_url}: {' '.join(str(getattr(exc, 'orig', None) or exc).split())}")
+        return 2
+    except redis_py.RedisError as exc:
+        _error(err, f"redis_url: cannot read Redis at {redis_url}: {exc}")
+        return 2
+    finally:
+        client.close()
+        if ledger is not None:
+            ledger.close()
+    if sku_id is not None and not rec.redis and not rec.ledger:
+        _error(err, f"sku: {sku_id!r} is defined neither in Redis nor in the ledger")
+        return 2
+    print_reconciliation(rec, console)
+    return 0 if rec.ok else 1
