@@ -23,13 +23,13 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import grpc
 
-from flashstock.v1 import stock_pb2
-
 from flashstock.server._node import supervise
+from flashstock.v1 import stock_pb2
 
 READY_LINE = "flashstock echo serving on"
 """The start of the line the echo server prints once it serves."""
@@ -98,7 +98,7 @@ def _worker(host: str, port: int, workers: int, ready) -> None:  # type: ignore[
 
 
 class EchoProcess:
-    """The echo server as its own process on a free loopback port (like :class:`~._procs.NodeProcess`)."""
+    """The echo server as its own process on a free loopback port (like :class:`~flashstock.server.local.procs.NodeProcess`)."""
 
     def __init__(self, workers: int = 1) -> None:
         from flashstock.server.local.procs import free_port
@@ -107,7 +107,7 @@ class EchoProcess:
         self.port = free_port()
         self.proc: subprocess.Popen | None = None
         self._log: Path | None = None
-        self._buffered = b""
+        self._read: Callable[[], str] | None = None
 
     @property
     def address(self) -> str:
@@ -122,41 +122,35 @@ class EchoProcess:
 
     def launch(self) -> EchoProcess:
         """Start the process without waiting for it (see :meth:`wait_ready`)."""
+        from flashstock.server.local.procs import pipe_reader
+
         fd, name = tempfile.mkstemp(prefix="flashstock-echo-", suffix=".log")
         os.close(fd)
         self._log = Path(name)
         args = [sys.executable, "-m", "flashstock.server.bench.echo", "--port", str(self.port), "--workers", str(self.workers)]
         with open(self._log, "wb") as log_file:
             self.proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=log_file)
-        assert self.proc.stdout is not None
-        os.set_blocking(self.proc.stdout.fileno(), False)
+        self._read = pipe_reader(self.proc)
         return self
 
     def wait_ready(self, timeout: float = 60.0) -> EchoProcess:
         """Wait for the ready line; raises ProcessError if it exits or is late."""
-        from flashstock.server.local.procs import ProcessError
+        from flashstock.server.local.procs import wait_for_line
 
-        assert self.proc is not None and self.proc.stdout is not None
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            self._buffered += self.proc.stdout.read() or b""
-            if READY_LINE.encode() in self._buffered:
-                return self
-            if self.proc.poll() is not None:
-                raise ProcessError(f"echo server exited ({self.proc.returncode}): {self.log()}")
-            time.sleep(0.05)
-        raise ProcessError(f"echo server not ready within {timeout} s: {self.log()}")
+        assert self.proc is not None and self._read is not None
+        wait_for_line(self.proc, self._read, name="echo server", timeout=timeout, line=READY_LINE, log=self.log)
+        return self
 
     def log(self) -> str:
         """What the echo wrote to stderr (the last 4,000 characters)."""
         return self._log.read_text(errors="replace")[-4000:] if self._log else ""
 
     def stop(self) -> None:
-        """SIGTERM it (SIGKILL if it lingers) and remove its log."""
-        from flashstock.server.local.procs import _stop
+        """SIGTERM it (SIGKILL if it lingers), its workers with it, and remove its log."""
+        from flashstock.server.local.procs import stop_family
 
         if self.proc is not None:
-            _stop(self.proc, timeout=10)
+            stop_family(self.proc, timeout=10)
             if self.proc.stdout:
                 self.proc.stdout.close()
         if self._log is not None:

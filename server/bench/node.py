@@ -302,10 +302,8 @@ def takers_memory(redis_url: str, sku_id: str, shards: int, record_ttl_ms: int =
     import redis.asyncio as aioredis
 
     from flashstock.lockmgr import shard_of
-
-    from flashstock.server.store.keys import ShardKeys
-
     from flashstock.server.store.feed import TakersLoader
+    from flashstock.server.store.keys import ShardKeys
     from flashstock.server.store.soldout import SoldOutBook
 
     async def load() -> dict[str, Any]:
@@ -378,17 +376,18 @@ class _Cpu:
     """CPU seconds of groups of processes (user + system), and of the machine."""
 
     def __init__(self, groups: dict[str, list[int]]) -> None:
+        from flashstock.server.local.procs import family
+
         self._groups: dict[str, list[psutil.Process]] = {}
         seen: set[int] = set()
         for name, pids in groups.items():
             procs = []
             for pid in pids:
                 with contextlib.suppress(psutil.Error):
-                    p = psutil.Process(pid)
                     # The bench's own children are the groups above, not the bench.
-                    family = [p] if pid == os.getpid() else [p, *p.children(recursive=True)]
-                    procs += [q for q in family if q.pid not in seen]
-                    seen.update(q.pid for q in family)
+                    members = [psutil.Process(pid)] if pid == os.getpid() else family(pid)
+                    procs += [q for q in members if q.pid not in seen]
+                    seen.update(q.pid for q in members)
             self._groups[name] = procs
 
     def sample(self) -> dict[str, Any]:

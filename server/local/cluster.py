@@ -44,14 +44,28 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Self, TypeVar
 
-from flashstock.server.local.etcd import EtcdServer
-from flashstock.server._node import READY_LINE
-from flashstock.server.local.procs import PostgresServer, ProcessError, RedisServer, free_port
+import psutil
+
+from flashstock.server.local.etcd import EtcdCluster, EtcdServer
+from flashstock.server.local.procs import (
+    PostgresServer,
+    ProcessError,
+    RedisServer,
+    family,
+    file_reader,
+    free_port,
+    gone,
+    kill_family,
+    pause_family,
+    resume_family,
+    stop_family,
+    wait_for_line,
+)
 
 __all__ = ["ClusterProcess", "ClusterStatus", "LocalCluster", "ProcessStatus", "StopOutcome"]
 
@@ -191,6 +205,8 @@ class _Record:
     processes: list[ClusterProcess] = field(default_factory=list)
     up_ms: int = 0
     down_ms: int = 0
+    etcd_members: int = 1
+    node_env: dict[str, dict[str, str]] = field(default_factory=dict)
 
 
 # -- processes ------------------------------------------------------------------
@@ -202,88 +218,21 @@ def _now_ms() -> int:
 
 def _identify(pid: int) -> tuple[list[str], float]:
     """The command line and start time the OS has for ``pid`` now."""
-    import psutil
-
     proc = psutil.Process(pid)
     return proc.cmdline(), proc.create_time()
 
 
-def _gone(proc: Any) -> bool:
-    """True once ``proc`` (a ``psutil.Process``) exited; reaps it if it is our own child.
-
-    A zombie counts as exited: an orphan's zombie stays until its new parent
-    reaps it, and in a container that may be never.
-    """
-    import psutil
-
-    try:
-        if proc.status() != psutil.STATUS_ZOMBIE:
-            return not proc.is_running()
-    except psutil.NoSuchProcess:
-        return True
-    with contextlib.suppress(ChildProcessError, OSError):
-        os.waitpid(proc.pid, os.WNOHANG)
-    return True
-
-
-def _running(record: ClusterProcess) -> Any:
+def _running(record: ClusterProcess) -> psutil.Process | None:
     """The live ``psutil.Process`` of ``record``, or None if it exited or the pid is another program's now."""
-    import psutil
-
     try:
         proc = psutil.Process(record.pid)
         if abs(proc.create_time() - record.create_time) > 1.0:
             return None  # the pid was given to another process since
-        if _gone(proc) or proc.cmdline() != record.argv:
+        if gone(proc) or proc.cmdline() != record.argv:
             return None
         return proc
     except (psutil.NoSuchProcess, psutil.AccessDenied):
         return None
-
-
-def _wait_gone(procs: Sequence[Any], timeout: float) -> list[Any]:
-    """Wait until every process exited (a zombie counts as exited); the ones still alive."""
-    deadline = time.monotonic() + timeout
-    alive = list(procs)
-    while alive:
-        alive = [p for p in alive if not _gone(p)]
-        if not alive or time.monotonic() >= deadline:
-            break
-        time.sleep(0.05)
-    return alive
-
-
-def _wait_stopped(procs: Sequence[Any], stopped: bool, timeout: float = 5.0) -> None:
-    """Wait until every process is (``stopped``) or is not (not ``stopped``) SIGSTOPped: signals take a moment."""
-    import psutil
-
-    def settled(proc: Any) -> bool:
-        try:
-            return (proc.status() == psutil.STATUS_STOPPED) == stopped
-        except psutil.NoSuchProcess:
-            return True
-
-    deadline = time.monotonic() + timeout
-    while not all(settled(p) for p in procs) and time.monotonic() < deadline:
-        time.sleep(0.01)
-
-
-def _family(proc: Any) -> list[Any]:
-    """``proc`` and every process under it (a node's workers and duties process)."""
-    import psutil
-
-    try:
-        return [proc, *proc.children(recursive=True)]
-    except psutil.NoSuchProcess:
-        return [proc]
-
-
-def _signal_all(procs: Sequence[Any], signum: int) -> None:
-    import psutil
-
-    for proc in procs:
-        with contextlib.suppress(psutil.NoSuchProcess):
-            proc.send_signal(signum)
 
 
 def _terminate(record: ClusterProcess) -> str:
@@ -291,19 +240,7 @@ def _terminate(record: ClusterProcess) -> str:
     proc = _running(record)
     if proc is None:
         return "not running"
-    family = _family(proc)
-    _signal_all([proc], _STOP_SIGNAL[record.role])
-    # A SIGSTOPped process would hold the signal until resumed.
-    _signal_all(family, signal.SIGCONT)
-    outcome = "stopped"
-    if _wait_gone([proc], _STOP_TIMEOUT_S[record.role]):
-        _signal_all(family, signal.SIGKILL)
-        outcome = "killed"
-    # A node forwards its signal to its workers; a killed one leaves them behind.
-    leftovers = _wait_gone(family, 5.0)
-    _signal_all(leftovers, signal.SIGKILL)
-    _wait_gone(leftovers, 5.0)
-    return outcome
+    return stop_family(proc, _STOP_SIGNAL[record.role], _STOP_TIMEOUT_S[record.role])
 
 
 def _port_free(port: int) -> bool:
@@ -360,7 +297,15 @@ class LocalCluster:
     ``ledger`` is ``"sqlite"`` (one file every node opens, ``ledger.sqlite3``)
     or ``"postgresql"`` (a PostgreSQL server in the folder). ``workers`` and
     ``extra_node_args`` go to every node's ``flashstock serve``; ``cluster``
-    is the cluster's name in etcd.
+    is the cluster's name in etcd. ``etcd_members``: one etcd (``etcd``) or
+    several that form one etcd cluster (``etcd-0`` ...), each node given
+    every endpoint. ``node_env``: environment variables of a node's own, by
+    node id (a failpoint flag for one node in a test).
+
+    Any recorded process can be broken and mended by name (``node-1``,
+    ``redis``, ``etcd``, ``etcd-0``): :meth:`kill_process`,
+    :meth:`stop_process`, :meth:`pause_process`, :meth:`resume_process`,
+    :meth:`start_process`.
     """
 
     def __init__(
@@ -373,6 +318,8 @@ class LocalCluster:
         workers: int = 1,
         extra_node_args: Sequence[str] = (),
         cluster: str = "flashstock",
+        etcd_members: int = 1,
+        node_env: Mapping[str, Mapping[str, str]] | None = None,
     ) -> None:
         if nodes < 1:
             raise ValueError(f"nodes must be >= 1, not {nodes}")
@@ -384,6 +331,8 @@ class LocalCluster:
             raise ValueError(f"lease_ttl_s must be >= 1, not {lease_ttl_s}")
         if workers < 0:
             raise ValueError(f"workers must be >= 0, not {workers}")
+        if etcd_members < 1:
+            raise ValueError(f"etcd_members must be >= 1, not {etcd_members}")
         self.folder = Path(folder).expanduser().resolve()
         """The cluster's folder (absolute)."""
         self.size = nodes
@@ -395,6 +344,8 @@ class LocalCluster:
             lease_ttl_s=lease_ttl_s,
             workers=workers,
             extra_node_args=list(extra_node_args),
+            etcd_members=etcd_members,
+            node_env={node: dict(env) for node, env in (node_env or {}).items()},
         )
         self._popens: dict[int, subprocess.Popen] = {}
 
@@ -416,6 +367,8 @@ class LocalCluster:
             workers=record.workers,
             extra_node_args=record.extra_node_args,
             cluster=record.cluster,
+            etcd_members=record.etcd_members,
+            node_env=record.node_env,
         )
         cluster._record = record
         return cluster
@@ -437,7 +390,7 @@ class LocalCluster:
 
     @property
     def etcd_endpoint(self) -> str:
-        """``127.0.0.1:<port>`` of etcd (``--etcd``)."""
+        """``127.0.0.1:<port>`` of etcd (``--etcd``); every member's, comma-separated, if it has several."""
         return self._record.etcd_endpoint
 
     @property
@@ -465,10 +418,15 @@ class LocalCluster:
         """Every recorded process, in start order."""
         return list(self._record.processes)
 
+    @property
+    def metrics_ports(self) -> list[int]:
+        """The nodes' Prometheus ports on 127.0.0.1, by index."""
+        return [self._spec(i).metrics_port for i in range(len(self._record.nodes))]
+
     def node_pids(self, i: int) -> list[int]:
         """Node ``i``'s process and every process under it (workers, duties); empty if it is not running."""
         proc = _running(self._process(self._spec(i).id))
-        return [] if proc is None else [p.pid for p in _family(proc)]
+        return [] if proc is None else [p.pid for p in family(proc)]
 
     # -- up and down ----------------------------------------------------------------
 
@@ -541,23 +499,16 @@ class LocalCluster:
 
     def kill(self, i: int) -> None:
         """SIGKILL node ``i`` and every process under it: a crash."""
-        proc = _running(self._process(self._spec(i).id))
-        if proc is None:
-            return
-        family = _family(proc)
-        _signal_all(family, signal.SIGKILL)
-        _wait_gone(family, 10.0)
+        self.kill_process(self._spec(i).id)
 
     def stop_node(self, i: int) -> StopOutcome:
         """Stop node ``i`` gracefully (SIGTERM; SIGKILL if it lingers)."""
-        record = self._process(self._spec(i).id)
-        return StopOutcome(record.name, record.pid, _terminate(record))
+        return self.stop_process(self._spec(i).id)
 
     def start_node(self, i: int, timeout: float = 60.0) -> ClusterProcess:
         """Start node ``i`` again (same id, port and data) and wait until it serves; refused while it runs."""
         record = self._process(self._spec(i).id)
-        if _running(record) is not None:
-            raise ProcessError(f"{record.name} is running (pid {record.pid}): stop or kill it first")
+        self._refuse_running(record)
         started = self._spawn_node(record.argv, Path(record.log), timeout)
         started.ports, started.address = record.ports, record.address
         self._replace(started)
@@ -568,19 +519,65 @@ class LocalCluster:
 
         Returns once every one of them is stopped.
         """
-        proc = _running(self._process(self._spec(i).id))
-        if proc is not None:
-            family = _family(proc)
-            _signal_all(family, signal.SIGSTOP)
-            _wait_stopped(family, stopped=True)
+        self.pause_process(self._spec(i).id)
 
     def resume(self, i: int) -> None:
         """SIGCONT node ``i`` and its workers; returns once none of them is stopped."""
-        proc = _running(self._process(self._spec(i).id))
+        self.resume_process(self._spec(i).id)
+
+    # -- any process, by name -------------------------------------------------------------
+
+    def kill_process(self, name: str) -> None:
+        """SIGKILL the recorded process ``name`` and every process under it: a crash."""
+        proc = _running(self._process(name))
         if proc is not None:
-            family = list(reversed(_family(proc)))
-            _signal_all(family, signal.SIGCONT)
-            _wait_stopped(family, stopped=False)
+            kill_family(proc)
+
+    def stop_process(self, name: str) -> StopOutcome:
+        """Stop the recorded process ``name`` with its stop signal (SIGKILL if it lingers)."""
+        record = self._process(name)
+        return StopOutcome(record.name, record.pid, _terminate(record))
+
+    def pause_process(self, name: str) -> None:
+        """SIGSTOP the recorded process ``name`` and every process under it; returns once all are stopped."""
+        proc = _running(self._process(name))
+        if proc is not None:
+            pause_family(proc)
+
+    def resume_process(self, name: str) -> None:
+        """SIGCONT the recorded process ``name`` and every process under it; returns once none is stopped."""
+        proc = _running(self._process(name))
+        if proc is not None:
+            resume_family(proc)
+
+    def start_process(self, name: str) -> ClusterProcess:
+        """Start the recorded process ``name`` again, on its ports and folder, and wait until it answers.
+
+        A node keeps its data; Redis comes back EMPTY (it keeps nothing on
+        disk: the nodes rebuild it from the ledger); an etcd member keeps its
+        data. Refused while the process runs.
+        """
+        record = self._process(name)
+        if record.role == "node":
+            return self.start_node(self.node_ids.index(name))
+        self._refuse_running(record)
+        if record.role == "redis":
+            server = RedisServer(self.folder / "redis", port=record.ports["redis"], detach=True)
+            server.start()
+            assert server.proc is not None
+            self._popens[server.proc.pid] = server.proc
+            started = self._recorded(name, "redis", server.proc.pid, record.ports, Path(record.log), record.address)
+        elif record.role == "etcd":
+            member = self._etcd_member(record)
+            member.launch()
+            assert member.proc is not None
+            self._popens[member.proc.pid] = member.proc
+            member.wait_ready()
+            started = self._recorded(name, "etcd", member.proc.pid, record.ports, Path(record.log), record.address)
+        else:
+            raise ProcessError(f"{name} ({record.role}) cannot be started on its own: cluster down, then up")
+        self._replace(started)
+        return started
 
     # -- starting ----------------------------------------------------------------------
 
@@ -603,6 +600,9 @@ class LocalCluster:
             )
 
     def _start_etcd(self, previous: LocalCluster | None) -> None:
+        if self._record.etcd_members > 1:
+            self._start_etcd_members(previous)
+            return
         old_etcd = previous._find("etcd") if previous else None
         old = old_etcd.ports if old_etcd else {}
         reuse = bool(old) and _port_free(old["client"]) and _port_free(old["peer"])
@@ -619,6 +619,52 @@ class LocalCluster:
         log = _link_log(self.folder, "etcd", server.log_path)
         ports = {"client": server.client_port, "peer": server.peer_port}
         self._add(self._recorded("etcd", "etcd", server.proc.pid, ports, log, server.endpoint))
+
+    def _start_etcd_members(self, previous: LocalCluster | None) -> None:
+        """Several etcd members: new ones, or (data in the folder) the recorded ones on their ports."""
+        old = [p for p in previous.processes if p.role == "etcd"] if previous else []
+        if old and len(old) != self._record.etcd_members:
+            raise ProcessError(
+                f"the cluster in {self.folder} has {len(old)} etcd member(s), not {self._record.etcd_members}"
+            )
+        if old:
+            busy = [p.name for p in old if not (_port_free(p.ports["client"]) and _port_free(p.ports["peer"]))]
+            if busy:
+                raise ProcessError(f"the ports of {', '.join(busy)} are taken: its members know each other by them")
+            members = [self._etcd_member(p, old) for p in old]
+            for member in members:
+                member.launch()
+            # A member reports healthy only once a quorum elected a leader: all run before any is waited for.
+            for member in members:
+                member.wait_ready()
+        else:
+            members = EtcdCluster(self._record.etcd_members, folder=self.folder / "etcd", detach=True).start().members
+        self._record.etcd_endpoint = ",".join(m.endpoint for m in members)
+        for i, member in enumerate(members):
+            assert member.proc is not None
+            self._popens[member.proc.pid] = member.proc
+            log = _link_log(self.folder, f"etcd-{i}", member.log_path)
+            ports = {"client": member.client_port, "peer": member.peer_port}
+            self._add(self._recorded(f"etcd-{i}", "etcd", member.proc.pid, ports, log, member.endpoint))
+
+    def _etcd_member(self, record: ClusterProcess, members: Sequence[ClusterProcess] = ()) -> EtcdServer:
+        """The recorded etcd member ``record``, as an :class:`EtcdServer` on its folder and ports (not started)."""
+        if record.name == "etcd":
+            return EtcdServer(
+                self.folder / "etcd", client_port=record.ports["client"], peer_port=record.ports["peer"], detach=True
+            )
+        members = members or [p for p in self._record.processes if p.role == "etcd"]
+        # EtcdCluster's names: m0, m1 ... in folders of those names.
+        initial = ",".join(f"m{p.name.removeprefix('etcd-')}=http://127.0.0.1:{p.ports['peer']}" for p in members)
+        name = f"m{record.name.removeprefix('etcd-')}"
+        return EtcdServer(
+            self.folder / "etcd" / name,
+            name=name,
+            client_port=record.ports["client"],
+            peer_port=record.ports["peer"],
+            initial_cluster=initial,
+            detach=True,
+        )
 
     def _init_cluster(self) -> None:
         from flashstock.lockmgr import ShardCountMismatch, etcd_client, init_cluster
@@ -717,21 +763,15 @@ class LocalCluster:
             offset = out.tell()
             proc = subprocess.Popen(
                 argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                env=_node_env(), start_new_session=True,
+                env={**_node_env(), **self._record.node_env.get(name, {})}, start_new_session=True,
             )
         self._popens[proc.pid] = proc
-        deadline = time.monotonic() + timeout
-        while True:
-            text = _read_from(log, offset)
-            if READY_LINE in text:
-                return self._recorded(name, "node", proc.pid, {}, log, "")
-            if proc.poll() is not None:
-                raise ProcessError(f"{name} exited ({proc.returncode}) before serving: {text[-3000:]}")
-            if time.monotonic() >= deadline:
-                _kill_tree(proc.pid)
-                proc.wait()
-                raise ProcessError(f"{name} not serving within {timeout} s: {text[-3000:]}")
-            time.sleep(0.05)
+        try:
+            wait_for_line(proc, file_reader(log, offset), name=name, timeout=timeout)
+        except ProcessError:
+            proc.wait()
+            raise
+        return self._recorded(name, "node", proc.pid, {}, log, "")
 
     # -- the record ------------------------------------------------------------------------
 
@@ -750,6 +790,10 @@ class LocalCluster:
 
     def _find(self, name: str) -> ClusterProcess | None:
         return next((p for p in self._record.processes if p.name == name), None)
+
+    def _refuse_running(self, record: ClusterProcess) -> None:
+        if _running(record) is not None:
+            raise ProcessError(f"{record.name} is running (pid {record.pid}): stop or kill it first")
 
     def _process(self, name: str) -> ClusterProcess:
         record = self._find(name)
@@ -793,8 +837,6 @@ class LocalCluster:
     # -- status --------------------------------------------------------------------------
 
     def _state_of(self, record: ClusterProcess) -> str:
-        import psutil
-
         proc = _running(record)
         if proc is None:
             return "gone"
@@ -806,8 +848,8 @@ class LocalCluster:
     def _owned_shards(self, timeout: float) -> tuple[Counter[str] | None, str | None]:
         from flashstock.lockmgr import etcd_client, owners
 
-        etcd = self._find("etcd")
-        if etcd is None or self._state_of(etcd) != "running":
+        etcd = [p for p in self._record.processes if p.role == "etcd"]
+        if not any(self._state_of(p) == "running" for p in etcd):
             return None, "etcd is not running"
 
         async def read() -> Counter[str]:
@@ -821,26 +863,6 @@ class LocalCluster:
             return _run_async(read), None
         except Exception as exc:  # noqa: BLE001 - shown to the operator, not raised
             return None, f"{type(exc).__name__}: {exc}"
-
-
-def _read_from(path: Path, offset: int) -> str:
-    try:
-        with open(path, "rb") as f:
-            f.seek(offset)
-            return f.read().decode(errors="replace")
-    except OSError:
-        return ""
-
-
-def _kill_tree(pid: int) -> None:
-    """SIGKILL ``pid`` and every process under it, if it still runs."""
-    import psutil
-
-    try:
-        family = _family(psutil.Process(pid))
-    except psutil.NoSuchProcess:
-        return
-    _signal_all(family, signal.SIGKILL)
 
 
 def _health(address: str, timeout: float) -> str:

@@ -25,7 +25,6 @@ import contextlib
 import json
 import os
 import shutil
-import signal
 import subprocess
 import tempfile
 import time
@@ -34,7 +33,14 @@ import urllib.request
 from collections.abc import Sequence
 from pathlib import Path
 
-from flashstock.server.local.procs import ProcessError, free_port
+from flashstock.server.local.procs import (
+    ProcessError,
+    free_port,
+    kill_family,
+    pause_family,
+    resume_family,
+    stop_family,
+)
 
 __all__ = ["EtcdCluster", "EtcdServer", "etcd_binary"]
 
@@ -203,40 +209,28 @@ class EtcdServer:
 
     def stop(self, timeout: float = 10.0) -> None:
         """SIGTERM the member (SIGKILL if it lingers); its data folder stays."""
-        if self.proc is None:
-            return
-        if self.proc.poll() is None:
-            if self._paused:
-                # A stopped process would hold the SIGTERM until resumed.
-                self.resume()
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        if self.proc is not None:
+            stop_family(self.proc, timeout=timeout)  # a paused member is resumed to take the signal
         self._paused = False
 
     def kill(self) -> None:
         """SIGKILL the member: a crash."""
-        if self.running():
-            assert self.proc is not None
-            self.proc.kill()
-            self.proc.wait()
+        if self.proc is not None:
+            kill_family(self.proc)
         self._paused = False
 
     def pause(self) -> None:
         """SIGSTOP the member: it holds its connections but answers nothing."""
         if self.running():
             assert self.proc is not None
-            self.proc.send_signal(signal.SIGSTOP)
+            pause_family(self.proc.pid)
             self._paused = True
 
     def resume(self) -> None:
         """SIGCONT a paused member."""
         if self.running() and self._paused:
             assert self.proc is not None
-            self.proc.send_signal(signal.SIGCONT)
+            resume_family(self.proc.pid)
         self._paused = False
 
     def close(self) -> None:
@@ -261,11 +255,22 @@ class EtcdCluster:
     on :meth:`close`, also when starting fails half way.
     """
 
-    def __init__(self, size: int = 3, *, heartbeat_ms: int = 50, election_ms: int = 500) -> None:
+    def __init__(
+        self,
+        size: int = 3,
+        *,
+        heartbeat_ms: int = 50,
+        election_ms: int = 500,
+        folder: Path | None = None,
+        detach: bool = False,
+    ) -> None:
         if size < 1:
             raise ValueError(f"size must be >= 1, not {size}")
-        self.folder = Path(tempfile.mkdtemp(prefix="flashstock-etcd-cluster-"))
-        """Holds one sub-folder per member."""
+        self._own_folder = folder is None
+        self.folder = Path(folder or tempfile.mkdtemp(prefix="flashstock-etcd-cluster-"))
+        """Holds one sub-folder per member (``m0`` ...)."""
+        self.detach = detach
+        """Start each member in a session of its own, so it outlives its starter (and its Ctrl-C)."""
         self._size, self._heartbeat_ms, self._election_ms = size, heartbeat_ms, election_ms
         self.members = self._new_members()
         """The members, in order."""
@@ -287,6 +292,7 @@ class EtcdCluster:
                 cluster_token=token,
                 heartbeat_ms=heartbeat_ms,
                 election_ms=election_ms,
+                detach=self.detach,
             )
             for i, (client, peer) in enumerate(ports)
         ]
@@ -318,7 +324,7 @@ class EtcdCluster:
                     with contextlib.suppress(Exception):
                         member.stop()
                 shutil.rmtree(self.folder, ignore_errors=True)
-                self.folder.mkdir(parents=True)
+                self.folder.mkdir(parents=True, exist_ok=True)
                 if attempt == 2:
                     self.close()
                     raise
@@ -341,11 +347,12 @@ class EtcdCluster:
         return member.wait_ready(timeout)
 
     def close(self) -> None:
-        """Stop every member and remove the cluster's folder."""
+        """Stop every member and remove the cluster's folder if this object made it."""
         for member in self.members:
             with contextlib.suppress(Exception):
                 member.stop()
-        shutil.rmtree(self.folder, ignore_errors=True)
+        if self._own_folder:
+            shutil.rmtree(self.folder, ignore_errors=True)
 
     def __enter__(self) -> EtcdCluster:
         return self.start()

@@ -1,8 +1,17 @@
-"""Real server processes on loopback: Redis, PostgreSQL and flashstock nodes.
+"""Real server processes on loopback: Redis, PostgreSQL and flashstock nodes, and the one process harness.
 
-Used by ``flashstock demo`` and ``flashstock bench`` and by the test
-fixtures: each starts its process on a free 127.0.0.1 port in a temporary
-folder, waits until it answers, and stops it (also when the caller fails).
+Used by ``flashstock demo``, ``flashstock bench``, the local cluster and
+the test fixtures: each starts its process on a free 127.0.0.1 port in a
+temporary folder, waits until it answers, and stops it (also when the caller
+fails).
+
+The harness, which every one of them uses to end what it started::
+
+    family(pid)                     # the process and every process under it (a node's workers, duties)
+    stop_family(proc)               # its stop signal, SIGKILL for the whole family if it lingers
+    kill_family(proc)               # SIGKILL the whole family: a crash
+    pause_family(pid), resume_family(pid)
+    wait_for_line(proc, read, ...)  # until the process writes its ready line
 """
 
 from __future__ import annotations
@@ -18,10 +27,12 @@ import socket
 import subprocess
 import sys
 import tempfile
-import uuid
 import time
-from collections.abc import Iterator, Sequence
+import uuid
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
+
+import psutil
 
 from flashstock.server._node import READY_LINE
 
@@ -55,14 +66,222 @@ def free_port(host: str = "127.0.0.1") -> int:
         return s.getsockname()[1]
 
 
-def _stop(proc: subprocess.Popen, timeout: float = 10.0) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
+# -- the harness: a process and every process under it ------------------------------
+
+_CHILDREN_GRACE_S = 5.0
+"""How long the processes under a stopped parent get to follow it before SIGKILL.
+A node's workers notice their parent's death within a second (``_lifeline``)."""
+
+
+def family(proc: psutil.Process | int) -> list[psutil.Process]:
+    """A process and every process under it (a node's workers and duties process), parent first.
+
+    Empty if the process is gone. Take it while the parent runs: once the
+    parent exits, its children belong to another parent and are not found here.
+    """
+    try:
+        parent = proc if isinstance(proc, psutil.Process) else psutil.Process(proc)
+        return [parent, *parent.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return []
+
+
+def _merge(*groups: Iterable[psutil.Process]) -> list[psutil.Process]:
+    seen: dict[int, psutil.Process] = {}
+    for group in groups:
+        for proc in group:
+            seen.setdefault(proc.pid, proc)
+    return list(seen.values())
+
+
+def _pid(proc: subprocess.Popen | psutil.Process | int) -> int:
+    return proc if isinstance(proc, int) else proc.pid
+
+
+def signal_all(procs: Iterable[psutil.Process], signum: int) -> None:
+    """Send ``signum`` to each of ``procs`` still running (psutil refuses a pid the OS has given to another since)."""
+    for proc in procs:
+        with contextlib.suppress(psutil.NoSuchProcess, psutil.AccessDenied):
+            proc.send_signal(signum)
+
+
+def gone(proc: psutil.Process) -> bool:
+    """True once ``proc`` exited; reaps it if it is our own child.
+
+    A zombie counts as exited: an orphan's zombie stays until its new parent
+    reaps it, and in a container that may be never.
+    """
+    try:
+        if proc.status() != psutil.STATUS_ZOMBIE:
+            return not proc.is_running()
+    except psutil.NoSuchProcess:
+        return True
+    with contextlib.suppress(ChildProcessError, OSError):
+        os.waitpid(proc.pid, os.WNOHANG)
+    return True
+
+
+def wait_gone(procs: Iterable[psutil.Process], timeout: float) -> list[psutil.Process]:
+    """Wait until every process exited (a zombie counts as exited); returns the ones still alive."""
+    deadline = time.monotonic() + timeout
+    alive = list(procs)
+    while alive:
+        alive = [p for p in alive if not gone(p)]
+        if not alive or time.monotonic() >= deadline:
+            break
+        time.sleep(0.05)
+    return alive
+
+
+def _exited(proc: subprocess.Popen | psutil.Process, timeout: float) -> bool:
+    """Wait up to ``timeout`` for ``proc`` to exit; True if it did.
+
+    Our own Popen collects its exit status itself: reaped behind its back,
+    its ``returncode`` would say 0 whatever the process said.
+    """
+    if isinstance(proc, subprocess.Popen):
         try:
             proc.wait(timeout)
         except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+            return False
+        return True
+    return not wait_gone([proc], timeout)
+
+
+def stop_family(
+    proc: subprocess.Popen | psutil.Process | int,
+    signum: int = signal.SIGTERM,
+    timeout: float = 10.0,
+    *,
+    known: Iterable[psutil.Process] = (),
+) -> str:
+    """Stop a process and every process under it; returns ``stopped``, ``killed`` or ``not running``.
+
+    ``signum`` goes to the parent only (a node forwards it to its workers);
+    should the parent not exit within ``timeout``, the whole family gets
+    SIGKILL. Whatever is left of the family a few seconds later (the workers
+    of a parent that was killed) is killed too. ``known``: members found
+    earlier (a parent killed meanwhile no longer has them under it).
+    """
+    pid = _pid(proc)
+    members = _merge(family(proc if isinstance(proc, psutil.Process) else pid), known)
+    parent = next((p for p in members if p.pid == pid), None)
+    waited = proc if isinstance(proc, subprocess.Popen) else parent
+    outcome = "not running"
+    if parent is not None and waited is not None and not _exited(waited, 0):
+        signal_all([parent], signum)
+        # A SIGSTOPped process would hold the signal until resumed.
+        signal_all(members, signal.SIGCONT)
+        outcome = "stopped"
+        if not _exited(waited, timeout):
+            signal_all(members, signal.SIGKILL)
+            _exited(waited, _CHILDREN_GRACE_S)
+            outcome = "killed"
+    leftovers = wait_gone([p for p in members if p.pid != pid], _CHILDREN_GRACE_S)
+    signal_all(leftovers, signal.SIGKILL)
+    wait_gone(leftovers, _CHILDREN_GRACE_S)
+    if isinstance(proc, subprocess.Popen):
+        _exited(proc, 1.0)  # a parent that had exited already: collect its status
+    return outcome
+
+
+def kill_family(proc: subprocess.Popen | psutil.Process | int, *, known: Iterable[psutil.Process] = ()) -> None:
+    """SIGKILL a process and every process under it (a crash); returns once each of them exited."""
+    pid = _pid(proc)
+    members = _merge(family(proc if isinstance(proc, psutil.Process) else pid), known)
+    signal_all(members, signal.SIGKILL)
+    if isinstance(proc, subprocess.Popen):
+        _exited(proc, 10.0)  # first: its status is the Popen's to collect
+        members = [p for p in members if p.pid != pid]
+    wait_gone(members, 10.0)
+
+
+def _wait_paused(procs: Sequence[psutil.Process], paused: bool, timeout: float = 5.0) -> None:
+    # Signals take a moment to land.
+    def settled(proc: psutil.Process) -> bool:
+        try:
+            return (proc.status() == psutil.STATUS_STOPPED) == paused
+        except psutil.NoSuchProcess:
+            return True
+
+    deadline = time.monotonic() + timeout
+    while not all(settled(p) for p in procs) and time.monotonic() < deadline:
+        time.sleep(0.01)
+
+
+def pause_family(proc: psutil.Process | int) -> None:
+    """SIGSTOP a process and every process under it; returns once each of them is stopped.
+
+    They keep their sockets but answer nothing: a long GC pause, a frozen VM.
+    """
+    members = family(proc)
+    signal_all(members, signal.SIGSTOP)
+    _wait_paused(members, paused=True)
+
+
+def resume_family(proc: psutil.Process | int) -> None:
+    """SIGCONT a process and every process under it; returns once none of them is stopped."""
+    members = list(reversed(family(proc)))  # children first: none finds its parent's pipes stalled
+    signal_all(members, signal.SIGCONT)
+    _wait_paused(members, paused=False)
+
+
+def wait_for_line(
+    proc: subprocess.Popen,
+    read: Callable[[], str],
+    *,
+    name: str,
+    timeout: float = 60.0,
+    line: str = READY_LINE,
+    log: Callable[[], str] | None = None,
+) -> None:
+    """Wait until ``read()`` (what the process wrote so far) holds ``line``.
+
+    Raises :class:`ProcessError` with the tail of ``log()`` (default:
+    ``read()``) should the process exit first, or ``timeout`` pass: then the
+    process and every process under it are killed.
+    """
+    tail = log or read
+    deadline = time.monotonic() + timeout
+    while True:
+        if line in read():
+            return
+        if proc.poll() is not None:
+            raise ProcessError(f"{name} exited ({proc.returncode}) before it was ready: {tail()[-3000:]}")
+        if time.monotonic() >= deadline:
+            kill_family(proc)
+            raise ProcessError(f"{name} not ready within {timeout} s: {tail()[-3000:]}")
+        time.sleep(0.05)
+
+
+def pipe_reader(proc: subprocess.Popen) -> Callable[[], str]:
+    """A ``read`` for :func:`wait_for_line`: what ``proc`` wrote to its stdout pipe so far, read without blocking."""
+    assert proc.stdout is not None
+    stream = proc.stdout
+    os.set_blocking(stream.fileno(), False)
+    text = ""
+
+    def read() -> str:
+        nonlocal text
+        with contextlib.suppress(ValueError):  # the pipe was closed: what was read stays
+            text += (stream.read() or b"").decode(errors="replace")
+        return text
+
+    return read
+
+
+def file_reader(path: Path, offset: int = 0) -> Callable[[], str]:
+    """A ``read`` for :func:`wait_for_line`: what a process wrote to the file at ``path`` after ``offset``."""
+
+    def read() -> str:
+        try:
+            with open(path, "rb") as f:
+                f.seek(offset)
+                return f.read().decode(errors="replace")
+        except OSError:
+            return ""
+
+    return read
 
 
 class RedisServer:
@@ -125,14 +344,13 @@ class RedisServer:
 
     def kill(self) -> None:
         """SIGKILL the server (a crash: nothing is saved)."""
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
+        if self.proc is not None:
+            kill_family(self.proc)
 
     def stop(self) -> None:
         """Stop the server and remove its folder if we made it."""
         if self.proc is not None:
-            _stop(self.proc)
+            stop_family(self.proc)
         if self._own_folder:
             shutil.rmtree(self.folder, ignore_errors=True)
 
@@ -365,6 +583,7 @@ class NodeProcess:
         self._env = env
         self.proc: subprocess.Popen | None = None
         self.log_path: Path | None = None
+        self._family: list[psutil.Process] = []
 
     @property
     def address(self) -> str:
@@ -390,24 +609,17 @@ class NodeProcess:
         env = {**os.environ, **(self._env or {})}
         with open(self.log_path, "wb") as log_file:
             self.proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=log_file, env=env)
-        assert self.proc.stdout is not None
-        deadline = time.monotonic() + timeout
-        os.set_blocking(self.proc.stdout.fileno(), False)
-        buffered = b""
-        while time.monotonic() < deadline:
-            chunk = self.proc.stdout.read() or b""
-            buffered += chunk
-            if READY_LINE.encode() in buffered:
-                return self
-            if self.proc.poll() is not None:
-                message = f"flashstock node exited ({self.proc.returncode}): {self.log()}"
-                self.remove_data()
-                with contextlib.suppress(OSError):
-                    self.log_path.unlink()
-                raise ProcessError(message)
-            time.sleep(0.05)
-        self.stop()
-        raise ProcessError(f"flashstock node not ready within {timeout} s: {self.log()}")
+        try:
+            wait_for_line(self.proc, pipe_reader(self.proc), name="flashstock node", timeout=timeout, log=self.log)
+        except ProcessError:
+            self.stop()
+            self.remove_data()
+            with contextlib.suppress(OSError):
+                self.log_path.unlink()
+            raise
+        # Taken now, while the node runs: a parent killed later no longer has them under it.
+        self._family = family(self.proc.pid)
+        return self
 
     def log(self) -> str:
         """What the node wrote to stderr so far (the last 4,000 characters)."""
@@ -427,22 +639,29 @@ class NodeProcess:
         return self.ledger or sqlite_url(self.data_dir)
 
     def stop(self) -> None:
-        """SIGTERM the node (graceful), SIGKILL if it lingers."""
+        """SIGTERM the node (graceful; it passes the signal on to its workers), SIGKILL if it lingers.
+
+        Returns once the node and every worker it forked exited.
+        """
         if self.proc is not None:
-            _stop(self.proc, timeout=15)
+            stop_family(self.proc, timeout=15, known=self._family)
             if self.proc.stdout:
                 self.proc.stdout.close()
 
     def kill(self) -> None:
         """SIGKILL the node and its workers (a crash)."""
-        if self.proc is not None and self.proc.poll() is None:
-            import psutil
+        if self.proc is not None:
+            kill_family(self.proc, known=self._family)
 
-            for child in psutil.Process(self.proc.pid).children(recursive=True):
-                with contextlib.suppress(psutil.NoSuchProcess):
-                    child.kill()
-            self.proc.kill()
-            self.proc.wait()
+    def pause(self) -> None:
+        """SIGSTOP the node and its workers: they hold their sockets but answer nothing, refresh no lease."""
+        if self.proc is not None and self.proc.poll() is None:
+            pause_family(self.proc.pid)
+
+    def resume(self) -> None:
+        """SIGCONT the node and its workers."""
+        if self.proc is not None and self.proc.poll() is None:
+            resume_family(self.proc.pid)
 
     def remove_data(self) -> None:
         """Remove the data folder if this object made it."""
@@ -452,12 +671,16 @@ class NodeProcess:
     def __enter__(self) -> NodeProcess:
         return self.start()
 
-    def __exit__(self, *exc_info: object) -> None:
+    def close(self) -> None:
+        """Stop the node and its workers; remove its log, and its data folder if this object made it."""
         self.stop()
         self.remove_data()
         if self.log_path is not None:
             with contextlib.suppress(OSError):
                 self.log_path.unlink()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
 
 
 @contextlib.contextmanager
