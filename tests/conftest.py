@@ -26,7 +26,6 @@ SKU id, so tests never see each other's stock.
 from __future__ import annotations
 
 import re
-import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -34,22 +33,16 @@ from pathlib import Path
 import pytest
 import redis as redis_py
 
-# The helpers live beside this file; make them importable whatever the
-# import mode (the default "prepend" mode would do it too).
-if str(Path(__file__).parent) not in sys.path:
-    sys.path.insert(0, str(Path(__file__).parent))
-
-from flashstock.client import (  # noqa: E402
+from flashstock.client import (
     AdminClient,
     AsyncAdminClient,
     AsyncStockClient,
     ClientConfig,
     StockClient,
 )
-from flashstock.server.local.procs import NodeProcess, PostgresServer, RedisServer  # noqa: E402
-from processes import QUIET, running_node  # noqa: E402
-
-
+from flashstock.server.local.procs import NodeProcess, PostgresServer, RedisServer
+from tests.helpers.processes import QUIET, running_node
+from tests.helpers.stacks import PrivateStack
 
 
 @pytest.hookimpl(wrapper=True, tryfirst=True)
@@ -153,37 +146,6 @@ def sku(request: pytest.FixtureRequest) -> str:
     """A SKU id no other test uses: the test's name and a random suffix."""
     name = re.sub(r"[^A-Za-z0-9_-]", "_", request.node.name)[:60]
     return f"{name}-{uuid.uuid4().hex[:12]}"
-
-
-class PrivateStack:
-    """A Redis and a node of one test's own: Redis may be killed and started again."""
-
-    def __init__(self, redis_server: RedisServer, node: NodeProcess) -> None:
-        self.redis_server = redis_server
-        """The Redis in use now (replaced by :meth:`restart_redis`)."""
-        self.node = node
-        """The node, which outlives its Redis."""
-        self._servers = [redis_server]
-
-    def kill_redis(self) -> None:
-        """SIGKILL the Redis: a crash."""
-        self.redis_server.kill()
-
-    def restart_redis(self, **kwargs) -> RedisServer:  # type: ignore[no-untyped-def]
-        """Kill the Redis if it still runs, and start a new one on its port.
-
-        ``kwargs`` go to :class:`RedisServer` (a folder, persistence flags).
-        """
-        self.kill_redis()  # else the new one cannot bind, and the old one answers its PING
-        server = RedisServer(port=self.redis_server.port, **kwargs)
-        self._servers.append(server)
-        server.start()
-        self.redis_server = server
-        return server
-
-    def stop(self) -> None:
-        for server in self._servers:
-            server.stop()
 
 
 @pytest.fixture

@@ -1,7 +1,8 @@
 """The cluster's promises under faults: real etcd, Redis and node processes.
 
-Each test builds its own cluster (:class:`cluster_stack.ClusterStack`: three
-nodes, a 2 s lease so failovers are quick) and breaks it:
+Each test builds its own cluster (:class:`tests.helpers.cluster.ClusterStack`:
+three nodes, a 2 s lease so failovers are quick) and breaks it with the
+failpoints of :mod:`tests.helpers.failpoints`:
 
 1. kill -9 a node mid-sale: its shards get new owners within a lease and an
    election; nothing oversold; every acknowledged durable deduction is in
@@ -25,31 +26,39 @@ tells it), keeps serving, and takes its shards back when etcd returns.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import io
-import os
+import itertools
 import re
-import signal
 import subprocess
 import sys
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
-from typing import Any
 
-import psutil
 import pytest
-from cluster_stack import CLUSTER, SHARDS, ClusterStack
-from helpers import eventually
 from rich.console import Console
 
-from flashstock.client import AsyncAdminClient, AsyncStockClient, Mode, Outcome, StockClient
+from flashstock.client import (
+    AsyncAdminClient,
+    AsyncStockClient,
+    Mode,
+    Outcome,
+    StockClient,
+)
 from flashstock.lockmgr import shard_of
-from flashstock.server.store.keys import ShardKeys
 from flashstock.server.cli.reconcile import run_reconcile
+from flashstock.server.store.keys import ShardKeys
+from tests.helpers import eventually
+from tests.helpers.cluster import CLUSTER, SHARDS, ClusterStack, cluster_of
+from tests.helpers.failpoints import (
+    KillMainProcess,
+    KillNode,
+    LoseEtcdMember,
+    PauseEtcd,
+    PauseNode,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -59,18 +68,9 @@ ELECTION_SLACK_S = 3.0
 event, a claim and the fence. Generous, for a busy 2-core machine."""
 
 
-@contextlib.contextmanager
-def cluster_of(request: pytest.FixtureRequest, tmp_path: Path, nodes: int = 3, **kwargs: Any) -> Iterator[ClusterStack]:
-    with ClusterStack(tmp_path, nodes, lease_ttl_s=TTL, **kwargs) as stack:
-        yield stack
-        report = getattr(request.node, "rep_call", None)
-        if report is not None and report.failed:
-            print(stack.logs())
-
-
 @pytest.fixture
 def cluster(request, tmp_path):
-    with cluster_of(request, tmp_path) as stack:
+    with cluster_of(request, tmp_path, lease_ttl_s=TTL) as stack:
         yield stack
 
 
@@ -161,19 +161,16 @@ def assert_books_agree(cluster: ClusterStack, answers: dict[str, tuple[str, Outc
             assert level.available == stock - len(ids), (sku, level)
     acknowledged = {rid for ids in by_sku.values() for rid in ids}
 
-    def all_persisted() -> bool:
-        return set(ledger.deductions_of(acknowledged)) == acknowledged
+    def missing() -> set[str]:
+        return acknowledged - set(ledger.deductions_of(acknowledged))
 
-    deadline = time.monotonic() + 20
-    while not all_persisted() and time.monotonic() < deadline:
-        time.sleep(0.1)
-    rows = ledger.deductions_of(acknowledged)
-    assert set(rows) == acknowledged, f"{len(acknowledged - set(rows))} acknowledged deductions not in the ledger"
+    lost = eventually(missing, until=lambda ids: not ids, timeout=20, interval=0.1)
+    assert not lost, f"{len(lost)} acknowledged deductions not in the ledger"
     states = {s.sku_id: s for s in ledger.sku_states() if s.sku_id in by_sku}
     for sku, ids in by_sku.items():
         assert states[sku].confirmed == len(ids), (sku, states[sku], len(ids))
     out = io.StringIO()
-    assert run_reconcile(cluster.redis.url, cluster.ledger_url, SHARDS, Console(file=out, width=200)) == 0, out.getvalue()
+    assert run_reconcile(cluster.redis_url, cluster.ledger_url, SHARDS, Console(file=out, width=200)) == 0, out.getvalue()
 
 
 def test_kill_9_a_node_mid_sale_fails_its_shards_over_within_a_lease(cluster):
@@ -193,7 +190,7 @@ def test_kill_9_a_node_mid_sale_fails_its_shards_over_within_a_lease(cluster):
     watcher = threading.Thread(target=watch_owners, daemon=True)
 
     def kill() -> None:
-        cluster.kill(victim)
+        KillNode(cluster, victim).inject()
         killed_at.append(time.monotonic())
         watcher.start()
 
@@ -217,7 +214,7 @@ def cluster_with_stale_owner(request, tmp_path):
     # stores refuse them: as if it were paused right between its own
     # deadline check and a write.
     env = {"node-0": {"FLASHSTOCK_FAILPOINT_KEEP_DUTIES_ON_LOSS": "1"}}
-    with cluster_of(request, tmp_path, node_env=env) as stack:
+    with cluster_of(request, tmp_path, lease_ttl_s=TTL, node_env=env) as stack:
         yield stack
 
 
@@ -232,24 +229,29 @@ def test_a_paused_owner_that_wakes_up_is_fenced_off(cluster_with_stale_owner):
     holds = asyncio.run(hold_each(cluster, skus, hold_ms=1500))
     before = asyncio.run(sale(cluster, skus, attempts=40, prefix="before"))
 
-    cluster.pause(stale)
+    pause = PauseNode(cluster, stale)
+    pause.inject()
     try:
         owners = cluster.wait_owners(live={1, 2}, timeout=TTL + ELECTION_SLACK_S + 5)
         eventually(lambda: redis_epochs(cluster, shards) == {s: owners[s].epoch for s in shards})
         during = asyncio.run(sale(cluster, skus, attempts=40, prefix="during"))
     finally:
-        cluster.resume(stale)
+        pause.recover()
 
     # Awake, it still believes it owns its shards: keep the logs busy until its
     # persister tries to write, and count the refusals.
     after: dict[str, tuple[str, Outcome]] = {}
-    deadline = time.monotonic() + 20
-    rounds = 0
-    while cluster.metric(stale, "flashstock_fenced_writes_total") == 0 and time.monotonic() < deadline:
-        after.update(asyncio.run(sale(cluster, skus, attempts=20, concurrency=4, prefix=f"after{rounds}")))
-        rounds += 1
-    refused = cluster.metric(stale, "flashstock_fenced_writes_total")
-    assert refused > 0, "the woken owner wrote nothing that the epoch refused"
+    rounds = itertools.count()
+
+    def refused_after_a_sale() -> float:
+        after.update(asyncio.run(sale(cluster, skus, attempts=20, concurrency=4, prefix=f"after{next(rounds)}")))
+        return cluster.metric(stale, "flashstock_fenced_writes_total")
+
+    # Not true within the deadline: "the woken owner wrote nothing that the epoch refused".
+    refused = cluster.metric(stale, "flashstock_fenced_writes_total") or eventually(
+        refused_after_a_sale, timeout=20, interval=0
+    )
+    assert refused > 0
     # It dropped the shards, and wrote nothing after: the newer owners kept them.
     assert all(owners[s].node != cluster.node_ids[stale] for s in shards)
 
@@ -316,7 +318,7 @@ def test_one_request_id_on_three_nodes_is_one_deduction(cluster):
         assert len({r.deduction for r in results}) == 1, results
 
         # The owner of the SKU's shard dies; the answer stays the same on the others.
-        cluster.kill(0)
+        KillNode(cluster, 0).inject()
         cluster.wait_owners(live={1, 2})
         again = [c.deduct(sku, "buyer", 2, request_id="order-42") for c in clients[1:]]
         assert [r.outcome for r in again] == [Outcome.DUPLICATE, Outcome.DUPLICATE]
@@ -343,18 +345,11 @@ def test_shards_move_when_a_nodes_main_process_is_killed(cluster):
     victim = 1
     victim_shards = cluster.shards_of(victim)
     assert victim_shards
-    main = cluster.nodes[victim].proc
-    assert main is not None
-    children = psutil.Process(main.pid).children(recursive=True)
+    kill = KillMainProcess(cluster, victim)  # the main pid only: not its process group, not its workers
     try:
-        os.kill(main.pid, signal.SIGKILL)  # the main pid only: not its process group, not its workers
-        main.wait(timeout=5)
+        kill.inject()
         killed_at = time.monotonic()
-
-        def still_running() -> list[psutil.Process]:
-            return [c for c in children if c.is_running() and c.status() != psutil.STATUS_ZOMBIE]
-
-        eventually(still_running, until=lambda procs: not procs, timeout=3, retry_on=(psutil.NoSuchProcess,))
+        eventually(kill.still_running, until=lambda procs: not procs, timeout=3)
         owners = cluster.wait_owners(live={0, 2}, timeout=TTL + ELECTION_SLACK_S + 5)
         failover_s = time.monotonic() - killed_at
         assert failover_s <= TTL + ELECTION_SLACK_S, f"the shards of the killed node moved only after {failover_s:.1f} s"
@@ -366,25 +361,23 @@ def test_shards_move_when_a_nodes_main_process_is_killed(cluster):
         assert listed == {cluster.node_ids[0], cluster.node_ids[2]}, shown
         assert cluster.node_ids[victim] not in flashstock("nodes", "ls", *etcd_args)
     finally:
-        for child in children:
-            with contextlib.suppress(psutil.NoSuchProcess):
-                child.kill()
+        kill.recover()
 
 
 @pytest.fixture
 def cluster_on_3_etcd(request, tmp_path):
-    with cluster_of(request, tmp_path, etcd_members=3) as stack:
+    with cluster_of(request, tmp_path, lease_ttl_s=TTL, etcd_members=3) as stack:
         yield stack
 
 
 def test_with_one_of_three_etcd_members_down_the_cluster_serves_and_fails_over(cluster_on_3_etcd):
     cluster = cluster_on_3_etcd
-    cluster.etcd.stop_member(0)
+    LoseEtcdMember(cluster, 0).inject()
     skus = skus_on(cluster, 1, 3, "etcd")
     stock = 100
     asyncio.run(put_skus(cluster, skus, stock))
 
-    answers = asyncio.run(sale(cluster, skus, attempts=600, fault_after=100, fault=lambda: cluster.kill(1)))
+    answers = asyncio.run(sale(cluster, skus, attempts=600, fault_after=100, fault=KillNode(cluster, 1).inject))
 
     cluster.wait_owners(live={0, 2}, timeout=TTL + ELECTION_SLACK_S + 5)
     assert all(len(ids) == stock for ids in sold(answers).values())
@@ -392,19 +385,20 @@ def test_with_one_of_three_etcd_members_down_the_cluster_serves_and_fails_over(c
 
 
 def test_a_node_cut_off_from_etcd_stops_its_duties_serves_on_and_rejoins(request, tmp_path):
-    with cluster_of(request, tmp_path, nodes=1) as cluster:
+    with cluster_of(request, tmp_path, nodes=1, lease_ttl_s=TTL) as cluster:
         sku = skus_on(cluster, 0, 1, "cut-off")[0]
         asyncio.run(put_skus(cluster, [sku], 10, mode=Mode.FAST))
         assert cluster.metric(0, "flashstock_owned_shards") == SHARDS
 
-        cluster.etcd.pause()  # no answer to keepalives: only the node's own deadline can tell it
+        cut_off = PauseEtcd(cluster)
+        cut_off.inject()  # no answer to keepalives: only the node's own deadline can tell it
         try:
             eventually(lambda: cluster.metric(0, "flashstock_owned_shards") == 0, timeout=TTL + 5)
             assert cluster.metric(0, "flashstock_etcd_session_losses_total") == 1
             with StockClient(cluster.client_config()) as client:
                 assert client.deduct(sku, "u1", 1, request_id="cut-off-1").outcome is Outcome.OK  # Redis serves on
         finally:
-            cluster.etcd.resume()
+            cut_off.recover()
 
         cluster.wait_owners(live={0})
         eventually(lambda: cluster.metric(0, "flashstock_owned_shards") == SHARDS, timeout=10)

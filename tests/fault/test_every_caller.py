@@ -16,12 +16,13 @@ import uuid
 
 import grpc
 import pytest
-from cluster_stack import ClusterStack
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from stranger import Stranger
 
-from flashstock.server.local.procs import RedisServer
+from tests.helpers import aeventually
+from tests.helpers.cluster import ClusterStack
+from tests.helpers.failpoints import KillRedis
+from tests.helpers.stranger import Stranger
 
 pytestmark = pytest.mark.slow
 
@@ -34,7 +35,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory):
 
 @pytest.fixture
 async def stranger(cluster: ClusterStack):
-    s = Stranger([n.address for n in cluster.nodes], connections=4)
+    s = Stranger(cluster.node_addresses, connections=4)
     yield s
     await s.close()
 
@@ -132,19 +133,20 @@ async def test_resends_of_acknowledged_durable_deductions_after_a_redis_loss(clu
     assert len(acked) == 150
 
     # Redis loses everything; the nodes rebuild it from the ledger.
-    port, folder = cluster.redis.port, cluster.redis.folder
-    cluster.redis.kill()
-    cluster.redis = RedisServer(folder, port=port).start()
+    lose_redis = KillRedis(cluster)
+    lose_redis.inject()
+    lose_redis.recover()
 
     async def answered(i: int, request_id: str):
-        for _ in range(200):
+        async def deduct():
             try:
                 return await stranger.call("Deduct", sku_id=sku, user_id=f"u{i}", qty=1, request_id=request_id)
             except grpc.aio.AioRpcError as err:
-                if err.code() is not grpc.StatusCode.UNAVAILABLE:
-                    raise
-                await asyncio.sleep(0.1)
-        raise AssertionError(f"{request_id}: no answer")
+                if err.code() is grpc.StatusCode.UNAVAILABLE:
+                    raise AssertionError(f"{request_id}: {err.code().name}") from err  # not yet: again
+                raise
+
+        return await aeventually(deduct, timeout=20, interval=0.1, until=lambda reply: True)
 
     again = await asyncio.gather(*(answered(orders.index(r), r) for r in sorted(acked)))
     assert {stranger.outcome(x) for x in again} == {"OUTCOME_DUPLICATE"}

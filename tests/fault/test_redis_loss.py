@@ -28,8 +28,6 @@ from collections.abc import Awaitable, Callable
 import pytest
 import redis as redis_py
 import redis_lock
-from failpoints import DropRedisConnections, FlushRedis, KillRedis, PauseRebuilder, RestartNode
-from helpers import eventually, redis_now_ms
 
 from flashstock.client import (
     AsyncAdminClient,
@@ -42,9 +40,17 @@ from flashstock.client import (
     Unavailable,
 )
 from flashstock.lockmgr import shard_of
-from flashstock.server.store.keys import SHARD_READY, ShardKeys
 from flashstock.server.duties.rebuild import RebuildPolicy, ShardRebuilder
 from flashstock.server.ledger import Ledger
+from flashstock.server.store.keys import SHARD_READY, ShardKeys
+from tests.helpers import eventually, redis_now_ms
+from tests.helpers.failpoints import (
+    DropRedisConnections,
+    FlushRedis,
+    KillRedis,
+    PauseRebuilder,
+    RestartNode,
+)
 
 SHARDS = 64
 """The nodes' default shard count (NodeProcess's)."""

@@ -22,10 +22,11 @@ from pathlib import Path
 
 import grpc
 import pytest
-from stranger import Stranger
 
-from flashstock.server.local.procs import NodeProcess, RedisServer
 from flashstock.server.ledger import Ledger, sqlite_url
+from flashstock.server.local.procs import NodeProcess, RedisServer
+from tests.helpers import aeventually
+from tests.helpers.stranger import Stranger
 
 pytestmark = pytest.mark.slow
 
@@ -73,13 +74,6 @@ class Sale:
         return sum(1 for s, _ in self.acked if s == sku)
 
 
-async def wait_until(check, timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        assert time.monotonic() < deadline, "not reached in time"
-        await asyncio.sleep(0.02)
-
-
 async def test_redis_restarted_from_an_older_aof_is_rebuilt_from_the_ledger(tmp_path: Path) -> None:
     redis_dir, copy_dir = tmp_path / "redis", tmp_path / "aof-copy"
     redis_dir.mkdir()
@@ -98,10 +92,10 @@ async def test_redis_restarted_from_an_older_aof_is_rebuilt_from_the_ledger(tmp_
         stop = asyncio.Event()
         buyers = [asyncio.create_task(sale.buyer(stop)) for _ in range(32)]
 
-        await wait_until(lambda: sale.count(FAST) > 0.3 * STOCK[FAST] and sale.count(DURABLE) > 0.3 * STOCK[DURABLE])
+        await aeventually(lambda: sale.count(FAST) > 0.3 * STOCK[FAST] and sale.count(DURABLE) > 0.3 * STOCK[DURABLE], timeout=60)
         shutil.copytree(redis_dir / "appendonlydir", copy_dir)  # the older AOF
         copied = len(sale.acked)
-        await wait_until(lambda: sale.count(FAST) > 0.6 * STOCK[FAST] and sale.count(DURABLE) > 0.6 * STOCK[DURABLE])
+        await aeventually(lambda: sale.count(FAST) > 0.6 * STOCK[FAST] and sale.count(DURABLE) > 0.6 * STOCK[DURABLE], timeout=60)
         servers[0].kill()
         killed_at, acked_at_kill = time.monotonic(), len(sale.acked)
         shutil.rmtree(redis_dir / "appendonlydir")

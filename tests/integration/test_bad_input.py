@@ -13,13 +13,13 @@ from collections.abc import Iterator
 import grpc
 import pytest
 import redis as redis_py
-from helpers import eventually, varint
-from own_stack import redis_server  # noqa: F401 - this module's own Redis
-from processes import QUIET, running_node
 
 from flashstock.server.local.procs import NodeProcess, RedisServer
 from flashstock.server.rpc.validate import MAX_QTY, MAX_STOCK, MAX_TIME_MS
 from flashstock.v1 import admin_pb2, admin_pb2_grpc, stock_pb2, stock_pb2_grpc
+from tests.helpers import eventually, varint
+from tests.helpers.processes import QUIET, running_node
+from tests.helpers.stacks import redis_server  # noqa: F401 - this module's own Redis
 
 DEDUCT = "/flashstock.v1.StockService/Deduct"
 TWELVE_HOURS_MS = 12 * 3600 * 1000

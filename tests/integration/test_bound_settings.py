@@ -9,26 +9,22 @@ put with raw gRPC stubs, and the binding is read with a plain Redis client.
 
 from __future__ import annotations
 
-import contextlib
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
-import psutil
 import pytest
 import redis as redis_py
-from helpers import eventually
-from processes import stop_tree
 
 from flashstock.lockmgr import shard_of
-
-from flashstock.server.store.keys import CONFIG_KEY
-from flashstock.server.local.procs import NodeProcess, ProcessError, RedisServer
 from flashstock.server.ledger import Ledger, sqlite_url
+from flashstock.server.local.procs import NodeProcess, ProcessError, RedisServer
+from flashstock.server.store.keys import CONFIG_KEY
 from flashstock.v1 import admin_pb2, admin_pb2_grpc
+from tests.helpers import eventually
 
-pytest_plugins = ["etcd_fixtures"]
+pytest_plugins = ["tests.helpers.etcd"]
 
 
 class Nodes:
@@ -63,10 +59,7 @@ class Nodes:
 
     def stop(self) -> None:
         for node in self._started:
-            children = []
-            with contextlib.suppress(Exception):
-                children = psutil.Process(node.pid).children(recursive=True) if node.proc else []
-            stop_tree(node, children)
+            node.close()
 
 
 @pytest.fixture
@@ -211,16 +204,12 @@ def test_node_binds_again_after_redis_restarts_empty_and_refuses_another_ledger(
 @pytest.mark.slow
 def test_running_node_exits_when_another_ledger_was_bound_after_a_redis_loss(nodes, redis_server, redis):
     first = nodes.start(redis_server.url, nodes.ledger("a"))
-    processes = [psutil.Process(first.pid), *psutil.Process(first.pid).children(recursive=True)]
-    for process in processes:  # paused: it cannot bind again before the other node does
-        process.suspend()
+    first.pause()  # paused: it cannot bind again before the other node does
     try:
         redis.flushall()  # the binding is gone
         other = nodes.start(redis_server.url, nodes.ledger("b"))  # ...so a node of another ledger binds its own
     finally:
-        for process in processes:
-            with contextlib.suppress(psutil.NoSuchProcess):
-                process.resume()
+        first.resume()
 
     assert first.proc is not None
     assert eventually(lambda: first.proc.poll(), timeout=30) == 2

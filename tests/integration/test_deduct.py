@@ -5,10 +5,10 @@ from __future__ import annotations
 import uuid
 
 import pytest
-from helpers import eventually, redis_now_ms
 
 from flashstock.client import DeductionState, InvalidArgument, Outcome, RequestIdReused
 from flashstock.lockmgr import shard_of
+from tests.helpers import eventually, redis_now_ms
 
 
 def rid() -> str:

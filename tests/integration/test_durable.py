@@ -20,7 +20,6 @@ from pathlib import Path
 
 import pytest
 import redis as redis_py
-from helpers import eventually, redis_now_ms
 
 from flashstock.client import (
     AdminClient,
@@ -34,9 +33,10 @@ from flashstock.client import (
     Unavailable,
 )
 from flashstock.lockmgr import shard_of
-from flashstock.server.store.keys import ShardKeys
-from flashstock.server.local.procs import NodeProcess, RedisServer
 from flashstock.server.ledger import Ledger
+from flashstock.server.local.procs import NodeProcess, RedisServer
+from flashstock.server.store.keys import ShardKeys
+from tests.helpers import eventually, redis_now_ms
 
 DURABLE_WAIT_MS = 500
 

@@ -8,7 +8,6 @@ import grpc
 import pytest
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
-from helpers import eventually
 
 from flashstock.client import (
     AdminClient,
@@ -23,6 +22,7 @@ from flashstock.client import (
     Unavailable,
 )
 from flashstock.v1 import stock_pb2, stock_pb2_grpc
+from tests.helpers import eventually
 
 TOO_LONG = "x" * 129
 LONGEST = "x" * 128

@@ -30,17 +30,23 @@ from typing import Any
 
 import grpc
 import pytest
+from google.protobuf.descriptor import FieldDescriptor as F
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from hypothesis import HealthCheck, Phase, given, seed, settings
 from hypothesis import strategies as st
-from helpers import varint
-from own_stack import redis_server  # noqa: F401 - this module's own Redis
-from processes import QUIET, running_node
 
 from flashstock.server.local.procs import NodeProcess, RedisServer
-from flashstock.server.rpc.validate import MAX_HOLD_MS, MAX_ID_BYTES, MAX_QTY, MAX_STOCK, MAX_TIME_MS
+from flashstock.server.rpc.validate import (
+    MAX_HOLD_MS,
+    MAX_ID_BYTES,
+    MAX_QTY,
+    MAX_STOCK,
+    MAX_TIME_MS,
+)
 from flashstock.v1 import admin_pb2, admin_pb2_grpc, stock_pb2, stock_pb2_grpc
-from google.protobuf.descriptor import FieldDescriptor as F
+from tests.helpers import varint
+from tests.helpers.processes import QUIET, running_node
+from tests.helpers.stacks import redis_server  # noqa: F401 - this module's own Redis
 
 REQUESTS = 10_000
 """At least this many requests per run."""

@@ -6,9 +6,9 @@ import asyncio
 import uuid
 
 import pytest
-from helpers import aeventually, eventually, redis_now_ms
 
 from flashstock.client import DeductionState, InvalidArgument, Outcome
+from tests.helpers import aeventually, eventually, redis_now_ms
 
 
 def rid() -> str:

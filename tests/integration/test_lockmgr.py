@@ -13,7 +13,6 @@ import json
 import time
 
 import pytest
-from helpers import aeventually
 
 from flashstock.lockmgr import (
     CoordinationError,
@@ -39,8 +38,9 @@ from flashstock.lockmgr import (
     watch_owners,
 )
 from flashstock.lockmgr._keys import ClusterKeys
+from tests.helpers import aeventually
 
-pytest_plugins = ["etcd_fixtures"]
+pytest_plugins = ["tests.helpers.etcd"]
 
 
 async def during(seconds: float, check, interval: float = 0.1) -> None:

@@ -38,14 +38,14 @@ from pathlib import Path
 import grpc
 import psutil
 import pytest
-from helpers import eventually
-from processes import running_node
 
 from flashstock.lockmgr import etcd_client, live_nodes, owners
-from flashstock.server.local.procs import NodeProcess, RedisServer
+from flashstock.server.local.procs import NodeProcess, RedisServer, family, gone
 from flashstock.v1 import admin_pb2, admin_pb2_grpc, stock_pb2, stock_pb2_grpc
+from tests.helpers import eventually
+from tests.helpers.processes import running_node
 
-pytest_plugins = ["etcd_fixtures"]
+pytest_plugins = ["tests.helpers.etcd"]
 
 CHILDREN_GONE_S = 3.0
 """How long the children of a killed node may take to go: the promise is
@@ -67,12 +67,7 @@ def node_process(redis_url: str, data_dir: Path, *, workers: int, extra_args: tu
 
 def alive(processes: list[psutil.Process]) -> list[psutil.Process]:
     """The processes of ``processes`` that still run (a zombie has exited: only its parent has not reaped it)."""
-    out = []
-    for proc in processes:
-        with contextlib.suppress(psutil.NoSuchProcess):
-            if proc.status() != psutil.STATUS_ZOMBIE:
-                out.append(proc)
-    return out
+    return [proc for proc in processes if not gone(proc)]
 
 
 def refuses_connections(port: int) -> bool:
@@ -93,7 +88,7 @@ def kill_main_process_only(node: NodeProcess) -> None:
 
 def test_children_exit_when_main_process_is_killed(redis_server, tmp_path):
     with node_process(redis_server.url, tmp_path, workers=2) as node:
-        children = psutil.Process(node.pid).children(recursive=True)
+        children = family(node.pid)[1:]
         names = [c.cmdline() for c in children]
         # Two serving workers and the duties process (plus multiprocessing's helpers, if any).
         assert len(children) >= 3, names
@@ -114,7 +109,7 @@ def listens_on(proc: psutil.Process, port: int) -> bool:
 
 def test_a_node_whose_worker_dies_stops_whole(redis_server, tmp_path):
     with node_process(redis_server.url, tmp_path, workers=2) as node:
-        children = psutil.Process(node.pid).children(recursive=True)
+        children = family(node.pid)[1:]
         worker = next(c for c in children if listens_on(c, node.port))
 
         worker.kill()
@@ -151,7 +146,7 @@ def test_a_killed_nodes_shards_are_freed_at_once_not_a_lease_later(redis_server,
     )
     with node_process(redis_server.url, tmp_path, workers=1, extra_args=args) as node:
         eventually(lambda: etcd_view(etcd_server.endpoint, cluster_name) == ({"doomed"}, {"doomed"}), timeout=15)
-        children = psutil.Process(node.pid).children(recursive=True)
+        children = family(node.pid)[1:]
 
         killed_at = time.monotonic()
         kill_main_process_only(node)

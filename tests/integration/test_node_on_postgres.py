@@ -15,12 +15,12 @@ from typing import Any
 import psycopg
 import pytest
 import sqlalchemy as sa
-from helpers import eventually
 from psycopg.rows import dict_row
 
 from flashstock.client import AdminClient, Mode, Outcome, StockClient
-from flashstock.server.local.procs import NodeProcess, RedisServer
 from flashstock.server.ledger import HEAD, Ledger, create_engine, schema_revision
+from flashstock.server.local.procs import NodeProcess, RedisServer
+from tests.helpers import eventually
 
 
 def rid() -> str:

@@ -19,11 +19,17 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
-from helpers import aeventually
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from flashstock.client import Deduction, DeductionState, InvalidArgument, Outcome, StockLevel
+from flashstock.client import (
+    Deduction,
+    DeductionState,
+    InvalidArgument,
+    Outcome,
+    StockLevel,
+)
+from tests.helpers import aeventually
 
 USERS = ("u0", "u1", "u2", "u3")
 REFUSALS = {Outcome.SOLD_OUT, Outcome.INSUFFICIENT, Outcome.LIMIT}

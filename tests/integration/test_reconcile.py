@@ -19,15 +19,14 @@ from typer.testing import CliRunner
 
 from flashstock.client import Outcome
 from flashstock.lockmgr import shard_of
-from flashstock.server.store.keys import SHARD_READY, ShardKeys
-from flashstock.server.local.procs import NodeProcess, RedisServer
+from flashstock.server.cli.app import app
 from flashstock.server.cli.reconcile import run_reconcile
 from flashstock.server.duties.reconcile import reconcile
-from flashstock.server.cli.app import app
 from flashstock.server.ledger import Ledger, sqlite_url
 from flashstock.server.ledger.reports import checked_upgrade
-
-from own_stack import node, redis_server  # noqa: F401 - this module's own stack
+from flashstock.server.local.procs import NodeProcess, RedisServer
+from flashstock.server.store.keys import SHARD_READY, ShardKeys
+from tests.helpers.stacks import node, redis_server  # noqa: F401 - this module's own stack
 
 ENV = {"COLUMNS": "250", "NO_COLOR": "1"}
 

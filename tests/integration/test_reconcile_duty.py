@@ -5,12 +5,12 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
-from helpers import eventually, metric
 
 from flashstock.client import AdminClient, ClientConfig, Outcome, StockClient
 from flashstock.lockmgr import shard_of
-from flashstock.server.store.keys import ShardKeys
 from flashstock.server.local.procs import NodeProcess, RedisServer, free_port
+from flashstock.server.store.keys import ShardKeys
+from tests.helpers import eventually, metric
 
 
 @pytest.fixture(scope="module")

@@ -20,18 +20,17 @@ from pathlib import Path
 import pytest
 import redis as redis_py
 import sqlalchemy as sa
-from helpers import eventually
 from typer.testing import CliRunner
 
 from flashstock.client import Outcome
 from flashstock.lockmgr import shard_of
-from flashstock.server.local.procs import NodeProcess, free_port
-from flashstock.server.duties.reconcile import reconcile
 from flashstock.server.cli.app import REPORT_FIELDS, app
+from flashstock.server.duties.reconcile import reconcile
 from flashstock.server.ledger import HEAD, Ledger
 from flashstock.server.ledger._schema import metadata
-
-from own_stack import node, redis_server  # noqa: F401 - this module's own stack
+from flashstock.server.local.procs import NodeProcess, free_port
+from tests.helpers import eventually
+from tests.helpers.stacks import node, redis_server  # noqa: F401 - this module's own stack
 
 ENV = {"COLUMNS": "250", "NO_COLOR": "1"}
 

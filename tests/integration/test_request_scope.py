@@ -17,12 +17,12 @@ import uuid
 import grpc
 import pytest
 import redis as redis_py
-from helpers import aeventually
-from own_stack import node, redis_server  # noqa: F401 - this module's own stack
-from stranger import Stranger
 
 from flashstock.lockmgr import shard_of
 from flashstock.server.ledger import Ledger, sqlite_url
+from tests.helpers import aeventually
+from tests.helpers.stacks import node, redis_server  # noqa: F401 - this module's own stack
+from tests.helpers.stranger import Stranger
 
 
 @pytest.fixture

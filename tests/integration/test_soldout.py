@@ -12,10 +12,18 @@ import uuid
 
 import psutil
 import pytest
-from helpers import BACKGROUND_COMMANDS, calls_delta, command_calls, eventually, logs_drained, no_hold_due_soon
-from processes import QUIET, running_node
 
 from flashstock.client import ClientConfig, Outcome, StockClient
+from flashstock.server.local.procs import family
+from tests.helpers import (
+    BACKGROUND_COMMANDS,
+    calls_delta,
+    command_calls,
+    eventually,
+    logs_drained,
+    no_hold_due_soon,
+)
+from tests.helpers.processes import QUIET, running_node
 
 REFUSALS = 200
 
@@ -165,7 +173,7 @@ def _worker_by_our_port(node) -> dict[int, int]:
     """Our local port of each connection to ``node`` -> pid of the worker that accepted it."""
     return {
         c.raddr.port: child.pid
-        for child in psutil.Process(node.pid).children(recursive=True)
+        for child in family(node.pid)[1:]
         for c in _established(child.pid, local_port=node.port)
     }
 

@@ -1,4 +1,4 @@
-"""Fixtures with a real etcd: declare ``pytest_plugins = ["etcd_fixtures"]`` in a test module.
+"""Fixtures with a real etcd: declare ``pytest_plugins = ["tests.helpers.etcd"]`` in a test module.
 
 - ``etcd_server``: one etcd member for the whole session (:class:`EtcdServer`).
 - ``etcd``: an asyncio etcd client of it (aetcd), for the whole session.

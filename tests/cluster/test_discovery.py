@@ -21,8 +21,6 @@ from collections.abc import Iterator
 
 import psutil
 import pytest
-from helpers import aeventually
-from processes import running_node
 from typer.testing import CliRunner
 
 from flashstock.client import (
@@ -34,10 +32,12 @@ from flashstock.client import (
     StockClient,
     Unavailable,
 )
-from flashstock.server.local.procs import NodeProcess, RedisServer, free_port
 from flashstock.server.cli.app import app
+from flashstock.server.local.procs import NodeProcess, RedisServer, free_port
+from tests.helpers import aeventually
+from tests.helpers.processes import running_node
 
-pytest_plugins = ["etcd_fixtures"]
+pytest_plugins = ["tests.helpers.etcd"]
 
 DISCOVERY_PREFIX = "flashstock discovery"
 """How the discovery's task (asyncio) and thread (blocking) are named."""

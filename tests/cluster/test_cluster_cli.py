@@ -22,7 +22,6 @@ from typing import Any
 import psutil
 import pytest
 import pytest_asyncio
-from helpers import aeventually, eventually
 from typer.testing import CliRunner, Result
 
 from flashstock.lockmgr import (
@@ -40,13 +39,14 @@ from flashstock.lockmgr import (
     pin,
     read_overrides,
     release,
+    shard_ranges,
 )
-from flashstock.lockmgr import shard_ranges
-from flashstock.server.cli.cluster import local_time
-from flashstock.server.local.etcd import EtcdServer
-from flashstock.server.local.cluster import LocalCluster
-from flashstock.server.local.procs import free_port
 from flashstock.server.cli.app import app
+from flashstock.server.cli.cluster import local_time
+from flashstock.server.local.cluster import LocalCluster
+from flashstock.server.local.etcd import EtcdServer
+from flashstock.server.local.procs import free_port
+from tests.helpers import aeventually, eventually
 
 SHARDS = 16
 

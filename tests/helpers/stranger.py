@@ -22,7 +22,9 @@ from typing import Any
 import grpc
 from google.protobuf import descriptor_pool
 from google.protobuf.message_factory import GetMessageClass
-from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
+from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
+    ProtoReflectionDescriptorDatabase,
+)
 
 __all__ = ["Stranger"]
 

@@ -13,11 +13,11 @@ import pytest
 import redis as redis_py
 
 from flashstock.lockmgr import init_cluster, live_nodes, owners
-
-from flashstock.server.store.keys import CONFIG_KEY, ShardKeys
 from flashstock.server.local.procs import NodeProcess, ProcessError, RedisServer
+from flashstock.server.store.keys import CONFIG_KEY, ShardKeys
+from tests.helpers import aeventually
 
-pytest_plugins = ["etcd_fixtures"]
+pytest_plugins = ["tests.helpers.etcd"]
 
 SHARDS = 8
 
@@ -52,11 +52,7 @@ async def test_a_node_alone_owns_every_shard_and_frees_them_when_it_stops(etcd, 
             nodes, owned = await read(etcd, cluster_name)
             return len(owned) == SHARDS and {o.node for o in owned.values()} == set(nodes) == {node.address}
 
-        for _ in range(200):
-            if await all_owned():
-                break
-            await asyncio.sleep(0.05)
-        assert await all_owned()
+        await aeventually(all_owned, timeout=10, interval=0.05)
         nodes, owned = await read(etcd, cluster_name)
         assert nodes[node.address].address == node.address
         # Fenced in Redis under the epochs etcd gave (the node's shards: 8 of the Redis's keyspace).

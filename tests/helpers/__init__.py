@@ -1,4 +1,4 @@
-"""Helpers shared by the tests: polling with a deadline, never a bare sleep.
+"""What the tests share: polling with a deadline (never a bare sleep), Redis and metrics readers.
 
 ::
 
@@ -9,6 +9,19 @@ A check is retried while it returns something falsy (or fails ``until``) or
 raises ``AssertionError`` (or one of ``retry_on``); when the deadline passes
 the helper raises ``AssertionError`` naming the last value or error, so a
 failing test says what it saw, not just that it timed out.
+
+The package's modules, each for one kind of test::
+
+    processes   a node process of a test, stopped with every worker it forked (running_node, QUIET)
+    stacks      a Redis and nodes a test (or a module) has to itself: PrivateStack, FaultStack
+    etcd        etcd fixtures (pytest_plugins = ["tests.helpers.etcd"])
+    cluster     ClusterStack: the local cluster (etcd, Redis, nodes, a ledger) with the readers tests need
+    failpoints  named faults with inject()/recover(): kill or pause a node, lose Redis or an etcd member ...
+    stranger    raw gRPC calls built from server reflection, as a caller without our client would
+
+Every process is started through :mod:`flashstock.server.local.procs` (and
+:class:`~flashstock.server.local.cluster.LocalCluster`), the harness the
+demo, the bench and ``flashstock cluster`` use too.
 """
 
 from __future__ import annotations
