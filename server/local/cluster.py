@@ -12,7 +12,7 @@
 Everything listens on 127.0.0.1, on free ports, and lives in the folder::
 
     cluster.json        what runs: every process (pid, command line, ports, log) and the endpoints
-    etcd/               etcd's data and its own log
+    etcd/               etcd's data and its own log (etcd/m<i>/ for each member, with etcd_members > 1)
     redis/              Redis's folder (no persistence: the nodes rebuild it from the ledger)
     ledger.sqlite3      --ledger sqlite: the ledger every node shares (SQLite WAL: one host)
     postgres/           --ledger postgresql: a PostgreSQL cluster, database ``flashstock``

@@ -36,6 +36,26 @@ import psutil
 
 from flashstock.server._node import READY_LINE
 
+__all__ = [
+    "NodeProcess",
+    "PostgresServer",
+    "ProcessError",
+    "RedisServer",
+    "family",
+    "file_reader",
+    "free_port",
+    "gone",
+    "kill_family",
+    "local_stack",
+    "pause_family",
+    "pipe_reader",
+    "resume_family",
+    "signal_all",
+    "stop_family",
+    "wait_for_line",
+    "wait_gone",
+]
+
 
 class ProcessError(RuntimeError):
     """A helper process could not be started."""

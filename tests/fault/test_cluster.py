@@ -372,7 +372,8 @@ def cluster_on_3_etcd(request, tmp_path):
 
 def test_with_one_of_three_etcd_members_down_the_cluster_serves_and_fails_over(cluster_on_3_etcd):
     cluster = cluster_on_3_etcd
-    LoseEtcdMember(cluster, 0).inject()
+    lost = LoseEtcdMember(cluster, 0)
+    lost.inject()
     skus = skus_on(cluster, 1, 3, "etcd")
     stock = 100
     asyncio.run(put_skus(cluster, skus, stock))
@@ -382,6 +383,12 @@ def test_with_one_of_three_etcd_members_down_the_cluster_serves_and_fails_over(c
     cluster.wait_owners(live={0, 2}, timeout=TTL + ELECTION_SLACK_S + 5)
     assert all(len(ids) == stock for ids in sold(answers).values())
     assert_books_agree(cluster, answers, stock)
+
+    lost.recover()  # back with its data: it catches up with the others
+    assert {p.name: p.state for p in cluster.status().processes if p.role == "etcd"} == {
+        "etcd-0": "running", "etcd-1": "running", "etcd-2": "running"
+    }
+    assert cluster.owners().keys() == set(range(SHARDS))
 
 
 def test_a_node_cut_off_from_etcd_stops_its_duties_serves_on_and_rejoins(request, tmp_path):
