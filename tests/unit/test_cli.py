@@ -7,7 +7,8 @@ import typer
 from typer.testing import CliRunner
 
 from flashstock.server._config import setting_help
-from flashstock.server.cli.app import app, parse_time_ms
+from flashstock.server.cli.app import app
+from flashstock.server.cli.common import parse_time_ms
 
 
 def test_serve_help_documents_every_setting():
