@@ -86,5 +86,6 @@ def test_without_the_server_extra_a_command_says_what_to_install():
 
 def test_a_postgres_ledger_without_its_extra_names_the_postgres_extra():
     assert what_to_install("psycopg") == (
-        "flashstock: a PostgreSQL ledger needs the postgres extra: pip install 'flashstock[postgres]' (missing: psycopg)"
+        "flashstock: a PostgreSQL ledger needs the postgres extra: pip install 'flashstock[postgres]' "
+        "(missing: psycopg)"
     )
