@@ -111,20 +111,45 @@ class Overrides:
     drains: frozenset[str] = frozenset()
     """Nodes that should own no shard (while another node can)."""
 
+    def with_pin(self, shard: int, node: str) -> Overrides:
+        """These overrides with ``shard`` pinned to ``node``."""
+        return Overrides({**self.pins, shard: node}, self.drains)
 
-async def _read_overrides(client: aetcd.Client, keys: ClusterKeys) -> tuple[Overrides, int]:
-    pins_read = await client.get_prefix(keys.pins.encode())
-    drains_read = await client.get_prefix(keys.drains.encode())
+    def without_pin(self, shard: int) -> Overrides:
+        """These overrides without the pin of ``shard``."""
+        return Overrides({s: n for s, n in self.pins.items() if s != shard}, self.drains)
+
+    def without_pins(self) -> Overrides:
+        """These overrides with no pin at all (the drains stay)."""
+        return Overrides({}, self.drains)
+
+    def with_drain(self, node: str) -> Overrides:
+        """These overrides with ``node`` drained."""
+        return Overrides(self.pins, self.drains | {node})
+
+    def without_drain(self, node: str) -> Overrides:
+        """These overrides with ``node`` not drained."""
+        return Overrides(self.pins, self.drains - {node})
+
+
+async def _read_pins(client: aetcd.Client, keys: ClusterKeys) -> tuple[dict[int, str], int]:
+    found = await client.get_prefix(keys.pins.encode())
     pins = {}
-    for kv in pins_read:
+    for kv in found:
         name = tail(kv.key, keys.pins)
         if name.isdigit():
             pins[int(name)] = kv.value.decode()
         else:
             log.warning("ignoring a malformed pin key %r", kv.key)
+    return pins, found.header.revision
+
+
+async def _read_overrides(client: aetcd.Client, keys: ClusterKeys) -> tuple[Overrides, int]:
+    pins, pins_revision = await _read_pins(client, keys)
+    drains_read = await client.get_prefix(keys.drains.encode())
     drains = frozenset(tail(kv.key, keys.drains) for kv in drains_read)
     # Two reads: a watch from just after the earlier one misses nothing.
-    return Overrides(pins, drains), min(pins_read.header.revision, drains_read.header.revision)
+    return Overrides(pins, drains), min(pins_revision, drains_read.header.revision)
 
 
 async def read_overrides(client: aetcd.Client, cluster: str) -> Overrides:
@@ -182,3 +207,33 @@ async def drain(client: aetcd.Client, cluster: str, node: str) -> None:
 async def undrain(client: aetcd.Client, cluster: str, node: str) -> bool:
     """End the drain of ``node``; False if it was not drained."""
     return await client.delete(ClusterKeys(cluster).drain(node).encode()) is not None
+
+
+async def remove_pins(client: aetcd.Client, cluster: str, expected: Mapping[int, str]) -> bool:
+    """Remove every pin of ``cluster`` in one transaction, if its pins are still ``expected``.
+
+    ``expected`` is what the caller planned with (``Overrides.pins`` of its
+    read): False, and nothing removed, when the pins differ from it now or
+    change before the removal, so the moves the caller predicted are the
+    moves made. Drains stay.
+    """
+    from aetcd.utils import prefix_range_end
+
+    keys = ClusterKeys(cluster)
+    pins, revision = await _read_pins(client, keys)
+    if pins != dict(expected):
+        return False
+    prefix = keys.pins.encode()
+    end = prefix_range_end(prefix)
+    tx = client.transactions
+    ok, _ = await client.transaction(
+        compare=[
+            # Only in an initialised cluster (as every override write).
+            tx.version(keys.shards) > 0,
+            # No pin written since the read: the pins removed are the pins compared.
+            tx.mod(prefix, end) < revision + 1,
+        ],
+        success=[tx.delete(prefix, end)],
+        failure=[],
+    )
+    return bool(ok)

@@ -459,9 +459,7 @@ class _ClusterRun:
         async def wait() -> None:
             import redis.asyncio as aioredis
 
-            from flashstock.lockmgr import etcd_client
-
-            from flashstock.server.cli.cluster import read_view
+            from flashstock.lockmgr import etcd_client, read_view
 
             etcd = etcd_client(cluster.etcd_endpoint)
             r = aioredis.Redis.from_url(cluster.redis_url, decode_responses=True)

@@ -1,25 +1,34 @@
-"""``flashstock reconcile``: the comparison of :mod:`flashstock.server.duties.reconcile`, shown."""
+"""``flashstock reconcile``: the comparison of :mod:`flashstock.server.duties.reconcile`, shown.
+
+Reads its settings like ``serve`` (flags > ``FLASHSTOCK_*`` env > config
+file) and talks to Redis and the ledger directly.
+"""
 
 from __future__ import annotations
 
+from typing import Annotated, Optional
+
 import redis as redis_py
 import sqlalchemy as sa
+import typer
 from rich import box
 from rich.console import Console
 from rich.table import Column, Table
 from rich.text import Text
 
+from flashstock.server._config import ledger_url
+from flashstock.server.cli import common
+from flashstock.server.cli.common import ConfigOption, DataDirOption, LedgerOption, read_settings
 from flashstock.server.duties.reconcile import (
     LABELS,
     Difference,
-    Reconciliation,
     ReconcileError,
+    Reconciliation,
     SkuFigures,
     reconcile,
 )
 from flashstock.server.ledger import Ledger, LedgerError
 from flashstock.server.ledger.reports import open_for_reading
-
 
 _SHOWN = ("total", "held", "confirmed", "released", "expired", "available")
 
@@ -148,3 +157,44 @@ def run_reconcile(
         return 2
     print_reconciliation(rec, console)
     return 0 if rec.ok else 1
+
+
+def reconcile_command(
+    redis_url: Annotated[
+        Optional[str],
+        typer.Option(help="Redis holding the stock, as for serve (env FLASHSTOCK_REDIS_URL).", show_default=False),
+    ] = None,
+    shards: Annotated[
+        Optional[int],
+        typer.Option(
+            help="Logical shards of the cluster, as for serve (env FLASHSTOCK_SHARDS; default 64).", show_default=False
+        ),
+    ] = None,
+    ledger: LedgerOption = None,
+    data_dir: DataDirOption = None,
+    sku: Annotated[Optional[str], typer.Option(help="Only this SKU; default every SKU of either side.")] = None,
+    wait: Annotated[
+        float, typer.Option(help="Most seconds to wait for the persister to catch up with the Redis logs.")
+    ] = 10.0,
+    config: ConfigOption = None,
+) -> None:
+    """Compare each SKU's stock in Redis with the ledger: put, held, confirmed, left.
+
+    Waits until the ledger holds every log entry the Redis figures rest on
+    (up to --wait seconds), then prints both sides. Exit code 0 when they
+    agree, 1 on any difference (a SKU on one side only included), 2 when it
+    cannot run.
+    """
+    if wait < 0:
+        raise typer.BadParameter("must be >= 0", param_hint="--wait")
+    settings = read_settings("reconcile", config, redis_url=redis_url, shards=shards, ledger=ledger, data_dir=data_dir)
+    code = run_reconcile(
+        settings.redis_url,
+        ledger_url(settings),
+        settings.shards,
+        common.console,
+        sku_id=sku,
+        wait_s=wait,
+        err_console=common.err_console,
+    )
+    raise typer.Exit(code)

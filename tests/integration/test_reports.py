@@ -27,7 +27,8 @@ from flashstock.client import Outcome
 from flashstock.lockmgr import shard_of
 from flashstock.server.local.procs import NodeProcess, free_port
 from flashstock.server.duties.reconcile import reconcile
-from flashstock.server.cli.app import REPORT_FIELDS, app
+from flashstock.server.cli.app import app
+from flashstock.server.cli.sales import REPORT_FIELDS
 from flashstock.server.ledger import HEAD, Ledger
 from flashstock.server.ledger._schema import metadata
 

@@ -24,11 +24,11 @@ def test_client_exports():
 def test_lockmgr_exports():
     assert lockmgr.__all__ == [
         "DEFAULT_SESSION", "DEFAULT_SHARDS",
-        "ClusterKeys", "CoordinationError", "EtcdSession", "LeaseLost", "NodeIdTaken", "NodeInfo", "Overrides",
-        "SessionConfig", "SettingMismatch", "ShardCountMismatch", "ShardLease", "ShardOwner",
+        "ClusterKeys", "ClusterView", "CoordinationError", "EtcdSession", "LeaseLost", "NodeIdTaken", "NodeInfo",
+        "Overrides", "SessionConfig", "SettingMismatch", "ShardCountMismatch", "ShardLease", "ShardOwner",
         "assign", "claim", "drain", "etcd_client", "init_cluster", "live_nodes", "moves", "owner_compare", "owners",
-        "pin", "read_overrides", "release", "shard_of", "shard_ranges", "stable_hash", "undrain", "unpin", "watch_nodes",
-        "watch_overrides", "watch_owners",
+        "pin", "read_overrides", "read_view", "release", "remove_pins", "shard_of", "shard_ranges", "stable_hash",
+        "undrain", "unpin", "wait_for_owner", "watch_nodes", "watch_overrides", "watch_owners",
     ]
     assert all(hasattr(lockmgr, name) for name in lockmgr.__all__)
     for name in lockmgr.__all__:
