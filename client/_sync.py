@@ -22,8 +22,8 @@ import grpc
 from . import _transport as t
 from ._config import ClientConfig, channel_targets
 from ._discovery import Discovery
-from ._errors import Unavailable
 from ._types import AdminResult, BatchItem, BatchResult, DeductResult, Mode, SettleResult, Sku, SkuPage, StockLevel
+from .errors import Unavailable
 
 _CHANNEL_OPTIONS = [
     # Our own retries (same request id, marked as a retry), not grpc's.

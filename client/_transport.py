@@ -15,7 +15,6 @@ import grpc
 
 from flashstock.v1 import admin_pb2, admin_pb2_grpc, stock_pb2, stock_pb2_grpc
 
-from ._errors import RETRYABLE_CODES, FlashstockError, from_status
 from ._types import (
     AdminResult,
     BatchItem,
@@ -31,6 +30,7 @@ from ._types import (
     SkuPage,
     StockLevel,
 )
+from .errors import RETRYABLE_CODES, FlashstockError, from_status
 
 __all__ = ["admin_pb2", "admin_pb2_grpc", "stock_pb2", "stock_pb2_grpc"]
 

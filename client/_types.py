@@ -199,16 +199,6 @@ class AdminResult:
     """True when this request id had been applied before (nothing changed)."""
 
 
-@dataclass(frozen=True, slots=True)
-class FieldViolation:
-    """One bad field of a request (``google.rpc.BadRequest.FieldViolation``)."""
-
-    field: str
-    """The field's name in the request."""
-    description: str
-    """What is wrong with it."""
-
-
 __all__ = [
     "AdminResult",
     "BatchItem",
@@ -217,7 +207,6 @@ __all__ = [
     "Deduction",
     "DeductionState",
     "DeductResult",
-    "FieldViolation",
     "HoldResult",
     "Mode",
     "Outcome",

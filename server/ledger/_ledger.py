@@ -23,7 +23,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
-from flashstock.client import FlashstockError
+from flashstock.client.errors import FlashstockError
 
 from flashstock.server.ledger._schema import STATES, admin_requests, deductions, ledger_meta, persister_cursors, shard_epochs, shard_generations, skus
 
@@ -32,16 +32,28 @@ HEAD = "0004"
 
 
 class LedgerError(FlashstockError):
-    """The ledger cannot be used: the message names the setting or file to fix."""
+    """The ledger cannot be used, or refused a write: the root of the ledger's errors.
+
+    Raised as itself, the ledger cannot be used (a database that cannot be
+    reached, is no ledger, or has another schema): the message names the
+    setting or file to fix. Its subclasses are writes the ledger refused
+    because a newer writer superseded them; nothing was written.
+    """
+
+    reason = "LEDGER"
 
 
-class Fenced(FlashstockError):
+class Fenced(LedgerError):
     """A write carried an epoch lower than the shard's: a newer owner exists."""
 
+    reason = "FENCED"
 
-class StaleGeneration(FlashstockError):
+
+class StaleGeneration(LedgerError):
     """Log entries read before a rebuild of their shard began: their log is gone,
     and the rebuilt state does not hold them, so neither may the ledger."""
+
+    reason = "STALE_GENERATION"
 
 
 def sqlite_url(data_dir: str | Path) -> str:

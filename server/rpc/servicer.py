@@ -3,7 +3,7 @@
 Each method validates its request (pure checks, no I/O), answers a sold-out
 SKU from node memory where the promise allows it, makes one store call, and
 turns the typed result into a reply. Errors leave through :func:`_rpc`, which
-maps them with the one table in :mod:`flashstock.client._errors`: a caller
+maps them with the one table in :mod:`flashstock.client.errors`: a caller
 never sees a stack trace, and the node keeps serving.
 
 Requests are decoded by :func:`add_services`, not by grpc's generated
@@ -32,8 +32,8 @@ from flashstock.client import (
     InvalidArgument,
     Mode,
     Sku,
+    to_status,
 )
-from flashstock.client._errors import to_status
 from flashstock.v1 import admin_pb2, admin_pb2_grpc, stock_pb2, stock_pb2_grpc
 
 from flashstock.server.rpc import validate as v
