@@ -38,6 +38,7 @@ from ._types import (
     Outcome,
     SettleResult,
     Sku,
+    SkuDefinition,
     SkuPage,
     StockLevel,
 )
@@ -86,6 +87,7 @@ __all__ = [
     "RetryPolicy",
     "SettleResult",
     "Sku",
+    "SkuDefinition",
     "SkuNotFound",
     "SkuPage",
     "StockBelowHandedOut",

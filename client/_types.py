@@ -150,6 +150,30 @@ class BatchResult:
 
 
 @dataclass(frozen=True, slots=True)
+class SkuDefinition:
+    """What an operator puts on sale: a SKU's stock and the rules of its sale (PutSku).
+
+    Putting a definition (again) restarts the SKU's sale: its counters start
+    from ``stock``, and holds of the earlier sale are void.
+    """
+
+    sku_id: str
+    """The SKU id."""
+    stock: int
+    """Units put on sale: the SKU's total until an adjustment."""
+    per_user_limit: int = 0
+    """Most units one user may have (held + confirmed); 0 = no limit."""
+    max_per_request: int = 0
+    """Most units one request may take; 0 = the per-user limit."""
+    sale_start_ms: int = 0
+    """Sale opens (unix ms, Redis clock); 0 = open."""
+    sale_end_ms: int = 0
+    """Sale closes (unix ms, Redis clock); 0 = never."""
+    mode: Mode = Mode.FAST
+    """Fast or durable."""
+
+
+@dataclass(frozen=True, slots=True)
 class Sku:
     """A SKU's definition and live counters."""
 
@@ -212,6 +236,7 @@ __all__ = [
     "Outcome",
     "SettleResult",
     "Sku",
+    "SkuDefinition",
     "SkuPage",
     "StockLevel",
 ]

@@ -24,7 +24,7 @@ from rich import box
 from rich.console import Console
 from rich.table import Column, Table
 
-from flashstock.client import AdminClient, ClientConfig, FlashstockError, InvalidArgument, Mode, Sku
+from flashstock.client import AdminClient, ClientConfig, FlashstockError, InvalidArgument, Mode, Sku, SkuDefinition
 
 from flashstock.server.cli.cluster import cluster_app, nodes_app, shards_app
 from flashstock.server._config import NodeConfig, ledger_url, load_config, setting_help
@@ -209,7 +209,7 @@ def sku_put(
         raise typer.BadParameter("mode must be fast or durable", param_hint="--mode")
     with _admin(addr, etcd, cluster) as admin:
         try:
-            result = admin.put_sku(
+            definition = SkuDefinition(
                 sku_id,
                 stock,
                 per_user_limit=limit,
@@ -217,8 +217,8 @@ def sku_put(
                 sale_start_ms=parse_time_ms(start),
                 sale_end_ms=parse_time_ms(end),
                 mode=Mode.DURABLE if mode == "durable" else Mode.FAST,
-                request_id=request_id,
             )
+            result = admin.put_sku(definition, request_id=request_id)
         except FlashstockError as exc:
             _fail(exc)
     console.print(_sku_table([result.sku]))

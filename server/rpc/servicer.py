@@ -32,6 +32,7 @@ from flashstock.client import (
     InvalidArgument,
     Mode,
     Sku,
+    SkuDefinition,
     to_status,
 )
 from flashstock.v1 import admin_pb2, admin_pb2_grpc, stock_pb2, stock_pb2_grpc
@@ -272,28 +273,18 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
 
     @_rpc
     async def PutSku(self, request: admin_pb2.PutSkuRequest, context: Any) -> admin_pb2.PutSkuReply:
-        _check(
-            v.put_violations(
-                request.sku_id,
-                request.stock,
-                request.per_user_limit,
-                request.max_per_request,
-                request.sale_start_ms,
-                request.sale_end_ms,
-                request.request_id,
-                request.mode,
-            )
+        definition = SkuDefinition(
+            sku_id=request.sku_id,
+            stock=request.stock,
+            per_user_limit=request.per_user_limit,
+            max_per_request=request.max_per_request,
+            sale_start_ms=request.sale_start_ms,
+            sale_end_ms=request.sale_end_ms,
+            # 0 (unspecified) is fast; any other number is refused just below.
+            mode=Mode.DURABLE if request.mode == admin_pb2.MODE_DURABLE else Mode.FAST,
         )
-        r = await self._store.put_sku(
-            request.sku_id,
-            request.stock,
-            request.per_user_limit,
-            request.max_per_request,
-            request.sale_start_ms,
-            request.sale_end_ms,
-            Mode.DURABLE if request.mode == admin_pb2.MODE_DURABLE else Mode.FAST,
-            request.request_id,
-        )
+        _check(v.put_violations(definition, request.request_id) + v.mode_violations(request.mode))
+        r = await self._store.put_sku(definition, request.request_id)
         return self._admin_reply(admin_pb2.PutSkuReply, r)
 
     @_rpc

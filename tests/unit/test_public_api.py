@@ -16,7 +16,7 @@ def test_client_exports():
         "BatchResult", "ClientConfig", "DeadlineExceeded", "Deduction", "DeductionState", "DeductResult",
         "FailedPrecondition", "FieldViolation", "FlashstockError", "HoldResult", "InvalidArgument", "Mode",
         "NotFound", "Outcome", "Overloaded", "PermissionDenied", "RequestIdReused", "RetryPolicy",
-        "SettleResult", "Sku", "SkuNotFound", "SkuPage", "StockBelowHandedOut", "StockClient",
+        "SettleResult", "Sku", "SkuDefinition", "SkuNotFound", "SkuPage", "StockBelowHandedOut", "StockClient",
         "StockLevel", "Unauthenticated", "Unavailable", "from_status", "to_status",
     ]
     assert all(hasattr(client, name) for name in client.__all__)
