@@ -25,6 +25,7 @@ from sqlalchemy.engine import Connection, Engine
 
 from flashstock.client.errors import FlashstockError
 
+from flashstock.server.ledger._changes import SkuChange
 from flashstock.server.ledger._schema import STATES, admin_requests, deductions, ledger_meta, persister_cursors, shard_epochs, shard_generations, skus
 
 HEAD = "0004"
@@ -424,12 +425,13 @@ class Ledger:
 
     def _apply_sku_op(self, conn: Connection, shard: int, event: str, f: dict[str, str], at_ms: int) -> None:
         sku_id = f["k"]
+        change = SkuChange.of_log_event(event)
         if f.get("r"):  # the admin call itself, for its resends after a Redis loss (entries of older nodes lack it)
             row = {"sku_id": sku_id, "request_id": f["r"], "fingerprint": f.get("f", ""), "applied_ms": at_ms}
             conn.execute(
                 self._insert(admin_requests).values(**row).on_conflict_do_nothing(index_elements=["sku_id", "request_id"])
             )
-        if event == "P":
+        if change is SkuChange.PUT:
             row = {
                 "sku_id": sku_id,
                 "shard": shard,
@@ -446,10 +448,11 @@ class Ledger:
             }
             stmt = self._insert(skus).values(**row)
             conn.execute(stmt.on_conflict_do_update(index_elements=["sku_id"], set_={k: v for k, v in row.items() if k != "sku_id"}))
-        elif event == "A":  # the new total, absolute: applying it twice changes nothing
+        elif change is SkuChange.ADJUST:  # the new total, absolute: applying it twice changes nothing
             conn.execute(skus.update().where(skus.c.sku_id == sku_id).values(total=int(f["q"]), updated_ms=at_ms))
-        elif event in ("Z", "U"):
-            conn.execute(skus.update().where(skus.c.sku_id == sku_id).values(paused=event == "Z", updated_ms=at_ms))
+        elif change in (SkuChange.PAUSE, SkuChange.RESUME):
+            paused = change is SkuChange.PAUSE
+            conn.execute(skus.update().where(skus.c.sku_id == sku_id).values(paused=paused, updated_ms=at_ms))
 
     def claim_epoch(self, shard: int, epoch: int, owner: str, now_ms: int) -> None:
         """Record a new owner's ``epoch`` for ``shard`` before its duties run;

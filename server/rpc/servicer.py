@@ -39,6 +39,7 @@ from flashstock.v1 import admin_pb2, admin_pb2_grpc, stock_pb2, stock_pb2_grpc
 
 from flashstock.server.rpc import validate as v
 from flashstock.server._log_gate import LogGate
+from flashstock.server.ledger import SkuChange
 from flashstock.server.store.soldout import SoldOutBook
 from flashstock.server.store.stock import StockStore
 
@@ -301,19 +302,19 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
     @_rpc
     async def AdjustStock(self, request: admin_pb2.AdjustStockRequest, context: Any) -> admin_pb2.AdjustStockReply:
         _check(v.adjust_violations(request.sku_id, request.delta, request.request_id))
-        r = await self._store.change_sku(request.sku_id, "adjust", request.request_id, request.delta)
+        r = await self._store.change_sku(request.sku_id, SkuChange.ADJUST, request.request_id, request.delta)
         return self._admin_reply(admin_pb2.AdjustStockReply, r)
 
     @_rpc
     async def PauseSku(self, request: admin_pb2.PauseSkuRequest, context: Any) -> admin_pb2.PauseSkuReply:
         _check(v.id_violations("sku_id", request.sku_id) + v.id_violations("request_id", request.request_id))
-        r = await self._store.change_sku(request.sku_id, "pause", request.request_id)
+        r = await self._store.change_sku(request.sku_id, SkuChange.PAUSE, request.request_id)
         return self._admin_reply(admin_pb2.PauseSkuReply, r)
 
     @_rpc
     async def ResumeSku(self, request: admin_pb2.ResumeSkuRequest, context: Any) -> admin_pb2.PauseSkuReply:
         _check(v.id_violations("sku_id", request.sku_id) + v.id_violations("request_id", request.request_id))
-        r = await self._store.change_sku(request.sku_id, "resume", request.request_id)
+        r = await self._store.change_sku(request.sku_id, SkuChange.RESUME, request.request_id)
         return self._admin_reply(admin_pb2.PauseSkuReply, r)
 
 

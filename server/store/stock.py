@@ -51,6 +51,7 @@ from flashstock.server.store.durable import PersistWatch
 from flashstock.server._log_gate import LogGate
 from flashstock.server._metrics import METRICS
 from flashstock.server.duties.rebuild import ShardRebuilder
+from flashstock.server.ledger import SkuChange
 from flashstock.server.store.replies import Answer, ShardMissing
 from flashstock.server.store.scripts import StockScripts
 from flashstock.server.store.soldout import SoldOutBook
@@ -374,14 +375,16 @@ class StockStore:
         answer, generations = await self._call((d.sku_id,), call)
         return await self._settled(k.shard, answer, generations)
 
-    async def change_sku(self, sku_id: str, op: str, request_id: str, delta: int = 0) -> AdminResult:
-        """Adjust stock by ``delta`` (op ``adjust``), or ``pause`` / ``resume``."""
+    async def change_sku(self, sku_id: str, change: SkuChange, request_id: str, delta: int = 0) -> AdminResult:
+        """Adjust the stock by ``delta`` (:attr:`~SkuChange.ADJUST`), or pause or resume the sale."""
+        if change is SkuChange.PUT:
+            raise ValueError("put a SKU with put_sku")
         k = self.keys(sku_id)
 
         async def call() -> Answer[AdminResult]:
             raw = await self._scripts.adjust_sku(
                 keys=[k.sku(sku_id), k.sold_out, k.admin_record(sku_id, request_id), k.log],
-                args=[sku_id, op, delta, self._limits.request_ttl_s, k.prefix, MAX_STOCK, request_id],
+                args=[sku_id, change.value, delta, self._limits.request_ttl_s, k.prefix, MAX_STOCK, request_id],
             )
             return _replies.admin_result(raw, sku_id, k.shard, request_id)
 
