@@ -10,7 +10,6 @@ from rich.table import Column, Table
 from rich.text import Text
 
 from flashstock.server.duties.reconcile import (
-    LABELS,
     Difference,
     Reconciliation,
     ReconcileError,
@@ -33,11 +32,11 @@ def reconcile_table(rec: Reconciliation) -> Table:
     table = Table(
         "sku",
         "side",
-        *(Column(LABELS.get(f, f), justify="right") for f in _SHOWN),
+        *(Column(f, justify="right") for f in _SHOWN),
         "check",
         title="reconcile: Redis against the ledger",
         caption=(
-            "Compared: put, held, confirmed, left and the sale number. Released and expired "
+            "Compared: total, held, confirmed, available and the sale number. Released and expired "
             "are from the ledger only (Redis keeps no counters of them) and not compared."
         ),
         box=box.HORIZONTALS,
@@ -67,7 +66,7 @@ def reconcile_table(rec: Reconciliation) -> Table:
         elif l is None:
             check = Text("only in Redis", style="bold red")
         elif diffs:
-            parts = [f"sale {d.redis} ≠ {d.ledger}" if d.figure == "sale" else LABELS[d.figure] for d in diffs]
+            parts = [f"sale {d.redis} ≠ {d.ledger}" if d.figure == "sale" else d.figure for d in diffs]
             check = Text("differs: " + ", ".join(parts), style="bold red")
         else:
             check = Text("ok", style="green")

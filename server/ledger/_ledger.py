@@ -198,7 +198,7 @@ class SkuState:
 
     @property
     def available(self) -> int:
-        """Units left: total less held and confirmed."""
+        """Units still for sale: total less held and confirmed."""
         return self.total - self.held - self.confirmed
 
 
