@@ -24,8 +24,19 @@ import grpc
 from . import _transport as t
 from ._config import ClientConfig, channel_targets
 from ._discovery import AsyncDiscovery
-from ._errors import Unavailable
-from ._types import AdminResult, BatchItem, BatchResult, DeductResult, Mode, SettleResult, Sku, SkuPage, StockLevel
+from ._types import (
+    AdminResult,
+    BatchItem,
+    BatchResult,
+    DeductResult,
+    Mode,
+    SettleResult,
+    Sku,
+    SkuDefinition,
+    SkuPage,
+    StockLevel,
+)
+from .errors import Unavailable
 
 _CHANNEL_OPTIONS = [
     # Our own retries (same request id, marked as a retry), not grpc's.
@@ -278,8 +289,8 @@ class AsyncAdminClient:
 
     async def put_sku(
         self,
-        sku_id: str,
-        stock: int,
+        sku_id: str | SkuDefinition,
+        stock: int | None = None,
         *,
         per_user_limit: int = 0,
         max_per_request: int = 0,
@@ -288,8 +299,13 @@ class AsyncAdminClient:
         mode: Mode = Mode.FAST,
         request_id: str | None = None,
     ) -> AdminResult:
-        """Define ``sku_id`` with ``stock`` units (again: restarts its sale)."""
-        request = t.put_sku_request(
+        """Define a SKU (again: restarts its sale), from a :class:`SkuDefinition` or its fields.
+
+        ``put_sku(SkuDefinition("hot", 1000, per_user_limit=2))`` is
+        ``put_sku("hot", 1000, per_user_limit=2)``; beside a definition only
+        ``request_id`` may be given.
+        """
+        definition = t.sku_definition(
             sku_id,
             stock,
             per_user_limit=per_user_limit,
@@ -297,8 +313,8 @@ class AsyncAdminClient:
             sale_start_ms=sale_start_ms,
             sale_end_ms=sale_end_ms,
             mode=mode,
-            request_id=t.request_id_or_new(request_id),
         )
+        request = t.put_sku_request(definition, t.request_id_or_new(request_id))
         return t.admin_result(await self._conn._rpc_call("PutSku", request))
 
     async def get_sku(self, sku_id: str) -> Sku:

@@ -112,9 +112,9 @@ def _split(value: Sequence[str] | str) -> tuple[str, ...]:
 
 def _check_etcd(endpoints: tuple[str, ...], cluster: str) -> None:
     # lockmgr's own rules, so what passes here is what the client can dial;
-    # lockmgr imports aetcd only when a client is made, not here.
-    from flashstock.lockmgr._client import grpc_target
-    from flashstock.lockmgr._keys import check_id
+    # lockmgr imports aetcd only when a client is made, not here. Imported
+    # here, not at the top: lockmgr's errors import the client's.
+    from flashstock.lockmgr import check_id, grpc_target
 
     try:
         grpc_target(endpoints)

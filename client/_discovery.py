@@ -33,7 +33,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from ._config import ClientConfig
-from ._errors import Unavailable
+from .errors import Unavailable
 
 log = logging.getLogger(__name__)
 

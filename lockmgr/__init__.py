@@ -19,11 +19,17 @@
 Every etcd write flashstock makes is in this package.
 
 The etcd key layout is in :class:`ClusterKeys`'s module. etcd is reached
-through aetcd (asyncio); :func:`etcd_client` makes a client.
+through aetcd (asyncio); :func:`etcd_client` makes a client, and
+:func:`grpc_target` and :func:`check_id` are its rules for endpoints and ids
+(the client checks its settings with them).
+
+Its errors are a branch of flashstock's one tree, rooted in
+:mod:`flashstock.client.errors` (which imports nothing of flashstock, so
+lockmgr and the client import each other without a cycle).
 """
 
 from ._assign import assign, moves
-from ._client import etcd_client
+from ._client import etcd_client, grpc_target
 from ._cluster import (
     Overrides,
     drain,
@@ -36,7 +42,7 @@ from ._cluster import (
     watch_overrides,
 )
 from ._errors import CoordinationError, LeaseLost, NodeIdTaken, SettingMismatch, ShardCountMismatch
-from ._keys import ClusterKeys
+from ._keys import ClusterKeys, check_id
 from ._owner import ShardLease, ShardOwner, claim, owner_compare, owners, release, watch_owners
 from ._session import DEFAULT_SESSION, EtcdSession, NodeInfo, SessionConfig, live_nodes, watch_nodes
 from ._shards import DEFAULT_SHARDS, shard_of, shard_ranges, stable_hash
@@ -59,9 +65,11 @@ __all__ = [
     "ShardLease",
     "ShardOwner",
     "assign",
+    "check_id",
     "claim",
     "drain",
     "etcd_client",
+    "grpc_target",
     "init_cluster",
     "live_nodes",
     "moves",

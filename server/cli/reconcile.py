@@ -20,7 +20,6 @@ from flashstock.server._config import ledger_url
 from flashstock.server.cli import common
 from flashstock.server.cli.common import ConfigOption, DataDirOption, LedgerOption, read_settings
 from flashstock.server.duties.reconcile import (
-    LABELS,
     Difference,
     ReconcileError,
     Reconciliation,
@@ -42,11 +41,11 @@ def reconcile_table(rec: Reconciliation) -> Table:
     table = Table(
         "sku",
         "side",
-        *(Column(LABELS.get(f, f), justify="right") for f in _SHOWN),
+        *(Column(f, justify="right") for f in _SHOWN),
         "check",
         title="reconcile: Redis against the ledger",
         caption=(
-            "Compared: put, held, confirmed, left and the sale number. Released and expired "
+            "Compared: total, held, confirmed, available and the sale number. Released and expired "
             "are from the ledger only (Redis keeps no counters of them) and not compared."
         ),
         box=box.HORIZONTALS,
@@ -76,7 +75,7 @@ def reconcile_table(rec: Reconciliation) -> Table:
         elif l is None:
             check = Text("only in Redis", style="bold red")
         elif diffs:
-            parts = [f"sale {d.redis} ≠ {d.ledger}" if d.figure == "sale" else LABELS[d.figure] for d in diffs]
+            parts = [f"sale {d.redis} ≠ {d.ledger}" if d.figure == "sale" else d.figure for d in diffs]
             check = Text("differs: " + ", ".join(parts), style="bold red")
         else:
             check = Text("ok", style="green")
@@ -178,7 +177,7 @@ def reconcile_command(
     ] = 10.0,
     config: ConfigOption = None,
 ) -> None:
-    """Compare each SKU's stock in Redis with the ledger: put, held, confirmed, left.
+    """Compare each SKU's stock in Redis with the ledger: total, held, confirmed, available.
 
     Waits until the ledger holds every log entry the Redis figures rest on
     (up to --wait seconds), then prints both sides. Exit code 0 when they

@@ -46,9 +46,9 @@ REPORT_FIELDS = (
     "sale",
     "mode",
     "total",
-    "sold",
+    "confirmed",
     "held",
-    "left",
+    "available",
     "buyers",
     "holds",
     "holds_confirmed",
@@ -74,9 +74,9 @@ def report_rows(sales: list[Any]) -> list[dict[str, Any]]:
             "sale": s.sale,
             "mode": s.mode,
             "total": s.total,
-            "sold": s.sold,
+            "confirmed": s.confirmed,
             "held": s.held,
-            "left": s.left,
+            "available": s.available,
             "buyers": s.buyers,
             "holds": s.holds,
             "holds_confirmed": s.holds_confirmed,
@@ -100,11 +100,11 @@ def sales_report(
     data_dir: DataDirOption = None,
     config: ConfigOption = None,
 ) -> None:
-    """Per SKU, its current sale from the ledger: units sold, buyers, holds confirmed / expired / released,
-    first and last sale (csv and json: ISO-8601, UTC).
+    """Per SKU, its current sale from the ledger: units confirmed, held and available, buyers,
+    holds confirmed / expired / released, first and last sale (csv and json: ISO-8601, UTC).
 
-    Reads the ledger only. Sold = confirmed units; buyers = distinct users with
-    confirmed or held units; holds are counted by what became of them.
+    Reads the ledger only. Confirmed = units sold for good; buyers = distinct
+    users with confirmed or held units; holds are counted by what became of them.
     """
     import sqlalchemy as sa
 
@@ -139,13 +139,17 @@ def sales_report(
         "sku",
         *(
             Column(name, justify="right")
-            for name in ("put", "sold", "held", "left", "buyers", "holds", "confirmed", "expired", "released")
+            for name in (
+                "total", "confirmed", "held", "available", "buyers",
+                "holds", "holds confirmed", "holds expired", "holds released",
+            )
         ),
         "first sale",
         "last sale",
         title="sales: the current sale of each SKU, from the ledger",
         caption=(
-            "sold = units confirmed; buyers = users with units confirmed or held; holds taken, and what became of them"
+            "confirmed = units sold for good; buyers = users with units confirmed or held; "
+            "holds taken, and what became of them"
         ),
         box=box.HORIZONTALS,
         pad_edge=False,
@@ -154,7 +158,7 @@ def sales_report(
     for sale in sales:
         table.add_row(
             sale.sku_id,
-            *(f"{n:,}" for n in (sale.total, sale.sold, sale.held, sale.left, sale.buyers, sale.holds,
+            *(f"{n:,}" for n in (sale.total, sale.confirmed, sale.held, sale.available, sale.buyers, sale.holds,
                                  sale.holds_confirmed, sale.holds_expired, sale.holds_released)),
             local_time(sale.first_sale_ms),
             local_time(sale.last_sale_ms),

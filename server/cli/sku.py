@@ -12,7 +12,7 @@ from typing import Annotated, NoReturn, Optional
 import typer
 from rich.table import Table
 
-from flashstock.client import AdminClient, ClientConfig, FlashstockError, InvalidArgument, Mode, Sku
+from flashstock.client import AdminClient, ClientConfig, FlashstockError, InvalidArgument, Mode, Sku, SkuDefinition
 from flashstock.server.cli.common import console, err_console, local_iso, parse_time_ms
 
 sku_app = typer.Typer(help="Define SKUs and steer their sale (AdminService).", no_args_is_help=True)
@@ -108,7 +108,7 @@ def sku_put(
         raise typer.BadParameter("mode must be fast or durable", param_hint="--mode")
     with _admin(addr, etcd, cluster) as admin:
         try:
-            result = admin.put_sku(
+            definition = SkuDefinition(
                 sku_id,
                 stock,
                 per_user_limit=limit,
@@ -116,8 +116,8 @@ def sku_put(
                 sale_start_ms=parse_time_ms(start),
                 sale_end_ms=parse_time_ms(end),
                 mode=Mode.DURABLE if mode == "durable" else Mode.FAST,
-                request_id=request_id,
             )
+            result = admin.put_sku(definition, request_id=request_id)
         except FlashstockError as exc:
             _fail(exc)
     console.print(_sku_table([result.sku]))

@@ -28,6 +28,7 @@ rebuild runs in a thread with a blocking Redis client, off the event loop.
 from __future__ import annotations
 
 import asyncio
+import enum
 import json
 import logging
 import math
@@ -48,6 +49,23 @@ from flashstock.server.ledger import Ledger, ShardSnapshot
 log = logging.getLogger(__name__)
 
 _LETTER = {"held": "H", "confirmed": "C", "released": "R", "expired": "X"}
+
+
+class RebuildResult(enum.StrEnum):
+    """What became of a request to rebuild a shard; the value is its label in ``flashstock_rebuilds``."""
+
+    REBUILT = "rebuilt"
+    """This call rebuilt the shard from the ledger."""
+    READY = "ready"
+    """The shard was whole already (another rebuilder did it, or it was never lost)."""
+    FRESH = "fresh"
+    """Asked to rebuild a shard older than the ledger: it is not (:func:`stale_reason` found nothing)."""
+    STALE = "stale"
+    """A newer rebuild (generation, or the mutex's token) overtook this one: it stopped, writing nothing more."""
+    BUSY = "busy"
+    """The rebuild mutex was not free within the wait."""
+    FENCED = "fenced"
+    """The owner epoch given is older than the shard's stored one: a newer owner exists."""
 
 
 @dataclass(frozen=True)
@@ -173,7 +191,7 @@ class ShardRebuilder:
         self._ledger = ledger
         self._record_ttl_ms = record_ttl_ms
         self._policy = policy
-        self._running: dict[int, asyncio.Task[str]] = {}
+        self._running: dict[int, asyncio.Task[RebuildResult]] = {}
         self.before_install: Callable[[int], None] | None = None
         """A test's failpoint: called in the rebuild thread after loading, before installing."""
         self.lock_factory: Callable[[redis.Redis, str], redis_lock.Lock] = lambda client, name: redis_lock.Lock(
@@ -181,7 +199,7 @@ class ShardRebuilder:
         )
         """Makes the rebuild mutex (a test may make one that is not renewed)."""
 
-    async def ensure(self, shard: int, epoch: int | None = None) -> str:
+    async def ensure(self, shard: int, epoch: int | None = None) -> RebuildResult:
         """Make sure ``shard`` is whole in Redis, rebuilding it if need be; returns what happened.
 
         ``epoch``: the shard owner's (the warden's rebuild is a duty write,
@@ -201,26 +219,26 @@ class ShardRebuilder:
         except redis.exceptions.ConnectionError as exc:
             raise Unavailable(f"Redis is unreachable: {exc}", retry_after=0.2, shard=shard) from None
 
-    def rebuild(self, shard: int, epoch: int | None = None, when_behind: bool = False) -> str:
-        """Rebuild ``shard`` (blocking): 'rebuilt', 'ready' (someone else did), 'stale', 'busy'
-        or 'fenced' (``epoch`` is older than the shard's stored one).
+    def rebuild(self, shard: int, epoch: int | None = None, when_behind: bool = False) -> RebuildResult:
+        """Rebuild ``shard`` (blocking): REBUILT, READY (someone else did), STALE, BUSY
+        or FENCED (``epoch`` is older than the shard's stored one).
 
         ``when_behind``: also rebuild a ready shard that is older than the
-        ledger (:func:`stale_reason`, decided under the mutex); 'fresh' when
+        ledger (:func:`stale_reason`, decided under the mutex); FRESH when
         it is not."""
         k = ShardKeys(shard)
         lock = self.lock_factory(self._sync, k.rebuild_lock)
         if not lock.acquire(blocking=True, timeout=max(1, math.ceil(self._policy.wait_s))):
-            METRICS.rebuilds.labels("busy").inc()
-            return "busy"
+            METRICS.rebuilds.labels(RebuildResult.BUSY.value).inc()
+            return RebuildResult.BUSY
         try:
             meta = self._sync.hgetall(k.meta)
             if meta.get(b"state") == SHARD_READY:
                 if not when_behind:
-                    return "ready"
+                    return RebuildResult.READY
                 reason = self._stale([shard]).get(shard)
                 if reason is None:
-                    return "fresh"
+                    return RebuildResult.FRESH
                 log.warning("shard %d: Redis is older than the ledger (%s); rebuilding it from the ledger", shard, reason)
             expected = meta.get(b"gen", b"").decode()
             seconds, micros = self._sync.time()
@@ -234,8 +252,8 @@ class ShardRebuilder:
             if self.before_install is not None:
                 self.before_install(shard)
             result = self._install(k, lock.id, snap, cursor[1] if cursor else "0-0", expected, epoch)
-            METRICS.rebuilds.labels(result).inc()
-            if result == "rebuilt":
+            METRICS.rebuilds.labels(result.value).inc()
+            if result is RebuildResult.REBUILT:
                 log.log(
                     logging.WARNING if snap.skus else logging.INFO,
                     "shard %d rebuilt from the ledger: generation %d, %d SKUs, %d records",
@@ -250,22 +268,22 @@ class ShardRebuilder:
 
     def _install(
         self, k: ShardKeys, token: str, snap: ShardSnapshot, cursor: str, expected: str, epoch: int | None
-    ) -> str:
+    ) -> RebuildResult:
         keys = [k.meta, f"lock:{k.rebuild_lock}"]
         common = [token, snap.generation, k.prefix, self._record_ttl_ms]
         begun = self._script(keys=keys, args=["begin", *common, expected, cursor, snap.epoch, "" if epoch is None else epoch])
         if begun == b"FENCED":
-            return "fenced"
+            return RebuildResult.FENCED
         if begun != b"OK":
-            return "stale"
+            return RebuildResult.STALE
         for step, payload in install_steps(snap, self._policy.chunk):
             if self._script(keys=keys, args=[step, *common, payload]) != b"OK":
-                return "stale"
+                return RebuildResult.STALE
         if self._script(keys=keys, args=["commit", *common]) != b"OK":
-            return "stale"
+            return RebuildResult.STALE
         if snap.skus:  # the SKU index is global (not the shard's slot): written on its own
             self._sync.zadd(SKU_INDEX_KEY, {s.sku_id: 0 for s in snap.skus})
-        return "rebuilt"
+        return RebuildResult.REBUILT
 
     def run_id(self) -> str:
         """The run id of the Redis this rebuilder talks to (new with every start of Redis)."""
@@ -290,9 +308,9 @@ class ShardRebuilder:
             if reason is None:
                 continue
             result = self.rebuild(shard, when_behind=True)
-            if result == "rebuilt":
+            if result is RebuildResult.REBUILT:
                 rebuilt.append(shard)
-            elif result not in ("fresh", "ready"):
+            elif result not in (RebuildResult.FRESH, RebuildResult.READY):
                 raise Unavailable(f"shard {shard} is older than the ledger and could not be rebuilt yet ({result})", shard=shard)
         return run_id, rebuilt
 

@@ -1,8 +1,9 @@
 """Reconciliation: the stock figures in Redis against the ledger's, SKU by SKU.
 
-Redis keeps per SKU the units put on sale (``total``), ``held``, confirmed
-(``conf``) and left (``avail``); the ledger holds every deduction with its
-state, from which the same figures follow. Both rest on the shard logs: Redis
+Redis keeps per SKU its figures ``total``, ``held``, ``confirmed`` and
+``available`` (in the hash fields ``total``, ``held``, ``conf``, ``avail``);
+the ledger holds every deduction with its state, from which the same figures
+follow. Both rest on the shard logs: Redis
 writes a change and its log entry in one script, the persister drains the log
 into the ledger. Once the ledger has caught up with a shard's log, the two
 sides must agree to the unit; :func:`reconcile` waits for that, reads both,
@@ -32,10 +33,7 @@ from flashstock.server.ledger import Ledger, SkuState
 from flashstock.server.ledger.reports import persisted_cursors, sku_shards
 
 COMPARED = ("total", "held", "confirmed", "available", "sale")
-"""The figures both sides keep, compared one to one."""
-
-LABELS = {"total": "put", "held": "held", "confirmed": "confirmed", "available": "left", "sale": "sale"}
-"""How the figures are named in the table and the messages."""
+"""The figures both sides keep, compared one to one; the table and the messages name them so too."""
 
 
 class ReconcileError(Exception):
@@ -55,7 +53,7 @@ class SkuFigures:
     confirmed: int
     """Units sold for good."""
     available: int
-    """Units left."""
+    """Units still for sale: total less held and confirmed."""
     sale: int
     """The sale number (+1 on every put)."""
     released: int | None = None
@@ -81,7 +79,7 @@ class Difference:
         if self.figure == "presence":
             side = "Redis" if self.ledger is None else "the ledger"
             return f"{self.sku_id}: only in {side}"
-        return f"{self.sku_id}: {LABELS[self.figure]} {self.redis} in Redis, {self.ledger} in the ledger"
+        return f"{self.sku_id}: {self.figure} {self.redis} in Redis, {self.ledger} in the ledger"
 
 
 def figures_from_hash(sku_id: str, shard: int, fields: Mapping[str, str]) -> SkuFigures:

@@ -32,7 +32,7 @@ from flashstock.server.store.keys import SHARD_READY, ShardKeys
 
 from flashstock.server._metrics import METRICS
 from flashstock.server.duties.persister import PersistPolicy, Persister
-from flashstock.server.duties.rebuild import ShardRebuilder
+from flashstock.server.duties.rebuild import RebuildResult, ShardRebuilder
 from flashstock.server.duties.reconcile import read_once, settled_differences
 from flashstock.server.store.scripts import StockScripts
 from flashstock.server.store.stock import StockStore
@@ -195,7 +195,7 @@ class ShardDuties:
         for shard in missing:
             if shard not in self._epochs:
                 continue  # given up meanwhile
-            if await self._rebuilder.ensure(shard, epochs[shard]) == "fenced":
+            if await self._rebuilder.ensure(shard, epochs[shard]) is RebuildResult.FENCED:
                 METRICS.fenced_writes.labels(store="redis", duty="warden").inc()
                 log.warning("fenced: shard %d, epoch %s is stale in redis (warden): a newer owner exists", shard, epochs[shard])
                 self._fenced(shard)

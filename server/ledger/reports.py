@@ -280,8 +280,8 @@ class SkuSales:
     mode: str
     total: int
     """Units put on sale, after adjustments."""
-    sold: int = 0
-    """Units confirmed: Deducts, and Holds confirmed."""
+    confirmed: int = 0
+    """Units confirmed (sold for good): Deducts, and Holds confirmed."""
     held: int = 0
     """Units in open holds."""
     buyers: int = 0
@@ -298,9 +298,9 @@ class SkuSales:
     """When the last unit still handed out was taken; 0 = none."""
 
     @property
-    def left(self) -> int:
-        """Units still available: total less sold and held."""
-        return self.total - self.sold - self.held
+    def available(self) -> int:
+        """Units still for sale: total less confirmed and held."""
+        return self.total - self.confirmed - self.held
 
 
 _HOLD_FIELD = {"confirmed": "holds_confirmed", "expired": "holds_expired", "released": "holds_released", "held": "holds_open"}
@@ -338,7 +338,7 @@ def sales_report(engine: Engine, sku_id: str | None = None) -> list[SkuSales]:
             return []
         for sku, state, qty in conn.execute(units):
             if state == "confirmed":
-                rows[sku].sold = int(qty)
+                rows[sku].confirmed = int(qty)
             else:
                 rows[sku].held = int(qty)
         for sku, state, count in conn.execute(holds):

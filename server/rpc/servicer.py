@@ -3,7 +3,7 @@
 Each method validates its request (pure checks, no I/O), answers a sold-out
 SKU from node memory where the promise allows it, makes one store call, and
 turns the typed result into a reply. Errors leave through :func:`_rpc`, which
-maps them with the one table in :mod:`flashstock.client._errors`: a caller
+maps them with the one table in :mod:`flashstock.client.errors`: a caller
 never sees a stack trace, and the node keeps serving.
 
 Requests are decoded by :func:`add_services`, not by grpc's generated
@@ -32,12 +32,14 @@ from flashstock.client import (
     InvalidArgument,
     Mode,
     Sku,
+    SkuDefinition,
+    to_status,
 )
-from flashstock.client._errors import to_status
 from flashstock.v1 import admin_pb2, admin_pb2_grpc, stock_pb2, stock_pb2_grpc
 
 from flashstock.server.rpc import validate as v
 from flashstock.server._log_gate import LogGate
+from flashstock.server.ledger import SkuChange
 from flashstock.server.store.soldout import SoldOutBook
 from flashstock.server.store.stock import StockStore
 
@@ -272,28 +274,18 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
 
     @_rpc
     async def PutSku(self, request: admin_pb2.PutSkuRequest, context: Any) -> admin_pb2.PutSkuReply:
-        _check(
-            v.put_violations(
-                request.sku_id,
-                request.stock,
-                request.per_user_limit,
-                request.max_per_request,
-                request.sale_start_ms,
-                request.sale_end_ms,
-                request.request_id,
-                request.mode,
-            )
+        definition = SkuDefinition(
+            sku_id=request.sku_id,
+            stock=request.stock,
+            per_user_limit=request.per_user_limit,
+            max_per_request=request.max_per_request,
+            sale_start_ms=request.sale_start_ms,
+            sale_end_ms=request.sale_end_ms,
+            # 0 (unspecified) is fast; any other number is refused just below.
+            mode=Mode.DURABLE if request.mode == admin_pb2.MODE_DURABLE else Mode.FAST,
         )
-        r = await self._store.put_sku(
-            request.sku_id,
-            request.stock,
-            request.per_user_limit,
-            request.max_per_request,
-            request.sale_start_ms,
-            request.sale_end_ms,
-            Mode.DURABLE if request.mode == admin_pb2.MODE_DURABLE else Mode.FAST,
-            request.request_id,
-        )
+        _check(v.put_violations(definition, request.request_id) + v.mode_violations(request.mode))
+        r = await self._store.put_sku(definition, request.request_id)
         return self._admin_reply(admin_pb2.PutSkuReply, r)
 
     @_rpc
@@ -310,19 +302,19 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
     @_rpc
     async def AdjustStock(self, request: admin_pb2.AdjustStockRequest, context: Any) -> admin_pb2.AdjustStockReply:
         _check(v.adjust_violations(request.sku_id, request.delta, request.request_id))
-        r = await self._store.change_sku(request.sku_id, "adjust", request.request_id, request.delta)
+        r = await self._store.change_sku(request.sku_id, SkuChange.ADJUST, request.request_id, request.delta)
         return self._admin_reply(admin_pb2.AdjustStockReply, r)
 
     @_rpc
     async def PauseSku(self, request: admin_pb2.PauseSkuRequest, context: Any) -> admin_pb2.PauseSkuReply:
         _check(v.id_violations("sku_id", request.sku_id) + v.id_violations("request_id", request.request_id))
-        r = await self._store.change_sku(request.sku_id, "pause", request.request_id)
+        r = await self._store.change_sku(request.sku_id, SkuChange.PAUSE, request.request_id)
         return self._admin_reply(admin_pb2.PauseSkuReply, r)
 
     @_rpc
     async def ResumeSku(self, request: admin_pb2.ResumeSkuRequest, context: Any) -> admin_pb2.PauseSkuReply:
         _check(v.id_violations("sku_id", request.sku_id) + v.id_violations("request_id", request.request_id))
-        r = await self._store.change_sku(request.sku_id, "resume", request.request_id)
+        r = await self._store.change_sku(request.sku_id, SkuChange.RESUME, request.request_id)
         return self._admin_reply(admin_pb2.PauseSkuReply, r)
 
 

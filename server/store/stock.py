@@ -36,6 +36,7 @@ from flashstock.client import (
     Mode,
     SettleResult,
     Sku,
+    SkuDefinition,
     SkuNotFound,
     SkuPage,
     StockLevel,
@@ -50,6 +51,7 @@ from flashstock.server.store.durable import PersistWatch
 from flashstock.server._log_gate import LogGate
 from flashstock.server._metrics import METRICS
 from flashstock.server.duties.rebuild import ShardRebuilder
+from flashstock.server.ledger import SkuChange
 from flashstock.server.store.replies import Answer, ShardMissing
 from flashstock.server.store.scripts import StockScripts
 from flashstock.server.store.soldout import SoldOutBook
@@ -343,53 +345,46 @@ class StockStore:
                 log.warning("ListSkus leaves out %s (%d times since the last such line)", exc.message, held_back)
             return None
 
-    async def put_sku(
-        self,
-        sku_id: str,
-        stock: int,
-        per_user_limit: int,
-        max_per_request: int,
-        sale_start_ms: int,
-        sale_end_ms: int,
-        mode: Mode,
-        request_id: str,
-    ) -> AdminResult:
-        """Define ``sku_id`` (again), restarting its sale."""
-        k = self.keys(sku_id)
+    async def put_sku(self, definition: SkuDefinition, request_id: str) -> AdminResult:
+        """Put ``definition`` on sale (again: restarts the SKU's sale)."""
+        d = definition
+        k = self.keys(d.sku_id)
         async with _redis_errors():
             # The index first: a SKU may be listed a moment before it exists,
             # never exist without being listed.
-            await self._redis.zadd(SKU_INDEX_KEY, {sku_id: 0})
+            await self._redis.zadd(SKU_INDEX_KEY, {d.sku_id: 0})
 
         async def call() -> Answer[AdminResult]:
             raw = await self._scripts.put_sku(
-                keys=[k.sku(sku_id), k.users(sku_id), k.sold_out, k.admin_record(sku_id, request_id), k.log],
+                keys=[k.sku(d.sku_id), k.users(d.sku_id), k.sold_out, k.admin_record(d.sku_id, request_id), k.log],
                 args=[
-                    sku_id,
-                    stock,
-                    per_user_limit,
-                    max_per_request,
-                    sale_start_ms,
-                    sale_end_ms,
-                    "durable" if mode is Mode.DURABLE else "fast",
+                    d.sku_id,
+                    d.stock,
+                    d.per_user_limit,
+                    d.max_per_request,
+                    d.sale_start_ms,
+                    d.sale_end_ms,
+                    "durable" if d.mode is Mode.DURABLE else "fast",
                     self._limits.request_ttl_s,
                     k.prefix,
                     request_id,
                 ],
             )
-            return _replies.admin_result(raw, sku_id, k.shard, request_id)
+            return _replies.admin_result(raw, d.sku_id, k.shard, request_id)
 
-        answer, generations = await self._call((sku_id,), call)
+        answer, generations = await self._call((d.sku_id,), call)
         return await self._settled(k.shard, answer, generations)
 
-    async def change_sku(self, sku_id: str, op: str, request_id: str, delta: int = 0) -> AdminResult:
-        """Adjust stock by ``delta`` (op ``adjust``), or ``pause`` / ``resume``."""
+    async def change_sku(self, sku_id: str, change: SkuChange, request_id: str, delta: int = 0) -> AdminResult:
+        """Adjust the stock by ``delta`` (:attr:`~SkuChange.ADJUST`), or pause or resume the sale."""
+        if change is SkuChange.PUT:
+            raise ValueError("put a SKU with put_sku")
         k = self.keys(sku_id)
 
         async def call() -> Answer[AdminResult]:
             raw = await self._scripts.adjust_sku(
                 keys=[k.sku(sku_id), k.sold_out, k.admin_record(sku_id, request_id), k.log],
-                args=[sku_id, op, delta, self._limits.request_ttl_s, k.prefix, MAX_STOCK, request_id],
+                args=[sku_id, change.value, delta, self._limits.request_ttl_s, k.prefix, MAX_STOCK, request_id],
             )
             return _replies.admin_result(raw, sku_id, k.shard, request_id)
 

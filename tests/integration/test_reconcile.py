@@ -64,7 +64,7 @@ def test_after_a_sale_both_sides_show_what_the_test_did(node, admin, stock, sku)
 
     assert result.exit_code == 0, result.output
     redis_row, ledger_row = sku_rows(result.output, sku)
-    #                    put   held confirmed released expired left
+    #                    total held confirmed released expired available
     assert redis_row[2:] == ["10", "1", "5", "-", "-", "4", "ok"]
     assert ledger_row == ["shard", str(shard_of(sku)), "ledger", "10", "1", "5", "1", "0", "4"]
     assert "agree on all 1 SKU(s)" in result.output
@@ -102,10 +102,10 @@ def test_a_tampered_redis_is_caught_and_the_sku_named(node, admin, stock, sku, r
     assert result.exit_code == 1, result.output
     redis_row, ledger_row = sku_rows(result.output, sku)
     assert redis_row[7] == "9" and ledger_row[-1] == "8"
-    assert "differs: left" in result.output
-    assert f"{sku}: left 9 in Redis, 8 in the ledger" in result.output
+    assert "differs: available" in result.output
+    assert f"{sku}: available 9 in Redis, 8 in the ledger" in result.output
     # Without --sku too: every SKU is checked.
-    assert everything.exit_code == 1 and f"{sku}: left 9 in Redis" in everything.output
+    assert everything.exit_code == 1 and f"{sku}: available 9 in Redis" in everything.output
     # Put back, the two sides agree again: it was the tampering that was caught.
     assert run_cli(node, "--sku", sku).exit_code == 0
 

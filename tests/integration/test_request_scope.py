@@ -212,7 +212,7 @@ async def test_a_hold_of_an_earlier_sale_confirms_nothing_and_is_closed_in_the_l
     )
     assert report.returncode == 0, report.stderr
     (line,) = json.loads(report.stdout)
-    assert line["sold"] == 1 and line["held"] == 0, line
+    assert line["confirmed"] == 1 and line["held"] == 0, line
     level = await stranger.call("GetStock", sku_id=sku)
     assert (level.total, level.available, level.held, level.confirmed) == (1, 0, 0, 1)
 

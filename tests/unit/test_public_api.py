@@ -3,6 +3,7 @@
 import inspect
 
 import flashstock.client as client
+import flashstock.client.errors as errors
 import flashstock.lockmgr as lockmgr
 from flashstock.client import AdminClient, AsyncAdminClient, AsyncStockClient, DeductionState, Mode, Outcome, StockClient
 from flashstock.client._transport import rpc_names
@@ -15,8 +16,8 @@ def test_client_exports():
         "BatchResult", "ClientConfig", "DeadlineExceeded", "Deduction", "DeductionState", "DeductResult",
         "FailedPrecondition", "FieldViolation", "FlashstockError", "HoldResult", "InvalidArgument", "Mode",
         "NotFound", "Outcome", "Overloaded", "PermissionDenied", "RequestIdReused", "RetryPolicy",
-        "SettleResult", "Sku", "SkuNotFound", "SkuPage", "StockBelowHandedOut", "StockClient", "StockLevel",
-        "Unauthenticated", "Unavailable",
+        "SettleResult", "Sku", "SkuDefinition", "SkuNotFound", "SkuPage", "StockBelowHandedOut", "StockClient",
+        "StockLevel", "Unauthenticated", "Unavailable", "from_status", "to_status",
     ]
     assert all(hasattr(client, name) for name in client.__all__)
 
@@ -26,7 +27,7 @@ def test_lockmgr_exports():
         "DEFAULT_SESSION", "DEFAULT_SHARDS",
         "ClusterKeys", "ClusterView", "CoordinationError", "EtcdSession", "LeaseLost", "NodeIdTaken", "NodeInfo",
         "Overrides", "SessionConfig", "SettingMismatch", "ShardCountMismatch", "ShardLease", "ShardOwner",
-        "assign", "claim", "drain", "etcd_client", "init_cluster", "live_nodes", "moves", "owner_compare", "owners",
+        "assign", "check_id", "claim", "drain", "etcd_client", "grpc_target", "init_cluster", "live_nodes", "moves", "owner_compare", "owners",
         "pin", "read_overrides", "read_view", "release", "remove_pins", "shard_of", "shard_ranges", "stable_hash",
         "undrain", "unpin", "wait_for_owner", "watch_nodes", "watch_overrides", "watch_owners",
     ]
@@ -42,6 +43,14 @@ def test_public_names_have_docstrings():
         obj = getattr(client, name)
         if inspect.isclass(obj) or inspect.isfunction(obj):
             assert obj.__doc__, name
+
+
+def test_the_error_tree_is_a_public_module():
+    # Everything the client exports of it, and the mapping a service in front of flashstock needs.
+    from_errors = {name for name in client.__all__ if getattr(client, name) is getattr(errors, name, None)}
+    assert from_errors <= set(errors.__all__)
+    assert {"to_status", "from_status", "STATUS_TABLE", "FlashstockError", "FieldViolation"} <= set(errors.__all__)
+    assert client.to_status is errors.to_status and client.from_status is errors.from_status
 
 
 def test_all_grpc_calls_present():
