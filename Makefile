@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 PYTEST_ARGS ?=
 
-.PHONY: setup demo test test-fast test-slow bench bench-cluster gen sync-client clean
+.PHONY: setup demo test test-fast test-slow bench bench-cluster gen sync-client package-check clean
 
 setup:
 	@VENV=$(VENV) bash scripts/setup.sh
@@ -36,6 +36,11 @@ gen: setup
 sync-client:
 	python3 scripts/unasync.py
 
+# Build sdist and wheel as a user would, install the client-only wheel in a
+# fresh venv, import it, mypy --strict a typed caller, try the CLI (~4 min).
+package-check:
+	bash scripts/check_package.sh
+
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache .hypothesis
+	rm -rf $(VENV) build dist *.egg-info .pytest_cache .hypothesis
 	find protos -name '*_pb2*.py*' -delete
