@@ -23,7 +23,7 @@ in front of flashstock can answer with the same statuses.
 """
 
 from ._async import AsyncAdminClient, AsyncStockClient
-from ._config import ClientConfig, RetryPolicy
+from ._config import CHANNEL_OPTIONS, ClientConfig, RetryPolicy
 from ._sync import AdminClient, StockClient
 from ._types import (
     AdminResult,
@@ -61,6 +61,7 @@ from .errors import (
 )
 
 __all__ = [
+    "CHANNEL_OPTIONS",
     "AdminClient",
     "AdminResult",
     "AsyncAdminClient",

@@ -128,6 +128,17 @@ def _is_host_port(address: str) -> bool:
     return bool(host) and port.isdigit()
 
 
+CHANNEL_OPTIONS: tuple[tuple[str, int], ...] = (
+    # Our own retries (same request id, marked as a retry), not grpc's.
+    ("grpc.enable_retries", 0),
+    # Each channel its own connection, so several spread over a node's workers.
+    ("grpc.use_local_subchannel_pool", 1),
+    ("grpc.keepalive_time_ms", 30_000),
+)
+"""The gRPC channel options of the client's channels; a caller building its own channel (a load
+generator, a raw stub) uses them to behave as the client does."""
+
+
 def channel_targets(config: ClientConfig, addresses: Sequence[str] | None = None) -> list[str]:
     """One target per connection to open, addresses interleaved.
 

@@ -20,7 +20,7 @@ from typing import Any, NamedTuple
 import grpc
 
 from . import _transport as t
-from ._config import ClientConfig, channel_targets
+from ._config import CHANNEL_OPTIONS, ClientConfig, channel_targets
 from ._discovery import Discovery
 from ._types import (
     AdminResult,
@@ -36,13 +36,6 @@ from ._types import (
 )
 from .errors import Unavailable
 
-_CHANNEL_OPTIONS = [
-    # Our own retries (same request id, marked as a retry), not grpc's.
-    ("grpc.enable_retries", 0),
-    # Each channel its own connection, so several spread over a node's workers.
-    ("grpc.use_local_subchannel_pool", 1),
-    ("grpc.keepalive_time_ms", 30_000),
-]
 
 
 def _config_of(config: ClientConfig | None, addresses: Sequence[str] | str | None) -> ClientConfig:
@@ -98,7 +91,7 @@ class _SyncConnection:
             if kept:
                 routes.append(kept.pop())
             else:
-                channel = grpc.insecure_channel(address, options=_CHANNEL_OPTIONS)
+                channel = grpc.insecure_channel(address, options=CHANNEL_OPTIONS)
                 routes.append(_Route(address, channel, self._stub_type(channel)))
         self._routes = routes
         return [route.channel for left in spare.values() for route in left]

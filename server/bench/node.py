@@ -156,10 +156,10 @@ async def _load_serve(index: int, conn: Any, ctrl: Any, progress: Any) -> None:
 async def _load_phase(index: int, phase: dict[str, Any], ctrl: Any, progress: Any) -> dict[str, Any]:
     import grpc
 
-    from flashstock.client._async import _CHANNEL_OPTIONS
+    from flashstock.client import CHANNEL_OPTIONS
     from flashstock.v1 import stock_pb2, stock_pb2_grpc
 
-    channels = [grpc.aio.insecure_channel(phase["target"], options=_CHANNEL_OPTIONS) for _ in range(phase["connections"])]
+    channels = [grpc.aio.insecure_channel(phase["target"], options=CHANNEL_OPTIONS) for _ in range(phase["connections"])]
     try:
         await asyncio.wait_for(asyncio.gather(*(c.channel_ready() for c in channels)), 30)
         stubs = [stock_pb2_grpc.StockServiceStub(c) for c in channels]

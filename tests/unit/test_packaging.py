@@ -86,12 +86,22 @@ def _imported_modules(tree: ast.AST, package: str, known: set[str]) -> list[tupl
     return found
 
 
+def _within(package: str, owner: str) -> bool:
+    """Whether ``package`` is ``owner`` or lies inside it."""
+    return package == owner or package.startswith(owner + ".")
+
+
 def _private_imports(source: str, name: str, package: str, known: set[str]) -> list[tuple[int, str]]:
-    """The imports in module ``name`` (of ``package``) of another package's private module: (line, module)."""
+    """The imports in module ``name`` (of ``package``) of another package's private module: (line, module).
+
+    A private module is private to its package's tree: ``flashstock.server._metrics`` serves every room of
+    the server (``flashstock.server.store``, ``.duties``, ...), while ``flashstock.server.ledger._ledger`` is
+    not for ``flashstock.server.cli``, nor ``flashstock.lockmgr._keys`` for the client.
+    """
     found = []
     for line, module in _imported_modules(ast.parse(source), package, known):
         owner = _owner_of_private(module)
-        if owner is not None and module.startswith("flashstock.") and owner != package:
+        if owner is not None and module.startswith("flashstock.") and not _within(package, owner):
             found.append((line, module))
     return found
 
@@ -129,26 +139,28 @@ def test_no_module_imports_another_packages_private_module():
 
 
 def test_the_private_import_check_sees_relative_by_name_and_in_function_imports():
-    known = {"flashstock.server._node", "flashstock.server.rpc._wire", "flashstock.lockmgr._keys"}
+    known = {"flashstock.server._node", "flashstock.server.ledger._ledger", "flashstock.lockmgr._keys"}
     source = """
-from .._node import serve
-from . import _wire
+from ..ledger._ledger import Ledger
+from ..ledger import _ledger
 from flashstock.server import _node
-import flashstock.server._node as node
+import flashstock.server.ledger._ledger as ledger
 from flashstock.lockmgr import check_id
 
 def later():
     from flashstock.lockmgr._keys import check_id
 """
-    found = _private_imports(source, "flashstock.server.rpc.servicer", "flashstock.server.rpc", known)
+    found = _private_imports(source, "flashstock.server.cli.serve", "flashstock.server.cli", known)
     assert found == [
-        (2, "flashstock.server._node"),
-        (4, "flashstock.server._node"),
-        (5, "flashstock.server._node"),
+        (2, "flashstock.server.ledger._ledger"),
+        (3, "flashstock.server.ledger._ledger"),
+        (5, "flashstock.server.ledger._ledger"),
         (9, "flashstock.lockmgr._keys"),
     ]
-    # Within its own package a private module is fine, from any of its modules.
-    own = "from ._node import serve\nfrom flashstock.server._node import serve\nfrom .rpc import _wire\n"
+    # A private module is private to its package's tree: its own modules and its rooms may use it.
+    own = "from ._node import serve\nfrom flashstock.server._node import serve\nfrom .ledger import _ledger\n"
     assert _private_imports(own, "flashstock.server._metrics", "flashstock.server", known) == [
-        (3, "flashstock.server.rpc._wire")
+        (3, "flashstock.server.ledger._ledger")
     ]
+    room = "from flashstock.server._node import serve\n"
+    assert _private_imports(room, "flashstock.server.cli.serve", "flashstock.server.cli", known) == []

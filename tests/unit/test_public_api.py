@@ -12,7 +12,7 @@ from flashstock.v1 import admin_pb2, stock_pb2
 
 def test_client_exports():
     assert client.__all__ == [
-        "AdminClient", "AdminResult", "AsyncAdminClient", "AsyncStockClient", "BatchItem", "BatchItemResult",
+        "CHANNEL_OPTIONS", "AdminClient", "AdminResult", "AsyncAdminClient", "AsyncStockClient", "BatchItem", "BatchItemResult",
         "BatchResult", "ClientConfig", "DeadlineExceeded", "Deduction", "DeductionState", "DeductResult",
         "FailedPrecondition", "FieldViolation", "FlashstockError", "HoldResult", "InvalidArgument", "Mode",
         "NotFound", "Outcome", "Overloaded", "PermissionDenied", "RequestIdReused", "RetryPolicy",
