@@ -35,6 +35,7 @@ import logging
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import redis_lock
 
@@ -276,7 +277,7 @@ class ShardRebuilder:
             self._sync.zadd(SKU_INDEX_KEY, {s.sku_id: 0 for s in snap.skus})
         return "rebuilt"
 
-    def _step(self, keys: list[str], args: list[str | int]) -> RebuildStep:
+    def _step(self, keys: list[str], args: list[Any]) -> RebuildStep:
         return RebuildStep.decode(self._script(keys=keys, args=args))
 
     def run_id(self) -> str:

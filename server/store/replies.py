@@ -154,8 +154,8 @@ class BatchReply(NamedTuple):
     code: str
     items: tuple[BatchItemReply, ...]
     """Every item's reply (OK, DUP, REFUSED); empty otherwise."""
-    index: int = -1
-    """NO_SKU, MISMATCH, QTY_MAX, NO_SHARD: the 0-based index of the item concerned."""
+    item: int = -1
+    """NO_SKU, MISMATCH, QTY_MAX, NO_SHARD: the (0-based) index of the item concerned."""
     cap: int = 0
     """QTY_MAX: the item SKU's cap per request."""
 
@@ -164,7 +164,7 @@ class BatchReply(NamedTuple):
         """Read ``{code, n, item_code, left, log_id, durable, ...}`` or ``{code, index[, cap]}``."""
         code = _text(raw[0])
         if code not in ("OK", "DUP", "REFUSED"):
-            return cls(code, (), index=int(raw[1]) - 1, cap=int(raw[2]) if len(raw) > 2 else 0)
+            return cls(code, (), item=int(raw[1]) - 1, cap=int(raw[2]) if len(raw) > 2 else 0)
         flat = raw[2 : 2 + 4 * int(raw[1])]
         return cls(
             code,
@@ -328,8 +328,8 @@ def batch_result(
 ) -> tuple[BatchResult, list[tuple[int, str]]]:
     """Decode batch.lua's reply: the result, and the (item index, log id) of durable items to wait for."""
     reply = BatchReply.decode(raw)
-    if reply.index >= 0:
-        _common_errors(reply.code, reply.cap, sku_ids[reply.index], request_id, f"items[{reply.index}].qty")
+    if reply.item >= 0:
+        _common_errors(reply.code, reply.cap, sku_ids[reply.item], request_id, f"items[{reply.item}].qty")
     items = tuple(
         BatchItemResult(sku_id=sku_id, outcome=_OUTCOMES[item.code], stock_left=item.available)
         for sku_id, item in zip(sku_ids, reply.items, strict=True)

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from importlib import resources
-from typing import Generic, TypeVar, overload
+from typing import Any, Generic, TypeVar, overload
 
 from flashstock.server.store.redis import AsyncRedis, AsyncScript, BlockingRedis, BlockingScript
 
@@ -64,7 +64,8 @@ class StockScripts(Generic[_S]):
     @staticmethod
     def register(redis: AsyncRedis | BlockingRedis) -> StockScripts[AsyncScript] | StockScripts[BlockingScript]:
         """Register every script on ``redis`` (loaded lazily, by SHA, on first use)."""
-        return StockScripts(**{name: redis.register_script(script_source(name)) for name in _NAMES})
+        scripts: dict[str, Any] = {name: redis.register_script(script_source(name)) for name in _NAMES}
+        return StockScripts(**scripts)
 
     async def load(self, redis: AsyncRedis) -> None:
         """Load every script into Redis now, so the first requests find them cached."""

@@ -124,9 +124,9 @@ def test_a_take_reply_names_its_record_and_log_entry():
 def test_a_batch_reply_names_each_item_or_the_item_that_stopped_it():
     reply = r.BatchReply.decode([b"OK", 2, b"OK", 5, b"10-1", 1, b"OK", 4, b"", 0])
     assert reply.items == (r.BatchItemReply("OK", 5, "10-1", True), r.BatchItemReply("OK", 4, "", False))
-    assert reply.index == -1
-    assert r.BatchReply.decode([b"QTY_MAX", 2, 3]) == r.BatchReply("QTY_MAX", (), index=1, cap=3)
-    assert r.BatchReply.decode([b"NO_SHARD", 1]) == r.BatchReply("NO_SHARD", (), index=0)
+    assert reply.item == -1
+    assert r.BatchReply.decode([b"QTY_MAX", 2, 3]) == r.BatchReply("QTY_MAX", (), item=1, cap=3)
+    assert r.BatchReply.decode([b"NO_SHARD", 1]) == r.BatchReply("NO_SHARD", (), item=0)
 
 
 def test_an_admin_reply_carries_the_sku_hash_after_the_call():
