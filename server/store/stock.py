@@ -2,12 +2,12 @@
 
 A thin adapter: it names the keys (:class:`~flashstock.server.store.keys.ShardKeys`),
 runs one script per operation, and hands the reply to the pure decoders in
-:mod:`._replies`. Around every call, the same two rules:
+:mod:`.replies`. Around every call, the same two rules:
 
 - a shard whose state is missing in Redis is rebuilt from the ledger
-  (:class:`~._rebuild.ShardRebuilder`), then the call is sent once more;
+  (:class:`~flashstock.server.duties.rebuild.ShardRebuilder`), then the call is sent once more;
 - an answer about a durable SKU (and every admin change) is returned only
-  once the ledger holds its log entry (:class:`~._durable.PersistWatch`)
+  once the ledger holds its log entry (:class:`~.durable.PersistWatch`)
   and the shard was not rebuilt since the call (a rebuilt shard has a new
   log, whose entry ids pass those of the lost one: "persisted up to" says
   nothing then about an entry of the lost log); past ``durable_wait_s``,
@@ -109,7 +109,7 @@ class StockStore:
 
     @property
     def max_hold_ms(self) -> int:
-        """The longest hold this node allows (the one rule, :func:`~._validate.max_hold_ms`)."""
+        """The longest hold this node allows (the one rule, :func:`~flashstock.server.rpc.validate.max_hold_ms`)."""
         return max_hold_ms(self._limits.request_ttl_s)
 
     def keys(self, sku_id: str) -> ShardKeys:
