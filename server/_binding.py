@@ -39,12 +39,11 @@ import asyncio
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 
-import redis.asyncio as aioredis
-from redis.commands.core import AsyncScript
-
 from flashstock.lockmgr import SettingMismatch, ShardCountMismatch, etcd_client, init_cluster, stable_hash
 
 from flashstock.server.store.keys import CONFIG_KEY, SKU_INDEX_KEY, ShardKeys
+from flashstock.server.store.redis import AsyncRedis, AsyncScript
+from flashstock.server.store.replies import BindReply
 
 REDIS = f"Redis ({CONFIG_KEY})"
 """Where a Redis binding lives, as messages name it."""
@@ -104,7 +103,7 @@ def explain(error: SettingMismatch | ShardCountMismatch) -> str:
 
 
 async def bind_in_redis(
-    redis: aioredis.Redis, script: AsyncScript, mine: BoundSettings, check_placement: bool = True
+    redis: AsyncRedis, script: AsyncScript, mine: BoundSettings, check_placement: bool = True
 ) -> bool:
     """Compare with, or make, the Redis binding; True when this call made it.
 
@@ -121,17 +120,17 @@ async def bind_in_redis(
     else:
         if not bound and check_placement:
             await _check_placement(redis, mine.shards)
-        reply = await script(keys=[CONFIG_KEY], args=[x for pair in mine.fields().items() for x in pair])
-        created = bool(reply[0])
-        values = [v.decode() for v in reply[1:]]
-        bound = dict(zip(values[::2], values[1::2]))
+        reply = BindReply.decode(
+            await script(keys=[CONFIG_KEY], args=[x for pair in mine.fields().items() for x in pair])
+        )
+        created, bound = reply.created, reply.bound
     error = first_mismatch(mine, bound, REDIS)
     if error is not None:
         raise error
     return created
 
 
-async def _check_placement(redis: aioredis.Redis, shards: int) -> None:
+async def _check_placement(redis: AsyncRedis, shards: int) -> None:
     """Refuse ``shards`` when an unbound Redis's SKUs are not where that many shards would put them."""
     sampled = [s.decode() for s in await redis.zrange(SKU_INDEX_KEY, 0, _SAMPLE - 1)]
     if not sampled:
@@ -162,7 +161,7 @@ async def _check_placement(redis: aioredis.Redis, shards: int) -> None:
             )
 
 
-async def _counts_placing(redis: aioredis.Redis, sku_id: str) -> list[int]:
+async def _counts_placing(redis: AsyncRedis, sku_id: str) -> list[int]:
     """The shard counts under which ``sku_id``'s hash exists in Redis, smallest first."""
     digest = stable_hash(sku_id)
     by_shard: dict[int, list[int]] = {}
@@ -175,7 +174,7 @@ async def _counts_placing(redis: aioredis.Redis, sku_id: str) -> list[int]:
     return sorted(count for shard, hit in zip(by_shard, found) if hit for count in by_shard[shard])
 
 
-async def _all_placed(redis: aioredis.Redis, sku_ids: list[str], count: int) -> bool:
+async def _all_placed(redis: AsyncRedis, sku_ids: list[str], count: int) -> bool:
     """Whether every SKU of ``sku_ids`` is where ``count`` shards put it."""
     async with redis.pipeline(transaction=False) as pipe:
         for sku_id in sku_ids:

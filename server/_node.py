@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import multiprocessing
 import multiprocessing.connection
 import multiprocessing.queues
@@ -40,8 +41,6 @@ from dataclasses import replace
 from typing import Any
 
 import grpc
-import redis as redis_py
-import redis.asyncio as aioredis
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
@@ -54,6 +53,7 @@ from flashstock.server._config import NodeConfig, etcd_endpoints, ledger_url
 from flashstock.server.duties.shard import DutyPolicy, ShardDuties
 from flashstock.server.store.durable import PersistWatch
 from flashstock.server.store.feed import RedisFeed, TakersLoader
+from flashstock.server.store.redis import RedisConnectionError, RedisTimeouts, async_client, blocking_client
 from flashstock.server._incarnation import IncarnationGate
 from flashstock.server._lifeline import Lifeline, tie_to_parent
 from flashstock.server._metrics import METRICS
@@ -99,8 +99,15 @@ class Node:
             self.ledger = Ledger(ledger_url(config))
         except LedgerError as exc:
             raise StartupError(exc.message) from None
+        # The node's two Redis clients (why two: see store/redis.py). The
+        # blocking one waits for the rebuild mutex inside one BLPOP of up to
+        # rebuild_wait_s: its command timeout outlasts that.
+        self.blocking_redis = blocking_client(
+            config.redis_url, RedisTimeouts(connect_s=5.0, command_s=max(10.0, math.ceil(config.rebuild_wait_s) + 5.0))
+        )
+        """Blocking client, used from threads: the rebuild mutex, the incarnation check, reconciliation."""
         self.rebuilder = ShardRebuilder(
-            config.redis_url,
+            self.blocking_redis,
             self.ledger,
             config.request_ttl_s * 1000,
             RebuildPolicy(lock_expire_s=config.rebuild_lock_expire_s, wait_s=config.rebuild_wait_s),
@@ -111,16 +118,15 @@ class Node:
             on_rebuilt=lambda shards: self.store.forget_generations(shards),
         )
         """Holds connections to a (re)started Redis until it was checked against the ledger."""
-        self.redis = aioredis.Redis(
-            connection_pool=aioredis.BlockingConnectionPool.from_url(
-                config.redis_url,
-                max_connections=config.redis_pool_size,
-                timeout=config.redis_timeout_s,
-                socket_timeout=config.redis_timeout_s,
-                socket_connect_timeout=config.redis_timeout_s,
-                redis_connect_func=self.gate.on_connect,
-            )
+        self.redis = async_client(
+            config.redis_url,
+            RedisTimeouts(
+                connect_s=config.redis_timeout_s, command_s=config.redis_timeout_s, pool_wait_s=config.redis_timeout_s
+            ),
+            pool_size=config.redis_pool_size,
+            on_connect=self.gate.on_connect,
         )
+        """The asyncio client of the hot path (and the feed and duties); its connections pass the gate."""
         self.store = StockStore(
             self.redis,
             config.shards,
@@ -139,9 +145,6 @@ class Node:
         self.stock_servicer = StockServicer(self.store, self.book)
         self.health = health.aio.HealthServicer()
         self._tasks: list[asyncio.Task[None]] = []
-        self._reconcile_redis = redis_py.Redis.from_url(
-            config.redis_url, decode_responses=True, socket_timeout=config.redis_timeout_s
-        )
         self.duties: ShardDuties | None = None
         """The shard duties, in the process that runs them."""
         self.ownership: Ownership | None = None
@@ -219,7 +222,7 @@ class Node:
             try:
                 await self.gate.arm()
                 return
-            except redis_py.exceptions.ConnectionError as exc:
+            except RedisConnectionError as exc:
                 if asyncio.get_running_loop().time() > deadline:
                     raise StartupError(f"redis_url: the Redis at {self.config.redis_url} could not be checked against the ledger: {exc}") from None
                 await asyncio.sleep(0.2)
@@ -288,7 +291,7 @@ class Node:
                     batch_size=self.config.persist_batch, max_wait_s=self.config.persist_max_wait_ms / 1000
                 ),
             ),
-            reconcile_redis=self._reconcile_redis,
+            reconcile_redis=self.blocking_redis,
             shard_count=self.config.shards,
         )
         endpoints = etcd_endpoints(self.config)
@@ -355,8 +358,7 @@ class Node:
                 await task
         await self.store.close()
         await self.redis.aclose()
-        self._reconcile_redis.close()
-        self.rebuilder.close()
+        self.blocking_redis.close()
         await asyncio.to_thread(self.ledger.close)
 
     async def run_until_signalled(self, lifeline: Lifeline | None = None) -> None:

@@ -28,6 +28,7 @@ from flashstock.server.duties.reconcile import (
 )
 from flashstock.server.ledger import Ledger, LedgerError
 from flashstock.server.ledger.reports import open_for_reading
+from flashstock.server.store.redis import RedisTimeouts, blocking_client
 
 _SHOWN = ("total", "held", "confirmed", "released", "expired", "available")
 
@@ -124,7 +125,7 @@ def run_reconcile(
     """Reconcile and print it; the exit code: 0 agreed, 1 differences, 2 could not run."""
     err = err_console or console
     try:
-        client = redis_py.Redis.from_url(redis_url, decode_responses=True, socket_timeout=5, socket_connect_timeout=5)
+        client = blocking_client(redis_url, RedisTimeouts(connect_s=5, command_s=5))
     except ValueError as exc:
         _error(err, f"redis_url: {exc}")
         return 2

@@ -22,7 +22,9 @@ every shard so whenever a node meets a Redis it has not checked yet (see
 fences as any rebuild.
 
 python-redis-lock is blocking (and its timeouts are whole seconds), so the
-rebuild runs in a thread with a blocking Redis client, off the event loop.
+rebuild runs in a thread with a blocking Redis client, off the event loop:
+the node's blocking client (:func:`~flashstock.server.store.redis.blocking_client`),
+with the scripts of the node's one registry registered on it.
 """
 
 from __future__ import annotations
@@ -34,8 +36,8 @@ import logging
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
-import redis
 import redis_lock
 
 from flashstock.client import Unavailable
@@ -43,7 +45,9 @@ from flashstock.server.store.keys import CONFIG_KEY, SHARD_READY, SKU_INDEX_KEY,
 
 from flashstock.server.store.durable import parse_id
 from flashstock.server._metrics import METRICS
-from flashstock.server.store.scripts import script_source
+from flashstock.server.store.redis import BlockingRedis, BlockingScript, redis_errors
+from flashstock.server.store.replies import RebuildStep
+from flashstock.server.store.scripts import StockScripts
 from flashstock.server.ledger import Ledger, ShardSnapshot
 
 log = logging.getLogger(__name__)
@@ -185,16 +189,20 @@ def stale_reason(
 class ShardRebuilder:
     """Rebuilds shards from the ledger: one at a time per shard, fenced."""
 
-    def __init__(self, redis_url: str, ledger: Ledger, record_ttl_ms: int, policy: RebuildPolicy = RebuildPolicy()) -> None:
-        self._sync = redis.Redis.from_url(redis_url, socket_timeout=10, socket_connect_timeout=5)
-        self._script = self._sync.register_script(script_source("rebuild"))
+    def __init__(
+        self, redis: BlockingRedis, ledger: Ledger, record_ttl_ms: int, policy: RebuildPolicy = RebuildPolicy()
+    ) -> None:
+        """``redis``: a blocking client (its owner closes it) whose command timeout outlasts ``policy.wait_s``
+        (the mutex is waited for inside one BLPOP)."""
+        self._sync = redis
+        self._script: BlockingScript = StockScripts.register(redis).rebuild
         self._ledger = ledger
         self._record_ttl_ms = record_ttl_ms
         self._policy = policy
         self._running: dict[int, asyncio.Task[RebuildResult]] = {}
         self.before_install: Callable[[int], None] | None = None
         """A test's failpoint: called in the rebuild thread after loading, before installing."""
-        self.lock_factory: Callable[[redis.Redis, str], redis_lock.Lock] = lambda client, name: redis_lock.Lock(
+        self.lock_factory: Callable[[BlockingRedis, str], redis_lock.Lock] = lambda client, name: redis_lock.Lock(
             client, name, expire=policy.lock_expire_s, auto_renewal=True
         )
         """Makes the rebuild mutex (a test may make one that is not renewed)."""
@@ -216,8 +224,6 @@ class ShardRebuilder:
             return await asyncio.wait_for(asyncio.shield(task), self._policy.wait_s)
         except TimeoutError:
             raise Unavailable(f"shard {shard} is being rebuilt from the ledger", retry_after=0.5, shard=shard) from None
-        except redis.exceptions.ConnectionError as exc:
-            raise Unavailable(f"Redis is unreachable: {exc}", retry_after=0.2, shard=shard) from None
 
     def rebuild(self, shard: int, epoch: int | None = None, when_behind: bool = False) -> RebuildResult:
         """Rebuild ``shard`` (blocking): REBUILT, READY (someone else did), STALE, BUSY
@@ -225,7 +231,11 @@ class ShardRebuilder:
 
         ``when_behind``: also rebuild a ready shard that is older than the
         ledger (:func:`stale_reason`, decided under the mutex); FRESH when
-        it is not."""
+        it is not. A Redis failure raises :class:`Unavailable`."""
+        with redis_errors(shard):
+            return self._rebuild(shard, epoch, when_behind)
+
+    def _rebuild(self, shard: int, epoch: int | None, when_behind: bool) -> RebuildResult:
         k = ShardKeys(shard)
         lock = self.lock_factory(self._sync, k.rebuild_lock)
         if not lock.acquire(blocking=True, timeout=max(1, math.ceil(self._policy.wait_s))):
@@ -271,19 +281,22 @@ class ShardRebuilder:
     ) -> RebuildResult:
         keys = [k.meta, f"lock:{k.rebuild_lock}"]
         common = [token, snap.generation, k.prefix, self._record_ttl_ms]
-        begun = self._script(keys=keys, args=["begin", *common, expected, cursor, snap.epoch, "" if epoch is None else epoch])
-        if begun == b"FENCED":
+        begun = self._step(keys, ["begin", *common, expected, cursor, snap.epoch, "" if epoch is None else epoch])
+        if begun is RebuildStep.FENCED:
             return RebuildResult.FENCED
-        if begun != b"OK":
+        if begun is not RebuildStep.OK:
             return RebuildResult.STALE
         for step, payload in install_steps(snap, self._policy.chunk):
-            if self._script(keys=keys, args=[step, *common, payload]) != b"OK":
+            if self._step(keys, [step, *common, payload]) is not RebuildStep.OK:
                 return RebuildResult.STALE
-        if self._script(keys=keys, args=["commit", *common]) != b"OK":
+        if self._step(keys, ["commit", *common]) is not RebuildStep.OK:
             return RebuildResult.STALE
         if snap.skus:  # the SKU index is global (not the shard's slot): written on its own
             self._sync.zadd(SKU_INDEX_KEY, {s.sku_id: 0 for s in snap.skus})
         return RebuildResult.REBUILT
+
+    def _step(self, keys: list[str], args: list[Any]) -> RebuildStep:
+        return RebuildStep.decode(self._script(keys=keys, args=args))
 
     def run_id(self) -> str:
         """The run id of the Redis this rebuilder talks to (new with every start of Redis)."""
@@ -299,6 +312,10 @@ class ShardRebuilder:
         ledger must not overwrite another's state: the node's binding check
         stops it).
         """
+        with redis_errors():
+            return self._verify(shards, ledger_id)
+
+    def _verify(self, shards: int, ledger_id: str | None) -> tuple[str, list[int]]:
         run_id = self.run_id()
         bound = self._sync.hget(CONFIG_KEY, "ledger_id")
         if ledger_id is not None and bound is not None and bound.decode() != ledger_id:
@@ -340,7 +357,3 @@ class ShardRebuilder:
                 bool(entry),
             )
         return out
-
-    def close(self) -> None:
-        """Close the blocking Redis client."""
-        self._sync.close()

@@ -21,14 +21,15 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-
-import redis as redis_py
+from typing import Any
 
 from flashstock.lockmgr import shard_of
 
 from flashstock.server.store.keys import SHARD_READY, SKU_INDEX_KEY, ShardKeys
 
 from flashstock.server.store.durable import parse_id
+from flashstock.server.store.redis import BlockingRedis, ResponseError
+from flashstock.server.store.replies import sku_hash
 from flashstock.server.ledger import Ledger, SkuState
 from flashstock.server.ledger.reports import persisted_cursors, sku_shards
 
@@ -82,16 +83,18 @@ class Difference:
         return f"{self.sku_id}: {self.figure} {self.redis} in Redis, {self.ledger} in the ledger"
 
 
-def figures_from_hash(sku_id: str, shard: int, fields: Mapping[str, str]) -> SkuFigures:
-    """A SKU's figures from its Redis hash (fields as documented in ``lua/_lib.lua``)."""
+def figures_from_hash(sku_id: str, shard: int, fields: Mapping[Any, Any]) -> SkuFigures:
+    """A SKU's figures from its Redis hash (HGETALL, as bytes or text), read by
+    :func:`~flashstock.server.store.replies.sku_hash`."""
+    h = sku_hash(sku_id, fields)
     return SkuFigures(
         sku_id=sku_id,
         shard=shard,
-        total=int(fields.get("total", 0)),
-        held=int(fields.get("held", 0)),
-        confirmed=int(fields.get("conf", 0)),
-        available=int(fields.get("avail", 0)),
-        sale=int(fields.get("sale", 0)),
+        total=h.total,
+        held=h.held,
+        confirmed=h.confirmed,
+        available=h.available,
+        sale=h.sale,
     )
 
 
@@ -155,11 +158,15 @@ def unsettled_reason(mark: LogMark, cursor: str | None) -> str | None:
     return f"the ledger is behind the log ({cursor or 'nothing'} < {mark.last_id})"
 
 
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
 def read_redis(
-    client: redis_py.Redis, shards: Sequence[int], sku_ids: Sequence[str], shard_count: int
+    client: BlockingRedis, shards: Sequence[int], sku_ids: Sequence[str], shard_count: int
 ) -> tuple[dict[int, LogMark], dict[str, SkuFigures]]:
     """The log marks of ``shards`` and the figures of ``sku_ids`` (those defined), read in
-    one MULTI, so they are of one moment. ``client`` must decode responses."""
+    one MULTI, so they are of one moment. ``client`` may decode responses or not."""
     with client.pipeline(transaction=True) as pipe:
         for shard in shards:
             keys = ShardKeys(shard)
@@ -171,12 +178,14 @@ def read_redis(
     marks: dict[int, LogMark] = {}
     for i, shard in enumerate(shards):
         info, state = replies[2 * i], replies[2 * i + 1]
-        if isinstance(info, redis_py.ResponseError):
+        state = None if state is None else _text(state)
+        if isinstance(info, ResponseError):
             if "no such key" not in str(info).lower():
                 raise info
             marks[shard] = LogMark(0, "0-0", state)
         else:
-            marks[shard] = LogMark(int(info["length"]), str(info["last-generated-id"]), state)
+            info = {_text(k): v for k, v in info.items()}
+            marks[shard] = LogMark(int(info["length"]), _text(info["last-generated-id"]), state)
     rows: dict[str, SkuFigures] = {}
     for sku_id, fields in zip(sku_ids, replies[2 * len(shards) :]):
         if isinstance(fields, Exception):
@@ -213,7 +222,7 @@ def _check_shards(ledger_shards: Mapping[str, int], shard_count: int) -> None:
 
 
 def read_once(
-    client: redis_py.Redis,
+    client: BlockingRedis,
     ledger: Ledger,
     shard_count: int,
     sku_id: str | None = None,
@@ -226,12 +235,12 @@ def read_once(
     every log entry the Redis figures rest on and no entry was added
     meanwhile: both sides then describe the same moment. The others are
     named in ``unsettled``; their SKUs are compared too, and may differ only
-    because the persister is behind. ``client`` must decode responses.
+    because the persister is behind.
     """
     only = None if shards is None else set(shards)
     ledger_shards = sku_shards(ledger.engine, sku_id)
     _check_shards(ledger_shards, shard_count)
-    redis_ids = [sku_id] if sku_id is not None else list(client.zrange(SKU_INDEX_KEY, 0, -1))
+    redis_ids = [sku_id] if sku_id is not None else [_text(i) for i in client.zrange(SKU_INDEX_KEY, 0, -1)]
     ids = sorted(i for i in set(ledger_shards) | set(redis_ids) if only is None or shard_of(i, shard_count) in only)
     read_shards = sorted({shard_of(i, shard_count) for i in ids})
     marks, redis_rows = read_redis(client, read_shards, ids, shard_count)
@@ -257,7 +266,7 @@ def read_once(
 
 
 def reconcile(
-    client: redis_py.Redis,
+    client: BlockingRedis,
     ledger: Ledger,
     shard_count: int,
     sku_id: str | None = None,
@@ -270,7 +279,7 @@ def reconcile(
     Reads both sides (:func:`read_once`) until no shard is unsettled,
     calling ``on_wait`` with the shards still unsettled, for up to
     ``wait_s`` seconds; after that it returns the last reading, whose
-    ``unsettled`` names those shards. ``client`` must decode responses.
+    ``unsettled`` names those shards.
     """
     started = time.monotonic()
     deadline = started + wait_s

@@ -24,9 +24,6 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-import redis as redis_py
-import redis.asyncio as aioredis
-
 from flashstock.client import FlashstockError
 from flashstock.server.store.keys import SHARD_READY, ShardKeys
 
@@ -34,6 +31,7 @@ from flashstock.server._metrics import METRICS
 from flashstock.server.duties.persister import PersistPolicy, Persister
 from flashstock.server.duties.rebuild import RebuildResult, ShardRebuilder
 from flashstock.server.duties.reconcile import read_once, settled_differences
+from flashstock.server.store.redis import AsyncRedis, AsyncScript, BlockingRedis
 from flashstock.server.store.scripts import StockScripts
 from flashstock.server.store.stock import StockStore
 from flashstock.server.ledger import Ledger
@@ -85,17 +83,17 @@ class ShardDuties:
 
     def __init__(
         self,
-        redis: aioredis.Redis,
+        redis: AsyncRedis,
         ledger: Ledger,
         store: StockStore,
         rebuilder: ShardRebuilder,
         policy: DutyPolicy = DutyPolicy(),
         on_fenced: Callable[[int], None] | None = None,
-        reconcile_redis: redis_py.Redis | None = None,
+        reconcile_redis: BlockingRedis | None = None,
         shard_count: int = 0,
     ) -> None:
-        """``reconcile_redis`` (a blocking client that decodes responses) and
-        ``shard_count`` are for reconciliation, which runs when both are given."""
+        """``reconcile_redis`` (a blocking client) and ``shard_count`` are for
+        reconciliation, which runs when both are given."""
         self._redis = redis
         self._reconcile_redis = reconcile_redis
         self._shard_count = shard_count
@@ -115,7 +113,7 @@ class ShardDuties:
         """The running persister (None while no shard is owned)."""
 
     @property
-    def scripts(self) -> StockScripts:
+    def scripts(self) -> StockScripts[AsyncScript]:
         """The node's scripts (the stock store's, loaded at start)."""
         return self._store.scripts
 

@@ -2,32 +2,29 @@
 
 A thin adapter: it names the keys (:class:`~flashstock.server.store.keys.ShardKeys`),
 runs one script per operation, and hands the reply to the pure decoders in
-:mod:`._replies`. Around every call, the same two rules:
+:mod:`.replies`. Around every call, the same two rules:
 
 - a shard whose state is missing in Redis is rebuilt from the ledger
-  (:class:`~._rebuild.ShardRebuilder`), then the call is sent once more;
+  (:class:`~flashstock.server.duties.rebuild.ShardRebuilder`), then the call is sent once more;
 - an answer about a durable SKU (and every admin change) is returned only
-  once the ledger holds its log entry (:class:`~._durable.PersistWatch`)
+  once the ledger holds its log entry (:class:`~.durable.PersistWatch`)
   and the shard was not rebuilt since the call (a rebuilt shard has a new
   log, whose entry ids pass those of the lost one: "persisted up to" says
   nothing then about an entry of the lost log); past ``durable_wait_s``,
   or after a rebuild, the caller gets UNAVAILABLE, and a retry with the
   same request id returns the real outcome.
 
-Redis connection failures surface as :class:`~flashstock.client.Unavailable`.
+Redis failures surface as :class:`~flashstock.client.Unavailable`
+(:class:`~flashstock.server.store.redis.redis_errors`).
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
-
-import redis.asyncio as aioredis
-import redis.exceptions
 
 from flashstock.client import (
     AdminResult,
@@ -48,6 +45,7 @@ from flashstock.server.store.keys import SHARD_READY, SKU_INDEX_KEY, ShardKeys
 from flashstock.server.store import replies as _replies
 from flashstock.server.store.coalesce import ShardCoalescer
 from flashstock.server.store.durable import PersistWatch
+from flashstock.server.store.redis import AsyncRedis, redis_errors
 from flashstock.server._log_gate import LogGate
 from flashstock.server._metrics import METRICS
 from flashstock.server.duties.rebuild import ShardRebuilder
@@ -75,16 +73,6 @@ class StoreLimits:
     """How long a durable reply waits for the ledger before answering UNAVAILABLE."""
 
 
-@contextlib.asynccontextmanager
-async def _redis_errors() -> AsyncIterator[None]:
-    try:
-        yield
-    except redis.exceptions.BusyLoadingError as exc:  # a ConnectionError: test it first
-        raise Unavailable("Redis is loading its data", retry_after=0.5) from exc
-    except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError) as exc:
-        raise Unavailable(f"Redis is unreachable: {exc}", retry_after=0.2) from exc
-
-
 _T = TypeVar("_T")
 
 
@@ -93,7 +81,7 @@ class StockStore:
 
     def __init__(
         self,
-        redis: aioredis.Redis,
+        redis: AsyncRedis,
         shards: int,
         book: SoldOutBook,
         watch: PersistWatch,
@@ -123,7 +111,7 @@ class StockStore:
 
     @property
     def max_hold_ms(self) -> int:
-        """The longest hold this node allows (the one rule, :func:`~._validate.max_hold_ms`)."""
+        """The longest hold this node allows (the one rule, :func:`~flashstock.server.rpc.validate.max_hold_ms`)."""
         return max_hold_ms(self._limits.request_ttl_s)
 
     def keys(self, sku_id: str) -> ShardKeys:
@@ -137,7 +125,7 @@ class StockStore:
 
     async def load_scripts(self) -> None:
         """Load every script into Redis now (else on first use)."""
-        async with _redis_errors():
+        async with redis_errors():
             await self._scripts.load(self._redis)
 
     async def close(self) -> None:
@@ -155,7 +143,7 @@ class StockStore:
         (for :meth:`wait_persisted`).
         """
         shards = sorted({shard_of(sku_id, self._shards) for sku_id in sku_ids})
-        async with _redis_errors():
+        async with redis_errors():
             try:
                 generations = {shard: await self._generation_before(shard) for shard in shards}
                 return await call(), generations
@@ -190,7 +178,7 @@ class StockStore:
     async def _read_generation(self, shard: int) -> bytes | None:
         # Whoever joined this read did so before it is sent; later callers start another.
         del self._generation_reads[shard]
-        async with _redis_errors():
+        async with redis_errors():
             generation = await self._redis.hget(ShardKeys(shard).meta, "gen")
         self._generations[shard] = generation
         return generation
@@ -211,7 +199,7 @@ class StockStore:
         """
         if not await self._watch.wait(shard, log_id, self._limits.durable_wait_s):
             # An announcement may have been missed (a reconnect): ask the shard's cursor.
-            async with _redis_errors():
+            async with redis_errors():
                 persisted = await self._redis.get(ShardKeys(shard).persisted)
             if persisted is not None:
                 self._watch.learn(shard, persisted.decode())
@@ -308,7 +296,7 @@ class StockStore:
     async def get_sku(self, sku_id: str) -> Sku:
         """The definition and counters of ``sku_id``."""
         k = self.keys(sku_id)
-        async with _redis_errors():
+        async with redis_errors():
             fields = await self._redis.hgetall(k.sku(sku_id))
             if not fields and await self._redis.hget(k.meta, "state") != SHARD_READY:
                 await self._rebuilder.ensure(k.shard)
@@ -323,7 +311,7 @@ class StockStore:
         # 0xFF as a raw byte: no UTF-8 byte is that high, so every id with the
         # prefix sorts below it (the character U+00FF would be b"\xc3\xbf").
         stop = b"[" + prefix.encode() + b"\xff" if prefix else "+"
-        async with _redis_errors():
+        async with redis_errors():
             ids = await self._redis.zrangebylex(SKU_INDEX_KEY, start, stop, start=0, num=page_size + 1)
             names = [i.decode() for i in ids]
             async with self._redis.pipeline(transaction=False) as pipe:
@@ -349,7 +337,7 @@ class StockStore:
         """Put ``definition`` on sale (again: restarts the SKU's sale)."""
         d = definition
         k = self.keys(d.sku_id)
-        async with _redis_errors():
+        async with redis_errors():
             # The index first: a SKU may be listed a moment before it exists,
             # never exist without being listed.
             await self._redis.zadd(SKU_INDEX_KEY, {d.sku_id: 0})
@@ -404,7 +392,7 @@ class StockStore:
         fenced: list[int] = []
         if not shards:
             return 0, fenced
-        async with _redis_errors():
+        async with redis_errors():
             async with self._redis.pipeline(transaction=False) as pipe:
                 pipe.time()
                 for shard in shards:
@@ -416,12 +404,13 @@ class StockStore:
                 if first and first[0][1] <= now_ms:
                     k = ShardKeys(shard)
                     epoch = epochs[shard]
-                    done = await self._scripts.reap(
-                        keys=[k.hold_expiries, k.log],
-                        args=[k.prefix, most_per_shard, self._record_ttl_ms, "" if epoch is None else epoch],
+                    reaped = _replies.ReapReply.decode(
+                        await self._scripts.reap(
+                            keys=[k.hold_expiries, k.log],
+                            args=[k.prefix, most_per_shard, self._record_ttl_ms, "" if epoch is None else epoch],
+                        )
                     )
-                    if done < 0:
+                    if reaped.fenced:
                         fenced.append(shard)
-                    else:
-                        expired += done
+                    expired += reaped.expired
         return expired, fenced

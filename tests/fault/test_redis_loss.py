@@ -42,9 +42,10 @@ from flashstock.client import (
     Unavailable,
 )
 from flashstock.lockmgr import shard_of
-from flashstock.server.store.keys import SHARD_READY, ShardKeys
 from flashstock.server.duties.rebuild import RebuildPolicy, ShardRebuilder
 from flashstock.server.ledger import Ledger
+from flashstock.server.store.keys import SHARD_READY, ShardKeys
+from flashstock.server.store.redis import blocking_client
 
 SHARDS = 64
 """The nodes' default shard count (NodeProcess's)."""
@@ -401,9 +402,10 @@ def test_paused_rebuilder_cannot_overwrite_a_newer_rebuild(fault_redis, tmp_path
     # A: a mutex that expires after 1 s and is never renewed, held in before_install.
     # (python-redis-lock refuses to wait longer for a lock it does not renew than its expiry: wait_s=1 too.)
     ledger_a, ledger_b = Ledger(url), Ledger(url)
-    a = ShardRebuilder(fault_redis.url, ledger_a, RECORD_TTL_MS, RebuildPolicy(lock_expire_s=1, wait_s=1))
+    client_a, client_b = blocking_client(fault_redis.url), blocking_client(fault_redis.url)
+    a = ShardRebuilder(client_a, ledger_a, RECORD_TTL_MS, RebuildPolicy(lock_expire_s=1, wait_s=1))
     a.lock_factory = lambda client, name: redis_lock.Lock(client, name, expire=1, auto_renewal=False)
-    b = ShardRebuilder(fault_redis.url, ledger_b, RECORD_TTL_MS)
+    b = ShardRebuilder(client_b, ledger_b, RECORD_TTL_MS)
     pause = PauseRebuilder(a)
     thread: threading.Thread | None = None
     try:
@@ -447,7 +449,7 @@ def test_paused_rebuilder_cannot_overwrite_a_newer_rebuild(fault_redis, tmp_path
         pause.recover()
         if thread is not None:
             thread.join(10)
-        for closeable in (a, b, ledger_a, ledger_b, ledger, redis):
+        for closeable in (client_a, client_b, ledger_a, ledger_b, ledger, redis):
             closeable.close()
 
 
