@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncGenerator, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -133,7 +133,7 @@ async def read_overrides(client: aetcd.Client, cluster: str) -> Overrides:
     return overrides
 
 
-def watch_overrides(client: aetcd.Client, cluster: str) -> AsyncIterator[Overrides]:
+def watch_overrides(client: aetcd.Client, cluster: str) -> AsyncGenerator[Overrides, None]:
     """The pins and drains now, then again whenever one changes (snapshots, not events)."""
     keys = ClusterKeys(cluster)
     return snapshots(client, [keys.pins, keys.drains], lambda: _read_overrides(client, keys))
