@@ -38,6 +38,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
+from typing import cast
 
 import redis.asyncio as aioredis
 from redis.commands.core import AsyncScript
@@ -115,7 +116,9 @@ async def bind_in_redis(
     the binding gone after a Redis loss binds again without: the SKUs then
     in Redis are the ones rebuilt since, by nodes bound as it is).
     """
-    bound = {k.decode(): v.decode() for k, v in (await redis.hgetall(CONFIG_KEY)).items()}
+    # The node's clients do not decode replies: bytes, which redis-py's types (bytes | str) cannot tell.
+    raw = cast("dict[bytes, bytes]", await redis.hgetall(CONFIG_KEY))
+    bound = {k.decode(): v.decode() for k, v in raw.items()}
     if set(bound) >= set(mine.fields()):
         created = False
     else:
@@ -133,7 +136,7 @@ async def bind_in_redis(
 
 async def _check_placement(redis: aioredis.Redis, shards: int) -> None:
     """Refuse ``shards`` when an unbound Redis's SKUs are not where that many shards would put them."""
-    sampled = [s.decode() for s in await redis.zrange(SKU_INDEX_KEY, 0, _SAMPLE - 1)]
+    sampled = [s.decode() for s in cast("list[bytes]", await redis.zrange(SKU_INDEX_KEY, 0, _SAMPLE - 1))]
     if not sampled:
         return
     async with redis.pipeline(transaction=False) as pipe:

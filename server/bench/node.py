@@ -582,7 +582,9 @@ class _Run:
             for name in (server, "redis", "load")
         }
         return {
-            "persister_lag_ms": _lag_quantiles(lag_before, lag_after) if lag_before is not None else None,
+            "persister_lag_ms": (
+                _lag_quantiles(lag_before, lag_after) if lag_before is not None and lag_after is not None else None
+            ),
             "calls_per_s": round(calls / wall, 1),
             "ok_per_s": round(ok / wall, 1),
             "calls": calls,

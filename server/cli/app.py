@@ -102,7 +102,7 @@ def _build_serve_command() -> None:
                 inspect.Parameter.KEYWORD_ONLY,
                 default=None,
                 annotation=Annotated[
-                    Optional[kind],  # type: ignore[valid-type]
+                    Optional[kind],
                     typer.Option(help=f"{help_text} (env {env}; default {default!r})", show_default=False),
                 ],
             )
@@ -342,7 +342,8 @@ def _ledger_failure(command: str, config: NodeConfig, exc: Exception) -> NoRetur
     import sqlalchemy as sa
 
     if isinstance(exc, sa.exc.SQLAlchemyError):
-        message = f"ledger: {exc.orig if getattr(exc, 'orig', None) is not None else exc}"
+        orig = getattr(exc, "orig", None)  # the driver's error, which a DBAPIError wraps
+        message = f"ledger: {orig if orig is not None else exc}"
     else:
         message = str(exc)
     if not config.ledger:

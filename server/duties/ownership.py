@@ -26,6 +26,7 @@ import contextlib
 import logging
 import os
 import time
+from collections.abc import AsyncGenerator
 from typing import TYPE_CHECKING
 
 import redis.asyncio as aioredis
@@ -217,7 +218,7 @@ class Ownership:
             if self._ready():
                 await self._reconcile(session)
 
-    async def _feed(self, snapshots, attribute: str) -> None:  # type: ignore[no-untyped-def]
+    async def _feed(self, snapshots: AsyncGenerator[object, None], attribute: str) -> None:
         try:
             async for value in snapshots:
                 setattr(self, attribute, value)

@@ -22,6 +22,7 @@ from typing import TypeVar
 
 import redis.asyncio as aioredis
 import redis.exceptions
+from redis.typing import KeyT, StreamIdT
 
 from flashstock.server.store.keys import PERSISTED_CHANNEL, ShardKeys
 
@@ -230,7 +231,7 @@ class Persister:
 
     async def _read(self, block: bool) -> dict[int, list[tuple[str, dict[str, str]]]]:
         """New entries per shard, each shard's rebuild generation read in the same instant."""
-        streams = {ShardKeys(shard).log: self._positions[shard] for shard in self._shards}
+        streams: dict[KeyT, StreamIdT] = {ShardKeys(shard).log: self._positions[shard] for shard in self._shards}
         if not streams:
             if block:
                 await asyncio.sleep(self._policy.block_s)

@@ -33,9 +33,10 @@ import logging
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import cast
 
 import redis
-import redis_lock
+import redis_lock  # type: ignore[import-untyped]  # python-redis-lock ships no annotations
 
 from flashstock.client import Unavailable
 from flashstock.server.store.keys import CONFIG_KEY, SHARD_READY, SKU_INDEX_KEY, ShardKeys
@@ -193,7 +194,7 @@ class ShardRebuilder:
         if task is None:
             task = asyncio.ensure_future(asyncio.to_thread(self.rebuild, shard, epoch))
             self._running[shard] = task
-            task.add_done_callback(lambda _t, s=shard: self._running.pop(s, None))
+            task.add_done_callback(lambda _t: self._running.pop(shard, None))
         try:
             return await asyncio.wait_for(asyncio.shield(task), self._policy.wait_s)
         except TimeoutError:
@@ -214,7 +215,7 @@ class ShardRebuilder:
             METRICS.rebuilds.labels("busy").inc()
             return "busy"
         try:
-            meta = self._sync.hgetall(k.meta)
+            meta = cast("dict[bytes, bytes]", self._sync.hgetall(k.meta))  # the client does not decode
             if meta.get(b"state") == SHARD_READY:
                 if not when_behind:
                     return "ready"
@@ -252,7 +253,7 @@ class ShardRebuilder:
         self, k: ShardKeys, token: str, snap: ShardSnapshot, cursor: str, expected: str, epoch: int | None
     ) -> str:
         keys = [k.meta, f"lock:{k.rebuild_lock}"]
-        common = [token, snap.generation, k.prefix, self._record_ttl_ms]
+        common: list[str | int] = [token, snap.generation, k.prefix, self._record_ttl_ms]
         begun = self._script(keys=keys, args=["begin", *common, expected, cursor, snap.epoch, "" if epoch is None else epoch])
         if begun == b"FENCED":
             return "fenced"
@@ -282,7 +283,7 @@ class ShardRebuilder:
         stops it).
         """
         run_id = self.run_id()
-        bound = self._sync.hget(CONFIG_KEY, "ledger_id")
+        bound = cast("bytes | None", self._sync.hget(CONFIG_KEY, "ledger_id"))  # the client does not decode
         if ledger_id is not None and bound is not None and bound.decode() != ledger_id:
             raise Unavailable(f"this Redis is bound to ledger {bound.decode()}, not to this node's {ledger_id}")
         rebuilt = []

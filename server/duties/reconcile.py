@@ -20,6 +20,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import cast
 
 import redis as redis_py
 
@@ -233,7 +234,8 @@ def read_once(
     only = None if shards is None else set(shards)
     ledger_shards = sku_shards(ledger.engine, sku_id)
     _check_shards(ledger_shards, shard_count)
-    redis_ids = [sku_id] if sku_id is not None else list(client.zrange(SKU_INDEX_KEY, 0, -1))
+    # ``client`` decodes replies: the index's members are str, which redis-py's types (bytes | str) cannot tell.
+    redis_ids = [sku_id] if sku_id is not None else cast("list[str]", client.zrange(SKU_INDEX_KEY, 0, -1))
     ids = sorted(i for i in set(ledger_shards) | set(redis_ids) if only is None or shard_of(i, shard_count) in only)
     read_shards = sorted({shard_of(i, shard_count) for i in ids})
     marks, redis_rows = read_redis(client, read_shards, ids, shard_count)

@@ -849,10 +849,12 @@ def _health(address: str, timeout: float) -> str:
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
     with grpc.insecure_channel(address) as channel:
+        # types-grpcio-health-checking leaves out the stub's methods (grpc sets them in __init__).
+        check = health_pb2_grpc.HealthStub(channel).Check  # type: ignore[attr-defined]
         try:
-            reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=""), timeout=timeout)
+            reply = check(health_pb2.HealthCheckRequest(service=""), timeout=timeout)
         except grpc.RpcError as exc:
-            return f"unreachable ({exc.code().name})"  # type: ignore[attr-defined]
+            return f"unreachable ({exc.code().name})"
     return health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
 
 

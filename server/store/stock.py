@@ -24,7 +24,7 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import redis.asyncio as aioredis
 import redis.exceptions
@@ -175,7 +175,8 @@ class StockStore:
     async def _generation_before(self, shard: int) -> bytes | None:
         """The shard's generation as last read (read now if never): at most the one a call sent next sees."""
         if shard not in self._generations:
-            self._generations[shard] = await self._redis.hget(ShardKeys(shard).meta, "gen")
+            # The store's client does not decode replies: bytes, which redis-py's types (bytes | str) cannot tell.
+            self._generations[shard] = cast("bytes | None", await self._redis.hget(ShardKeys(shard).meta, "gen"))
         return self._generations[shard]
 
     async def _generation_now(self, shard: int) -> bytes | None:
@@ -189,7 +190,7 @@ class StockStore:
         # Whoever joined this read did so before it is sent; later callers start another.
         del self._generation_reads[shard]
         async with _redis_errors():
-            generation = await self._redis.hget(ShardKeys(shard).meta, "gen")
+            generation = cast("bytes | None", await self._redis.hget(ShardKeys(shard).meta, "gen"))
         self._generations[shard] = generation
         return generation
 
@@ -210,7 +211,7 @@ class StockStore:
         if not await self._watch.wait(shard, log_id, self._limits.durable_wait_s):
             # An announcement may have been missed (a reconnect): ask the shard's cursor.
             async with _redis_errors():
-                persisted = await self._redis.get(ShardKeys(shard).persisted)
+                persisted = cast("bytes | None", await self._redis.get(ShardKeys(shard).persisted))
             if persisted is not None:
                 self._watch.learn(shard, persisted.decode())
             if not self._watch.holds(shard, log_id):
@@ -323,7 +324,7 @@ class StockStore:
         stop = b"[" + prefix.encode() + b"\xff" if prefix else "+"
         async with _redis_errors():
             ids = await self._redis.zrangebylex(SKU_INDEX_KEY, start, stop, start=0, num=page_size + 1)
-            names = [i.decode() for i in ids]
+            names = [i.decode() for i in cast("list[bytes]", ids)]
             async with self._redis.pipeline(transaction=False) as pipe:
                 for sku_id in names[:page_size]:
                     pipe.hgetall(self.keys(sku_id).sku(sku_id))
