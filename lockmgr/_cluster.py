@@ -85,7 +85,7 @@ async def _bind(client: aetcd.Client, wanted: dict[str, str]) -> dict[str, str]:
         # Some present: keep them; bind the rest in another round (a cluster
         # initialised before a setting was bound). A failed round found at
         # least one present, so the rounds end.
-        for key, found in zip(list(missing), responses):
+        for key, found in zip(list(missing), responses, strict=True):
             if found:
                 stored[key] = found[0][0].decode()
                 del missing[key]

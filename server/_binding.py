@@ -127,7 +127,7 @@ async def bind_in_redis(
         reply = await script(keys=[CONFIG_KEY], args=[x for pair in mine.fields().items() for x in pair])
         created = bool(reply[0])
         values = [v.decode() for v in reply[1:]]
-        bound = dict(zip(values[::2], values[1::2]))
+        bound = dict(zip(values[::2], values[1::2], strict=True))
     error = first_mismatch(mine, bound, REDIS)
     if error is not None:
         raise error
@@ -143,7 +143,7 @@ async def _check_placement(redis: aioredis.Redis, shards: int) -> None:
         for sku_id in sampled:
             pipe.exists(ShardKeys(stable_hash(sku_id) % shards).sku(sku_id))
         here = await pipe.execute()
-    for sku_id in (s for s, found in zip(sampled, here) if not found):
+    for sku_id in (s for s, found in zip(sampled, here, strict=True) if not found):
         # A SKU whose keys are nowhere lost its state (a rebuild brings it
         # back): it says nothing; nor does one that a rebuild has just put
         # where this count puts it. One found only under another count does.
@@ -175,7 +175,7 @@ async def _counts_placing(redis: aioredis.Redis, sku_id: str) -> list[int]:
         for shard in by_shard:
             pipe.exists(ShardKeys(shard).sku(sku_id))
         found = await pipe.execute()
-    return sorted(count for shard, hit in zip(by_shard, found) if hit for count in by_shard[shard])
+    return sorted(count for shard, hit in zip(by_shard, found, strict=True) if hit for count in by_shard[shard])
 
 
 async def _all_placed(redis: aioredis.Redis, sku_ids: list[str], count: int) -> bool:

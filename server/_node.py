@@ -222,7 +222,8 @@ class Node:
                 return
             except redis_py.exceptions.ConnectionError as exc:
                 if asyncio.get_running_loop().time() > deadline:
-                    raise StartupError(f"redis_url: the Redis at {self.config.redis_url} could not be checked against the ledger: {exc}") from None
+                    raise StartupError(f"redis_url: the Redis at {self.config.redis_url} could not be checked "
+                        f"against the ledger: {exc}") from None
                 await asyncio.sleep(0.2)
 
     async def _bind_settings(self) -> None:

@@ -16,7 +16,7 @@ import sys
 import time
 from dataclasses import replace
 from datetime import datetime, timezone
-from enum import Enum
+from enum import StrEnum
 from typing import Annotated, Any, NoReturn, Optional
 
 import typer
@@ -403,7 +403,8 @@ def ledger_status(
     config: ConfigOption = None,
     all_shards: Annotated[bool, typer.Option("--all-shards", help="Also the shards with nothing persisted yet.")] = False,
 ) -> None:
-    """Show the ledger's schema revision and identity (ledger_id) and, per shard, the persister's cursor and the rebuilds.
+    """Show the ledger's schema revision and identity (ledger_id) and, per shard, the persister's cursor
+    and the rebuilds.
 
     Exit code 0 at this flashstock's revision, 1 when `ledger upgrade` is due,
     2 when the ledger cannot be read.
@@ -505,7 +506,7 @@ def reconcile(
     raise typer.Exit(code)
 
 
-class ReportFormat(str, Enum):
+class ReportFormat(StrEnum):
     """Output formats of ``sales report``."""
 
     table = "table"
@@ -616,7 +617,10 @@ def sales_report(
         "first sale",
         "last sale",
         title="sales: the current sale of each SKU, from the ledger",
-        caption="sold = units confirmed; buyers = users with units confirmed or held; holds taken, and what became of them",
+        caption=(
+            "sold = units confirmed; buyers = users with units confirmed or held; "
+            "holds taken, and what became of them"
+        ),
         box=box.HORIZONTALS,
         pad_edge=False,
         collapse_padding=True,

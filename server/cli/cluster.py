@@ -28,7 +28,7 @@ import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
-from enum import Enum
+from enum import StrEnum
 from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, NoReturn
@@ -588,7 +588,7 @@ def shards_rebalance(
 # -- cluster: a local one ------------------------------------------------------------------------------
 
 
-class LedgerKind(str, Enum):
+class LedgerKind(StrEnum):
     """The ledger of a local cluster."""
 
     sqlite = "sqlite"

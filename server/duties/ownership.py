@@ -296,7 +296,7 @@ class Ownership:
                 await self._scripts.fence(keys=[k.meta], args=[k.prefix, lease.epoch, self.node_id], client=pipe)
             replies = await pipe.execute()
         ok = set()
-        for lease, (code, stored) in zip(leases, replies):
+        for lease, (code, stored) in zip(leases, replies, strict=True):
             if code < 0:
                 METRICS.fenced_writes.labels(store="redis", duty="claim").inc()
                 log.error(

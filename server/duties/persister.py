@@ -175,7 +175,7 @@ class Persister:
                 held = await pipe.execute()
         except redis.exceptions.RedisError:
             return  # the first round announces them all
-        for shard, value in zip(self._shards, held):
+        for shard, value in zip(self._shards, held, strict=True):
             if value is not None and value.decode() == self._committed[shard]:
                 self._announced[shard] = self._committed[shard]
 
@@ -205,7 +205,7 @@ class Persister:
             except redis.exceptions.NoScriptError:
                 self._scripts_loaded = False  # a restarted Redis: load them again, then announce
                 raise
-        for (shard, last), reply in zip(due.items(), replies):
+        for (shard, last), reply in zip(due.items(), replies, strict=True):
             if reply == 1:
                 self._announced[shard] = last
             else:

@@ -599,7 +599,8 @@ class LocalCluster:
         if running:
             names = ", ".join(f"{p.name} (pid {p.pid})" for p in running)
             raise ProcessError(
-                f"a cluster is running in {self.folder}: {names}; stop it first (flashstock cluster down --dir {self.folder})"
+                f"a cluster is running in {self.folder}: {names}; "
+                f"stop it first (flashstock cluster down --dir {self.folder})"
             )
 
     def _start_etcd(self, previous: LocalCluster | None) -> None:

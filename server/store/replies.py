@@ -239,7 +239,7 @@ def admin_result(raw: Sequence[Any], sku_id: str, shard: int, request_id: str = 
         )
     log_id = _text(raw[1])
     flat = list(raw[2:])
-    sku = sku_from_hash(sku_id, shard, dict(zip(flat[0::2], flat[1::2])))
+    sku = sku_from_hash(sku_id, shard, dict(zip(flat[0::2], flat[1::2], strict=True)))
     if code == "BELOW":
         handed_out = sku.held + sku.confirmed
         raise StockBelowHandedOut(

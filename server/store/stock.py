@@ -329,7 +329,9 @@ class StockStore:
                 for sku_id in names[:page_size]:
                     pipe.hgetall(self.keys(sku_id).sku(sku_id))
                 hashes = await pipe.execute()
-        skus = tuple(sku for sku_id, fields in zip(names, hashes) if fields and (sku := self._listed(sku_id, fields)))
+        # The page's ids, each with its hash; the one id past the page only says that another page follows.
+        pairs = zip(names[:page_size], hashes, strict=True)
+        skus = tuple(sku for sku_id, fields in pairs if fields and (sku := self._listed(sku_id, fields)))
         more = len(names) > page_size
         return SkuPage(skus=skus, next_page_token=names[page_size - 1] if more else "")
 
@@ -418,7 +420,7 @@ class StockStore:
                 now_s, *earliest = await pipe.execute()
             now_ms = now_s[0] * 1000 + now_s[1] // 1000
             expired = 0
-            for shard, first in zip(shards, earliest):
+            for shard, first in zip(shards, earliest, strict=True):
                 if first and first[0][1] <= now_ms:
                     k = ShardKeys(shard)
                     epoch = epochs[shard]
