@@ -42,7 +42,7 @@ def _config_of(config: ClientConfig | None, addresses: Sequence[str] | str | Non
     if config is not None and addresses is not None:
         raise TypeError("give config or addresses, not both")
     if addresses is not None:
-        return ClientConfig(addresses=addresses)  # type: ignore[arg-type]
+        return ClientConfig(addresses=addresses)
     return config or ClientConfig()
 
 

@@ -10,7 +10,7 @@ import asyncio
 import dataclasses
 import uuid
 from collections.abc import Iterable, Sequence
-from typing import Any
+from typing import Any, cast
 
 import grpc
 
@@ -53,13 +53,15 @@ def request_id_or_new(request_id: str | None) -> str:
 
 def error_of(exc: grpc.RpcError) -> FlashstockError:
     """The flashstock error a failed call stands for."""
-    return from_status(exc.code(), exc.details() or "", exc.trailing_metadata())  # type: ignore[attr-defined]
+    # grpc-stubs declares the trailing metadata as objects with .key and .value; at run time they are
+    # (key, value) tuples (an aio call's Metadata iterates the same way).
+    return from_status(exc.code(), exc.details() or "", exc.trailing_metadata())  # type: ignore[arg-type]
 
 
 def pass_cancellation(exc: grpc.RpcError) -> None:
     """Re-raise a call cancelled because our own task is being cancelled as
     ``asyncio.CancelledError``: cancellation passes through, it is no error."""
-    if exc.code() is not grpc.StatusCode.CANCELLED:  # type: ignore[attr-defined]
+    if exc.code() is not grpc.StatusCode.CANCELLED:
         return
     try:
         task = asyncio.current_task()
@@ -71,7 +73,7 @@ def pass_cancellation(exc: grpc.RpcError) -> None:
 
 def should_retry(exc: grpc.RpcError) -> bool:
     """True for the codes a client retries with the same request id."""
-    return exc.code() in RETRYABLE_CODES  # type: ignore[attr-defined]
+    return exc.code() in RETRYABLE_CODES
 
 
 def mark_retry(request: Any) -> None:
@@ -192,7 +194,8 @@ def put_sku_request(definition: SkuDefinition, request_id: str) -> admin_pb2.Put
         max_per_request=definition.max_per_request,
         sale_start_ms=definition.sale_start_ms,
         sale_end_ms=definition.sale_end_ms,
-        mode=int(definition.mode),
+        # protoc's .pyi types an enum field as its enum class, which no plain int is; the wire value is the int.
+        mode=cast("admin_pb2.Mode", int(definition.mode)),
         request_id=request_id,
     )
 

@@ -53,7 +53,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Any, ClassVar, TypedDict, Unpack
 
 import grpc
 from google.protobuf import duration_pb2
@@ -73,6 +73,14 @@ class FieldViolation:
     """The field's name in the request."""
     description: str
     """What is wrong with it."""
+
+
+class _Where(TypedDict, total=False):
+    """What an error concerns: the keyword arguments every error takes."""
+
+    sku: str | None
+    shard: int | None
+    epoch: int | None
 
 
 class FlashstockError(Exception):
@@ -113,7 +121,7 @@ class InvalidArgument(FlashstockError):
 
     reason = "INVALID_ARGUMENT"
 
-    def __init__(self, message: str, violations: Sequence[FieldViolation] = (), **kw) -> None:
+    def __init__(self, message: str, violations: Sequence[FieldViolation] = (), **kw: Unpack[_Where]) -> None:
         super().__init__(message, **kw)
         self.violations = tuple(violations)
         """Each bad field and what is wrong with it."""
@@ -142,7 +150,7 @@ class StockBelowHandedOut(FailedPrecondition):
 
     reason = "STOCK_BELOW_HANDED_OUT"
 
-    def __init__(self, message: str, handed_out: int = 0, **kw) -> None:
+    def __init__(self, message: str, handed_out: int = 0, **kw: Unpack[_Where]) -> None:
         super().__init__(message, **kw)
         self.handed_out = handed_out
         """Units held + confirmed: the floor of the stock."""
@@ -156,7 +164,7 @@ class RequestIdReused(FailedPrecondition):
 
     reason = "REQUEST_ID_REUSED"
 
-    def __init__(self, message: str, request_id: str = "", **kw) -> None:
+    def __init__(self, message: str, request_id: str = "", **kw: Unpack[_Where]) -> None:
         super().__init__(message, **kw)
         self.request_id = request_id
         """The request id that was reused."""
@@ -166,7 +174,7 @@ class RequestIdReused(FailedPrecondition):
 
 
 class _Retryable(FlashstockError):
-    def __init__(self, message: str, retry_after: float = 0.0, **kw) -> None:
+    def __init__(self, message: str, retry_after: float = 0.0, **kw: Unpack[_Where]) -> None:
         super().__init__(message, **kw)
         self.retry_after = retry_after
         """Seconds to wait before sending the same request again."""
@@ -284,21 +292,19 @@ def from_status(
     violations: list[FieldViolation] = []
     retry_after = 0.0
     for detail in status.details if status is not None else ():
-        if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
-            info = error_details_pb2.ErrorInfo()
-            detail.Unpack(info)
+        # Unpack returns False, and unpacks nothing, for a detail of another type.
+        info = error_details_pb2.ErrorInfo()
+        bad = error_details_pb2.BadRequest()
+        retry = error_details_pb2.RetryInfo()
+        if detail.Unpack(info):
             if info.domain == ERROR_DOMAIN and info.reason in _BY_REASON:
                 cls = _BY_REASON[info.reason]
                 fields = dict(info.metadata)
-        elif detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
-            bad = error_details_pb2.BadRequest()
-            detail.Unpack(bad)
+        elif detail.Unpack(bad):
             violations = [FieldViolation(v.field, v.description) for v in bad.field_violations]
-        elif detail.Is(error_details_pb2.RetryInfo.DESCRIPTOR):
-            info = error_details_pb2.RetryInfo()
-            detail.Unpack(info)
-            retry_after = info.retry_delay.ToNanoseconds() / 1e9
-    kw: dict = {
+        elif detail.Unpack(retry):
+            retry_after = retry.retry_delay.ToNanoseconds() / 1e9
+    kw: dict[str, Any] = {
         "sku": fields.get("sku"),
         "shard": int(fields["shard"]) if "shard" in fields else None,
         "epoch": int(fields["epoch"]) if "epoch" in fields else None,

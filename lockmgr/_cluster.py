@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncGenerator, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -85,7 +85,7 @@ async def _bind(client: aetcd.Client, wanted: dict[str, str]) -> dict[str, str]:
         # Some present: keep them; bind the rest in another round (a cluster
         # initialised before a setting was bound). A failed round found at
         # least one present, so the rounds end.
-        for key, found in zip(list(missing), responses):
+        for key, found in zip(list(missing), responses, strict=True):
             if found:
                 stored[key] = found[0][0].decode()
                 del missing[key]
@@ -158,7 +158,7 @@ async def read_overrides(client: aetcd.Client, cluster: str) -> Overrides:
     return overrides
 
 
-def watch_overrides(client: aetcd.Client, cluster: str) -> AsyncIterator[Overrides]:
+def watch_overrides(client: aetcd.Client, cluster: str) -> AsyncGenerator[Overrides, None]:
     """The pins and drains now, then again whenever one changes (snapshots, not events)."""
     keys = ClusterKeys(cluster)
     return snapshots(client, [keys.pins, keys.drains], lambda: _read_overrides(client, keys))

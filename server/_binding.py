@@ -38,6 +38,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
+from typing import cast
 
 from flashstock.lockmgr import SettingMismatch, ShardCountMismatch, etcd_client, init_cluster, stable_hash
 
@@ -114,7 +115,9 @@ async def bind_in_redis(
     the binding gone after a Redis loss binds again without: the SKUs then
     in Redis are the ones rebuilt since, by nodes bound as it is).
     """
-    bound = {k.decode(): v.decode() for k, v in (await redis.hgetall(CONFIG_KEY)).items()}
+    # The node's clients do not decode replies: bytes, which redis-py's types (bytes | str) cannot tell.
+    raw = cast("dict[bytes, bytes]", await redis.hgetall(CONFIG_KEY))
+    bound = {k.decode(): v.decode() for k, v in raw.items()}
     if set(bound) >= set(mine.fields()):
         created = False
     else:
@@ -132,14 +135,14 @@ async def bind_in_redis(
 
 async def _check_placement(redis: AsyncRedis, shards: int) -> None:
     """Refuse ``shards`` when an unbound Redis's SKUs are not where that many shards would put them."""
-    sampled = [s.decode() for s in await redis.zrange(SKU_INDEX_KEY, 0, _SAMPLE - 1)]
+    sampled = [s.decode() for s in cast("list[bytes]", await redis.zrange(SKU_INDEX_KEY, 0, _SAMPLE - 1))]
     if not sampled:
         return
     async with redis.pipeline(transaction=False) as pipe:
         for sku_id in sampled:
             pipe.exists(ShardKeys(stable_hash(sku_id) % shards).sku(sku_id))
         here = await pipe.execute()
-    for sku_id in (s for s, found in zip(sampled, here) if not found):
+    for sku_id in (s for s, found in zip(sampled, here, strict=True) if not found):
         # A SKU whose keys are nowhere lost its state (a rebuild brings it
         # back): it says nothing; nor does one that a rebuild has just put
         # where this count puts it. One found only under another count does.
@@ -171,7 +174,7 @@ async def _counts_placing(redis: AsyncRedis, sku_id: str) -> list[int]:
         for shard in by_shard:
             pipe.exists(ShardKeys(shard).sku(sku_id))
         found = await pipe.execute()
-    return sorted(count for shard, hit in zip(by_shard, found) if hit for count in by_shard[shard])
+    return sorted(count for shard, hit in zip(by_shard, found, strict=True) if hit for count in by_shard[shard])
 
 
 async def _all_placed(redis: AsyncRedis, sku_ids: list[str], count: int) -> bool:

@@ -36,8 +36,9 @@ import signal
 import socket
 import sys
 import time
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Coroutine
 from dataclasses import replace
+from multiprocessing.process import BaseProcess
 from typing import Any
 
 import grpc
@@ -224,7 +225,8 @@ class Node:
                 return
             except RedisConnectionError as exc:
                 if asyncio.get_running_loop().time() > deadline:
-                    raise StartupError(f"redis_url: the Redis at {self.config.redis_url} could not be checked against the ledger: {exc}") from None
+                    raise StartupError(f"redis_url: the Redis at {self.config.redis_url} could not be checked "
+                        f"against the ledger: {exc}") from None
                 await asyncio.sleep(0.2)
 
     async def _bind_settings(self) -> None:
@@ -405,7 +407,7 @@ def _setup_logging(config: NodeConfig) -> None:
     logging.getLogger("redis_lock").setLevel(max(logging.WARNING, logging.getLogger().level))
 
 
-def _run(coro_factory) -> None:  # type: ignore[no-untyped-def]
+def _run(coro_factory: Callable[[], Coroutine[Any, Any, None]]) -> None:
     try:
         import uvloop
     except ImportError:
@@ -414,7 +416,9 @@ def _run(coro_factory) -> None:  # type: ignore[no-untyped-def]
         uvloop.run(coro_factory())
 
 
-async def _serve_one(config: NodeConfig, worker_index: int, on_ready, lifeline: Lifeline | None = None) -> None:  # type: ignore[no-untyped-def]
+async def _serve_one(
+    config: NodeConfig, worker_index: int, on_ready: Callable[[int], object], lifeline: Lifeline | None = None
+) -> None:
     node = Node(config, worker_index)
     try:
         port = await node.start()
@@ -490,7 +494,7 @@ def supervise(
     *,
     stop_last: Collection[str] = (),
     stop_last_within: float = 15.0,
-) -> tuple[list[multiprocessing.Process], bool]:
+) -> tuple[list[BaseProcess], bool]:
     """Start one spawned process per ``(target, args, name)`` and see them through.
 
     Each target gets a queue as its last argument and puts on it once it is
@@ -504,17 +508,19 @@ def supervise(
     """
     ctx = multiprocessing.get_context("spawn")
     ready = ctx.Queue()
-    procs = [ctx.Process(target=target, args=(*args, ready), name=name) for target, args, name in targets]
+    procs: list[BaseProcess] = [
+        ctx.Process(target=target, args=(*args, ready), name=name) for target, args, name in targets
+    ]
     first = [p for p in procs if p.name not in stop_last]
     last = [p for p in procs if p.name in stop_last]
     for p in procs:
         p.start()
     signalled_at: list[float] = []  # when the stop began (a list: set from the signal handler)
 
-    def terminate(group: list[multiprocessing.Process]) -> None:
+    def terminate(group: list[BaseProcess]) -> None:
         for p in group:
             if p.is_alive():
-                os.kill(p.pid, signal.SIGTERM)
+                p.terminate()  # SIGTERM
 
     def forward(signum: int, _frame: object) -> None:
         if not signalled_at:

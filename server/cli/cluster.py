@@ -6,7 +6,7 @@ the process modules load only when a command runs.
 
 from __future__ import annotations
 
-from enum import Enum
+from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -32,7 +32,7 @@ DirOption = Annotated[
 ]
 
 
-class LedgerKind(str, Enum):
+class LedgerKind(StrEnum):
     """The ledger of a local cluster."""
 
     sqlite = "sqlite"

@@ -68,21 +68,21 @@ def reconcile_table(rec: Reconciliation) -> Table:
         return out
 
     for sku_id in sorted(set(rec.redis) | set(rec.ledger)):
-        r, l = rec.redis.get(sku_id), rec.ledger.get(sku_id)
+        in_redis, in_ledger = rec.redis.get(sku_id), rec.ledger.get(sku_id)
         diffs = by_sku.get(sku_id, [])
         differing = {d.figure for d in diffs}
-        if r is None:
+        if in_redis is None:
             check = Text("only in the ledger", style="bold red")
-        elif l is None:
+        elif in_ledger is None:
             check = Text("only in Redis", style="bold red")
         elif diffs:
             parts = [f"sale {d.redis} ≠ {d.ledger}" if d.figure == "sale" else d.figure for d in diffs]
             check = Text("differs: " + ", ".join(parts), style="bold red")
         else:
             check = Text("ok", style="green")
-        shard = (r or l).shard  # type: ignore[union-attr]
-        table.add_row(sku_id, "redis", *cells(r, differing), check)
-        table.add_row(Text(f"shard {shard}", style="dim"), "ledger", *cells(l, differing), "", end_section=True)
+        shard = (in_redis or in_ledger).shard  # type: ignore[union-attr]
+        table.add_row(sku_id, "redis", *cells(in_redis, differing), check)
+        table.add_row(Text(f"shard {shard}", style="dim"), "ledger", *cells(in_ledger, differing), "", end_section=True)
     return table
 
 

@@ -51,7 +51,7 @@ def serve_command() -> Callable[..., None]:
                 inspect.Parameter.KEYWORD_ONLY,
                 default=None,
                 annotation=Annotated[
-                    Optional[kind],  # type: ignore[valid-type]
+                    Optional[kind],
                     typer.Option(help=f"{help_text} (env {env}; default {default!r})", show_default=False),
                 ],
             )

@@ -26,6 +26,7 @@ import contextlib
 import logging
 import os
 import time
+from collections.abc import AsyncGenerator
 from typing import TYPE_CHECKING
 
 from flashstock.lockmgr import CoordinationError, EtcdSession, LeaseLost, NodeIdTaken, NodeInfo, Overrides, SessionConfig, ShardCountMismatch, ShardLease, ShardOwner, assign, claim, etcd_client, init_cluster, release, shard_ranges, watch_overrides, watch_owners
@@ -217,7 +218,7 @@ class Ownership:
             if self._ready():
                 await self._reconcile(session)
 
-    async def _feed(self, snapshots, attribute: str) -> None:  # type: ignore[no-untyped-def]
+    async def _feed(self, snapshots: AsyncGenerator[object, None], attribute: str) -> None:
         try:
             async for value in snapshots:
                 setattr(self, attribute, value)
@@ -295,7 +296,7 @@ class Ownership:
                 await self._scripts.fence(keys=[k.meta], args=[k.prefix, lease.epoch, self.node_id], client=pipe)
             replies = await pipe.execute()
         ok = set()
-        for lease, fenced in zip(leases, map(FenceReply.decode, replies)):
+        for lease, fenced in zip(leases, map(FenceReply.decode, replies), strict=True):
             if not fenced.taken:
                 METRICS.fenced_writes.labels(store="redis", duty="claim").inc()
                 log.error(

@@ -24,7 +24,7 @@ from flashstock.server.store.keys import PERSISTED_CHANNEL, ShardKeys
 
 from flashstock.server.store.durable import parse_id
 from flashstock.server._metrics import METRICS
-from flashstock.server.store.redis import AsyncRedis, AsyncScript, NoScriptError, RedisError
+from flashstock.server.store.redis import AsyncRedis, AsyncScript, KeyT, NoScriptError, RedisError, StreamIdT
 from flashstock.server.store.replies import announced
 from flashstock.server.store.scripts import StockScripts
 from flashstock.server.ledger import Fenced, Ledger
@@ -173,7 +173,7 @@ class Persister:
                 held = await pipe.execute()
         except RedisError:
             return  # the first round announces them all
-        for shard, value in zip(self._shards, held):
+        for shard, value in zip(self._shards, held, strict=True):
             if value is not None and value.decode() == self._committed[shard]:
                 self._announced[shard] = self._committed[shard]
 
@@ -203,7 +203,7 @@ class Persister:
             except NoScriptError:
                 self._scripts_loaded = False  # a restarted Redis: load them again, then announce
                 raise
-        for (shard, last), reply in zip(due.items(), replies):
+        for (shard, last), reply in zip(due.items(), replies, strict=True):
             if announced(reply):
                 self._announced[shard] = last
             else:
@@ -229,7 +229,7 @@ class Persister:
 
     async def _read(self, block: bool) -> dict[int, list[tuple[str, dict[str, str]]]]:
         """New entries per shard, each shard's rebuild generation read in the same instant."""
-        streams = {ShardKeys(shard).log: self._positions[shard] for shard in self._shards}
+        streams: dict[KeyT, StreamIdT] = {ShardKeys(shard).log: self._positions[shard] for shard in self._shards}
         if not streams:
             if block:
                 await asyncio.sleep(self._policy.block_s)

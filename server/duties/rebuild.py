@@ -36,9 +36,9 @@ import logging
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
-import redis_lock
+import redis_lock  # type: ignore[import-untyped]  # python-redis-lock ships no annotations
 
 from flashstock.client import Unavailable
 from flashstock.server.store.keys import CONFIG_KEY, SHARD_READY, SKU_INDEX_KEY, ShardKeys
@@ -219,7 +219,7 @@ class ShardRebuilder:
         if task is None:
             task = asyncio.ensure_future(asyncio.to_thread(self.rebuild, shard, epoch))
             self._running[shard] = task
-            task.add_done_callback(lambda _t, s=shard: self._running.pop(s, None))
+            task.add_done_callback(lambda _t: self._running.pop(shard, None))
         try:
             return await asyncio.wait_for(asyncio.shield(task), self._policy.wait_s)
         except TimeoutError:
@@ -242,7 +242,7 @@ class ShardRebuilder:
             METRICS.rebuilds.labels(RebuildResult.BUSY.value).inc()
             return RebuildResult.BUSY
         try:
-            meta = self._sync.hgetall(k.meta)
+            meta = cast("dict[bytes, bytes]", self._sync.hgetall(k.meta))  # the client does not decode
             if meta.get(b"state") == SHARD_READY:
                 if not when_behind:
                     return RebuildResult.READY
@@ -280,7 +280,7 @@ class ShardRebuilder:
         self, k: ShardKeys, token: str, snap: ShardSnapshot, cursor: str, expected: str, epoch: int | None
     ) -> RebuildResult:
         keys = [k.meta, f"lock:{k.rebuild_lock}"]
-        common = [token, snap.generation, k.prefix, self._record_ttl_ms]
+        common: list[str | int] = [token, snap.generation, k.prefix, self._record_ttl_ms]
         begun = self._step(keys, ["begin", *common, expected, cursor, snap.epoch, "" if epoch is None else epoch])
         if begun is RebuildStep.FENCED:
             return RebuildResult.FENCED
@@ -317,7 +317,7 @@ class ShardRebuilder:
 
     def _verify(self, shards: int, ledger_id: str | None) -> tuple[str, list[int]]:
         run_id = self.run_id()
-        bound = self._sync.hget(CONFIG_KEY, "ledger_id")
+        bound = cast("bytes | None", self._sync.hget(CONFIG_KEY, "ledger_id"))  # the client does not decode
         if ledger_id is not None and bound is not None and bound.decode() != ledger_id:
             raise Unavailable(f"this Redis is bound to ledger {bound.decode()}, not to this node's {ledger_id}")
         rebuilt = []

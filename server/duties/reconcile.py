@@ -119,12 +119,14 @@ def compare(redis_rows: Iterable[SkuFigures], ledger_rows: Iterable[SkuFigures])
     ledger_by_id = {r.sku_id: r for r in ledger_rows}
     out: list[Difference] = []
     for sku_id in sorted(set(redis_by_id) | set(ledger_by_id)):
-        r, l = redis_by_id.get(sku_id), ledger_by_id.get(sku_id)
-        if r is None or l is None:
-            out.append(Difference(sku_id, "presence", None if r is None else 1, None if l is None else 1))
+        in_redis, in_ledger = redis_by_id.get(sku_id), ledger_by_id.get(sku_id)
+        if in_redis is None or in_ledger is None:
+            out.append(
+                Difference(sku_id, "presence", None if in_redis is None else 1, None if in_ledger is None else 1)
+            )
             continue
         for figure in COMPARED:
-            a, b = getattr(r, figure), getattr(l, figure)
+            a, b = getattr(in_redis, figure), getattr(in_ledger, figure)
             if a != b:
                 out.append(Difference(sku_id, figure, a, b))
     return out
@@ -187,7 +189,7 @@ def read_redis(
             info = {_text(k): v for k, v in info.items()}
             marks[shard] = LogMark(int(info["length"]), _text(info["last-generated-id"]), state)
     rows: dict[str, SkuFigures] = {}
-    for sku_id, fields in zip(sku_ids, replies[2 * len(shards) :]):
+    for sku_id, fields in zip(sku_ids, replies[2 * len(shards) :], strict=True):
         if isinstance(fields, Exception):
             raise fields
         if fields:

@@ -189,7 +189,7 @@ class ShardDuties:
             for shard in epochs:
                 pipe.hget(ShardKeys(shard).meta, "state")
             states = await pipe.execute()
-        missing = [shard for shard, state in zip(epochs, states) if state != SHARD_READY]
+        missing = [shard for shard, state in zip(epochs, states, strict=True) if state != SHARD_READY]
         for shard in missing:
             if shard not in self._epochs:
                 continue  # given up meanwhile

@@ -302,10 +302,12 @@ class Ledger:
 
     def _insert(self, table: sa.Table) -> Any:
         if self._dialect == "postgresql":
-            from sqlalchemy.dialects.postgresql import insert
-        else:
-            from sqlalchemy.dialects.sqlite import insert
-        return insert(table)
+            from sqlalchemy.dialects import postgresql
+
+            return postgresql.insert(table)
+        from sqlalchemy.dialects import sqlite
+
+        return sqlite.insert(table)
 
     # -- writes ----------------------------------------------------------------
 

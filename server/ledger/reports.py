@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import os
 import sqlite3
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote
@@ -42,9 +43,10 @@ _SQLITE_MAGIC = b"SQLite format 3\x00"
 def _shown(url: sa.engine.URL | str) -> str:
     if isinstance(url, str):
         try:
-            url = sa.engine.make_url(url)
+            parsed = sa.engine.make_url(url)
         except Exception:  # noqa: BLE001 - shown as given
             return url
+        url = parsed
     return url.render_as_string(hide_password=True)
 
 
@@ -82,7 +84,7 @@ class Probe:
     """The schema revision; None for an empty database (or no file)."""
 
 
-def _tables_revision(tables: set[str], read_version, where: str) -> str | None:  # type: ignore[no-untyped-def]
+def _tables_revision(tables: set[str], read_version: Callable[[], str | None], where: str) -> str | None:
     if "alembic_version" in tables:
         return read_version()
     if tables:

@@ -20,7 +20,7 @@ import functools
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import grpc
 from grpc_status import rpc_status
@@ -52,6 +52,7 @@ SERVICE_NAMES = (
 """Full names of the services a node serves (for health and reflection)."""
 
 _R = TypeVar("_R")
+_E = TypeVar("_E", bound=int)
 
 
 @dataclass(frozen=True)
@@ -150,6 +151,12 @@ def _check(violations: list) -> None:
         raise InvalidArgument(f"invalid request: {fields}", shown)
 
 
+def _enum_pb(kind: type[_E], value: int) -> _E:
+    # ``value`` as a member of the protobuf enum ``kind``, for the type checker only: protoc's .pyi types
+    # an enum field as its enum class, which no plain int is; on the wire it is the int.
+    return cast(_E, int(value))
+
+
 def _deduction_pb(d: Deduction | None) -> stock_pb2.Deduction | None:
     if d is None:
         return None
@@ -158,7 +165,7 @@ def _deduction_pb(d: Deduction | None) -> stock_pb2.Deduction | None:
         sku_id=d.sku_id,
         user_id=d.user_id,
         qty=d.qty,
-        state=int(d.state),
+        state=_enum_pb(stock_pb2.DeductionState, d.state),
         expires_at_ms=d.expires_at_ms,
         taken_at_ms=d.taken_at_ms,
     )
@@ -176,7 +183,7 @@ def _sku_pb(s: Sku) -> admin_pb2.Sku:
         sale_start_ms=s.sale_start_ms,
         sale_end_ms=s.sale_end_ms,
         paused=s.paused,
-        mode=int(s.mode),
+        mode=_enum_pb(admin_pb2.Mode, s.mode),
         shard=s.shard,
     )
 
@@ -203,7 +210,11 @@ class StockServicer(stock_pb2_grpc.StockServiceServicer):
         if refused is not None:
             return refused
         r = await self._store.take(request.sku_id, request.user_id, request.qty, request.request_id)
-        return stock_pb2.DeductReply(outcome=int(r.outcome), deduction=_deduction_pb(r.deduction), stock_left=r.stock_left)
+        return stock_pb2.DeductReply(
+            outcome=_enum_pb(stock_pb2.Outcome, r.outcome),
+            deduction=_deduction_pb(r.deduction),
+            stock_left=r.stock_left,
+        )
 
     @_rpc
     async def Hold(self, request: stock_pb2.HoldRequest, context: Any) -> stock_pb2.HoldReply:
@@ -215,26 +226,41 @@ class StockServicer(stock_pb2_grpc.StockServiceServicer):
         if refused is not None:
             return refused
         r = await self._store.hold(request.sku_id, request.user_id, request.qty, request.request_id, request.ttl_ms)
-        return stock_pb2.HoldReply(outcome=int(r.outcome), deduction=_deduction_pb(r.deduction), stock_left=r.stock_left)
+        return stock_pb2.HoldReply(
+            outcome=_enum_pb(stock_pb2.Outcome, r.outcome),
+            deduction=_deduction_pb(r.deduction),
+            stock_left=r.stock_left,
+        )
 
     @_rpc
     async def Confirm(self, request: stock_pb2.ConfirmRequest, context: Any) -> stock_pb2.ConfirmReply:
         _check(v.settle_violations(request.sku_id, request.hold_id, request.request_id))
         r = await self._store.settle(request.sku_id, request.hold_id, request.request_id, confirm=True)
-        return stock_pb2.ConfirmReply(outcome=int(r.outcome), deduction=_deduction_pb(r.deduction))
+        return stock_pb2.ConfirmReply(
+            outcome=_enum_pb(stock_pb2.Outcome, r.outcome), deduction=_deduction_pb(r.deduction)
+        )
 
     @_rpc
     async def Release(self, request: stock_pb2.ReleaseRequest, context: Any) -> stock_pb2.ReleaseReply:
         _check(v.settle_violations(request.sku_id, request.hold_id, request.request_id))
         r = await self._store.settle(request.sku_id, request.hold_id, request.request_id, confirm=False)
-        return stock_pb2.ReleaseReply(outcome=int(r.outcome), deduction=_deduction_pb(r.deduction), stock_left=r.stock_left)
+        return stock_pb2.ReleaseReply(
+            outcome=_enum_pb(stock_pb2.Outcome, r.outcome),
+            deduction=_deduction_pb(r.deduction),
+            stock_left=r.stock_left,
+        )
 
     @_rpc
     async def GetStock(self, request: stock_pb2.GetStockRequest, context: Any) -> stock_pb2.GetStockReply:
         _check(v.id_violations("sku_id", request.sku_id))
         s = await self._store.stock_level(request.sku_id)
         return stock_pb2.GetStockReply(
-            sku_id=s.sku_id, total=s.total, available=s.available, held=s.held, confirmed=s.confirmed, sold_out=s.sold_out
+            sku_id=s.sku_id,
+            total=s.total,
+            available=s.available,
+            held=s.held,
+            confirmed=s.confirmed,
+            sold_out=s.sold_out,
         )
 
     @_rpc
@@ -257,8 +283,13 @@ class StockServicer(stock_pb2_grpc.StockServiceServicer):
                 )
         r = await self._store.batch(request.user_id, items, request.request_id)
         return stock_pb2.BatchDeductReply(
-            outcome=int(r.outcome),
-            items=[stock_pb2.BatchItemResult(sku_id=i.sku_id, outcome=int(i.outcome), stock_left=i.stock_left) for i in r.items],
+            outcome=_enum_pb(stock_pb2.Outcome, r.outcome),
+            items=[
+                stock_pb2.BatchItemResult(
+                    sku_id=i.sku_id, outcome=_enum_pb(stock_pb2.Outcome, i.outcome), stock_left=i.stock_left
+                )
+                for i in r.items
+            ],
         )
 
 

@@ -41,6 +41,7 @@ import redis.asyncio
 import redis.exceptions
 from redis.commands.core import AsyncScript as _AsyncScript
 from redis.commands.core import Script as _Script
+from redis.typing import KeyT, StreamIdT  # noqa: F401 - redis-py's key and stream-id types, for annotations
 
 from flashstock.client import FlashstockError, Unavailable
 

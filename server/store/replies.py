@@ -353,6 +353,7 @@ class UnreadableSku(FailedPrecondition):
 
 def _hash_int(sku_id: str, f: dict[str, str], name: str) -> int:
     text = f.get(name, "0")
+    value: int | None
     try:
         value = int(text)
     except ValueError:

@@ -24,7 +24,7 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 from flashstock.client import (
     AdminResult,
@@ -165,7 +165,8 @@ class StockStore:
     async def _generation_before(self, shard: int) -> bytes | None:
         """The shard's generation as last read (read now if never): at most the one a call sent next sees."""
         if shard not in self._generations:
-            self._generations[shard] = await self._redis.hget(ShardKeys(shard).meta, "gen")
+            # The store's client does not decode replies: bytes, which redis-py's types (bytes | str) cannot tell.
+            self._generations[shard] = cast("bytes | None", await self._redis.hget(ShardKeys(shard).meta, "gen"))
         return self._generations[shard]
 
     async def _generation_now(self, shard: int) -> bytes | None:
@@ -179,7 +180,7 @@ class StockStore:
         # Whoever joined this read did so before it is sent; later callers start another.
         del self._generation_reads[shard]
         async with redis_errors():
-            generation = await self._redis.hget(ShardKeys(shard).meta, "gen")
+            generation = cast("bytes | None", await self._redis.hget(ShardKeys(shard).meta, "gen"))
         self._generations[shard] = generation
         return generation
 
@@ -200,7 +201,7 @@ class StockStore:
         if not await self._watch.wait(shard, log_id, self._limits.durable_wait_s):
             # An announcement may have been missed (a reconnect): ask the shard's cursor.
             async with redis_errors():
-                persisted = await self._redis.get(ShardKeys(shard).persisted)
+                persisted = cast("bytes | None", await self._redis.get(ShardKeys(shard).persisted))
             if persisted is not None:
                 self._watch.learn(shard, persisted.decode())
             if not self._watch.holds(shard, log_id):
@@ -313,12 +314,14 @@ class StockStore:
         stop = b"[" + prefix.encode() + b"\xff" if prefix else "+"
         async with redis_errors():
             ids = await self._redis.zrangebylex(SKU_INDEX_KEY, start, stop, start=0, num=page_size + 1)
-            names = [i.decode() for i in ids]
+            names = [i.decode() for i in cast("list[bytes]", ids)]
             async with self._redis.pipeline(transaction=False) as pipe:
                 for sku_id in names[:page_size]:
                     pipe.hgetall(self.keys(sku_id).sku(sku_id))
                 hashes = await pipe.execute()
-        skus = tuple(sku for sku_id, fields in zip(names, hashes) if fields and (sku := self._listed(sku_id, fields)))
+        # The page's ids, each with its hash; the one id past the page only says that another page follows.
+        pairs = zip(names[:page_size], hashes, strict=True)
+        skus = tuple(sku for sku_id, fields in pairs if fields and (sku := self._listed(sku_id, fields)))
         more = len(names) > page_size
         return SkuPage(skus=skus, next_page_token=names[page_size - 1] if more else "")
 
@@ -400,7 +403,7 @@ class StockStore:
                 now_s, *earliest = await pipe.execute()
             now_ms = now_s[0] * 1000 + now_s[1] // 1000
             expired = 0
-            for shard, first in zip(shards, earliest):
+            for shard, first in zip(shards, earliest, strict=True):
                 if first and first[0][1] <= now_ms:
                     k = ShardKeys(shard)
                     epoch = epochs[shard]

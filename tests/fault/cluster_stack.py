@@ -142,7 +142,7 @@ class ClusterStack:
 
     def logs(self) -> str:
         """The nodes' logs (the last part of each)."""
-        return "\n".join(f"--- log of {node_id} ---\n{node.log()}" for node_id, node in zip(self.node_ids, self.nodes))
+        return "\n".join(f"--- log of {node_id} ---\n{node.log()}" for node_id, node in zip(self.node_ids, self.nodes, strict=True))
 
     def ledger(self) -> Ledger:
         """A reader of the cluster's ledger (closed with the stack)."""

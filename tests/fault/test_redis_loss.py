@@ -149,7 +149,8 @@ async def test_acknowledged_durable_deductions_survive_redis_loss(fault_stack):
                 request_id, user = f"b{b}-{n}", f"user-{b}"
                 n += 1
 
-                async def send(retry: bool) -> DeductResult:
+                # Bound now: the loop's next turn must not change what a resend sends.
+                async def send(retry: bool, user: str = user, request_id: str = request_id) -> DeductResult:
                     return await client.deduct(sku, user, 1, request_id=request_id, retry=retry)
 
                 result = await send_until_answered(send, request_id)
@@ -196,7 +197,7 @@ async def test_acknowledged_durable_deductions_survive_redis_loss(fault_stack):
         retried = await asyncio.gather(*(retry_of(r, d) for r, d in acked.items()))
         differ = [
             (r, d, again.deduction)
-            for (r, d), again in zip(acked.items(), retried)
+            for (r, d), again in zip(acked.items(), retried, strict=True)
             if again.outcome is not Outcome.DUPLICATE or not same_deduction(d, again.deduction)
         ]
         assert not differ, f"{len(differ)} retries did not return the first answer, e.g. {differ[:3]}"
@@ -301,7 +302,7 @@ async def test_node_restart_mid_sale_loses_nothing_and_doubles_nothing(fault_sta
             while queue:
                 request_id = queue.pop()
 
-                async def send(retry: bool) -> DeductResult:
+                async def send(retry: bool, request_id: str = request_id) -> DeductResult:
                     qty = qty_of(request_id)
                     return await client.deduct(sku, f"user-{request_id}", qty, request_id=request_id, retry=retry)
 
@@ -477,7 +478,8 @@ async def test_acknowledged_durable_deductions_survive_dropped_redis_connections
                 request_id, user = f"b{b}-{n}", f"user-{b}"
                 n += 1
 
-                async def send(retry: bool) -> DeductResult:
+                # Bound now: the loop's next turn must not change what a resend sends.
+                async def send(retry: bool, user: str = user, request_id: str = request_id) -> DeductResult:
                     return await client.deduct(sku, user, 1, request_id=request_id, retry=retry)
 
                 result = await send_until_answered(send, request_id)

@@ -139,7 +139,8 @@ async def test_redis_restarted_from_an_older_aof_is_rebuilt_from_the_ledger(tmp_
 
         # Fast mode loses only what never reached the ledger: acknowledged just before the kill.
         lost = [(r, killed_at - sale.acked[(FAST, r)]) for s, r in sale.acked if s == FAST and r not in rows[FAST]]
-        print(f"fast acknowledgements lost: {len(lost)}; acknowledged at most {max((a for _, a in lost), default=0):.3f} s before the kill")
+        latest = max((a for _, a in lost), default=0)
+        print(f"fast acknowledgements lost: {len(lost)}; acknowledged at most {latest:.3f} s before the kill")
         assert all(age < 1.0 for _, age in lost), lost[:5]
         assert len(sale.acked) - len(lost) == sum(STOCK.values())
 

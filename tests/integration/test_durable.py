@@ -275,7 +275,7 @@ async def test_confirm_racing_the_expiry_agrees_with_the_ledger(durable_node, ad
             await asyncio.gather(
                 *(
                     confirm_at(h.deduction.request_id, h.deduction.expires_at_ms + offset)
-                    for h, offset in zip(holds, offsets_ms)
+                    for h, offset in zip(holds, offsets_ms, strict=True)
                 )
             )
 

@@ -34,13 +34,17 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from hypothesis import HealthCheck, Phase, given, seed, settings
 from hypothesis import strategies as st
 from helpers import varint
-from own_stack import redis_server  # noqa: F401 - this module's own Redis
+import own_stack
 from processes import QUIET, running_node
 
 from flashstock.server.local.procs import NodeProcess, RedisServer
 from flashstock.server.rpc.validate import MAX_HOLD_MS, MAX_ID_BYTES, MAX_QTY, MAX_STOCK, MAX_TIME_MS
 from flashstock.v1 import admin_pb2, admin_pb2_grpc, stock_pb2, stock_pb2_grpc
 from google.protobuf.descriptor import FieldDescriptor as F
+
+# This module's own Redis, in place of the session's: assigned, so a test's
+# parameter of the same name shadows no import.
+redis_server = own_stack.redis_server
 
 REQUESTS = 10_000
 """At least this many requests per run."""
@@ -225,7 +229,7 @@ class Sender:
 
 
 @pytest.fixture(scope="module")
-def node(redis_server: RedisServer) -> Iterator[NodeProcess]:  # noqa: F811
+def node(redis_server: RedisServer) -> Iterator[NodeProcess]:
     """The only node on this module's Redis."""
     with running_node(redis_server.url, workers=1, extra_args=QUIET) as n:
         yield n

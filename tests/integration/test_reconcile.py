@@ -27,7 +27,12 @@ from flashstock.server.cli.app import app
 from flashstock.server.ledger import Ledger, sqlite_url
 from flashstock.server.ledger.reports import checked_upgrade
 
-from own_stack import node, redis_server  # noqa: F401 - this module's own stack
+import own_stack
+
+# This module's own stack, in place of the session's: assigned, so a test's
+# parameter of the same name shadows no import.
+node = own_stack.node
+redis_server = own_stack.redis_server
 
 ENV = {"COLUMNS": "250", "NO_COLOR": "1"}
 
@@ -80,9 +85,16 @@ def test_reconcile_function_reports_the_figures(node, admin, stock, sku):
         client.close()
         ledger.close()
     assert rec.ok and not rec.unsettled, rec
-    r, l = rec.redis[sku], rec.ledger[sku]
-    assert (r.total, r.held, r.confirmed, r.available, r.sale) == (10, 1, 5, 4, 1)
-    assert (l.total, l.held, l.confirmed, l.available, l.released, l.expired) == (10, 1, 5, 4, 1, 0)
+    in_redis, in_ledger = rec.redis[sku], rec.ledger[sku]
+    assert (in_redis.total, in_redis.held, in_redis.confirmed, in_redis.available, in_redis.sale) == (10, 1, 5, 4, 1)
+    assert (
+        in_ledger.total,
+        in_ledger.held,
+        in_ledger.confirmed,
+        in_ledger.available,
+        in_ledger.released,
+        in_ledger.expired,
+    ) == (10, 1, 5, 4, 1, 0)
 
 
 def test_a_tampered_redis_is_caught_and_the_sku_named(node, admin, stock, sku, redis):

@@ -32,7 +32,12 @@ from flashstock.server.cli.sales import REPORT_FIELDS
 from flashstock.server.ledger import HEAD, Ledger
 from flashstock.server.ledger._schema import metadata
 
-from own_stack import node, redis_server  # noqa: F401 - this module's own stack
+import own_stack
+
+# This module's own stack, in place of the session's: assigned, so a test's
+# parameter of the same name shadows no import.
+node = own_stack.node
+redis_server = own_stack.redis_server
 
 ENV = {"COLUMNS": "250", "NO_COLOR": "1"}
 
