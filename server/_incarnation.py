@@ -5,7 +5,7 @@ lagging replica may hold an older state than the ledger, yet read "ready".
 Every start of a Redis server has a new ``run_id``. :class:`IncarnationGate`
 sits in the connect step of every connection of the node's asyncio client
 pool: a connection to a Redis whose run id this process has not checked yet
-waits until :meth:`ShardRebuilder.verify <._rebuild.ShardRebuilder.verify>`
+waits until :meth:`ShardRebuilder.verify <.duties.rebuild.ShardRebuilder.verify>`
 compared every shard with the ledger and rebuilt those behind. Since a
 restart drops every connection, nothing of this process (requests, duties,
 the feed) reaches a restarted Redis before that check, whichever node

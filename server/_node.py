@@ -3,7 +3,7 @@
 One :class:`Node` per process. :func:`serve` starts ``workers`` serving
 processes sharing one port (SO_REUSEPORT), each keeping its own sold-out
 memory in step over pub/sub, and one more process for the shard duties
-(``duties_process``, see ``_duties.py``): the persister (shard logs into the
+(``duties_process``, see :mod:`.duties.shard`): the persister (shard logs into the
 ledger), the reaper of expired holds, and the warden (rebuilds a shard whose
 Redis state is gone). Apart, the duties do not take the serving processes'
 CPU (measured with ``flashstock bench``: see benchmarks/README.md); with
@@ -11,7 +11,7 @@ CPU (measured with ``flashstock bench``: see benchmarks/README.md); with
 
 Standalone (no ``etcd``), the node runs the duties of every shard: one such
 node per Redis. In a cluster (``etcd`` set), every node serves every SKU but
-runs the duties only of the shards it owns (``_ownership.py``), fenced by
+runs the duties only of the shards it owns (:mod:`.duties.ownership`), fenced by
 their epochs.
 
 The node lives and dies whole (:func:`supervise`): each child ties itself

@@ -2,17 +2,17 @@
 
 :class:`ShardDuties` runs them for a set of shards, each under its owner
 epoch; :meth:`ShardDuties.assign` changes the set (the ownership follower in
-``_ownership.py`` calls it as shards come and go; a standalone node gives it
+:mod:`.ownership` calls it as shards come and go; a standalone node gives it
 every shard once, with no epoch). Every write a duty makes carries its
 shard's epoch and is refused by the store when a newer owner's is stored: a
 refused shard is dropped from the duties at once and reported to
 ``on_fenced``, and counted in ``flashstock_fenced_writes``.
 
-- the **persister** drains the shards' logs into the ledger (``_persister.py``);
+- the **persister** drains the shards' logs into the ledger (:mod:`.persister`);
 - the **reaper** returns the units of holds whose time ran out (``reap.lua``);
 - the **warden** rebuilds, from the ledger, a shard whose Redis state is gone;
 - **reconciliation** compares Redis with the ledger for the shards, and
-  reports the differences as metrics and log lines (``_reconcile.py``); it
+  reports the differences as metrics and log lines (:mod:`.reconcile`); it
   only reads.
 """
 

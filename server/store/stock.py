@@ -68,7 +68,7 @@ class StoreLimits:
     default_hold_ms: int = 600_000
     """Hold length when a Hold asks for 0."""
     coalesce_window_s: float = 0.002
-    """Least time between two deduction calls of a busy shard (see :mod:`._coalesce`)."""
+    """Least time between two deduction calls of a busy shard (see :mod:`.coalesce`)."""
     durable_wait_s: float = 2.0
     """How long a durable reply waits for the ledger before answering UNAVAILABLE."""
 
