@@ -4,13 +4,17 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 PYTEST_ARGS ?=
 
-.PHONY: setup demo test test-fast test-slow bench bench-cluster gen sync-client clean
+.PHONY: setup demo lint test test-fast test-slow bench bench-cluster gen sync-client package-check clean
 
 setup:
 	@VENV=$(VENV) bash scripts/setup.sh
 
 demo: setup
 	$(BIN)/flashstock demo
+
+# ruff check, ruff format --check, mypy (strict for client/ and lockmgr/): scripts/lint.sh.
+lint: setup
+	BIN=$(BIN) bash scripts/lint.sh
 
 test: setup
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
@@ -36,6 +40,11 @@ gen: setup
 sync-client:
 	python3 scripts/unasync.py
 
+# Build sdist and wheel as a user would, install the client-only wheel in a
+# fresh venv, import it, mypy --strict a typed caller, try the CLI (~4 min).
+package-check:
+	bash scripts/check_package.sh
+
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache .hypothesis
+	rm -rf $(VENV) build dist *.egg-info .pytest_cache .hypothesis .mypy_cache .ruff_cache
 	find protos -name '*_pb2*.py*' -delete

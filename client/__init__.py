@@ -15,14 +15,37 @@ follow them as they join and leave::
     AsyncStockClient(ClientConfig(etcd="10.0.0.2:2379", cluster="prod"))
 
 :class:`StockClient` and :class:`AdminClient` are the blocking twins.
-Errors are the :class:`FlashstockError` tree; business outcomes are values.
+Errors are the :class:`FlashstockError` tree (drawn in
+:mod:`flashstock.client.errors`); business outcomes are values.
+:func:`to_status` and :func:`from_status` map an error to a gRPC status and
+back, with the one table a node and a client share: a service of your own
+in front of flashstock can answer with the same statuses.
 """
 
 from ._async import AsyncAdminClient, AsyncStockClient
-from ._config import ClientConfig, RetryPolicy
-from ._errors import (
+from ._config import CHANNEL_OPTIONS, ClientConfig, RetryPolicy
+from ._sync import AdminClient, StockClient
+from ._types import (
+    AdminResult,
+    BatchItem,
+    BatchItemResult,
+    BatchResult,
+    Deduction,
+    DeductionState,
+    DeductResult,
+    HoldResult,
+    Mode,
+    Outcome,
+    SettleResult,
+    Sku,
+    SkuDefinition,
+    SkuPage,
+    StockLevel,
+)
+from .errors import (
     DeadlineExceeded,
     FailedPrecondition,
+    FieldViolation,
     FlashstockError,
     InvalidArgument,
     NotFound,
@@ -33,27 +56,12 @@ from ._errors import (
     StockBelowHandedOut,
     Unauthenticated,
     Unavailable,
-)
-from ._sync import AdminClient, StockClient
-from ._types import (
-    AdminResult,
-    BatchItem,
-    BatchItemResult,
-    BatchResult,
-    Deduction,
-    DeductionState,
-    DeductResult,
-    FieldViolation,
-    HoldResult,
-    Mode,
-    Outcome,
-    SettleResult,
-    Sku,
-    SkuPage,
-    StockLevel,
+    from_status,
+    to_status,
 )
 
 __all__ = [
+    "CHANNEL_OPTIONS",
     "AdminClient",
     "AdminResult",
     "AsyncAdminClient",
@@ -80,6 +88,7 @@ __all__ = [
     "RetryPolicy",
     "SettleResult",
     "Sku",
+    "SkuDefinition",
     "SkuNotFound",
     "SkuPage",
     "StockBelowHandedOut",
@@ -87,4 +96,6 @@ __all__ = [
     "StockLevel",
     "Unauthenticated",
     "Unavailable",
+    "from_status",
+    "to_status",
 ]

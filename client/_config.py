@@ -112,9 +112,9 @@ def _split(value: Sequence[str] | str) -> tuple[str, ...]:
 
 def _check_etcd(endpoints: tuple[str, ...], cluster: str) -> None:
     # lockmgr's own rules, so what passes here is what the client can dial;
-    # lockmgr imports aetcd only when a client is made, not here.
-    from flashstock.lockmgr._client import grpc_target
-    from flashstock.lockmgr._keys import check_id
+    # lockmgr imports aetcd only when a client is made, not here. Imported
+    # here, not at the top: lockmgr's errors import the client's.
+    from flashstock.lockmgr import check_id, grpc_target
 
     try:
         grpc_target(endpoints)
@@ -126,6 +126,17 @@ def _check_etcd(endpoints: tuple[str, ...], cluster: str) -> None:
 def _is_host_port(address: str) -> bool:
     host, _, port = address.rpartition(":")
     return bool(host) and port.isdigit()
+
+
+CHANNEL_OPTIONS: tuple[tuple[str, int], ...] = (
+    # Our own retries (same request id, marked as a retry), not grpc's.
+    ("grpc.enable_retries", 0),
+    # Each channel its own connection, so several spread over a node's workers.
+    ("grpc.use_local_subchannel_pool", 1),
+    ("grpc.keepalive_time_ms", 30_000),
+)
+"""The gRPC channel options of the client's channels; a caller building its own channel (a load
+generator, a raw stub) uses them to behave as the client does."""
 
 
 def channel_targets(config: ClientConfig, addresses: Sequence[str] | None = None) -> list[str]:

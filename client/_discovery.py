@@ -33,7 +33,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from ._config import ClientConfig
-from ._errors import Unavailable
+from .errors import Unavailable
 
 log = logging.getLogger(__name__)
 
@@ -87,7 +87,14 @@ class _NodeWatch:
         from flashstock.lockmgr import etcd_client, watch_nodes
 
         timeout = self.config.discovery_timeout_s
-        client = etcd_client(self.config.etcd, timeout=timeout)
+        try:
+            client = etcd_client(self.config.etcd, timeout=timeout)
+        except ImportError as exc:
+            # The client alone (`pip install flashstock`) has no etcd client.
+            # Said here, through report(): raised, it would end the task with
+            # nobody told, and an asyncio start would wait for ever.
+            report(f"finding the nodes of {self.where} needs aetcd: pip install 'flashstock[etcd]' ({exc})")
+            return
         snapshots = watch_nodes(client, self.config.cluster)
         answered = False
         try:

@@ -7,15 +7,15 @@ by the async client and the sync one generated from it.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import uuid
 from collections.abc import Iterable, Sequence
-from typing import Any
+from typing import Any, cast
 
 import grpc
 
 from flashstock.v1 import admin_pb2, admin_pb2_grpc, stock_pb2, stock_pb2_grpc
 
-from ._errors import RETRYABLE_CODES, FlashstockError, from_status
 from ._types import (
     AdminResult,
     BatchItem,
@@ -28,9 +28,11 @@ from ._types import (
     Outcome,
     SettleResult,
     Sku,
+    SkuDefinition,
     SkuPage,
     StockLevel,
 )
+from .errors import RETRYABLE_CODES, FlashstockError, from_status
 
 __all__ = ["admin_pb2", "admin_pb2_grpc", "stock_pb2", "stock_pb2_grpc"]
 
@@ -51,13 +53,15 @@ def request_id_or_new(request_id: str | None) -> str:
 
 def error_of(exc: grpc.RpcError) -> FlashstockError:
     """The flashstock error a failed call stands for."""
-    return from_status(exc.code(), exc.details() or "", exc.trailing_metadata())  # type: ignore[attr-defined]
+    # grpc-stubs declares the trailing metadata as objects with .key and .value; at run time they are
+    # (key, value) tuples (an aio call's Metadata iterates the same way).
+    return from_status(exc.code(), exc.details() or "", exc.trailing_metadata())  # type: ignore[arg-type]
 
 
 def pass_cancellation(exc: grpc.RpcError) -> None:
     """Re-raise a call cancelled because our own task is being cancelled as
     ``asyncio.CancelledError``: cancellation passes through, it is no error."""
-    if exc.code() is not grpc.StatusCode.CANCELLED:  # type: ignore[attr-defined]
+    if exc.code() is not grpc.StatusCode.CANCELLED:
         return
     try:
         task = asyncio.current_task()
@@ -69,7 +73,7 @@ def pass_cancellation(exc: grpc.RpcError) -> None:
 
 def should_retry(exc: grpc.RpcError) -> bool:
     """True for the codes a client retries with the same request id."""
-    return exc.code() in RETRYABLE_CODES  # type: ignore[attr-defined]
+    return exc.code() in RETRYABLE_CODES
 
 
 def mark_retry(request: Any) -> None:
@@ -160,26 +164,38 @@ def sku_page(reply: admin_pb2.ListSkusReply) -> SkuPage:
     return SkuPage(skus=tuple(sku(s) for s in reply.skus), next_page_token=reply.next_page_token)
 
 
-def put_sku_request(
-    sku_id: str,
-    stock: int,
-    *,
-    per_user_limit: int,
-    max_per_request: int,
-    sale_start_ms: int,
-    sale_end_ms: int,
-    mode: Mode,
-    request_id: str,
-) -> admin_pb2.PutSkuRequest:
+_DEFINITION_DEFAULTS = {
+    f.name: f.default for f in dataclasses.fields(SkuDefinition) if f.name not in ("sku_id", "stock")
+}
+
+
+def sku_definition(sku_id: str | SkuDefinition, stock: int | None, **fields: Any) -> SkuDefinition:
+    """What ``put_sku`` was given, as a definition: ``sku_id`` when it is one, else made of the arguments.
+
+    A definition comes alone: ``stock`` or a field given beside it would be
+    ignored silently, so it is refused.
+    """
+    if isinstance(sku_id, SkuDefinition):
+        extra = sorted(name for name, value in fields.items() if value != _DEFINITION_DEFAULTS[name])
+        if stock is not None or extra:
+            raise TypeError(f"put_sku: give a SkuDefinition or its fields, not both ({['stock', *extra][0]})")
+        return sku_id
+    if stock is None:
+        raise TypeError(f"put_sku: the stock of {sku_id!r} is missing")
+    return SkuDefinition(sku_id, stock, **fields)
+
+
+def put_sku_request(definition: SkuDefinition, request_id: str) -> admin_pb2.PutSkuRequest:
     """A PutSku request."""
     return admin_pb2.PutSkuRequest(
-        sku_id=sku_id,
-        stock=stock,
-        per_user_limit=per_user_limit,
-        max_per_request=max_per_request,
-        sale_start_ms=sale_start_ms,
-        sale_end_ms=sale_end_ms,
-        mode=int(mode),
+        sku_id=definition.sku_id,
+        stock=definition.stock,
+        per_user_limit=definition.per_user_limit,
+        max_per_request=definition.max_per_request,
+        sale_start_ms=definition.sale_start_ms,
+        sale_end_ms=definition.sale_end_ms,
+        # protoc's .pyi types an enum field as its enum class, which no plain int is; the wire value is the int.
+        mode=cast("admin_pb2.Mode", int(definition.mode)),
         request_id=request_id,
     )
 

@@ -150,6 +150,30 @@ class BatchResult:
 
 
 @dataclass(frozen=True, slots=True)
+class SkuDefinition:
+    """What an operator puts on sale: a SKU's stock and the rules of its sale (PutSku).
+
+    Putting a definition (again) restarts the SKU's sale: its counters start
+    from ``stock``, and holds of the earlier sale are void.
+    """
+
+    sku_id: str
+    """The SKU id."""
+    stock: int
+    """Units put on sale: the SKU's total until an adjustment."""
+    per_user_limit: int = 0
+    """Most units one user may have (held + confirmed); 0 = no limit."""
+    max_per_request: int = 0
+    """Most units one request may take; 0 = the per-user limit."""
+    sale_start_ms: int = 0
+    """Sale opens (unix ms, Redis clock); 0 = open."""
+    sale_end_ms: int = 0
+    """Sale closes (unix ms, Redis clock); 0 = never."""
+    mode: Mode = Mode.FAST
+    """Fast or durable."""
+
+
+@dataclass(frozen=True, slots=True)
 class Sku:
     """A SKU's definition and live counters."""
 
@@ -199,16 +223,6 @@ class AdminResult:
     """True when this request id had been applied before (nothing changed)."""
 
 
-@dataclass(frozen=True, slots=True)
-class FieldViolation:
-    """One bad field of a request (``google.rpc.BadRequest.FieldViolation``)."""
-
-    field: str
-    """The field's name in the request."""
-    description: str
-    """What is wrong with it."""
-
-
 __all__ = [
     "AdminResult",
     "BatchItem",
@@ -217,12 +231,12 @@ __all__ = [
     "Deduction",
     "DeductionState",
     "DeductResult",
-    "FieldViolation",
     "HoldResult",
     "Mode",
     "Outcome",
     "SettleResult",
     "Sku",
+    "SkuDefinition",
     "SkuPage",
     "StockLevel",
 ]

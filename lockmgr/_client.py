@@ -12,7 +12,7 @@ import contextlib
 import ipaddress
 import json
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
 if TYPE_CHECKING:
@@ -117,6 +117,7 @@ def etcd_client(endpoints: Sequence[str] | str, *, timeout: float = 5.0) -> aetc
     # aetcd dials f"{host}:{port}"; splitting the target at its last colon
     # hands it a multi-address target unchanged.
     host, _, port = target.rpartition(":")
+    # aetcd annotates timeout as int, but hands it to grpc as a deadline in (fractional) seconds.
     return aetcd.Client(host, int(port), timeout=timeout, options=dict(_CHANNEL_OPTIONS))  # type: ignore[arg-type]
 
 
@@ -131,7 +132,7 @@ async def snapshots(
     read: Callable[[], Awaitable[tuple[T, int]]],
     *,
     retry_delay: float = 0.5,
-) -> AsyncIterator[T]:
+) -> AsyncGenerator[T, None]:
     """``read()``'s value now, then again after every change under ``prefixes``.
 
     ``read`` returns a value and the etcd revision it was read at. The watch

@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncGenerator, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -85,7 +85,7 @@ async def _bind(client: aetcd.Client, wanted: dict[str, str]) -> dict[str, str]:
         # Some present: keep them; bind the rest in another round (a cluster
         # initialised before a setting was bound). A failed round found at
         # least one present, so the rounds end.
-        for key, found in zip(list(missing), responses):
+        for key, found in zip(list(missing), responses, strict=True):
             if found:
                 stored[key] = found[0][0].decode()
                 del missing[key]
@@ -111,20 +111,45 @@ class Overrides:
     drains: frozenset[str] = frozenset()
     """Nodes that should own no shard (while another node can)."""
 
+    def with_pin(self, shard: int, node: str) -> Overrides:
+        """These overrides with ``shard`` pinned to ``node``."""
+        return Overrides({**self.pins, shard: node}, self.drains)
 
-async def _read_overrides(client: aetcd.Client, keys: ClusterKeys) -> tuple[Overrides, int]:
-    pins_read = await client.get_prefix(keys.pins.encode())
-    drains_read = await client.get_prefix(keys.drains.encode())
+    def without_pin(self, shard: int) -> Overrides:
+        """These overrides without the pin of ``shard``."""
+        return Overrides({s: n for s, n in self.pins.items() if s != shard}, self.drains)
+
+    def without_pins(self) -> Overrides:
+        """These overrides with no pin at all (the drains stay)."""
+        return Overrides({}, self.drains)
+
+    def with_drain(self, node: str) -> Overrides:
+        """These overrides with ``node`` drained."""
+        return Overrides(self.pins, self.drains | {node})
+
+    def without_drain(self, node: str) -> Overrides:
+        """These overrides with ``node`` not drained."""
+        return Overrides(self.pins, self.drains - {node})
+
+
+async def _read_pins(client: aetcd.Client, keys: ClusterKeys) -> tuple[dict[int, str], int]:
+    found = await client.get_prefix(keys.pins.encode())
     pins = {}
-    for kv in pins_read:
+    for kv in found:
         name = tail(kv.key, keys.pins)
         if name.isdigit():
             pins[int(name)] = kv.value.decode()
         else:
             log.warning("ignoring a malformed pin key %r", kv.key)
+    return pins, found.header.revision
+
+
+async def _read_overrides(client: aetcd.Client, keys: ClusterKeys) -> tuple[Overrides, int]:
+    pins, pins_revision = await _read_pins(client, keys)
+    drains_read = await client.get_prefix(keys.drains.encode())
     drains = frozenset(tail(kv.key, keys.drains) for kv in drains_read)
     # Two reads: a watch from just after the earlier one misses nothing.
-    return Overrides(pins, drains), min(pins_read.header.revision, drains_read.header.revision)
+    return Overrides(pins, drains), min(pins_revision, drains_read.header.revision)
 
 
 async def read_overrides(client: aetcd.Client, cluster: str) -> Overrides:
@@ -133,7 +158,7 @@ async def read_overrides(client: aetcd.Client, cluster: str) -> Overrides:
     return overrides
 
 
-def watch_overrides(client: aetcd.Client, cluster: str) -> AsyncIterator[Overrides]:
+def watch_overrides(client: aetcd.Client, cluster: str) -> AsyncGenerator[Overrides, None]:
     """The pins and drains now, then again whenever one changes (snapshots, not events)."""
     keys = ClusterKeys(cluster)
     return snapshots(client, [keys.pins, keys.drains], lambda: _read_overrides(client, keys))
@@ -182,3 +207,33 @@ async def drain(client: aetcd.Client, cluster: str, node: str) -> None:
 async def undrain(client: aetcd.Client, cluster: str, node: str) -> bool:
     """End the drain of ``node``; False if it was not drained."""
     return await client.delete(ClusterKeys(cluster).drain(node).encode()) is not None
+
+
+async def remove_pins(client: aetcd.Client, cluster: str, expected: Mapping[int, str]) -> bool:
+    """Remove every pin of ``cluster`` in one transaction, if its pins are still ``expected``.
+
+    ``expected`` is what the caller planned with (``Overrides.pins`` of its
+    read): False, and nothing removed, when the pins differ from it now or
+    change before the removal, so the moves the caller predicted are the
+    moves made. Drains stay.
+    """
+    from aetcd.utils import prefix_range_end
+
+    keys = ClusterKeys(cluster)
+    pins, revision = await _read_pins(client, keys)
+    if pins != dict(expected):
+        return False
+    prefix = keys.pins.encode()
+    end = prefix_range_end(prefix)
+    tx = client.transactions
+    ok, _ = await client.transaction(
+        compare=[
+            # Only in an initialised cluster (as every override write).
+            tx.version(keys.shards) > 0,
+            # No pin written since the read: the pins removed are the pins compared.
+            tx.mod(prefix, end) < revision + 1,
+        ],
+        success=[tx.delete(prefix, end)],
+        failure=[],
+    )
+    return bool(ok)

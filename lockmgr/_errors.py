@@ -1,4 +1,5 @@
-"""The errors of coordination, a branch of flashstock's one error tree.
+"""The errors of coordination, a branch of flashstock's one error tree
+(the whole tree is drawn in :mod:`flashstock.client.errors`).
 
 ::
 
@@ -16,7 +17,7 @@ returns ``None``.
 
 from __future__ import annotations
 
-from flashstock.client import FlashstockError
+from flashstock.client.errors import FlashstockError
 
 
 class SettingMismatch(FlashstockError):

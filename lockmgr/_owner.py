@@ -24,7 +24,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -170,7 +170,7 @@ async def owners(client: aetcd.Client, cluster: str) -> dict[int, ShardOwner]:
     return result
 
 
-def watch_owners(client: aetcd.Client, cluster: str) -> AsyncIterator[dict[int, ShardOwner]]:
+def watch_owners(client: aetcd.Client, cluster: str) -> AsyncGenerator[dict[int, ShardOwner], None]:
     """The owners now, then again after every claim, release or expiry (snapshots, not events)."""
     keys = ClusterKeys(cluster)
     return snapshots(client, [keys.owners], lambda: _read_owners(client, keys))

@@ -33,7 +33,7 @@ import json
 import logging
 import math
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -130,7 +130,7 @@ async def live_nodes(client: aetcd.Client, cluster: str) -> dict[str, NodeInfo]:
     return nodes
 
 
-def watch_nodes(client: aetcd.Client, cluster: str) -> AsyncIterator[dict[str, NodeInfo]]:
+def watch_nodes(client: aetcd.Client, cluster: str) -> AsyncGenerator[dict[str, NodeInfo], None]:
     """The live nodes of ``cluster`` now, then again whenever a node joins or leaves.
 
     Snapshots, not events: each item is the whole map, ready for
@@ -276,7 +276,7 @@ class EtcdSession:
         """The registered nodes of this session's cluster, by id."""
         return await live_nodes(self.client, self.cluster)
 
-    def watch_nodes(self) -> AsyncIterator[dict[str, NodeInfo]]:
+    def watch_nodes(self) -> AsyncGenerator[dict[str, NodeInfo], None]:
         """The live nodes now and after every join or leave (see :func:`watch_nodes`)."""
         return watch_nodes(self.client, self.cluster)
 

@@ -42,8 +42,8 @@ if [ ! -x "$VENV/bin/python" ]; then
 fi
 stamp="$VENV/.flashstock-installed"
 if [ ! -f "$stamp" ] || [ -n "$(find pyproject.toml setup.py protos scripts/gen_protos.py -newer "$stamp" -print -quit)" ]; then
-  echo "==> installing flashstock (editable) with its test tools; generating stubs from protos/"
+  echo "==> installing flashstock (editable) with the server, postgres, test and lint extras; generating stubs from protos/"
   "$VENV/bin/python" -m pip install -q --upgrade pip
-  "$VENV/bin/python" -m pip install -q -e '.[test]'
+  "$VENV/bin/python" -m pip install -q -e '.[server,postgres,test,lint]'
   touch "$stamp"
 fi

@@ -3,11 +3,13 @@
 One hand-written source, two clients that cannot drift: every rule below is
 a plain text substitution, in the manner of httpcore's scripts/unasync.py.
 ``python scripts/unasync.py`` writes the file; ``--check`` exits 1 when the
-committed file differs from what would be generated (the unit tests run it).
+committed file differs from what would be generated (the unit tests run it);
+any other argument is refused (exit 2) and nothing is written.
 """
 
 from __future__ import annotations
 
+import argparse
 import re
 import sys
 from pathlib import Path
@@ -17,9 +19,18 @@ SOURCE = ROOT / "client" / "_async.py"
 TARGET = ROOT / "client" / "_sync.py"
 
 RULES = [
-    (r'"""The asyncio clients: :class:`AsyncStockClient` and :class:`AsyncAdminClient`\.', '"""The blocking clients: :class:`StockClient` and :class:`AdminClient`.'),
-    (r"This is the hand-written source; ``_sync.py`` \(the blocking clients\) is\ngenerated from it by", "GENERATED from ``_async.py`` by"),
-    (r"``scripts/unasync.py``, and a test fails when the two\ndrift apart\.", "``scripts/unasync.py``: do not edit; edit\n``_async.py`` and run the script."),
+    (
+        r'"""The asyncio clients: :class:`AsyncStockClient` and :class:`AsyncAdminClient`\.',
+        '"""The blocking clients: :class:`StockClient` and :class:`AdminClient`.',
+    ),
+    (
+        r"This is the hand-written source; ``_sync.py`` \(the blocking clients\) is\ngenerated from it by",
+        "GENERATED from ``_async.py`` by",
+    ),
+    (
+        r"``scripts/unasync.py``, and a test fails when the two\ndrift apart\.",
+        "``scripts/unasync.py``: do not edit; edit\n``_async.py`` and run the script.",
+    ),
     (r"\(asyncio\)", "(blocking)"),
     (r"^import asyncio\n", ""),
     (r"\basync def\b", "def"),
@@ -45,8 +56,12 @@ def unasync(source: str) -> str:
 
 
 def main(argv: list[str]) -> int:
+    """Write the blocking clients, or with ``--check`` only compare; an unknown argument exits 2."""
+    parser = argparse.ArgumentParser(description="Generate client/_sync.py from client/_async.py.")
+    parser.add_argument("--check", action="store_true", help="exit 1 when client/_sync.py is stale; write nothing")
+    args = parser.parse_args(argv)  # exits 2 on anything else: a typo must not rewrite the file
     generated = unasync(SOURCE.read_text())
-    if "--check" in argv:
+    if args.check:
         if not TARGET.exists() or TARGET.read_text() != generated:
             print(f"{TARGET.relative_to(ROOT)} is out of date: run python scripts/unasync.py", file=sys.stderr)
             return 1

@@ -1,5 +1,5 @@
 """``python -m flashstock.server``: the same as the ``flashstock`` command."""
 
-from flashstock.server.cli.app import main
+from flashstock.server.cli import main
 
 main()

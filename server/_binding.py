@@ -38,13 +38,13 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
-
-import redis.asyncio as aioredis
-from redis.commands.core import AsyncScript
+from typing import cast
 
 from flashstock.lockmgr import SettingMismatch, ShardCountMismatch, etcd_client, init_cluster, stable_hash
 
 from flashstock.server.store.keys import CONFIG_KEY, SKU_INDEX_KEY, ShardKeys
+from flashstock.server.store.redis import AsyncRedis, AsyncScript
+from flashstock.server.store.replies import BindReply
 
 REDIS = f"Redis ({CONFIG_KEY})"
 """Where a Redis binding lives, as messages name it."""
@@ -104,7 +104,7 @@ def explain(error: SettingMismatch | ShardCountMismatch) -> str:
 
 
 async def bind_in_redis(
-    redis: aioredis.Redis, script: AsyncScript, mine: BoundSettings, check_placement: bool = True
+    redis: AsyncRedis, script: AsyncScript, mine: BoundSettings, check_placement: bool = True
 ) -> bool:
     """Compare with, or make, the Redis binding; True when this call made it.
 
@@ -115,32 +115,34 @@ async def bind_in_redis(
     the binding gone after a Redis loss binds again without: the SKUs then
     in Redis are the ones rebuilt since, by nodes bound as it is).
     """
-    bound = {k.decode(): v.decode() for k, v in (await redis.hgetall(CONFIG_KEY)).items()}
+    # The node's clients do not decode replies: bytes, which redis-py's types (bytes | str) cannot tell.
+    raw = cast("dict[bytes, bytes]", await redis.hgetall(CONFIG_KEY))
+    bound = {k.decode(): v.decode() for k, v in raw.items()}
     if set(bound) >= set(mine.fields()):
         created = False
     else:
         if not bound and check_placement:
             await _check_placement(redis, mine.shards)
-        reply = await script(keys=[CONFIG_KEY], args=[x for pair in mine.fields().items() for x in pair])
-        created = bool(reply[0])
-        values = [v.decode() for v in reply[1:]]
-        bound = dict(zip(values[::2], values[1::2]))
+        reply = BindReply.decode(
+            await script(keys=[CONFIG_KEY], args=[x for pair in mine.fields().items() for x in pair])
+        )
+        created, bound = reply.created, reply.bound
     error = first_mismatch(mine, bound, REDIS)
     if error is not None:
         raise error
     return created
 
 
-async def _check_placement(redis: aioredis.Redis, shards: int) -> None:
+async def _check_placement(redis: AsyncRedis, shards: int) -> None:
     """Refuse ``shards`` when an unbound Redis's SKUs are not where that many shards would put them."""
-    sampled = [s.decode() for s in await redis.zrange(SKU_INDEX_KEY, 0, _SAMPLE - 1)]
+    sampled = [s.decode() for s in cast("list[bytes]", await redis.zrange(SKU_INDEX_KEY, 0, _SAMPLE - 1))]
     if not sampled:
         return
     async with redis.pipeline(transaction=False) as pipe:
         for sku_id in sampled:
             pipe.exists(ShardKeys(stable_hash(sku_id) % shards).sku(sku_id))
         here = await pipe.execute()
-    for sku_id in (s for s, found in zip(sampled, here) if not found):
+    for sku_id in (s for s, found in zip(sampled, here, strict=True) if not found):
         # A SKU whose keys are nowhere lost its state (a rebuild brings it
         # back): it says nothing; nor does one that a rebuild has just put
         # where this count puts it. One found only under another count does.
@@ -162,7 +164,7 @@ async def _check_placement(redis: aioredis.Redis, shards: int) -> None:
             )
 
 
-async def _counts_placing(redis: aioredis.Redis, sku_id: str) -> list[int]:
+async def _counts_placing(redis: AsyncRedis, sku_id: str) -> list[int]:
     """The shard counts under which ``sku_id``'s hash exists in Redis, smallest first."""
     digest = stable_hash(sku_id)
     by_shard: dict[int, list[int]] = {}
@@ -172,10 +174,10 @@ async def _counts_placing(redis: aioredis.Redis, sku_id: str) -> list[int]:
         for shard in by_shard:
             pipe.exists(ShardKeys(shard).sku(sku_id))
         found = await pipe.execute()
-    return sorted(count for shard, hit in zip(by_shard, found) if hit for count in by_shard[shard])
+    return sorted(count for shard, hit in zip(by_shard, found, strict=True) if hit for count in by_shard[shard])
 
 
-async def _all_placed(redis: aioredis.Redis, sku_ids: list[str], count: int) -> bool:
+async def _all_placed(redis: AsyncRedis, sku_ids: list[str], count: int) -> bool:
     """Whether every SKU of ``sku_ids`` is where ``count`` shards put it."""
     async with redis.pipeline(transaction=False) as pipe:
         for sku_id in sku_ids:

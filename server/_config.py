@@ -214,7 +214,14 @@ def _settings_class(env: Mapping[str, str], path: Path | None) -> type[BaseSetti
         model_config = SettingsConfigDict(env_prefix="FLASHSTOCK_", extra="forbid")
 
         @classmethod
-        def settings_customise_sources(cls, settings_cls, init_settings, env_settings, dotenv_settings, file_secret_settings):  # type: ignore[override]
+        def settings_customise_sources(
+            cls,
+            settings_cls: type[BaseSettings],
+            init_settings: PydanticBaseSettingsSource,
+            env_settings: PydanticBaseSettingsSource,
+            dotenv_settings: PydanticBaseSettingsSource,
+            file_secret_settings: PydanticBaseSettingsSource,
+        ) -> tuple[PydanticBaseSettingsSource, ...]:
             from pydantic_settings import EnvSettingsSource
 
             env_source = EnvSettingsSource(settings_cls, env_prefix="FLASHSTOCK_", case_sensitive=False)

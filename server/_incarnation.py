@@ -5,7 +5,7 @@ lagging replica may hold an older state than the ledger, yet read "ready".
 Every start of a Redis server has a new ``run_id``. :class:`IncarnationGate`
 sits in the connect step of every connection of the node's asyncio client
 pool: a connection to a Redis whose run id this process has not checked yet
-waits until :meth:`ShardRebuilder.verify <._rebuild.ShardRebuilder.verify>`
+waits until :meth:`ShardRebuilder.verify <.duties.rebuild.ShardRebuilder.verify>`
 compared every shard with the ledger and rebuilt those behind. Since a
 restart drops every connection, nothing of this process (requests, duties,
 the feed) reaches a restarted Redis before that check, whichever node
@@ -23,7 +23,7 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-import redis.exceptions
+from flashstock.server.store.redis import RedisConnectionError
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +72,8 @@ class IncarnationGate:
         await self._await_check(None)
 
     async def on_connect(self, connection: Any) -> None:
-        """The connect step of the pool's connections (redis-py's ``redis_connect_func``)."""
+        """The connect step of the node's asyncio connections (``on_connect`` of
+        :func:`~flashstock.server.store.redis.async_client`)."""
         await connection.on_connect()
         if not self._armed:
             return
@@ -89,19 +90,19 @@ class IncarnationGate:
             try:
                 verified = await asyncio.wait_for(asyncio.shield(self._check), self._wait_s)
             except TimeoutError:
-                raise redis.exceptions.ConnectionError(
+                raise RedisConnectionError(
                     "Redis restarted: its shards are being checked against the ledger"
                 ) from None
             if run_id is None or verified == run_id:
                 return
-        raise redis.exceptions.ConnectionError("Redis restarted again while it was checked against the ledger")
+        raise RedisConnectionError("Redis restarted again while it was checked against the ledger")
 
     async def _run_check(self) -> str:
         try:
             run_id, rebuilt = await asyncio.to_thread(self._verify)
         except Exception as exc:  # noqa: BLE001 - the connection fails; the next one checks again
             log.warning("checking Redis against the ledger failed: %s", exc)
-            raise redis.exceptions.ConnectionError(f"checking Redis against the ledger failed: {exc}") from exc
+            raise RedisConnectionError(f"checking Redis against the ledger failed: {exc}") from exc
         self.checks += 1
         if self._verified is not None and run_id != self._verified:
             log.warning(

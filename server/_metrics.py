@@ -1,7 +1,8 @@
 """The node's Prometheus metrics, in one place.
 
-Served over HTTP on ``metrics_port`` by worker 0 (the process that runs the
-per-node duties), when the port is set.
+Served over HTTP on ``metrics_port``, when the port is set, by the process
+that runs the node's duties (:meth:`Node.duties_run_in`: the duties process,
+or worker 0 without one).
 """
 
 from __future__ import annotations

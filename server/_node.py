@@ -3,7 +3,7 @@
 One :class:`Node` per process. :func:`serve` starts ``workers`` serving
 processes sharing one port (SO_REUSEPORT), each keeping its own sold-out
 memory in step over pub/sub, and one more process for the shard duties
-(``duties_process``, see ``_duties.py``): the persister (shard logs into the
+(``duties_process``, see :mod:`.duties.shard`): the persister (shard logs into the
 ledger), the reaper of expired holds, and the warden (rebuilds a shard whose
 Redis state is gone). Apart, the duties do not take the serving processes'
 CPU (measured with ``flashstock bench``: see benchmarks/README.md); with
@@ -11,7 +11,7 @@ CPU (measured with ``flashstock bench``: see benchmarks/README.md); with
 
 Standalone (no ``etcd``), the node runs the duties of every shard: one such
 node per Redis. In a cluster (``etcd`` set), every node serves every SKU but
-runs the duties only of the shards it owns (``_ownership.py``), fenced by
+runs the duties only of the shards it owns (:mod:`.duties.ownership`), fenced by
 their epochs.
 
 The node lives and dies whole (:func:`supervise`): each child ties itself
@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import multiprocessing
 import multiprocessing.connection
 import multiprocessing.queues
@@ -35,13 +36,12 @@ import signal
 import socket
 import sys
 import time
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Coroutine
 from dataclasses import replace
+from multiprocessing.process import BaseProcess
 from typing import Any
 
 import grpc
-import redis as redis_py
-import redis.asyncio as aioredis
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
@@ -54,6 +54,7 @@ from flashstock.server._config import NodeConfig, etcd_endpoints, ledger_url
 from flashstock.server.duties.shard import DutyPolicy, ShardDuties
 from flashstock.server.store.durable import PersistWatch
 from flashstock.server.store.feed import RedisFeed, TakersLoader
+from flashstock.server.store.redis import RedisConnectionError, RedisTimeouts, async_client, blocking_client
 from flashstock.server._incarnation import IncarnationGate
 from flashstock.server._lifeline import Lifeline, tie_to_parent
 from flashstock.server._metrics import METRICS
@@ -99,8 +100,15 @@ class Node:
             self.ledger = Ledger(ledger_url(config))
         except LedgerError as exc:
             raise StartupError(exc.message) from None
+        # The node's two Redis clients (why two: see store/redis.py). The
+        # blocking one waits for the rebuild mutex inside one BLPOP of up to
+        # rebuild_wait_s: its command timeout outlasts that.
+        self.blocking_redis = blocking_client(
+            config.redis_url, RedisTimeouts(connect_s=5.0, command_s=max(10.0, math.ceil(config.rebuild_wait_s) + 5.0))
+        )
+        """Blocking client, used from threads: the rebuild mutex, the incarnation check, reconciliation."""
         self.rebuilder = ShardRebuilder(
-            config.redis_url,
+            self.blocking_redis,
             self.ledger,
             config.request_ttl_s * 1000,
             RebuildPolicy(lock_expire_s=config.rebuild_lock_expire_s, wait_s=config.rebuild_wait_s),
@@ -111,16 +119,15 @@ class Node:
             on_rebuilt=lambda shards: self.store.forget_generations(shards),
         )
         """Holds connections to a (re)started Redis until it was checked against the ledger."""
-        self.redis = aioredis.Redis(
-            connection_pool=aioredis.BlockingConnectionPool.from_url(
-                config.redis_url,
-                max_connections=config.redis_pool_size,
-                timeout=config.redis_timeout_s,
-                socket_timeout=config.redis_timeout_s,
-                socket_connect_timeout=config.redis_timeout_s,
-                redis_connect_func=self.gate.on_connect,
-            )
+        self.redis = async_client(
+            config.redis_url,
+            RedisTimeouts(
+                connect_s=config.redis_timeout_s, command_s=config.redis_timeout_s, pool_wait_s=config.redis_timeout_s
+            ),
+            pool_size=config.redis_pool_size,
+            on_connect=self.gate.on_connect,
         )
+        """The asyncio client of the hot path (and the feed and duties); its connections pass the gate."""
         self.store = StockStore(
             self.redis,
             config.shards,
@@ -139,9 +146,6 @@ class Node:
         self.stock_servicer = StockServicer(self.store, self.book)
         self.health = health.aio.HealthServicer()
         self._tasks: list[asyncio.Task[None]] = []
-        self._reconcile_redis = redis_py.Redis.from_url(
-            config.redis_url, decode_responses=True, socket_timeout=config.redis_timeout_s
-        )
         self.duties: ShardDuties | None = None
         """The shard duties, in the process that runs them."""
         self.ownership: Ownership | None = None
@@ -219,9 +223,10 @@ class Node:
             try:
                 await self.gate.arm()
                 return
-            except redis_py.exceptions.ConnectionError as exc:
+            except RedisConnectionError as exc:
                 if asyncio.get_running_loop().time() > deadline:
-                    raise StartupError(f"redis_url: the Redis at {self.config.redis_url} could not be checked against the ledger: {exc}") from None
+                    raise StartupError(f"redis_url: the Redis at {self.config.redis_url} could not be checked "
+                        f"against the ledger: {exc}") from None
                 await asyncio.sleep(0.2)
 
     async def _bind_settings(self) -> None:
@@ -288,7 +293,7 @@ class Node:
                     batch_size=self.config.persist_batch, max_wait_s=self.config.persist_max_wait_ms / 1000
                 ),
             ),
-            reconcile_redis=self._reconcile_redis,
+            reconcile_redis=self.blocking_redis,
             shard_count=self.config.shards,
         )
         endpoints = etcd_endpoints(self.config)
@@ -355,8 +360,7 @@ class Node:
                 await task
         await self.store.close()
         await self.redis.aclose()
-        self._reconcile_redis.close()
-        self.rebuilder.close()
+        self.blocking_redis.close()
         await asyncio.to_thread(self.ledger.close)
 
     async def run_until_signalled(self, lifeline: Lifeline | None = None) -> None:
@@ -403,7 +407,7 @@ def _setup_logging(config: NodeConfig) -> None:
     logging.getLogger("redis_lock").setLevel(max(logging.WARNING, logging.getLogger().level))
 
 
-def _run(coro_factory) -> None:  # type: ignore[no-untyped-def]
+def _run(coro_factory: Callable[[], Coroutine[Any, Any, None]]) -> None:
     try:
         import uvloop
     except ImportError:
@@ -412,7 +416,9 @@ def _run(coro_factory) -> None:  # type: ignore[no-untyped-def]
         uvloop.run(coro_factory())
 
 
-async def _serve_one(config: NodeConfig, worker_index: int, on_ready, lifeline: Lifeline | None = None) -> None:  # type: ignore[no-untyped-def]
+async def _serve_one(
+    config: NodeConfig, worker_index: int, on_ready: Callable[[int], object], lifeline: Lifeline | None = None
+) -> None:
     node = Node(config, worker_index)
     try:
         port = await node.start()
@@ -488,7 +494,7 @@ def supervise(
     *,
     stop_last: Collection[str] = (),
     stop_last_within: float = 15.0,
-) -> tuple[list[multiprocessing.Process], bool]:
+) -> tuple[list[BaseProcess], bool]:
     """Start one spawned process per ``(target, args, name)`` and see them through.
 
     Each target gets a queue as its last argument and puts on it once it is
@@ -502,17 +508,19 @@ def supervise(
     """
     ctx = multiprocessing.get_context("spawn")
     ready = ctx.Queue()
-    procs = [ctx.Process(target=target, args=(*args, ready), name=name) for target, args, name in targets]
+    procs: list[BaseProcess] = [
+        ctx.Process(target=target, args=(*args, ready), name=name) for target, args, name in targets
+    ]
     first = [p for p in procs if p.name not in stop_last]
     last = [p for p in procs if p.name in stop_last]
     for p in procs:
         p.start()
     signalled_at: list[float] = []  # when the stop began (a list: set from the signal handler)
 
-    def terminate(group: list[multiprocessing.Process]) -> None:
+    def terminate(group: list[BaseProcess]) -> None:
         for p in group:
             if p.is_alive():
-                os.kill(p.pid, signal.SIGTERM)
+                p.terminate()  # SIGTERM
 
     def forward(signum: int, _frame: object) -> None:
         if not signalled_at:

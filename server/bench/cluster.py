@@ -295,7 +295,7 @@ def unsettled(
 
 
 def keepalive_interval_s(lease_ttl_s: int) -> float:
-    """How often a node refreshes its lease: a third of the TTL (:class:`~flashstock.lockmgr.SessionConfig`'s default)."""
+    """How often a node refreshes its lease: a third of the TTL, as :class:`~flashstock.lockmgr.SessionConfig` does."""
     from flashstock.lockmgr import SessionConfig
 
     return SessionConfig(ttl=lease_ttl_s).interval_s
@@ -459,9 +459,7 @@ class _ClusterRun:
         async def wait() -> None:
             import redis.asyncio as aioredis
 
-            from flashstock.lockmgr import etcd_client
-
-            from flashstock.server.cli.cluster import read_view
+            from flashstock.lockmgr import etcd_client, read_view
 
             etcd = etcd_client(cluster.etcd_endpoint)
             r = aioredis.Redis.from_url(cluster.redis_url, decode_responses=True)
@@ -478,7 +476,8 @@ class _ClusterRun:
                     if time.monotonic() - started > timeout:
                         desired = view.desired()
                         detail = "; ".join(
-                            f"shard {s}: map {desired[s]}, etcd {_owner_text(owners.get(s))}, Redis {_fence_text(fences.get(s))}"
+                            f"shard {s}: map {desired[s]}, etcd {_owner_text(owners.get(s))}, "
+                            f"Redis {_fence_text(fences.get(s))}"
                             for s in left[:6]
                         )
                         raise RuntimeError(
@@ -668,7 +667,8 @@ class _ClusterRun:
                 break
             if time.monotonic() > deadline:
                 raise RuntimeError(
-                    f"failover of {victim_id}: {len(epochs) - len(done)} of its {len(epochs)} shards not fenced by a new "
+                    f"failover of {victim_id}: {len(epochs) - len(done)} of its {len(epochs)} shards "
+                    "not fenced by a new "
                     f"owner within {4 * plan.lease_ttl_s + 30} s of its kill"
                 )
             next_at += POLL_S
@@ -748,7 +748,6 @@ class _ClusterRun:
         import redis as redis_py
 
         from flashstock.client import AdminClient, ClientConfig
-
         from flashstock.server.duties.reconcile import reconcile
         from flashstock.server.ledger.reports import open_for_reading
 
@@ -871,13 +870,15 @@ class _ClusterRun:
         cpu = fo["cpu"]
         lines = [
             (
-                f"{fo['over_bound']} of {len(fo['runs'])} runs over the bound; {min(shards)}–{max(shards)} shards moved "
+                f"{fo['over_bound']} of {len(fo['runs'])} runs over the bound; "
+                f"{min(shards)}–{max(shards)} shards moved "
                 f"per run; machine CPU during the runs {cpu['machine_mean']:.0f}% of a core on average, others' up to "
                 f"{cpu['rest_max']:.0f}%"
             ),
         ]
         if cpu["disturbed_runs"]:
-            lines.append(f"[yellow]warning:[/] {cpu['disturbed_runs']} run(s) disturbed: others used > {NOISY_REST_PERCENT:.0f}% of a core")
+            lines.append(f"[yellow]warning:[/] {cpu['disturbed_runs']} run(s) disturbed: "
+                f"others used > {NOISY_REST_PERCENT:.0f}% of a core")
         load = fo.get("load")
         if load:
             lines.append(
@@ -967,7 +968,7 @@ async def _read_fences(r: Any, shards: Iterable[int]) -> dict[int, ShardFence | 
         for shard in chosen:
             pipe.hmget(ShardKeys(shard).meta, *META_FIELDS)
         replies = await pipe.execute()
-    return {shard: parse_fence(values) for shard, values in zip(chosen, replies)}
+    return {shard: parse_fence(values) for shard, values in zip(chosen, replies, strict=True)}
 
 
 def _etcd_metrics(endpoint: str) -> dict[str, float]:
@@ -1012,7 +1013,8 @@ def run_cluster_bench(plan: ClusterBenchPlan, console: Console) -> int:
             folder = Path(plan.folder).expanduser().resolve()
             taken = [n for n in ("one-node", "three-nodes") if (folder / n).exists()]
             if taken:
-                console.print(f"[red]flashstock bench-cluster:[/] --dir {folder} holds {', '.join(taken)} already: give a new folder")
+                console.print(f"[red]flashstock bench-cluster:[/] --dir {folder} holds {', '.join(taken)} already: "
+                    "give a new folder")
                 return 2
         run: _ClusterRun | None = None
         try:

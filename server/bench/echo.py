@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import multiprocessing.queues
 import os
 import signal
 import subprocess
@@ -67,7 +68,7 @@ def handler() -> grpc.GenericRpcHandler:
     )
 
 
-async def _serve(host: str, port: int, workers: int, on_ready) -> None:  # type: ignore[no-untyped-def]
+async def _serve(host: str, port: int, workers: int, on_ready: Callable[[int], object]) -> None:
     # The node's options: SO_REUSEPORT only when several processes share the port.
     server = grpc.aio.server(options=[("grpc.so_reuseport", 1 if workers != 1 else 0)])
     server.add_generic_rpc_handlers((handler(),))
@@ -83,7 +84,7 @@ async def _serve(host: str, port: int, workers: int, on_ready) -> None:  # type:
     await server.stop(0.5)
 
 
-def _run(host: str, port: int, workers: int, on_ready) -> None:  # type: ignore[no-untyped-def]
+def _run(host: str, port: int, workers: int, on_ready: Callable[[int], object]) -> None:
     try:
         import uvloop
     except ImportError:
@@ -92,7 +93,7 @@ def _run(host: str, port: int, workers: int, on_ready) -> None:  # type: ignore[
         uvloop.run(_serve(host, port, workers, on_ready))
 
 
-def _worker(host: str, port: int, workers: int, ready) -> None:  # type: ignore[no-untyped-def]
+def _worker(host: str, port: int, workers: int, ready: multiprocessing.queues.Queue[int]) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent forwards SIGTERM
     _run(host, port, workers, ready.put)
 

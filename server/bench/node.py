@@ -156,10 +156,10 @@ async def _load_serve(index: int, conn: Any, ctrl: Any, progress: Any) -> None:
 async def _load_phase(index: int, phase: dict[str, Any], ctrl: Any, progress: Any) -> dict[str, Any]:
     import grpc
 
-    from flashstock.client._async import _CHANNEL_OPTIONS
+    from flashstock.client import CHANNEL_OPTIONS
     from flashstock.v1 import stock_pb2, stock_pb2_grpc
 
-    channels = [grpc.aio.insecure_channel(phase["target"], options=_CHANNEL_OPTIONS) for _ in range(phase["connections"])]
+    channels = [grpc.aio.insecure_channel(phase["target"], options=CHANNEL_OPTIONS) for _ in range(phase["connections"])]
     try:
         await asyncio.wait_for(asyncio.gather(*(c.channel_ready() for c in channels)), 30)
         stubs = [stock_pb2_grpc.StockServiceStub(c) for c in channels]
@@ -246,7 +246,7 @@ class _LoadProcs:
 
     def wait_ready(self, timeout: float = 60.0) -> None:
         deadline = time.monotonic() + timeout
-        for pipe, proc in zip(self._pipes, self.procs):
+        for pipe, proc in zip(self._pipes, self.procs, strict=True):
             while not pipe.poll(0.1):
                 if not proc.is_alive() or time.monotonic() > deadline:
                     from flashstock.server.local.procs import ProcessError
@@ -276,7 +276,7 @@ class _LoadProcs:
 
     def results(self) -> list[dict[str, Any]]:
         out = []
-        for pipe, proc in zip(self._pipes, self.procs):
+        for pipe, proc in zip(self._pipes, self.procs, strict=True):
             while not pipe.poll(0.2):
                 if not proc.is_alive():
                     raise RuntimeError(f"load process {proc.name} died (exit code {proc.exitcode})")
@@ -415,7 +415,7 @@ class _Cpu:
         for name in before:
             if name.startswith("_"):
                 continue
-            per = [100 * (a - b) / wall for a, b in zip(after[name], before[name])]
+            per = [100 * (a - b) / wall for a, b in zip(after[name], before[name], strict=True)]
             out[name] = round(sum(per), 1)
             ours += sum(per)
             busy = [round(x, 1) for x in per if x >= 0.5]
@@ -537,7 +537,7 @@ class _Run:
                 "connections": plan.connections_per_proc(),
                 "rate": rate * n / plan.buyers if rate else None,
             }
-            for n, budget in zip(buyers, budgets)
+            for n, budget in zip(buyers, budgets, strict=True)
         ]
 
     # -- phases ---------------------------------------------------------------------
@@ -581,7 +581,9 @@ class _Run:
             for name in (server, "redis", "load")
         }
         return {
-            "persister_lag_ms": _lag_quantiles(lag_before, lag_after) if lag_before is not None else None,
+            "persister_lag_ms": (
+                _lag_quantiles(lag_before, lag_after) if lag_before is not None and lag_after is not None else None
+            ),
             "calls_per_s": round(calls / wall, 1),
             "ok_per_s": round(ok / wall, 1),
             "calls": calls,
@@ -814,7 +816,8 @@ class _Run:
                 self.console.print(f"[bold red]FAIL oversell check:[/] {p}")
         else:
             self.console.print(
-                f"[bold green]PASS[/] oversell check: {sale['handed_out']:,} units handed out = stock {sale['stock']:,}, "
+                f"[bold green]PASS[/] oversell check: {sale['handed_out']:,} units handed out "
+                f"= stock {sale['stock']:,}, "
                 f"{sale['ok_answers']:,} OK answers"
             )
         if self.plan.json_out:
@@ -831,7 +834,8 @@ class _Run:
             "flashstock Deduct",
             "bare echo",
             title=(
-                f"Throughput: {plan.buyers} buyers, {plan.seconds:g} s measured, node and echo with {plan.workers} worker(s), "
+                f"Throughput: {plan.buyers} buyers, {plan.seconds:g} s measured, "
+                f"node and echo with {plan.workers} worker(s), "
                 f"{plan.client_procs} load process(es) × {plan.connections_per_proc()} connection(s)"
             ),
         )
@@ -893,7 +897,8 @@ class _Run:
             )
         t.add_row(
             "  used_memory before → after",
-            f"{mem['used_memory_before']:,} → {mem['used_memory_after']:,} B, {mem['recorded']:,} recorded, {mem['keys_added']:,} keys added",
+            f"{mem['used_memory_before']:,} → {mem['used_memory_after']:,} B, {mem['recorded']:,} recorded, "
+            f"{mem['keys_added']:,} keys added",
         )
         t.add_row("sale: units handed out / stock", f"{sale['handed_out']:,} / {sale['stock']:,} (OK answers {sale['ok_answers']:,})")
         t.add_row("sale: sold out after", f"{sale['seconds_to_sell_out']} s")
@@ -963,7 +968,7 @@ def _lag_quantiles(before: dict[float, float], after: dict[float, float]) -> dic
             out[name] = None
             continue
         rank, lower, below = q * total, 0.0, 0.0
-        for bound, cumulative in zip(bounds, counts):
+        for bound, cumulative in zip(bounds, counts, strict=True):
             if cumulative >= rank:
                 upper = bound if bound != float("inf") else lower
                 share = (rank - below) / (cumulative - below) if cumulative > below else 1.0

@@ -1,25 +1,34 @@
-"""``flashstock reconcile``: the comparison of :mod:`flashstock.server.duties.reconcile`, shown."""
+"""``flashstock reconcile``: the comparison of :mod:`flashstock.server.duties.reconcile`, shown.
+
+Reads its settings like ``serve`` (flags > ``FLASHSTOCK_*`` env > config
+file) and talks to Redis and the ledger directly.
+"""
 
 from __future__ import annotations
 
+from typing import Annotated, Optional
+
 import redis as redis_py
 import sqlalchemy as sa
+import typer
 from rich import box
 from rich.console import Console
 from rich.table import Column, Table
 from rich.text import Text
 
+from flashstock.server._config import ledger_url
+from flashstock.server.cli import common
+from flashstock.server.cli.common import ConfigOption, DataDirOption, LedgerOption, read_settings
 from flashstock.server.duties.reconcile import (
-    LABELS,
     Difference,
-    Reconciliation,
     ReconcileError,
+    Reconciliation,
     SkuFigures,
     reconcile,
 )
 from flashstock.server.ledger import Ledger, LedgerError
 from flashstock.server.ledger.reports import open_for_reading
-
+from flashstock.server.store.redis import RedisTimeouts, blocking_client
 
 _SHOWN = ("total", "held", "confirmed", "released", "expired", "available")
 
@@ -33,11 +42,11 @@ def reconcile_table(rec: Reconciliation) -> Table:
     table = Table(
         "sku",
         "side",
-        *(Column(LABELS.get(f, f), justify="right") for f in _SHOWN),
+        *(Column(f, justify="right") for f in _SHOWN),
         "check",
         title="reconcile: Redis against the ledger",
         caption=(
-            "Compared: put, held, confirmed, left and the sale number. Released and expired "
+            "Compared: total, held, confirmed, available and the sale number. Released and expired "
             "are from the ledger only (Redis keeps no counters of them) and not compared."
         ),
         box=box.HORIZONTALS,
@@ -59,21 +68,21 @@ def reconcile_table(rec: Reconciliation) -> Table:
         return out
 
     for sku_id in sorted(set(rec.redis) | set(rec.ledger)):
-        r, l = rec.redis.get(sku_id), rec.ledger.get(sku_id)
+        in_redis, in_ledger = rec.redis.get(sku_id), rec.ledger.get(sku_id)
         diffs = by_sku.get(sku_id, [])
         differing = {d.figure for d in diffs}
-        if r is None:
+        if in_redis is None:
             check = Text("only in the ledger", style="bold red")
-        elif l is None:
+        elif in_ledger is None:
             check = Text("only in Redis", style="bold red")
         elif diffs:
-            parts = [f"sale {d.redis} ≠ {d.ledger}" if d.figure == "sale" else LABELS[d.figure] for d in diffs]
+            parts = [f"sale {d.redis} ≠ {d.ledger}" if d.figure == "sale" else d.figure for d in diffs]
             check = Text("differs: " + ", ".join(parts), style="bold red")
         else:
             check = Text("ok", style="green")
-        shard = (r or l).shard  # type: ignore[union-attr]
-        table.add_row(sku_id, "redis", *cells(r, differing), check)
-        table.add_row(Text(f"shard {shard}", style="dim"), "ledger", *cells(l, differing), "", end_section=True)
+        shard = (in_redis or in_ledger).shard  # type: ignore[union-attr]
+        table.add_row(sku_id, "redis", *cells(in_redis, differing), check)
+        table.add_row(Text(f"shard {shard}", style="dim"), "ledger", *cells(in_ledger, differing), "", end_section=True)
     return table
 
 
@@ -116,7 +125,7 @@ def run_reconcile(
     """Reconcile and print it; the exit code: 0 agreed, 1 differences, 2 could not run."""
     err = err_console or console
     try:
-        client = redis_py.Redis.from_url(redis_url, decode_responses=True, socket_timeout=5, socket_connect_timeout=5)
+        client = blocking_client(redis_url, RedisTimeouts(connect_s=5, command_s=5))
     except ValueError as exc:
         _error(err, f"redis_url: {exc}")
         return 2
@@ -148,3 +157,44 @@ def run_reconcile(
         return 2
     print_reconciliation(rec, console)
     return 0 if rec.ok else 1
+
+
+def reconcile_command(
+    redis_url: Annotated[
+        Optional[str],
+        typer.Option(help="Redis holding the stock, as for serve (env FLASHSTOCK_REDIS_URL).", show_default=False),
+    ] = None,
+    shards: Annotated[
+        Optional[int],
+        typer.Option(
+            help="Logical shards of the cluster, as for serve (env FLASHSTOCK_SHARDS; default 64).", show_default=False
+        ),
+    ] = None,
+    ledger: LedgerOption = None,
+    data_dir: DataDirOption = None,
+    sku: Annotated[Optional[str], typer.Option(help="Only this SKU; default every SKU of either side.")] = None,
+    wait: Annotated[
+        float, typer.Option(help="Most seconds to wait for the persister to catch up with the Redis logs.")
+    ] = 10.0,
+    config: ConfigOption = None,
+) -> None:
+    """Compare each SKU's stock in Redis with the ledger: total, held, confirmed, available.
+
+    Waits until the ledger holds every log entry the Redis figures rest on
+    (up to --wait seconds), then prints both sides. Exit code 0 when they
+    agree, 1 on any difference (a SKU on one side only included), 2 when it
+    cannot run.
+    """
+    if wait < 0:
+        raise typer.BadParameter("must be >= 0", param_hint="--wait")
+    settings = read_settings("reconcile", config, redis_url=redis_url, shards=shards, ledger=ledger, data_dir=data_dir)
+    code = run_reconcile(
+        settings.redis_url,
+        ledger_url(settings),
+        settings.shards,
+        common.console,
+        sku_id=sku,
+        wait_s=wait,
+        err_console=common.err_console,
+    )
+    raise typer.Exit(code)

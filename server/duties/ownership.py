@@ -26,13 +26,14 @@ import contextlib
 import logging
 import os
 import time
+from collections.abc import AsyncGenerator
 from typing import TYPE_CHECKING
-
-import redis.asyncio as aioredis
 
 from flashstock.lockmgr import CoordinationError, EtcdSession, LeaseLost, NodeIdTaken, NodeInfo, Overrides, SessionConfig, ShardCountMismatch, ShardLease, ShardOwner, assign, claim, etcd_client, init_cluster, release, shard_ranges, watch_overrides, watch_owners
 
 from flashstock.server.store.keys import ShardKeys
+from flashstock.server.store.redis import AsyncRedis
+from flashstock.server.store.replies import FenceReply
 
 from flashstock.server.duties.shard import ShardDuties, stop_task
 from flashstock.server._metrics import METRICS
@@ -61,7 +62,7 @@ class Ownership:
         address: str,
         shards: int,
         session: SessionConfig,
-        redis: aioredis.Redis,
+        redis: AsyncRedis,
         ledger: Ledger,
         duties: ShardDuties,
     ) -> None:
@@ -217,7 +218,7 @@ class Ownership:
             if self._ready():
                 await self._reconcile(session)
 
-    async def _feed(self, snapshots, attribute: str) -> None:  # type: ignore[no-untyped-def]
+    async def _feed(self, snapshots: AsyncGenerator[object, None], attribute: str) -> None:
         try:
             async for value in snapshots:
                 setattr(self, attribute, value)
@@ -295,12 +296,12 @@ class Ownership:
                 await self._scripts.fence(keys=[k.meta], args=[k.prefix, lease.epoch, self.node_id], client=pipe)
             replies = await pipe.execute()
         ok = set()
-        for lease, (code, stored) in zip(leases, replies):
-            if code < 0:
+        for lease, fenced in zip(leases, map(FenceReply.decode, replies), strict=True):
+            if not fenced.taken:
                 METRICS.fenced_writes.labels(store="redis", duty="claim").inc()
                 log.error(
                     "shard %d: claimed under epoch %d but Redis holds epoch %d (etcd was reset?): not taking it",
-                    lease.shard, lease.epoch, stored,
+                    lease.shard, lease.epoch, fenced.stored_epoch,
                 )
             else:
                 ok.add(lease.shard)

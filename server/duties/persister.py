@@ -20,13 +20,12 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import TypeVar
 
-import redis.asyncio as aioredis
-import redis.exceptions
-
 from flashstock.server.store.keys import PERSISTED_CHANNEL, ShardKeys
 
 from flashstock.server.store.durable import parse_id
 from flashstock.server._metrics import METRICS
+from flashstock.server.store.redis import AsyncRedis, AsyncScript, KeyT, NoScriptError, RedisError, StreamIdT
+from flashstock.server.store.replies import announced
 from flashstock.server.store.scripts import StockScripts
 from flashstock.server.ledger import Fenced, Ledger
 
@@ -75,12 +74,12 @@ class Persister:
 
     def __init__(
         self,
-        redis: aioredis.Redis,
+        redis: AsyncRedis,
         ledger: Ledger,
         epochs: Mapping[int, int | None],
         policy: PersistPolicy = PersistPolicy(),
         on_fenced: Callable[[int, str], None] | None = None,
-        scripts: StockScripts | None = None,
+        scripts: StockScripts[AsyncScript] | None = None,
     ) -> None:
         """Persist the shards of ``epochs`` (shard -> owner epoch; None: a
         standalone node, recorded as epoch 0). ``on_fenced(shard, store)`` is
@@ -172,9 +171,9 @@ class Persister:
                 for shard in self._shards:
                     pipe.get(ShardKeys(shard).persisted)
                 held = await pipe.execute()
-        except redis.exceptions.RedisError:
+        except RedisError:
             return  # the first round announces them all
-        for shard, value in zip(self._shards, held):
+        for shard, value in zip(self._shards, held, strict=True):
             if value is not None and value.decode() == self._committed[shard]:
                 self._announced[shard] = self._committed[shard]
 
@@ -201,11 +200,11 @@ class Persister:
                 )
             try:
                 replies = await pipe.execute()
-            except redis.exceptions.NoScriptError:
+            except NoScriptError:
                 self._scripts_loaded = False  # a restarted Redis: load them again, then announce
                 raise
-        for (shard, last), reply in zip(due.items(), replies):
-            if reply == 1:
+        for (shard, last), reply in zip(due.items(), replies, strict=True):
+            if announced(reply):
                 self._announced[shard] = last
             else:
                 self._fenced(shard, "redis")
@@ -230,7 +229,7 @@ class Persister:
 
     async def _read(self, block: bool) -> dict[int, list[tuple[str, dict[str, str]]]]:
         """New entries per shard, each shard's rebuild generation read in the same instant."""
-        streams = {ShardKeys(shard).log: self._positions[shard] for shard in self._shards}
+        streams: dict[KeyT, StreamIdT] = {ShardKeys(shard).log: self._positions[shard] for shard in self._shards}
         if not streams:
             if block:
                 await asyncio.sleep(self._policy.block_s)

@@ -22,32 +22,54 @@ every shard so whenever a node meets a Redis it has not checked yet (see
 fences as any rebuild.
 
 python-redis-lock is blocking (and its timeouts are whole seconds), so the
-rebuild runs in a thread with a blocking Redis client, off the event loop.
+rebuild runs in a thread with a blocking Redis client, off the event loop:
+the node's blocking client (:func:`~flashstock.server.store.redis.blocking_client`),
+with the scripts of the node's one registry registered on it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import enum
 import json
 import logging
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any, cast
 
-import redis
-import redis_lock
+import redis_lock  # type: ignore[import-untyped]  # python-redis-lock ships no annotations
 
 from flashstock.client import Unavailable
 from flashstock.server.store.keys import CONFIG_KEY, SHARD_READY, SKU_INDEX_KEY, ShardKeys
 
 from flashstock.server.store.durable import parse_id
 from flashstock.server._metrics import METRICS
-from flashstock.server.store.scripts import script_source
+from flashstock.server.store.redis import BlockingRedis, BlockingScript, redis_errors
+from flashstock.server.store.replies import RebuildStep
+from flashstock.server.store.scripts import StockScripts
 from flashstock.server.ledger import Ledger, ShardSnapshot
 
 log = logging.getLogger(__name__)
 
 _LETTER = {"held": "H", "confirmed": "C", "released": "R", "expired": "X"}
+
+
+class RebuildResult(enum.StrEnum):
+    """What became of a request to rebuild a shard; the value is its label in ``flashstock_rebuilds``."""
+
+    REBUILT = "rebuilt"
+    """This call rebuilt the shard from the ledger."""
+    READY = "ready"
+    """The shard was whole already (another rebuilder did it, or it was never lost)."""
+    FRESH = "fresh"
+    """Asked to rebuild a shard older than the ledger: it is not (:func:`stale_reason` found nothing)."""
+    STALE = "stale"
+    """A newer rebuild (generation, or the mutex's token) overtook this one: it stopped, writing nothing more."""
+    BUSY = "busy"
+    """The rebuild mutex was not free within the wait."""
+    FENCED = "fenced"
+    """The owner epoch given is older than the shard's stored one: a newer owner exists."""
 
 
 @dataclass(frozen=True)
@@ -167,21 +189,25 @@ def stale_reason(
 class ShardRebuilder:
     """Rebuilds shards from the ledger: one at a time per shard, fenced."""
 
-    def __init__(self, redis_url: str, ledger: Ledger, record_ttl_ms: int, policy: RebuildPolicy = RebuildPolicy()) -> None:
-        self._sync = redis.Redis.from_url(redis_url, socket_timeout=10, socket_connect_timeout=5)
-        self._script = self._sync.register_script(script_source("rebuild"))
+    def __init__(
+        self, redis: BlockingRedis, ledger: Ledger, record_ttl_ms: int, policy: RebuildPolicy = RebuildPolicy()
+    ) -> None:
+        """``redis``: a blocking client (its owner closes it) whose command timeout outlasts ``policy.wait_s``
+        (the mutex is waited for inside one BLPOP)."""
+        self._sync = redis
+        self._script: BlockingScript = StockScripts.register(redis).rebuild
         self._ledger = ledger
         self._record_ttl_ms = record_ttl_ms
         self._policy = policy
-        self._running: dict[int, asyncio.Task[str]] = {}
+        self._running: dict[int, asyncio.Task[RebuildResult]] = {}
         self.before_install: Callable[[int], None] | None = None
         """A test's failpoint: called in the rebuild thread after loading, before installing."""
-        self.lock_factory: Callable[[redis.Redis, str], redis_lock.Lock] = lambda client, name: redis_lock.Lock(
+        self.lock_factory: Callable[[BlockingRedis, str], redis_lock.Lock] = lambda client, name: redis_lock.Lock(
             client, name, expire=policy.lock_expire_s, auto_renewal=True
         )
         """Makes the rebuild mutex (a test may make one that is not renewed)."""
 
-    async def ensure(self, shard: int, epoch: int | None = None) -> str:
+    async def ensure(self, shard: int, epoch: int | None = None) -> RebuildResult:
         """Make sure ``shard`` is whole in Redis, rebuilding it if need be; returns what happened.
 
         ``epoch``: the shard owner's (the warden's rebuild is a duty write,
@@ -193,34 +219,36 @@ class ShardRebuilder:
         if task is None:
             task = asyncio.ensure_future(asyncio.to_thread(self.rebuild, shard, epoch))
             self._running[shard] = task
-            task.add_done_callback(lambda _t, s=shard: self._running.pop(s, None))
+            task.add_done_callback(lambda _t: self._running.pop(shard, None))
         try:
             return await asyncio.wait_for(asyncio.shield(task), self._policy.wait_s)
         except TimeoutError:
             raise Unavailable(f"shard {shard} is being rebuilt from the ledger", retry_after=0.5, shard=shard) from None
-        except redis.exceptions.ConnectionError as exc:
-            raise Unavailable(f"Redis is unreachable: {exc}", retry_after=0.2, shard=shard) from None
 
-    def rebuild(self, shard: int, epoch: int | None = None, when_behind: bool = False) -> str:
-        """Rebuild ``shard`` (blocking): 'rebuilt', 'ready' (someone else did), 'stale', 'busy'
-        or 'fenced' (``epoch`` is older than the shard's stored one).
+    def rebuild(self, shard: int, epoch: int | None = None, when_behind: bool = False) -> RebuildResult:
+        """Rebuild ``shard`` (blocking): REBUILT, READY (someone else did), STALE, BUSY
+        or FENCED (``epoch`` is older than the shard's stored one).
 
         ``when_behind``: also rebuild a ready shard that is older than the
-        ledger (:func:`stale_reason`, decided under the mutex); 'fresh' when
-        it is not."""
+        ledger (:func:`stale_reason`, decided under the mutex); FRESH when
+        it is not. A Redis failure raises :class:`Unavailable`."""
+        with redis_errors(shard):
+            return self._rebuild(shard, epoch, when_behind)
+
+    def _rebuild(self, shard: int, epoch: int | None, when_behind: bool) -> RebuildResult:
         k = ShardKeys(shard)
         lock = self.lock_factory(self._sync, k.rebuild_lock)
         if not lock.acquire(blocking=True, timeout=max(1, math.ceil(self._policy.wait_s))):
-            METRICS.rebuilds.labels("busy").inc()
-            return "busy"
+            METRICS.rebuilds.labels(RebuildResult.BUSY.value).inc()
+            return RebuildResult.BUSY
         try:
-            meta = self._sync.hgetall(k.meta)
+            meta = cast("dict[bytes, bytes]", self._sync.hgetall(k.meta))  # the client does not decode
             if meta.get(b"state") == SHARD_READY:
                 if not when_behind:
-                    return "ready"
+                    return RebuildResult.READY
                 reason = self._stale([shard]).get(shard)
                 if reason is None:
-                    return "fresh"
+                    return RebuildResult.FRESH
                 log.warning("shard %d: Redis is older than the ledger (%s); rebuilding it from the ledger", shard, reason)
             expected = meta.get(b"gen", b"").decode()
             seconds, micros = self._sync.time()
@@ -234,8 +262,8 @@ class ShardRebuilder:
             if self.before_install is not None:
                 self.before_install(shard)
             result = self._install(k, lock.id, snap, cursor[1] if cursor else "0-0", expected, epoch)
-            METRICS.rebuilds.labels(result).inc()
-            if result == "rebuilt":
+            METRICS.rebuilds.labels(result.value).inc()
+            if result is RebuildResult.REBUILT:
                 log.log(
                     logging.WARNING if snap.skus else logging.INFO,
                     "shard %d rebuilt from the ledger: generation %d, %d SKUs, %d records",
@@ -250,22 +278,25 @@ class ShardRebuilder:
 
     def _install(
         self, k: ShardKeys, token: str, snap: ShardSnapshot, cursor: str, expected: str, epoch: int | None
-    ) -> str:
+    ) -> RebuildResult:
         keys = [k.meta, f"lock:{k.rebuild_lock}"]
-        common = [token, snap.generation, k.prefix, self._record_ttl_ms]
-        begun = self._script(keys=keys, args=["begin", *common, expected, cursor, snap.epoch, "" if epoch is None else epoch])
-        if begun == b"FENCED":
-            return "fenced"
-        if begun != b"OK":
-            return "stale"
+        common: list[str | int] = [token, snap.generation, k.prefix, self._record_ttl_ms]
+        begun = self._step(keys, ["begin", *common, expected, cursor, snap.epoch, "" if epoch is None else epoch])
+        if begun is RebuildStep.FENCED:
+            return RebuildResult.FENCED
+        if begun is not RebuildStep.OK:
+            return RebuildResult.STALE
         for step, payload in install_steps(snap, self._policy.chunk):
-            if self._script(keys=keys, args=[step, *common, payload]) != b"OK":
-                return "stale"
-        if self._script(keys=keys, args=["commit", *common]) != b"OK":
-            return "stale"
+            if self._step(keys, [step, *common, payload]) is not RebuildStep.OK:
+                return RebuildResult.STALE
+        if self._step(keys, ["commit", *common]) is not RebuildStep.OK:
+            return RebuildResult.STALE
         if snap.skus:  # the SKU index is global (not the shard's slot): written on its own
             self._sync.zadd(SKU_INDEX_KEY, {s.sku_id: 0 for s in snap.skus})
-        return "rebuilt"
+        return RebuildResult.REBUILT
+
+    def _step(self, keys: list[str], args: list[Any]) -> RebuildStep:
+        return RebuildStep.decode(self._script(keys=keys, args=args))
 
     def run_id(self) -> str:
         """The run id of the Redis this rebuilder talks to (new with every start of Redis)."""
@@ -281,8 +312,12 @@ class ShardRebuilder:
         ledger must not overwrite another's state: the node's binding check
         stops it).
         """
+        with redis_errors():
+            return self._verify(shards, ledger_id)
+
+    def _verify(self, shards: int, ledger_id: str | None) -> tuple[str, list[int]]:
         run_id = self.run_id()
-        bound = self._sync.hget(CONFIG_KEY, "ledger_id")
+        bound = cast("bytes | None", self._sync.hget(CONFIG_KEY, "ledger_id"))  # the client does not decode
         if ledger_id is not None and bound is not None and bound.decode() != ledger_id:
             raise Unavailable(f"this Redis is bound to ledger {bound.decode()}, not to this node's {ledger_id}")
         rebuilt = []
@@ -290,9 +325,9 @@ class ShardRebuilder:
             if reason is None:
                 continue
             result = self.rebuild(shard, when_behind=True)
-            if result == "rebuilt":
+            if result is RebuildResult.REBUILT:
                 rebuilt.append(shard)
-            elif result not in ("fresh", "ready"):
+            elif result not in (RebuildResult.FRESH, RebuildResult.READY):
                 raise Unavailable(f"shard {shard} is older than the ledger and could not be rebuilt yet ({result})", shard=shard)
         return run_id, rebuilt
 
@@ -322,7 +357,3 @@ class ShardRebuilder:
                 bool(entry),
             )
         return out
-
-    def close(self) -> None:
-        """Close the blocking Redis client."""
-        self._sync.close()

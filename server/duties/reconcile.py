@@ -1,8 +1,9 @@
 """Reconciliation: the stock figures in Redis against the ledger's, SKU by SKU.
 
-Redis keeps per SKU the units put on sale (``total``), ``held``, confirmed
-(``conf``) and left (``avail``); the ledger holds every deduction with its
-state, from which the same figures follow. Both rest on the shard logs: Redis
+Redis keeps per SKU its figures ``total``, ``held``, ``confirmed`` and
+``available`` (in the hash fields ``total``, ``held``, ``conf``, ``avail``);
+the ledger holds every deduction with its state, from which the same figures
+follow. Both rest on the shard logs: Redis
 writes a change and its log entry in one script, the persister drains the log
 into the ledger. Once the ledger has caught up with a shard's log, the two
 sides must agree to the unit; :func:`reconcile` waits for that, reads both,
@@ -20,22 +21,20 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-
-import redis as redis_py
+from typing import Any
 
 from flashstock.lockmgr import shard_of
 
 from flashstock.server.store.keys import SHARD_READY, SKU_INDEX_KEY, ShardKeys
 
 from flashstock.server.store.durable import parse_id
+from flashstock.server.store.redis import BlockingRedis, ResponseError
+from flashstock.server.store.replies import sku_hash
 from flashstock.server.ledger import Ledger, SkuState
 from flashstock.server.ledger.reports import persisted_cursors, sku_shards
 
 COMPARED = ("total", "held", "confirmed", "available", "sale")
-"""The figures both sides keep, compared one to one."""
-
-LABELS = {"total": "put", "held": "held", "confirmed": "confirmed", "available": "left", "sale": "sale"}
-"""How the figures are named in the table and the messages."""
+"""The figures both sides keep, compared one to one; the table and the messages name them so too."""
 
 
 class ReconcileError(Exception):
@@ -55,7 +54,7 @@ class SkuFigures:
     confirmed: int
     """Units sold for good."""
     available: int
-    """Units left."""
+    """Units still for sale: total less held and confirmed."""
     sale: int
     """The sale number (+1 on every put)."""
     released: int | None = None
@@ -81,19 +80,21 @@ class Difference:
         if self.figure == "presence":
             side = "Redis" if self.ledger is None else "the ledger"
             return f"{self.sku_id}: only in {side}"
-        return f"{self.sku_id}: {LABELS[self.figure]} {self.redis} in Redis, {self.ledger} in the ledger"
+        return f"{self.sku_id}: {self.figure} {self.redis} in Redis, {self.ledger} in the ledger"
 
 
-def figures_from_hash(sku_id: str, shard: int, fields: Mapping[str, str]) -> SkuFigures:
-    """A SKU's figures from its Redis hash (fields as documented in ``lua/_lib.lua``)."""
+def figures_from_hash(sku_id: str, shard: int, fields: Mapping[Any, Any]) -> SkuFigures:
+    """A SKU's figures from its Redis hash (HGETALL, as bytes or text), read by
+    :func:`~flashstock.server.store.replies.sku_hash`."""
+    h = sku_hash(sku_id, fields)
     return SkuFigures(
         sku_id=sku_id,
         shard=shard,
-        total=int(fields.get("total", 0)),
-        held=int(fields.get("held", 0)),
-        confirmed=int(fields.get("conf", 0)),
-        available=int(fields.get("avail", 0)),
-        sale=int(fields.get("sale", 0)),
+        total=h.total,
+        held=h.held,
+        confirmed=h.confirmed,
+        available=h.available,
+        sale=h.sale,
     )
 
 
@@ -118,12 +119,14 @@ def compare(redis_rows: Iterable[SkuFigures], ledger_rows: Iterable[SkuFigures])
     ledger_by_id = {r.sku_id: r for r in ledger_rows}
     out: list[Difference] = []
     for sku_id in sorted(set(redis_by_id) | set(ledger_by_id)):
-        r, l = redis_by_id.get(sku_id), ledger_by_id.get(sku_id)
-        if r is None or l is None:
-            out.append(Difference(sku_id, "presence", None if r is None else 1, None if l is None else 1))
+        in_redis, in_ledger = redis_by_id.get(sku_id), ledger_by_id.get(sku_id)
+        if in_redis is None or in_ledger is None:
+            out.append(
+                Difference(sku_id, "presence", None if in_redis is None else 1, None if in_ledger is None else 1)
+            )
             continue
         for figure in COMPARED:
-            a, b = getattr(r, figure), getattr(l, figure)
+            a, b = getattr(in_redis, figure), getattr(in_ledger, figure)
             if a != b:
                 out.append(Difference(sku_id, figure, a, b))
     return out
@@ -157,11 +160,15 @@ def unsettled_reason(mark: LogMark, cursor: str | None) -> str | None:
     return f"the ledger is behind the log ({cursor or 'nothing'} < {mark.last_id})"
 
 
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
 def read_redis(
-    client: redis_py.Redis, shards: Sequence[int], sku_ids: Sequence[str], shard_count: int
+    client: BlockingRedis, shards: Sequence[int], sku_ids: Sequence[str], shard_count: int
 ) -> tuple[dict[int, LogMark], dict[str, SkuFigures]]:
     """The log marks of ``shards`` and the figures of ``sku_ids`` (those defined), read in
-    one MULTI, so they are of one moment. ``client`` must decode responses."""
+    one MULTI, so they are of one moment. ``client`` may decode responses or not."""
     with client.pipeline(transaction=True) as pipe:
         for shard in shards:
             keys = ShardKeys(shard)
@@ -173,14 +180,16 @@ def read_redis(
     marks: dict[int, LogMark] = {}
     for i, shard in enumerate(shards):
         info, state = replies[2 * i], replies[2 * i + 1]
-        if isinstance(info, redis_py.ResponseError):
+        state = None if state is None else _text(state)
+        if isinstance(info, ResponseError):
             if "no such key" not in str(info).lower():
                 raise info
             marks[shard] = LogMark(0, "0-0", state)
         else:
-            marks[shard] = LogMark(int(info["length"]), str(info["last-generated-id"]), state)
+            info = {_text(k): v for k, v in info.items()}
+            marks[shard] = LogMark(int(info["length"]), _text(info["last-generated-id"]), state)
     rows: dict[str, SkuFigures] = {}
-    for sku_id, fields in zip(sku_ids, replies[2 * len(shards) :]):
+    for sku_id, fields in zip(sku_ids, replies[2 * len(shards) :], strict=True):
         if isinstance(fields, Exception):
             raise fields
         if fields:
@@ -215,7 +224,7 @@ def _check_shards(ledger_shards: Mapping[str, int], shard_count: int) -> None:
 
 
 def read_once(
-    client: redis_py.Redis,
+    client: BlockingRedis,
     ledger: Ledger,
     shard_count: int,
     sku_id: str | None = None,
@@ -228,12 +237,12 @@ def read_once(
     every log entry the Redis figures rest on and no entry was added
     meanwhile: both sides then describe the same moment. The others are
     named in ``unsettled``; their SKUs are compared too, and may differ only
-    because the persister is behind. ``client`` must decode responses.
+    because the persister is behind.
     """
     only = None if shards is None else set(shards)
     ledger_shards = sku_shards(ledger.engine, sku_id)
     _check_shards(ledger_shards, shard_count)
-    redis_ids = [sku_id] if sku_id is not None else list(client.zrange(SKU_INDEX_KEY, 0, -1))
+    redis_ids = [sku_id] if sku_id is not None else [_text(i) for i in client.zrange(SKU_INDEX_KEY, 0, -1)]
     ids = sorted(i for i in set(ledger_shards) | set(redis_ids) if only is None or shard_of(i, shard_count) in only)
     read_shards = sorted({shard_of(i, shard_count) for i in ids})
     marks, redis_rows = read_redis(client, read_shards, ids, shard_count)
@@ -259,7 +268,7 @@ def read_once(
 
 
 def reconcile(
-    client: redis_py.Redis,
+    client: BlockingRedis,
     ledger: Ledger,
     shard_count: int,
     sku_id: str | None = None,
@@ -272,7 +281,7 @@ def reconcile(
     Reads both sides (:func:`read_once`) until no shard is unsettled,
     calling ``on_wait`` with the shards still unsettled, for up to
     ``wait_s`` seconds; after that it returns the last reading, whose
-    ``unsettled`` names those shards. ``client`` must decode responses.
+    ``unsettled`` names those shards.
     """
     started = time.monotonic()
     deadline = started + wait_s

@@ -2,17 +2,17 @@
 
 :class:`ShardDuties` runs them for a set of shards, each under its owner
 epoch; :meth:`ShardDuties.assign` changes the set (the ownership follower in
-``_ownership.py`` calls it as shards come and go; a standalone node gives it
+:mod:`.ownership` calls it as shards come and go; a standalone node gives it
 every shard once, with no epoch). Every write a duty makes carries its
 shard's epoch and is refused by the store when a newer owner's is stored: a
 refused shard is dropped from the duties at once and reported to
 ``on_fenced``, and counted in ``flashstock_fenced_writes``.
 
-- the **persister** drains the shards' logs into the ledger (``_persister.py``);
+- the **persister** drains the shards' logs into the ledger (:mod:`.persister`);
 - the **reaper** returns the units of holds whose time ran out (``reap.lua``);
 - the **warden** rebuilds, from the ledger, a shard whose Redis state is gone;
 - **reconciliation** compares Redis with the ledger for the shards, and
-  reports the differences as metrics and log lines (``_reconcile.py``); it
+  reports the differences as metrics and log lines (:mod:`.reconcile`); it
   only reads.
 """
 
@@ -24,16 +24,14 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-import redis as redis_py
-import redis.asyncio as aioredis
-
 from flashstock.client import FlashstockError
 from flashstock.server.store.keys import SHARD_READY, ShardKeys
 
 from flashstock.server._metrics import METRICS
 from flashstock.server.duties.persister import PersistPolicy, Persister
-from flashstock.server.duties.rebuild import ShardRebuilder
+from flashstock.server.duties.rebuild import RebuildResult, ShardRebuilder
 from flashstock.server.duties.reconcile import read_once, settled_differences
+from flashstock.server.store.redis import AsyncRedis, AsyncScript, BlockingRedis
 from flashstock.server.store.scripts import StockScripts
 from flashstock.server.store.stock import StockStore
 from flashstock.server.ledger import Ledger
@@ -85,17 +83,17 @@ class ShardDuties:
 
     def __init__(
         self,
-        redis: aioredis.Redis,
+        redis: AsyncRedis,
         ledger: Ledger,
         store: StockStore,
         rebuilder: ShardRebuilder,
         policy: DutyPolicy = DutyPolicy(),
         on_fenced: Callable[[int], None] | None = None,
-        reconcile_redis: redis_py.Redis | None = None,
+        reconcile_redis: BlockingRedis | None = None,
         shard_count: int = 0,
     ) -> None:
-        """``reconcile_redis`` (a blocking client that decodes responses) and
-        ``shard_count`` are for reconciliation, which runs when both are given."""
+        """``reconcile_redis`` (a blocking client) and ``shard_count`` are for
+        reconciliation, which runs when both are given."""
         self._redis = redis
         self._reconcile_redis = reconcile_redis
         self._shard_count = shard_count
@@ -115,7 +113,7 @@ class ShardDuties:
         """The running persister (None while no shard is owned)."""
 
     @property
-    def scripts(self) -> StockScripts:
+    def scripts(self) -> StockScripts[AsyncScript]:
         """The node's scripts (the stock store's, loaded at start)."""
         return self._store.scripts
 
@@ -191,11 +189,11 @@ class ShardDuties:
             for shard in epochs:
                 pipe.hget(ShardKeys(shard).meta, "state")
             states = await pipe.execute()
-        missing = [shard for shard, state in zip(epochs, states) if state != SHARD_READY]
+        missing = [shard for shard, state in zip(epochs, states, strict=True) if state != SHARD_READY]
         for shard in missing:
             if shard not in self._epochs:
                 continue  # given up meanwhile
-            if await self._rebuilder.ensure(shard, epochs[shard]) == "fenced":
+            if await self._rebuilder.ensure(shard, epochs[shard]) is RebuildResult.FENCED:
                 METRICS.fenced_writes.labels(store="redis", duty="warden").inc()
                 log.warning("fenced: shard %d, epoch %s is stale in redis (warden): a newer owner exists", shard, epochs[shard])
                 self._fenced(shard)

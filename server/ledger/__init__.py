@@ -1,5 +1,6 @@
 """The SQL ledger (SQLite or PostgreSQL) and its migrations."""
 
+from flashstock.server.ledger._changes import SkuChange
 from flashstock.server.ledger._ledger import (
     HEAD,
     Fenced,
@@ -7,8 +8,8 @@ from flashstock.server.ledger._ledger import (
     LedgerError,
     Record,
     ShardSnapshot,
-    StaleGeneration,
     SkuState,
+    StaleGeneration,
     create_engine,
     schema_revision,
     sqlite_url,
@@ -22,8 +23,9 @@ __all__ = [
     "LedgerError",
     "Record",
     "ShardSnapshot",
-    "StaleGeneration",
+    "SkuChange",
     "SkuState",
+    "StaleGeneration",
     "create_engine",
     "schema_revision",
     "sqlite_url",

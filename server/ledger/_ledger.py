@@ -23,8 +23,9 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
-from flashstock.client import FlashstockError
+from flashstock.client.errors import FlashstockError
 
+from flashstock.server.ledger._changes import SkuChange
 from flashstock.server.ledger._schema import STATES, admin_requests, deductions, ledger_meta, persister_cursors, shard_epochs, shard_generations, skus
 
 HEAD = "0004"
@@ -32,16 +33,28 @@ HEAD = "0004"
 
 
 class LedgerError(FlashstockError):
-    """The ledger cannot be used: the message names the setting or file to fix."""
+    """The ledger cannot be used, or refused a write: the root of the ledger's errors.
+
+    Raised as itself, the ledger cannot be used (a database that cannot be
+    reached, is no ledger, or has another schema): the message names the
+    setting or file to fix. Its subclasses are writes the ledger refused
+    because a newer writer superseded them; nothing was written.
+    """
+
+    reason = "LEDGER"
 
 
-class Fenced(FlashstockError):
+class Fenced(LedgerError):
     """A write carried an epoch lower than the shard's: a newer owner exists."""
 
+    reason = "FENCED"
 
-class StaleGeneration(FlashstockError):
+
+class StaleGeneration(LedgerError):
     """Log entries read before a rebuild of their shard began: their log is gone,
     and the rebuilt state does not hold them, so neither may the ledger."""
+
+    reason = "STALE_GENERATION"
 
 
 def sqlite_url(data_dir: str | Path) -> str:
@@ -185,7 +198,7 @@ class SkuState:
 
     @property
     def available(self) -> int:
-        """Units left: total less held and confirmed."""
+        """Units still for sale: total less held and confirmed."""
         return self.total - self.held - self.confirmed
 
 
@@ -289,10 +302,12 @@ class Ledger:
 
     def _insert(self, table: sa.Table) -> Any:
         if self._dialect == "postgresql":
-            from sqlalchemy.dialects.postgresql import insert
-        else:
-            from sqlalchemy.dialects.sqlite import insert
-        return insert(table)
+            from sqlalchemy.dialects import postgresql
+
+            return postgresql.insert(table)
+        from sqlalchemy.dialects import sqlite
+
+        return sqlite.insert(table)
 
     # -- writes ----------------------------------------------------------------
 
@@ -412,12 +427,13 @@ class Ledger:
 
     def _apply_sku_op(self, conn: Connection, shard: int, event: str, f: dict[str, str], at_ms: int) -> None:
         sku_id = f["k"]
+        change = SkuChange.of_log_event(event)
         if f.get("r"):  # the admin call itself, for its resends after a Redis loss (entries of older nodes lack it)
             row = {"sku_id": sku_id, "request_id": f["r"], "fingerprint": f.get("f", ""), "applied_ms": at_ms}
             conn.execute(
                 self._insert(admin_requests).values(**row).on_conflict_do_nothing(index_elements=["sku_id", "request_id"])
             )
-        if event == "P":
+        if change is SkuChange.PUT:
             row = {
                 "sku_id": sku_id,
                 "shard": shard,
@@ -434,10 +450,11 @@ class Ledger:
             }
             stmt = self._insert(skus).values(**row)
             conn.execute(stmt.on_conflict_do_update(index_elements=["sku_id"], set_={k: v for k, v in row.items() if k != "sku_id"}))
-        elif event == "A":  # the new total, absolute: applying it twice changes nothing
+        elif change is SkuChange.ADJUST:  # the new total, absolute: applying it twice changes nothing
             conn.execute(skus.update().where(skus.c.sku_id == sku_id).values(total=int(f["q"]), updated_ms=at_ms))
-        elif event in ("Z", "U"):
-            conn.execute(skus.update().where(skus.c.sku_id == sku_id).values(paused=event == "Z", updated_ms=at_ms))
+        elif change in (SkuChange.PAUSE, SkuChange.RESUME):
+            paused = change is SkuChange.PAUSE
+            conn.execute(skus.update().where(skus.c.sku_id == sku_id).values(paused=paused, updated_ms=at_ms))
 
     def claim_epoch(self, shard: int, epoch: int, owner: str, now_ms: int) -> None:
         """Record a new owner's ``epoch`` for ``shard`` before its duties run;

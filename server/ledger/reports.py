@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import os
 import sqlite3
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote
@@ -42,9 +43,10 @@ _SQLITE_MAGIC = b"SQLite format 3\x00"
 def _shown(url: sa.engine.URL | str) -> str:
     if isinstance(url, str):
         try:
-            url = sa.engine.make_url(url)
+            parsed = sa.engine.make_url(url)
         except Exception:  # noqa: BLE001 - shown as given
             return url
+        url = parsed
     return url.render_as_string(hide_password=True)
 
 
@@ -82,7 +84,7 @@ class Probe:
     """The schema revision; None for an empty database (or no file)."""
 
 
-def _tables_revision(tables: set[str], read_version, where: str) -> str | None:  # type: ignore[no-untyped-def]
+def _tables_revision(tables: set[str], read_version: Callable[[], str | None], where: str) -> str | None:
     if "alembic_version" in tables:
         return read_version()
     if tables:
@@ -280,8 +282,8 @@ class SkuSales:
     mode: str
     total: int
     """Units put on sale, after adjustments."""
-    sold: int = 0
-    """Units confirmed: Deducts, and Holds confirmed."""
+    confirmed: int = 0
+    """Units confirmed (sold for good): Deducts, and Holds confirmed."""
     held: int = 0
     """Units in open holds."""
     buyers: int = 0
@@ -298,9 +300,9 @@ class SkuSales:
     """When the last unit still handed out was taken; 0 = none."""
 
     @property
-    def left(self) -> int:
-        """Units still available: total less sold and held."""
-        return self.total - self.sold - self.held
+    def available(self) -> int:
+        """Units still for sale: total less confirmed and held."""
+        return self.total - self.confirmed - self.held
 
 
 _HOLD_FIELD = {"confirmed": "holds_confirmed", "expired": "holds_expired", "released": "holds_released", "held": "holds_open"}
@@ -338,7 +340,7 @@ def sales_report(engine: Engine, sku_id: str | None = None) -> list[SkuSales]:
             return []
         for sku, state, qty in conn.execute(units):
             if state == "confirmed":
-                rows[sku].sold = int(qty)
+                rows[sku].confirmed = int(qty)
             else:
                 rows[sku].held = int(qty)
         for sku, state, count in conn.execute(holds):

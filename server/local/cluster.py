@@ -596,7 +596,8 @@ class LocalCluster:
         if running:
             names = ", ".join(f"{p.name} (pid {p.pid})" for p in running)
             raise ProcessError(
-                f"a cluster is running in {self.folder}: {names}; stop it first (flashstock cluster down --dir {self.folder})"
+                f"a cluster is running in {self.folder}: {names}; "
+                f"stop it first (flashstock cluster down --dir {self.folder})"
             )
 
     def _start_etcd(self, previous: LocalCluster | None) -> None:
@@ -871,10 +872,12 @@ def _health(address: str, timeout: float) -> str:
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
     with grpc.insecure_channel(address) as channel:
+        # types-grpcio-health-checking leaves out the stub's methods (grpc sets them in __init__).
+        check = health_pb2_grpc.HealthStub(channel).Check  # type: ignore[attr-defined]
         try:
-            reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=""), timeout=timeout)
+            reply = check(health_pb2.HealthCheckRequest(service=""), timeout=timeout)
         except grpc.RpcError as exc:
-            return f"unreachable ({exc.code().name})"  # type: ignore[attr-defined]
+            return f"unreachable ({exc.code().name})"
     return health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
 
 

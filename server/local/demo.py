@@ -29,11 +29,10 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from flashstock.client import AsyncAdminClient, AsyncStockClient, ClientConfig, DeductResult, Mode, Outcome
-from flashstock.lockmgr import drain, etcd_client, shard_of
-
-from flashstock.server.cli.cluster import map_table, read_view
-from flashstock.server.local.cluster import LocalCluster
+from flashstock.lockmgr import drain, etcd_client, read_view, shard_of
 from flashstock.server.cli.reconcile import run_reconcile
+from flashstock.server.cli.shards import map_table
+from flashstock.server.local.cluster import LocalCluster
 
 SKU = "demo-hot-sku"
 

@@ -3,7 +3,7 @@
 Each method validates its request (pure checks, no I/O), answers a sold-out
 SKU from node memory where the promise allows it, makes one store call, and
 turns the typed result into a reply. Errors leave through :func:`_rpc`, which
-maps them with the one table in :mod:`flashstock.client._errors`: a caller
+maps them with the one table in :mod:`flashstock.client.errors`: a caller
 never sees a stack trace, and the node keeps serving.
 
 Requests are decoded by :func:`add_services`, not by grpc's generated
@@ -20,7 +20,7 @@ import functools
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import grpc
 from grpc_status import rpc_status
@@ -32,12 +32,14 @@ from flashstock.client import (
     InvalidArgument,
     Mode,
     Sku,
+    SkuDefinition,
+    to_status,
 )
-from flashstock.client._errors import to_status
 from flashstock.v1 import admin_pb2, admin_pb2_grpc, stock_pb2, stock_pb2_grpc
 
 from flashstock.server.rpc import validate as v
 from flashstock.server._log_gate import LogGate
+from flashstock.server.ledger import SkuChange
 from flashstock.server.store.soldout import SoldOutBook
 from flashstock.server.store.stock import StockStore
 
@@ -50,6 +52,7 @@ SERVICE_NAMES = (
 """Full names of the services a node serves (for health and reflection)."""
 
 _R = TypeVar("_R")
+_E = TypeVar("_E", bound=int)
 
 
 @dataclass(frozen=True)
@@ -148,6 +151,12 @@ def _check(violations: list) -> None:
         raise InvalidArgument(f"invalid request: {fields}", shown)
 
 
+def _enum_pb(kind: type[_E], value: int) -> _E:
+    # ``value`` as a member of the protobuf enum ``kind``, for the type checker only: protoc's .pyi types
+    # an enum field as its enum class, which no plain int is; on the wire it is the int.
+    return cast(_E, int(value))
+
+
 def _deduction_pb(d: Deduction | None) -> stock_pb2.Deduction | None:
     if d is None:
         return None
@@ -156,7 +165,7 @@ def _deduction_pb(d: Deduction | None) -> stock_pb2.Deduction | None:
         sku_id=d.sku_id,
         user_id=d.user_id,
         qty=d.qty,
-        state=int(d.state),
+        state=_enum_pb(stock_pb2.DeductionState, d.state),
         expires_at_ms=d.expires_at_ms,
         taken_at_ms=d.taken_at_ms,
     )
@@ -174,7 +183,7 @@ def _sku_pb(s: Sku) -> admin_pb2.Sku:
         sale_start_ms=s.sale_start_ms,
         sale_end_ms=s.sale_end_ms,
         paused=s.paused,
-        mode=int(s.mode),
+        mode=_enum_pb(admin_pb2.Mode, s.mode),
         shard=s.shard,
     )
 
@@ -201,7 +210,11 @@ class StockServicer(stock_pb2_grpc.StockServiceServicer):
         if refused is not None:
             return refused
         r = await self._store.take(request.sku_id, request.user_id, request.qty, request.request_id)
-        return stock_pb2.DeductReply(outcome=int(r.outcome), deduction=_deduction_pb(r.deduction), stock_left=r.stock_left)
+        return stock_pb2.DeductReply(
+            outcome=_enum_pb(stock_pb2.Outcome, r.outcome),
+            deduction=_deduction_pb(r.deduction),
+            stock_left=r.stock_left,
+        )
 
     @_rpc
     async def Hold(self, request: stock_pb2.HoldRequest, context: Any) -> stock_pb2.HoldReply:
@@ -213,26 +226,41 @@ class StockServicer(stock_pb2_grpc.StockServiceServicer):
         if refused is not None:
             return refused
         r = await self._store.hold(request.sku_id, request.user_id, request.qty, request.request_id, request.ttl_ms)
-        return stock_pb2.HoldReply(outcome=int(r.outcome), deduction=_deduction_pb(r.deduction), stock_left=r.stock_left)
+        return stock_pb2.HoldReply(
+            outcome=_enum_pb(stock_pb2.Outcome, r.outcome),
+            deduction=_deduction_pb(r.deduction),
+            stock_left=r.stock_left,
+        )
 
     @_rpc
     async def Confirm(self, request: stock_pb2.ConfirmRequest, context: Any) -> stock_pb2.ConfirmReply:
         _check(v.settle_violations(request.sku_id, request.hold_id, request.request_id))
         r = await self._store.settle(request.sku_id, request.hold_id, request.request_id, confirm=True)
-        return stock_pb2.ConfirmReply(outcome=int(r.outcome), deduction=_deduction_pb(r.deduction))
+        return stock_pb2.ConfirmReply(
+            outcome=_enum_pb(stock_pb2.Outcome, r.outcome), deduction=_deduction_pb(r.deduction)
+        )
 
     @_rpc
     async def Release(self, request: stock_pb2.ReleaseRequest, context: Any) -> stock_pb2.ReleaseReply:
         _check(v.settle_violations(request.sku_id, request.hold_id, request.request_id))
         r = await self._store.settle(request.sku_id, request.hold_id, request.request_id, confirm=False)
-        return stock_pb2.ReleaseReply(outcome=int(r.outcome), deduction=_deduction_pb(r.deduction), stock_left=r.stock_left)
+        return stock_pb2.ReleaseReply(
+            outcome=_enum_pb(stock_pb2.Outcome, r.outcome),
+            deduction=_deduction_pb(r.deduction),
+            stock_left=r.stock_left,
+        )
 
     @_rpc
     async def GetStock(self, request: stock_pb2.GetStockRequest, context: Any) -> stock_pb2.GetStockReply:
         _check(v.id_violations("sku_id", request.sku_id))
         s = await self._store.stock_level(request.sku_id)
         return stock_pb2.GetStockReply(
-            sku_id=s.sku_id, total=s.total, available=s.available, held=s.held, confirmed=s.confirmed, sold_out=s.sold_out
+            sku_id=s.sku_id,
+            total=s.total,
+            available=s.available,
+            held=s.held,
+            confirmed=s.confirmed,
+            sold_out=s.sold_out,
         )
 
     @_rpc
@@ -255,8 +283,13 @@ class StockServicer(stock_pb2_grpc.StockServiceServicer):
                 )
         r = await self._store.batch(request.user_id, items, request.request_id)
         return stock_pb2.BatchDeductReply(
-            outcome=int(r.outcome),
-            items=[stock_pb2.BatchItemResult(sku_id=i.sku_id, outcome=int(i.outcome), stock_left=i.stock_left) for i in r.items],
+            outcome=_enum_pb(stock_pb2.Outcome, r.outcome),
+            items=[
+                stock_pb2.BatchItemResult(
+                    sku_id=i.sku_id, outcome=_enum_pb(stock_pb2.Outcome, i.outcome), stock_left=i.stock_left
+                )
+                for i in r.items
+            ],
         )
 
 
@@ -272,28 +305,18 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
 
     @_rpc
     async def PutSku(self, request: admin_pb2.PutSkuRequest, context: Any) -> admin_pb2.PutSkuReply:
-        _check(
-            v.put_violations(
-                request.sku_id,
-                request.stock,
-                request.per_user_limit,
-                request.max_per_request,
-                request.sale_start_ms,
-                request.sale_end_ms,
-                request.request_id,
-                request.mode,
-            )
+        definition = SkuDefinition(
+            sku_id=request.sku_id,
+            stock=request.stock,
+            per_user_limit=request.per_user_limit,
+            max_per_request=request.max_per_request,
+            sale_start_ms=request.sale_start_ms,
+            sale_end_ms=request.sale_end_ms,
+            # 0 (unspecified) is fast; any other number is refused just below.
+            mode=Mode.DURABLE if request.mode == admin_pb2.MODE_DURABLE else Mode.FAST,
         )
-        r = await self._store.put_sku(
-            request.sku_id,
-            request.stock,
-            request.per_user_limit,
-            request.max_per_request,
-            request.sale_start_ms,
-            request.sale_end_ms,
-            Mode.DURABLE if request.mode == admin_pb2.MODE_DURABLE else Mode.FAST,
-            request.request_id,
-        )
+        _check(v.put_violations(definition, request.request_id) + v.mode_violations(request.mode))
+        r = await self._store.put_sku(definition, request.request_id)
         return self._admin_reply(admin_pb2.PutSkuReply, r)
 
     @_rpc
@@ -310,19 +333,19 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
     @_rpc
     async def AdjustStock(self, request: admin_pb2.AdjustStockRequest, context: Any) -> admin_pb2.AdjustStockReply:
         _check(v.adjust_violations(request.sku_id, request.delta, request.request_id))
-        r = await self._store.change_sku(request.sku_id, "adjust", request.request_id, request.delta)
+        r = await self._store.change_sku(request.sku_id, SkuChange.ADJUST, request.request_id, request.delta)
         return self._admin_reply(admin_pb2.AdjustStockReply, r)
 
     @_rpc
     async def PauseSku(self, request: admin_pb2.PauseSkuRequest, context: Any) -> admin_pb2.PauseSkuReply:
         _check(v.id_violations("sku_id", request.sku_id) + v.id_violations("request_id", request.request_id))
-        r = await self._store.change_sku(request.sku_id, "pause", request.request_id)
+        r = await self._store.change_sku(request.sku_id, SkuChange.PAUSE, request.request_id)
         return self._admin_reply(admin_pb2.PauseSkuReply, r)
 
     @_rpc
     async def ResumeSku(self, request: admin_pb2.ResumeSkuRequest, context: Any) -> admin_pb2.PauseSkuReply:
         _check(v.id_violations("sku_id", request.sku_id) + v.id_violations("request_id", request.request_id))
-        r = await self._store.change_sku(request.sku_id, "resume", request.request_id)
+        r = await self._store.change_sku(request.sku_id, SkuChange.RESUME, request.request_id)
         return self._admin_reply(admin_pb2.PauseSkuReply, r)
 
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from flashstock.client import FieldViolation, Mode
+from flashstock.client import FieldViolation, Mode, SkuDefinition
 
 MAX_ID_BYTES = 128
 """Longest sku_id, user_id, request_id (and ListSkus prefix), in UTF-8 bytes."""
@@ -126,28 +126,24 @@ def mode_violations(mode: int) -> list[FieldViolation]:
     return []
 
 
-def put_violations(
-    sku_id: str,
-    stock: int,
-    per_user_limit: int,
-    max_per_request: int,
-    sale_start_ms: int,
-    sale_end_ms: int,
-    request_id: str,
-    mode: int = 0,
-) -> list[FieldViolation]:
-    """PutSku."""
+def put_violations(definition: SkuDefinition, request_id: str) -> list[FieldViolation]:
+    """PutSku: the definition's fields and the request id.
+
+    The mode the request carried is checked on its own (:func:`mode_violations`),
+    as sent: a definition holds a :class:`~flashstock.client.Mode`, which no
+    unknown number becomes.
+    """
+    d = definition
     out = [
-        *id_violations("sku_id", sku_id),
+        *id_violations("sku_id", d.sku_id),
         *id_violations("request_id", request_id),
-        *_range("stock", stock, 0, MAX_STOCK),
-        *_range("per_user_limit", per_user_limit, 0, MAX_STOCK),
-        *_range("max_per_request", max_per_request, 0, MAX_QTY),
-        *_range("sale_start_ms", sale_start_ms, 0, MAX_TIME_MS),
-        *_range("sale_end_ms", sale_end_ms, 0, MAX_TIME_MS),
-        *mode_violations(mode),
+        *_range("stock", d.stock, 0, MAX_STOCK),
+        *_range("per_user_limit", d.per_user_limit, 0, MAX_STOCK),
+        *_range("max_per_request", d.max_per_request, 0, MAX_QTY),
+        *_range("sale_start_ms", d.sale_start_ms, 0, MAX_TIME_MS),
+        *_range("sale_end_ms", d.sale_end_ms, 0, MAX_TIME_MS),
     ]
-    if sale_start_ms > 0 and sale_end_ms > 0 and sale_end_ms <= sale_start_ms:
+    if d.sale_start_ms > 0 and d.sale_end_ms > 0 and d.sale_end_ms <= d.sale_start_ms:
         out.append(FieldViolation("sale_end_ms", "must be after sale_start_ms"))
     return out
 

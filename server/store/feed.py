@@ -17,13 +17,13 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 
-import redis.asyncio as aioredis
-
 from flashstock.lockmgr import shard_of
 
 from flashstock.server.store.keys import PERSISTED_CHANNEL, SHARD_READY, SOLD_OUT_CHANNEL, ShardKeys
 
 from flashstock.server.store.durable import PersistWatch
+from flashstock.server.store.redis import AsyncRedis
+from flashstock.server.store.replies import SKU_FIELDS
 from flashstock.server.store.soldout import SoldOutBook
 
 log = logging.getLogger(__name__)
@@ -50,7 +50,7 @@ class TakersLoader:
     PATIENCE_S = 30.0
     """How long a load waits for a shard being rebuilt (its records are installed after its SKUs)."""
 
-    def __init__(self, redis: aioredis.Redis, book: SoldOutBook, shards: int, record_ttl_ms: int) -> None:
+    def __init__(self, redis: AsyncRedis, book: SoldOutBook, shards: int, record_ttl_ms: int) -> None:
         self._redis = redis
         self._book = book
         self._shards = shards
@@ -92,13 +92,13 @@ class TakersLoader:
         keys = ShardKeys(shard_of(sku_id, self._shards))
         async with self._redis.pipeline(transaction=False) as pipe:
             pipe.time()
-            pipe.hmget(keys.sku(sku_id), "sv", "avail")
+            pipe.hmget(keys.sku(sku_id), SKU_FIELDS["stock_version"], SKU_FIELDS["available"])
             pipe.hget(keys.meta, "state")
-            (seconds, micros), (sv, avail), state = await pipe.execute()
+            (seconds, micros), (sv, available), state = await pipe.execute()
         if state != SHARD_READY:
             # Being rebuilt: its SKUs (and their sell-outs) come back before its records.
             raise _ShardNotReady(f"shard {keys.shard} is not whole")
-        if sv is None or int(sv) != version or int(avail or 0) > 0:
+        if sv is None or int(sv) != version or int(available or 0) > 0:
             return None
         generation = (seconds * 1000 + micros // 1000) // self._record_ttl_ms
         takers: set[str] = set()
@@ -107,7 +107,7 @@ class TakersLoader:
             async for field, _record in self._redis.hscan_iter(bucket, count=1000):
                 takers.add(field.decode())
         async with self._redis.pipeline(transaction=False) as pipe:
-            pipe.hget(keys.sku(sku_id), "sv")
+            pipe.hget(keys.sku(sku_id), SKU_FIELDS["stock_version"])
             pipe.hget(keys.meta, "state")
             sv_after, state_after = await pipe.execute()
         if state_after != SHARD_READY:
@@ -122,7 +122,7 @@ class RedisFeed:
 
     def __init__(
         self,
-        redis: aioredis.Redis,
+        redis: AsyncRedis,
         book: SoldOutBook,
         watch: PersistWatch,
         shards: int,

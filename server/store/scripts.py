@@ -5,15 +5,18 @@ and reply; ``lua/_lib.lua`` is prepended to each, so shared helpers are
 written once and each script is still a single SCRIPT LOAD. redis-py's
 ``Script`` runs EVALSHA and, on NOSCRIPT (a restarted or flushed Redis),
 loads the script again and retries.
+
+:class:`StockScripts` is the one registry: the node's asyncio client and the
+rebuilder's blocking client register the same scripts from it.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from importlib import resources
+from typing import Any, Generic, TypeVar, overload
 
-import redis.asyncio as aioredis
-from redis.commands.core import AsyncScript
+from flashstock.server.store.redis import AsyncRedis, AsyncScript, BlockingRedis, BlockingScript
 
 _NAMES = ("deduct", "settle", "reap", "batch", "put_sku", "adjust_sku", "rebuild", "announce", "fence", "bind")
 
@@ -24,38 +27,48 @@ def script_source(name: str) -> str:
     return (lua / "_lib.lua").read_text() + "\n" + (lua / f"{name}.lua").read_text()
 
 
-@dataclass(frozen=True)
-class StockScripts:
-    """The scripts, registered on one Redis client."""
+_S = TypeVar("_S", AsyncScript, BlockingScript)
 
-    deduct: AsyncScript
+
+@dataclass(frozen=True)
+class StockScripts(Generic[_S]):
+    """The scripts, registered on one Redis client (an asyncio or a blocking one)."""
+
+    deduct: _S
     """Take units of one SKU (Deduct, Hold): deduct.lua."""
-    settle: AsyncScript
+    settle: _S
     """Confirm or release a hold: settle.lua."""
-    reap: AsyncScript
+    reap: _S
     """Expire a shard's due holds: reap.lua."""
-    batch: AsyncScript
+    batch: _S
     """All-or-nothing deduction of several SKUs: batch.lua."""
-    put_sku: AsyncScript
+    put_sku: _S
     """Define a SKU: put_sku.lua."""
-    adjust_sku: AsyncScript
+    adjust_sku: _S
     """Adjust stock, pause, resume: adjust_sku.lua."""
-    rebuild: AsyncScript
+    rebuild: _S
     """Install a shard's state from the ledger: rebuild.lua."""
-    announce: AsyncScript
+    announce: _S
     """Record, announce and trim up to a shard's persisted cursor, fenced: announce.lua."""
-    fence: AsyncScript
+    fence: _S
     """Raise a shard's stored owner epoch to a new owner's: fence.lua."""
-    bind: AsyncScript
+    bind: _S
     """Bind the settings every node on the Redis must share, once: bind.lua."""
 
-    @classmethod
-    def register(cls, redis: aioredis.Redis) -> StockScripts:
-        """Register every script on ``redis`` (loaded lazily, by SHA)."""
-        return cls(**{name: redis.register_script(script_source(name)) for name in _NAMES})
+    @overload
+    @staticmethod
+    def register(redis: AsyncRedis) -> StockScripts[AsyncScript]: ...
+    @overload
+    @staticmethod
+    def register(redis: BlockingRedis) -> StockScripts[BlockingScript]: ...
+    @staticmethod
+    def register(redis: AsyncRedis | BlockingRedis) -> StockScripts[AsyncScript] | StockScripts[BlockingScript]:
+        """Register every script on ``redis`` (loaded lazily, by SHA, on first use)."""
+        scripts: dict[str, Any] = {name: redis.register_script(script_source(name)) for name in _NAMES}
+        return StockScripts(**scripts)
 
-    async def load(self, redis: aioredis.Redis) -> None:
-        """Load every script now, so the first requests find them cached."""
+    async def load(self, redis: AsyncRedis) -> None:
+        """Load every script into Redis now, so the first requests find them cached."""
         for name in _NAMES:
             script = getattr(self, name)
             script.sha = await redis.script_load(script.script)

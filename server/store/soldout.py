@@ -15,8 +15,8 @@ that very stock version; those ids still go to Redis, which answers them from
 their records. Until the ids are in, every request goes to Redis, which is
 always right.
 
-:class:`SoldOutBook` is pure; :class:`~._feed.TakersLoader` loads the ids,
-:class:`~._feed.RedisFeed` brings the news.
+:class:`SoldOutBook` is pure; :class:`~.feed.TakersLoader` loads the ids,
+:class:`~.feed.RedisFeed` brings the news.
 """
 
 from __future__ import annotations

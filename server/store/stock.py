@@ -2,32 +2,29 @@
 
 A thin adapter: it names the keys (:class:`~flashstock.server.store.keys.ShardKeys`),
 runs one script per operation, and hands the reply to the pure decoders in
-:mod:`._replies`. Around every call, the same two rules:
+:mod:`.replies`. Around every call, the same two rules:
 
 - a shard whose state is missing in Redis is rebuilt from the ledger
-  (:class:`~._rebuild.ShardRebuilder`), then the call is sent once more;
+  (:class:`~flashstock.server.duties.rebuild.ShardRebuilder`), then the call is sent once more;
 - an answer about a durable SKU (and every admin change) is returned only
-  once the ledger holds its log entry (:class:`~._durable.PersistWatch`)
+  once the ledger holds its log entry (:class:`~.durable.PersistWatch`)
   and the shard was not rebuilt since the call (a rebuilt shard has a new
   log, whose entry ids pass those of the lost one: "persisted up to" says
   nothing then about an entry of the lost log); past ``durable_wait_s``,
   or after a rebuild, the caller gets UNAVAILABLE, and a retry with the
   same request id returns the real outcome.
 
-Redis connection failures surface as :class:`~flashstock.client.Unavailable`.
+Redis failures surface as :class:`~flashstock.client.Unavailable`
+(:class:`~flashstock.server.store.redis.redis_errors`).
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, TypeVar
-
-import redis.asyncio as aioredis
-import redis.exceptions
+from typing import Any, TypeVar, cast
 
 from flashstock.client import (
     AdminResult,
@@ -36,6 +33,7 @@ from flashstock.client import (
     Mode,
     SettleResult,
     Sku,
+    SkuDefinition,
     SkuNotFound,
     SkuPage,
     StockLevel,
@@ -47,9 +45,11 @@ from flashstock.server.store.keys import SHARD_READY, SKU_INDEX_KEY, ShardKeys
 from flashstock.server.store import replies as _replies
 from flashstock.server.store.coalesce import ShardCoalescer
 from flashstock.server.store.durable import PersistWatch
+from flashstock.server.store.redis import AsyncRedis, redis_errors
 from flashstock.server._log_gate import LogGate
 from flashstock.server._metrics import METRICS
 from flashstock.server.duties.rebuild import ShardRebuilder
+from flashstock.server.ledger import SkuChange
 from flashstock.server.store.replies import Answer, ShardMissing
 from flashstock.server.store.scripts import StockScripts
 from flashstock.server.store.soldout import SoldOutBook
@@ -68,19 +68,9 @@ class StoreLimits:
     default_hold_ms: int = 600_000
     """Hold length when a Hold asks for 0."""
     coalesce_window_s: float = 0.002
-    """Least time between two deduction calls of a busy shard (see :mod:`._coalesce`)."""
+    """Least time between two deduction calls of a busy shard (see :mod:`.coalesce`)."""
     durable_wait_s: float = 2.0
     """How long a durable reply waits for the ledger before answering UNAVAILABLE."""
-
-
-@contextlib.asynccontextmanager
-async def _redis_errors() -> AsyncIterator[None]:
-    try:
-        yield
-    except redis.exceptions.BusyLoadingError as exc:  # a ConnectionError: test it first
-        raise Unavailable("Redis is loading its data", retry_after=0.5) from exc
-    except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError) as exc:
-        raise Unavailable(f"Redis is unreachable: {exc}", retry_after=0.2) from exc
 
 
 _T = TypeVar("_T")
@@ -91,7 +81,7 @@ class StockStore:
 
     def __init__(
         self,
-        redis: aioredis.Redis,
+        redis: AsyncRedis,
         shards: int,
         book: SoldOutBook,
         watch: PersistWatch,
@@ -121,7 +111,7 @@ class StockStore:
 
     @property
     def max_hold_ms(self) -> int:
-        """The longest hold this node allows (the one rule, :func:`~._validate.max_hold_ms`)."""
+        """The longest hold this node allows (the one rule, :func:`~flashstock.server.rpc.validate.max_hold_ms`)."""
         return max_hold_ms(self._limits.request_ttl_s)
 
     def keys(self, sku_id: str) -> ShardKeys:
@@ -135,7 +125,7 @@ class StockStore:
 
     async def load_scripts(self) -> None:
         """Load every script into Redis now (else on first use)."""
-        async with _redis_errors():
+        async with redis_errors():
             await self._scripts.load(self._redis)
 
     async def close(self) -> None:
@@ -153,7 +143,7 @@ class StockStore:
         (for :meth:`wait_persisted`).
         """
         shards = sorted({shard_of(sku_id, self._shards) for sku_id in sku_ids})
-        async with _redis_errors():
+        async with redis_errors():
             try:
                 generations = {shard: await self._generation_before(shard) for shard in shards}
                 return await call(), generations
@@ -175,7 +165,8 @@ class StockStore:
     async def _generation_before(self, shard: int) -> bytes | None:
         """The shard's generation as last read (read now if never): at most the one a call sent next sees."""
         if shard not in self._generations:
-            self._generations[shard] = await self._redis.hget(ShardKeys(shard).meta, "gen")
+            # The store's client does not decode replies: bytes, which redis-py's types (bytes | str) cannot tell.
+            self._generations[shard] = cast("bytes | None", await self._redis.hget(ShardKeys(shard).meta, "gen"))
         return self._generations[shard]
 
     async def _generation_now(self, shard: int) -> bytes | None:
@@ -188,8 +179,8 @@ class StockStore:
     async def _read_generation(self, shard: int) -> bytes | None:
         # Whoever joined this read did so before it is sent; later callers start another.
         del self._generation_reads[shard]
-        async with _redis_errors():
-            generation = await self._redis.hget(ShardKeys(shard).meta, "gen")
+        async with redis_errors():
+            generation = cast("bytes | None", await self._redis.hget(ShardKeys(shard).meta, "gen"))
         self._generations[shard] = generation
         return generation
 
@@ -209,8 +200,8 @@ class StockStore:
         """
         if not await self._watch.wait(shard, log_id, self._limits.durable_wait_s):
             # An announcement may have been missed (a reconnect): ask the shard's cursor.
-            async with _redis_errors():
-                persisted = await self._redis.get(ShardKeys(shard).persisted)
+            async with redis_errors():
+                persisted = cast("bytes | None", await self._redis.get(ShardKeys(shard).persisted))
             if persisted is not None:
                 self._watch.learn(shard, persisted.decode())
             if not self._watch.holds(shard, log_id):
@@ -306,7 +297,7 @@ class StockStore:
     async def get_sku(self, sku_id: str) -> Sku:
         """The definition and counters of ``sku_id``."""
         k = self.keys(sku_id)
-        async with _redis_errors():
+        async with redis_errors():
             fields = await self._redis.hgetall(k.sku(sku_id))
             if not fields and await self._redis.hget(k.meta, "state") != SHARD_READY:
                 await self._rebuilder.ensure(k.shard)
@@ -321,14 +312,16 @@ class StockStore:
         # 0xFF as a raw byte: no UTF-8 byte is that high, so every id with the
         # prefix sorts below it (the character U+00FF would be b"\xc3\xbf").
         stop = b"[" + prefix.encode() + b"\xff" if prefix else "+"
-        async with _redis_errors():
+        async with redis_errors():
             ids = await self._redis.zrangebylex(SKU_INDEX_KEY, start, stop, start=0, num=page_size + 1)
-            names = [i.decode() for i in ids]
+            names = [i.decode() for i in cast("list[bytes]", ids)]
             async with self._redis.pipeline(transaction=False) as pipe:
                 for sku_id in names[:page_size]:
                     pipe.hgetall(self.keys(sku_id).sku(sku_id))
                 hashes = await pipe.execute()
-        skus = tuple(sku for sku_id, fields in zip(names, hashes) if fields and (sku := self._listed(sku_id, fields)))
+        # The page's ids, each with its hash; the one id past the page only says that another page follows.
+        pairs = zip(names[:page_size], hashes, strict=True)
+        skus = tuple(sku for sku_id, fields in pairs if fields and (sku := self._listed(sku_id, fields)))
         more = len(names) > page_size
         return SkuPage(skus=skus, next_page_token=names[page_size - 1] if more else "")
 
@@ -343,53 +336,46 @@ class StockStore:
                 log.warning("ListSkus leaves out %s (%d times since the last such line)", exc.message, held_back)
             return None
 
-    async def put_sku(
-        self,
-        sku_id: str,
-        stock: int,
-        per_user_limit: int,
-        max_per_request: int,
-        sale_start_ms: int,
-        sale_end_ms: int,
-        mode: Mode,
-        request_id: str,
-    ) -> AdminResult:
-        """Define ``sku_id`` (again), restarting its sale."""
-        k = self.keys(sku_id)
-        async with _redis_errors():
+    async def put_sku(self, definition: SkuDefinition, request_id: str) -> AdminResult:
+        """Put ``definition`` on sale (again: restarts the SKU's sale)."""
+        d = definition
+        k = self.keys(d.sku_id)
+        async with redis_errors():
             # The index first: a SKU may be listed a moment before it exists,
             # never exist without being listed.
-            await self._redis.zadd(SKU_INDEX_KEY, {sku_id: 0})
+            await self._redis.zadd(SKU_INDEX_KEY, {d.sku_id: 0})
 
         async def call() -> Answer[AdminResult]:
             raw = await self._scripts.put_sku(
-                keys=[k.sku(sku_id), k.users(sku_id), k.sold_out, k.admin_record(sku_id, request_id), k.log],
+                keys=[k.sku(d.sku_id), k.users(d.sku_id), k.sold_out, k.admin_record(d.sku_id, request_id), k.log],
                 args=[
-                    sku_id,
-                    stock,
-                    per_user_limit,
-                    max_per_request,
-                    sale_start_ms,
-                    sale_end_ms,
-                    "durable" if mode is Mode.DURABLE else "fast",
+                    d.sku_id,
+                    d.stock,
+                    d.per_user_limit,
+                    d.max_per_request,
+                    d.sale_start_ms,
+                    d.sale_end_ms,
+                    "durable" if d.mode is Mode.DURABLE else "fast",
                     self._limits.request_ttl_s,
                     k.prefix,
                     request_id,
                 ],
             )
-            return _replies.admin_result(raw, sku_id, k.shard, request_id)
+            return _replies.admin_result(raw, d.sku_id, k.shard, request_id)
 
-        answer, generations = await self._call((sku_id,), call)
+        answer, generations = await self._call((d.sku_id,), call)
         return await self._settled(k.shard, answer, generations)
 
-    async def change_sku(self, sku_id: str, op: str, request_id: str, delta: int = 0) -> AdminResult:
-        """Adjust stock by ``delta`` (op ``adjust``), or ``pause`` / ``resume``."""
+    async def change_sku(self, sku_id: str, change: SkuChange, request_id: str, delta: int = 0) -> AdminResult:
+        """Adjust the stock by ``delta`` (:attr:`~SkuChange.ADJUST`), or pause or resume the sale."""
+        if change is SkuChange.PUT:
+            raise ValueError("put a SKU with put_sku")
         k = self.keys(sku_id)
 
         async def call() -> Answer[AdminResult]:
             raw = await self._scripts.adjust_sku(
                 keys=[k.sku(sku_id), k.sold_out, k.admin_record(sku_id, request_id), k.log],
-                args=[sku_id, op, delta, self._limits.request_ttl_s, k.prefix, MAX_STOCK, request_id],
+                args=[sku_id, change.value, delta, self._limits.request_ttl_s, k.prefix, MAX_STOCK, request_id],
             )
             return _replies.admin_result(raw, sku_id, k.shard, request_id)
 
@@ -409,7 +395,7 @@ class StockStore:
         fenced: list[int] = []
         if not shards:
             return 0, fenced
-        async with _redis_errors():
+        async with redis_errors():
             async with self._redis.pipeline(transaction=False) as pipe:
                 pipe.time()
                 for shard in shards:
@@ -417,16 +403,17 @@ class StockStore:
                 now_s, *earliest = await pipe.execute()
             now_ms = now_s[0] * 1000 + now_s[1] // 1000
             expired = 0
-            for shard, first in zip(shards, earliest):
+            for shard, first in zip(shards, earliest, strict=True):
                 if first and first[0][1] <= now_ms:
                     k = ShardKeys(shard)
                     epoch = epochs[shard]
-                    done = await self._scripts.reap(
-                        keys=[k.hold_expiries, k.log],
-                        args=[k.prefix, most_per_shard, self._record_ttl_ms, "" if epoch is None else epoch],
+                    reaped = _replies.ReapReply.decode(
+                        await self._scripts.reap(
+                            keys=[k.hold_expiries, k.log],
+                            args=[k.prefix, most_per_shard, self._record_ttl_ms, "" if epoch is None else epoch],
+                        )
                     )
-                    if done < 0:
+                    if reaped.fenced:
                         fenced.append(shard)
-                    else:
-                        expired += done
+                    expired += reaped.expired
         return expired, fenced

@@ -42,7 +42,7 @@ from flashstock.lockmgr import (
     shard_ranges,
 )
 from flashstock.server.cli.app import app
-from flashstock.server.cli.cluster import local_time
+from flashstock.server.cli.common import local_time
 from flashstock.server.local.cluster import LocalCluster
 from flashstock.server.local.etcd import EtcdServer
 from flashstock.server.local.procs import free_port

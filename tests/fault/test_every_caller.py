@@ -109,7 +109,7 @@ async def test_unmarked_resends_around_the_sell_out_get_their_first_answer(stran
                 for node in (0, 1, 0, 1)
             )
         )
-        first_answers_hold([*sends, *zip(itertools.chain.from_iterable([r] * 4 for r in took), again)], stranger.outcome)
+        first_answers_hold([*sends, *zip(itertools.chain.from_iterable([r] * 4 for r in took), again, strict=True)], stranger.outcome)
 
 
 async def test_resends_of_acknowledged_durable_deductions_after_a_redis_loss(cluster: ClusterStack, stranger) -> None:

@@ -43,14 +43,9 @@ from flashstock.lockmgr import shard_of
 from flashstock.server.duties.rebuild import RebuildPolicy, ShardRebuilder
 from flashstock.server.ledger import Ledger
 from flashstock.server.store.keys import SHARD_READY, ShardKeys
+from flashstock.server.store.redis import blocking_client
 from tests.helpers import eventually, redis_now_ms
-from tests.helpers.failpoints import (
-    DropRedisConnections,
-    FlushRedis,
-    KillRedis,
-    PauseRebuilder,
-    RestartNode,
-)
+from tests.helpers.failpoints import DropRedisConnections, FlushRedis, KillRedis, PauseRebuilder, RestartNode
 
 SHARDS = 64
 """The nodes' default shard count (NodeProcess's)."""
@@ -154,7 +149,8 @@ async def test_acknowledged_durable_deductions_survive_redis_loss(fault_stack):
                 request_id, user = f"b{b}-{n}", f"user-{b}"
                 n += 1
 
-                async def send(retry: bool) -> DeductResult:
+                # Bound now: the loop's next turn must not change what a resend sends.
+                async def send(retry: bool, user: str = user, request_id: str = request_id) -> DeductResult:
                     return await client.deduct(sku, user, 1, request_id=request_id, retry=retry)
 
                 result = await send_until_answered(send, request_id)
@@ -201,7 +197,7 @@ async def test_acknowledged_durable_deductions_survive_redis_loss(fault_stack):
         retried = await asyncio.gather(*(retry_of(r, d) for r, d in acked.items()))
         differ = [
             (r, d, again.deduction)
-            for (r, d), again in zip(acked.items(), retried)
+            for (r, d), again in zip(acked.items(), retried, strict=True)
             if again.outcome is not Outcome.DUPLICATE or not same_deduction(d, again.deduction)
         ]
         assert not differ, f"{len(differ)} retries did not return the first answer, e.g. {differ[:3]}"
@@ -306,7 +302,7 @@ async def test_node_restart_mid_sale_loses_nothing_and_doubles_nothing(fault_sta
             while queue:
                 request_id = queue.pop()
 
-                async def send(retry: bool) -> DeductResult:
+                async def send(retry: bool, request_id: str = request_id) -> DeductResult:
                     qty = qty_of(request_id)
                     return await client.deduct(sku, f"user-{request_id}", qty, request_id=request_id, retry=retry)
 
@@ -407,9 +403,10 @@ def test_paused_rebuilder_cannot_overwrite_a_newer_rebuild(fault_redis, tmp_path
     # A: a mutex that expires after 1 s and is never renewed, held in before_install.
     # (python-redis-lock refuses to wait longer for a lock it does not renew than its expiry: wait_s=1 too.)
     ledger_a, ledger_b = Ledger(url), Ledger(url)
-    a = ShardRebuilder(fault_redis.url, ledger_a, RECORD_TTL_MS, RebuildPolicy(lock_expire_s=1, wait_s=1))
+    client_a, client_b = blocking_client(fault_redis.url), blocking_client(fault_redis.url)
+    a = ShardRebuilder(client_a, ledger_a, RECORD_TTL_MS, RebuildPolicy(lock_expire_s=1, wait_s=1))
     a.lock_factory = lambda client, name: redis_lock.Lock(client, name, expire=1, auto_renewal=False)
-    b = ShardRebuilder(fault_redis.url, ledger_b, RECORD_TTL_MS)
+    b = ShardRebuilder(client_b, ledger_b, RECORD_TTL_MS)
     pause = PauseRebuilder(a)
     thread: threading.Thread | None = None
     try:
@@ -453,7 +450,7 @@ def test_paused_rebuilder_cannot_overwrite_a_newer_rebuild(fault_redis, tmp_path
         pause.recover()
         if thread is not None:
             thread.join(10)
-        for closeable in (a, b, ledger_a, ledger_b, ledger, redis):
+        for closeable in (client_a, client_b, ledger_a, ledger_b, ledger, redis):
             closeable.close()
 
 
@@ -481,7 +478,8 @@ async def test_acknowledged_durable_deductions_survive_dropped_redis_connections
                 request_id, user = f"b{b}-{n}", f"user-{b}"
                 n += 1
 
-                async def send(retry: bool) -> DeductResult:
+                # Bound now: the loop's next turn must not change what a resend sends.
+                async def send(retry: bool, user: str = user, request_id: str = request_id) -> DeductResult:
                     return await client.deduct(sku, user, 1, request_id=request_id, retry=retry)
 
                 result = await send_until_answered(send, request_id)

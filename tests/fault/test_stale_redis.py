@@ -92,10 +92,12 @@ async def test_redis_restarted_from_an_older_aof_is_rebuilt_from_the_ledger(tmp_
         stop = asyncio.Event()
         buyers = [asyncio.create_task(sale.buyer(stop)) for _ in range(32)]
 
-        await aeventually(lambda: sale.count(FAST) > 0.3 * STOCK[FAST] and sale.count(DURABLE) > 0.3 * STOCK[DURABLE], timeout=60)
+        await aeventually(lambda: sale.count(FAST) > 0.3 * STOCK[FAST] and sale.count(DURABLE) > 0.3 * STOCK[DURABLE],
+                          timeout=60)
         shutil.copytree(redis_dir / "appendonlydir", copy_dir)  # the older AOF
         copied = len(sale.acked)
-        await aeventually(lambda: sale.count(FAST) > 0.6 * STOCK[FAST] and sale.count(DURABLE) > 0.6 * STOCK[DURABLE], timeout=60)
+        await aeventually(lambda: sale.count(FAST) > 0.6 * STOCK[FAST] and sale.count(DURABLE) > 0.6 * STOCK[DURABLE],
+                          timeout=60)
         servers[0].kill()
         killed_at, acked_at_kill = time.monotonic(), len(sale.acked)
         shutil.rmtree(redis_dir / "appendonlydir")
@@ -133,7 +135,8 @@ async def test_redis_restarted_from_an_older_aof_is_rebuilt_from_the_ledger(tmp_
 
         # Fast mode loses only what never reached the ledger: acknowledged just before the kill.
         lost = [(r, killed_at - sale.acked[(FAST, r)]) for s, r in sale.acked if s == FAST and r not in rows[FAST]]
-        print(f"fast acknowledgements lost: {len(lost)}; acknowledged at most {max((a for _, a in lost), default=0):.3f} s before the kill")
+        latest = max((a for _, a in lost), default=0)
+        print(f"fast acknowledgements lost: {len(lost)}; acknowledged at most {latest:.3f} s before the kill")
         assert all(age < 1.0 for _, age in lost), lost[:5]
         assert len(sale.acked) - len(lost) == sum(STOCK.values())
 

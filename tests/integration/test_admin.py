@@ -6,7 +6,15 @@ import uuid
 
 import pytest
 
-from flashstock.client import FailedPrecondition, InvalidArgument, Mode, Outcome, SkuNotFound, StockBelowHandedOut
+from flashstock.client import (
+    FailedPrecondition,
+    InvalidArgument,
+    Mode,
+    Outcome,
+    SkuDefinition,
+    SkuNotFound,
+    StockBelowHandedOut,
+)
 from flashstock.lockmgr import shard_of
 
 
@@ -26,6 +34,24 @@ def test_put_sku_defines_it_and_get_sku_reads_it_back(admin, sku):
     assert (got.sale_start_ms, got.sale_end_ms) == (1000, 2_000_000_000_000)
     assert (got.paused, got.mode) == (False, Mode.FAST)
     assert got.shard == shard_of(sku)
+
+
+def test_a_definition_puts_what_its_fields_as_arguments_put(admin, sku):
+    fields = {"per_user_limit": 2, "max_per_request": 1, "sale_end_ms": 2_000_000_000_000, "mode": Mode.DURABLE}
+    definition = SkuDefinition(sku, 7, **fields)
+    request_id = rid()
+
+    put = admin.put_sku(definition, request_id=request_id)
+    # The same definition as arguments, under the same request id: the same call, so a duplicate.
+    again = admin.put_sku(sku, 7, **fields, request_id=request_id)
+
+    assert (put.sku.total, put.sku.per_user_limit, put.sku.max_per_request, put.sku.mode) == (7, 2, 1, Mode.DURABLE)
+    assert again.duplicate and again.sku == put.sku
+    # A definition comes alone: a field beside it would be ignored, so it is refused before any call.
+    with pytest.raises(TypeError, match="not both"):
+        admin.put_sku(definition, 9)
+    with pytest.raises(TypeError, match="not both"):
+        admin.put_sku(definition, per_user_limit=5)
 
 
 def test_put_again_restarts_the_sale(admin, stock, sku):

@@ -17,16 +17,19 @@ import redis as redis_py
 from flashstock.server.local.procs import NodeProcess, RedisServer
 from flashstock.server.rpc.validate import MAX_QTY, MAX_STOCK, MAX_TIME_MS
 from flashstock.v1 import admin_pb2, admin_pb2_grpc, stock_pb2, stock_pb2_grpc
-from tests.helpers import eventually, varint
+from tests.helpers import eventually, stacks, varint
 from tests.helpers.processes import QUIET, running_node
-from tests.helpers.stacks import redis_server  # noqa: F401 - this module's own Redis
+
+# This module's own Redis, in place of the session's: assigned, so a test's
+# parameter of the same name shadows no import.
+redis_server = stacks.redis_server
 
 DEDUCT = "/flashstock.v1.StockService/Deduct"
 TWELVE_HOURS_MS = 12 * 3600 * 1000
 
 
 @pytest.fixture(scope="module")
-def node(redis_server: RedisServer) -> Iterator[NodeProcess]:  # noqa: F811
+def node(redis_server: RedisServer) -> Iterator[NodeProcess]:
     """The only node on this module's Redis."""
     with running_node(redis_server.url, workers=1, extra_args=QUIET) as n:
         yield n
@@ -49,7 +52,7 @@ def stock(channel: grpc.Channel) -> stock_pb2_grpc.StockServiceStub:
 
 
 @pytest.fixture
-def redis(redis_server: RedisServer) -> Iterator[redis_py.Redis]:  # noqa: F811
+def redis(redis_server: RedisServer) -> Iterator[redis_py.Redis]:
     client = redis_py.Redis.from_url(redis_server.url)
     yield client
     client.close()

@@ -25,8 +25,8 @@ from flashstock.client import (
     SkuNotFound,
     StockClient,
     Unavailable,
+    to_status,
 )
-from flashstock.client._errors import to_status
 from flashstock.v1 import stock_pb2, stock_pb2_grpc
 
 

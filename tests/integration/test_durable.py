@@ -255,13 +255,15 @@ def test_hold_expired_by_the_reaper_is_expired_in_the_ledger_exactly_once(admin,
 
 
 async def test_confirm_racing_the_expiry_agrees_with_the_ledger(durable_node, admin, ledger, sku):
-    offsets_ms = range(-100, 101, 10)  # when each Confirm is sent, against its hold's expiry
+    # When each Confirm is sent, against its hold's expiry: a second either side, so a loaded machine's
+    # scheduling delays (tens of ms) still leave both outcomes in the race.
+    offsets_ms = range(-1000, 1001, 100)
     admin.put_sku(sku, len(offsets_ms), mode=Mode.DURABLE)
     outcomes: dict[str, Outcome] = {}
     closers: dict[str, str] = {}
     with redis_py.Redis.from_url(durable_node.redis_url) as redis:
         async with AsyncStockClient(addresses=[durable_node.address]) as stock:
-            holds = [await stock.hold(sku, f"u{i}", 1, ttl_ms=400) for i in range(len(offsets_ms))]
+            holds = [await stock.hold(sku, f"u{i}", 1, ttl_ms=3000) for i in range(len(offsets_ms))]
             skew_ms = redis_now_ms(redis) - asyncio.get_running_loop().time() * 1000
 
             async def confirm_at(hold_id: str, at_ms: int) -> None:
@@ -273,7 +275,7 @@ async def test_confirm_racing_the_expiry_agrees_with_the_ledger(durable_node, ad
             await asyncio.gather(
                 *(
                     confirm_at(h.deduction.request_id, h.deduction.expires_at_ms + offset)
-                    for h, offset in zip(holds, offsets_ms)
+                    for h, offset in zip(holds, offsets_ms, strict=True)
                 )
             )
 

@@ -44,9 +44,12 @@ from flashstock.server.rpc.validate import (
     MAX_TIME_MS,
 )
 from flashstock.v1 import admin_pb2, admin_pb2_grpc, stock_pb2, stock_pb2_grpc
-from tests.helpers import varint
+from tests.helpers import stacks, varint
 from tests.helpers.processes import QUIET, running_node
-from tests.helpers.stacks import redis_server  # noqa: F401 - this module's own Redis
+
+# This module's own Redis, in place of the session's: assigned, so a test's
+# parameter of the same name shadows no import.
+redis_server = stacks.redis_server
 
 REQUESTS = 10_000
 """At least this many requests per run."""
@@ -231,7 +234,7 @@ class Sender:
 
 
 @pytest.fixture(scope="module")
-def node(redis_server: RedisServer) -> Iterator[NodeProcess]:  # noqa: F811
+def node(redis_server: RedisServer) -> Iterator[NodeProcess]:
     """The only node on this module's Redis."""
     with running_node(redis_server.url, workers=1, extra_args=QUIET) as n:
         yield n

@@ -240,7 +240,7 @@ async def test_confirms_racing_the_expiry_have_exactly_one_winner(aadmin, astock
     )
 
     won_by_confirm = 0
-    for hold, sends in zip(holds, results):
+    for hold, sends in zip(holds, results, strict=True):
         outcomes = [r.outcome for _, r in sends]
         oks = outcomes.count(Outcome.OK)
         assert oks <= 1, (hold.deduction.request_id, outcomes)

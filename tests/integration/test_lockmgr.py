@@ -15,6 +15,7 @@ import time
 import pytest
 
 from flashstock.lockmgr import (
+    ClusterView,
     CoordinationError,
     LeaseLost,
     NodeIdTaken,
@@ -30,9 +31,12 @@ from flashstock.lockmgr import (
     owners,
     pin,
     read_overrides,
+    read_view,
     release,
+    remove_pins,
     undrain,
     unpin,
+    wait_for_owner,
     watch_nodes,
     watch_overrides,
     watch_owners,
@@ -303,6 +307,40 @@ async def test_overrides_are_refused_outside_an_initialised_cluster(etcd, cluste
     with pytest.raises(ValueError, match=r"0 \.\. 7"):
         await pin(etcd, cluster_name, 8, "node-a")
     assert await read_overrides(etcd, cluster_name) == Overrides()
+    with pytest.raises(CoordinationError, match="not initialised"):
+        await read_view(etcd, f"{cluster_name}-typo")
+
+
+async def test_remove_pins_removes_only_the_pins_it_was_shown(etcd, cluster_name):
+    await init_cluster(etcd, cluster_name, 8)
+    await pin(etcd, cluster_name, 1, "node-a")
+    await pin(etcd, cluster_name, 2, "node-b")
+    await drain(etcd, cluster_name, "node-c")
+    seen = (await read_view(etcd, cluster_name)).overrides.pins
+    await pin(etcd, cluster_name, 5, "node-a")  # written after the caller planned
+
+    assert not await remove_pins(etcd, cluster_name, seen)
+    assert (await read_overrides(etcd, cluster_name)).pins == {1: "node-a", 2: "node-b", 5: "node-a"}
+
+    assert await remove_pins(etcd, cluster_name, (await read_overrides(etcd, cluster_name)).pins)
+    assert await read_overrides(etcd, cluster_name) == Overrides({}, frozenset({"node-c"}))  # the drain stays
+
+
+async def test_a_view_reads_nodes_owners_and_overrides_at_once(etcd, cluster_name, open_session):
+    await init_cluster(etcd, cluster_name, 4)
+    session = await open_session("node-a")
+    await session.register("127.0.0.1:1")
+    lease = await claim(session, 2)
+    await pin(etcd, cluster_name, 3, "node-a")
+
+    view = await read_view(etcd, cluster_name)
+    assert isinstance(view, ClusterView)
+    assert (view.shards, set(view.nodes), view.overrides.pins) == (4, {"node-a"}, {3: "node-a"})
+    assert view.owners[2].epoch == lease.epoch and view.owned_count("node-a") == 1
+    assert view.desired() == {s: "node-a" for s in range(4)}
+    assert (await wait_for_owner(etcd, cluster_name, 2, "node-a", 5.0)).epoch == lease.epoch
+    owner = await wait_for_owner(etcd, cluster_name, 1, "node-a", 0.3)  # nobody claims it: the wait ends
+    assert owner is None
 
 
 # -- losing an etcd member -----------------------------------------------------

@@ -24,13 +24,18 @@ from typer.testing import CliRunner
 
 from flashstock.client import Outcome
 from flashstock.lockmgr import shard_of
-from flashstock.server.cli.app import REPORT_FIELDS, app
+from flashstock.server.cli.app import app
+from flashstock.server.cli.sales import REPORT_FIELDS
 from flashstock.server.duties.reconcile import reconcile
 from flashstock.server.ledger import HEAD, Ledger
 from flashstock.server.ledger._schema import metadata
 from flashstock.server.local.procs import NodeProcess, free_port
-from tests.helpers import eventually
-from tests.helpers.stacks import node, redis_server  # noqa: F401 - this module's own stack
+from tests.helpers import eventually, stacks
+
+# This module's own stack, in place of the session's: assigned, so a test's
+# parameter of the same name shadows no import.
+node = stacks.node
+redis_server = stacks.redis_server
 
 ENV = {"COLUMNS": "250", "NO_COLOR": "1"}
 
@@ -84,9 +89,9 @@ def test_sales_report_json_matches_what_the_test_sold(node, admin, stock, sku):
         "sale": 1,
         "mode": "fast",
         "total": 20,
-        "sold": 2 + 1 + 1 + 2,  # three deducts and the confirmed hold
+        "confirmed": 2 + 1 + 1 + 2,  # three deducts and the confirmed hold
         "held": 3,
-        "left": 20 - 6 - 3,
+        "available": 20 - 6 - 3,
         "buyers": 4,  # u1, u2, u3 (confirmed), u6 (held); not u4 (released) nor u5 (expired)
         "holds": 4,
         "holds_confirmed": 1,
@@ -123,7 +128,8 @@ def test_sales_report_csv_has_a_header_and_one_row_per_sku(node, admin, stock, s
         ledger.close()
     assert [r["sku"] for r in rows] == in_ledger  # one row per SKU, by id
     by_sku = {r["sku"]: r for r in rows}
-    assert [(by_sku[s]["sold"], by_sku[s]["left"], by_sku[s]["buyers"]) for s in skus] == [("1", "9", "1"), ("2", "8", "1")]
+    figures = [(by_sku[s]["confirmed"], by_sku[s]["available"], by_sku[s]["buyers"]) for s in skus]
+    assert figures == [("1", "9", "1"), ("2", "8", "1")]
     assert by_sku[skus[0]]["first_sale"] and by_sku[skus[0]]["holds"] == "0"
 
     table = cli("sales", "report", "--sku", skus[1], "--ledger", node.ledger_url)

@@ -1,13 +1,18 @@
-"""The CLI: every setting documented on `serve --help`, and sale times parsed."""
+"""The CLI: every setting on `serve --help`, sale times parsed, an entry point that says what to install."""
 
 import re
+import subprocess
+import sys
+from importlib.metadata import version
 
 import pytest
 import typer
 from typer.testing import CliRunner
 
 from flashstock.server._config import setting_help
-from flashstock.server.cli.app import app, parse_time_ms
+from flashstock.server.cli import what_to_install
+from flashstock.server.cli.app import app
+from flashstock.server.cli.common import parse_time_ms
 
 
 def test_serve_help_documents_every_setting():
@@ -37,3 +42,50 @@ def test_sale_times(text, expected):
 def test_bad_sale_time():
     with pytest.raises(typer.BadParameter):
         parse_time_ms("tomorrow")
+
+
+# -- the entry point, as a shell runs it ----------------------------------------------------------
+
+SERVER_DEPENDENCIES = ("typer", "rich", "sqlalchemy", "alembic", "pydantic", "pydantic_settings", "redis", "aetcd")
+
+
+def run_flashstock(*args: str, without: tuple[str, ...] = ()) -> subprocess.CompletedProcess[str]:
+    """``flashstock *args`` in a fresh interpreter in which the packages ``without`` cannot be imported."""
+    code = (
+        "import sys\n"
+        f"for name in {without!r}:\n"
+        "    sys.modules[name] = None  # import fails as if not installed\n"
+        f"sys.argv = ['flashstock', *{args!r}]\n"
+        "from flashstock.server.cli import main\n"
+        "main()\n"
+    )
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+
+
+def test_version_is_the_installed_distributions():
+    done = subprocess.run(
+        [sys.executable, "-m", "flashstock.server", "--version"], capture_output=True, text=True, timeout=60
+    )
+    assert (done.returncode, done.stdout, done.stderr) == (0, f"flashstock {version('flashstock')}\n", "")
+
+
+def test_version_needs_no_server_extra():
+    done = run_flashstock("--version", without=SERVER_DEPENDENCIES)
+    assert (done.returncode, done.stdout) == (0, f"flashstock {version('flashstock')}\n")
+
+
+def test_without_the_server_extra_a_command_says_what_to_install():
+    done = run_flashstock("nodes", "ls", without=("typer",))
+    assert done.returncode == 1
+    assert done.stdout == ""
+    assert done.stderr == (
+        "flashstock: the command line and the node need the server extra: pip install 'flashstock[server]' "
+        "(missing: typer)\n"
+    )
+
+
+def test_a_postgres_ledger_without_its_extra_names_the_postgres_extra():
+    assert what_to_install("psycopg") == (
+        "flashstock: a PostgreSQL ledger needs the postgres extra: pip install 'flashstock[postgres]' "
+        "(missing: psycopg)"
+    )

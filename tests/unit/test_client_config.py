@@ -35,7 +35,7 @@ def test_retry_delays_grow_with_jitter_and_stop():
     delays = list(policy.delays(random.Random(1)))
     assert len(delays) == 4
     ceilings = [0.1, 0.2, 0.4, 0.4]
-    assert all(c / 2 <= d <= c for d, c in zip(delays, ceilings))
+    assert all(c / 2 <= d <= c for d, c in zip(delays, ceilings, strict=True))
 
 
 def test_one_attempt_means_no_retry():

@@ -1,5 +1,7 @@
 """Settings are read once: flags > FLASHSTOCK_* env > config file > defaults."""
 
+import dataclasses
+
 import pytest
 
 from flashstock.server._config import NodeConfig, load_config, setting_help
@@ -56,5 +58,5 @@ def test_every_setting_has_help():
 
 
 def test_config_is_frozen():
-    with pytest.raises(Exception):
+    with pytest.raises(dataclasses.FrozenInstanceError):
         NodeConfig().port = 1  # type: ignore[misc]

@@ -18,6 +18,20 @@ def test_sync_client_is_generated_from_the_async_one():
     assert unasync.main(["--check"]) == 0, "client/_sync.py is stale: run python scripts/unasync.py"
 
 
+def test_unasync_refuses_an_unknown_argument_and_writes_nothing():
+    import subprocess
+    import sys
+
+    target = ROOT / "client" / "_sync.py"
+    before = target.stat().st_mtime_ns
+    run = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "unasync.py"), "--chek"], capture_output=True, text=True, timeout=60
+    )
+    assert run.returncode == 2
+    assert "unrecognized arguments: --chek" in run.stderr
+    assert target.stat().st_mtime_ns == before
+
+
 def test_no_generated_stub_is_tracked():
     import subprocess
 

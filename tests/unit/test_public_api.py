@@ -3,6 +3,7 @@
 import inspect
 
 import flashstock.client as client
+import flashstock.client.errors as errors
 import flashstock.lockmgr as lockmgr
 from flashstock.client import AdminClient, AsyncAdminClient, AsyncStockClient, DeductionState, Mode, Outcome, StockClient
 from flashstock.client._transport import rpc_names
@@ -11,12 +12,12 @@ from flashstock.v1 import admin_pb2, stock_pb2
 
 def test_client_exports():
     assert client.__all__ == [
-        "AdminClient", "AdminResult", "AsyncAdminClient", "AsyncStockClient", "BatchItem", "BatchItemResult",
+        "CHANNEL_OPTIONS", "AdminClient", "AdminResult", "AsyncAdminClient", "AsyncStockClient", "BatchItem", "BatchItemResult",
         "BatchResult", "ClientConfig", "DeadlineExceeded", "Deduction", "DeductionState", "DeductResult",
         "FailedPrecondition", "FieldViolation", "FlashstockError", "HoldResult", "InvalidArgument", "Mode",
         "NotFound", "Outcome", "Overloaded", "PermissionDenied", "RequestIdReused", "RetryPolicy",
-        "SettleResult", "Sku", "SkuNotFound", "SkuPage", "StockBelowHandedOut", "StockClient", "StockLevel",
-        "Unauthenticated", "Unavailable",
+        "SettleResult", "Sku", "SkuDefinition", "SkuNotFound", "SkuPage", "StockBelowHandedOut", "StockClient",
+        "StockLevel", "Unauthenticated", "Unavailable", "from_status", "to_status",
     ]
     assert all(hasattr(client, name) for name in client.__all__)
 
@@ -24,11 +25,11 @@ def test_client_exports():
 def test_lockmgr_exports():
     assert lockmgr.__all__ == [
         "DEFAULT_SESSION", "DEFAULT_SHARDS",
-        "ClusterKeys", "CoordinationError", "EtcdSession", "LeaseLost", "NodeIdTaken", "NodeInfo", "Overrides",
-        "SessionConfig", "SettingMismatch", "ShardCountMismatch", "ShardLease", "ShardOwner",
-        "assign", "claim", "drain", "etcd_client", "init_cluster", "live_nodes", "moves", "owner_compare", "owners",
-        "pin", "read_overrides", "release", "shard_of", "shard_ranges", "stable_hash", "undrain", "unpin", "watch_nodes",
-        "watch_overrides", "watch_owners",
+        "ClusterKeys", "ClusterView", "CoordinationError", "EtcdSession", "LeaseLost", "NodeIdTaken", "NodeInfo",
+        "Overrides", "SessionConfig", "SettingMismatch", "ShardCountMismatch", "ShardLease", "ShardOwner",
+        "assign", "check_id", "claim", "drain", "etcd_client", "grpc_target", "init_cluster", "live_nodes", "moves", "owner_compare", "owners",
+        "pin", "read_overrides", "read_view", "release", "remove_pins", "shard_of", "shard_ranges", "stable_hash",
+        "undrain", "unpin", "wait_for_owner", "watch_nodes", "watch_overrides", "watch_owners",
     ]
     assert all(hasattr(lockmgr, name) for name in lockmgr.__all__)
     for name in lockmgr.__all__:
@@ -42,6 +43,14 @@ def test_public_names_have_docstrings():
         obj = getattr(client, name)
         if inspect.isclass(obj) or inspect.isfunction(obj):
             assert obj.__doc__, name
+
+
+def test_the_error_tree_is_a_public_module():
+    # Everything the client exports of it, and the mapping a service in front of flashstock needs.
+    from_errors = {name for name in client.__all__ if getattr(client, name) is getattr(errors, name, None)}
+    assert from_errors <= set(errors.__all__)
+    assert {"to_status", "from_status", "STATUS_TABLE", "FlashstockError", "FieldViolation"} <= set(errors.__all__)
+    assert client.to_status is errors.to_status and client.from_status is errors.from_status
 
 
 def test_all_grpc_calls_present():

@@ -52,7 +52,7 @@ def test_a_sku_on_one_side_only_is_a_difference():
 
 
 def test_difference_names_sku_figure_and_both_values():
-    assert str(Difference("a", "available", 4, 3)) == "a: left 4 in Redis, 3 in the ledger"
+    assert str(Difference("a", "available", 4, 3)) == "a: available 4 in Redis, 3 in the ledger"
 
 
 def test_figures_from_a_redis_hash():
@@ -92,7 +92,7 @@ def test_table_shows_both_sides_and_names_what_differs():
     lines = [line.split() for line in _render(rec).splitlines()]
     redis_row = next(cells for cells in lines if cells[:2] == ["a", "redis"])
     ledger_row = lines[lines.index(redis_row) + 1]
-    assert redis_row[2:] == ["10", "2", "5", "-", "-", "3", "differs:", "left"]
+    assert redis_row[2:] == ["10", "2", "5", "-", "-", "3", "differs:", "available"]
     assert ledger_row == ["shard", "3", "ledger", "10", "2", "5", "4", "1", "4"]
 
 

@@ -109,3 +109,62 @@ def test_adjust_above_the_most_a_sku_may_hold_is_invalid_argument():
     with pytest.raises(InvalidArgument) as e:
         r.admin_result([b"ABOVE", b"", *fields], "s", 4)
     assert [v.field for v in e.value.violations] == ["delta"]
+
+
+# -- every reply read into its contract's names ---------------------------------
+
+
+def test_a_take_reply_names_its_record_and_log_entry():
+    reply = r.TakeReply.decode([b"OK", 7, 9, *REC, b"1700-3", 1])
+    assert (reply.code, reply.available, reply.sold_out_sv, reply.log_id, reply.durable) == ("OK", 7, 9, "1700-3", True)
+    assert reply.record == r.Record("H", "H", 2, "u1", "sku", 1000, 5000)
+    assert r.TakeReply.decode([b"SOLD_OUT", 0, 0]) == r.TakeReply("SOLD_OUT", 0, 0, None, "", False)
+
+
+def test_a_batch_reply_names_each_item_or_the_item_that_stopped_it():
+    reply = r.BatchReply.decode([b"OK", 2, b"OK", 5, b"10-1", 1, b"OK", 4, b"", 0])
+    assert reply.items == (r.BatchItemReply("OK", 5, "10-1", True), r.BatchItemReply("OK", 4, "", False))
+    assert reply.item == -1
+    assert r.BatchReply.decode([b"QTY_MAX", 2, 3]) == r.BatchReply("QTY_MAX", (), item=1, cap=3)
+    assert r.BatchReply.decode([b"NO_SHARD", 1]) == r.BatchReply("NO_SHARD", (), item=0)
+
+
+def test_an_admin_reply_carries_the_sku_hash_after_the_call():
+    reply = r.AdminReply.decode([b"OK", b"5-0", b"avail", b"3", b"total", b"5"])
+    assert reply == r.AdminReply("OK", "5-0", {b"avail": b"3", b"total": b"5"})
+    assert r.AdminReply.decode([b"NO_SKU"]) == r.AdminReply("NO_SKU", "", {})
+
+
+def test_the_sku_hash_reads_in_one_vocabulary():
+    h = r.sku_hash("s", {b"total": b"10", b"avail": b"4", b"held": b"2", b"conf": b"4", b"sv": b"3", b"sale": b"2"})
+    assert (h.total, h.available, h.held, h.confirmed, h.stock_version, h.sale) == (10, 4, 2, 4, 3, 2)
+    assert not h.paused and h.mode is Mode.FAST
+    text = r.sku_hash("s", {"avail": "1", "mode": "durable", "paused": "1"})  # a decoding client's hash too
+    assert text.available == 1 and text.paused and text.mode is Mode.DURABLE
+    assert set(r.SKU_FIELDS) == set(r.SkuHash._fields) - {"paused", "mode"}
+
+
+def test_bind_reply_says_who_made_the_binding_and_what_is_bound():
+    made = r.BindReply.decode([1, b"shards", b"64", b"cluster", b""])
+    assert made == r.BindReply(created=True, bound={"shards": "64", "cluster": ""})
+    assert r.BindReply.decode([0]) == r.BindReply(False, {})
+
+
+def test_fence_reply_is_taken_or_refused_with_the_stored_epoch():
+    assert r.FenceReply.decode([1, 4]) == r.FenceReply(taken=True, stored_epoch=4)
+    assert r.FenceReply.decode([-1, 9]) == r.FenceReply(taken=False, stored_epoch=9)
+
+
+def test_reap_reply_counts_or_is_fenced():
+    assert r.ReapReply.decode(3) == r.ReapReply(expired=3, fenced=False)
+    assert r.ReapReply.decode(-1) == r.ReapReply(expired=0, fenced=True)
+
+
+def test_announce_reply_is_recorded_or_fenced():
+    assert r.announced(1) and not r.announced(-1)
+
+
+@pytest.mark.parametrize("raw, step", [(b"OK", r.RebuildStep.OK), (b"STALE", r.RebuildStep.STALE),
+                                       ("FENCED", r.RebuildStep.FENCED)])
+def test_rebuild_step_replies(raw, step):
+    assert r.RebuildStep.decode(raw) is step

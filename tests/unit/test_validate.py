@@ -1,5 +1,6 @@
 """Request checks find every bad field before any I/O."""
 
+from flashstock.client import SkuDefinition
 from flashstock.server.rpc import validate as v
 
 
@@ -29,9 +30,9 @@ def test_qty_bounds():
 
 
 def test_put_window_end_before_start_and_negative_stock():
-    bad = v.put_violations("s", -1, 0, 0, 2000, 1000, "r")
+    bad = v.put_violations(SkuDefinition("s", -1, 0, 0, 2000, 1000), "r")
     assert fields(bad) == {"stock", "sale_end_ms"}
-    assert v.put_violations("s", 0, 0, 0, 0, 1000, "r") == []
+    assert v.put_violations(SkuDefinition("s", 0, 0, 0, 0, 1000), "r") == []
 
 
 def test_batch_items_each_sku_once():
@@ -54,15 +55,15 @@ def test_every_limit_is_held_exactly_by_a_lua_number():
 
 
 def test_put_refuses_times_past_year_9999_and_numbers_past_their_range():
-    assert v.put_violations("s", 1, 0, 0, v.MAX_TIME_MS - 1, v.MAX_TIME_MS, "r") == []
-    assert fields(v.put_violations("s", 1, 0, 0, 10**17, 0, "r")) == {"sale_start_ms"}
-    assert fields(v.put_violations("s", 1, 0, 0, 0, 2**62, "r")) == {"sale_end_ms"}
-    assert fields(v.put_violations("s", v.MAX_STOCK + 1, v.MAX_STOCK + 1, v.MAX_QTY + 1, 0, 0, "r")) == {
+    assert v.put_violations(SkuDefinition("s", 1, 0, 0, v.MAX_TIME_MS - 1, v.MAX_TIME_MS), "r") == []
+    assert fields(v.put_violations(SkuDefinition("s", 1, 0, 0, 10**17, 0), "r")) == {"sale_start_ms"}
+    assert fields(v.put_violations(SkuDefinition("s", 1, 0, 0, 0, 2**62), "r")) == {"sale_end_ms"}
+    assert fields(v.put_violations(SkuDefinition("s", v.MAX_STOCK + 1, v.MAX_STOCK + 1, v.MAX_QTY + 1, 0, 0), "r")) == {
         "stock",
         "per_user_limit",
         "max_per_request",
     }
-    assert fields(v.put_violations("s", 1, -1, -1, -1, -1, "r")) == {
+    assert fields(v.put_violations(SkuDefinition("s", 1, -1, -1, -1, -1), "r")) == {
         "per_user_limit",
         "max_per_request",
         "sale_start_ms",
@@ -71,9 +72,9 @@ def test_put_refuses_times_past_year_9999_and_numbers_past_their_range():
 
 
 def test_an_unknown_mode_is_refused_not_taken_as_fast():
-    assert [v.put_violations("s", 1, 0, 0, 0, 0, "r", mode) for mode in (0, 1, 2)] == [[], [], []]
+    assert [v.mode_violations(mode) for mode in (0, 1, 2)] == [[], [], []]
     for mode in (3, 99, -1):
-        assert fields(v.put_violations("s", 1, 0, 0, 0, 0, "r", mode)) == {"mode"}
+        assert fields(v.mode_violations(mode)) == {"mode"}
 
 
 def test_the_longest_hold_is_a_day_or_half_the_record_ttl():

@@ -1,6 +1,6 @@
 -- _lib.lua: helpers shared by every flashstock script.
 --
--- Prepended to each script's source when it is loaded (server/_scripts.py),
+-- Prepended to each script's source when it is loaded (server/store/scripts.py),
 -- so each script is still one SCRIPT LOAD and one EVALSHA. Nothing here runs
 -- on its own.
 --
@@ -119,7 +119,7 @@ end
 
 -- Is the shard's state in Redis whole? Missing after a restart or flush,
 -- 'building' during a rebuild: either way, the node rebuilds it from the
--- ledger before serving it (server/_rebuild.py).
+-- ledger before serving it (server/duties/rebuild.py).
 local function shard_ready(prefix)
   return redis.call('HGET', prefix .. 'm', 'state') == READY
 end

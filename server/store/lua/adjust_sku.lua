@@ -10,7 +10,7 @@
 -- ARGV[1] sku_id  ARGV[2] op: 'adjust' | 'pause' | 'resume'
 -- ARGV[3] delta (adjust)  ARGV[4] admin ttl s
 -- ARGV[5] key prefix of the shard ('fs:{s<n>}:')
--- ARGV[6] the most units a SKU may hold (flashstock.server._validate.MAX_STOCK)
+-- ARGV[6] the most units a SKU may hold (flashstock.server.rpc.validate.MAX_STOCK)
 -- ARGV[7] request_id (logged with the call's fingerprint: the ledger keeps
 --         both, so a resend after a Redis loss still changes nothing)
 --

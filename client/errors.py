@@ -1,5 +1,11 @@
 """The one error tree of flashstock, and its one mapping to gRPC status codes.
 
+Every error flashstock raises descends from :class:`FlashstockError`. The
+API's errors (first part of the tree) travel between node and client as gRPC
+statuses; the coordination and ledger branches are raised inside a node (or
+an operator command) and never sent: a node that meets one in a call answers
+UNKNOWN ("internal error").
+
 ::
 
     FlashstockError                 UNKNOWN (also any error not in the table)
@@ -8,12 +14,25 @@
     │   └── SkuNotFound             NOT_FOUND         .sku
     ├── FailedPrecondition          FAILED_PRECONDITION
     │   ├── StockBelowHandedOut     FAILED_PRECONDITION .sku .handed_out
-    │   └── RequestIdReused         FAILED_PRECONDITION .request_id
+    │   ├── RequestIdReused         FAILED_PRECONDITION .request_id
+    │   └── UnreadableSku           FAILED_PRECONDITION .sku (the node's name: a client sees FailedPrecondition)
     ├── Overloaded                  RESOURCE_EXHAUSTED .retry_after
     ├── Unavailable                 UNAVAILABLE       .retry_after
     ├── DeadlineExceeded            DEADLINE_EXCEEDED
     ├── Unauthenticated             UNAUTHENTICATED
-    └── PermissionDenied            PERMISSION_DENIED
+    ├── PermissionDenied            PERMISSION_DENIED
+    │
+    │   flashstock.lockmgr: coordination (etcd), inside a node
+    ├── SettingMismatch             .setting .node_value .bound_value .where
+    ├── CoordinationError
+    │   ├── ShardCountMismatch      .stored .requested
+    │   ├── LeaseLost
+    │   └── NodeIdTaken             .node
+    │
+    │   flashstock.server.ledger: the SQL ledger, inside a node or a command
+    └── LedgerError                 the message names the setting or file to fix
+        ├── Fenced                  .shard .epoch     a newer owner's epoch is recorded
+        └── StaleGeneration         .shard            a rebuild began since the entries were read
 
 Business outcomes (sold out, limit, ...) are not errors: they are values in
 the reply (:class:`~flashstock.client.Outcome`).
@@ -23,23 +42,45 @@ The server turns an error into a status with :func:`to_status` (rich details:
 ``RetryInfo``); the client turns a status back into the same error with
 :func:`from_status`. Both read :data:`STATUS_TABLE`. Cancellation is not an
 error here: ``asyncio.CancelledError`` passes through untouched.
+
+This module depends on nothing else of flashstock, so that every package
+(the client, :mod:`flashstock.lockmgr`, the node) can root its errors here
+without an import cycle; a unit test (``tests/unit/test_import_graph.py``)
+keeps it so.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from typing import ClassVar
+from dataclasses import dataclass
+from typing import Any, ClassVar, TypedDict, Unpack
 
 import grpc
 from google.protobuf import duration_pb2
 from google.rpc import error_details_pb2, status_pb2
 
-from ._types import FieldViolation
-
 ERROR_DOMAIN = "flashstock.io"
 """``ErrorInfo.domain`` of every flashstock error."""
 
 _DETAILS_KEY = "grpc-status-details-bin"
+
+
+@dataclass(frozen=True, slots=True)
+class FieldViolation:
+    """One bad field of a request (``google.rpc.BadRequest.FieldViolation``)."""
+
+    field: str
+    """The field's name in the request."""
+    description: str
+    """What is wrong with it."""
+
+
+class _Where(TypedDict, total=False):
+    """What an error concerns: the keyword arguments every error takes."""
+
+    sku: str | None
+    shard: int | None
+    epoch: int | None
 
 
 class FlashstockError(Exception):
@@ -80,7 +121,7 @@ class InvalidArgument(FlashstockError):
 
     reason = "INVALID_ARGUMENT"
 
-    def __init__(self, message: str, violations: Sequence[FieldViolation] = (), **kw) -> None:
+    def __init__(self, message: str, violations: Sequence[FieldViolation] = (), **kw: Unpack[_Where]) -> None:
         super().__init__(message, **kw)
         self.violations = tuple(violations)
         """Each bad field and what is wrong with it."""
@@ -109,7 +150,7 @@ class StockBelowHandedOut(FailedPrecondition):
 
     reason = "STOCK_BELOW_HANDED_OUT"
 
-    def __init__(self, message: str, handed_out: int = 0, **kw) -> None:
+    def __init__(self, message: str, handed_out: int = 0, **kw: Unpack[_Where]) -> None:
         super().__init__(message, **kw)
         self.handed_out = handed_out
         """Units held + confirmed: the floor of the stock."""
@@ -123,7 +164,7 @@ class RequestIdReused(FailedPrecondition):
 
     reason = "REQUEST_ID_REUSED"
 
-    def __init__(self, message: str, request_id: str = "", **kw) -> None:
+    def __init__(self, message: str, request_id: str = "", **kw: Unpack[_Where]) -> None:
         super().__init__(message, **kw)
         self.request_id = request_id
         """The request id that was reused."""
@@ -133,7 +174,7 @@ class RequestIdReused(FailedPrecondition):
 
 
 class _Retryable(FlashstockError):
-    def __init__(self, message: str, retry_after: float = 0.0, **kw) -> None:
+    def __init__(self, message: str, retry_after: float = 0.0, **kw: Unpack[_Where]) -> None:
         super().__init__(message, **kw)
         self.retry_after = retry_after
         """Seconds to wait before sending the same request again."""
@@ -201,7 +242,17 @@ def status_code_of(error: FlashstockError) -> grpc.StatusCode:
 
 
 def to_status(error: FlashstockError) -> status_pb2.Status:
-    """``error`` as a ``google.rpc.Status`` with its rich details."""
+    """``error`` as a ``google.rpc.Status`` with its rich details: what a node sends.
+
+    The code is :func:`status_code_of` ``error``; the details are an
+    ``ErrorInfo`` (domain :data:`ERROR_DOMAIN`, the error's ``reason``, its
+    fields such as ``sku``, ``shard``, ``epoch`` as metadata), plus a
+    ``BadRequest`` for :class:`InvalidArgument` and a ``RetryInfo`` for
+    :class:`Unavailable` and :class:`Overloaded`. A servicer aborts with it::
+
+        status = grpc_status.rpc_status.to_status(to_status(error))
+        await context.abort(status.code, status.details, status.trailing_metadata)
+    """
     code = status_code_of(error)
     status = status_pb2.Status(code=code.value[0], message=error.message)
     info = error_details_pb2.ErrorInfo(reason=error.reason, domain=ERROR_DOMAIN, metadata=error._fields())
@@ -224,10 +275,13 @@ def to_status(error: FlashstockError) -> status_pb2.Status:
 def from_status(
     code: grpc.StatusCode, message: str, trailing_metadata: Iterable[tuple[str, str | bytes]] | None
 ) -> FlashstockError:
-    """The error a failed call's status stands for (the inverse of :func:`to_status`).
+    """The error a failed call's status stands for (the inverse of :func:`to_status`): what a client raises.
 
-    A status without flashstock details (a proxy's, or grpc's own) maps by
-    its code alone; an unknown code maps to :class:`FlashstockError`.
+    ``code``, ``message`` and ``trailing_metadata`` are a failed call's
+    (``grpc.RpcError.code()``, ``.details()``, ``.trailing_metadata()``);
+    the details travel in its ``grpc-status-details-bin`` entry. A status
+    without flashstock details (a proxy's, or grpc's own) maps by its code
+    alone; an unknown code maps to :class:`FlashstockError`.
     """
     status = None
     for key, value in trailing_metadata or ():
@@ -238,21 +292,19 @@ def from_status(
     violations: list[FieldViolation] = []
     retry_after = 0.0
     for detail in status.details if status is not None else ():
-        if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
-            info = error_details_pb2.ErrorInfo()
-            detail.Unpack(info)
+        # Unpack returns False, and unpacks nothing, for a detail of another type.
+        info = error_details_pb2.ErrorInfo()
+        bad = error_details_pb2.BadRequest()
+        retry = error_details_pb2.RetryInfo()
+        if detail.Unpack(info):
             if info.domain == ERROR_DOMAIN and info.reason in _BY_REASON:
                 cls = _BY_REASON[info.reason]
                 fields = dict(info.metadata)
-        elif detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
-            bad = error_details_pb2.BadRequest()
-            detail.Unpack(bad)
+        elif detail.Unpack(bad):
             violations = [FieldViolation(v.field, v.description) for v in bad.field_violations]
-        elif detail.Is(error_details_pb2.RetryInfo.DESCRIPTOR):
-            info = error_details_pb2.RetryInfo()
-            detail.Unpack(info)
-            retry_after = info.retry_delay.ToNanoseconds() / 1e9
-    kw: dict = {
+        elif detail.Unpack(retry):
+            retry_after = retry.retry_delay.ToNanoseconds() / 1e9
+    kw: dict[str, Any] = {
         "sku": fields.get("sku"),
         "shard": int(fields["shard"]) if "shard" in fields else None,
         "epoch": int(fields["epoch"]) if "epoch" in fields else None,
@@ -269,8 +321,12 @@ def from_status(
 
 
 __all__ = [
+    "ERROR_DOMAIN",
+    "RETRYABLE_CODES",
+    "STATUS_TABLE",
     "DeadlineExceeded",
     "FailedPrecondition",
+    "FieldViolation",
     "FlashstockError",
     "InvalidArgument",
     "NotFound",
@@ -281,4 +337,7 @@ __all__ = [
     "StockBelowHandedOut",
     "Unauthenticated",
     "Unavailable",
+    "from_status",
+    "status_code_of",
+    "to_status",
 ]

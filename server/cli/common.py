@@ -1,0 +1,159 @@
+"""What several command groups share: the consoles, one way to fail, sale times, and the common options.
+
+Exit codes, the same in every group: 0 done; 1 refused or not done (the
+message says why); 2 cannot run (a bad setting or option, a store or etcd
+that cannot be reached).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import time
+from collections.abc import Awaitable, Callable
+from datetime import datetime
+from typing import Annotated, Any, NoReturn, Optional
+
+import typer
+from rich.console import Console
+from rich.text import Text
+
+from flashstock.lockmgr import ClusterKeys, CoordinationError, etcd_client
+from flashstock.server._config import NodeConfig, load_config
+
+console = Console()
+"""Where the commands print their results."""
+err_console = Console(stderr=True)
+"""Where the commands say why they failed."""
+
+
+def exit_error(command: str, message: str, code: int = 2) -> NoReturn:
+    """Say on one line why ``flashstock <command>`` failed, and end it with ``code``."""
+    err_console.print(Text.assemble((f"flashstock {command}: ", "red"), " ".join(message.split())), soft_wrap=True)
+    raise typer.Exit(code)
+
+
+# -- times -------------------------------------------------------------------------------
+
+
+def parse_time_ms(value: str | None, now_ms: int | None = None) -> int:
+    """A sale time: unix ms, ISO-8601 (``2026-11-25T20:00:00+00:00``), ``+90s`` / ``+5m`` / ``+2h``, or ``0``."""
+    if value is None or value in ("", "0"):
+        return 0
+    now_ms = int(time.time() * 1000) if now_ms is None else now_ms
+    match = re.fullmatch(r"\+(\d+(?:\.\d+)?)([smh])", value)
+    if match:
+        return now_ms + int(float(match[1]) * {"s": 1000, "m": 60_000, "h": 3_600_000}[match[2]])
+    if value.isdigit():
+        return int(value)
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError:
+        raise typer.BadParameter(f"{value!r} is not unix ms, ISO-8601 or +N[s|m|h]") from None
+    if moment.tzinfo is None:
+        moment = moment.astimezone()
+    return int(moment.timestamp() * 1000)
+
+
+def local_time(ms: int) -> str:
+    """Unix ms as local time, to the second (``-`` for 0)."""
+    return "-" if ms <= 0 else datetime.fromtimestamp(ms / 1000).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def local_iso(ms: int) -> str:
+    """Unix ms as local ISO-8601 with its UTC offset, to the second (``-`` for 0)."""
+    return "-" if ms == 0 else datetime.fromtimestamp(ms / 1000).astimezone().isoformat(timespec="seconds")
+
+
+# -- a node's settings: ledger, reconcile, sales -----------------------------------------------
+
+ConfigOption = Annotated[
+    Optional[str],
+    typer.Option("--config", help="TOML config file, as for serve. Env: FLASHSTOCK_CONFIG.", show_default=False),
+]
+LedgerOption = Annotated[
+    Optional[str],
+    typer.Option(
+        "--ledger",
+        help="Ledger URL, as for serve (env FLASHSTOCK_LEDGER); default the SQLite file in --data-dir.",
+        show_default=False,
+    ),
+]
+DataDirOption = Annotated[
+    Optional[str],
+    typer.Option(
+        "--data-dir", help="The node's data folder, as for serve (env FLASHSTOCK_DATA_DIR).", show_default=False
+    ),
+]
+
+
+def read_settings(command: str, config_file: str | None, **flags: Any) -> NodeConfig:
+    """The settings as ``serve`` reads them; a bad one ends the command (exit 2)."""
+    try:
+        return load_config(flags, config_file=config_file)
+    except ValueError as exc:
+        exit_error(command, f"bad setting: {exc}")
+
+
+def ledger_failure(command: str, config: NodeConfig, exc: Exception) -> NoReturn:
+    """One line naming the setting: the ledger URL, or the data folder it came from."""
+    import sqlalchemy as sa
+
+    orig = getattr(exc, "orig", None)  # the driver's own error, which names the cause
+    if isinstance(exc, sa.exc.SQLAlchemyError):
+        message = f"ledger: {orig if orig is not None else exc}"
+    else:
+        message = str(exc)
+    if not config.ledger:
+        message += f" [ledger unset: the embedded SQLite file of data_dir {config.data_dir}]"
+    exit_error(command, message)
+
+
+# -- a cluster in etcd: nodes, shards ----------------------------------------------------------
+
+ETCD_TIMEOUT_S = 3.0
+"""How long each etcd call may take before the command says etcd cannot be reached."""
+
+DEFAULT_ETCD = "127.0.0.1:2379"
+"""The etcd of ``--etcd`` unless told otherwise."""
+DEFAULT_CLUSTER = "flashstock"
+"""The cluster of ``--cluster`` unless told otherwise."""
+
+EtcdOption = Annotated[
+    str,
+    typer.Option("--etcd", envvar="FLASHSTOCK_ETCD", help="etcd endpoints, host:port, comma-separated."),
+]
+ClusterOption = Annotated[
+    str,
+    typer.Option(
+        "--cluster", envvar="FLASHSTOCK_CLUSTER", help="The cluster's name (etcd prefix /flashstock/<cluster>/)."
+    ),
+]
+
+
+class Refused(Exception):
+    """A command refused: the message says why and what to do instead."""
+
+
+def run_etcd(command: str, etcd: str, cluster: str, work: Callable[[Any], Awaitable[int | None]]) -> None:
+    """Run ``work(client)`` on a fresh etcd client, closed after; map failures to one line and an exit code."""
+    from aetcd.exceptions import ClientError
+
+    async def main() -> int | None:
+        ClusterKeys(cluster)  # a malformed name: ValueError, before any connection
+        client = etcd_client(etcd, timeout=ETCD_TIMEOUT_S)
+        try:
+            return await work(client)
+        finally:
+            await client.close()
+
+    try:
+        code = asyncio.run(main())
+    except (Refused, CoordinationError) as exc:
+        exit_error(command, str(exc), 1)
+    except ValueError as exc:
+        exit_error(command, str(exc), 2)
+    except (ClientError, OSError) as exc:
+        exit_error(command, f"etcd at {etcd} cannot be reached ({type(exc).__name__}: {exc})", 2)
+    if code:
+        raise typer.Exit(code)

@@ -1,0 +1,166 @@
+"""``flashstock sales``: sales figures, from the ledger.
+
+Reads its settings like ``serve`` (flags > ``FLASHSTOCK_*`` env > config
+file) and reads the ledger only.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import sys
+from datetime import datetime, timezone
+from enum import Enum
+from typing import Annotated, Any, Optional
+
+import typer
+from rich import box
+from rich.table import Column, Table
+
+from flashstock.server._config import ledger_url
+from flashstock.server.cli.common import (
+    ConfigOption,
+    DataDirOption,
+    LedgerOption,
+    console,
+    exit_error,
+    ledger_failure,
+    local_time,
+    read_settings,
+)
+
+sales_app = typer.Typer(help="Sales figures, from the ledger.", no_args_is_help=True)
+
+
+class ReportFormat(str, Enum):
+    """Output formats of ``sales report``."""
+
+    table = "table"
+    csv = "csv"
+    json = "json"
+
+
+REPORT_FIELDS = (
+    "sku",
+    "shard",
+    "sale",
+    "mode",
+    "total",
+    "confirmed",
+    "held",
+    "available",
+    "buyers",
+    "holds",
+    "holds_confirmed",
+    "holds_expired",
+    "holds_released",
+    "holds_open",
+    "first_sale",
+    "last_sale",
+)
+"""The columns of ``sales report --format csv`` and the keys of its JSON objects."""
+
+
+def _iso_utc(ms: int) -> str | None:
+    return None if ms == 0 else datetime.fromtimestamp(ms / 1000, tz=timezone.utc).isoformat(timespec="milliseconds")
+
+
+def report_rows(sales: list[Any]) -> list[dict[str, Any]]:
+    """``sales report``'s rows (:class:`~flashstock.server.ledger.reports.SkuSales`) as plain dicts."""
+    return [
+        {
+            "sku": s.sku_id,
+            "shard": s.shard,
+            "sale": s.sale,
+            "mode": s.mode,
+            "total": s.total,
+            "confirmed": s.confirmed,
+            "held": s.held,
+            "available": s.available,
+            "buyers": s.buyers,
+            "holds": s.holds,
+            "holds_confirmed": s.holds_confirmed,
+            "holds_expired": s.holds_expired,
+            "holds_released": s.holds_released,
+            "holds_open": s.holds_open,
+            "first_sale": _iso_utc(s.first_sale_ms),
+            "last_sale": _iso_utc(s.last_sale_ms),
+        }
+        for s in sales
+    ]
+
+
+@sales_app.command("report")
+def sales_report(
+    sku: Annotated[Optional[str], typer.Option(help="Only this SKU; default every SKU in the ledger.")] = None,
+    format: Annotated[
+        ReportFormat, typer.Option("--format", help="table (for people), csv or json (for programs).")
+    ] = ReportFormat.table,
+    ledger: LedgerOption = None,
+    data_dir: DataDirOption = None,
+    config: ConfigOption = None,
+) -> None:
+    """Per SKU, its current sale from the ledger: units confirmed, held and available, buyers,
+    holds confirmed / expired / released, first and last sale (csv and json: ISO-8601, UTC).
+
+    Reads the ledger only. Confirmed = units sold for good; buyers = distinct
+    users with confirmed or held units; holds are counted by what became of them.
+    """
+    import sqlalchemy as sa
+
+    from flashstock.server.ledger import LedgerError
+    from flashstock.server.ledger.reports import open_for_reading
+    from flashstock.server.ledger.reports import sales_report as query
+
+    settings = read_settings("sales report", config, ledger=ledger, data_dir=data_dir)
+    try:
+        opened = open_for_reading(ledger_url(settings))
+        try:
+            sales = query(opened.engine, sku_id=sku)
+        finally:
+            opened.close()
+    except (LedgerError, sa.exc.SQLAlchemyError) as exc:
+        ledger_failure("sales report", settings, exc)
+    if sku is not None and not sales:
+        exit_error("sales report", f"sku: {sku!r} is not in the ledger", code=1)
+    rows = report_rows(sales)
+    if format is ReportFormat.json:
+        sys.stdout.write(json.dumps(rows, indent=2) + "\n")
+        return
+    if format is ReportFormat.csv:
+        writer = csv.DictWriter(sys.stdout, fieldnames=REPORT_FIELDS, lineterminator="\n")
+        writer.writeheader()
+        writer.writerows({k: ("" if v is None else v) for k, v in row.items()} for row in rows)
+        return
+    if not rows:
+        console.print("no SKUs in the ledger")
+        return
+    table = Table(
+        "sku",
+        *(
+            Column(name, justify="right")
+            for name in (
+                "total", "confirmed", "held", "available", "buyers",
+                "holds", "holds confirmed", "holds expired", "holds released",
+            )
+        ),
+        "first sale",
+        "last sale",
+        title="sales: the current sale of each SKU, from the ledger",
+        caption=(
+            "confirmed = units sold for good; buyers = users with units confirmed or held; "
+            "holds taken, and what became of them"
+        ),
+        box=box.HORIZONTALS,
+        pad_edge=False,
+        collapse_padding=True,
+    )
+    for sale in sales:
+        table.add_row(
+            sale.sku_id,
+            *(f"{n:,}" for n in (sale.total, sale.confirmed, sale.held, sale.available, sale.buyers, sale.holds,
+                                 sale.holds_confirmed, sale.holds_expired, sale.holds_released)),
+            local_time(sale.first_sale_ms),
+            local_time(sale.last_sale_ms),
+        )
+    console.print(table)

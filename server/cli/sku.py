@@ -1,0 +1,201 @@
+"""``flashstock sku``: define SKUs and steer their sale, through the public admin client.
+
+Uses only :mod:`flashstock.client`: what an operator can do here, any
+program can do with :class:`~flashstock.client.AdminClient`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Annotated, NoReturn, Optional
+
+import typer
+from rich.table import Table
+
+from flashstock.client import AdminClient, ClientConfig, FlashstockError, InvalidArgument, Mode, Sku, SkuDefinition
+from flashstock.server.cli.common import console, err_console, local_iso, parse_time_ms
+
+sku_app = typer.Typer(help="Define SKUs and steer their sale (AdminService).", no_args_is_help=True)
+
+AddrOption = Annotated[
+    str,
+    typer.Option("--addr", envvar="FLASHSTOCK_ADDR", help="Node address(es), host:port, comma-separated."),
+]
+AdminEtcdOption = Annotated[
+    str,
+    typer.Option(
+        "--etcd",
+        envvar="FLASHSTOCK_ETCD",
+        help="Call the nodes registered in etcd instead of --addr: etcd endpoints, host:port, comma-separated.",
+    ),
+]
+AdminClusterOption = Annotated[
+    str,
+    typer.Option("--cluster", envvar="FLASHSTOCK_CLUSTER", help="With --etcd: the cluster whose nodes to call."),
+]
+
+
+def _admin(addr: str, etcd: str = "", cluster: str = "flashstock") -> AdminClient:
+    """A started admin client of ``--addr`` or ``--etcd``; exit 2 on a bad address, 1 when no node is found."""
+    try:
+        if etcd and addr != "127.0.0.1:50051":
+            raise ValueError("give --addr or --etcd, not both")
+        config = ClientConfig(etcd=etcd, cluster=cluster) if etcd else ClientConfig(addresses=addr)
+        admin = AdminClient(replace(config, deadline_s=10, discovery_timeout_s=3))
+    except ValueError as exc:
+        err_console.print(f"[red]{'--etcd' if etcd else '--addr'}:[/] {exc}")
+        raise typer.Exit(2) from None
+    try:
+        admin.start()  # with --etcd: find the nodes, or say why not
+    except FlashstockError as exc:
+        admin.close()
+        _fail(exc)
+    return admin
+
+
+def _fail(exc: FlashstockError) -> NoReturn:
+    """Say what the node refused (each field's violation too), and end the command (exit 1)."""
+    err_console.print(f"[red]error:[/] {exc.message}")
+    if isinstance(exc, InvalidArgument):
+        for v in exc.violations:
+            err_console.print(f"  {v.field}: {v.description}")
+    raise typer.Exit(1)
+
+
+def _sku_table(skus: list[Sku]) -> Table:
+    table = Table(
+        "sku", "shard", "total", "available", "held", "confirmed", "limit", "max/req", "window", "mode", "state"
+    )
+    for s in skus:
+        state = "paused" if s.paused else ("sold out" if s.available <= 0 else "on sale")
+        window = f"{local_iso(s.sale_start_ms)} → {local_iso(s.sale_end_ms)}"
+        table.add_row(
+            s.sku_id,
+            str(s.shard),
+            str(s.total),
+            str(s.available),
+            str(s.held),
+            str(s.confirmed),
+            str(s.per_user_limit or "-"),
+            str(s.max_per_request or "-"),
+            window,
+            s.mode.name.lower(),
+            state,
+        )
+    return table
+
+
+@sku_app.command("put")
+def sku_put(
+    sku_id: Annotated[str, typer.Argument(help="The SKU id.")],
+    stock: Annotated[int, typer.Option(help="Units to put on sale.")],
+    limit: Annotated[int, typer.Option(help="Most units per user (held + confirmed); 0 = no limit.")] = 0,
+    max_per_request: Annotated[int, typer.Option(help="Most units per request; 0 = the per-user limit.")] = 0,
+    start: Annotated[
+        Optional[str], typer.Option(help="Sale opens: unix ms, ISO-8601 or +N[s|m|h]; default now.")
+    ] = None,
+    end: Annotated[
+        Optional[str], typer.Option(help="Sale closes: unix ms, ISO-8601 or +N[s|m|h]; default never.")
+    ] = None,
+    mode: Annotated[str, typer.Option(help="fast | durable.")] = "fast",
+    request_id: Annotated[Optional[str], typer.Option(help="Idempotency key; default a new one.")] = None,
+    addr: AddrOption = "127.0.0.1:50051",
+    etcd: AdminEtcdOption = "",
+    cluster: AdminClusterOption = "flashstock",
+) -> None:
+    """Define a SKU (defining it again restarts its sale)."""
+    if mode not in ("fast", "durable"):
+        raise typer.BadParameter("mode must be fast or durable", param_hint="--mode")
+    with _admin(addr, etcd, cluster) as admin:
+        try:
+            definition = SkuDefinition(
+                sku_id,
+                stock,
+                per_user_limit=limit,
+                max_per_request=max_per_request,
+                sale_start_ms=parse_time_ms(start),
+                sale_end_ms=parse_time_ms(end),
+                mode=Mode.DURABLE if mode == "durable" else Mode.FAST,
+            )
+            result = admin.put_sku(definition, request_id=request_id)
+        except FlashstockError as exc:
+            _fail(exc)
+    console.print(_sku_table([result.sku]))
+
+
+@sku_app.command("get")
+def sku_get(
+    sku_id: Annotated[str, typer.Argument(help="The SKU id.")],
+    addr: AddrOption = "127.0.0.1:50051",
+    etcd: AdminEtcdOption = "",
+    cluster: AdminClusterOption = "flashstock",
+) -> None:
+    """Show one SKU."""
+    with _admin(addr, etcd, cluster) as admin:
+        try:
+            console.print(_sku_table([admin.get_sku(sku_id)]))
+        except FlashstockError as exc:
+            _fail(exc)
+
+
+@sku_app.command("ls")
+def sku_ls(
+    prefix: Annotated[str, typer.Option(help="Only SKUs whose id starts with this.")] = "",
+    addr: AddrOption = "127.0.0.1:50051",
+    etcd: AdminEtcdOption = "",
+    cluster: AdminClusterOption = "flashstock",
+) -> None:
+    """List SKUs."""
+    with _admin(addr, etcd, cluster) as admin:
+        try:
+            skus = admin.all_skus(prefix)
+        except FlashstockError as exc:
+            _fail(exc)
+    console.print(_sku_table(skus) if skus else "no SKUs")
+
+
+@sku_app.command("adjust", context_settings={"ignore_unknown_options": True})  # lets "-200" be the delta
+def sku_adjust(
+    sku_id: Annotated[str, typer.Argument(help="The SKU id.")],
+    delta: Annotated[int, typer.Argument(help="Units to add (+N) or take away (-N).")],
+    request_id: Annotated[Optional[str], typer.Option(help="Idempotency key; default a new one.")] = None,
+    addr: AddrOption = "127.0.0.1:50051",
+    etcd: AdminEtcdOption = "",
+    cluster: AdminClusterOption = "flashstock",
+) -> None:
+    """Add or take away stock, never below the units handed out."""
+    with _admin(addr, etcd, cluster) as admin:
+        try:
+            console.print(_sku_table([admin.adjust_stock(sku_id, delta, request_id=request_id).sku]))
+        except FlashstockError as exc:
+            _fail(exc)
+
+
+@sku_app.command("pause")
+def sku_pause(
+    sku_id: Annotated[str, typer.Argument(help="The SKU id.")],
+    addr: AddrOption = "127.0.0.1:50051",
+    etcd: AdminEtcdOption = "",
+    cluster: AdminClusterOption = "flashstock",
+) -> None:
+    """Stop a SKU's sale: every attempt gets NOT_ON_SALE."""
+    with _admin(addr, etcd, cluster) as admin:
+        try:
+            console.print(_sku_table([admin.pause_sku(sku_id).sku]))
+        except FlashstockError as exc:
+            _fail(exc)
+
+
+@sku_app.command("resume")
+def sku_resume(
+    sku_id: Annotated[str, typer.Argument(help="The SKU id.")],
+    addr: AddrOption = "127.0.0.1:50051",
+    etcd: AdminEtcdOption = "",
+    cluster: AdminClusterOption = "flashstock",
+) -> None:
+    """Resume a paused SKU's sale."""
+    with _admin(addr, etcd, cluster) as admin:
+        try:
+            console.print(_sku_table([admin.resume_sku(sku_id).sku]))
+        except FlashstockError as exc:
+            _fail(exc)
