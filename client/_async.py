@@ -39,7 +39,6 @@ from ._types import (
 from .errors import Unavailable
 
 
-
 def _config_of(config: ClientConfig | None, addresses: Sequence[str] | str | None) -> ClientConfig:
     if config is not None and addresses is not None:
         raise TypeError("give config or addresses, not both")
@@ -197,7 +196,12 @@ class AsyncStockClient:
     ) -> DeductResult:
         """Hold ``qty`` units for ``ttl_ms`` (0 = the node's default); the hold id is the request id."""
         request = t.stock_pb2.HoldRequest(
-            sku_id=sku_id, user_id=user_id, qty=qty, ttl_ms=ttl_ms, request_id=t.request_id_or_new(request_id), retry=retry
+            sku_id=sku_id,
+            user_id=user_id,
+            qty=qty,
+            ttl_ms=ttl_ms,
+            request_id=t.request_id_or_new(request_id),
+            retry=retry,
         )
         return t.deduct_result(await self._conn._rpc_call("Hold", request))
 

@@ -170,7 +170,9 @@ class AsyncDiscovery(_NodeWatch):
         if started is None or started.done():
             loop = asyncio.get_running_loop()
             self._started = started = loop.create_future()
-            self._task = loop.create_task(self._follow(_reporter(started)), name=f"flashstock discovery of {self.where}")
+            self._task = loop.create_task(
+                self._follow(_reporter(started)), name=f"flashstock discovery of {self.where}"
+            )
         # Shielded: a caller that gives up does not stop the start others wait for.
         await asyncio.shield(started)
 
@@ -248,7 +250,10 @@ class Discovery(_NodeWatch):
                 # Made here, not on the thread: close() may need it before the thread runs.
                 self._loop = asyncio.new_event_loop()
                 self._thread = threading.Thread(
-                    target=self._run, args=(self._loop, started), name=f"flashstock discovery of {self.where}", daemon=True
+                    target=self._run,
+                    args=(self._loop, started),
+                    name=f"flashstock discovery of {self.where}",
+                    daemon=True,
                 )
                 self._thread.start()
         started.result()

@@ -102,4 +102,4 @@ def _shard(shard: int) -> int:
 
 def tail(key: bytes, prefix: str) -> str:
     """What follows ``prefix`` in ``key`` (a shard number or a node id)."""
-    return key.decode()[len(prefix):]
+    return key.decode()[len(prefix) :]

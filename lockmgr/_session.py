@@ -298,7 +298,9 @@ class EtcdSession:
                 if not is_lease_not_found(exc):
                     log.warning(
                         "could not revoke lease %x of node %s (it expires by itself): %r",
-                        self.lease_id, self.node_id, exc,
+                        self.lease_id,
+                        self.node_id,
+                        exc,
                     )
 
     async def __aenter__(self) -> EtcdSession:
@@ -353,7 +355,10 @@ class EtcdSession:
             except Exception as exc:
                 log.info(
                     "keepalive of lease %x failed after %.2f s (%.2f s to the deadline), retrying: %r",
-                    self.lease_id, time.monotonic() - sent, self._deadline - time.monotonic(), exc,
+                    self.lease_id,
+                    time.monotonic() - sent,
+                    self._deadline - time.monotonic(),
+                    exc,
                 )
                 next_at = time.monotonic() + retry
                 continue

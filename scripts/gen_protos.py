@@ -17,9 +17,8 @@ PROTOS = ROOT / "protos"
 
 def generate(protos: Path = PROTOS) -> list[Path]:
     """Run grpcio-tools' protoc over every .proto under ``protos``; return them."""
-    from grpc_tools import protoc  # build-time dependency only
-
     import grpc_tools
+    from grpc_tools import protoc  # build-time dependency only
 
     include = Path(grpc_tools.__file__).parent / "_proto"
     files = sorted(protos.rglob("*.proto"))

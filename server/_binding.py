@@ -41,7 +41,6 @@ from dataclasses import asdict, dataclass
 from typing import cast
 
 from flashstock.lockmgr import SettingMismatch, ShardCountMismatch, etcd_client, init_cluster, stable_hash
-
 from flashstock.server.store.keys import CONFIG_KEY, SKU_INDEX_KEY, ShardKeys
 from flashstock.server.store.redis import AsyncRedis, AsyncScript
 from flashstock.server.store.replies import BindReply
@@ -152,13 +151,19 @@ async def _check_placement(redis: AsyncRedis, shards: int) -> None:
         for count in counts:
             if await _all_placed(redis, sampled, count):
                 raise SettingMismatch(
-                    "shards", str(shards), str(count), "Redis",
+                    "shards",
+                    str(shards),
+                    str(count),
+                    "Redis",
                     f"where its SKUs are, e.g. {sku_id!r} under shard {stable_hash(sku_id) % count} of {count}: "
                     "a Redis from before settings were bound",
                 )
         if counts:
             raise SettingMismatch(
-                "shards", str(shards), "another count", "Redis",
+                "shards",
+                str(shards),
+                "another count",
+                "Redis",
                 f"SKU {sku_id!r} is not under shard {stable_hash(sku_id) % shards} but elsewhere: "
                 "a Redis from before settings were bound",
             )

@@ -74,7 +74,9 @@ class NodeConfig:
         "How long a durable reply waits for the ledger; then UNAVAILABLE, and a retry with the same "
         "request id returns the real outcome.",
     )
-    rebuild_wait_s: float = _setting(5.0, "How long requests wait for a shard's rebuild from the ledger before UNAVAILABLE.")
+    rebuild_wait_s: float = _setting(
+        5.0, "How long requests wait for a shard's rebuild from the ledger before UNAVAILABLE."
+    )
     rebuild_lock_expire_s: int = _setting(5, "Expiry of a shard's rebuild mutex, seconds (renewed while held).")
     reconcile_interval_s: float = _setting(
         10.0,
@@ -87,7 +89,9 @@ class NodeConfig:
         "etcd endpoints (host:port, comma-separated) of the cluster's coordination: the node registers, "
         "and runs the duties only of the shards it owns; empty = a standalone node that owns every shard.",
     )
-    cluster: str = _setting("flashstock", "Cluster name: the etcd key prefix /flashstock/<cluster>/ (several clusters may share an etcd).")
+    cluster: str = _setting(
+        "flashstock", "Cluster name: the etcd key prefix /flashstock/<cluster>/ (several clusters may share an etcd)."
+    )
     node_id: str = _setting("", "This node's id in the cluster; empty = its advertised address (host:port).")
     advertise: str = _setting("", "host:port clients reach this node at, registered in etcd; empty = host:port.")
     lease_ttl_s: int = _setting(

@@ -90,9 +90,7 @@ class IncarnationGate:
             try:
                 verified = await asyncio.wait_for(asyncio.shield(self._check), self._wait_s)
             except TimeoutError:
-                raise RedisConnectionError(
-                    "Redis restarted: its shards are being checked against the ledger"
-                ) from None
+                raise RedisConnectionError("Redis restarted: its shards are being checked against the ledger") from None
             if run_id is None or verified == run_id:
                 return
         raise RedisConnectionError("Redis restarted again while it was checked against the ledger")
@@ -109,7 +107,9 @@ class IncarnationGate:
                 "Redis restarted (run id %s, was %s): %s",
                 run_id,
                 self._verified,
-                f"shards {rebuilt} were older than the ledger and are rebuilt" if rebuilt else "no shard is behind the ledger",
+                f"shards {rebuilt} were older than the ledger and are rebuilt"
+                if rebuilt
+                else "no shard is behind the ledger",
             )
         self._verified = run_id
         if rebuilt and self._on_rebuilt is not None:

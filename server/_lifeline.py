@@ -126,7 +126,9 @@ class Lifeline:
             if parent_is_gone(self.parent_pid, os.getppid()):
                 return "the kernel's parent-death signal" if signalled else "a new parent pid"
             if signalled:
-                log.warning("%s received while the parent (pid %d) lives: ignored", PARENT_DIED_SIGNAL.name, self.parent_pid)
+                log.warning(
+                    "%s received while the parent (pid %d) lives: ignored", PARENT_DIED_SIGNAL.name, self.parent_pid
+                )
 
     def _watch(self) -> None:
         self._leave(self._notice())

@@ -19,7 +19,9 @@ OTHER_KIND = "other"
 class LogGate:
     """At most one message per kind per interval; the others are counted, not logged."""
 
-    def __init__(self, interval_s: float = 60.0, clock: Callable[[], float] = time.monotonic, max_kinds: int = 256) -> None:
+    def __init__(
+        self, interval_s: float = 60.0, clock: Callable[[], float] = time.monotonic, max_kinds: int = 256
+    ) -> None:
         self.interval_s = interval_s
         """The shortest time between two messages of one kind, seconds."""
         self._clock = clock

@@ -32,8 +32,12 @@ class Metrics:
             buckets=(0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10),
             registry=r,
         )
-        self.persister_backlog = Gauge("flashstock_persister_backlog_entries", "Log entries not yet in the ledger.", registry=r)
-        self.rebuilds = Counter("flashstock_rebuilds", "Shard rebuilds from the ledger, by result.", ["result"], registry=r)
+        self.persister_backlog = Gauge(
+            "flashstock_persister_backlog_entries", "Log entries not yet in the ledger.", registry=r
+        )
+        self.rebuilds = Counter(
+            "flashstock_rebuilds", "Shard rebuilds from the ledger, by result.", ["result"], registry=r
+        )
         self.durable_timeouts = Counter(
             "flashstock_durable_timeouts", "Durable replies that gave up waiting for the ledger.", registry=r
         )
@@ -60,9 +64,13 @@ class Metrics:
         )
         self.owned_shards = Gauge("flashstock_owned_shards", "Shards whose duties this node runs.", registry=r)
         self.shard_claims = Counter("flashstock_shard_claims", "Shards this node claimed (etcd).", registry=r)
-        self.shard_releases = Counter("flashstock_shard_releases", "Shards this node gave up, by why.", ["why"], registry=r)
+        self.shard_releases = Counter(
+            "flashstock_shard_releases", "Shards this node gave up, by why.", ["why"], registry=r
+        )
         self.etcd_session_losses = Counter(
-            "flashstock_etcd_session_losses", "etcd sessions (leases) this node lost; it stopped its duties.", registry=r
+            "flashstock_etcd_session_losses",
+            "etcd sessions (leases) this node lost; it stopped its duties.",
+            registry=r,
         )
 
 

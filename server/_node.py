@@ -47,24 +47,23 @@ from grpc_reflection.v1alpha import reflection
 
 from flashstock.client import FlashstockError
 from flashstock.lockmgr import CoordinationError, SessionConfig, SettingMismatch, ShardCountMismatch
-from flashstock.server.store.keys import CONFIG_KEY, ShardKeys
-
 from flashstock.server._binding import BoundSettings, bind_in_etcd, bind_in_redis, explain
 from flashstock.server._config import NodeConfig, etcd_endpoints, ledger_url
-from flashstock.server.duties.shard import DutyPolicy, ShardDuties
-from flashstock.server.store.durable import PersistWatch
-from flashstock.server.store.feed import RedisFeed, TakersLoader
-from flashstock.server.store.redis import RedisConnectionError, RedisTimeouts, async_client, blocking_client
 from flashstock.server._incarnation import IncarnationGate
 from flashstock.server._lifeline import Lifeline, tie_to_parent
 from flashstock.server._metrics import METRICS
 from flashstock.server.duties.ownership import Ownership
 from flashstock.server.duties.persister import PersistPolicy
 from flashstock.server.duties.rebuild import RebuildPolicy, ShardRebuilder
+from flashstock.server.duties.shard import DutyPolicy, ShardDuties
+from flashstock.server.ledger import Ledger, LedgerError
 from flashstock.server.rpc.servicer import SERVICE_NAMES, AdminServicer, StockServicer, add_services
+from flashstock.server.store.durable import PersistWatch
+from flashstock.server.store.feed import RedisFeed, TakersLoader
+from flashstock.server.store.keys import CONFIG_KEY, ShardKeys
+from flashstock.server.store.redis import RedisConnectionError, RedisTimeouts, async_client, blocking_client
 from flashstock.server.store.soldout import SoldOutBook
 from flashstock.server.store.stock import StockStore, StoreLimits
-from flashstock.server.ledger import Ledger, LedgerError
 
 log = logging.getLogger(__name__)
 
@@ -167,7 +166,12 @@ class Node:
         # Only a node bound to this Redis's ledger may repair the Redis from it.
         await self._check_redis_against_ledger()
         feed = RedisFeed(
-            self.redis, self.book, self.watch, self.config.shards, on_redis=self._redis_health, check=self._recheck_binding
+            self.redis,
+            self.book,
+            self.watch,
+            self.config.shards,
+            on_redis=self._redis_health,
+            check=self._recheck_binding,
         )
         self._tasks.append(asyncio.create_task(feed.run(), name="redis feed"))
         try:
@@ -225,8 +229,10 @@ class Node:
                 return
             except RedisConnectionError as exc:
                 if asyncio.get_running_loop().time() > deadline:
-                    raise StartupError(f"redis_url: the Redis at {self.config.redis_url} could not be checked "
-                        f"against the ledger: {exc}") from None
+                    raise StartupError(
+                        f"redis_url: the Redis at {self.config.redis_url} could not be checked "
+                        f"against the ledger: {exc}"
+                    ) from None
                 await asyncio.sleep(0.2)
 
     async def _bind_settings(self) -> None:

@@ -259,7 +259,9 @@ def parse_fence(values: Sequence[str | bytes | None]) -> ShardFence | None:
         return None
 
 
-def moved(victim: str, epochs_before: Mapping[int, int], fences: Mapping[int, ShardFence | None]) -> dict[int, ShardFence]:
+def moved(
+    victim: str, epochs_before: Mapping[int, int], fences: Mapping[int, ShardFence | None]
+) -> dict[int, ShardFence]:
     """The victim's shards that a new owner has fenced: an epoch above the victim's, another owner."""
     out = {}
     for shard, epoch in epochs_before.items():
@@ -402,7 +404,11 @@ class _ClusterRun:
         self.console = console
         self.stack = stack
         self.folder = folder
-        plan_figures = {k: (sorted(v) if isinstance(v, frozenset) else v) for k, v in asdict(plan).items() if k not in ("json_out", "folder")}
+        plan_figures = {
+            k: (sorted(v) if isinstance(v, frozenset) else v)
+            for k, v in asdict(plan).items()
+            if k not in ("json_out", "folder")
+        }
         self.figures: dict[str, Any] = {"plan": plan_figures}
         self.progress = Progress(
             SpinnerColumn(),
@@ -470,7 +476,9 @@ class _ClusterRun:
                     owners = {s: (o.node, o.epoch) for s, o in view.owners.items()}
                     left = unsettled(view.desired(), owners, fences)
                     live = set(view.nodes) == set(cluster.node_ids)
-                    self.progress.update(task, completed=cluster.shards - len(left), info=f"{len(view.nodes)} node(s) live")
+                    self.progress.update(
+                        task, completed=cluster.shards - len(left), info=f"{len(view.nodes)} node(s) live"
+                    )
                     if live and not left:
                         return
                     if time.monotonic() - started > timeout:
@@ -538,7 +546,9 @@ class _ClusterRun:
         ]
         cpu = self.cpu_groups(cluster)
         task = self.progress.add_task(
-            f"{name}: {plan.buyers} buyers, warm-up {plan.warmup:g} s + {plan.seconds:g} s", total=plan.warmup + plan.seconds, info=""
+            f"{name}: {plan.buyers} buyers, warm-up {plan.warmup:g} s + {plan.seconds:g} s",
+            total=plan.warmup + plan.seconds,
+            info="",
         )
         start = time.monotonic()
         measure_from = start + plan.warmup
@@ -549,7 +559,9 @@ class _ClusterRun:
         def tick() -> None:
             self.loads.check_alive()
             elapsed = time.monotonic() - start
-            self.progress.update(task, completed=min(elapsed, plan.warmup + plan.seconds), info=f"{self.loads.done():,} calls")
+            self.progress.update(
+                task, completed=min(elapsed, plan.warmup + plan.seconds), info=f"{self.loads.done():,} calls"
+            )
 
         _sleep_until(measure_from, tick)
         cpu_before, etcd_before = cpu.sample(), _etcd_metrics(cluster.etcd_endpoint)
@@ -573,7 +585,8 @@ class _ClusterRun:
             "latency_ms": _latency_ms(r["latencies"]),
             "cpu_percent": cpu_percent,
             "cpu_us_per_ok": {
-                g: round(cpu_percent[g] / 100 * 1e6 / (ok / wall), 1) if ok else None for g in ("nodes", "redis", "etcd", "load")
+                g: round(cpu_percent[g] / 100 * 1e6 / (ok / wall), 1) if ok else None
+                for g in ("nodes", "redis", "etcd", "load")
             },
             "disturbed": disturbed(cpu_percent),
             "etcd": {**_etcd_window(etcd_before, etcd_after, wall), "cpu_percent": cpu_percent},
@@ -587,7 +600,10 @@ class _ClusterRun:
         cpu = self.cpu_groups(cluster)
         start = time.monotonic()
         cpu_before, before = cpu.sample(), _etcd_metrics(cluster.etcd_endpoint)
-        _sleep_until(start + plan.idle_seconds, lambda: self.progress.update(task, completed=min(plan.idle_seconds, time.monotonic() - start)))
+        _sleep_until(
+            start + plan.idle_seconds,
+            lambda: self.progress.update(task, completed=min(plan.idle_seconds, time.monotonic() - start)),
+        )
         cpu_after, after = cpu.sample(), _etcd_metrics(cluster.etcd_endpoint)
         wall = cpu_after["_wall"] - cpu_before["_wall"]
         self.progress.update(task, completed=plan.idle_seconds)
@@ -600,7 +616,9 @@ class _ClusterRun:
     def failover(self, cluster: Any) -> dict[str, Any]:
         plan = self.plan
         self.put_skus(cluster, self.failover_skus)
-        task = self.progress.add_task(f"failover: {plan.runs} kill -9 runs, lease TTL {plan.lease_ttl_s} s", total=plan.runs, info="")
+        task = self.progress.add_task(
+            f"failover: {plan.runs} kill -9 runs, lease TTL {plan.lease_ttl_s} s", total=plan.runs, info=""
+        )
         runs: list[dict[str, Any]] = []
         self.figures["failover_runs"] = runs  # what a failed run leaves in --json
 
@@ -623,7 +641,14 @@ class _ClusterRun:
                     )
                     await asyncio.to_thread(cluster.start_node, victim)
                     run["settle_s"] = round(
-                        await asyncio.to_thread(self.settle, cluster, f"run {n + 1}: {cluster.node_ids[victim]} back, shards settling", 90.0, False), 2
+                        await asyncio.to_thread(
+                            self.settle,
+                            cluster,
+                            f"run {n + 1}: {cluster.node_ids[victim]} back, shards settling",
+                            90.0,
+                            False,
+                        ),
+                        2,
                     )
             finally:
                 await r.aclose()
@@ -675,7 +700,9 @@ class _ClusterRun:
             await asyncio.sleep(max(0.0, next_at - time.monotonic()))
         cpu_after = cpu.sample()
         load = await asyncio.to_thread(self._stop_failover_load) if loaded else None
-        claims = [o.since_ms for s, o in (await owners(etcd, cluster.cluster)).items() if s in epochs and o.node != victim_id]
+        claims = [
+            o.since_ms for s, o in (await owners(etcd, cluster.cluster)).items() if s in epochs and o.node != victim_id
+        ]
         first_ms, all_ms = failover_ms(kill_ms, done)
         return {
             "victim": victim_id,
@@ -738,7 +765,11 @@ class _ClusterRun:
         out["over_bound"] = sum(1 for run in runs if run["all_ms"] > out["bound_ms"])
         machine = [run["cpu_percent"]["machine"] for run in runs]
         rest = [run["cpu_percent"]["rest"] for run in runs]
-        out["cpu"] = {"machine_mean": round(sum(machine) / len(machine), 1), "rest_max": max(rest), "disturbed_runs": sum(1 for x in rest if x > NOISY_REST_PERCENT)}
+        out["cpu"] = {
+            "machine_mean": round(sum(machine) / len(machine), 1),
+            "rest_max": max(rest),
+            "disturbed_runs": sum(1 for x in rest if x > NOISY_REST_PERCENT),
+        }
         if plan.failover_rate > 0:
             out["load"] = self._consistency(cluster, runs)
         return out
@@ -763,7 +794,9 @@ class _ClusterRun:
         finally:
             client.close()
             ledger.close()
-        self.progress.update(task, total=1, completed=1, info="agree" if rec.ok else f"{len(rec.differences)} differences")
+        self.progress.update(
+            task, total=1, completed=1, info="agree" if rec.ok else f"{len(rec.differences)} differences"
+        )
         return {
             "rate": self.plan.failover_rate,
             "calls": sum(run["load"]["calls"] for run in runs),
@@ -785,7 +818,11 @@ class _ClusterRun:
 
         import grpc
 
-        self.figures["machine"] = {"cores": os.cpu_count(), "python": platform.python_version(), "grpcio": grpc.__version__}
+        self.figures["machine"] = {
+            "cores": os.cpu_count(),
+            "python": platform.python_version(),
+            "grpcio": grpc.__version__,
+        }
         self.figures["date"] = time.strftime("%Y-%m-%d %H:%M:%S %z")
         with self.progress:
             self.start_loads()
@@ -817,7 +854,9 @@ class _ClusterRun:
                 if load["handed_out_problem"]:
                     problems.append(load["handed_out_problem"])
                 if not load["reconciled"]:
-                    problems.append(f"Redis and the ledger disagree after the failovers: {load['reconcile_differences'][:3]}")
+                    problems.append(
+                        f"Redis and the ledger disagree after the failovers: {load['reconcile_differences'][:3]}"
+                    )
         if "one_node" in f:
             one, three = f["one_node"], f["three_nodes"]
             f["ratio_3_to_1"] = ratio(three["ok_per_s"], one["ok_per_s"])
@@ -877,18 +916,28 @@ class _ClusterRun:
             ),
         ]
         if cpu["disturbed_runs"]:
-            lines.append(f"[yellow]warning:[/] {cpu['disturbed_runs']} run(s) disturbed: "
-                f"others used > {NOISY_REST_PERCENT:.0f}% of a core")
+            lines.append(
+                f"[yellow]warning:[/] {cpu['disturbed_runs']} run(s) disturbed: "
+                f"others used > {NOISY_REST_PERCENT:.0f}% of a core"
+            )
         load = fo.get("load")
         if load:
             lines.append(
                 f"background load, {load['rate']:g}/s on the survivors: {load['ok']:,} OK, {load['errors']:,} errors, "
                 f"{load['handed_out']:,} units handed out"
-                + (" [green](= OK answers)[/]" if not load["handed_out_problem"] else f" [red]({load['handed_out_problem']})[/]")
+                + (
+                    " [green](= OK answers)[/]"
+                    if not load["handed_out_problem"]
+                    else f" [red]({load['handed_out_problem']})[/]"
+                )
             )
             lines.append(
                 f"Redis vs ledger after the runs ({load['skus_reconciled']} SKUs): "
-                + ("[green]agree[/]" if load["reconciled"] else f"[red]{len(load['reconcile_differences'])} differences[/]")
+                + (
+                    "[green]agree[/]"
+                    if load["reconciled"]
+                    else f"[red]{len(load['reconcile_differences'])} differences[/]"
+                )
             )
         return lines
 
@@ -909,7 +958,13 @@ class _ClusterRun:
             t.add_row(f"latency {q} (ms)", f"{one['latency_ms'][q]:.2f}", f"{three['latency_ms'][q]:.2f}")
         t.add_row("errors", str(one["errors"]), str(three["errors"]))
         c1, c3 = one["cpu_percent"], three["cpu_percent"]
-        for group, label in (("nodes", "nodes"), ("redis", "Redis"), ("etcd", "etcd"), ("load", "load procs"), ("bench", "bench")):
+        for group, label in (
+            ("nodes", "nodes"),
+            ("redis", "Redis"),
+            ("etcd", "etcd"),
+            ("load", "load procs"),
+            ("bench", "bench"),
+        ):
             t.add_row(f"CPU % of a core: {label}", _cpu_cell(c1, group), _cpu_cell(c3, group))
         cores = os.cpu_count() or 1
         t.add_row(f"CPU % of a core: machine ({cores} cores)", f"{c1['machine']:.0f}", f"{c3['machine']:.0f}")
@@ -990,7 +1045,9 @@ def _etcd_window(before: Mapping[str, float], after: Mapping[str, float], second
         "per_s": per_s,
         "writes_per_s": None if any(w is None for w in writes) else round(sum(w for w in writes if w is not None), 3),
         "gauges": {name: after.get(metric) for name, metric in ETCD_GAUGES.items()},
-        "deltas": {name: (after[m] - before[m]) if m in after and m in before else None for name, m in ETCD_COUNTERS.items()},
+        "deltas": {
+            name: (after[m] - before[m]) if m in after and m in before else None for name, m in ETCD_COUNTERS.items()
+        },
     }
 
 
@@ -1013,8 +1070,10 @@ def run_cluster_bench(plan: ClusterBenchPlan, console: Console) -> int:
             folder = Path(plan.folder).expanduser().resolve()
             taken = [n for n in ("one-node", "three-nodes") if (folder / n).exists()]
             if taken:
-                console.print(f"[red]flashstock bench-cluster:[/] --dir {folder} holds {', '.join(taken)} already: "
-                    "give a new folder")
+                console.print(
+                    f"[red]flashstock bench-cluster:[/] --dir {folder} holds {', '.join(taken)} already: "
+                    "give a new folder"
+                )
                 return 2
         run: _ClusterRun | None = None
         try:

@@ -99,7 +99,10 @@ def _worker(host: str, port: int, workers: int, ready: multiprocessing.queues.Qu
 
 
 class EchoProcess:
-    """The echo server as its own process on a free loopback port (like :class:`~flashstock.server.local.procs.NodeProcess`)."""
+    """The echo server as its own process on a free loopback port.
+
+    Started and stopped as :class:`~flashstock.server.local.procs.NodeProcess` is.
+    """
 
     def __init__(self, workers: int = 1) -> None:
         from flashstock.server.local.procs import free_port
@@ -128,7 +131,15 @@ class EchoProcess:
         fd, name = tempfile.mkstemp(prefix="flashstock-echo-", suffix=".log")
         os.close(fd)
         self._log = Path(name)
-        args = [sys.executable, "-m", "flashstock.server.bench.echo", "--port", str(self.port), "--workers", str(self.workers)]
+        args = [
+            sys.executable,
+            "-m",
+            "flashstock.server.bench.echo",
+            "--port",
+            str(self.port),
+            "--workers",
+            str(self.workers),
+        ]
         with open(self._log, "wb") as log_file:
             self.proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=log_file)
         self._read = pipe_reader(self.proc)
@@ -160,7 +171,9 @@ class EchoProcess:
 
 def main(argv: list[str] | None = None) -> int:
     """Serve until SIGTERM/SIGINT; ``--workers`` processes share the port."""
-    parser = argparse.ArgumentParser(prog="python -m flashstock.server.bench.echo", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m flashstock.server.bench.echo", description=__doc__.split("\n\n")[0]
+    )
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--workers", type=int, default=1)

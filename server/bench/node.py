@@ -159,7 +159,9 @@ async def _load_phase(index: int, phase: dict[str, Any], ctrl: Any, progress: An
     from flashstock.client import CHANNEL_OPTIONS
     from flashstock.v1 import stock_pb2, stock_pb2_grpc
 
-    channels = [grpc.aio.insecure_channel(phase["target"], options=CHANNEL_OPTIONS) for _ in range(phase["connections"])]
+    channels = [
+        grpc.aio.insecure_channel(phase["target"], options=CHANNEL_OPTIONS) for _ in range(phase["connections"])
+    ]
     try:
         await asyncio.wait_for(asyncio.gather(*(c.channel_ready() for c in channels)), 30)
         stubs = [stock_pb2_grpc.StockServiceStub(c) for c in channels]
@@ -237,7 +239,9 @@ class _LoadProcs:
         self.procs = []
         for i in range(count):
             parent, child = ctx.Pipe()
-            proc = ctx.Process(target=_load_main, args=(i, child, self.ctrl, self.progress), name=f"flashstock-load-{i}", daemon=True)
+            proc = ctx.Process(
+                target=_load_main, args=(i, child, self.ctrl, self.progress), name=f"flashstock-load-{i}", daemon=True
+            )
             proc.start()
             child.close()
             self._pipes.append(parent)
@@ -365,11 +369,15 @@ def _merge(results: list[dict[str, Any]]) -> dict[str, Any]:
 def _outcome_names(counts: Counter[Any]) -> dict[str, int]:
     from flashstock.client import Outcome
 
-    return {(Outcome(k).name if isinstance(k, int) else k): v for k, v in sorted(counts.items(), key=lambda kv: str(kv[0]))}
+    return {
+        (Outcome(k).name if isinstance(k, int) else k): v for k, v in sorted(counts.items(), key=lambda kv: str(kv[0]))
+    }
 
 
 def _latency_ms(latencies: list[float]) -> dict[str, float]:
-    return {name: round(percentile(latencies, q) * 1000, 3) for name, q in (("p50", 0.5), ("p99", 0.99), ("p999", 0.999))}
+    return {
+        name: round(percentile(latencies, q) * 1000, 3) for name, q in (("p50", 0.5), ("p99", 0.99), ("p999", 0.999))
+    }
 
 
 class _Cpu:
@@ -473,7 +481,9 @@ class _Run:
 
         plan = self.plan
         task = self.progress.add_task(
-            f"start: Redis, node ({plan.workers} worker(s)), echo, {plan.client_procs} load process(es)", total=None, info=""
+            f"start: Redis, node ({plan.workers} worker(s)), echo, {plan.client_procs} load process(es)",
+            total=None,
+            info="",
         )
         self.loads = _LoadProcs(plan.client_procs)
         self.stack.callback(self.loads.stop)
@@ -546,7 +556,11 @@ class _Run:
         """Warm-up, then ``seconds`` of Deducts of ``sku`` against ``target``: back to back, or paced at ``rate``/s."""
         plan = self.plan
         pace = f", paced at {rate:,.0f}/s" if rate else ""
-        task = self.progress.add_task(f"{name}: {plan.buyers} buyers{pace}, warm-up {plan.warmup:g} s + {plan.seconds:g} s", total=plan.warmup + plan.seconds, info="")
+        task = self.progress.add_task(
+            f"{name}: {plan.buyers} buyers{pace}, warm-up {plan.warmup:g} s + {plan.seconds:g} s",
+            total=plan.warmup + plan.seconds,
+            info="",
+        )
         start = time.monotonic()
         measure_from = start + plan.warmup
         measure_until = measure_from + plan.seconds
@@ -556,7 +570,9 @@ class _Run:
         def tick() -> None:
             self.loads.check_alive()
             elapsed = time.monotonic() - start
-            self.progress.update(task, completed=min(elapsed, plan.warmup + plan.seconds), info=f"{self.loads.done():,} calls")
+            self.progress.update(
+                task, completed=min(elapsed, plan.warmup + plan.seconds), info=f"{self.loads.done():,} calls"
+            )
 
         _sleep_until(measure_from, tick)
         before = self.cpu.sample()
@@ -577,8 +593,7 @@ class _Run:
         # CPU time each successful call cost, in µs: comparable across machines
         # and independent of how the cores were shared.
         per_call = {
-            name: round(cpu[name] / 100 * 1e6 / (ok / wall), 1) if ok else None
-            for name in (server, "redis", "load")
+            name: round(cpu[name] / 100 * 1e6 / (ok / wall), 1) if ok else None for name in (server, "redis", "load")
         }
         return {
             "persister_lag_ms": (
@@ -640,12 +655,15 @@ class _Run:
             # Connection buffers grow under load and shrink seconds after it
             # (by ±1 MB with 64 connections); they are per connection, not per
             # record, so the figure leaves their change out.
-            "client_buffers_change": int(stats_after.get("clients.normal", 0)) - int(stats_before.get("clients.normal", 0)),
+            "client_buffers_change": int(stats_after.get("clients.normal", 0))
+            - int(stats_before.get("clients.normal", 0)),
             "bytes_per_record_raw": round((after - before) / recorded, 1) if recorded else None,
             "breakdown_per_record": _memory_breakdown(stats_before, stats_after, recorded),
             "stock": plan.records,
         }
-        out["bytes_per_record"] = round((after - before - out["client_buffers_change"]) / recorded, 1) if recorded else None
+        out["bytes_per_record"] = (
+            round((after - before - out["client_buffers_change"]) / recorded, 1) if recorded else None
+        )
         return out
 
     def _settled_memory(self) -> tuple[int, dict[str, Any]]:
@@ -669,7 +687,9 @@ class _Run:
         with self.admin() as admin:
             admin.put_sku(self.SKU_SALE, plan.sale_stock, per_user_limit=1)
         sku_key = ShardKeys(shard_of(self.SKU_SALE, self.node.shards)).sku(self.SKU_SALE)
-        task = self.progress.add_task(f"sale: {plan.sale_stock:,} units, {plan.buyers} buyers", total=plan.sale_stock, info="")
+        task = self.progress.add_task(
+            f"sale: {plan.sale_stock:,} units, {plan.buyers} buyers", total=plan.sale_stock, info=""
+        )
         self.loads.set_clock()
         start = time.monotonic()
         self.loads.start(self._phases(self.node.address, self.SKU_SALE, "s", distinct=True))
@@ -687,7 +707,9 @@ class _Run:
             time.sleep(0.02)
         sold_out_at = time.monotonic()
         # Calls in flight when the last unit went finish; the node has heard the news.
-        task2 = self.progress.add_task(f"sold out: buyers go on for {plan.soldout_seconds:g} s", total=plan.soldout_seconds, info="")
+        task2 = self.progress.add_task(
+            f"sold out: buyers go on for {plan.soldout_seconds:g} s", total=plan.soldout_seconds, info=""
+        )
         measure_from = sold_out_at + 0.3
         measure_until = measure_from + plan.soldout_seconds
         self.loads.set_clock(measure_from, measure_until, measure_until)
@@ -696,7 +718,11 @@ class _Run:
         cpu_before = self.cpu.sample()
 
         def tick() -> None:
-            self.progress.update(task2, completed=min(plan.soldout_seconds, time.monotonic() - measure_from), info=f"{self.loads.done():,} calls")
+            self.progress.update(
+                task2,
+                completed=min(plan.soldout_seconds, time.monotonic() - measure_from),
+                info=f"{self.loads.done():,} calls",
+            )
 
         _sleep_until(measure_until, tick)
         cpu_after = self.cpu.sample()
@@ -732,7 +758,9 @@ class _Run:
             "cpu_percent": _Cpu.percent(cpu_before, cpu_after),
         }
         refusals = r["window"].get(stock_pb2.OUTCOME_SOLD_OUT, 0)
-        soldout["node_cpu_us_per_refusal"] = round(soldout["cpu_percent"]["node"] / 100 * 1e6 * wall / refusals, 1) if refusals else None
+        soldout["node_cpu_us_per_refusal"] = (
+            round(soldout["cpu_percent"]["node"] / 100 * 1e6 * wall / refusals, 1) if refusals else None
+        )
         soldout["takers_memory"] = takers_memory(self.node.redis_url, self.SKU_SALE, self.node.shards)
         return sale, soldout
 
@@ -765,7 +793,9 @@ class _Run:
         if sale["ok_answers"] > sale["stock"]:
             oversell_problems.append(f"sale: {sale['ok_answers']} OK answers for a stock of {sale['stock']}")
         if mem["ok_answers"] > mem["stock"] or mem["recorded"] > mem["stock"]:
-            oversell_problems.append(f"memory: {mem['ok_answers']} OK answers, {mem['recorded']} recorded, stock {mem['stock']}")
+            oversell_problems.append(
+                f"memory: {mem['ok_answers']} OK answers, {mem['recorded']} recorded, stock {mem['stock']}"
+            )
         bpr = mem["bytes_per_record"]
         durable_ratio = f["durable"]["ok_per_s"] / fs["ok_per_s"] if fs["ok_per_s"] else 0.0
         lag_p99 = (f["half_load"]["persister_lag_ms"] or {}).get("p99")
@@ -781,8 +811,16 @@ class _Run:
                 "target": f"< {TARGET_LAG_P99_MS}",
                 "pass": lag_p99 is not None and lag_p99 < TARGET_LAG_P99_MS,
             },
-            "sold_out_evalsha": {"value": so["evalsha"], "target": f"== {TARGET_SOLD_OUT_EVALSHA}", "pass": so["evalsha"] <= TARGET_SOLD_OUT_EVALSHA},
-            "bytes_per_record": {"value": bpr, "target": f"< {TARGET_BYTES_PER_RECORD}", "pass": bpr is not None and bpr < TARGET_BYTES_PER_RECORD},
+            "sold_out_evalsha": {
+                "value": so["evalsha"],
+                "target": f"== {TARGET_SOLD_OUT_EVALSHA}",
+                "pass": so["evalsha"] <= TARGET_SOLD_OUT_EVALSHA,
+            },
+            "bytes_per_record": {
+                "value": bpr,
+                "target": f"< {TARGET_BYTES_PER_RECORD}",
+                "pass": bpr is not None and bpr < TARGET_BYTES_PER_RECORD,
+            },
         }
         f["ratio"] = round(ratio, 3)
         so["refusals_vs_echo"] = round(so["refusals_per_s"] / echo["calls_per_s"], 3) if echo["calls_per_s"] else None
@@ -827,7 +865,9 @@ class _Run:
             self.console.print(f"figures written to {self.plan.json_out}")
         return 0 if not oversell_problems else 1
 
-    def _throughput_table(self, fs: dict[str, Any], echo: dict[str, Any], ratio: float, cpu_ratio: float | None) -> Table:
+    def _throughput_table(
+        self, fs: dict[str, Any], echo: dict[str, Any], ratio: float, cpu_ratio: float | None
+    ) -> Table:
         plan = self.plan
         t = Table(
             "figure",
@@ -849,7 +889,11 @@ class _Run:
         t.add_row("Redis CPU, % of a core", _cpu_cell(fc, "redis"), _cpu_cell(ec, "redis"))
         t.add_row("load processes CPU, % of a core", _cpu_cell(fc, "load"), _cpu_cell(ec, "load"))
         fu, eu = fs["cpu_us_per_call"], echo["cpu_us_per_call"]
-        t.add_row("server CPU per successful call (µs)", f"{fu['node']:,.0f}" if fu["node"] else "-", f"{eu['echo']:,.0f}" if eu["echo"] else "-")
+        t.add_row(
+            "server CPU per successful call (µs)",
+            f"{fu['node']:,.0f}" if fu["node"] else "-",
+            f"{eu['echo']:,.0f}" if eu["echo"] else "-",
+        )
         t.add_row("Redis CPU per successful call (µs)", f"{fu['redis']:,.0f}" if fu["redis"] else "-", "-")
         t.add_row("ratio by server CPU per call (echo µs / node µs)", f"{cpu_ratio:.2f}" if cpu_ratio else "-", "1")
         cores = os.cpu_count() or 1
@@ -857,9 +901,16 @@ class _Run:
         t.add_row("  of which not the bench's processes", f"{max(0.0, fc['rest']):.0f}", f"{max(0.0, ec['rest']):.0f}")
         return t
 
-    def _durable_table(self, fast: dict[str, Any], durable: dict[str, Any], half: dict[str, Any], ratio: float) -> Table:
+    def _durable_table(
+        self, fast: dict[str, Any], durable: dict[str, Any], half: dict[str, Any], ratio: float
+    ) -> Table:
         t = Table("figure", "fast", "durable", "fast at half load", title="Durable mode: replies wait for the ledger")
-        t.add_row("successful deductions/s", f"{fast['ok_per_s']:,.0f}", f"{durable['ok_per_s']:,.0f}", f"{half['ok_per_s']:,.0f}")
+        t.add_row(
+            "successful deductions/s",
+            f"{fast['ok_per_s']:,.0f}",
+            f"{durable['ok_per_s']:,.0f}",
+            f"{half['ok_per_s']:,.0f}",
+        )
         t.add_row("ratio durable/fast", "1", f"{ratio:.2f}", "-")
         for q in ("p50", "p99", "p999"):
             t.add_row(
@@ -875,7 +926,12 @@ class _Run:
 
         for q in ("p50", "p99"):
             t.add_row(f"persister lag {q} (ms)", lag(fast, q), lag(durable, q), lag(half, q))
-        t.add_row("node CPU, % of a core", _cpu_cell(fast["cpu_percent"], "node"), _cpu_cell(durable["cpu_percent"], "node"), _cpu_cell(half["cpu_percent"], "node"))
+        t.add_row(
+            "node CPU, % of a core",
+            _cpu_cell(fast["cpu_percent"], "node"),
+            _cpu_cell(durable["cpu_percent"], "node"),
+            _cpu_cell(half["cpu_percent"], "node"),
+        )
         return t
 
     def _sale_table(self, mem: dict[str, Any], sale: dict[str, Any], so: dict[str, Any]) -> Table:
@@ -900,13 +956,21 @@ class _Run:
             f"{mem['used_memory_before']:,} → {mem['used_memory_after']:,} B, {mem['recorded']:,} recorded, "
             f"{mem['keys_added']:,} keys added",
         )
-        t.add_row("sale: units handed out / stock", f"{sale['handed_out']:,} / {sale['stock']:,} (OK answers {sale['ok_answers']:,})")
+        t.add_row(
+            "sale: units handed out / stock",
+            f"{sale['handed_out']:,} / {sale['stock']:,} (OK answers {sale['ok_answers']:,})",
+        )
         t.add_row("sale: sold out after", f"{sale['seconds_to_sell_out']} s")
         t.add_row("sold out: refusals/s", f"{so['refusals_per_s']:,.0f} over {so['seconds']} s")
         lat = so["latency_ms"]
-        t.add_row("sold out: refusal latency p50/p99/p999 (ms)", f"{lat['p50']:.2f} / {lat['p99']:.2f} / {lat['p999']:.2f}")
+        t.add_row(
+            "sold out: refusal latency p50/p99/p999 (ms)", f"{lat['p50']:.2f} / {lat['p99']:.2f} / {lat['p999']:.2f}"
+        )
         c = so["cpu_percent"]
-        t.add_row("sold out: CPU node / Redis / load, % of a core", f"{_cpu_cell(c, 'node')} / {_cpu_cell(c, 'redis')} / {_cpu_cell(c, 'load')}")
+        t.add_row(
+            "sold out: CPU node / Redis / load, % of a core",
+            f"{_cpu_cell(c, 'node')} / {_cpu_cell(c, 'redis')} / {_cpu_cell(c, 'load')}",
+        )
         if so["node_cpu_us_per_refusal"]:
             t.add_row("sold out: node CPU per refusal (µs)", f"{so['node_cpu_us_per_refusal']:,.0f}")
         if so.get("refusals_vs_echo") is not None:
@@ -922,7 +986,9 @@ class _Run:
         return t
 
     def _redis_calls_table(self, so: dict[str, Any]) -> Table:
-        t = Table("command", "calls", "per s", title=f"Redis calls during the sold-out phase ({so['seconds']} s), by command")
+        t = Table(
+            "command", "calls", "per s", title=f"Redis calls during the sold-out phase ({so['seconds']} s), by command"
+        )
         for cmd, n in so["redis_calls_by_command"].items():
             t.add_row(cmd, f"{n:,}", f"{n / so['seconds']:,.1f}")
         if not so["redis_calls_by_command"]:

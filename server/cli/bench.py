@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -15,7 +15,7 @@ def bench(
     workers: Annotated[int, typer.Option(help="Node worker processes (the echo server gets as many).")] = 1,
     client_procs: Annotated[int, typer.Option(help="Load-generating processes.")] = 1,
     records: Annotated[int, typer.Option(help="Deductions recorded for the memory figure.")] = 20_000,
-    json_out: Annotated[Optional[str], typer.Option("--json", help="Also write the figures to this JSON file.")] = None,
+    json_out: Annotated[str | None, typer.Option("--json", help="Also write the figures to this JSON file.")] = None,
     warmup: Annotated[float, typer.Option(help="Unmeasured seconds before each throughput phase.")] = 1.5,
     sale_stock: Annotated[int, typer.Option(help="Units of the sale phase's SKU.")] = 5_000,
     soldout_seconds: Annotated[float, typer.Option(help="Length of the sold-out phase, seconds.")] = 2.0,
@@ -59,14 +59,14 @@ def bench_cluster(
         float, typer.Option(help="Paced deductions/s on the survivors during failover (0: none).")
     ] = 300.0,
     skip: Annotated[
-        Optional[list[str]],
+        list[str] | None,
         typer.Option(
             metavar="PART", help="Leave a part out: failover, throughput or etcd (repeat, or comma-separated)."
         ),
     ] = None,
-    json_out: Annotated[Optional[str], typer.Option("--json", help="Also write the figures to this JSON file.")] = None,
+    json_out: Annotated[str | None, typer.Option("--json", help="Also write the figures to this JSON file.")] = None,
     folder: Annotated[
-        Optional[str],
+        str | None,
         typer.Option("--dir", help="Keep the clusters' folders and logs here (default: a temporary folder, removed)."),
     ] = None,
 ) -> None:

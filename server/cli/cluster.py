@@ -93,8 +93,15 @@ def cluster_up(
     from flashstock.server.local.cluster import LocalCluster
     from flashstock.server.local.procs import ProcessError
 
-    local = LocalCluster(folder, nodes=nodes, ledger=ledger.value, shards=shards, lease_ttl_s=lease_ttl_s,
-                         workers=workers, cluster=cluster)
+    local = LocalCluster(
+        folder,
+        nodes=nodes,
+        ledger=ledger.value,
+        shards=shards,
+        lease_ttl_s=lease_ttl_s,
+        workers=workers,
+        cluster=cluster,
+    )
     try:
         with console.status(f"starting etcd, redis and {nodes} node(s) in {local.folder}"):
             local.up()
@@ -116,8 +123,15 @@ def cluster_status(folder: DirOption = Path(DEFAULT_FOLDER)) -> None:
 
 
 def _status_table(local: LocalCluster, status: ClusterStatus) -> Table:
-    table = Table("name", "pid", "state", "address", "health", "shards",
-                  title=f"cluster {local.cluster} in {local.folder}: {status.state}")
+    table = Table(
+        "name",
+        "pid",
+        "state",
+        "address",
+        "health",
+        "shards",
+        title=f"cluster {local.cluster} in {local.folder}: {status.state}",
+    )
     for p in status.processes:
         state = Text(p.state, style="green" if p.state == "running" else "red")
         shards = "-" if p.shards is None else str(p.shards)

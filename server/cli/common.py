@@ -12,7 +12,7 @@ import re
 import time
 from collections.abc import Awaitable, Callable
 from datetime import datetime
-from typing import Annotated, Any, NoReturn, Optional
+from typing import Annotated, Any, NoReturn
 
 import typer
 from rich.console import Console
@@ -68,11 +68,11 @@ def local_iso(ms: int) -> str:
 # -- a node's settings: ledger, reconcile, sales -----------------------------------------------
 
 ConfigOption = Annotated[
-    Optional[str],
+    str | None,
     typer.Option("--config", help="TOML config file, as for serve. Env: FLASHSTOCK_CONFIG.", show_default=False),
 ]
 LedgerOption = Annotated[
-    Optional[str],
+    str | None,
     typer.Option(
         "--ledger",
         help="Ledger URL, as for serve (env FLASHSTOCK_LEDGER); default the SQLite file in --data-dir.",
@@ -80,7 +80,7 @@ LedgerOption = Annotated[
     ),
 ]
 DataDirOption = Annotated[
-    Optional[str],
+    str | None,
     typer.Option(
         "--data-dir", help="The node's data folder, as for serve (env FLASHSTOCK_DATA_DIR).", show_default=False
     ),

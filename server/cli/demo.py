@@ -31,6 +31,17 @@ def demo(
         raise typer.BadParameter("mode must be fast or durable", param_hint="--mode")
     if nodes < 1:
         raise typer.BadParameter("give at least one node", param_hint="--nodes")
-    plan = DemoPlan(buyers=buyers, users=users, stock=stock, limit=limit, retry_share=retry_share,
-                    concurrency=concurrency, nodes=nodes, drain=drain, workers=workers, seed=seed, mode=mode)
+    plan = DemoPlan(
+        buyers=buyers,
+        users=users,
+        stock=stock,
+        limit=limit,
+        retry_share=retry_share,
+        concurrency=concurrency,
+        nodes=nodes,
+        drain=drain,
+        workers=workers,
+        seed=seed,
+        mode=mode,
+    )
     raise typer.Exit(run_demo(plan, console))

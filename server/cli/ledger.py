@@ -79,7 +79,7 @@ def ledger_status(
         bool, typer.Option("--all-shards", help="Also the shards with nothing persisted yet.")
     ] = False,
 ) -> None:
-    """Show the ledger's schema revision and identity (ledger_id) and, per shard, the persister's cursor and the rebuilds.
+    """Show the ledger's schema revision and identity (ledger_id) and, per shard, the persister's cursor and rebuilds.
 
     Exit code 0 at this flashstock's revision, 1 when `ledger upgrade` is due,
     2 when the ledger cannot be read.

@@ -6,7 +6,7 @@ file) and talks to Redis and the ledger directly.
 
 from __future__ import annotations
 
-from typing import Annotated, Optional
+from typing import Annotated
 
 import redis as redis_py
 import sqlalchemy as sa
@@ -161,18 +161,18 @@ def run_reconcile(
 
 def reconcile_command(
     redis_url: Annotated[
-        Optional[str],
+        str | None,
         typer.Option(help="Redis holding the stock, as for serve (env FLASHSTOCK_REDIS_URL).", show_default=False),
     ] = None,
     shards: Annotated[
-        Optional[int],
+        int | None,
         typer.Option(
             help="Logical shards of the cluster, as for serve (env FLASHSTOCK_SHARDS; default 64).", show_default=False
         ),
     ] = None,
     ledger: LedgerOption = None,
     data_dir: DataDirOption = None,
-    sku: Annotated[Optional[str], typer.Option(help="Only this SKU; default every SKU of either side.")] = None,
+    sku: Annotated[str | None, typer.Option(help="Only this SKU; default every SKU of either side.")] = None,
     wait: Annotated[
         float, typer.Option(help="Most seconds to wait for the persister to catch up with the Redis logs.")
     ] = 10.0,

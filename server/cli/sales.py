@@ -9,9 +9,9 @@ from __future__ import annotations
 import csv
 import json
 import sys
-from datetime import datetime, timezone
-from enum import Enum
-from typing import Annotated, Any, Optional
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Annotated, Any
 
 import typer
 from rich import box
@@ -32,7 +32,7 @@ from flashstock.server.cli.common import (
 sales_app = typer.Typer(help="Sales figures, from the ledger.", no_args_is_help=True)
 
 
-class ReportFormat(str, Enum):
+class ReportFormat(StrEnum):
     """Output formats of ``sales report``."""
 
     table = "table"
@@ -62,7 +62,7 @@ REPORT_FIELDS = (
 
 
 def _iso_utc(ms: int) -> str | None:
-    return None if ms == 0 else datetime.fromtimestamp(ms / 1000, tz=timezone.utc).isoformat(timespec="milliseconds")
+    return None if ms == 0 else datetime.fromtimestamp(ms / 1000, tz=UTC).isoformat(timespec="milliseconds")
 
 
 def report_rows(sales: list[Any]) -> list[dict[str, Any]]:
@@ -92,7 +92,7 @@ def report_rows(sales: list[Any]) -> list[dict[str, Any]]:
 
 @sales_app.command("report")
 def sales_report(
-    sku: Annotated[Optional[str], typer.Option(help="Only this SKU; default every SKU in the ledger.")] = None,
+    sku: Annotated[str | None, typer.Option(help="Only this SKU; default every SKU in the ledger.")] = None,
     format: Annotated[
         ReportFormat, typer.Option("--format", help="table (for people), csv or json (for programs).")
     ] = ReportFormat.table,
@@ -140,8 +140,15 @@ def sales_report(
         *(
             Column(name, justify="right")
             for name in (
-                "total", "confirmed", "held", "available", "buyers",
-                "holds", "holds confirmed", "holds expired", "holds released",
+                "total",
+                "confirmed",
+                "held",
+                "available",
+                "buyers",
+                "holds",
+                "holds confirmed",
+                "holds expired",
+                "holds released",
             )
         ),
         "first sale",
@@ -158,8 +165,20 @@ def sales_report(
     for sale in sales:
         table.add_row(
             sale.sku_id,
-            *(f"{n:,}" for n in (sale.total, sale.confirmed, sale.held, sale.available, sale.buyers, sale.holds,
-                                 sale.holds_confirmed, sale.holds_expired, sale.holds_released)),
+            *(
+                f"{n:,}"
+                for n in (
+                    sale.total,
+                    sale.confirmed,
+                    sale.held,
+                    sale.available,
+                    sale.buyers,
+                    sale.holds,
+                    sale.holds_confirmed,
+                    sale.holds_expired,
+                    sale.holds_released,
+                )
+            ),
             local_time(sale.first_sale_ms),
             local_time(sale.last_sale_ms),
         )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Callable
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any
 
 import typer
 
@@ -35,7 +35,7 @@ def serve_command() -> Callable[..., None]:
             inspect.Parameter.KEYWORD_ONLY,
             default=None,
             annotation=Annotated[
-                Optional[str],
+                str | None,
                 typer.Option(
                     help="TOML config file (top-level keys, or a table named flashstock). Env: FLASHSTOCK_CONFIG."
                 ),
@@ -51,7 +51,7 @@ def serve_command() -> Callable[..., None]:
                 inspect.Parameter.KEYWORD_ONLY,
                 default=None,
                 annotation=Annotated[
-                    Optional[kind],
+                    kind | None,
                     typer.Option(help=f"{help_text} (env {env}; default {default!r})", show_default=False),
                 ],
             )

@@ -65,9 +65,7 @@ MOVE_POLL_S = 0.2
 DryRunOption = Annotated[
     bool, typer.Option("--dry-run", help="Print the shard moves the change would cause; write nothing.")
 ]
-ForceOption = Annotated[
-    bool, typer.Option("--force", help="Also for a node that is not live (or is drained) now.")
-]
+ForceOption = Annotated[bool, typer.Option("--force", help="Also for a node that is not live (or is drained) now.")]
 ShardArgument = Annotated[int, typer.Argument(help="The shard number.", show_default=False)]
 NodeArgument = Annotated[str, typer.Argument(help="The node id.", show_default=False)]
 
@@ -369,7 +367,12 @@ def shards_rebalance(
         if not view.overrides.pins:
             console.print("no shard is pinned: nothing to do")
             return
-        await _change(view, view.overrides.without_pins(), dry_run, partial(_remove_pins, client, view),
-                      f"{len(view.overrides.pins)} pin(s) removed")
+        await _change(
+            view,
+            view.overrides.without_pins(),
+            dry_run,
+            partial(_remove_pins, client, view),
+            f"{len(view.overrides.pins)} pin(s) removed",
+        )
 
     run_etcd("shards rebalance", etcd, cluster, work)

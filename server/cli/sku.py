@@ -7,7 +7,7 @@ program can do with :class:`~flashstock.client.AdminClient`.
 from __future__ import annotations
 
 from dataclasses import replace
-from typing import Annotated, NoReturn, Optional
+from typing import Annotated, NoReturn
 
 import typer
 from rich.table import Table
@@ -91,14 +91,10 @@ def sku_put(
     stock: Annotated[int, typer.Option(help="Units to put on sale.")],
     limit: Annotated[int, typer.Option(help="Most units per user (held + confirmed); 0 = no limit.")] = 0,
     max_per_request: Annotated[int, typer.Option(help="Most units per request; 0 = the per-user limit.")] = 0,
-    start: Annotated[
-        Optional[str], typer.Option(help="Sale opens: unix ms, ISO-8601 or +N[s|m|h]; default now.")
-    ] = None,
-    end: Annotated[
-        Optional[str], typer.Option(help="Sale closes: unix ms, ISO-8601 or +N[s|m|h]; default never.")
-    ] = None,
+    start: Annotated[str | None, typer.Option(help="Sale opens: unix ms, ISO-8601 or +N[s|m|h]; default now.")] = None,
+    end: Annotated[str | None, typer.Option(help="Sale closes: unix ms, ISO-8601 or +N[s|m|h]; default never.")] = None,
     mode: Annotated[str, typer.Option(help="fast | durable.")] = "fast",
-    request_id: Annotated[Optional[str], typer.Option(help="Idempotency key; default a new one.")] = None,
+    request_id: Annotated[str | None, typer.Option(help="Idempotency key; default a new one.")] = None,
     addr: AddrOption = "127.0.0.1:50051",
     etcd: AdminEtcdOption = "",
     cluster: AdminClusterOption = "flashstock",
@@ -158,7 +154,7 @@ def sku_ls(
 def sku_adjust(
     sku_id: Annotated[str, typer.Argument(help="The SKU id.")],
     delta: Annotated[int, typer.Argument(help="Units to add (+N) or take away (-N).")],
-    request_id: Annotated[Optional[str], typer.Option(help="Idempotency key; default a new one.")] = None,
+    request_id: Annotated[str | None, typer.Option(help="Idempotency key; default a new one.")] = None,
     addr: AddrOption = "127.0.0.1:50051",
     etcd: AdminEtcdOption = "",
     cluster: AdminClusterOption = "flashstock",

@@ -29,15 +29,32 @@ import time
 from collections.abc import AsyncGenerator
 from typing import TYPE_CHECKING
 
-from flashstock.lockmgr import CoordinationError, EtcdSession, LeaseLost, NodeIdTaken, NodeInfo, Overrides, SessionConfig, ShardCountMismatch, ShardLease, ShardOwner, assign, claim, etcd_client, init_cluster, release, shard_ranges, watch_overrides, watch_owners
-
+from flashstock.lockmgr import (
+    CoordinationError,
+    EtcdSession,
+    LeaseLost,
+    NodeIdTaken,
+    NodeInfo,
+    Overrides,
+    SessionConfig,
+    ShardCountMismatch,
+    ShardLease,
+    ShardOwner,
+    assign,
+    claim,
+    etcd_client,
+    init_cluster,
+    release,
+    shard_ranges,
+    watch_overrides,
+    watch_owners,
+)
+from flashstock.server._metrics import METRICS
+from flashstock.server.duties.shard import ShardDuties, stop_task
+from flashstock.server.ledger import Fenced, Ledger
 from flashstock.server.store.keys import ShardKeys
 from flashstock.server.store.redis import AsyncRedis
 from flashstock.server.store.replies import FenceReply
-
-from flashstock.server.duties.shard import ShardDuties, stop_task
-from flashstock.server._metrics import METRICS
-from flashstock.server.ledger import Fenced, Ledger
 
 if TYPE_CHECKING:
     import aetcd
@@ -144,7 +161,13 @@ class Ownership:
             try:
                 await session.start()
                 await session.register(self.address)
-                log.info("node %s joined cluster %r at %s (lease %x)", self.node_id, self.cluster, self.address, session.lease_id)
+                log.info(
+                    "node %s joined cluster %r at %s (lease %x)",
+                    self.node_id,
+                    self.cluster,
+                    self.address,
+                    session.lease_id,
+                )
                 delay = 0.2
                 await self._follow(session)
             except asyncio.CancelledError:
@@ -169,7 +192,9 @@ class Ownership:
             METRICS.etcd_session_losses.inc()
             log.warning(
                 "node %s lost its etcd session (%s): stopping the duties of %d shards",
-                self.node_id, session.lost_reason or "an etcd call failed", len(self.owned),
+                self.node_id,
+                session.lost_reason or "an etcd call failed",
+                len(self.owned),
             )
         if self._keep_on_loss and self.owned:
             log.warning("failpoint %s: the duties run on until the stores refuse them", KEEP_DUTIES_ON_LOSS)
@@ -187,7 +212,9 @@ class Ownership:
         self._fenced.clear()
         feeds = [
             asyncio.create_task(self._feed(session.watch_nodes(), "_nodes"), name="watch nodes"),
-            asyncio.create_task(self._feed(watch_overrides(self._client, self.cluster), "_overrides"), name="watch overrides"),
+            asyncio.create_task(
+                self._feed(watch_overrides(self._client, self.cluster), "_overrides"), name="watch overrides"
+            ),
             asyncio.create_task(self._feed(watch_owners(self._client, self.cluster), "_owners"), name="watch owners"),
         ]
         lost = asyncio.create_task(session.lost.wait())
@@ -285,7 +312,10 @@ class Ownership:
         await self.duties.assign({s: lease.epoch for s, lease in self.owned.items()})
         log.info(
             "node %s owns shards %s (epochs %d..%d)",
-            self.node_id, shard_ranges(fenced_ok), min(c.epoch for c in claimed), max(c.epoch for c in claimed),
+            self.node_id,
+            shard_ranges(fenced_ok),
+            min(c.epoch for c in claimed),
+            max(c.epoch for c in claimed),
         )
 
     async def _fence(self, leases: list[ShardLease]) -> set[int]:
@@ -301,7 +331,9 @@ class Ownership:
                 METRICS.fenced_writes.labels(store="redis", duty="claim").inc()
                 log.error(
                     "shard %d: claimed under epoch %d but Redis holds epoch %d (etcd was reset?): not taking it",
-                    lease.shard, lease.epoch, fenced.stored_epoch,
+                    lease.shard,
+                    lease.epoch,
+                    fenced.stored_epoch,
                 )
             else:
                 ok.add(lease.shard)

@@ -20,14 +20,13 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import TypeVar
 
-from flashstock.server.store.keys import PERSISTED_CHANNEL, ShardKeys
-
-from flashstock.server.store.durable import parse_id
 from flashstock.server._metrics import METRICS
+from flashstock.server.ledger import Fenced, Ledger
+from flashstock.server.store.durable import parse_id
+from flashstock.server.store.keys import PERSISTED_CHANNEL, ShardKeys
 from flashstock.server.store.redis import AsyncRedis, AsyncScript, KeyT, NoScriptError, RedisError, StreamIdT
 from flashstock.server.store.replies import announced
 from flashstock.server.store.scripts import StockScripts
-from flashstock.server.ledger import Fenced, Ledger
 
 log = logging.getLogger(__name__)
 
@@ -195,8 +194,16 @@ class Persister:
                 k = ShardKeys(shard)
                 # By SHA (loaded at start): a pipeline given the script would ask SCRIPT EXISTS every time.
                 pipe.evalsha(
-                    announce.sha, 2, k.persisted, k.log,
-                    k.prefix, self._epoch_arg(shard), last, _next_id(last), PERSISTED_CHANNEL, f"{shard} {last}",
+                    announce.sha,
+                    2,
+                    k.persisted,
+                    k.log,
+                    k.prefix,
+                    self._epoch_arg(shard),
+                    last,
+                    _next_id(last),
+                    PERSISTED_CHANNEL,
+                    f"{shard} {last}",
                 )
             try:
                 replies = await pipe.execute()
@@ -220,7 +227,9 @@ class Persister:
         METRICS.fenced_writes.labels(store=store, duty="persister").inc()
         log.warning(
             "fenced: shard %d, epoch %s is stale in %s: a newer owner persists it; this node stops",
-            shard, self._epochs[shard], store,
+            shard,
+            self._epochs[shard],
+            store,
         )
         self._shards.remove(shard)
         self._index = {s: i for i, s in enumerate(self._shards)}

@@ -41,14 +41,13 @@ from typing import Any, cast
 import redis_lock  # type: ignore[import-untyped]  # python-redis-lock ships no annotations
 
 from flashstock.client import Unavailable
-from flashstock.server.store.keys import CONFIG_KEY, SHARD_READY, SKU_INDEX_KEY, ShardKeys
-
-from flashstock.server.store.durable import parse_id
 from flashstock.server._metrics import METRICS
+from flashstock.server.ledger import Ledger, ShardSnapshot
+from flashstock.server.store.durable import parse_id
+from flashstock.server.store.keys import CONFIG_KEY, SHARD_READY, SKU_INDEX_KEY, ShardKeys
 from flashstock.server.store.redis import BlockingRedis, BlockingScript, redis_errors
 from flashstock.server.store.replies import RebuildStep
 from flashstock.server.store.scripts import StockScripts
-from flashstock.server.ledger import Ledger, ShardSnapshot
 
 log = logging.getLogger(__name__)
 
@@ -249,7 +248,9 @@ class ShardRebuilder:
                 reason = self._stale([shard]).get(shard)
                 if reason is None:
                     return RebuildResult.FRESH
-                log.warning("shard %d: Redis is older than the ledger (%s); rebuilding it from the ledger", shard, reason)
+                log.warning(
+                    "shard %d: Redis is older than the ledger (%s); rebuilding it from the ledger", shard, reason
+                )
             expected = meta.get(b"gen", b"").decode()
             seconds, micros = self._sync.time()
             now_ms = seconds * 1000 + micros // 1000
@@ -267,7 +268,10 @@ class ShardRebuilder:
                 log.log(
                     logging.WARNING if snap.skus else logging.INFO,
                     "shard %d rebuilt from the ledger: generation %d, %d SKUs, %d records",
-                    shard, generation, len(snap.skus), len(snap.records),
+                    shard,
+                    generation,
+                    len(snap.skus),
+                    len(snap.records),
                 )
             return result
         finally:
@@ -328,7 +332,9 @@ class ShardRebuilder:
             if result is RebuildResult.REBUILT:
                 rebuilt.append(shard)
             elif result not in (RebuildResult.FRESH, RebuildResult.READY):
-                raise Unavailable(f"shard {shard} is older than the ledger and could not be rebuilt yet ({result})", shard=shard)
+                raise Unavailable(
+                    f"shard {shard} is older than the ledger and could not be rebuilt yet ({result})", shard=shard
+                )
         return run_id, rebuilt
 
     def _stale(self, shards: range | list[int]) -> dict[int, str | None]:

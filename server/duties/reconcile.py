@@ -24,14 +24,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from flashstock.lockmgr import shard_of
-
-from flashstock.server.store.keys import SHARD_READY, SKU_INDEX_KEY, ShardKeys
-
-from flashstock.server.store.durable import parse_id
-from flashstock.server.store.redis import BlockingRedis, ResponseError
-from flashstock.server.store.replies import sku_hash
 from flashstock.server.ledger import Ledger, SkuState
 from flashstock.server.ledger.reports import persisted_cursors, sku_shards
+from flashstock.server.store.durable import parse_id
+from flashstock.server.store.keys import SHARD_READY, SKU_INDEX_KEY, ShardKeys
+from flashstock.server.store.redis import BlockingRedis, ResponseError
+from flashstock.server.store.replies import sku_hash
 
 COMPARED = ("total", "held", "confirmed", "available", "sale")
 """The figures both sides keep, compared one to one; the table and the messages name them so too."""
@@ -249,9 +247,7 @@ def read_once(
     cursors = persisted_cursors(ledger.engine)  # before the ledger's figures: they hold at least this
     unsettled = {s: why for s in read_shards if (why := unsettled_reason(marks[s], cursors.get(s)))}
     ledger_rows = {
-        s.sku_id: figures_from_ledger(s)
-        for s in ledger.sku_states(sku_id=sku_id)
-        if only is None or s.shard in only
+        s.sku_id: figures_from_ledger(s) for s in ledger.sku_states(sku_id=sku_id) if only is None or s.shard in only
     }
     after, _ = read_redis(client, read_shards, (), shard_count)
     for shard in read_shards:

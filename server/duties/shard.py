@@ -25,18 +25,18 @@ from dataclasses import dataclass
 from typing import Any
 
 from flashstock.client import FlashstockError
-from flashstock.server.store.keys import SHARD_READY, ShardKeys
-
 from flashstock.server._metrics import METRICS
-from flashstock.server.duties.persister import PersistPolicy, Persister
+from flashstock.server.duties.persister import Persister, PersistPolicy
 from flashstock.server.duties.rebuild import RebuildResult, ShardRebuilder
 from flashstock.server.duties.reconcile import read_once, settled_differences
+from flashstock.server.ledger import Ledger
+from flashstock.server.store.keys import SHARD_READY, ShardKeys
 from flashstock.server.store.redis import AsyncRedis, AsyncScript, BlockingRedis
 from flashstock.server.store.scripts import StockScripts
 from flashstock.server.store.stock import StockStore
-from flashstock.server.ledger import Ledger
 
 log = logging.getLogger(__name__)
+
 
 async def stop_task(task: asyncio.Task[Any], stop: Callable[[], None] | None = None) -> None:
     """Stop ``task`` and wait until it has ended.
@@ -195,7 +195,9 @@ class ShardDuties:
                 continue  # given up meanwhile
             if await self._rebuilder.ensure(shard, epochs[shard]) is RebuildResult.FENCED:
                 METRICS.fenced_writes.labels(store="redis", duty="warden").inc()
-                log.warning("fenced: shard %d, epoch %s is stale in redis (warden): a newer owner exists", shard, epochs[shard])
+                log.warning(
+                    "fenced: shard %d, epoch %s is stale in redis (warden): a newer owner exists", shard, epochs[shard]
+                )
                 self._fenced(shard)
         return len(missing)
 
@@ -250,7 +252,8 @@ class ShardDuties:
                     METRICS.fenced_writes.labels(store="redis", duty="reaper").inc()
                     log.warning(
                         "fenced: shard %d, epoch %s is stale in redis (reaper): a newer owner exists",
-                        shard, self._epochs.get(shard),
+                        shard,
+                        self._epochs.get(shard),
                     )
                     self._fenced(shard)
             except asyncio.CancelledError:

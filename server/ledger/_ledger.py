@@ -24,9 +24,17 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
 from flashstock.client.errors import FlashstockError
-
 from flashstock.server.ledger._changes import SkuChange
-from flashstock.server.ledger._schema import STATES, admin_requests, deductions, ledger_meta, persister_cursors, shard_epochs, shard_generations, skus
+from flashstock.server.ledger._schema import (
+    STATES,
+    admin_requests,
+    deductions,
+    ledger_meta,
+    persister_cursors,
+    shard_epochs,
+    shard_generations,
+    skus,
+)
 
 HEAD = "0004"
 """The schema revision this code reads and writes."""
@@ -91,7 +99,9 @@ def create_engine(url: str) -> Engine:
         if parsed.get_driver_name() not in ("psycopg", "psycopg2"):
             parsed = parsed.set(drivername="postgresql+psycopg")
         return sa.create_engine(parsed, pool_pre_ping=True, pool_size=5, max_overflow=5)
-    raise LedgerError(f"ledger: {parsed.get_backend_name()!r} is not supported; use sqlite:/// or postgresql+psycopg://")
+    raise LedgerError(
+        f"ledger: {parsed.get_backend_name()!r} is not supported; use sqlite:/// or postgresql+psycopg://"
+    )
 
 
 def _alembic_config(connection: Connection) -> Any:
@@ -115,13 +125,17 @@ def schema_revision(engine: Engine) -> str | None:
             if "alembic_version" in tables:
                 return conn.execute(sa.text("SELECT version_num FROM alembic_version")).scalar()
     except sa.exc.OperationalError as exc:  # a DatabaseError too: test it first
-        raise LedgerError(f"ledger: cannot open {engine.url.render_as_string(hide_password=True)}: {exc.orig}") from None
+        raise LedgerError(
+            f"ledger: cannot open {engine.url.render_as_string(hide_password=True)}: {exc.orig}"
+        ) from None
     except sa.exc.DatabaseError as exc:
         if isinstance(exc.orig, sqlite3.DatabaseError):
             raise LedgerError(
                 f"ledger: {engine.url.database} is not an SQLite database (or is corrupted); nothing was changed"
             ) from None
-        raise LedgerError(f"ledger: cannot open {engine.url.render_as_string(hide_password=True)}: {exc.orig}") from None
+        raise LedgerError(
+            f"ledger: cannot open {engine.url.render_as_string(hide_password=True)}: {exc.orig}"
+        ) from None
     if tables:
         raise LedgerError(
             f"ledger: {engine.url.render_as_string(hide_password=True)} holds tables that are not a flashstock "
@@ -261,7 +275,9 @@ class Ledger:
             raise LedgerError("ledger: the database is empty; run `flashstock ledger upgrade`")
         if revision != HEAD:
             if revision in _known_revisions():
-                raise LedgerError(f"ledger: schema revision {revision} is older than {HEAD}; run `flashstock ledger upgrade`")
+                raise LedgerError(
+                    f"ledger: schema revision {revision} is older than {HEAD}; run `flashstock ledger upgrade`"
+                )
             raise LedgerError(f"ledger: schema revision {revision!r} is unknown to this flashstock; refusing to start")
         self._use_wal()
 
@@ -431,7 +447,9 @@ class Ledger:
         if f.get("r"):  # the admin call itself, for its resends after a Redis loss (entries of older nodes lack it)
             row = {"sku_id": sku_id, "request_id": f["r"], "fingerprint": f.get("f", ""), "applied_ms": at_ms}
             conn.execute(
-                self._insert(admin_requests).values(**row).on_conflict_do_nothing(index_elements=["sku_id", "request_id"])
+                self._insert(admin_requests)
+                .values(**row)
+                .on_conflict_do_nothing(index_elements=["sku_id", "request_id"])
             )
         if change is SkuChange.PUT:
             row = {
@@ -449,7 +467,11 @@ class Ledger:
                 "updated_ms": at_ms,
             }
             stmt = self._insert(skus).values(**row)
-            conn.execute(stmt.on_conflict_do_update(index_elements=["sku_id"], set_={k: v for k, v in row.items() if k != "sku_id"}))
+            conn.execute(
+                stmt.on_conflict_do_update(
+                    index_elements=["sku_id"], set_={k: v for k, v in row.items() if k != "sku_id"}
+                )
+            )
         elif change is SkuChange.ADJUST:  # the new total, absolute: applying it twice changes nothing
             conn.execute(skus.update().where(skus.c.sku_id == sku_id).values(total=int(f["q"]), updated_ms=at_ms))
         elif change in (SkuChange.PAUSE, SkuChange.RESUME):
@@ -472,7 +494,11 @@ class Ledger:
                     set_={"generation": shard_generations.c.generation + 1, "updated_ms": now_ms},
                 )
             )
-            return int(conn.execute(sa.select(shard_generations.c.generation).where(shard_generations.c.shard == shard)).scalar_one())
+            return int(
+                conn.execute(
+                    sa.select(shard_generations.c.generation).where(shard_generations.c.shard == shard)
+                ).scalar_one()
+            )
 
     # -- reads -----------------------------------------------------------------
 
@@ -480,7 +506,9 @@ class Ledger:
         """(generation, last persisted stream id) of a shard's persister, or None."""
         with self.engine.connect() as conn:
             row = conn.execute(
-                sa.select(persister_cursors.c.generation, persister_cursors.c.last_id).where(persister_cursors.c.shard == shard)
+                sa.select(persister_cursors.c.generation, persister_cursors.c.last_id).where(
+                    persister_cursors.c.shard == shard
+                )
             ).first()
         return (int(row[0]), row[1]) if row else None
 
@@ -501,7 +529,10 @@ class Ledger:
     def generations(self) -> dict[int, int]:
         """Rebuilds begun per shard."""
         with self.engine.connect() as conn:
-            return {int(s): int(g) for s, g in conn.execute(sa.select(shard_generations.c.shard, shard_generations.c.generation))}
+            return {
+                int(s): int(g)
+                for s, g in conn.execute(sa.select(shard_generations.c.shard, shard_generations.c.generation))
+            }
 
     def sku_states(self, shard: int | None = None, sku_id: str | None = None) -> list[SkuState]:
         """SKUs with their counters for the current sale (all, one shard's, or one)."""
@@ -532,7 +563,9 @@ class Ledger:
             joined = deductions.join(skus, sa.and_(d.sku_id == s.sku_id, d.sale == s.sale))
             counters = sa.select(d.sku_id, d.state, sa.func.sum(d.qty)).select_from(joined).group_by(d.sku_id, d.state)
             buyers = (
-                sa.select(d.sku_id, sa.func.count(sa.distinct(d.user_id)), sa.func.min(d.taken_ms), sa.func.max(d.taken_ms))
+                sa.select(
+                    d.sku_id, sa.func.count(sa.distinct(d.user_id)), sa.func.min(d.taken_ms), sa.func.max(d.taken_ms)
+                )
                 .select_from(joined)
                 .where(d.state.in_(("held", "confirmed")))
                 .group_by(d.sku_id)
@@ -544,7 +577,11 @@ class Ledger:
             for sku, state, units in conn.execute(counters):
                 setattr(states[sku], state, int(units))
             for sku, count, first, last in conn.execute(buyers):
-                states[sku].buyers, states[sku].first_ms, states[sku].last_ms = int(count), int(first or 0), int(last or 0)
+                states[sku].buyers, states[sku].first_ms, states[sku].last_ms = (
+                    int(count),
+                    int(first or 0),
+                    int(last or 0),
+                )
         return list(states.values())
 
     def snapshot(self, shard: int, generation: int, records_since_ms: int) -> ShardSnapshot:
@@ -553,7 +590,9 @@ class Ledger:
         snap = ShardSnapshot(shard=shard, generation=generation, skus=self.sku_states(shard=shard))
         d, s = deductions.c, skus.c
         with self.engine.connect() as conn:
-            snap.epoch = int(conn.execute(sa.select(shard_epochs.c.epoch).where(shard_epochs.c.shard == shard)).scalar() or 0)
+            snap.epoch = int(
+                conn.execute(sa.select(shard_epochs.c.epoch).where(shard_epochs.c.shard == shard)).scalar() or 0
+            )
         joined = deductions.join(skus, sa.and_(d.sku_id == s.sku_id, d.sale == s.sale))
         with self.engine.connect() as conn:
             users = (

@@ -26,7 +26,9 @@ skus = sa.Table(
     sa.Column("sale_end_ms", sa.BigInteger, nullable=False, server_default="0"),
     sa.Column("paused", sa.Boolean, nullable=False, server_default=sa.false()),
     sa.Column("mode", sa.String(8), nullable=False, server_default="fast", comment="fast | durable"),
-    sa.Column("sale", sa.Integer, nullable=False, comment="+1 on every put: deductions of older sales count for nobody."),
+    sa.Column(
+        "sale", sa.Integer, nullable=False, comment="+1 on every put: deductions of older sales count for nobody."
+    ),
     sa.Column("put_ms", sa.BigInteger, nullable=False, comment="When the current sale was put (Redis clock)."),
     sa.Column("updated_ms", sa.BigInteger, nullable=False),
     sa.Index("ix_skus_shard", "shard"),
@@ -45,7 +47,9 @@ deductions = sa.Table(
         "kind", sa.String(1), nullable=False, comment="D = Deduct (final at once), H = Hold, B = a BatchDeduct item."
     ),
     sa.Column("state", sa.String(10), nullable=False, comment="held | confirmed | released | expired"),
-    sa.Column("closer_id", sa.String(160), nullable=False, server_default="", comment="The Confirm/Release request id."),
+    sa.Column(
+        "closer_id", sa.String(160), nullable=False, server_default="", comment="The Confirm/Release request id."
+    ),
     sa.Column("sale", sa.Integer, nullable=False),
     sa.Column("shard", sa.Integer, nullable=False),
     sa.Column("epoch", sa.BigInteger, nullable=False, server_default="0", comment="Epoch of the owner that wrote it."),
@@ -68,8 +72,15 @@ admin_requests = sa.Table(
     "admin_requests",
     metadata,
     sa.Column("sku_id", ID, primary_key=True),
-    sa.Column("request_id", sa.String(160), primary_key=True, comment="The PutSku/AdjustStock/PauseSku/ResumeSku request id."),
-    sa.Column("fingerprint", sa.String(40), nullable=False, comment="SHA-1 of the call's arguments: a resend with others is refused."),
+    sa.Column(
+        "request_id", sa.String(160), primary_key=True, comment="The PutSku/AdjustStock/PauseSku/ResumeSku request id."
+    ),
+    sa.Column(
+        "fingerprint",
+        sa.String(40),
+        nullable=False,
+        comment="SHA-1 of the call's arguments: a resend with others is refused.",
+    ),
     sa.Column("applied_ms", sa.BigInteger, nullable=False, comment="When it was applied (Redis clock)."),
     sa.Index("ix_admin_requests_applied", "applied_ms"),
 )

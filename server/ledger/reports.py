@@ -28,7 +28,15 @@ from urllib.parse import quote
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from flashstock.server.ledger._ledger import HEAD, Ledger, LedgerError, _known_revisions, create_engine, schema_revision, upgrade
+from flashstock.server.ledger._ledger import (
+    HEAD,
+    Ledger,
+    LedgerError,
+    _known_revisions,
+    create_engine,
+    schema_revision,
+    upgrade,
+)
 from flashstock.server.ledger._schema import deductions, persister_cursors, shard_epochs, shard_generations, skus
 
 CONNECT_TIMEOUT_S = 5
@@ -193,7 +201,9 @@ def open_for_reading(url: str) -> Ledger:
         raise LedgerError(f"ledger: {_shown(url)} is empty; run `flashstock ledger upgrade`")
     if found.revision != HEAD:
         if found.revision in _known_revisions():
-            raise LedgerError(f"ledger: schema revision {found.revision} is older than {HEAD}; run `flashstock ledger upgrade`")
+            raise LedgerError(
+                f"ledger: schema revision {found.revision} is older than {HEAD}; run `flashstock ledger upgrade`"
+            )
         raise LedgerError(f"ledger: schema revision {found.revision!r} is unknown to this flashstock")
     ledger = Ledger(operator_url(url))
     try:
@@ -219,7 +229,9 @@ def sku_shards(engine: Engine, sku_id: str | None = None) -> dict[str, int]:
 def persisted_cursors(engine: Engine) -> dict[int, str]:
     """Per shard, the last log entry id the ledger holds (shards never persisted are absent)."""
     with engine.connect() as conn:
-        return {int(s): last for s, last in conn.execute(sa.select(persister_cursors.c.shard, persister_cursors.c.last_id))}
+        return {
+            int(s): last for s, last in conn.execute(sa.select(persister_cursors.c.shard, persister_cursors.c.last_id))
+        }
 
 
 @dataclass(frozen=True)
@@ -242,10 +254,11 @@ class ShardStatus:
 def shard_status(engine: Engine) -> list[ShardStatus]:
     """Every shard the ledger knows anything about, by number."""
     with engine.connect() as conn:
-        cursors = {
-            int(r.shard): r for r in conn.execute(sa.select(persister_cursors))
+        cursors = {int(r.shard): r for r in conn.execute(sa.select(persister_cursors))}
+        gens = {
+            int(s): int(g)
+            for s, g in conn.execute(sa.select(shard_generations.c.shard, shard_generations.c.generation))
         }
-        gens = {int(s): int(g) for s, g in conn.execute(sa.select(shard_generations.c.shard, shard_generations.c.generation))}
         epochs = {int(s): int(e) for s, e in conn.execute(sa.select(shard_epochs.c.shard, shard_epochs.c.epoch))}
     out = []
     for shard in sorted(set(cursors) | set(gens) | set(epochs)):
@@ -305,7 +318,12 @@ class SkuSales:
         return self.total - self.confirmed - self.held
 
 
-_HOLD_FIELD = {"confirmed": "holds_confirmed", "expired": "holds_expired", "released": "holds_released", "held": "holds_open"}
+_HOLD_FIELD = {
+    "confirmed": "holds_confirmed",
+    "expired": "holds_expired",
+    "released": "holds_released",
+    "held": "holds_open",
+}
 
 
 def sales_report(engine: Engine, sku_id: str | None = None) -> list[SkuSales]:
@@ -316,7 +334,12 @@ def sales_report(engine: Engine, sku_id: str | None = None) -> list[SkuSales]:
         query = query.where(s.sku_id == sku_id)
     current = deductions.join(skus, sa.and_(d.sku_id == s.sku_id, d.sale == s.sale))
     handed_out = d.state.in_(("held", "confirmed"))
-    units = sa.select(d.sku_id, d.state, sa.func.sum(d.qty)).select_from(current).where(handed_out).group_by(d.sku_id, d.state)
+    units = (
+        sa.select(d.sku_id, d.state, sa.func.sum(d.qty))
+        .select_from(current)
+        .where(handed_out)
+        .group_by(d.sku_id, d.state)
+    )
     holds = (
         sa.select(d.sku_id, d.state, sa.func.count())
         .select_from(current)
@@ -348,5 +371,9 @@ def sales_report(engine: Engine, sku_id: str | None = None) -> list[SkuSales]:
             row.holds += int(count)
             setattr(row, _HOLD_FIELD[state], int(count))
         for sku, count, first, last in conn.execute(buyers):
-            rows[sku].buyers, rows[sku].first_sale_ms, rows[sku].last_sale_ms = int(count), int(first or 0), int(last or 0)
+            rows[sku].buyers, rows[sku].first_sale_ms, rows[sku].last_sale_ms = (
+                int(count),
+                int(first or 0),
+                int(last or 0),
+            )
     return list(rows.values())

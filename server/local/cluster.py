@@ -688,7 +688,9 @@ class LocalCluster:
     def _start_redis(self, previous: LocalCluster | None) -> None:
         old = previous._find("redis") if previous else None
         (self.folder / "redis").mkdir(exist_ok=True)
-        server = RedisServer(self.folder / "redis", port=_reuse_or_new(old.ports["redis"] if old else None), detach=True)
+        server = RedisServer(
+            self.folder / "redis", port=_reuse_or_new(old.ports["redis"] if old else None), detach=True
+        )
         server.start()
         assert server.proc is not None
         self._popens[server.proc.pid] = server.proc
@@ -701,7 +703,9 @@ class LocalCluster:
             self._record.ledger_url = f"sqlite:///{self.folder / 'ledger.sqlite3'}"
             return
         old = previous._find("postgres") if previous else None
-        server = PostgresServer(self.folder / "postgres", port=_reuse_or_new(old.ports["postgres"] if old else None), detach=True)
+        server = PostgresServer(
+            self.folder / "postgres", port=_reuse_or_new(old.ports["postgres"] if old else None), detach=True
+        )
         try:
             server.start()
         except ProcessError as exc:
@@ -740,19 +744,34 @@ class LocalCluster:
     def _node_argv(self, spec: _NodeSpec) -> list[str]:
         r = self._record
         return [
-            sys.executable, "-m", "flashstock.server", "serve",
-            "--host", "127.0.0.1",
-            "--port", str(spec.port),
-            "--redis-url", r.redis_url,
-            "--etcd", r.etcd_endpoint,
-            "--cluster", r.cluster,
-            "--node-id", spec.id,
-            "--shards", str(r.shards),
-            "--lease-ttl-s", str(r.lease_ttl_s),
-            "--workers", str(r.workers),
-            "--data-dir", str(self.folder / spec.id),
-            "--ledger", r.ledger_url,
-            "--metrics-port", str(spec.metrics_port),
+            sys.executable,
+            "-m",
+            "flashstock.server",
+            "serve",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(spec.port),
+            "--redis-url",
+            r.redis_url,
+            "--etcd",
+            r.etcd_endpoint,
+            "--cluster",
+            r.cluster,
+            "--node-id",
+            spec.id,
+            "--shards",
+            str(r.shards),
+            "--lease-ttl-s",
+            str(r.lease_ttl_s),
+            "--workers",
+            str(r.workers),
+            "--data-dir",
+            str(self.folder / spec.id),
+            "--ledger",
+            r.ledger_url,
+            "--metrics-port",
+            str(spec.metrics_port),
             *r.extra_node_args,
         ]
 
@@ -763,8 +782,12 @@ class LocalCluster:
         with open(log, "ab") as out:
             offset = out.tell()
             proc = subprocess.Popen(
-                argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                env={**_node_env(), **self._record.node_env.get(name, {})}, start_new_session=True,
+                argv,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                env={**_node_env(), **self._record.node_env.get(name, {})},
+                start_new_session=True,
             )
         self._popens[proc.pid] = proc
         try:
@@ -776,7 +799,9 @@ class LocalCluster:
 
     # -- the record ------------------------------------------------------------------------
 
-    def _recorded(self, name: str, role: str, pid: int, ports: dict[str, int], log: Path, address: str) -> ClusterProcess:
+    def _recorded(
+        self, name: str, role: str, pid: int, ports: dict[str, int], log: Path, address: str
+    ) -> ClusterProcess:
         argv, create_time = _identify(pid)
         return ClusterProcess(name, role, pid, argv, create_time, _now_ms(), ports, str(log), address)
 

@@ -177,7 +177,9 @@ async def _sale(plan: DemoPlan, cluster: LocalCluster, console: Console, drained
                 sold = sum(log.sold_by_user.values())
                 if drained.node and not drained.at_sold and sold >= plan.stock // 2:
                     drained.at_sold = sold
-                    progress.console.print(f"half-way ({sold:,} sold): draining {drained.node}, the owner of the SKU's shard")
+                    progress.console.print(
+                        f"half-way ({sold:,} sold): draining {drained.node}, the owner of the SKU's shard"
+                    )
                     await _drain(cluster, drained.node)
                 await _buyer(stock, log, user, qty, retries)
                 progress.update(task, advance=1, sold=sum(log.sold_by_user.values()))
@@ -187,16 +189,22 @@ async def _sale(plan: DemoPlan, cluster: LocalCluster, console: Console, drained
             await asyncio.gather(*(worker() for _ in range(plan.concurrency)))
         elapsed = time.perf_counter() - started
         level = await stock.get_stock(SKU)
-    return log, elapsed, {
-        "total": level.total,
-        "held": level.held,
-        "confirmed": level.confirmed,
-        "available": level.available,
-        "mode": defined.mode.name.lower(),
-    }
+    return (
+        log,
+        elapsed,
+        {
+            "total": level.total,
+            "held": level.held,
+            "confirmed": level.confirmed,
+            "available": level.available,
+            "mode": defined.mode.name.lower(),
+        },
+    )
 
 
-def report(plan: DemoPlan, log: SaleLog, elapsed: float, level: dict, console: Console, drained: Drain | None = None) -> bool:
+def report(
+    plan: DemoPlan, log: SaleLog, elapsed: float, level: dict, console: Console, drained: Drain | None = None
+) -> bool:
     """Print the sale's figures and checks; True when every check holds."""
     attempts = sum(log.outcomes.values())
     sold = sum(log.sold_by_user.values())
@@ -213,7 +221,10 @@ def report(plan: DemoPlan, log: SaleLog, elapsed: float, level: dict, console: C
     for name, count in log.errors.items():
         figures.add_row(f"  error {name}", f"{count:,}")
     figures.add_row("throughput", f"{attempts / elapsed:,.0f} attempts/s over {elapsed:.2f} s")
-    figures.add_row("latency p50 / p99", f"{_percentile(log.latencies, 0.5) * 1000:.2f} ms / {_percentile(log.latencies, 0.99) * 1000:.2f} ms")
+    figures.add_row(
+        "latency p50 / p99",
+        f"{_percentile(log.latencies, 0.5) * 1000:.2f} ms / {_percentile(log.latencies, 0.99) * 1000:.2f} ms",
+    )
     console.print(figures)
 
     checks = [

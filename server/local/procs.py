@@ -308,9 +308,16 @@ class RedisServer:
     """A ``redis-server`` of our own: free loopback port, temp folder, no persistence by default."""
 
     def __init__(
-        self, folder: Path | None = None, extra_args: Sequence[str] = (), port: int | None = None, *, detach: bool = False
+        self,
+        folder: Path | None = None,
+        extra_args: Sequence[str] = (),
+        port: int | None = None,
+        *,
+        detach: bool = False,
     ) -> None:
-        binary = shutil.which("redis-server") or ("/usr/bin/redis-server" if Path("/usr/bin/redis-server").exists() else None)
+        binary = shutil.which("redis-server") or (
+            "/usr/bin/redis-server" if Path("/usr/bin/redis-server").exists() else None
+        )
         if binary is None:
             raise ProcessError("redis-server not found: install Debian's package (apt-get install redis-server)")
         self._binary = binary
@@ -331,14 +338,22 @@ class RedisServer:
         """Start and wait until it answers PING."""
         args = [
             self._binary,
-            "--bind", "127.0.0.1",
-            "--port", str(self.port),
-            "--dir", str(self.folder),
-            "--save", "",
-            "--appendonly", "no",
-            "--protected-mode", "yes",
-            "--daemonize", "no",
-            "--logfile", str(self.folder / "redis.log"),
+            "--bind",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--dir",
+            str(self.folder),
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--protected-mode",
+            "yes",
+            "--daemonize",
+            "no",
+            "--logfile",
+            str(self.folder / "redis.log"),
             *self._extra,
         ]
         self.proc = subprocess.Popen(
@@ -525,7 +540,8 @@ class PostgresServer:
     def _initdb(self) -> None:
         initdb = self._run(
             str(self.bindir / "initdb"),
-            "-D", str(self.data_dir),
+            "-D",
+            str(self.data_dir),
             "--auth=trust",
             "--username=postgres",
             "--encoding=UTF8",
@@ -540,10 +556,15 @@ class PostgresServer:
             options = f"-p {self.port} -k {shlex.quote(str(self.folder))} -c listen_addresses=127.0.0.1 -c fsync=off"
             started = self._run(
                 str(self.bindir / "pg_ctl"),
-                "-D", str(self.data_dir),
-                "-l", str(self.log_path),
-                "-o", options,
-                "-w", "-t", "60",
+                "-D",
+                str(self.data_dir),
+                "-l",
+                str(self.log_path),
+                "-o",
+                options,
+                "-w",
+                "-t",
+                "60",
                 "start",
             )
             if started.returncode == 0:
@@ -616,19 +637,30 @@ class NodeProcess:
         os.close(fd)
         self.log_path = Path(log_name)
         args = [
-            sys.executable, "-m", "flashstock.server", "serve",
-            "--host", "127.0.0.1",
-            "--port", str(self.port),
-            "--redis-url", self.redis_url,
-            "--workers", str(self.workers),
-            "--shards", str(self.shards),
-            "--data-dir", str(self.data_dir),
+            sys.executable,
+            "-m",
+            "flashstock.server",
+            "serve",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--redis-url",
+            self.redis_url,
+            "--workers",
+            str(self.workers),
+            "--shards",
+            str(self.shards),
+            "--data-dir",
+            str(self.data_dir),
             *(("--ledger", self.ledger) if self.ledger else ()),
             *self._extra,
         ]
         env = {**os.environ, **(self._env or {})}
         with open(self.log_path, "wb") as log_file:
-            self.proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=log_file, env=env)
+            self.proc = subprocess.Popen(
+                args, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=log_file, env=env
+            )
         try:
             wait_for_line(self.proc, pipe_reader(self.proc), name="flashstock node", timeout=timeout, log=self.log)
         except ProcessError:

@@ -35,13 +35,12 @@ from flashstock.client import (
     SkuDefinition,
     to_status,
 )
-from flashstock.v1 import admin_pb2, admin_pb2_grpc, stock_pb2, stock_pb2_grpc
-
-from flashstock.server.rpc import validate as v
 from flashstock.server._log_gate import LogGate
 from flashstock.server.ledger import SkuChange
+from flashstock.server.rpc import validate as v
 from flashstock.server.store.soldout import SoldOutBook
 from flashstock.server.store.stock import StockStore
+from flashstock.v1 import admin_pb2, admin_pb2_grpc, stock_pb2, stock_pb2_grpc
 
 log = logging.getLogger(__name__)
 

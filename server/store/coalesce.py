@@ -22,6 +22,7 @@ from typing import Any, Generic, TypeVar
 
 _Item = TypeVar("_Item")
 
+
 class ShardCoalescer(Generic[_Item]):
     """Runs ``call(shard, items)`` for the items submitted to a shard, a batch at a time."""
 

@@ -18,10 +18,8 @@ import logging
 from collections.abc import Awaitable, Callable
 
 from flashstock.lockmgr import shard_of
-
-from flashstock.server.store.keys import PERSISTED_CHANNEL, SHARD_READY, SOLD_OUT_CHANNEL, ShardKeys
-
 from flashstock.server.store.durable import PersistWatch
+from flashstock.server.store.keys import PERSISTED_CHANNEL, SHARD_READY, SOLD_OUT_CHANNEL, ShardKeys
 from flashstock.server.store.redis import AsyncRedis
 from flashstock.server.store.replies import SKU_FIELDS
 from flashstock.server.store.soldout import SoldOutBook

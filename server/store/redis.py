@@ -166,9 +166,7 @@ class redis_errors:  # lower case, as contextlib.suppress: named for how the sta
     def __enter__(self) -> redis_errors:
         return self
 
-    def __exit__(
-        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
         if exc is not None:
             mapped = flashstock_error(exc, self._shard)
             if mapped is not None:

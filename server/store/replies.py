@@ -32,8 +32,8 @@ from flashstock.client import (
     DeductionState,
     DeductResult,
     FailedPrecondition,
-    InvalidArgument,
     FieldViolation,
+    InvalidArgument,
     Mode,
     Outcome,
     RequestIdReused,
@@ -42,7 +42,6 @@ from flashstock.client import (
     SkuNotFound,
     StockBelowHandedOut,
 )
-
 from flashstock.server.rpc.validate import MAX_STOCK
 
 _OUTCOMES = {

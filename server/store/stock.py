@@ -40,20 +40,19 @@ from flashstock.client import (
     Unavailable,
 )
 from flashstock.lockmgr import shard_of
-from flashstock.server.store.keys import SHARD_READY, SKU_INDEX_KEY, ShardKeys
-
-from flashstock.server.store import replies as _replies
-from flashstock.server.store.coalesce import ShardCoalescer
-from flashstock.server.store.durable import PersistWatch
-from flashstock.server.store.redis import AsyncRedis, redis_errors
 from flashstock.server._log_gate import LogGate
 from flashstock.server._metrics import METRICS
 from flashstock.server.duties.rebuild import ShardRebuilder
 from flashstock.server.ledger import SkuChange
+from flashstock.server.rpc.validate import MAX_STOCK, max_hold_ms
+from flashstock.server.store import replies as _replies
+from flashstock.server.store.coalesce import ShardCoalescer
+from flashstock.server.store.durable import PersistWatch
+from flashstock.server.store.keys import SHARD_READY, SKU_INDEX_KEY, ShardKeys
+from flashstock.server.store.redis import AsyncRedis, redis_errors
 from flashstock.server.store.replies import Answer, ShardMissing
 from flashstock.server.store.scripts import StockScripts
 from flashstock.server.store.soldout import SoldOutBook
-from flashstock.server.rpc.validate import MAX_STOCK, max_hold_ms
 
 log = logging.getLogger(__name__)
 
@@ -222,9 +221,7 @@ class StockStore:
 
     # -- deductions ----------------------------------------------------------
 
-    async def take(
-        self, sku_id: str, user_id: str, qty: int, request_id: str, hold_ms: int = 0
-    ) -> DeductResult:
+    async def take(self, sku_id: str, user_id: str, qty: int, request_id: str, hold_ms: int = 0) -> DeductResult:
         """Deduct (``hold_ms == 0``) or hold ``qty`` units.
 
         Concurrent requests of one shard share one script call (coalescing);

@@ -68,12 +68,16 @@ async def acli(*args: str) -> Result:
 
 def rows(output: str) -> list[list[str]]:
     """The body rows of the rich tables in ``output``, as lists of cells."""
-    return [[cell.strip() for cell in line.strip()[1:-1].split("│")] for line in output.splitlines() if line.startswith("│")]
+    return [
+        [cell.strip() for cell in line.strip()[1:-1].split("│")] for line in output.splitlines() if line.startswith("│")
+    ]
 
 
 def moves_in(output: str) -> dict[int, tuple[str | None, str | None]]:
     """The moves table of a changing command's output: shard -> (from, to)."""
-    return {int(r[0]): (None if r[1] == "-" else r[1], None if r[2] == "-" else r[2]) for r in rows(output) if len(r) == 3}
+    return {
+        int(r[0]): (None if r[1] == "-" else r[1], None if r[2] == "-" else r[2]) for r in rows(output) if len(r) == 3
+    }
 
 
 def gone(pid: int) -> bool:
@@ -171,7 +175,7 @@ async def test_nodes_ls_shows_each_registration_its_lease_shards_and_drain(etcd_
         assert await claim(a, shard)
     assert await claim(b, 5)
     await drain(etcd_kv, cluster, "node-b")
-    nodes = (await a.live_nodes())
+    nodes = await a.live_nodes()
 
     result = await acli("nodes", "ls", *target)
 
@@ -247,7 +251,9 @@ async def test_pin_and_unpin_each_write_one_key_and_print_the_moves_assign_predi
     assert moves_in(unpinned.output) == {shard: ("node-b", "node-a")}
 
 
-async def test_drain_and_undrain_mark_the_node_and_print_its_shards_moving_away_and_back(etcd_kv, cluster, target, join):
+async def test_drain_and_undrain_mark_the_node_and_print_its_shards_moving_away_and_back(
+    etcd_kv, cluster, target, join
+):
     for node in ("node-a", "node-b", "node-c"):
         await join(node)
     nodes = ["node-a", "node-b", "node-c"]
@@ -339,8 +345,9 @@ async def test_move_pins_the_shard_and_waits_until_the_node_owns_it(etcd_kv, clu
         await release(a, old)
         return await claim(b, shard)
 
-    result, new = await asyncio.gather(acli("shards", "move", str(shard), "node-b", "--wait", "10", *target),
-                                       hand_over_once_pinned())
+    result, new = await asyncio.gather(
+        acli("shards", "move", str(shard), "node-b", "--wait", "10", *target), hand_over_once_pinned()
+    )
 
     assert result.exit_code == 0, result.output
     assert new is not None and new.epoch > old.epoch
@@ -435,8 +442,17 @@ def _add_impostor(folder: Path, pid: int) -> None:
     path = folder / "cluster.json"
     data = json.loads(path.read_text())
     data["processes"].append(
-        {"name": "impostor", "role": "redis", "pid": pid, "argv": ["redis-server", "--port", "1"],
-         "create_time": psutil.Process(pid).create_time(), "started_ms": 0, "ports": {}, "log": "", "address": ""}
+        {
+            "name": "impostor",
+            "role": "redis",
+            "pid": pid,
+            "argv": ["redis-server", "--port", "1"],
+            "create_time": psutil.Process(pid).create_time(),
+            "started_ms": 0,
+            "ports": {},
+            "log": "",
+            "address": "",
+        }
     )
     path.write_text(json.dumps(data))
 
@@ -457,7 +473,9 @@ def test_cluster_up_status_down_stops_exactly_its_processes(tmp_path, bystander)
     again = cli("cluster", "up", "--nodes", "2", "--dir", str(folder))
     assert again.exit_code == 1 and "a cluster is running in" in again.output
 
-    status = eventually(lambda: cli("cluster", "status", "--dir", str(folder)), until=lambda r: r.exit_code == 0, timeout=15)
+    status = eventually(
+        lambda: cli("cluster", "status", "--dir", str(folder)), until=lambda r: r.exit_code == 0, timeout=15
+    )
     table = {r[0]: r[1:] for r in rows(status.output)}
     assert [table[name][1] for name in ("etcd", "redis", "node-0", "node-1")] == ["running"] * 4
     assert table["node-0"][3] == table["node-1"][3] == "SERVING"

@@ -44,10 +44,15 @@ async def read(etcd, cluster_name):
 
 
 @pytest.mark.asyncio(loop_scope="session")
-async def test_a_node_alone_owns_every_shard_and_frees_them_when_it_stops(etcd, etcd_server, cluster_name, redis_server, redis, tmp_path):
-    node = NodeProcess(redis_server.url, shards=SHARDS, data_dir=tmp_path, extra_args=etcd_args(etcd_server, cluster_name))
+async def test_a_node_alone_owns_every_shard_and_frees_them_when_it_stops(
+    etcd, etcd_server, cluster_name, redis_server, redis, tmp_path
+):
+    node = NodeProcess(
+        redis_server.url, shards=SHARDS, data_dir=tmp_path, extra_args=etcd_args(etcd_server, cluster_name)
+    )
     await asyncio.to_thread(node.start)
     try:
+
         async def all_owned():
             nodes, owned = await read(etcd, cluster_name)
             return len(owned) == SHARDS and {o.node for o in owned.values()} == set(nodes) == {node.address}
@@ -65,9 +70,13 @@ async def test_a_node_alone_owns_every_shard_and_frees_them_when_it_stops(etcd, 
 
 
 @pytest.mark.asyncio(loop_scope="session")
-async def test_a_node_with_another_shard_count_refuses_to_start(etcd, etcd_server, cluster_name, redis_server, tmp_path):
+async def test_a_node_with_another_shard_count_refuses_to_start(
+    etcd, etcd_server, cluster_name, redis_server, tmp_path
+):
     await init_cluster(etcd, cluster_name, 16)
-    node = NodeProcess(redis_server.url, shards=SHARDS, data_dir=tmp_path, extra_args=etcd_args(etcd_server, cluster_name))
+    node = NodeProcess(
+        redis_server.url, shards=SHARDS, data_dir=tmp_path, extra_args=etcd_args(etcd_server, cluster_name)
+    )
 
     with pytest.raises(ProcessError) as caught:
         await asyncio.to_thread(node.start)

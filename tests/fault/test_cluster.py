@@ -170,7 +170,9 @@ def assert_books_agree(cluster: ClusterStack, answers: dict[str, tuple[str, Outc
     for sku, ids in by_sku.items():
         assert states[sku].confirmed == len(ids), (sku, states[sku], len(ids))
     out = io.StringIO()
-    assert run_reconcile(cluster.redis_url, cluster.ledger_url, SHARDS, Console(file=out, width=200)) == 0, out.getvalue()
+    assert run_reconcile(cluster.redis_url, cluster.ledger_url, SHARDS, Console(file=out, width=200)) == 0, (
+        out.getvalue()
+    )
 
 
 def test_kill_9_a_node_mid_sale_fails_its_shards_over_within_a_lease(cluster):
@@ -352,7 +354,9 @@ def test_shards_move_when_a_nodes_main_process_is_killed(cluster):
         eventually(kill.still_running, until=lambda procs: not procs, timeout=3)
         owners = cluster.wait_owners(live={0, 2}, timeout=TTL + ELECTION_SLACK_S + 5)
         failover_s = time.monotonic() - killed_at
-        assert failover_s <= TTL + ELECTION_SLACK_S, f"the shards of the killed node moved only after {failover_s:.1f} s"
+        assert failover_s <= TTL + ELECTION_SLACK_S, (
+            f"the shards of the killed node moved only after {failover_s:.1f} s"
+        )
         eventually(lambda: redis_epochs(cluster, victim_shards) == {s: owners[s].epoch for s in victim_shards})
 
         etcd_args = ("--etcd", cluster.endpoints, "--cluster", CLUSTER)
@@ -386,7 +390,9 @@ def test_with_one_of_three_etcd_members_down_the_cluster_serves_and_fails_over(c
 
     lost.recover()  # back with its data: it catches up with the others
     assert {p.name: p.state for p in cluster.status().processes if p.role == "etcd"} == {
-        "etcd-0": "running", "etcd-1": "running", "etcd-2": "running"
+        "etcd-0": "running",
+        "etcd-1": "running",
+        "etcd-2": "running",
     }
     assert cluster.owners().keys() == set(range(SHARDS))
 

@@ -103,13 +103,21 @@ async def test_unmarked_resends_around_the_sell_out_get_their_first_answer(stran
     if sum(scenario["qty"][ids.index(r)] for r in took) == scenario["stock"]:
         again = await asyncio.gather(
             *(
-                stranger.call("Deduct", node=node, sku_id=sku, user_id=f"user-{ids.index(r)}",
-                              qty=scenario["qty"][ids.index(r)], request_id=r)
+                stranger.call(
+                    "Deduct",
+                    node=node,
+                    sku_id=sku,
+                    user_id=f"user-{ids.index(r)}",
+                    qty=scenario["qty"][ids.index(r)],
+                    request_id=r,
+                )
                 for r in took
                 for node in (0, 1, 0, 1)
             )
         )
-        first_answers_hold([*sends, *zip(itertools.chain.from_iterable([r] * 4 for r in took), again, strict=True)], stranger.outcome)
+        first_answers_hold(
+            [*sends, *zip(itertools.chain.from_iterable([r] * 4 for r in took), again, strict=True)], stranger.outcome
+        )
 
 
 async def test_resends_of_acknowledged_durable_deductions_after_a_redis_loss(cluster: ClusterStack, stranger) -> None:

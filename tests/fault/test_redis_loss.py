@@ -321,7 +321,10 @@ async def test_node_restart_mid_sale_loses_nothing_and_doubles_nothing(fault_sta
         took = {r: a for r, a in answers.items() if a.took_effect}
         assert set(answers) == set(request_ids)
         assert {a.outcome for a in answers.values()} <= {
-            Outcome.OK, Outcome.DUPLICATE, Outcome.SOLD_OUT, Outcome.INSUFFICIENT
+            Outcome.OK,
+            Outcome.DUPLICATE,
+            Outcome.SOLD_OUT,
+            Outcome.INSUFFICIENT,
         }
         for request_id, answer in took.items():
             assert answer.deduction is not None and answer.deduction.qty == qty_of(request_id)

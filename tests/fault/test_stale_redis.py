@@ -92,12 +92,14 @@ async def test_redis_restarted_from_an_older_aof_is_rebuilt_from_the_ledger(tmp_
         stop = asyncio.Event()
         buyers = [asyncio.create_task(sale.buyer(stop)) for _ in range(32)]
 
-        await aeventually(lambda: sale.count(FAST) > 0.3 * STOCK[FAST] and sale.count(DURABLE) > 0.3 * STOCK[DURABLE],
-                          timeout=60)
+        await aeventually(
+            lambda: sale.count(FAST) > 0.3 * STOCK[FAST] and sale.count(DURABLE) > 0.3 * STOCK[DURABLE], timeout=60
+        )
         shutil.copytree(redis_dir / "appendonlydir", copy_dir)  # the older AOF
         copied = len(sale.acked)
-        await aeventually(lambda: sale.count(FAST) > 0.6 * STOCK[FAST] and sale.count(DURABLE) > 0.6 * STOCK[DURABLE],
-                          timeout=60)
+        await aeventually(
+            lambda: sale.count(FAST) > 0.6 * STOCK[FAST] and sale.count(DURABLE) > 0.6 * STOCK[DURABLE], timeout=60
+        )
         servers[0].kill()
         killed_at, acked_at_kill = time.monotonic(), len(sale.acked)
         shutil.rmtree(redis_dir / "appendonlydir")
@@ -141,9 +143,19 @@ async def test_redis_restarted_from_an_older_aof_is_rebuilt_from_the_ledger(tmp_
         assert len(sale.acked) - len(lost) == sum(STOCK.values())
 
         reconciled = subprocess.run(
-            [sys.executable, "-m", "flashstock.server", "reconcile", "--redis-url", servers[-1].url,
-             "--data-dir", str(tmp_path / "data")],
-            capture_output=True, text=True, timeout=60,
+            [
+                sys.executable,
+                "-m",
+                "flashstock.server",
+                "reconcile",
+                "--redis-url",
+                servers[-1].url,
+                "--data-dir",
+                str(tmp_path / "data"),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
         )
         assert reconciled.returncode == 0, reconciled.stdout + reconciled.stderr
         log = node.log()

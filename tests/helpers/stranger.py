@@ -70,7 +70,9 @@ class Stranger:
             per_node = len(self._channels) // self.nodes
             index = node * per_node + index % per_node
         channel = self._channels[index]
-        stub = channel.unary_unary(path, request_serializer=request_type.SerializeToString, response_deserializer=reply_type.FromString)
+        stub = channel.unary_unary(
+            path, request_serializer=request_type.SerializeToString, response_deserializer=reply_type.FromString
+        )
         return await stub(request_type(**fields), timeout=timeout)
 
     def enum_number(self, enum: str, name: str) -> int:

@@ -32,8 +32,12 @@ def test_sku_commands_steer_a_sale(node, stock, sku):
 
 
 def test_cli_errors_are_messages_not_tracebacks(node, sku):
-    result = CliRunner().invoke(app, ["sku", "get", sku, "--addr", node.address], env={"NO_COLOR": "1", "COLUMNS": "250"})
+    result = CliRunner().invoke(
+        app, ["sku", "get", sku, "--addr", node.address], env={"NO_COLOR": "1", "COLUMNS": "250"}
+    )
     assert result.exit_code == 1
     assert "not defined" in result.output and "Traceback" not in result.output
-    result = CliRunner().invoke(app, ["sku", "adjust", sku, "0", "--addr", node.address], env={"NO_COLOR": "1", "COLUMNS": "250"})
+    result = CliRunner().invoke(
+        app, ["sku", "adjust", sku, "0", "--addr", node.address], env={"NO_COLOR": "1", "COLUMNS": "250"}
+    )
     assert result.exit_code == 1 and "delta" in result.output

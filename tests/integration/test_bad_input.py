@@ -99,7 +99,9 @@ def test_malformed_bytes_are_invalid_argument_and_logged_once_per_kind(node, cha
                 raw(data, timeout=10)
             answers.append((kind, err.value.code(), err.value.details()))
 
-    assert {(kind, code) for kind, code, _ in answers} == {(kind, grpc.StatusCode.INVALID_ARGUMENT) for kind in MALFORMED}
+    assert {(kind, code) for kind, code, _ in answers} == {
+        (kind, grpc.StatusCode.INVALID_ARGUMENT) for kind in MALFORMED
+    }
     assert all(details.startswith("malformed request: not a flashstock.v1.DeductRequest") for _, _, details in answers)
     assert not any("DecodeError" in details for _, _, details in answers)
     text = node_log(node)
@@ -151,7 +153,9 @@ def test_a_hold_past_the_nodes_longest_is_refused(admin, stock):
 
     too_long = stock_pb2.HoldRequest(sku_id=sku_id, user_id="u", qty=1, request_id=rid(), ttl_ms=TWELVE_HOURS_MS + 1)
     assert code_of(stock.Hold, too_long) is grpc.StatusCode.INVALID_ARGUMENT
-    longest = stock.Hold(stock_pb2.HoldRequest(sku_id=sku_id, user_id="u", qty=1, request_id=rid(), ttl_ms=TWELVE_HOURS_MS))
+    longest = stock.Hold(
+        stock_pb2.HoldRequest(sku_id=sku_id, user_id="u", qty=1, request_id=rid(), ttl_ms=TWELVE_HOURS_MS)
+    )
     assert longest.outcome == stock_pb2.OUTCOME_OK
     assert longest.deduction.expires_at_ms - longest.deduction.taken_at_ms == TWELVE_HOURS_MS
 

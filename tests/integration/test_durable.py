@@ -49,9 +49,12 @@ def rid() -> str:
 def durable_node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NodeProcess]:
     """A node with a Redis of its own, its ledger in a tmp folder."""
     data_dir = tmp_path_factory.mktemp("durable-node")
-    with RedisServer() as redis_server, NodeProcess(
-        redis_server.url, data_dir=data_dir, extra_args=("--durable-wait-ms", str(DURABLE_WAIT_MS))
-    ) as node:
+    with (
+        RedisServer() as redis_server,
+        NodeProcess(
+            redis_server.url, data_dir=data_dir, extra_args=("--durable-wait-ms", str(DURABLE_WAIT_MS))
+        ) as node,
+    ):
         yield node
 
 
@@ -204,9 +207,11 @@ def test_persister_restart_persists_everything_exactly_once(tmp_path, sku):
         # A slow group commit (50 ms): entries are still in the log when SIGTERM comes.
         args = ("--persist-max-wait-ms", "50")
         for phase in range(3):
-            with NodeProcess(redis_server.url, data_dir=data_dir, extra_args=args) as node, StockClient(
-                addresses=[node.address]
-            ) as stock, AdminClient(addresses=[node.address]) as admin:
+            with (
+                NodeProcess(redis_server.url, data_dir=data_dir, extra_args=args) as node,
+                StockClient(addresses=[node.address]) as stock,
+                AdminClient(addresses=[node.address]) as admin,
+            ):
                 if phase == 0:
                     admin.put_sku(sku, 1000)
                 for i in range(100):
@@ -297,9 +302,10 @@ def test_the_persister_reports_its_lag_and_backlog(tmp_path):
     from flashstock.server.local.procs import NodeProcess, RedisServer, free_port
 
     port = free_port()
-    with RedisServer() as redis_server, NodeProcess(
-        redis_server.url, data_dir=tmp_path, extra_args=("--metrics-port", str(port))
-    ) as node:
+    with (
+        RedisServer() as redis_server,
+        NodeProcess(redis_server.url, data_dir=tmp_path, extra_args=("--metrics-port", str(port))) as node,
+    ):
         with AdminClient(addresses=node.address) as admin, StockClient(addresses=node.address) as stock:
             admin.put_sku("lagged", 100)
             for i in range(30):

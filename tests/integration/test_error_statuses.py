@@ -51,7 +51,9 @@ def fields_of(err: pytest.ExceptionInfo) -> list[str]:
         ("", "", 0, TOO_LONG, ["qty", "request_id", "sku_id", "user_id"]),
     ],
 )
-def test_bad_deduct_is_invalid_argument_naming_every_bad_field(admin, stock, sku, sku_id, user_id, qty, request_id, bad):
+def test_bad_deduct_is_invalid_argument_naming_every_bad_field(
+    admin, stock, sku, sku_id, user_id, qty, request_id, bad
+):
     admin.put_sku(sku, 5)
     sku_id = sku if sku_id == "SKU" else sku_id
     request_id = rid() if request_id == "r" else request_id
@@ -192,7 +194,9 @@ def test_redis_down_is_unavailable_and_the_node_recovers_when_it_is_back(private
         private_stack.restart_redis()  # empty: the SKU is gone with the old data
         admin.put_sku(sku, 5)
 
-        r = eventually(lambda: stock.deduct(sku, "u2", 1), until=lambda r: r.outcome is Outcome.OK, retry_on=(Unavailable,))
+        r = eventually(
+            lambda: stock.deduct(sku, "u2", 1), until=lambda r: r.outcome is Outcome.OK, retry_on=(Unavailable,)
+        )
         assert r.stock_left == 4
         assert stock.get_stock(sku).available == 4
 
@@ -242,7 +246,9 @@ def _health(address: str, service: str) -> int:
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
     with grpc.insecure_channel(address) as channel:
-        return health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=service), timeout=2).status
+        return (
+            health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=service), timeout=2).status
+        )
 
 
 def test_health_follows_redis_while_the_process_stays_serving(private_stack):

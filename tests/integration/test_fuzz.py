@@ -65,7 +65,9 @@ SERVICES = (
     (admin_pb2, admin_pb2.DESCRIPTOR.services_by_name["AdminService"]),
 )
 METHODS = tuple(
-    (f"/{service.full_name}/{m.name}", getattr(module, m.input_type.name)) for module, service in SERVICES for m in service.methods
+    (f"/{service.full_name}/{m.name}", getattr(module, m.input_type.name))
+    for module, service in SERVICES
+    for m in service.methods
 )
 ROUNDS = -(-REQUESTS // (len(METHODS) + RAW_PER_ROUND))
 
@@ -151,7 +153,9 @@ def message_of(field: Any, wild: bool) -> st.SearchStrategy[Any]:
 @functools.cache
 def wild_message(cls: Any) -> st.SearchStrategy[Any]:
     """Instances of ``cls``, each field set or not, to any value of its type."""
-    return st.fixed_dictionaries({}, optional={f.name: wild(f) for f in cls.DESCRIPTOR.fields}).map(lambda kw: cls(**kw))
+    return st.fixed_dictionaries({}, optional={f.name: wild(f) for f in cls.DESCRIPTOR.fields}).map(
+        lambda kw: cls(**kw)
+    )
 
 
 @functools.cache
@@ -186,9 +190,15 @@ def malformed(cls: Any) -> st.SearchStrategy[bytes]:
     return st.one_of(
         st.binary(max_size=64),
         st.builds(lambda b, k: b[: k % len(b)], serialized, st.integers(0, 10**6)),
-        st.builds(lambda b, k, x: b[: k % len(b)] + bytes([b[k % len(b)] ^ x]) + b[k % len(b) + 1 :],
-                  serialized, st.integers(0, 10**6), st.integers(1, 255)),  # fmt: skip
-        st.sampled_from((b"\x0a\x02\xff\xfe", b"\x0a\x03a\xc3(", b"\x0a" + varint(2**31) + b"x", b"\x0a" + varint(2**64 - 1))),
+        st.builds(
+            lambda b, k, x: b[: k % len(b)] + bytes([b[k % len(b)] ^ x]) + b[k % len(b) + 1 :],
+            serialized,
+            st.integers(0, 10**6),
+            st.integers(1, 255),
+        ),  # fmt: skip
+        st.sampled_from(
+            (b"\x0a\x02\xff\xfe", b"\x0a\x03a\xc3(", b"\x0a" + varint(2**31) + b"x", b"\x0a" + varint(2**64 - 1))
+        ),
         st.builds(lambda tag, junk: bytes([tag]) + junk, st.integers(0, 255), st.binary(min_size=1, max_size=16)),
     )
 
@@ -201,7 +211,9 @@ class Sender:
     """Sends raw requests concurrently, at most ``IN_FLIGHT`` at once, and keeps every answer's status."""
 
     def __init__(self, channel: grpc.Channel) -> None:
-        self._calls = {path: channel.unary_unary(path, request_serializer=None, response_deserializer=None) for path, _ in METHODS}
+        self._calls = {
+            path: channel.unary_unary(path, request_serializer=None, response_deserializer=None) for path, _ in METHODS
+        }
         self._pending: collections.deque[tuple[str, str, bytes, Any]] = collections.deque()
         self.codes: collections.Counter[tuple[str, grpc.StatusCode]] = collections.Counter()
         self.bad: list[str] = []
@@ -254,9 +266,14 @@ def test_ten_thousand_strange_requests_leave_the_node_serving_and_its_log_clean(
     with grpc.insecure_channel(node.address) as channel:
         admin = admin_pb2_grpc.AdminServiceStub(channel)
         stock = stock_pb2_grpc.StockServiceStub(channel)
-        admin.PutSku(admin_pb2.PutSkuRequest(sku_id=control, stock=100, per_user_limit=5, request_id=control), timeout=10)
+        admin.PutSku(
+            admin_pb2.PutSkuRequest(sku_id=control, stock=100, per_user_limit=5, request_id=control), timeout=10
+        )
         stock.Deduct(stock_pb2.DeductRequest(sku_id=control, user_id="c", qty=2, request_id=f"{control}-d"), timeout=10)
-        stock.Hold(stock_pb2.HoldRequest(sku_id=control, user_id="c", qty=1, request_id=f"{control}-h", ttl_ms=600_000), timeout=10)
+        stock.Hold(
+            stock_pb2.HoldRequest(sku_id=control, user_id="c", qty=1, request_id=f"{control}-h", ttl_ms=600_000),
+            timeout=10,
+        )
         before = control_state(admin, stock, control)
         assert (before[0].available, before[0].held, before[0].confirmed) == (97, 1, 2)
 
@@ -283,7 +300,9 @@ def test_ten_thousand_strange_requests_leave_the_node_serving_and_its_log_clean(
         sender.drain()
         elapsed = time.monotonic() - started
 
-        codes = ", ".join(f"{m} {c.name} {n}" for (m, c), n in sorted(sender.codes.items(), key=lambda x: (x[0][0], x[0][1].name)))
+        codes = ", ".join(
+            f"{m} {c.name} {n}" for (m, c), n in sorted(sender.codes.items(), key=lambda x: (x[0][0], x[0][1].name))
+        )
         summary = f"seed {run_seed}; {sender.sent} requests in {elapsed:.1f} s; {codes}"
         print(summary)
         assert sender.sent >= REQUESTS, summary

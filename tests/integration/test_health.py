@@ -47,6 +47,8 @@ def test_reflection_lists_both_services_and_health(channel):
 def test_reflection_describes_the_stock_service(channel):
     reply = _reflect(channel, reflection_pb2.ServerReflectionRequest(file_containing_symbol=SERVICES[0]))
 
-    files = [descriptor_pb2.FileDescriptorProto.FromString(b) for b in reply.file_descriptor_response.file_descriptor_proto]
+    files = [
+        descriptor_pb2.FileDescriptorProto.FromString(b) for b in reply.file_descriptor_response.file_descriptor_proto
+    ]
     methods = {m.name for f in files for s in f.service if s.name == "StockService" for m in s.method}
     assert methods == {"Deduct", "Hold", "Confirm", "Release", "GetStock", "BatchDeduct"}

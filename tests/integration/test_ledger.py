@@ -19,9 +19,9 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-from flashstock.server.local.procs import free_port
 from flashstock.server.ledger import HEAD, Fenced, Ledger, LedgerError, StaleGeneration, schema_revision, upgrade
 from flashstock.server.ledger._schema import deductions, metadata, persister_cursors, shard_epochs, skus
+from flashstock.server.local.procs import free_port
 
 SHARD = 3
 T0 = 1_700_000_000_000
@@ -39,10 +39,31 @@ class Log:
         self.ms = at_ms if at_ms is not None else self.ms + 1
         return f"{self.ms}-0", {k: str(v) for k, v in fields.items()}
 
-    def put(self, sku: str, total: int, *, lim: int = 0, maxq: int = 0, start: int = 0, end: int = 0,
-            mode: str = "fast", sale: int = 1) -> tuple[str, dict[str, str]]:
-        return self._entry({"t": "P", "k": sku, "q": total, "lim": lim, "maxq": maxq, "start": start, "end": end,
-                            "mode": mode, "s": sale})
+    def put(
+        self,
+        sku: str,
+        total: int,
+        *,
+        lim: int = 0,
+        maxq: int = 0,
+        start: int = 0,
+        end: int = 0,
+        mode: str = "fast",
+        sale: int = 1,
+    ) -> tuple[str, dict[str, str]]:
+        return self._entry(
+            {
+                "t": "P",
+                "k": sku,
+                "q": total,
+                "lim": lim,
+                "maxq": maxq,
+                "start": start,
+                "end": end,
+                "mode": mode,
+                "s": sale,
+            }
+        )
 
     def adjust(self, sku: str, total: int) -> tuple[str, dict[str, str]]:
         return self._entry({"t": "A", "k": sku, "q": total})
@@ -56,8 +77,18 @@ class Log:
     def generation(self, gen: int) -> tuple[str, dict[str, str]]:
         return self._entry({"t": "G", "q": gen})
 
-    def take(self, kind: str, rid: str, sku: str, user: str, qty: Any = 1, *, sale: int = 1, expires: int = 0,
-             at_ms: int | None = None) -> tuple[str, dict[str, str]]:
+    def take(
+        self,
+        kind: str,
+        rid: str,
+        sku: str,
+        user: str,
+        qty: Any = 1,
+        *,
+        sale: int = 1,
+        expires: int = 0,
+        at_ms: int | None = None,
+    ) -> tuple[str, dict[str, str]]:
         """A Deduct ('D') or Hold ('H')."""
         fields = {"t": kind, "r": rid, "k": sku, "u": user, "q": qty, "e": expires, "s": sale, "c": ""}
         self._taken[rid] = {k: str(v) for k, v in fields.items()}
@@ -179,8 +210,13 @@ ledger.close()
 def test_processes_opening_an_empty_database_at_once_all_succeed(engine_url):
     # A node's workers (or nodes started together) open a fresh ledger at the same moment.
     procs = [
-        subprocess.Popen([sys.executable, "-c", OPEN_ON_GO, engine_url], stdin=subprocess.PIPE,
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        subprocess.Popen(
+            [sys.executable, "-c", OPEN_ON_GO, engine_url],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         for _ in range(4)
     ]
     try:
@@ -399,9 +435,18 @@ def test_put_adjust_pause_and_resume_entries_define_the_sku(ledger):
     ledger.persist(SHARD, 0, [put])
     (row,) = rows(ledger, skus)
     assert row == {
-        "sku_id": "sku-a", "shard": SHARD, "total": 100, "per_user_limit": 2, "max_per_request": 5,
-        "sale_start_ms": T0 + 10, "sale_end_ms": T0 + 99_000, "paused": False, "mode": "durable", "sale": 1,
-        "put_ms": T0 + 1, "updated_ms": T0 + 1,
+        "sku_id": "sku-a",
+        "shard": SHARD,
+        "total": 100,
+        "per_user_limit": 2,
+        "max_per_request": 5,
+        "sale_start_ms": T0 + 10,
+        "sale_end_ms": T0 + 99_000,
+        "paused": False,
+        "mode": "durable",
+        "sale": 1,
+        "put_ms": T0 + 1,
+        "updated_ms": T0 + 1,
     }
 
     ledger.persist(SHARD, 0, [log.adjust("sku-a", 80), log.pause("sku-a")])
@@ -415,7 +460,12 @@ def test_put_adjust_pause_and_resume_entries_define_the_sku(ledger):
     ledger.persist(SHARD, 0, [log.pause("sku-a"), log.put("sku-a", 7, mode="fast", sale=2)])
     (row,) = rows(ledger, skus)
     assert (row["total"], row["paused"], row["mode"], row["sale"], row["per_user_limit"], row["put_ms"]) == (
-        7, False, "fast", 2, 0, log.ms,
+        7,
+        False,
+        "fast",
+        2,
+        0,
+        log.ms,
     )
 
 
@@ -507,19 +557,23 @@ def test_check_epoch_records_the_highest_and_refuses_lower(ledger):
 
 def test_sku_states_count_only_the_current_sale(ledger):
     log = Log()
-    ledger.persist(SHARD, 0, [
-        log.put("sku-a", 10, sale=1),
-        log.take("D", "old-d", "sku-a", "u1", 4, sale=1),
-        log.take("H", "old-h", "sku-a", "u2", 1, sale=1, expires=T0 + 60_000),
-        log.put("sku-a", 6, sale=2),  # put again: a new sale
-        log.take("D", "d1", "sku-a", "u1", 1, sale=2),
-        log.take("D", "d2", "sku-a", "u1", 2, sale=2),
-        log.take("H", "h1", "sku-a", "u3", 1, sale=2, expires=T0 + 60_000),
-        log.take("H", "h2", "sku-a", "u4", 1, sale=2, expires=T0 + 60_000),
-        log.take("H", "h3", "sku-a", "u5", 1, sale=2, expires=T0 + 60_000),
-        log.settle("R", "h2", closer="r2"),
-        log.settle("X", "h3"),
-    ])
+    ledger.persist(
+        SHARD,
+        0,
+        [
+            log.put("sku-a", 10, sale=1),
+            log.take("D", "old-d", "sku-a", "u1", 4, sale=1),
+            log.take("H", "old-h", "sku-a", "u2", 1, sale=1, expires=T0 + 60_000),
+            log.put("sku-a", 6, sale=2),  # put again: a new sale
+            log.take("D", "d1", "sku-a", "u1", 1, sale=2),
+            log.take("D", "d2", "sku-a", "u1", 2, sale=2),
+            log.take("H", "h1", "sku-a", "u3", 1, sale=2, expires=T0 + 60_000),
+            log.take("H", "h2", "sku-a", "u4", 1, sale=2, expires=T0 + 60_000),
+            log.take("H", "h3", "sku-a", "u5", 1, sale=2, expires=T0 + 60_000),
+            log.settle("R", "h2", closer="r2"),
+            log.settle("X", "h3"),
+        ],
+    )
     first_ms = T0 + 5  # d1
 
     (state,) = ledger.sku_states(sku_id="sku-a")
@@ -532,18 +586,22 @@ def test_sku_states_count_only_the_current_sale(ledger):
 
 def test_snapshot_has_the_shards_skus_and_user_counts_only_where_limited(ledger):
     log = Log()
-    ledger.persist(SHARD, 0, [
-        log.put("limited", 10, lim=3, sale=1),
-        log.take("D", "l-old", "limited", "u1", 2, sale=1),  # an older sale counts for nobody
-        log.put("limited", 10, lim=3, sale=2),
-        log.put("open", 10, lim=0),
-        log.take("D", "l1", "limited", "u1", 1, sale=2),
-        log.take("H", "l2", "limited", "u1", 1, sale=2, expires=T0 + 60_000),
-        log.take("D", "l3", "limited", "u2", 2, sale=2),
-        log.take("H", "l4", "limited", "u3", 1, sale=2, expires=T0 + 60_000),
-        log.settle("R", "l4", closer="r4"),  # given back: u3 holds nothing
-        log.take("D", "o1", "open", "u1", 3),
-    ])
+    ledger.persist(
+        SHARD,
+        0,
+        [
+            log.put("limited", 10, lim=3, sale=1),
+            log.take("D", "l-old", "limited", "u1", 2, sale=1),  # an older sale counts for nobody
+            log.put("limited", 10, lim=3, sale=2),
+            log.put("open", 10, lim=0),
+            log.take("D", "l1", "limited", "u1", 1, sale=2),
+            log.take("H", "l2", "limited", "u1", 1, sale=2, expires=T0 + 60_000),
+            log.take("D", "l3", "limited", "u2", 2, sale=2),
+            log.take("H", "l4", "limited", "u3", 1, sale=2, expires=T0 + 60_000),
+            log.settle("R", "l4", closer="r4"),  # given back: u3 holds nothing
+            log.take("D", "o1", "open", "u1", 3),
+        ],
+    )
     other = Log()
     ledger.persist(SHARD + 1, 0, [other.put("elsewhere", 5, lim=1), other.take("D", "e1", "elsewhere", "u1")])
 
@@ -557,16 +615,20 @@ def test_snapshot_has_the_shards_skus_and_user_counts_only_where_limited(ledger)
 def test_snapshot_records_are_those_since_a_time_plus_every_open_hold(ledger):
     log = Log()
     since = T0 + 1_000
-    ledger.persist(SHARD, 0, [
-        log.put("sku-a", 50),
-        log.take("D", "old-deduct", "sku-a", "u1", at_ms=T0 + 10),
-        log.take("H", "old-open-hold", "sku-a", "u2", expires=T0 + 90_000, at_ms=T0 + 20),
-        log.take("H", "old-confirmed-hold", "sku-a", "u3", expires=T0 + 90_000, at_ms=T0 + 30),
-        log.settle("C", "old-confirmed-hold", closer="c3"),
-        log.take("D", "new-deduct", "sku-a", "u4", at_ms=since),
-        log.take("H", "new-hold", "sku-a", "u5", expires=T0 + 90_000, at_ms=since + 10),
-        log.settle("R", "new-hold", closer="r5"),
-    ])
+    ledger.persist(
+        SHARD,
+        0,
+        [
+            log.put("sku-a", 50),
+            log.take("D", "old-deduct", "sku-a", "u1", at_ms=T0 + 10),
+            log.take("H", "old-open-hold", "sku-a", "u2", expires=T0 + 90_000, at_ms=T0 + 20),
+            log.take("H", "old-confirmed-hold", "sku-a", "u3", expires=T0 + 90_000, at_ms=T0 + 30),
+            log.settle("C", "old-confirmed-hold", closer="c3"),
+            log.take("D", "new-deduct", "sku-a", "u4", at_ms=since),
+            log.take("H", "new-hold", "sku-a", "u5", expires=T0 + 90_000, at_ms=since + 10),
+            log.settle("R", "new-hold", closer="r5"),
+        ],
+    )
     other = Log()
     ledger.persist(SHARD + 1, 0, [other.put("sku-b", 5), other.take("H", "elsewhere", "sku-b", "u1", at_ms=since + 1)])
 
@@ -576,7 +638,14 @@ def test_snapshot_records_are_those_since_a_time_plus_every_open_hold(ledger):
     assert set(records) == {"old-open-hold", "new-deduct", "new-hold"}
     hold = records["old-open-hold"]
     assert (hold.sku_id, hold.user_id, hold.qty, hold.kind, hold.state, hold.sale, hold.taken_ms, hold.expires_ms) == (
-        "sku-a", "u2", 1, "H", "held", 1, T0 + 20, T0 + 90_000,
+        "sku-a",
+        "u2",
+        1,
+        "H",
+        "held",
+        1,
+        T0 + 20,
+        T0 + 90_000,
     )
     assert (records["new-hold"].state, records["new-hold"].closer_id) == ("released", "r5")
 

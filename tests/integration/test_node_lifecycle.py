@@ -141,8 +141,14 @@ def etcd_view(endpoint: str, cluster: str) -> tuple[set[str], set[str]]:
 def test_a_killed_nodes_shards_are_freed_at_once_not_a_lease_later(redis_server, etcd_server, cluster_name, tmp_path):
     lease_ttl_s = 30
     args = (
-        "--etcd", etcd_server.endpoint, "--cluster", cluster_name, "--node-id", "doomed",
-        "--lease-ttl-s", str(lease_ttl_s),
+        "--etcd",
+        etcd_server.endpoint,
+        "--cluster",
+        cluster_name,
+        "--node-id",
+        "doomed",
+        "--lease-ttl-s",
+        str(lease_ttl_s),
     )
     with node_process(redis_server.url, tmp_path, workers=1, extra_args=args) as node:
         eventually(lambda: etcd_view(etcd_server.endpoint, cluster_name) == ({"doomed"}, {"doomed"}), timeout=15)

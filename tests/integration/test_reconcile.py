@@ -186,7 +186,9 @@ def test_reconcile_waits_only_so_long_for_a_ledger_that_lags(tmp_path):
 
 def test_the_demo_ends_with_a_reconcile_in_durable_mode():
     result = CliRunner().invoke(
-        app, ["demo", "--buyers", "300", "--users", "60", "--stock", "40", "--concurrency", "20", "--mode", "durable"], env=ENV
+        app,
+        ["demo", "--buyers", "300", "--users", "60", "--stock", "40", "--concurrency", "20", "--mode", "durable"],
+        env=ENV,
     )
     assert result.exit_code == 0, result.output
     assert re.search(r"SKU mode \(as the node has it\)\s*│\s*durable", result.output), result.output
@@ -205,7 +207,9 @@ def test_the_demo_fails_when_reconcile_finds_a_difference(monkeypatch):
         return 1
 
     monkeypatch.setattr(demo, "run_reconcile", differing)
-    result = CliRunner().invoke(app, ["demo", "--buyers", "50", "--users", "20", "--stock", "10", "--concurrency", "10"], env=ENV)
+    result = CliRunner().invoke(
+        app, ["demo", "--buyers", "50", "--users", "20", "--stock", "10", "--concurrency", "10"], env=ENV
+    )
     assert result.exit_code == 1, result.output
     assert "disagree" in result.output
     assert len(seen) == 1 and seen[0][0].startswith("redis://") and seen[0][1].startswith("sqlite:///")

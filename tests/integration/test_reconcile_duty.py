@@ -16,9 +16,12 @@ from tests.helpers import eventually, metric
 @pytest.fixture(scope="module")
 def watched() -> Iterator[tuple[RedisServer, NodeProcess, int]]:
     port = free_port()
-    with RedisServer() as redis_server, NodeProcess(
-        redis_server.url, extra_args=["--reconcile-interval-s", "0.2", "--metrics-port", str(port)]
-    ) as node:
+    with (
+        RedisServer() as redis_server,
+        NodeProcess(
+            redis_server.url, extra_args=["--reconcile-interval-s", "0.2", "--metrics-port", str(port)]
+        ) as node,
+    ):
         yield redis_server, node, port
 
 

@@ -84,9 +84,19 @@ async def refused_as_reused(call) -> str:
 
 def reconcile(node, redis_server) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "flashstock.server", "reconcile", "--redis-url", redis_server.url,
-         "--data-dir", str(node.data_dir)],
-        capture_output=True, text=True, timeout=60,
+        [
+            sys.executable,
+            "-m",
+            "flashstock.server",
+            "reconcile",
+            "--redis-url",
+            redis_server.url,
+            "--data-dir",
+            str(node.data_dir),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
 
 
@@ -98,7 +108,9 @@ async def test_one_order_id_keys_a_deduction_on_each_sku_in_redis_ledger_rebuild
     await put(stranger, b, 5)
     order = f"order-{uuid.uuid4().hex}"
 
-    first = [await stranger.call("Deduct", sku_id=s, user_id="u1", qty=q, request_id=order) for s, q in ((a, 1), (b, 2))]
+    first = [
+        await stranger.call("Deduct", sku_id=s, user_id="u1", qty=q, request_id=order) for s, q in ((a, 1), (b, 2))
+    ]
     assert [stranger.outcome(r) for r in first] == ["OUTCOME_OK", "OUTCOME_OK"]
 
     rows = await aeventually(
@@ -110,7 +122,9 @@ async def test_one_order_id_keys_a_deduction_on_each_sku_in_redis_ledger_rebuild
     assert checked.returncode == 0, checked.stdout + checked.stderr
 
     flush_redis(redis_server)  # every record is gone from Redis: the rebuild brings them back from the ledger
-    again = [await answered(stranger, "Deduct", sku_id=s, user_id="u1", qty=q, request_id=order) for s, q in ((a, 1), (b, 2))]
+    again = [
+        await answered(stranger, "Deduct", sku_id=s, user_id="u1", qty=q, request_id=order) for s, q in ((a, 1), (b, 2))
+    ]
     assert [stranger.outcome(r) for r in again] == ["OUTCOME_DUPLICATE", "OUTCOME_DUPLICATE"]
     assert [r.deduction.taken_at_ms for r in again] == [r.deduction.taken_at_ms for r in first]
     levels = [await stranger.call("GetStock", sku_id=s) for s in (a, b)]
@@ -138,9 +152,7 @@ async def test_a_hold_id_on_two_skus_is_two_holds_also_after_a_rebuild(stranger,
     assert confirmed.deduction.user_id == "bob"
 
 
-async def test_an_id_reused_by_another_call_is_refused_never_answered_as_a_duplicate(
-    stranger, node, redis_server
-):
+async def test_an_id_reused_by_another_call_is_refused_never_answered_as_a_duplicate(stranger, node, redis_server):
     a, b = two_skus_in_different_shards(f"reuse-{uuid.uuid4().hex[:8]}")
     await put(stranger, a, 10)
     await put(stranger, b, 10)
@@ -159,7 +171,9 @@ async def test_an_id_reused_by_another_call_is_refused_never_answered_as_a_dupli
     # The batch's id as a Deduct on one of its SKUs, and a Deduct's id later used as a batch id.
     await refused_as_reused(stranger.call("Deduct", sku_id=a, user_id="u1", qty=1, request_id=batch))
     order = f"order-{uuid.uuid4().hex}"
-    assert stranger.outcome(await stranger.call("Deduct", sku_id=b, user_id="u1", qty=1, request_id=order)) == "OUTCOME_OK"
+    assert (
+        stranger.outcome(await stranger.call("Deduct", sku_id=b, user_id="u1", qty=1, request_id=order)) == "OUTCOME_OK"
+    )
     await refused_as_reused(stranger.call("BatchDeduct", user_id="u1", items=items, request_id=order))
 
     # A Confirm's id reused for a Release of the same hold, or for a Confirm of another hold.
@@ -167,7 +181,10 @@ async def test_an_id_reused_by_another_call_is_refused_never_answered_as_a_dupli
     for hold in (h1, h2):
         await stranger.call("Hold", sku_id=a, user_id="u2", qty=1, request_id=hold)
     assert stranger.outcome(await stranger.call("Confirm", sku_id=a, hold_id=h1, request_id=confirm)) == "OUTCOME_OK"
-    assert stranger.outcome(await stranger.call("Confirm", sku_id=a, hold_id=h1, request_id=confirm)) == "OUTCOME_DUPLICATE"
+    assert (
+        stranger.outcome(await stranger.call("Confirm", sku_id=a, hold_id=h1, request_id=confirm))
+        == "OUTCOME_DUPLICATE"
+    )
     await refused_as_reused(stranger.call("Release", sku_id=a, hold_id=h1, request_id=confirm))
     await refused_as_reused(stranger.call("Confirm", sku_id=a, hold_id=h2, request_id=confirm))
     await refused_as_reused(stranger.call("Deduct", sku_id=a, user_id="u2", qty=1, request_id=confirm))
@@ -185,7 +202,10 @@ async def test_an_id_reused_by_another_call_is_refused_never_answered_as_a_dupli
     again = await answered(stranger, "BatchDeduct", user_id="u1", items=items, request_id=batch)
     assert stranger.outcome(again) == "OUTCOME_DUPLICATE"
     await refused_as_reused(stranger.call("BatchDeduct", user_id="u1", items=[items[0]], request_id=batch))
-    assert stranger.outcome(await stranger.call("Confirm", sku_id=a, hold_id=h1, request_id=confirm)) == "OUTCOME_DUPLICATE"
+    assert (
+        stranger.outcome(await stranger.call("Confirm", sku_id=a, hold_id=h1, request_id=confirm))
+        == "OUTCOME_DUPLICATE"
+    )
     await refused_as_reused(stranger.call("Release", sku_id=a, hold_id=h1, request_id=confirm))
     await refused_as_reused(stranger.call("Confirm", sku_id=a, hold_id=h2, request_id=confirm))
     after = [(x.available, x.confirmed, x.held) for x in [await stranger.call("GetStock", sku_id=s) for s in (a, b)]]
@@ -198,10 +218,16 @@ async def test_a_hold_of_an_earlier_sale_confirms_nothing_and_is_closed_in_the_l
     sku = f"reput-{uuid.uuid4().hex[:8]}"
     await put(stranger, sku, 1)
     old = f"old-hold-{uuid.uuid4().hex}"
-    assert stranger.outcome(await stranger.call("Hold", sku_id=sku, user_id="early", qty=1, request_id=old)) == "OUTCOME_OK"
+    assert (
+        stranger.outcome(await stranger.call("Hold", sku_id=sku, user_id="early", qty=1, request_id=old))
+        == "OUTCOME_OK"
+    )
     await put(stranger, sku, 1)  # the sale starts again: stock 1
     new = f"new-{uuid.uuid4().hex}"
-    assert stranger.outcome(await stranger.call("Deduct", sku_id=sku, user_id="late", qty=1, request_id=new)) == "OUTCOME_OK"
+    assert (
+        stranger.outcome(await stranger.call("Deduct", sku_id=sku, user_id="late", qty=1, request_id=new))
+        == "OUTCOME_OK"
+    )
 
     voided = await stranger.call("Confirm", sku_id=sku, hold_id=old, request_id=f"c-{uuid.uuid4().hex}")
     assert stranger.outcome(voided) == "OUTCOME_HOLD_VOIDED"
@@ -210,9 +236,22 @@ async def test_a_hold_of_an_earlier_sale_confirms_nothing_and_is_closed_in_the_l
     await aeventually(lambda: ledger.deductions_of([old], sku_id=sku).get(old, {}).get("state") == "released")
 
     report = subprocess.run(
-        [sys.executable, "-m", "flashstock.server", "sales", "report", "--sku", sku, "--format", "json",
-         "--data-dir", str(node.data_dir)],
-        capture_output=True, text=True, timeout=60,
+        [
+            sys.executable,
+            "-m",
+            "flashstock.server",
+            "sales",
+            "report",
+            "--sku",
+            sku,
+            "--format",
+            "json",
+            "--data-dir",
+            str(node.data_dir),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert report.returncode == 0, report.stderr
     (line,) = json.loads(report.stdout)

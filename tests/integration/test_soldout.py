@@ -104,7 +104,10 @@ def test_sell_out_on_another_node_is_refused_from_memory(admin, stock, sku, redi
 def test_a_node_started_after_the_sell_out_refuses_it_from_memory(admin, stock, sku, redis, redis_server, node):
     sell_out(admin, stock, sku)
     # A node joining late reads the sold-out set at start (subscribe, then snapshot).
-    with running_node(redis_server.url, ledger=node.ledger_url, extra_args=QUIET) as late, StockClient(ClientConfig(addresses=[late.address])) as other:
+    with (
+        running_node(redis_server.url, ledger=node.ledger_url, extra_args=QUIET) as late,
+        StockClient(ClientConfig(addresses=[late.address])) as other,
+    ):
         outcomes, calls = redis_calls_of(redis, lambda: refuse_many(other, sku))
 
     assert outcomes == [Outcome.SOLD_OUT] * REFUSALS
@@ -172,9 +175,7 @@ def _our_ports_to(node) -> set[int]:
 def _worker_by_our_port(node) -> dict[int, int]:
     """Our local port of each connection to ``node`` -> pid of the worker that accepted it."""
     return {
-        c.raddr.port: child.pid
-        for child in family(node.pid)[1:]
-        for c in _established(child.pid, local_port=node.port)
+        c.raddr.port: child.pid for child in family(node.pid)[1:] for c in _established(child.pid, local_port=node.port)
     }
 
 

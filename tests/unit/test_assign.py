@@ -23,8 +23,22 @@ def test_assignment_is_pinned_for_known_inputs():
     expected = {s: max(nodes, key=lambda n: (stable_hash(f"{s}/{n}"), n)) for s in range(16)}
     assert assign(16, nodes) == expected
     assert assign(16, nodes) == {
-        0: "node-a", 1: "node-c", 2: "node-a", 3: "node-a", 4: "node-c", 5: "node-c", 6: "node-c", 7: "node-b",
-        8: "node-a", 9: "node-c", 10: "node-a", 11: "node-c", 12: "node-c", 13: "node-b", 14: "node-b", 15: "node-c",
+        0: "node-a",
+        1: "node-c",
+        2: "node-a",
+        3: "node-a",
+        4: "node-c",
+        5: "node-c",
+        6: "node-c",
+        7: "node-b",
+        8: "node-a",
+        9: "node-c",
+        10: "node-a",
+        11: "node-c",
+        12: "node-c",
+        13: "node-b",
+        14: "node-b",
+        15: "node-c",
     }
 
 

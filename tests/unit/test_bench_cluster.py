@@ -49,7 +49,13 @@ broken_metric not-a-number
 def test_metrics_are_read_by_exact_name_and_summed_over_labels():
     values = parse_metrics(
         METRICS_TEXT,
-        ["etcd_mvcc_put_total", "etcd_server_proposals_committed_total", "grpc_server_handled_total", "broken_metric", "absent"],
+        [
+            "etcd_mvcc_put_total",
+            "etcd_server_proposals_committed_total",
+            "grpc_server_handled_total",
+            "broken_metric",
+            "absent",
+        ],
     )
     assert values == {
         "etcd_mvcc_put_total": 126.0,  # not etcd_mvcc_put_total_extra, not the HELP line
@@ -99,7 +105,11 @@ def test_a_shard_moved_once_another_owner_fenced_it_with_a_higher_epoch():
 
 
 def test_failover_times_are_from_the_kill_to_the_first_and_last_new_fence():
-    fences = {1: ShardFence(5, "node-1", 10_400), 2: ShardFence(6, "node-2", 10_950), 3: ShardFence(7, "node-1", 10_500)}
+    fences = {
+        1: ShardFence(5, "node-1", 10_400),
+        2: ShardFence(6, "node-2", 10_950),
+        3: ShardFence(7, "node-1", 10_500),
+    }
     assert failover_ms(6_000.0, fences) == (4400.0, 4950.0)
     with pytest.raises(ValueError):
         failover_ms(6_000.0, {})
@@ -170,7 +180,10 @@ def test_plan_problems_name_their_options():
     assert any("--runs" in p for p in problems)
     assert any("--client-procs" in p for p in problems)
     assert any("--skip" in p and "nope" in p for p in problems)
-    assert any("nothing to measure" in p for p in ClusterBenchPlan(skip=frozenset({"failover", "throughput", "etcd"})).problems())
+    assert any(
+        "nothing to measure" in p
+        for p in ClusterBenchPlan(skip=frozenset({"failover", "throughput", "etcd"})).problems()
+    )
     assert not ClusterBenchPlan(skip=frozenset({"failover"})).runs_part("failover")
     assert ClusterBenchPlan(skip=frozenset({"failover"})).runs_part("etcd")
 

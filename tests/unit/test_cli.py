@@ -32,8 +32,14 @@ def test_serve_refuses_a_bad_setting_and_names_it():
 
 @pytest.mark.parametrize(
     "text, expected",
-    [(None, 0), ("0", 0), ("1700000000000", 1700000000000), ("+90s", 1_000_090_000), ("+2m", 1_000_120_000),
-     ("2026-01-01T00:00:00+00:00", 1767225600000)],
+    [
+        (None, 0),
+        ("0", 0),
+        ("1700000000000", 1700000000000),
+        ("+90s", 1_000_090_000),
+        ("+2m", 1_000_120_000),
+        ("2026-01-01T00:00:00+00:00", 1767225600000),
+    ],
 )
 def test_sale_times(text, expected):
     assert parse_time_ms(text, now_ms=1_000_000_000) == expected

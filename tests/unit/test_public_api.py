@@ -5,31 +5,104 @@ import inspect
 import flashstock.client as client
 import flashstock.client.errors as errors
 import flashstock.lockmgr as lockmgr
-from flashstock.client import AdminClient, AsyncAdminClient, AsyncStockClient, DeductionState, Mode, Outcome, StockClient
+from flashstock.client import (
+    AdminClient,
+    AsyncAdminClient,
+    AsyncStockClient,
+    DeductionState,
+    Mode,
+    Outcome,
+    StockClient,
+)
 from flashstock.client._transport import rpc_names
 from flashstock.v1 import admin_pb2, stock_pb2
 
 
 def test_client_exports():
     assert client.__all__ == [
-        "CHANNEL_OPTIONS", "AdminClient", "AdminResult", "AsyncAdminClient", "AsyncStockClient", "BatchItem", "BatchItemResult",
-        "BatchResult", "ClientConfig", "DeadlineExceeded", "Deduction", "DeductionState", "DeductResult",
-        "FailedPrecondition", "FieldViolation", "FlashstockError", "HoldResult", "InvalidArgument", "Mode",
-        "NotFound", "Outcome", "Overloaded", "PermissionDenied", "RequestIdReused", "RetryPolicy",
-        "SettleResult", "Sku", "SkuDefinition", "SkuNotFound", "SkuPage", "StockBelowHandedOut", "StockClient",
-        "StockLevel", "Unauthenticated", "Unavailable", "from_status", "to_status",
+        "CHANNEL_OPTIONS",
+        "AdminClient",
+        "AdminResult",
+        "AsyncAdminClient",
+        "AsyncStockClient",
+        "BatchItem",
+        "BatchItemResult",
+        "BatchResult",
+        "ClientConfig",
+        "DeadlineExceeded",
+        "Deduction",
+        "DeductionState",
+        "DeductResult",
+        "FailedPrecondition",
+        "FieldViolation",
+        "FlashstockError",
+        "HoldResult",
+        "InvalidArgument",
+        "Mode",
+        "NotFound",
+        "Outcome",
+        "Overloaded",
+        "PermissionDenied",
+        "RequestIdReused",
+        "RetryPolicy",
+        "SettleResult",
+        "Sku",
+        "SkuDefinition",
+        "SkuNotFound",
+        "SkuPage",
+        "StockBelowHandedOut",
+        "StockClient",
+        "StockLevel",
+        "Unauthenticated",
+        "Unavailable",
+        "from_status",
+        "to_status",
     ]
     assert all(hasattr(client, name) for name in client.__all__)
 
 
 def test_lockmgr_exports():
     assert lockmgr.__all__ == [
-        "DEFAULT_SESSION", "DEFAULT_SHARDS",
-        "ClusterKeys", "ClusterView", "CoordinationError", "EtcdSession", "LeaseLost", "NodeIdTaken", "NodeInfo",
-        "Overrides", "SessionConfig", "SettingMismatch", "ShardCountMismatch", "ShardLease", "ShardOwner",
-        "assign", "check_id", "claim", "drain", "etcd_client", "grpc_target", "init_cluster", "live_nodes", "moves", "owner_compare", "owners",
-        "pin", "read_overrides", "read_view", "release", "remove_pins", "shard_of", "shard_ranges", "stable_hash",
-        "undrain", "unpin", "wait_for_owner", "watch_nodes", "watch_overrides", "watch_owners",
+        "DEFAULT_SESSION",
+        "DEFAULT_SHARDS",
+        "ClusterKeys",
+        "ClusterView",
+        "CoordinationError",
+        "EtcdSession",
+        "LeaseLost",
+        "NodeIdTaken",
+        "NodeInfo",
+        "Overrides",
+        "SessionConfig",
+        "SettingMismatch",
+        "ShardCountMismatch",
+        "ShardLease",
+        "ShardOwner",
+        "assign",
+        "check_id",
+        "claim",
+        "drain",
+        "etcd_client",
+        "grpc_target",
+        "init_cluster",
+        "live_nodes",
+        "moves",
+        "owner_compare",
+        "owners",
+        "pin",
+        "read_overrides",
+        "read_view",
+        "release",
+        "remove_pins",
+        "shard_of",
+        "shard_ranges",
+        "stable_hash",
+        "undrain",
+        "unpin",
+        "wait_for_owner",
+        "watch_nodes",
+        "watch_overrides",
+        "watch_owners",
     ]
     assert all(hasattr(lockmgr, name) for name in lockmgr.__all__)
     for name in lockmgr.__all__:
@@ -55,7 +128,10 @@ def test_the_error_tree_is_a_public_module():
 
 def test_all_grpc_calls_present():
     rpcs = rpc_names()
-    for service, clients in (("StockService", (AsyncStockClient, StockClient)), ("AdminService", (AsyncAdminClient, AdminClient))):
+    for service, clients in (
+        ("StockService", (AsyncStockClient, StockClient)),
+        ("AdminService", (AsyncAdminClient, AdminClient)),
+    ):
         for cls in clients:
             assert set(cls.RPCS) == set(rpcs[service]), cls
             for method in cls.RPCS.values():
@@ -82,6 +158,8 @@ def test_every_proto_field_is_documented():
         lines = proto.read_text().splitlines()
         for i, line in enumerate(lines):
             stripped = line.strip()
-            is_field = stripped.endswith(";") and "=" in stripped and not stripped.startswith(("syntax", "option", "//"))
+            is_field = (
+                stripped.endswith(";") and "=" in stripped and not stripped.startswith(("syntax", "option", "//"))
+            )
             if is_field:
                 assert lines[i - 1].strip().startswith("//"), f"{proto.name}:{i + 1} undocumented: {stripped}"

@@ -56,8 +56,20 @@ def test_difference_names_sku_figure_and_both_values():
 
 
 def test_figures_from_a_redis_hash():
-    fields = {"avail": "3", "total": "10", "held": "2", "conf": "5", "lim": "0", "maxq": "0", "start": "0",
-              "end": "0", "paused": "0", "mode": "fast", "sv": "4", "sale": "1"}
+    fields = {
+        "avail": "3",
+        "total": "10",
+        "held": "2",
+        "conf": "5",
+        "lim": "0",
+        "maxq": "0",
+        "start": "0",
+        "end": "0",
+        "paused": "0",
+        "mode": "fast",
+        "sv": "4",
+        "sale": "1",
+    }
     assert figures_from_hash("a", 3, fields) == REDIS
 
 

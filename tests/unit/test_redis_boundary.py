@@ -32,8 +32,12 @@ def test_every_redis_outage_is_unavailable_with_a_retry_delay(failure, retry_aft
 
 @pytest.mark.parametrize(
     "other",
-    [redis.exceptions.ResponseError("ERR user_script:1: oops"), ValueError("x"), SkuNotFound("gone", sku="s"),
-     asyncio.CancelledError()],
+    [
+        redis.exceptions.ResponseError("ERR user_script:1: oops"),
+        ValueError("x"),
+        SkuNotFound("gone", sku="s"),
+        asyncio.CancelledError(),
+    ],
 )
 def test_a_bug_a_flashstock_error_or_a_cancellation_is_not_mapped(other):
     assert flashstock_error(other) is None

@@ -18,8 +18,14 @@ REC = [b"H", b"H", 2, b"u1", b"sku", 1000, 5000]
 
 @pytest.mark.parametrize(
     "code, outcome",
-    [("OK", Outcome.OK), ("DUP", Outcome.DUPLICATE), ("SOLD_OUT", Outcome.SOLD_OUT),
-     ("INSUFFICIENT", Outcome.INSUFFICIENT), ("LIMIT", Outcome.LIMIT), ("NOT_ON_SALE", Outcome.NOT_ON_SALE)],
+    [
+        ("OK", Outcome.OK),
+        ("DUP", Outcome.DUPLICATE),
+        ("SOLD_OUT", Outcome.SOLD_OUT),
+        ("INSUFFICIENT", Outcome.INSUFFICIENT),
+        ("LIMIT", Outcome.LIMIT),
+        ("NOT_ON_SALE", Outcome.NOT_ON_SALE),
+    ],
 )
 def test_take_outcomes(code, outcome):
     answer = r.take_result([code.encode(), 3, 0], "sku", "rid")
@@ -33,7 +39,14 @@ def test_take_ok_carries_the_deduction_sold_out_version_and_log_entry():
     assert answer.sold_out_sv == 9 and answer.log_id == "1700-3" and answer.durable
     d = answer.result.deduction
     assert (d.request_id, d.sku_id, d.user_id, d.qty, d.state, d.taken_at_ms, d.expires_at_ms) == (
-        "rid", "sku", "u1", 2, DeductionState.HELD, 1000, 5000)
+        "rid",
+        "sku",
+        "u1",
+        2,
+        DeductionState.HELD,
+        1000,
+        5000,
+    )
 
 
 def test_take_errors():
@@ -79,8 +92,28 @@ def test_batch_errors_name_the_item():
 
 
 def test_admin_reply_and_below_handed_out():
-    fields = [b"avail", b"1", b"total", b"5", b"held", b"1", b"conf", b"3", b"lim", b"2", b"maxq", b"0",
-              b"start", b"0", b"end", b"0", b"paused", b"1", b"mode", b"durable"]
+    fields = [
+        b"avail",
+        b"1",
+        b"total",
+        b"5",
+        b"held",
+        b"1",
+        b"conf",
+        b"3",
+        b"lim",
+        b"2",
+        b"maxq",
+        b"0",
+        b"start",
+        b"0",
+        b"end",
+        b"0",
+        b"paused",
+        b"1",
+        b"mode",
+        b"durable",
+    ]
     answer = r.admin_result([b"DUP", b"5-0", *fields], "s", 4)
     result = answer.result
     assert result.duplicate and result.sku.paused and result.sku.mode is Mode.DURABLE and result.sku.shard == 4
@@ -164,7 +197,8 @@ def test_announce_reply_is_recorded_or_fenced():
     assert r.announced(1) and not r.announced(-1)
 
 
-@pytest.mark.parametrize("raw, step", [(b"OK", r.RebuildStep.OK), (b"STALE", r.RebuildStep.STALE),
-                                       ("FENCED", r.RebuildStep.FENCED)])
+@pytest.mark.parametrize(
+    "raw, step", [(b"OK", r.RebuildStep.OK), (b"STALE", r.RebuildStep.STALE), ("FENCED", r.RebuildStep.FENCED)]
+)
 def test_rebuild_step_replies(raw, step):
     assert r.RebuildStep.decode(raw) is step

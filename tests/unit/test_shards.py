@@ -6,7 +6,6 @@ from collections import Counter
 import pytest
 
 from flashstock.lockmgr import shard_of, stable_hash
-
 from flashstock.server.store.keys import ShardKeys
 
 
@@ -41,7 +40,19 @@ def test_shard_count_must_be_positive():
 
 def test_every_key_of_a_shard_carries_its_hash_tag():
     keys = ShardKeys(7)
-    names = [keys.sku("a"), keys.users("a"), keys.record_bucket(3, "a"), keys.admin_record("a", "r"), keys.admin_record("a:1", "r"), keys.admin_record("a", "1:r"),
-             keys.log, keys.hold_expiries, keys.sold_out, keys.meta, keys.persisted, keys.rebuild_lock]
+    names = [
+        keys.sku("a"),
+        keys.users("a"),
+        keys.record_bucket(3, "a"),
+        keys.admin_record("a", "r"),
+        keys.admin_record("a:1", "r"),
+        keys.admin_record("a", "1:r"),
+        keys.log,
+        keys.hold_expiries,
+        keys.sold_out,
+        keys.meta,
+        keys.persisted,
+        keys.rebuild_lock,
+    ]
     assert all("{s7}" in n for n in names)
     assert len(set(names)) == len(names)

@@ -31,15 +31,24 @@ def upgrade() -> None:
         sa.Column("user_id", sa.String(128), nullable=False),
         sa.Column("qty", sa.BigInteger, nullable=False),
         sa.Column(
-            "kind", sa.String(1), nullable=False, comment="D = Deduct (final at once), H = Hold, B = a BatchDeduct item."
+            "kind",
+            sa.String(1),
+            nullable=False,
+            comment="D = Deduct (final at once), H = Hold, B = a BatchDeduct item.",
         ),
         sa.Column("state", sa.String(10), nullable=False, comment="held | confirmed | released | expired"),
-        sa.Column("closer_id", sa.String(160), nullable=False, server_default="", comment="The Confirm/Release request id."),
+        sa.Column(
+            "closer_id", sa.String(160), nullable=False, server_default="", comment="The Confirm/Release request id."
+        ),
         sa.Column("sale", sa.Integer, nullable=False),
         sa.Column("shard", sa.Integer, nullable=False),
-        sa.Column("epoch", sa.BigInteger, nullable=False, server_default="0", comment="Epoch of the owner that wrote it."),
+        sa.Column(
+            "epoch", sa.BigInteger, nullable=False, server_default="0", comment="Epoch of the owner that wrote it."
+        ),
         sa.Column("taken_ms", sa.BigInteger, nullable=False, comment="When the units were taken (Redis clock)."),
-        sa.Column("expires_ms", sa.BigInteger, nullable=False, server_default="0", comment="Holds: expiry (Redis clock)."),
+        sa.Column(
+            "expires_ms", sa.BigInteger, nullable=False, server_default="0", comment="Holds: expiry (Redis clock)."
+        ),
         sa.Column("updated_ms", sa.BigInteger, nullable=False, comment="When the state last changed (Redis clock)."),
         sa.Column(
             "batch_fp",

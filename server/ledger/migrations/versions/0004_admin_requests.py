@@ -22,10 +22,16 @@ def upgrade() -> None:
         "admin_requests",
         sa.Column("sku_id", sa.String(128), primary_key=True),
         sa.Column(
-            "request_id", sa.String(160), primary_key=True, comment="The PutSku/AdjustStock/PauseSku/ResumeSku request id."
+            "request_id",
+            sa.String(160),
+            primary_key=True,
+            comment="The PutSku/AdjustStock/PauseSku/ResumeSku request id.",
         ),
         sa.Column(
-            "fingerprint", sa.String(40), nullable=False, comment="SHA-1 of the call's arguments: a resend with others is refused."
+            "fingerprint",
+            sa.String(40),
+            nullable=False,
+            comment="SHA-1 of the call's arguments: a resend with others is refused.",
         ),
         sa.Column("applied_ms", sa.BigInteger, nullable=False, comment="When it was applied (Redis clock)."),
     )
