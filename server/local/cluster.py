@@ -41,7 +41,6 @@ import shutil
 import signal
 import socket
 import subprocess
-import sys
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -63,6 +62,7 @@ from flashstock.server.local.procs import (
     kill_family,
     pause_family,
     resume_family,
+    serve_argv,
     stop_family,
     wait_for_line,
 )
@@ -743,16 +743,8 @@ class LocalCluster:
 
     def _node_argv(self, spec: _NodeSpec) -> list[str]:
         r = self._record
-        return [
-            sys.executable,
-            "-m",
-            "flashstock.server",
-            "serve",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(spec.port),
-            "--redis-url",
+        return serve_argv(
+            spec.port,
             r.redis_url,
             "--etcd",
             r.etcd_endpoint,
@@ -773,7 +765,7 @@ class LocalCluster:
             "--metrics-port",
             str(spec.metrics_port),
             *r.extra_node_args,
-        ]
+        )
 
     def _spawn_node(self, argv: list[str], log: Path, timeout: float = 60.0) -> ClusterProcess:
         """Start a node with stdout and stderr into ``log``; wait for its ready line there."""

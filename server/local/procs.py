@@ -50,6 +50,7 @@ __all__ = [
     "pause_family",
     "pipe_reader",
     "resume_family",
+    "serve_argv",
     "signal_all",
     "stop_family",
     "wait_for_line",
@@ -597,6 +598,23 @@ class PostgresServer:
         self.stop()
 
 
+def serve_argv(port: int, redis_url: str, *settings: str) -> list[str]:
+    """The command line of a node serving on ``127.0.0.1:<port>`` with ``redis_url``, then ``settings`` (flags)."""
+    return [
+        sys.executable,
+        "-m",
+        "flashstock.server",
+        "serve",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--redis-url",
+        redis_url,
+        *settings,
+    ]
+
+
 class NodeProcess:
     """A ``flashstock serve`` process on a free loopback port."""
 
@@ -636,16 +654,8 @@ class NodeProcess:
         fd, log_name = tempfile.mkstemp(prefix="flashstock-node-", suffix=".log")
         os.close(fd)
         self.log_path = Path(log_name)
-        args = [
-            sys.executable,
-            "-m",
-            "flashstock.server",
-            "serve",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(self.port),
-            "--redis-url",
+        args = serve_argv(
+            self.port,
             self.redis_url,
             "--workers",
             str(self.workers),
@@ -655,7 +665,7 @@ class NodeProcess:
             str(self.data_dir),
             *(("--ledger", self.ledger) if self.ledger else ()),
             *self._extra,
-        ]
+        )
         env = {**os.environ, **(self._env or {})}
         with open(self.log_path, "wb") as log_file:
             self.proc = subprocess.Popen(
