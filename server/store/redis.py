@@ -21,9 +21,6 @@ A node's process has two clients, no more:
   or it would wait on itself), and the reconciliation duty's reads. One such
   client serves all three: redis-py's blocking pool is thread-safe.
 
-(Until issue 10 a third client, decoding responses, existed in every
-process only for reconciliation; its reads now decode themselves.)
-
 What does not come from this module: the CLI, the bench and the local stack
 make their own clients for their own tools, and tests talk to Redis as any
 stranger would.
