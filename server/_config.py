@@ -21,6 +21,7 @@ from typing import Any
 import pydantic
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from flashstock.server._logs import LOG_FORMATS
 from flashstock.server.rpc.validate import max_hold_ms
 
 
@@ -108,6 +109,11 @@ class NodeConfig:
         "process stops after the workers), then cuts them; 0 = cut them at once.",
     )
     log_level: str = _setting("INFO", "Logging level: DEBUG, INFO, WARNING, ERROR.")
+    log_format: str = _setting(
+        "text",
+        "Log lines on stderr: text (for a person), or json (one object a line: time, level, logger, message, "
+        "process, node, and request_id, sku, shard, epoch in the lines that have them).",
+    )
 
     def __post_init__(self) -> None:
         problems = config_problems(self)
@@ -165,7 +171,14 @@ def config_problems(config: NodeConfig) -> list[str]:
         )
     if config.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
         out.append(f"log_level: {config.log_level!r} is not DEBUG, INFO, WARNING or ERROR")
+    if config.log_format not in LOG_FORMATS:
+        out.append(f"log_format: {config.log_format!r} is not {' or '.join(LOG_FORMATS)}")
     return out
+
+
+def node_name(config: NodeConfig, port: int) -> str:
+    """The node's id: ``node_id``, else the address it is reached at (``advertise``, else host:port)."""
+    return config.node_id or config.advertise or f"{config.host}:{port}"
 
 
 def ledger_url(config: NodeConfig) -> str:

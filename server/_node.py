@@ -48,9 +48,10 @@ from grpc_reflection.v1alpha import reflection
 from flashstock.client import FlashstockError
 from flashstock.lockmgr import CoordinationError, SessionConfig, SettingMismatch, ShardCountMismatch
 from flashstock.server._binding import BoundSettings, bind_in_etcd, bind_in_redis, explain
-from flashstock.server._config import NodeConfig, etcd_endpoints, ledger_url
+from flashstock.server._config import NodeConfig, etcd_endpoints, ledger_url, node_name
 from flashstock.server._incarnation import IncarnationGate
 from flashstock.server._lifeline import Lifeline, tie_to_parent
+from flashstock.server._logs import NODE_FIELD, configure_logging
 from flashstock.server._metrics import METRICS
 from flashstock.server.duties.ownership import Ownership
 from flashstock.server.duties.persister import PersistPolicy
@@ -308,7 +309,7 @@ class Node:
             self.ownership = Ownership(
                 endpoints,
                 self.config.cluster,
-                self.config.node_id or address,
+                node_name(self.config, port),
                 address,
                 self.config.shards,
                 SessionConfig(ttl=self.config.lease_ttl_s),
@@ -404,13 +405,8 @@ class Node:
 
 
 def _setup_logging(config: NodeConfig) -> None:
-    logging.basicConfig(
-        level=config.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s[%(process)d]: %(message)s",
-        stream=sys.stderr,
-    )
-    # python-redis-lock logs every acquire and release at INFO.
-    logging.getLogger("redis_lock").setLevel(max(logging.WARNING, logging.getLogger().level))
+    # The port may still be 0 (a free one is picked): _serve_one names the node again once bound.
+    configure_logging(config.log_level, config.log_format, node_name(config, config.port))
 
 
 def _run(coro_factory: Callable[[], Coroutine[Any, Any, None]]) -> None:
@@ -431,6 +427,7 @@ async def _serve_one(
     except BaseException:
         await node.stop(0)
         raise
+    NODE_FIELD.node = node_name(config, port or config.port)
     on_ready(port)
     await node.run_until_signalled(lifeline)
 
@@ -474,6 +471,7 @@ def serve(config: NodeConfig) -> int:
         return 0
     if config.port == 0:
         config = replace(config, port=_free_port(config.host))
+        NODE_FIELD.node = node_name(config, config.port)
     config = replace(config, workers=workers)
     indexes = [*([Node.DUTIES_ONLY] if config.duties_process else []), *range(workers)]
     duties = "flashstock-duties"

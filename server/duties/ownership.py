@@ -49,6 +49,7 @@ from flashstock.lockmgr import (
     watch_overrides,
     watch_owners,
 )
+from flashstock.server._logs import log_context
 from flashstock.server._metrics import METRICS
 from flashstock.server.duties.shard import ShardDuties, stop_task
 from flashstock.server.ledger import Fenced, Ledger
@@ -334,6 +335,7 @@ class Ownership:
                     lease.shard,
                     lease.epoch,
                     fenced.stored_epoch,
+                    extra=log_context(shard=lease.shard, epoch=lease.epoch),
                 )
             else:
                 ok.add(lease.shard)
@@ -350,7 +352,12 @@ class Ownership:
             return refused
 
         refused = await asyncio.to_thread(record)
+        epochs = {lease.shard: lease.epoch for lease in leases}
         for shard in refused:
             METRICS.fenced_writes.labels(store="ledger", duty="claim").inc()
-            log.error("shard %d: the ledger holds a newer epoch (etcd was reset?): not taking it", shard)
+            log.error(
+                "shard %d: the ledger holds a newer epoch (etcd was reset?): not taking it",
+                shard,
+                extra=log_context(shard=shard, epoch=epochs[shard]),
+            )
         return ok - refused

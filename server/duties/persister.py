@@ -20,6 +20,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import TypeVar
 
+from flashstock.server._logs import log_context
 from flashstock.server._metrics import METRICS
 from flashstock.server.ledger import Fenced, Ledger
 from flashstock.server.store.durable import parse_id
@@ -230,6 +231,7 @@ class Persister:
             shard,
             self._epochs[shard],
             store,
+            extra=log_context(shard=shard, epoch=self._epochs[shard]),
         )
         self._shards.remove(shard)
         self._index = {s: i for i, s in enumerate(self._shards)}

@@ -41,6 +41,7 @@ from typing import Any, cast
 import redis_lock  # type: ignore[import-untyped]  # python-redis-lock ships no annotations
 
 from flashstock.client import Unavailable
+from flashstock.server._logs import log_context
 from flashstock.server._metrics import METRICS
 from flashstock.server.ledger import Ledger, ShardSnapshot
 from flashstock.server.store.durable import parse_id
@@ -249,7 +250,10 @@ class ShardRebuilder:
                 if reason is None:
                     return RebuildResult.FRESH
                 log.warning(
-                    "shard %d: Redis is older than the ledger (%s); rebuilding it from the ledger", shard, reason
+                    "shard %d: Redis is older than the ledger (%s); rebuilding it from the ledger",
+                    shard,
+                    reason,
+                    extra=log_context(shard=shard, epoch=epoch),
                 )
             expected = meta.get(b"gen", b"").decode()
             seconds, micros = self._sync.time()
@@ -272,6 +276,7 @@ class ShardRebuilder:
                     generation,
                     len(snap.skus),
                     len(snap.records),
+                    extra=log_context(shard=shard, epoch=epoch),
                 )
             return result
         finally:

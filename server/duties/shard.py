@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from flashstock.client import FlashstockError
+from flashstock.server._logs import log_context
 from flashstock.server._metrics import METRICS
 from flashstock.server.duties.persister import Persister, PersistPolicy
 from flashstock.server.duties.rebuild import RebuildResult, ShardRebuilder
@@ -196,7 +197,10 @@ class ShardDuties:
             if await self._rebuilder.ensure(shard, epochs[shard]) is RebuildResult.FENCED:
                 METRICS.fenced_writes.labels(store="redis", duty="warden").inc()
                 log.warning(
-                    "fenced: shard %d, epoch %s is stale in redis (warden): a newer owner exists", shard, epochs[shard]
+                    "fenced: shard %d, epoch %s is stale in redis (warden): a newer owner exists",
+                    shard,
+                    epochs[shard],
+                    extra=log_context(shard=shard, epoch=epochs[shard]),
                 )
                 self._fenced(shard)
         return len(missing)
@@ -254,6 +258,7 @@ class ShardDuties:
                         "fenced: shard %d, epoch %s is stale in redis (reaper): a newer owner exists",
                         shard,
                         self._epochs.get(shard),
+                        extra=log_context(shard=shard, epoch=self._epochs.get(shard)),
                     )
                     self._fenced(shard)
             except asyncio.CancelledError:

@@ -36,6 +36,7 @@ from flashstock.client import (
     to_status,
 )
 from flashstock.server._log_gate import LogGate
+from flashstock.server._logs import log_context
 from flashstock.server.ledger import SkuChange
 from flashstock.server.rpc import validate as v
 from flashstock.server.store.soldout import SoldOutBook
@@ -125,7 +126,13 @@ def _rpc(method: Callable[..., Awaitable[_R]]) -> Callable[..., Awaitable[_R]]:
         except FlashstockError as err:
             status = rpc_status.to_status(to_status(err))
         except Exception:
-            log.exception("unexpected error in %s", method.__name__)
+            log.exception(
+                "unexpected error in %s",
+                method.__name__,
+                extra=log_context(
+                    request_id=getattr(request, "request_id", None), sku=getattr(request, "sku_id", None)
+                ),
+            )
             status = rpc_status.to_status(to_status(FlashstockError("internal error; see the node's log")))
         await context.abort(status.code, status.details, status.trailing_metadata)
         raise AssertionError("unreachable: abort raises")
@@ -302,6 +309,15 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
     def _admin_reply(reply_type: type, r: AdminResult) -> Any:
         return reply_type(sku=_sku_pb(r.sku), duplicate=r.duplicate)
 
+    @staticmethod
+    def _log_change(r: AdminResult, request_id: str, what: str, *args: object) -> None:
+        # An operator's change of a sale is worth a line (they are few); a resend changed nothing.
+        fields = log_context(request_id=request_id, sku=r.sku.sku_id, shard=r.sku.shard)
+        if r.duplicate:
+            log.debug("SKU %s: request %s was applied before: nothing changed", r.sku.sku_id, request_id, extra=fields)
+        else:
+            log.info("SKU %s: " + what, r.sku.sku_id, *args, extra=fields)
+
     @_rpc
     async def PutSku(self, request: admin_pb2.PutSkuRequest, context: Any) -> admin_pb2.PutSkuReply:
         definition = SkuDefinition(
@@ -316,6 +332,7 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         )
         _check(v.put_violations(definition, request.request_id) + v.mode_violations(request.mode))
         r = await self._store.put_sku(definition, request.request_id)
+        self._log_change(r, request.request_id, "put on sale, %d units (%s)", r.sku.total, r.sku.mode.name.lower())
         return self._admin_reply(admin_pb2.PutSkuReply, r)
 
     @_rpc
@@ -333,18 +350,21 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
     async def AdjustStock(self, request: admin_pb2.AdjustStockRequest, context: Any) -> admin_pb2.AdjustStockReply:
         _check(v.adjust_violations(request.sku_id, request.delta, request.request_id))
         r = await self._store.change_sku(request.sku_id, SkuChange.ADJUST, request.request_id, request.delta)
+        self._log_change(r, request.request_id, "stock adjusted by %+d, to %d units", request.delta, r.sku.total)
         return self._admin_reply(admin_pb2.AdjustStockReply, r)
 
     @_rpc
     async def PauseSku(self, request: admin_pb2.PauseSkuRequest, context: Any) -> admin_pb2.PauseSkuReply:
         _check(v.id_violations("sku_id", request.sku_id) + v.id_violations("request_id", request.request_id))
         r = await self._store.change_sku(request.sku_id, SkuChange.PAUSE, request.request_id)
+        self._log_change(r, request.request_id, "sale paused")
         return self._admin_reply(admin_pb2.PauseSkuReply, r)
 
     @_rpc
     async def ResumeSku(self, request: admin_pb2.ResumeSkuRequest, context: Any) -> admin_pb2.PauseSkuReply:
         _check(v.id_violations("sku_id", request.sku_id) + v.id_violations("request_id", request.request_id))
         r = await self._store.change_sku(request.sku_id, SkuChange.RESUME, request.request_id)
+        self._log_change(r, request.request_id, "sale resumed")
         return self._admin_reply(admin_pb2.PauseSkuReply, r)
 
 

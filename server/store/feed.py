@@ -18,6 +18,7 @@ import logging
 from collections.abc import Awaitable, Callable
 
 from flashstock.lockmgr import shard_of
+from flashstock.server._logs import log_context
 from flashstock.server.store.durable import PersistWatch
 from flashstock.server.store.keys import PERSISTED_CHANNEL, SHARD_READY, SOLD_OUT_CHANNEL, ShardKeys
 from flashstock.server.store.redis import AsyncRedis
@@ -79,7 +80,12 @@ class TakersLoader:
                 raise
             except Exception as exc:  # noqa: BLE001 - the SKU stays answered by Redis
                 if asyncio.get_running_loop().time() > deadline:
-                    log.warning("takers of %s not loaded (%s): its refusals go to Redis", sku_id, exc)
+                    log.warning(
+                        "takers of %s not loaded (%s): its refusals go to Redis",
+                        sku_id,
+                        exc,
+                        extra=log_context(sku=sku_id, shard=shard_of(sku_id, self._shards)),
+                    )
                     return
                 log.debug("takers of %s: %s; trying again", sku_id, exc)
                 await asyncio.sleep(delay)

@@ -41,6 +41,7 @@ from flashstock.client import (
 )
 from flashstock.lockmgr import shard_of
 from flashstock.server._log_gate import LogGate
+from flashstock.server._logs import log_context
 from flashstock.server._metrics import METRICS
 from flashstock.server.duties.rebuild import ShardRebuilder
 from flashstock.server.ledger import SkuChange
@@ -330,7 +331,12 @@ class StockStore:
         except _replies.UnreadableSku as exc:
             held_back = self._unreadable_log.admit(sku_id)
             if held_back is not None:
-                log.warning("ListSkus leaves out %s (%d times since the last such line)", exc.message, held_back)
+                log.warning(
+                    "ListSkus leaves out %s (%d times since the last such line)",
+                    exc.message,
+                    held_back,
+                    extra=log_context(sku=sku_id, shard=self.keys(sku_id).shard),
+                )
             return None
 
     async def put_sku(self, definition: SkuDefinition, request_id: str) -> AdminResult:

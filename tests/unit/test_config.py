@@ -35,6 +35,7 @@ def test_config_file_from_env_and_a_named_table(tmp_path):
         ({"FLASHSTOCK_REDIS_URL": "http://x"}, "redis_url"),
         ({"FLASHSTOCK_SHARDS": "0"}, "shards"),
         ({"FLASHSTOCK_LOG_LEVEL": "LOUD"}, "log_level"),
+        ({"FLASHSTOCK_LOG_FORMAT": "xml"}, "log_format"),
         ({"FLASHSTOCK_GRACE_S": "-1"}, "grace_s"),
     ],
 )
