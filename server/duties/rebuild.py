@@ -147,6 +147,20 @@ def install_steps(snap: ShardSnapshot, chunk: int) -> list[tuple[str, str]]:
     return steps
 
 
+def rebuild_log_level(generation: int, skus: int) -> int:
+    """How loud the line of one shard's rebuild is.
+
+    WARNING when the shard held SKUs (their state was lost and read back);
+    INFO for an empty shard rebuilt again (its Redis state was lost); DEBUG
+    for a shard's first generation, installed into a Redis the ledger never
+    filled: nothing was lost, and a cluster's first start does that for
+    every shard (the warden sums those up in one line).
+    """
+    if skus:
+        return logging.WARNING
+    return logging.INFO if generation > 1 else logging.DEBUG
+
+
 def stale_reason(
     cursor: tuple[int, str] | None,
     ledger_generation: int,
@@ -270,7 +284,7 @@ class ShardRebuilder:
             METRICS.rebuilds.labels(result.value).inc()
             if result is RebuildResult.REBUILT:
                 log.log(
-                    logging.WARNING if snap.skus else logging.INFO,
+                    rebuild_log_level(generation, len(snap.skus)),
                     "shard %d rebuilt from the ledger: generation %d, %d SKUs, %d records",
                     shard,
                     generation,

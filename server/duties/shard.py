@@ -20,11 +20,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from flashstock.client import FlashstockError
+from flashstock.lockmgr import shard_ranges
 from flashstock.server._logs import log_context
 from flashstock.server._metrics import METRICS
 from flashstock.server.duties.persister import Persister, PersistPolicy
@@ -191,10 +193,15 @@ class ShardDuties:
                 pipe.hget(ShardKeys(shard).meta, "state")
             states = await pipe.execute()
         missing = [shard for shard, state in zip(epochs, states, strict=True) if state != SHARD_READY]
+        started = time.monotonic()
+        rebuilt = []
         for shard in missing:
             if shard not in self._epochs:
                 continue  # given up meanwhile
-            if await self._rebuilder.ensure(shard, epochs[shard]) is RebuildResult.FENCED:
+            result = await self._rebuilder.ensure(shard, epochs[shard])
+            if result is RebuildResult.REBUILT:
+                rebuilt.append(shard)
+            elif result is RebuildResult.FENCED:
                 METRICS.fenced_writes.labels(store="redis", duty="warden").inc()
                 log.warning(
                     "fenced: shard %d, epoch %s is stale in redis (warden): a newer owner exists",
@@ -203,6 +210,14 @@ class ShardDuties:
                     extra=log_context(shard=shard, epoch=epochs[shard]),
                 )
                 self._fenced(shard)
+        if rebuilt:
+            # One line for them all: a first start installs every shard (each one's own line is DEBUG then).
+            log.info(
+                "rebuilt %d shards from the ledger (%s) in %.2f s",
+                len(rebuilt),
+                shard_ranges(rebuilt),
+                time.monotonic() - started,
+            )
         return len(missing)
 
     async def _warden(self) -> None:

@@ -1,4 +1,4 @@
-"""The node's log lines as a pipeline reads them: JSON fields, context fields.
+"""The node's log lines as a pipeline reads them: JSON fields, context fields, how loud a rebuild is.
 
 Pure: records are made and formatted here, no process logs anything. The
 node's own lines, from outside, are in tests/integration/test_json_logs.py.
@@ -9,7 +9,10 @@ from __future__ import annotations
 import json
 import logging
 
+import pytest
+
 from flashstock.server._logs import NodeField, json_formatter, log_context
+from flashstock.server.duties.rebuild import rebuild_log_level
 
 
 def _line(extra: dict[str, object], node: str = "node-a", exc_info: bool = False) -> dict[str, object]:
@@ -54,3 +57,16 @@ def test_context_leaves_out_what_a_line_does_not_have():
     assert log_context(shard=0, epoch=None) == {"shard": 0}
     assert log_context(request_id="", sku="hot") == {"sku": "hot"}
     assert log_context() == {}
+
+
+@pytest.mark.parametrize(
+    "generation, skus, level",
+    [
+        (1, 0, logging.DEBUG),  # a first install: nothing was lost (the warden's one line sums them up)
+        (2, 0, logging.INFO),  # an empty shard whose Redis state was lost
+        (1, 3, logging.WARNING),  # SKUs read back from the ledger
+        (5, 3, logging.WARNING),
+    ],
+)
+def test_how_loud_a_rebuild_is(generation, skus, level):
+    assert rebuild_log_level(generation, skus) == level
