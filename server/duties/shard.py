@@ -184,7 +184,16 @@ class ShardDuties:
         self._fenced(shard)  # the persister counted it and dropped the shard itself
 
     async def warden_pass(self) -> int:
-        """Rebuild every owned shard whose state is missing in Redis; returns how many were."""
+        """Rebuild every owned shard whose state is missing in Redis; returns how many were.
+
+        One pass at a time (the node's first, at start, and the warden's
+        loop would otherwise both find the shards missing, share their
+        rebuilds, and both report them).
+        """
+        async with self._rounds:
+            return await self._warden_pass()
+
+    async def _warden_pass(self) -> int:
         epochs = dict(self._epochs)
         if not epochs:
             return 0
@@ -223,8 +232,7 @@ class ShardDuties:
     async def _warden(self) -> None:
         while True:
             try:
-                async with self._rounds:
-                    await self.warden_pass()
+                await self.warden_pass()
             except asyncio.CancelledError:
                 raise
             except FlashstockError as exc:
