@@ -11,23 +11,23 @@ ones a node exports: a renamed metric fails here, not on a silent dashboard.
 from __future__ import annotations
 
 import json
-import os
 import re
-import shutil
 import subprocess
 from pathlib import Path
-from typing import Any
 
-import pytest
 from prometheus_client import Metric
 
 from flashstock.server._metrics import Metrics
-
-ROOT = Path(__file__).resolve().parents[2]
-ALERTS = ROOT / "deploy" / "prometheus" / "alerts.yml"
-ALERTS_TEST = ROOT / "deploy" / "prometheus" / "alerts_test.yml"
-PROMETHEUS_CONFIG = ROOT / "deploy" / "prometheus" / "prometheus.yml"
-DASHBOARD = ROOT / "deploy" / "grafana" / "flashstock.json"
+from tests.helpers.deploy import (
+    ALERTS,
+    ALERTS_TEST,
+    PROMETHEUS_CONFIG,
+    dashboard,
+    dashboard_exprs,
+    metric_names,
+    prometheus_tool,
+    rule_exprs,
+)
 
 # The RPC and build metrics that the serving-metrics change (issue 11, part 1)
 # adds beside the duty metrics of server/_metrics.py, named by the
@@ -56,24 +56,6 @@ _SUFFIXES = {
     "info": ("_info",),
 }
 
-_PROMQL_WORDS = frozenset(
-    {
-        "by",
-        "without",
-        "on",
-        "ignoring",
-        "group_left",
-        "group_right",
-        "offset",
-        "and",
-        "or",
-        "unless",
-        "bool",
-        "inf",
-        "nan",
-    }
-)
-
 
 def exported_names() -> set[str]:
     """Every sample name a node's metrics registry exposes (labelled metrics included before their first use)."""
@@ -81,78 +63,9 @@ def exported_names() -> set[str]:
     return {family.name + suffix for family in families for suffix in _SUFFIXES[family.type]}
 
 
-def metric_names(expr: str) -> set[str]:
-    """The metric names a PromQL expression reads (Grafana variables allowed)."""
-    names = set(re.findall(r"label_values\(\s*([a-zA-Z_:][\w:]*)", expr))
-    expr = re.sub(r"label_values\([^)]*\)", " ", expr)
-    expr = re.sub(r'"(?:[^"\\]|\\.)*"', " ", expr)  # strings
-    expr = re.sub(r"\{[^}]*\}", " ", expr)  # label matchers
-    expr = re.sub(r"\[[^\]]*\]", " ", expr)  # ranges
-    expr = re.sub(r"\$\w+", " ", expr)  # Grafana variables
-    # label lists after by / without / on / ignoring / group_left / group_right
-    expr = re.sub(r"\b(by|without|on|ignoring|group_left|group_right)\s*\([^)]*\)", " ", expr)
-    expr = re.sub(r"\boffset\s+\w+", " ", expr)
-    for match in re.finditer(r"(?<![\w.:])([a-zA-Z_:][\w:]*)(\s*\()?", expr):
-        word, call = match.groups()
-        if not call and word.lower() not in _PROMQL_WORDS:
-            names.add(word)
-    return names
-
-
-def rule_exprs() -> dict[str, str]:
-    """alert name → expression, from alerts.yml.
-
-    No YAML library is installed: the file's ``expr:`` values are read as it
-    writes them (inline, or a ``>-`` block of more-indented lines); promtool
-    checks the file as YAML in the tests below.
-    """
-    exprs: dict[str, str] = {}
-    lines = ALERTS.read_text().splitlines()
-    alert = ""
-    for i, line in enumerate(lines):
-        if m := re.match(r"\s*- alert: (\S+)", line):
-            alert = m.group(1)
-        elif m := re.match(r"(\s*)expr: (.*)", line):
-            indent, value = len(m.group(1)), m.group(2)
-            if value.startswith(">"):
-                block = []
-                for following in lines[i + 1 :]:
-                    if following.strip() and len(following) - len(following.lstrip()) <= indent:
-                        break
-                    block.append(following.strip())
-                value = " ".join(block)
-            exprs[alert] = value
-    return exprs
-
-
-def dashboard() -> dict[str, Any]:
-    """The Grafana dashboard, parsed (it must be valid JSON)."""
-    board: dict[str, Any] = json.loads(DASHBOARD.read_text())
-    return board
-
-
-def dashboard_exprs() -> dict[str, str]:
-    """Each panel's expressions by "title / refId", and each query variable's query by "$name"."""
-    board = dashboard()
-    out = {
-        f"{panel['title']} / {target['refId']}": target["expr"]
-        for panel in board["panels"]
-        for target in panel.get("targets", [])
-    }
-    for variable in board["templating"]["list"]:
-        if variable["type"] == "query":
-            out[f"${variable['name']}"] = variable["query"]["query"]
-    return out
-
-
 def promtool() -> str:
-    """The promtool executable; a skip without it, or a failure under CI."""
-    path = shutil.which("promtool")
-    if path is None:
-        if os.environ.get("CI") == "true":
-            pytest.fail("promtool is missing under CI=true: scripts/setup.sh installs Debian's prometheus package")
-        pytest.skip("promtool not installed (apt-get install prometheus, or make setup as root)")
-    return path
+    """The promtool executable (a skip without it; a failure under CI=true)."""
+    return prometheus_tool("promtool")
 
 
 def test_metric_name_parser_finds_metrics_and_nothing_else():
