@@ -2,7 +2,8 @@
 # Set up everything flashstock needs on Debian 12: the Debian packages of the
 # servers it runs (redis-server; etcd-server for the cluster's coordination;
 # postgresql, whose server binaries the tests start a throw-away cluster
-# with), a virtual environment in .venv, and the
+# with; prometheus, for the promtool that checks deploy/prometheus/'s alert
+# rules), a virtual environment in .venv, and the
 # package installed editable with its stubs generated from protos/.
 # Idempotent: run it again and it only does what is missing.
 set -euo pipefail
@@ -10,12 +11,13 @@ cd "$(dirname "$0")/.."
 
 PYTHON=${PYTHON:-python3}
 VENV=${VENV:-.venv}
-APT_PACKAGES=(redis-server etcd-server postgresql)
+APT_PACKAGES=(redis-server etcd-server postgresql prometheus)
 
 missing=()
 command -v redis-server >/dev/null 2>&1 || [ -x /usr/bin/redis-server ] || missing+=(redis-server)
 command -v etcd >/dev/null 2>&1 || [ -x /usr/bin/etcd ] || missing+=(etcd-server)
 command -v initdb >/dev/null 2>&1 || compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || missing+=(postgresql)
+command -v promtool >/dev/null 2>&1 || [ -x /usr/bin/promtool ] || missing+=(prometheus)
 if ! "$PYTHON" -c 'import sys; assert sys.version_info >= (3, 11)' 2>/dev/null; then
   echo "flashstock needs Python 3.11 or newer as '$PYTHON' (set PYTHON=...)." >&2
   exit 1
