@@ -32,7 +32,6 @@ import multiprocessing.connection
 import multiprocessing.queues
 import os
 import queue
-import shutil
 import signal
 import socket
 import sys
@@ -40,13 +39,11 @@ import time
 from collections.abc import Callable, Collection, Coroutine
 from dataclasses import replace
 from multiprocessing.process import BaseProcess
-from pathlib import Path
 from typing import Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
-from prometheus_client.multiprocess import mark_process_dead
 
 from flashstock.client import FlashstockError
 from flashstock.lockmgr import CoordinationError, SessionConfig, SettingMismatch, ShardCountMismatch
@@ -55,7 +52,7 @@ from flashstock.server._config import NodeConfig, etcd_endpoints, ledger_url, no
 from flashstock.server._incarnation import IncarnationGate
 from flashstock.server._lifeline import Lifeline, tie_to_parent
 from flashstock.server._logs import NODE_FIELD, configure_logging
-from flashstock.server._metrics import MULTIPROC_ENV, fresh_multiprocess_folder, served_registry
+from flashstock.server._metrics import METRICS
 from flashstock.server.duties.ownership import Ownership
 from flashstock.server.duties.persister import PersistPolicy
 from flashstock.server.duties.rebuild import RebuildPolicy, ShardRebuilder
@@ -336,11 +333,7 @@ class Node:
         if self.config.metrics_port:
             from prometheus_client import start_http_server
 
-            start_http_server(
-                self.config.metrics_port,
-                addr=self.config.host,
-                registry=served_registry(whole_node=self.config.workers > 1 or self.config.duties_process),
-            )
+            start_http_server(self.config.metrics_port, addr=self.config.host, registry=METRICS.registry)
 
     async def _refuse_a_clusters_redis(self) -> None:
         """A standalone node's duty writes carry no epoch: refuse a Redis whose shards have owners' epochs."""
@@ -482,27 +475,6 @@ def serve(config: NodeConfig) -> int:
     config = replace(config, workers=workers)
     indexes = [*([Node.DUTIES_ONLY] if config.duties_process else []), *range(workers)]
     duties = "flashstock-duties"
-    # Every process's figures reach the metrics endpoint through files in a
-    # folder of this run (_metrics.py); the children read the variable when
-    # they import prometheus-client. Without the endpoint, no files.
-    metrics_folder = fresh_multiprocess_folder(config.data_dir) if config.metrics_port else None
-    if metrics_folder is not None:
-        os.environ[MULTIPROC_ENV] = str(metrics_folder)
-    else:
-        os.environ.pop(MULTIPROC_ENV, None)
-    try:
-        return _supervise_node(config, indexes, duties, metrics_folder)
-    finally:
-        if metrics_folder is not None:
-            shutil.rmtree(metrics_folder, ignore_errors=True)
-
-
-def _supervise_node(config: NodeConfig, indexes: list[int], duties: str, metrics_folder: Path | None) -> int:
-    def gone(process: BaseProcess) -> None:
-        # Its live gauges (calls in flight) no longer count.
-        if metrics_folder is not None and process.pid is not None:
-            mark_process_dead(process.pid, str(metrics_folder))
-
     procs, started = supervise(
         [
             (_worker_main, (config, i, os.getpid()), duties if i == Node.DUTIES_ONLY else f"flashstock-worker-{i}")
@@ -514,7 +486,6 @@ def _supervise_node(config: NodeConfig, indexes: list[int], duties: str, metrics
         # the duties persist it, so they stop only once the workers are done.
         stop_last=(duties,),
         stop_last_within=config.grace_s + 10,
-        on_exit=gone,
     )
     failed = [p for p in procs if p.exitcode not in (0, -signal.SIGTERM)]
     return 2 if not started or failed else 0
@@ -527,7 +498,6 @@ def supervise(
     *,
     stop_last: Collection[str] = (),
     stop_last_within: float = 15.0,
-    on_exit: Callable[[BaseProcess], object] | None = None,
 ) -> tuple[list[BaseProcess], bool]:
     """Start one spawned process per ``(target, args, name)`` and see them through.
 
@@ -537,9 +507,8 @@ def supervise(
     are passed on as SIGTERM: first to the processes not named in
     ``stop_last``, then, once those have exited (or ``stop_last_within``
     seconds passed), to the named ones. A process that exits while the
-    others serve stops them all: the group lives and dies whole.
-    ``on_exit`` is told of each process once it has exited. Returns the
-    processes, joined, and whether all became ready.
+    others serve stops them all: the group lives and dies whole. Returns
+    the processes, joined, and whether all became ready.
     """
     ctx = multiprocessing.get_context("spawn")
     ready = ctx.Queue()
@@ -577,18 +546,8 @@ def supervise(
         print(failure, file=sys.stderr)
         forward(signal.SIGTERM, None)
     last_signalled = False
-    told: set[int] = set()  # indexes of the processes on_exit was told of
-
-    def tell_exits() -> None:
-        for i, p in enumerate(procs):
-            if i not in told and p.exitcode is not None:
-                told.add(i)
-                if on_exit is not None:
-                    on_exit(p)
-
     while any(p.is_alive() for p in procs):
         multiprocessing.connection.wait([p.sentinel for p in procs if p.is_alive()], timeout=0.2)
-        tell_exits()
         if not signalled_at and not all(p.is_alive() for p in procs):
             gone = next(p for p in procs if not p.is_alive())
             print(f"{gone.name} exited ({gone.exitcode}): stopping the others", file=sys.stderr)
@@ -599,5 +558,4 @@ def supervise(
                 last_signalled = True
     for p in procs:
         p.join()
-    tell_exits()
     return procs, started == len(procs)

@@ -37,7 +37,6 @@ from flashstock.client import (
 )
 from flashstock.server._log_gate import LogGate
 from flashstock.server._logs import log_context
-from flashstock.server._metrics import METRICS, RpcMeter
 from flashstock.server.ledger import SkuChange
 from flashstock.server.rpc import validate as v
 from flashstock.server.store.soldout import SoldOutBook
@@ -114,45 +113,29 @@ def _refuse_malformed(method: str, request: MalformedRequest) -> None:
 
 
 def _rpc(method: Callable[..., Awaitable[_R]]) -> Callable[..., Awaitable[_R]]:
-    """Map every error a method raises to a gRPC status, in one place; count and time every call.
-
-    The servicer's class names its service (``SERVICE``) for the metrics.
-    """
-    meter: RpcMeter | None = None
+    """Map every error a method raises to a gRPC status, in one place."""
 
     @functools.wraps(method)
     async def wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext) -> _R:
-        nonlocal meter
-        if meter is None:
-            meter = METRICS.rpc_meter(self.SERVICE, method.__name__)
-        started = meter.begin()
-        code = "UNKNOWN"  # what a call that leaves by some other way (an abort that failed) counts as
         try:
-            try:
-                if isinstance(request, MalformedRequest):
-                    _refuse_malformed(method.__name__, request)
-                reply = await method(self, request, context)
-                code = "OK"
-                return reply
-            except asyncio.CancelledError:
-                code = "CANCELLED"
-                raise
-            except FlashstockError as err:
-                status = rpc_status.to_status(to_status(err))
-            except Exception:
-                log.exception(
-                    "unexpected error in %s",
-                    method.__name__,
-                    extra=log_context(
-                        request_id=getattr(request, "request_id", None), sku=getattr(request, "sku_id", None)
-                    ),
-                )
-                status = rpc_status.to_status(to_status(FlashstockError("internal error; see the node's log")))
-            code = status.code.name
-            await context.abort(status.code, status.details, status.trailing_metadata)
-            raise AssertionError("unreachable: abort raises")
-        finally:
-            meter.end(started, code)
+            if isinstance(request, MalformedRequest):
+                _refuse_malformed(method.__name__, request)
+            return await method(self, request, context)
+        except asyncio.CancelledError:
+            raise
+        except FlashstockError as err:
+            status = rpc_status.to_status(to_status(err))
+        except Exception:
+            log.exception(
+                "unexpected error in %s",
+                method.__name__,
+                extra=log_context(
+                    request_id=getattr(request, "request_id", None), sku=getattr(request, "sku_id", None)
+                ),
+            )
+            status = rpc_status.to_status(to_status(FlashstockError("internal error; see the node's log")))
+        await context.abort(status.code, status.details, status.trailing_metadata)
+        raise AssertionError("unreachable: abort raises")
 
     return wrapper
 
@@ -213,9 +196,6 @@ def _sku_pb(s: Sku) -> admin_pb2.Sku:
 
 class StockServicer(stock_pb2_grpc.StockServiceServicer):
     """``flashstock.v1.StockService``."""
-
-    SERVICE = SERVICE_NAMES[0]
-    """The service's full name (metrics label)."""
 
     def __init__(self, store: StockStore, book: SoldOutBook) -> None:
         self._store = store
@@ -321,9 +301,6 @@ class StockServicer(stock_pb2_grpc.StockServiceServicer):
 
 class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
     """``flashstock.v1.AdminService``."""
-
-    SERVICE = SERVICE_NAMES[1]
-    """The service's full name (metrics label)."""
 
     def __init__(self, store: StockStore) -> None:
         self._store = store

@@ -101,7 +101,7 @@ class StockStore:
         self._generation_reads: dict[int, asyncio.Future[bytes | None]] = {}
         self._unreadable_log = LogGate(interval_s=60.0)
         self._coalescer: ShardCoalescer[tuple[str, str, int, str, int]] = ShardCoalescer(
-            self._take_batch, window=limits.coalesce_window_s, on_batch=METRICS.coalesced_batch.observe
+            self._take_batch, window=limits.coalesce_window_s
         )
 
     @property
