@@ -12,8 +12,6 @@ minute; the unit tests check that it then fires).
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import subprocess
 import urllib.parse
 import urllib.request
@@ -26,18 +24,9 @@ import pytest
 from flashstock.client import AdminClient, StockClient
 from flashstock.server.local.procs import NodeProcess, RedisServer, free_port, stop_family
 from tests.helpers import eventually
-from tests.unit.test_alert_rules import ALERTS, dashboard_exprs
+from tests.helpers.deploy import ALERTS, dashboard_exprs, prometheus_tool
 
 pytestmark = pytest.mark.timeout(120)
-
-
-def _prometheus_binary() -> str:
-    path = shutil.which("prometheus")
-    if path is None:
-        if os.environ.get("CI") == "true":
-            pytest.fail("prometheus is missing under CI=true: scripts/setup.sh installs Debian's prometheus package")
-        pytest.skip("prometheus not installed (apt-get install prometheus, or make setup as root)")
-    return path
 
 
 class Prometheus:
@@ -58,7 +47,7 @@ class Prometheus:
         with self.log_path.open("wb") as log:
             self.proc = subprocess.Popen(
                 [
-                    _prometheus_binary(),
+                    prometheus_tool("prometheus"),
                     f"--config.file={config_path}",
                     f"--storage.tsdb.path={folder / 'data'}",
                     f"--web.listen-address=127.0.0.1:{self.port}",
