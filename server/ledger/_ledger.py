@@ -36,7 +36,7 @@ from flashstock.server.ledger._schema import (
     skus,
 )
 
-HEAD = "0004"
+HEAD = "0005"
 """The schema revision this code reads and writes."""
 
 

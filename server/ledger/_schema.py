@@ -31,6 +31,26 @@ skus = sa.Table(
     ),
     sa.Column("put_ms", sa.BigInteger, nullable=False, comment="When the current sale was put (Redis clock)."),
     sa.Column("updated_ms", sa.BigInteger, nullable=False),
+    # The sale's goals and price (PutSku; 0 / '' = none), for the board and the review.
+    sa.Column("goal_units", sa.BigInteger, nullable=False, server_default="0", comment="Units to sell; 0 = no goal."),
+    sa.Column(
+        "goal_sellout_ms",
+        sa.BigInteger,
+        nullable=False,
+        server_default="0",
+        comment="Sell out within this many ms of the sale's start; 0 = no goal.",
+    ),
+    sa.Column(
+        "goal_buyers", sa.BigInteger, nullable=False, server_default="0", comment="Distinct buyers; 0 = no goal."
+    ),
+    sa.Column(
+        "unit_price_minor",
+        sa.BigInteger,
+        nullable=False,
+        server_default="0",
+        comment="Price of one unit in minor units (cents); 0 = not given.",
+    ),
+    sa.Column("currency", sa.String(3), nullable=False, server_default="", comment="ISO 4217 code; '' = not given."),
     sa.Index("ix_skus_shard", "shard"),
 )
 
@@ -119,6 +139,65 @@ ledger_meta = sa.Table(
     sa.Column("value", sa.String(256), nullable=False),
 )
 """Facts about the ledger itself: ``ledger_id``, a UUID made with the schema (migration 0002)."""
+
+sale_seconds = sa.Table(
+    "sale_seconds",
+    metadata,
+    sa.Column("sku_id", ID, primary_key=True),
+    sa.Column("sale", sa.Integer, primary_key=True, comment="The SKU's sale (skus.sale) these figures belong to."),
+    sa.Column("second", sa.BigInteger, primary_key=True, comment="Unix second (node clock) of the attempts."),
+    sa.Column("attempts", sa.BigInteger, nullable=False, comment="Deduct/Hold/BatchDeduct-item attempts (PV)."),
+    *(
+        sa.Column(
+            f"o_{outcome}", sa.BigInteger, nullable=False, server_default="0", comment=f"Attempts answered {outcome}."
+        )
+        for outcome in ("ok", "dup", "sold_out", "insufficient", "limit", "not_on_sale", "qty_max", "error")
+    ),
+    sa.Column("units", sa.BigInteger, nullable=False, server_default="0", comment="Units taken (OK answers)."),
+    sa.Column(
+        "users",
+        sa.BigInteger,
+        nullable=False,
+        server_default="0",
+        comment="Distinct users who tried, this second (HLL).",
+    ),
+    sa.Column(
+        "users_total",
+        sa.BigInteger,
+        nullable=False,
+        server_default="0",
+        comment="Distinct users who tried so far in the sale (HLL).",
+    ),
+    sa.Column(
+        "buyers_total",
+        sa.BigInteger,
+        nullable=False,
+        server_default="0",
+        comment="Distinct users who took units so far (HLL).",
+    ),
+    sa.Column("latency_p50_us", sa.BigInteger, nullable=False, server_default="0"),
+    sa.Column("latency_p99_us", sa.BigInteger, nullable=False, server_default="0"),
+    sa.Column("updated_ms", sa.BigInteger, nullable=False),
+)
+"""A sale's figures per SKU per second, written by the duties in batches (the review reads them)."""
+
+incidents = sa.Table(
+    "incidents",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("at_ms", sa.BigInteger, nullable=False, comment="When it happened (the node's clock)."),
+    sa.Column(
+        "kind",
+        sa.String(32),
+        nullable=False,
+        comment="failover | rebuild | fenced_write | reconcile_difference | session_lost",
+    ),
+    sa.Column("node", sa.String(256), nullable=False, server_default=""),
+    sa.Column("shard", sa.Integer, nullable=False, server_default="-1", comment="-1 = not about one shard."),
+    sa.Column("detail", sa.String(1024), nullable=False, server_default=""),
+    sa.Index("ix_incidents_at", "at_ms"),
+)
+"""What went wrong and when, recorded by the nodes, so a review can list the incidents of a sale window."""
 
 STATES = {"H": "held", "C": "confirmed", "R": "released", "X": "expired"}
 """Deduction states by their letter in Redis records and log entries."""

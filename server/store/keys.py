@@ -77,6 +77,43 @@ class ShardKeys:
         """Hash of the shard's sold-out SKUs, each with its stock version."""
         return f"{self.prefix}so"
 
+    # A sale's figures (issue 11): written by every serving worker once a
+    # second (server/store/salestats.py), read by the board and the per-SKU
+    # metrics, moved to the ledger's ``sale_seconds`` by the shard's duties.
+    # Fields of the two figure hashes: ``o:<outcome>`` attempts by outcome
+    # (SALE_OUTCOMES), ``units`` units taken, ``l:<i>`` latency bucket counts
+    # (LATENCY_BUCKETS_US[i]), ``lsum`` latency sum in us.
+
+    def sale_second(self, second: int, sku_id: str) -> str:
+        """Hash of one SKU's figures in one unix second (node clock); expires after SALE_SECONDS_TTL_S."""
+        return f"{self.prefix}st:{second}:{sku_id}"
+
+    @property
+    def sale_seconds(self) -> str:
+        """Sorted set of the (SKU, second) figure hashes not yet in the ledger: members ``<sku_id>\n<second>``, score the second."""
+        return f"{self.prefix}sts"
+
+    def sale_totals(self, sku_id: str) -> str:
+        """Hash of one SKU's figures over its current sale (deleted by a put, which starts a new sale)."""
+        return f"{self.prefix}sa:{sku_id}"
+
+    def visitors(self, sku_id: str) -> str:
+        """HyperLogLog of the users who tried the SKU in its current sale (UV)."""
+        return f"{self.prefix}uv:{sku_id}"
+
+    def visitors_second(self, second: int, sku_id: str) -> str:
+        """HyperLogLog of the users who tried the SKU in one second; expires after SALE_SECONDS_TTL_S."""
+        return f"{self.prefix}uvs:{second}:{sku_id}"
+
+    def buyers(self, sku_id: str) -> str:
+        """HyperLogLog of the users who took units of the SKU in its current sale."""
+        return f"{self.prefix}ub:{sku_id}"
+
+    @property
+    def active(self) -> str:
+        """Sorted set of the shard's SKUs with attempts, scored by the last second one was seen."""
+        return f"{self.prefix}act"
+
 
 SHARD_READY = b"ready:2"
 """A shard meta's ``state`` once the shard is whole in the current key layout
@@ -95,3 +132,14 @@ SOLD_OUT_CHANNEL = "fs:soldout"
 
 PERSISTED_CHANNEL = "fs:persisted"
 """Pub/sub channel on which persisters announce ``"<shard> <last entry id>"`` after a commit."""
+
+SALE_OUTCOMES = ("ok", "dup", "sold_out", "insufficient", "limit", "not_on_sale", "qty_max", "error")
+"""The outcomes a sale's figures count attempts by (``o:<outcome>`` fields; ledger columns ``o_<outcome>``).
+``error``: every answer that is not an outcome of the sale (NOT_FOUND, MISMATCH, UNAVAILABLE, ...)."""
+
+LATENCY_BUCKETS_US = (250, 500, 1_000, 2_000, 5_000, 10_000, 20_000, 50_000, 100_000, 250_000, 500_000, 1_000_000)
+"""Upper bounds (us) of a sale's latency buckets; field ``l:<i>`` counts attempts at most
+``LATENCY_BUCKETS_US[i]``, ``l:<len>`` the ones above the last (not cumulative)."""
+
+SALE_SECONDS_TTL_S = 3600
+"""How long a per-second figure hash stays in Redis (the duties move it to the ledger within seconds)."""

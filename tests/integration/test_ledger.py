@@ -447,6 +447,11 @@ def test_put_adjust_pause_and_resume_entries_define_the_sku(ledger):
         "sale": 1,
         "put_ms": T0 + 1,
         "updated_ms": T0 + 1,
+        "goal_units": 0,
+        "goal_sellout_ms": 0,
+        "goal_buyers": 0,
+        "unit_price_minor": 0,
+        "currency": "",
     }
 
     ledger.persist(SHARD, 0, [log.adjust("sku-a", 80), log.pause("sku-a")])
