@@ -90,7 +90,9 @@ class ShardKeys:
 
     @property
     def sale_seconds(self) -> str:
-        """Sorted set of the (SKU, second) figure hashes not yet in the ledger: members ``<sku_id>\n<second>``, score the second."""
+        """Sorted set of the (SKU, second) figure hashes not yet in the ledger.
+
+        Members ``<sku_id>\n<second>``, scored by the second."""
         return f"{self.prefix}sts"
 
     def sale_totals(self, sku_id: str) -> str:
