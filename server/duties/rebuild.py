@@ -106,6 +106,11 @@ def install_steps(snap: ShardSnapshot, chunk: int) -> list[tuple[str, str]]:
                         "paused": 1 if s.paused else 0,
                         "mode": s.mode,
                         "sale": s.sale,
+                        "gu": s.goal_units,
+                        "gs": s.goal_sellout_ms,
+                        "gb": s.goal_buyers,
+                        "pr": s.unit_price_minor,
+                        "cur": s.currency,
                         "users": first or {},
                     }
                 ),

@@ -202,6 +202,11 @@ class SkuState:
     paused: bool
     mode: str
     sale: int
+    goal_units: int = 0
+    goal_sellout_ms: int = 0
+    goal_buyers: int = 0
+    unit_price_minor: int = 0
+    currency: str = ""
     held: int = 0
     confirmed: int = 0
     released: int = 0
@@ -465,6 +470,12 @@ class Ledger:
                 "sale": int(f["s"]),
                 "put_ms": at_ms,
                 "updated_ms": at_ms,
+                # Entries of nodes from before goals and price have none.
+                "goal_units": int(f.get("gu") or 0),
+                "goal_sellout_ms": int(f.get("gs") or 0),
+                "goal_buyers": int(f.get("gb") or 0),
+                "unit_price_minor": int(f.get("pr") or 0),
+                "currency": f.get("cur", ""),
             }
             stmt = self._insert(skus).values(**row)
             conn.execute(
@@ -554,6 +565,11 @@ class Ledger:
                     paused=bool(r.paused),
                     mode=r.mode,
                     sale=r.sale,
+                    goal_units=r.goal_units,
+                    goal_sellout_ms=r.goal_sellout_ms,
+                    goal_buyers=r.goal_buyers,
+                    unit_price_minor=r.unit_price_minor,
+                    currency=r.currency,
                 )
                 for r in conn.execute(query.order_by(skus.c.sku_id))
             }
