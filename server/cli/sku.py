@@ -152,7 +152,10 @@ def sku_put(
         price_minor = minor_units(price, currency) if price is not None else 0
     except ValueError as exc:
         raise typer.BadParameter(str(exc), param_hint="--price") from None
-    sellout_ms = parse_duration_ms(goal_sellout)
+    try:
+        sellout_ms = parse_duration_ms(goal_sellout)
+    except typer.BadParameter as exc:
+        raise typer.BadParameter(exc.message, param_hint="--goal-sellout") from None
     with _admin(addr, etcd, cluster) as admin:
         try:
             definition = SkuDefinition(
