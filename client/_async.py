@@ -294,6 +294,11 @@ class AsyncAdminClient:
         sale_start_ms: int = 0,
         sale_end_ms: int = 0,
         mode: Mode = Mode.FAST,
+        goal_units: int = 0,
+        goal_sellout_ms: int = 0,
+        goal_buyers: int = 0,
+        unit_price_minor: int = 0,
+        currency: str = "",
         request_id: str | None = None,
     ) -> AdminResult:
         """Define a SKU (again: restarts its sale), from a :class:`SkuDefinition` or its fields.
@@ -310,6 +315,11 @@ class AsyncAdminClient:
             sale_start_ms=sale_start_ms,
             sale_end_ms=sale_end_ms,
             mode=mode,
+            goal_units=goal_units,
+            goal_sellout_ms=goal_sellout_ms,
+            goal_buyers=goal_buyers,
+            unit_price_minor=unit_price_minor,
+            currency=currency,
         )
         request = t.put_sku_request(definition, t.request_id_or_new(request_id))
         return t.admin_result(await self._conn._rpc_call("PutSku", request))

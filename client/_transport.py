@@ -151,6 +151,11 @@ def sku(pb: admin_pb2.Sku) -> Sku:
         paused=pb.paused,
         mode=Mode(pb.mode) if pb.mode else Mode.FAST,
         shard=pb.shard,
+        goal_units=pb.goal_units,
+        goal_sellout_ms=pb.goal_sellout_ms,
+        goal_buyers=pb.goal_buyers,
+        unit_price_minor=pb.unit_price_minor,
+        currency=pb.currency,
     )
 
 
@@ -197,6 +202,11 @@ def put_sku_request(definition: SkuDefinition, request_id: str) -> admin_pb2.Put
         # protoc's .pyi types an enum field as its enum class, which no plain int is; the wire value is the int.
         mode=cast("admin_pb2.Mode", int(definition.mode)),
         request_id=request_id,
+        goal_units=definition.goal_units,
+        goal_sellout_ms=definition.goal_sellout_ms,
+        goal_buyers=definition.goal_buyers,
+        unit_price_minor=definition.unit_price_minor,
+        currency=definition.currency,
     )
 
 

@@ -171,6 +171,16 @@ class SkuDefinition:
     """Sale closes (unix ms, Redis clock); 0 = never."""
     mode: Mode = Mode.FAST
     """Fast or durable."""
+    goal_units: int = 0
+    """The sale's goal of units sold (at most ``stock``); 0 = none."""
+    goal_sellout_ms: int = 0
+    """The sale's goal of selling out within this many ms of its start; 0 = none."""
+    goal_buyers: int = 0
+    """The sale's goal of distinct buyers (at most ``stock``); 0 = none."""
+    unit_price_minor: int = 0
+    """Price of one unit in minor units of ``currency`` (cents); 0 = not given."""
+    currency: str = ""
+    """ISO 4217 code of the price (``"EUR"``); required with a price, else empty."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -201,6 +211,16 @@ class Sku:
     """Fast or durable."""
     shard: int = 0
     """The SKU's shard."""
+    goal_units: int = 0
+    """The sale's goal of units sold; 0 = none."""
+    goal_sellout_ms: int = 0
+    """The sale's goal of selling out within this many ms of its start; 0 = none."""
+    goal_buyers: int = 0
+    """The sale's goal of distinct buyers; 0 = none."""
+    unit_price_minor: int = 0
+    """Price of one unit in minor units of ``currency``; 0 = not given."""
+    currency: str = ""
+    """ISO 4217 code of the price; empty when none is given."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -53,6 +53,7 @@ from flashstock.server._incarnation import IncarnationGate
 from flashstock.server._lifeline import Lifeline, tie_to_parent
 from flashstock.server._logs import NODE_FIELD, configure_logging
 from flashstock.server._metrics import METRICS
+from flashstock.server.duties.incidents import IncidentLog
 from flashstock.server.duties.ownership import Ownership
 from flashstock.server.duties.persister import PersistPolicy
 from flashstock.server.duties.rebuild import RebuildPolicy, ShardRebuilder
@@ -113,6 +114,10 @@ class Node:
             config.request_ttl_s * 1000,
             RebuildPolicy(lock_expire_s=config.rebuild_lock_expire_s, wait_s=config.rebuild_wait_s),
         )
+        self.incidents = IncidentLog(self.ledger, node_name(config, config.port))
+        """What goes wrong on this process (rebuilds, and in the duties' process failovers, fenced writes,
+        reconcile differences, lost etcd sessions), written to the ledger for a sale's review."""
+        self.rebuilder.incidents = self.incidents
         self.gate = IncarnationGate(
             lambda: self.rebuilder.verify(config.shards, self._bound.ledger_id if self._bound else None),
             wait_s=config.rebuild_wait_s,
@@ -192,6 +197,7 @@ class Node:
             self.port = server.add_insecure_port(f"{self.config.host}:{self.config.port}")
         except RuntimeError as exc:
             raise StartupError(f"host/port: cannot bind {self.config.host}:{self.config.port}: {exc}") from None
+        self.incidents.node = node_name(self.config, self.port)
         if self.runs_duties:
             # The port is bound (the address to register is known); calls are taken from start() on.
             await self._start_duties(self.port)
@@ -288,6 +294,7 @@ class Node:
         os._exit(2)
 
     async def _start_duties(self, port: int) -> None:
+        self.incidents.node = node_name(self.config, port)  # the port is bound now (0 was "a free one")
         self.duties = ShardDuties(
             self.redis,
             self.ledger,
@@ -302,6 +309,7 @@ class Node:
             ),
             reconcile_redis=self.blocking_redis,
             shard_count=self.config.shards,
+            incidents=self.incidents,
         )
         endpoints = etcd_endpoints(self.config)
         if endpoints:
@@ -368,6 +376,7 @@ class Node:
         await self.store.close()
         await self.redis.aclose()
         self.blocking_redis.close()
+        await asyncio.to_thread(self.incidents.close, 2.0)
         await asyncio.to_thread(self.ledger.close)
 
     async def run_until_signalled(self, lifeline: Lifeline | None = None) -> None:

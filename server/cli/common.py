@@ -55,6 +55,31 @@ def parse_time_ms(value: str | None, now_ms: int | None = None) -> int:
     return int(moment.timestamp() * 1000)
 
 
+_DURATION_UNITS_MS = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000}
+
+
+def parse_duration_ms(value: str | None) -> int:
+    """A span of time as the sale times' offsets write it: ``N[ms|s|m|h]`` (``30s``, ``1.5m``, ``2h``),
+    parts joinable (``1m30s``), or plain ms; ``0`` or none is 0."""
+    if value is None or value.strip() in ("", "0"):
+        return 0
+    text = value.strip()
+    if text.isdigit():
+        return int(text)
+    parts = re.findall(r"(\d+(?:\.\d+)?)(ms|s|m|h)", text)
+    if not parts or "".join(n + u for n, u in parts) != text:
+        raise typer.BadParameter(f"{value!r} is not a duration: N[ms|s|m|h] (30s, 5m, 1m30s) or ms")
+    return round(sum(float(n) * _DURATION_UNITS_MS[u] for n, u in parts))
+
+
+def format_duration_ms(ms: int) -> str:
+    """Ms the way :func:`parse_duration_ms` reads them back: ``90s``, ``5m``, ``2h``, ``1500ms``."""
+    for unit in ("h", "m", "s"):
+        if ms and ms % _DURATION_UNITS_MS[unit] == 0:
+            return f"{ms // _DURATION_UNITS_MS[unit]}{unit}"
+    return f"{ms}ms"
+
+
 def local_time(ms: int) -> str:
     """Unix ms as local time, to the second (``-`` for 0)."""
     return "-" if ms <= 0 else datetime.fromtimestamp(ms / 1000).strftime("%Y-%m-%d %H:%M:%S")

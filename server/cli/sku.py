@@ -13,7 +13,15 @@ import typer
 from rich.table import Table
 
 from flashstock.client import AdminClient, ClientConfig, FlashstockError, InvalidArgument, Mode, Sku, SkuDefinition
-from flashstock.server.cli.common import console, err_console, local_iso, parse_time_ms
+from flashstock.server.cli.common import (
+    console,
+    err_console,
+    format_duration_ms,
+    local_iso,
+    parse_duration_ms,
+    parse_time_ms,
+)
+from flashstock.server.money import format_amount, minor_units
 
 sku_app = typer.Typer(help="Define SKUs and steer their sale (AdminService).", no_args_is_help=True)
 
@@ -62,9 +70,31 @@ def _fail(exc: FlashstockError) -> NoReturn:
     raise typer.Exit(1)
 
 
+def _goals(s: Sku) -> str:
+    """The sale's goals in a few words (``-`` for none)."""
+    parts = [
+        f"{s.goal_units} units" if s.goal_units else "",
+        f"sold out in {format_duration_ms(s.goal_sellout_ms)}" if s.goal_sellout_ms else "",
+        f"{s.goal_buyers} buyers" if s.goal_buyers else "",
+    ]
+    return ", ".join(p for p in parts if p) or "-"
+
+
 def _sku_table(skus: list[Sku]) -> Table:
     table = Table(
-        "sku", "shard", "total", "available", "held", "confirmed", "limit", "max/req", "window", "mode", "state"
+        "sku",
+        "shard",
+        "total",
+        "available",
+        "held",
+        "confirmed",
+        "limit",
+        "max/req",
+        "window",
+        "goals",
+        "price",
+        "mode",
+        "state",
     )
     for s in skus:
         state = "paused" if s.paused else ("sold out" if s.available <= 0 else "on sale")
@@ -79,6 +109,8 @@ def _sku_table(skus: list[Sku]) -> Table:
             str(s.per_user_limit or "-"),
             str(s.max_per_request or "-"),
             window,
+            _goals(s),
+            format_amount(s.unit_price_minor, s.currency),
             s.mode.name.lower(),
             state,
         )
@@ -94,14 +126,36 @@ def sku_put(
     start: Annotated[str | None, typer.Option(help="Sale opens: unix ms, ISO-8601 or +N[s|m|h]; default now.")] = None,
     end: Annotated[str | None, typer.Option(help="Sale closes: unix ms, ISO-8601 or +N[s|m|h]; default never.")] = None,
     mode: Annotated[str, typer.Option(help="fast | durable.")] = "fast",
+    goal_units: Annotated[int, typer.Option(help="Goal: units to sell (at most --stock); 0 = none.")] = 0,
+    goal_sellout: Annotated[
+        str | None,
+        typer.Option(help="Goal: sell out within this long of the sale's start: N[ms|s|m|h] (30s, 5m); default none."),
+    ] = None,
+    goal_buyers: Annotated[int, typer.Option(help="Goal: distinct buyers (at most --stock); 0 = none.")] = 0,
+    price: Annotated[
+        str | None,
+        typer.Option(help="Unit price in major units (19.99), exact to the currency's decimals; needs --currency."),
+    ] = None,
+    currency: Annotated[str, typer.Option(help="ISO 4217 code of --price (EUR, JPY, KWD).")] = "",
     request_id: Annotated[str | None, typer.Option(help="Idempotency key; default a new one.")] = None,
     addr: AddrOption = "127.0.0.1:50051",
     etcd: AdminEtcdOption = "",
     cluster: AdminClusterOption = "flashstock",
 ) -> None:
-    """Define a SKU (defining it again restarts its sale)."""
+    """Define a SKU (defining it again restarts its sale), with the sale's goals and unit price if given."""
     if mode not in ("fast", "durable"):
         raise typer.BadParameter("mode must be fast or durable", param_hint="--mode")
+    currency = currency.strip().upper()  # "eur" means EUR; the node checks the code itself
+    if price is not None and not currency:
+        raise typer.BadParameter("a price needs its --currency", param_hint="--price")
+    try:
+        price_minor = minor_units(price, currency) if price is not None else 0
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--price") from None
+    try:
+        sellout_ms = parse_duration_ms(goal_sellout)
+    except typer.BadParameter as exc:
+        raise typer.BadParameter(exc.message, param_hint="--goal-sellout") from None
     with _admin(addr, etcd, cluster) as admin:
         try:
             definition = SkuDefinition(
@@ -112,6 +166,11 @@ def sku_put(
                 sale_start_ms=parse_time_ms(start),
                 sale_end_ms=parse_time_ms(end),
                 mode=Mode.DURABLE if mode == "durable" else Mode.FAST,
+                goal_units=goal_units,
+                goal_sellout_ms=sellout_ms,
+                goal_buyers=goal_buyers,
+                unit_price_minor=price_minor,
+                currency=currency,
             )
             result = admin.put_sku(definition, request_id=request_id)
         except FlashstockError as exc:

@@ -191,6 +191,12 @@ class Ownership:
         """Stop every duty now: the session's lease may be gone, and the shards with it."""
         if self.owned:
             METRICS.etcd_session_losses.inc()
+            if self.duties.incidents is not None:
+                self.duties.incidents.record(
+                    "session_lost",
+                    f"etcd session lost ({session.lost_reason or 'an etcd call failed'}): "
+                    f"the duties of shards {shard_ranges(self.owned)} stopped",
+                )
             log.warning(
                 "node %s lost its etcd session (%s): stopping the duties of %d shards",
                 self.node_id,
@@ -319,6 +325,19 @@ class Ownership:
             max(c.epoch for c in claimed),
         )
 
+    def _record_failover(self, before: str, shards: list[int], epochs: dict[int, int]) -> None:
+        """This node took ``shards`` over from ``before``: one incident (per shard when it is one)."""
+        if self.duties.incidents is None:
+            return
+        # Still registered: the map moved them (a node joined, a pin, a drain); else its lease ended.
+        why = "a handoff: it is still in the cluster" if before in self._nodes else "it is gone from the cluster"
+        self.duties.incidents.record(
+            "failover",
+            f"took shards {shard_ranges(shards)} over from {before} ({why}); "
+            f"epochs {min(epochs[s] for s in shards)}..{max(epochs[s] for s in shards)}",
+            shards[0] if len(shards) == 1 else -1,
+        )
+
     async def _fence(self, leases: list[ShardLease]) -> set[int]:
         """Raise each claimed shard's epoch in Redis and record it in the ledger; the shards where both took it."""
         async with self._redis.pipeline(transaction=False) as pipe:
@@ -330,6 +349,7 @@ class Ownership:
         for lease, fenced in zip(leases, map(FenceReply.decode, replies), strict=True):
             if not fenced.taken:
                 METRICS.fenced_writes.labels(store="redis", duty="claim").inc()
+                self.duties.fenced_write(lease.shard, "redis", "claim", lease.epoch)
                 log.error(
                     "shard %d: claimed under epoch %d but Redis holds epoch %d (etcd was reset?): not taking it",
                     lease.shard,
@@ -341,20 +361,28 @@ class Ownership:
                 ok.add(lease.shard)
         now_ms = int(time.time() * 1000)
 
+        taken_from: dict[str, list[int]] = {}  # an earlier owner -> the shards this node took from it
+
         def record() -> set[int]:
             refused = set()
             for lease in leases:
                 if lease.shard in ok:
                     try:
-                        self._ledger.claim_epoch(lease.shard, lease.epoch, self.node_id, now_ms)
+                        before = self._ledger.claim_epoch(lease.shard, lease.epoch, self.node_id, now_ms)
                     except Fenced:
                         refused.add(lease.shard)
+                    else:
+                        if before and before != self.node_id:
+                            taken_from.setdefault(before, []).append(lease.shard)
             return refused
 
         refused = await asyncio.to_thread(record)
         epochs = {lease.shard: lease.epoch for lease in leases}
+        for before, shards in taken_from.items():
+            self._record_failover(before, shards, epochs)
         for shard in refused:
             METRICS.fenced_writes.labels(store="ledger", duty="claim").inc()
+            self.duties.fenced_write(shard, "ledger", "claim", epochs[shard])
             log.error(
                 "shard %d: the ledger holds a newer epoch (etcd was reset?): not taking it",
                 shard,

@@ -43,6 +43,7 @@ import redis_lock  # type: ignore[import-untyped]  # python-redis-lock ships no 
 from flashstock.client import Unavailable
 from flashstock.server._logs import log_context
 from flashstock.server._metrics import METRICS
+from flashstock.server.duties.incidents import IncidentLog
 from flashstock.server.ledger import Ledger, ShardSnapshot
 from flashstock.server.store.durable import parse_id
 from flashstock.server.store.keys import CONFIG_KEY, SHARD_READY, SKU_INDEX_KEY, ShardKeys
@@ -106,6 +107,11 @@ def install_steps(snap: ShardSnapshot, chunk: int) -> list[tuple[str, str]]:
                         "paused": 1 if s.paused else 0,
                         "mode": s.mode,
                         "sale": s.sale,
+                        "gu": s.goal_units,
+                        "gs": s.goal_sellout_ms,
+                        "gb": s.goal_buyers,
+                        "pr": s.unit_price_minor,
+                        "cur": s.currency,
                         "users": first or {},
                     }
                 ),
@@ -220,6 +226,8 @@ class ShardRebuilder:
             client, name, expire=policy.lock_expire_s, auto_renewal=True
         )
         """Makes the rebuild mutex (a test may make one that is not renewed)."""
+        self.incidents: IncidentLog | None = None
+        """Where a rebuild that brought lost state back is recorded (None: nowhere)."""
 
     async def ensure(self, shard: int, epoch: int | None = None) -> RebuildResult:
         """Make sure ``shard`` is whole in Redis, rebuilding it if need be; returns what happened.
@@ -283,8 +291,17 @@ class ShardRebuilder:
             result = self._install(k, lock.id, snap, cursor[1] if cursor else "0-0", expected, epoch)
             METRICS.rebuilds.labels(result.value).inc()
             if result is RebuildResult.REBUILT:
+                level = rebuild_log_level(generation, len(snap.skus))
+                if self.incidents is not None and level > logging.DEBUG:  # Redis lost this shard's state
+                    by = "this node, unfenced" if epoch is None else f"its owner under epoch {epoch}"
+                    self.incidents.record(
+                        "rebuild",
+                        f"rebuilt from the ledger by {by}: generation {generation}, {len(snap.skus)} SKUs, "
+                        f"{len(snap.records)} records",
+                        shard,
+                    )
                 log.log(
-                    rebuild_log_level(generation, len(snap.skus)),
+                    level,
                     "shard %d rebuilt from the ledger: generation %d, %d SKUs, %d records",
                     shard,
                     generation,

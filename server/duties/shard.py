@@ -14,6 +14,9 @@ refused shard is dropped from the duties at once and reported to
 - **reconciliation** compares Redis with the ledger for the shards, and
   reports the differences as metrics and log lines (:mod:`.reconcile`); it
   only reads.
+
+Fenced writes and reconcile differences are also recorded as incidents in
+the ledger (:mod:`.incidents`), for a sale's review.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,9 +32,10 @@ from flashstock.client import FlashstockError
 from flashstock.lockmgr import shard_ranges
 from flashstock.server._logs import log_context
 from flashstock.server._metrics import METRICS
+from flashstock.server.duties.incidents import IncidentLog
 from flashstock.server.duties.persister import Persister, PersistPolicy
 from flashstock.server.duties.rebuild import RebuildResult, ShardRebuilder
-from flashstock.server.duties.reconcile import read_once, settled_differences
+from flashstock.server.duties.reconcile import Difference, read_once, settled_differences
 from flashstock.server.ledger import Ledger
 from flashstock.server.store.keys import SHARD_READY, ShardKeys
 from flashstock.server.store.redis import AsyncRedis, AsyncScript, BlockingRedis
@@ -81,6 +85,18 @@ class DutyPolicy:
     """How the persister batches."""
 
 
+DIFFERENCES_NAMED = 10
+"""Most differences a ``reconcile_difference`` incident names (it says how many there were in all)."""
+
+
+def difference_detail(differences: Sequence[Difference]) -> str:
+    """A reconcile pass's differences for an incident row: how many, in which SKUs, the first few named."""
+    skus = sorted({d.sku_id for d in differences})
+    named = "; ".join(str(d) for d in differences[:DIFFERENCES_NAMED])
+    more = f"; and {len(differences) - DIFFERENCES_NAMED} more" if len(differences) > DIFFERENCES_NAMED else ""
+    return f"{len(differences)} differences in {len(skus)} SKUs: {named}{more}"
+
+
 class ShardDuties:
     """Runs the persister, reaper and warden of the shards it is given."""
 
@@ -94,9 +110,11 @@ class ShardDuties:
         on_fenced: Callable[[int], None] | None = None,
         reconcile_redis: BlockingRedis | None = None,
         shard_count: int = 0,
+        incidents: IncidentLog | None = None,
     ) -> None:
         """``reconcile_redis`` (a blocking client) and ``shard_count`` are for
-        reconciliation, which runs when both are given."""
+        reconciliation, which runs when both are given. ``incidents``: where
+        fenced writes and reconcile differences are recorded for the review."""
         self._redis = redis
         self._reconcile_redis = reconcile_redis
         self._shard_count = shard_count
@@ -114,6 +132,8 @@ class ShardDuties:
         self._changes: set[asyncio.Future[None]] = set()
         self.persister: Persister | None = None
         """The running persister (None while no shard is owned)."""
+        self.incidents = incidents
+        """Where this node's incidents go (None: nowhere)."""
 
     @property
     def scripts(self) -> StockScripts[AsyncScript]:
@@ -180,8 +200,16 @@ class ShardDuties:
         if self.on_fenced is not None:
             self.on_fenced(shard)
 
-    def _persister_fenced(self, shard: int, _store: str) -> None:
+    def _persister_fenced(self, shard: int, store: str) -> None:
+        self.fenced_write(shard, store, "persister", self._epochs.get(shard))
         self._fenced(shard)  # the persister counted it and dropped the shard itself
+
+    def fenced_write(self, shard: int, store: str, duty: str, epoch: int | None) -> None:
+        """Record that ``store`` refused ``duty``'s write to ``shard`` under ``epoch`` (repeats folded)."""
+        if self.incidents is not None:
+            self.incidents.record_repeated(
+                "fenced_write", f"{store} refused the {duty}'s write under epoch {epoch}: a newer owner exists", shard
+            )
 
     async def warden_pass(self) -> int:
         """Rebuild every owned shard whose state is missing in Redis; returns how many were.
@@ -212,6 +240,7 @@ class ShardDuties:
                 rebuilt.append(shard)
             elif result is RebuildResult.FENCED:
                 METRICS.fenced_writes.labels(store="redis", duty="warden").inc()
+                self.fenced_write(shard, "redis", "warden", epochs[shard])
                 log.warning(
                     "fenced: shard %d, epoch %s is stale in redis (warden): a newer owner exists",
                     shard,
@@ -254,6 +283,8 @@ class ShardDuties:
         METRICS.reconcile_unsettled.set(len(reading.unsettled))
         for difference in differences:
             log.error("reconcile: Redis and the ledger disagree: %s", difference)
+        if differences and self.incidents is not None:
+            self.incidents.record("reconcile_difference", difference_detail(differences))
         return len(differences)
 
     async def _reconciler(self) -> None:
@@ -277,6 +308,7 @@ class ShardDuties:
                     log.debug("expired %d holds", expired)
                 for shard in fenced:
                     METRICS.fenced_writes.labels(store="redis", duty="reaper").inc()
+                    self.fenced_write(shard, "redis", "reaper", self._epochs.get(shard))
                     log.warning(
                         "fenced: shard %d, epoch %s is stale in redis (reaper): a newer owner exists",
                         shard,

@@ -3,7 +3,9 @@
 from flashstock.server.ledger._changes import SkuChange
 from flashstock.server.ledger._ledger import (
     HEAD,
+    INCIDENT_KINDS,
     Fenced,
+    Incident,
     Ledger,
     LedgerError,
     Record,
@@ -18,7 +20,9 @@ from flashstock.server.ledger._ledger import (
 
 __all__ = [
     "HEAD",
+    "INCIDENT_KINDS",
     "Fenced",
+    "Incident",
     "Ledger",
     "LedgerError",
     "Record",

@@ -29,6 +29,7 @@ from flashstock.server.ledger._schema import (
     STATES,
     admin_requests,
     deductions,
+    incidents,
     ledger_meta,
     persister_cursors,
     shard_epochs,
@@ -188,6 +189,28 @@ def _known_revisions() -> set[str]:
     return {p.name.split("_", 1)[0] for p in folder.iterdir() if p.name.endswith(".py")}
 
 
+INCIDENT_KINDS = ("failover", "rebuild", "fenced_write", "reconcile_difference", "session_lost")
+"""What a node records in the ``incidents`` table."""
+INCIDENT_DETAIL_CHARS = 1024
+"""Longest ``detail`` of an incident (the column's size); a longer one is cut."""
+
+
+@dataclass(frozen=True, slots=True)
+class Incident:
+    """One thing that went wrong on a node, as the ledger keeps it."""
+
+    at_ms: int
+    """When it happened (unix ms, the node's clock)."""
+    kind: str
+    """One of :data:`INCIDENT_KINDS`."""
+    node: str
+    """The node that recorded it."""
+    shard: int
+    """The shard it is about; -1 when not about one shard."""
+    detail: str
+    """What happened, for a person."""
+
+
 @dataclass
 class SkuState:
     """A SKU as the ledger knows it, with its counters for the current sale."""
@@ -202,6 +225,11 @@ class SkuState:
     paused: bool
     mode: str
     sale: int
+    goal_units: int = 0
+    goal_sellout_ms: int = 0
+    goal_buyers: int = 0
+    unit_price_minor: int = 0
+    currency: str = ""
     held: int = 0
     confirmed: int = 0
     released: int = 0
@@ -465,6 +493,12 @@ class Ledger:
                 "sale": int(f["s"]),
                 "put_ms": at_ms,
                 "updated_ms": at_ms,
+                # Entries of nodes from before goals and price have none.
+                "goal_units": int(f.get("gu") or 0),
+                "goal_sellout_ms": int(f.get("gs") or 0),
+                "goal_buyers": int(f.get("gb") or 0),
+                "unit_price_minor": int(f.get("pr") or 0),
+                "currency": f.get("cur", ""),
             }
             stmt = self._insert(skus).values(**row)
             conn.execute(
@@ -478,11 +512,42 @@ class Ledger:
             paused = change is SkuChange.PAUSE
             conn.execute(skus.update().where(skus.c.sku_id == sku_id).values(paused=paused, updated_ms=at_ms))
 
-    def claim_epoch(self, shard: int, epoch: int, owner: str, now_ms: int) -> None:
+    def claim_epoch(self, shard: int, epoch: int, owner: str, now_ms: int) -> str:
         """Record a new owner's ``epoch`` for ``shard`` before its duties run;
-        raises :class:`Fenced` if the ledger has seen a higher one."""
+        raises :class:`Fenced` if the ledger has seen a higher one.
+
+        Returns the owner recorded before ('' = none): another node's name
+        means the shard changed hands (a failover, or a handoff)."""
         with self.engine.begin() as conn:
+            before = conn.execute(sa.select(shard_epochs.c.owner).where(shard_epochs.c.shard == shard)).scalar()
             self.check_epoch(conn, shard, epoch, now_ms, owner)
+        return before or ""
+
+    def record_incident(self, kind: str, node: str, shard: int, detail: str, at_ms: int) -> None:
+        """Keep an incident (``kind`` one of :data:`INCIDENT_KINDS`; ``shard`` -1 = none); a long detail is cut."""
+        if kind not in INCIDENT_KINDS:
+            raise ValueError(f"unknown incident kind {kind!r}; one of {', '.join(INCIDENT_KINDS)}")
+        if len(detail) > INCIDENT_DETAIL_CHARS:
+            detail = detail[: INCIDENT_DETAIL_CHARS - 3] + "..."
+        row = {"at_ms": at_ms, "kind": kind, "node": node[:256], "shard": shard, "detail": detail}
+        with self.engine.begin() as conn:
+            conn.execute(incidents.insert().values(**row))
+
+    def incidents(
+        self, since_ms: int | None = None, until_ms: int | None = None, kinds: Iterable[str] | None = None
+    ) -> list[Incident]:
+        """The incidents at ``since_ms`` or later and before ``until_ms`` (None: no bound), of ``kinds``
+        (None: all), oldest first."""
+        c = incidents.c
+        query = sa.select(c.at_ms, c.kind, c.node, c.shard, c.detail).order_by(c.at_ms, c.id)
+        if since_ms is not None:
+            query = query.where(c.at_ms >= since_ms)
+        if until_ms is not None:
+            query = query.where(c.at_ms < until_ms)
+        if kinds is not None:
+            query = query.where(c.kind.in_(list(kinds)))
+        with self.engine.connect() as conn:
+            return [Incident(r.at_ms, r.kind, r.node, r.shard, r.detail) for r in conn.execute(query)]
 
     def bump_generation(self, shard: int, now_ms: int) -> int:
         """The shard's next rebuild generation (counted: one per rebuild begun)."""
@@ -554,6 +619,11 @@ class Ledger:
                     paused=bool(r.paused),
                     mode=r.mode,
                     sale=r.sale,
+                    goal_units=r.goal_units,
+                    goal_sellout_ms=r.goal_sellout_ms,
+                    goal_buyers=r.goal_buyers,
+                    unit_price_minor=r.unit_price_minor,
+                    currency=r.currency,
                 )
                 for r in conn.execute(query.order_by(skus.c.sku_id))
             }

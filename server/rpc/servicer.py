@@ -191,6 +191,11 @@ def _sku_pb(s: Sku) -> admin_pb2.Sku:
         paused=s.paused,
         mode=_enum_pb(admin_pb2.Mode, s.mode),
         shard=s.shard,
+        goal_units=s.goal_units,
+        goal_sellout_ms=s.goal_sellout_ms,
+        goal_buyers=s.goal_buyers,
+        unit_price_minor=s.unit_price_minor,
+        currency=s.currency,
     )
 
 
@@ -329,6 +334,11 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
             sale_end_ms=request.sale_end_ms,
             # 0 (unspecified) is fast; any other number is refused just below.
             mode=Mode.DURABLE if request.mode == admin_pb2.MODE_DURABLE else Mode.FAST,
+            goal_units=request.goal_units,
+            goal_sellout_ms=request.goal_sellout_ms,
+            goal_buyers=request.goal_buyers,
+            unit_price_minor=request.unit_price_minor,
+            currency=request.currency,
         )
         _check(v.put_violations(definition, request.request_id) + v.mode_violations(request.mode))
         r = await self._store.put_sku(definition, request.request_id)

@@ -33,6 +33,10 @@ MAX_PAGE_SIZE = 1000
 """Most SKUs of one ListSkus page."""
 DEFAULT_PAGE_SIZE = 100
 """SKUs of a ListSkus page when page_size is 0."""
+MAX_GOAL_SELLOUT_MS = 365 * 24 * 3600 * 1000
+"""Longest sell-out goal of a sale: a year, in ms."""
+MAX_PRICE_MINOR = 10**15
+"""Highest unit price, in minor units: far above any real one, and price x MAX_STOCK still an exact decimal."""
 KNOWN_MODES = frozenset({0, *(int(m) for m in Mode)})
 """The ``mode`` numbers PutSku takes: 0 (unspecified: fast), fast, durable."""
 
@@ -145,6 +149,31 @@ def put_violations(definition: SkuDefinition, request_id: str) -> list[FieldViol
     ]
     if d.sale_start_ms > 0 and d.sale_end_ms > 0 and d.sale_end_ms <= d.sale_start_ms:
         out.append(FieldViolation("sale_end_ms", "must be after sale_start_ms"))
+    return out + goal_violations(d)
+
+
+def goal_violations(definition: SkuDefinition) -> list[FieldViolation]:
+    """PutSku's goals and price: in range, goals that the stock can meet, a currency exactly when a price."""
+    d = definition
+    out = [
+        *_range("goal_units", d.goal_units, 0, MAX_STOCK),
+        *_range("goal_sellout_ms", d.goal_sellout_ms, 0, MAX_GOAL_SELLOUT_MS),
+        *_range("goal_buyers", d.goal_buyers, 0, MAX_STOCK),
+        *_range("unit_price_minor", d.unit_price_minor, 0, MAX_PRICE_MINOR),
+    ]
+    # A goal the stock cannot meet is a mistake in the definition, not a goal.
+    if 0 <= d.stock < d.goal_units <= MAX_STOCK:
+        out.append(FieldViolation("goal_units", f"is {d.goal_units}, above the stock {d.stock}: it cannot be met"))
+    if 0 <= d.stock < d.goal_buyers <= MAX_STOCK:
+        out.append(FieldViolation("goal_buyers", f"is {d.goal_buyers}, above the stock {d.stock}: it cannot be met"))
+    if d.currency:
+        if not (len(d.currency) == 3 and d.currency.isascii() and d.currency.isalpha() and d.currency.isupper()):
+            shown = d.currency if len(d.currency) <= 8 else d.currency[:8] + "..."
+            out.append(FieldViolation("currency", f"must be an ISO 4217 code, three letters A-Z, not {shown!r}"))
+        elif d.unit_price_minor == 0:
+            out.append(FieldViolation("currency", "is given without a unit_price_minor"))
+    elif d.unit_price_minor > 0:
+        out.append(FieldViolation("currency", "is required with a unit_price_minor"))
     return out
 
 

@@ -384,6 +384,10 @@ SKU_FIELDS: Mapping[str, str] = {
     "sale_end_ms": "end",
     "stock_version": "sv",
     "sale": "sale",
+    "goal_units": "gu",
+    "goal_sellout_ms": "gs",
+    "goal_buyers": "gb",
+    "unit_price_minor": "pr",
 }
 """A SKU's numbers: the name in Python -> the field of its hash in Redis (``lua/_lib.lua``)."""
 
@@ -407,8 +411,16 @@ class SkuHash(NamedTuple):
     """+1 on every put, adjust and sold-out/available flip."""
     sale: int
     """+1 on every put."""
+    goal_units: int
+    """The sale's goals (0 = none; a hash put before goals existed has none)."""
+    goal_sellout_ms: int
+    goal_buyers: int
+    unit_price_minor: int
+    """0 = no price."""
     paused: bool
     mode: Mode
+    currency: str
+    """'' = no price."""
 
 
 def sku_hash(sku_id: str, fields: Mapping[Any, Any]) -> SkuHash:
@@ -416,7 +428,7 @@ def sku_hash(sku_id: str, fields: Mapping[Any, Any]) -> SkuHash:
     f = {_text(k): _text(v) for k, v in fields.items()}
     numbers = {name: _hash_int(sku_id, f, field) for name, field in SKU_FIELDS.items()}
     mode = Mode.DURABLE if f.get("mode") == "durable" else Mode.FAST
-    return SkuHash(**numbers, paused=f.get("paused", "0") == "1", mode=mode)
+    return SkuHash(**numbers, paused=f.get("paused", "0") == "1", mode=mode, currency=f.get("cur", ""))
 
 
 def sku_from_hash(sku_id: str, shard: int, fields: Mapping[Any, Any]) -> Sku:
@@ -435,6 +447,11 @@ def sku_from_hash(sku_id: str, shard: int, fields: Mapping[Any, Any]) -> Sku:
         paused=h.paused,
         mode=h.mode,
         shard=shard,
+        goal_units=h.goal_units,
+        goal_sellout_ms=h.goal_sellout_ms,
+        goal_buyers=h.goal_buyers,
+        unit_price_minor=h.unit_price_minor,
+        currency=h.currency,
     )
 
 

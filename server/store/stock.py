@@ -362,6 +362,11 @@ class StockStore:
                     self._limits.request_ttl_s,
                     k.prefix,
                     request_id,
+                    d.goal_units,
+                    d.goal_sellout_ms,
+                    d.goal_buyers,
+                    d.unit_price_minor,
+                    d.currency,
                 ],
             )
             return _replies.admin_result(raw, d.sku_id, k.shard, request_id)

@@ -256,6 +256,18 @@ def test_a_paused_owner_that_wakes_up_is_fenced_off(cluster_with_stale_owner):
     assert refused > 0
     # It dropped the shards, and wrote nothing after: the newer owners kept them.
     assert all(owners[s].node != cluster.node_ids[stale] for s in shards)
+    # The review finds it all in the ledger: the stale node's lost session and fenced writes, and the
+    # failover of its shards to the others.
+    incidents = cluster.ledger()
+    stale_id = cluster.node_ids[stale]
+    eventually(
+        lambda: {
+            (r.kind, r.node == stale_id)
+            for r in incidents.incidents(kinds=["session_lost", "fenced_write", "failover"])
+            if r.node == stale_id or stale_id in r.detail
+        },
+        until=lambda seen: {("session_lost", True), ("fenced_write", True), ("failover", False)} <= seen,
+    )
 
     answers = {**before, **during, **after}
     assert_books_agree(cluster, answers, stock)

@@ -50,7 +50,9 @@ class Log:
         end: int = 0,
         mode: str = "fast",
         sale: int = 1,
+        **goals: Any,
     ) -> tuple[str, dict[str, str]]:
+        """``goals``: the fields put_sku.lua adds (gu, gs, gb, pr, cur); an entry of a node from before has none."""
         return self._entry(
             {
                 "t": "P",
@@ -62,6 +64,7 @@ class Log:
                 "end": end,
                 "mode": mode,
                 "s": sale,
+                **goals,
             }
         )
 
@@ -268,7 +271,14 @@ def test_upgrade_gives_a_ledger_of_revision_0001_an_identity_and_keeps_its_rows(
     try:
         with led.engine.begin() as conn:
             command.upgrade(_alembic_config(conn), "0001")
-        led.persist(SHARD, 0, [Log().put("sku-a", 5)])
+            # A row as a node of revision 0001 wrote it (today's code writes columns 0001 lacks).
+            conn.execute(
+                sa.text(
+                    "INSERT INTO skus (sku_id, shard, total, sale, put_ms, updated_ms) "
+                    "VALUES ('sku-a', :shard, 5, 1, :t, :t)"
+                ),
+                {"shard": SHARD, "t": T0},
+            )
         with pytest.raises(LedgerError, match="older than"):
             led.open()
 
@@ -682,6 +692,42 @@ def test_entries_read_before_a_rebuild_began_are_refused(engine_url):
         assert "new" in ledger.deductions_of(["new"])
     finally:
         ledger.close()
+
+
+def test_a_put_entry_writes_the_sales_goals_and_price_and_a_put_without_them_clears_them(ledger):
+    log = Log()
+    ledger.persist(SHARD, 0, [log.put("sku-a", 100, gu=80, gs=30_000, gb=40, pr=1999, cur="EUR")])
+    ledger.persist(SHARD, 0, [log.adjust("sku-a", 90), log.pause("sku-a"), log.resume("sku-a")])
+    goals = ("goal_units", "goal_sellout_ms", "goal_buyers", "unit_price_minor", "currency")
+    (row,) = rows(ledger, skus)
+    assert [row[g] for g in goals] == [80, 30_000, 40, 1999, "EUR"]
+    (state,) = ledger.sku_states(sku_id="sku-a")
+    assert [getattr(state, g) for g in goals] == [80, 30_000, 40, 1999, "EUR"]
+
+    ledger.persist(SHARD, 0, [log.put("sku-a", 5, sale=2, gu=0, gs=0, gb=0, pr=0, cur="")])
+    assert [rows(ledger, skus)[0][g] for g in goals] == [0, 0, 0, 0, ""]
+
+
+def test_claim_epoch_says_who_owned_the_shard_before(ledger):
+    assert ledger.claim_epoch(SHARD, 12, "node-a", T0) == ""
+    assert ledger.claim_epoch(SHARD, 13, "node-a", T0 + 1) == "node-a"
+    assert ledger.claim_epoch(SHARD, 15, "node-b", T0 + 2) == "node-a"
+
+
+def test_incidents_are_kept_and_read_by_time_and_kind(ledger):
+    ledger.record_incident("rebuild", "node-a", 3, "rebuilt from the ledger", T0)
+    ledger.record_incident("failover", "node-b", -1, "took shards 0-7 over from node-a", T0 + 1000)
+    ledger.record_incident("fenced_write", "node-a", 3, "x" * 5000, T0 + 2000)
+
+    assert [i.kind for i in ledger.incidents()] == ["rebuild", "failover", "fenced_write"]
+    assert [i.kind for i in ledger.incidents(since_ms=T0 + 1000)] == ["failover", "fenced_write"]
+    assert [i.kind for i in ledger.incidents(until_ms=T0 + 1000)] == ["rebuild"]  # the end is left out
+    assert [i.kind for i in ledger.incidents(T0 + 1, T0 + 2001, kinds=["fenced_write", "rebuild"])] == ["fenced_write"]
+    first = ledger.incidents()[0]
+    assert (first.at_ms, first.node, first.shard, first.detail) == (T0, "node-a", 3, "rebuilt from the ledger")
+    assert len(ledger.incidents(kinds=["fenced_write"])[0].detail) == 1024  # cut to the column
+    with pytest.raises(ValueError, match="unknown incident kind"):
+        ledger.record_incident("oops", "node-a", 3, "", T0)
 
 
 def test_claim_epoch_records_the_owner_and_the_snapshot_carries_the_epoch(ledger):

@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 from flashstock.server._config import setting_help
 from flashstock.server.cli import what_to_install
 from flashstock.server.cli.app import app
-from flashstock.server.cli.common import parse_time_ms
+from flashstock.server.cli.common import format_duration_ms, parse_duration_ms, parse_time_ms
 
 
 def test_serve_help_documents_every_setting():
@@ -95,3 +95,30 @@ def test_a_postgres_ledger_without_its_extra_names_the_postgres_extra():
         "flashstock: a PostgreSQL ledger needs the postgres extra: pip install 'flashstock[postgres]' "
         "(missing: psycopg)"
     )
+
+
+@pytest.mark.parametrize(
+    ("text", "ms"),
+    [("30s", 30_000), ("1.5m", 90_000), ("1m30s", 90_000), ("2h", 7_200_000), ("250ms", 250), ("4000", 4000), ("0", 0)],
+)
+def test_durations_read_like_the_sale_time_offsets(text, ms):
+    assert parse_duration_ms(text) == ms
+    assert parse_duration_ms(format_duration_ms(ms)) == ms
+
+
+@pytest.mark.parametrize("text", ["30x", "s", "1m 30s", "-5s", "+5s"])
+def test_a_duration_that_is_none_is_refused(text):
+    with pytest.raises(typer.BadParameter):
+        parse_duration_ms(text)
+
+
+def test_sku_put_refuses_a_price_finer_than_its_currency_before_calling_a_node():
+    result = CliRunner().invoke(
+        app,
+        ["sku", "put", "s", "--stock", "1", "--price", "19.999", "--currency", "EUR", "--addr", "127.0.0.1:1"],
+        env={"NO_COLOR": "1", "COLUMNS": "200"},
+    )
+    assert result.exit_code == 2
+    assert "at most 2 decimals" in result.output
+    no_currency = CliRunner().invoke(app, ["sku", "put", "s", "--stock", "1", "--price", "5", "--addr", "127.0.0.1:1"])
+    assert no_currency.exit_code == 2 and "--currency" in no_currency.output

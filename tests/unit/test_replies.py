@@ -174,7 +174,17 @@ def test_the_sku_hash_reads_in_one_vocabulary():
     assert not h.paused and h.mode is Mode.FAST
     text = r.sku_hash("s", {"avail": "1", "mode": "durable", "paused": "1"})  # a decoding client's hash too
     assert text.available == 1 and text.paused and text.mode is Mode.DURABLE
-    assert set(r.SKU_FIELDS) == set(r.SkuHash._fields) - {"paused", "mode"}
+    assert set(r.SKU_FIELDS) == set(r.SkuHash._fields) - {"paused", "mode", "currency"}
+
+
+def test_the_sku_hash_carries_the_goals_and_price_and_an_older_hash_has_none():
+    fields = {b"total": b"10", b"gu": b"8", b"gs": b"30000", b"gb": b"5", b"pr": b"1999", b"cur": b"EUR"}
+    sku = r.sku_from_hash("s", 3, fields)
+    assert (sku.goal_units, sku.goal_sellout_ms, sku.goal_buyers) == (8, 30000, 5)
+    assert (sku.unit_price_minor, sku.currency) == (1999, "EUR")
+    older = r.sku_from_hash("s", 3, {b"total": b"10"})
+    assert (older.goal_units, older.goal_sellout_ms, older.goal_buyers, older.unit_price_minor) == (0, 0, 0, 0)
+    assert older.currency == ""
 
 
 def test_bind_reply_says_who_made_the_binding_and_what_is_bound():

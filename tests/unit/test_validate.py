@@ -109,3 +109,37 @@ def test_batch_violations_stay_small_whatever_the_ids():
     assert all(sku not in x.description for x in bad)
     # Past the most items, the count is said once and the items not looked at.
     assert len(v.batch_violations("u", [("", 0)] * 10_000, "r")) == 1
+
+
+def test_goals_and_price_in_range_are_taken():
+    good = SkuDefinition(
+        "s", 10, goal_units=10, goal_sellout_ms=30_000, goal_buyers=10, unit_price_minor=1999, currency="EUR"
+    )
+    assert v.put_violations(good, "r") == []
+    assert v.put_violations(SkuDefinition("s", 10, goal_sellout_ms=v.MAX_GOAL_SELLOUT_MS), "r") == []
+
+
+def test_negative_or_too_large_goals_and_price_are_refused():
+    bad = SkuDefinition("s", 10, goal_units=-1, goal_sellout_ms=-1, goal_buyers=-1, unit_price_minor=-1)
+    assert fields(v.put_violations(bad, "r")) == {"goal_units", "goal_sellout_ms", "goal_buyers", "unit_price_minor"}
+    huge = SkuDefinition(
+        "s",
+        v.MAX_STOCK,
+        goal_sellout_ms=v.MAX_GOAL_SELLOUT_MS + 1,
+        unit_price_minor=v.MAX_PRICE_MINOR + 1,
+        currency="EUR",
+    )
+    assert fields(v.put_violations(huge, "r")) == {"goal_sellout_ms", "unit_price_minor"}
+
+
+def test_goals_the_stock_cannot_meet_are_refused():
+    bad = v.put_violations(SkuDefinition("s", 10, goal_units=11, goal_buyers=11), "r")
+    assert fields(bad) == {"goal_units", "goal_buyers"}
+    assert "cannot be met" in bad[0].description
+
+
+def test_a_price_needs_a_currency_code_and_a_currency_a_price():
+    assert fields(v.put_violations(SkuDefinition("s", 1, unit_price_minor=100), "r")) == {"currency"}
+    assert fields(v.put_violations(SkuDefinition("s", 1, currency="EUR"), "r")) == {"currency"}
+    for code in ("eur", "EU", "EURO", "E1R", "ÉUR", "€"):
+        assert fields(v.put_violations(SkuDefinition("s", 1, unit_price_minor=1, currency=code), "r")) == {"currency"}

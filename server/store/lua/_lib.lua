@@ -13,6 +13,10 @@
 --                           sold-out/available flip; orders announcements
 --   sale                    +1 on every put; holds of an older sale give
 --                           their units back to nobody
+--   gu gs gb                the sale's goals: units, sell-out ms, distinct
+--                           buyers (0 = none); read by the board
+--   pr cur                  unit price in minor units (0 = none), ISO 4217
+--                           currency ('' = none)
 --
 -- Records: the first answer of every call that took effect, per SKU: a
 -- request id has one scope, (sku_id, request_id), everywhere (Redis, the

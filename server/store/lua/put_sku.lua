@@ -12,13 +12,21 @@
 -- ARGV[1] sku_id  ARGV[2] stock  ARGV[3] per-user limit  ARGV[4] max per request
 -- ARGV[5] sale start ms  ARGV[6] sale end ms  ARGV[7] mode  ARGV[8] admin ttl s
 -- ARGV[9] key prefix of the shard ('fs:{s<n>}:')   ARGV[10] request_id
+-- ARGV[11] goal units  ARGV[12] goal sell-out ms  ARGV[13] goal buyers
+-- ARGV[14] unit price in minor units  ARGV[15] currency ('' = no price)
 --
 -- Returns {code, log_id, HGETALL of the sku hash...}, code one of
 --   OK, DUP (applied before; nothing changed; log_id the log's tail),
 --   MISMATCH (the request_id was applied before to another call),
 --   NO_SHARD (the shard's state is missing: rebuild it, then send again)
 if not shard_ready(ARGV[9]) then return {'NO_SHARD'} end
-local fingerprint = redis.sha1hex(table.concat({'put', ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7]}, '\0'))
+local call = {'put', ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7]}
+-- Goals and price join the fingerprint only when given, so a put without
+-- them keeps the fingerprint it had before they existed (its resends match).
+if ARGV[11] ~= '0' or ARGV[12] ~= '0' or ARGV[13] ~= '0' or ARGV[14] ~= '0' or ARGV[15] ~= '' then
+  for i = 11, 15 do call[#call + 1] = ARGV[i] end
+end
+local fingerprint = redis.sha1hex(table.concat(call, '\0'))
 local seen = redis.call('GET', KEYS[4])
 if seen and seen ~= fingerprint then return {'MISMATCH'} end
 local function answer(code, log_id)
@@ -37,10 +45,12 @@ redis.call('DEL', KEYS[1], KEYS[2])
 -- as a float ('1e+17') past 17 digits.
 redis.call('HSET', KEYS[1], 'avail', ARGV[2], 'total', ARGV[2], 'held', 0, 'conf', 0,
            'lim', ARGV[3], 'maxq', ARGV[4], 'start', ARGV[5], 'end', ARGV[6],
-           'paused', 0, 'mode', ARGV[7], 'sv', old[1] or '0', 'sale', sale)
+           'paused', 0, 'mode', ARGV[7], 'sv', old[1] or '0', 'sale', sale,
+           'gu', ARGV[11], 'gs', ARGV[12], 'gb', ARGV[13], 'pr', ARGV[14], 'cur', ARGV[15])
 announce(KEYS[1], KEYS[3], ARGV[1], stock, stock, true)
 local log_id = redis.call('XADD', KEYS[5], '*', 't', 'P', 'k', ARGV[1], 'q', ARGV[2], 'lim', ARGV[3],
                           'maxq', ARGV[4], 'start', ARGV[5], 'end', ARGV[6], 'mode', ARGV[7], 's', sale,
-                          'r', ARGV[10], 'f', fingerprint)
+                          'r', ARGV[10], 'f', fingerprint, 'gu', ARGV[11], 'gs', ARGV[12], 'gb', ARGV[13],
+                          'pr', ARGV[14], 'cur', ARGV[15])
 redis.call('SET', KEYS[4], fingerprint, 'EX', tonumber(ARGV[8]))
 return answer('OK', log_id)
