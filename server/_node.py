@@ -307,7 +307,9 @@ class Node:
         if endpoints:
             address = self.config.advertise or f"{self.config.host}:{port}"
             # The metrics are served on the host of the advertised address (the board finds them there).
-            metrics_address = f"{address.rsplit(':', 1)[0]}:{self.config.metrics_port}" if self.config.metrics_port else ""
+            metrics_address = (
+                f"{address.rsplit(':', 1)[0]}:{self.config.metrics_port}" if self.config.metrics_port else ""
+            )
             self.ownership = Ownership(
                 endpoints,
                 self.config.cluster,

@@ -54,6 +54,9 @@ STOCK_SERVICE = "flashstock.v1.StockService"
 MAX_SKUS = 24
 """At most this many SKUs are shown: the most recently tried first, then the index's first ones."""
 
+GONE_HOLD_S = 300.0
+"""How long a node that left etcd's registry stays on the board (shown as it answers, unregistered)."""
+
 ACTIVE_WINDOW_S = 3600
 """A SKU tried within this many seconds counts as on sale (active set score)."""
 
@@ -68,6 +71,8 @@ class NodeAddress:
     """``host:port`` of its ``/metrics`` endpoint (``""``: not read)."""
     node: str = ""
     """Its id (etcd's; the address when given as a list)."""
+    registered: bool = True
+    """False for a node that left etcd's registry (its lease is gone) and is still shown for a while."""
 
     @classmethod
     def parse(cls, text: str) -> NodeAddress:
@@ -119,6 +124,7 @@ class Collector:
         self._redis: Redis | None = None
         self._etcd: Any = None
         self._channels: dict[str, grpc.aio.Channel] = {}
+        self._known: dict[str, tuple[NodeAddress, float]] = {}
 
     # -- fan-out ---------------------------------------------------------------------------------
 
@@ -272,9 +278,16 @@ class Collector:
             self._etcd = None
 
     async def _node_list(self, problems: list[str]) -> tuple[list[NodeAddress], dict[str, int]]:
-        """The nodes to read, and the shards each owns as etcd says (empty without etcd)."""
+        """The nodes to read, and the shards each owns as etcd says (empty without etcd).
+
+        A node that left etcd's registry (its lease expired: it died, or lost
+        its session) stays on the board for :data:`GONE_HOLD_S`, still probed,
+        so the operator sees it fail instead of vanish; while etcd cannot be
+        read, the nodes last seen are read.
+        """
         if not self.sources.etcd:
             return list(self.sources.nodes), {}
+        now = time.monotonic()
         try:
             if self._etcd is None:
                 self._etcd = etcd_client(self.sources.etcd, timeout=self.sources.timeout_s * 2)
@@ -282,9 +295,18 @@ class Collector:
         except Exception as exc:  # noqa: BLE001 - shown on the page; a new client next poll
             problems.append(f"etcd unreachable: {_reason(exc)}")
             await self._close_etcd()
-            return [], {}
-        nodes = [NodeAddress(info.address, info.metrics, info.node) for info in view.nodes.values()]
-        return sorted(nodes, key=lambda n: n.node), {n: view.owned_count(n) for n in view.nodes}
+            return sorted((n for n, _ in self._known.values()), key=lambda n: n.node), {}
+        for info in view.nodes.values():
+            self._known[info.node] = (NodeAddress(info.address, info.metrics, info.node, registered=True), now)
+        for node_id, (node, seen) in list(self._known.items()):
+            if node_id in view.nodes:
+                continue
+            if now - seen > GONE_HOLD_S:
+                del self._known[node_id]
+            elif node.registered:
+                self._known[node_id] = (NodeAddress(node.address, node.metrics, node.node, registered=False), seen)
+        nodes = sorted((n for n, _ in self._known.values()), key=lambda n: n.node)
+        return nodes, {n: view.owned_count(n) for n in view.nodes}
 
     async def _nodes(self, problems: list[str]) -> tuple[list[dict[str, Any]], list[dict[str, str]]]:
         nodes, owned = await self._node_list(problems)
@@ -294,21 +316,24 @@ class Collector:
         for node, (health, metrics) in zip(nodes, readings, strict=True):
             memory = self._state.nodes.setdefault(node.node, NodeMemory())
             rates = node_rates(metrics, memory.metrics, now - memory.at) if metrics is not None else {}
-            alerts += node_alerts(node.node, health, metrics, rates, memory, now)
+            alerts += node_alerts(node.node, health, metrics, rates, memory, now, registered=node.registered)
             if metrics is not None:
                 memory.metrics, memory.at = metrics, now
             shards = owned.get(node.node)
             if shards is None and metrics is not None and "flashstock_owned_shards" in metrics:
                 shards = int(metrics["flashstock_owned_shards"])
-            out.append({
-                "id": node.node,
-                "address": node.address,
-                "metrics": node.metrics,
-                "health": health,
-                "rps": rates.get("rps"),
-                "owned_shards": shards,
-                "metrics_ok": metrics is not None,
-            })
+            out.append(
+                {
+                    "id": node.node,
+                    "address": node.address,
+                    "metrics": node.metrics,
+                    "health": health,
+                    "rps": rates.get("rps"),
+                    "owned_shards": shards,
+                    "metrics_ok": metrics is not None,
+                    "registered": node.registered,
+                }
+            )
         for gone in set(self._state.nodes) - {n.node for n in nodes}:
             del self._state.nodes[gone]
         return out, alerts

@@ -189,7 +189,12 @@ def goals(
     if (goal_ms := _int(definition, "gs")) > 0:
         goal_s = goal_ms / 1000
         if actual_s is not None:
-            out["sellout"] = {"goal": goal_s, "value": actual_s, "progress": actual_s / goal_s, "met": actual_s <= goal_s}
+            out["sellout"] = {
+                "goal": goal_s,
+                "value": actual_s,
+                "progress": actual_s / goal_s,
+                "met": actual_s <= goal_s,
+            }
         else:
             taken = elapsed_s or 0.0
             out["sellout"] = {
@@ -255,34 +260,49 @@ RAISING_COUNTERS = {
 
 
 def node_alerts(
-    node: str, health: str, metrics: Mapping[str, float] | None, rates: Mapping[str, float | None], memory: NodeMemory,
+    node: str,
+    health: str,
+    metrics: Mapping[str, float] | None,
+    rates: Mapping[str, float | None],
+    memory: NodeMemory,
     now: float,
+    *,
+    registered: bool = True,
 ) -> list[dict[str, str]]:
-    """The alerts one node's readings raise; ``memory.raised`` keeps a counter's increase up for :data:`ALERT_HOLD_S`."""
+    """The alerts one node's readings raise; ``memory.raised`` keeps a counter's increase up for :data:`ALERT_HOLD_S`.
+
+    ``registered``: False once the node left etcd's registry (its lease is gone).
+    """
     alerts: list[dict[str, str]] = []
     if health != "SERVING":
         alerts.append({"node": node, "kind": "health", "message": f"node {node} is {health}"})
+    if not registered:
+        alerts.append({"node": node, "kind": "registry", "message": f"node {node} left etcd's registry (lease gone)"})
     raised = memory.raised if memory.raised is not None else {}
     memory.raised = raised
     if metrics is not None:
         differences = metrics.get("flashstock_reconcile_differences", 0.0)
         if differences > 0:
-            alerts.append({
-                "node": node,
-                "kind": "reconcile",
-                "message": f"node {node}: Redis and the ledger differ on {differences:g} figures",
-            })
+            alerts.append(
+                {
+                    "node": node,
+                    "kind": "reconcile",
+                    "message": f"node {node}: Redis and the ledger differ on {differences:g} figures",
+                }
+            )
         for kind, (name, _) in RAISING_COUNTERS.items():
             change = _delta(metrics, memory.metrics, name)
             if change:
                 raised[kind] = now
         backlog = metrics.get("flashstock_persister_backlog_entries", 0.0)
         if backlog > BACKLOG_ALERT_ENTRIES:
-            alerts.append({
-                "node": node,
-                "kind": "backlog",
-                "message": f"node {node}: persister backlog {backlog:g} entries",
-            })
+            alerts.append(
+                {
+                    "node": node,
+                    "kind": "backlog",
+                    "message": f"node {node}: persister backlog {backlog:g} entries",
+                }
+            )
     lag = rates.get("lag_s")
     if lag is not None and lag > LAG_ALERT_S:
         alerts.append({"node": node, "kind": "lag", "message": f"node {node}: persister lag {lag:.1f} s"})

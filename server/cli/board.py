@@ -22,7 +22,9 @@ def board(
     etcd: Annotated[
         str,
         typer.Option(
-            "--etcd", envvar="FLASHSTOCK_ETCD", help="etcd endpoints (host:port, comma-separated): watch the cluster's live nodes."
+            "--etcd",
+            envvar="FLASHSTOCK_ETCD",
+            help="etcd endpoints (host:port, comma-separated): watch the cluster's live nodes.",
         ),
     ] = "",
     cluster: Annotated[

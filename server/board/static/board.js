@@ -132,9 +132,11 @@ function drawNodes(nodes) {
     body.append(row);
   }
   for (const n of nodes) {
-    const row = el("tr", { "data-testid": "node-row", "data-node": n.id, "data-health": n.health });
+    const row = el("tr", {
+      "data-testid": "node-row", "data-node": n.id, "data-health": n.health, "data-registered": String(n.registered),
+    });
     row.append(
-      el("td", {}, n.id), el("td", {}, n.address), el("td", { class: "health" }, n.health),
+      el("td", {}, n.id), el("td", {}, n.address), el("td", { class: "health" }, n.registered ? n.health : `${n.health} (left etcd)`),
       el("td", {}, fmt(n.rps, 1)), el("td", {}, n.owned_shards === null ? "–" : String(n.owned_shards)),
     );
     body.append(row);
