@@ -50,7 +50,7 @@ def create_app(collector: Collector, *, run_collector: bool = True) -> Starlette
 
         async def stream() -> AsyncIterator[str]:
             try:
-                yield f"retry: 1000\n\n"
+                yield "retry: 1000\n\n"
                 while not await request.is_disconnected():
                     try:
                         snapshot: dict[str, Any] = await asyncio.wait_for(queue.get(), HEARTBEAT_S)

@@ -223,7 +223,7 @@ class Collector:
 
     async def _skus(self, now_ms: int) -> list[dict[str, Any]]:
         redis = self._redis_client()
-        shards = int(await redis.hget(CONFIG_KEY, "shards") or 0)  # type: ignore[misc]
+        shards = int(await redis.hget(CONFIG_KEY, "shards") or 0)
         second = now_ms // 1000
         chosen: dict[str, int] = {}
         if shards:
@@ -239,7 +239,8 @@ class Collector:
                 chosen.setdefault(sku, shard)
             if len(chosen) < MAX_SKUS:
                 # SKUs put but not tried yet show too, so a sale is on the board before it opens.
-                for sku in await redis.zrange(SKU_INDEX_KEY, 0, MAX_SKUS - 1):
+                listed = [str(sku) for sku in await redis.zrange(SKU_INDEX_KEY, 0, MAX_SKUS - 1)]
+                for sku in listed:
                     if len(chosen) >= MAX_SKUS:
                         break
                     chosen.setdefault(sku, shard_of(sku, shards))
@@ -347,7 +348,7 @@ class Collector:
         if channel is None:
             channel = self._channels[address] = grpc.aio.insecure_channel(address)
         try:
-            reply = await health_pb2_grpc.HealthStub(channel).Check(
+            reply = await health_pb2_grpc.HealthStub(channel).Check(  # type: ignore[attr-defined]
                 health_pb2.HealthCheckRequest(service=STOCK_SERVICE), timeout=self.sources.timeout_s
             )
         except grpc.aio.AioRpcError:

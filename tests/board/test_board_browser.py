@@ -13,8 +13,10 @@ The per-second figures are written per the Redis contract
 
 from __future__ import annotations
 
+import json
 import threading
 import time
+import urllib.request
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -160,6 +162,11 @@ def test_the_page_says_when_redis_is_lost_and_recovers(
     expect(page.locator('[data-testid="node-row"][data-health="SERVING"]')).to_have_count(2, timeout=WAIT_MS)
     problems = page.locator('[data-testid="problems"]')
     expect(problems).to_be_hidden()
+    # The nodes registered their metrics addresses in etcd, and the board read them there.
+    with urllib.request.urlopen(cluster_board.url + "api/state", timeout=5) as reply:
+        nodes = json.load(reply)["nodes"]
+    assert sorted(n["metrics"] for n in nodes) == sorted(f"127.0.0.1:{p}" for p in cluster.metrics_ports)
+    assert all(n["metrics_ok"] and n["owned_shards"] > 0 for n in nodes)
     off_loop(cluster.kill_process, "redis")
     try:
         expect(problems).to_be_visible(timeout=WAIT_MS)
