@@ -1,4 +1,4 @@
-"""Fixtures of the board's tests: Debian's chromium for pytest-playwright, and the sale figures a node would write.
+"""Fixtures of the board's tests: Debian's chromium, headless, as pytest-playwright's ``browser`` and ``page``.
 
 Playwright's own browser downloads are not available here: the browser is
 the system's ``/usr/bin/chromium`` (``apt-get install chromium``; ``make
@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import os
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
+from playwright.sync_api import Browser, Page, sync_playwright
 
 CHROMIUM = "/usr/bin/chromium"
 """The browser the tests drive, headless."""
@@ -42,10 +43,33 @@ def _chromium() -> str:
     return path
 
 
-@pytest.fixture(scope="session")
-def browser_type_launch_args(browser_type_launch_args: dict[str, Any]) -> dict[str, Any]:
-    """pytest-playwright's launch settings: Debian's chromium, headless, offline."""
-    return {**browser_type_launch_args, "executable_path": _chromium(), "headless": True, "args": CHROMIUM_ARGS}
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    """Debian's chromium, headless and offline, for one test module.
+
+    Overrides pytest-playwright's session-wide browser: Playwright's sync API
+    keeps an event loop running in the test thread while it is started, and
+    every pytest-asyncio test after it would fail ("cannot be called from a
+    running event loop"). Started and stopped per module, it is gone before
+    the other modules' tests run.
+    """
+    executable = _chromium()
+    with sync_playwright() as playwright:
+        launched = playwright.chromium.launch(executable_path=executable, headless=True, args=CHROMIUM_ARGS)
+        try:
+            yield launched
+        finally:
+            launched.close()
+
+
+@pytest.fixture
+def page(browser: Browser) -> Iterator[Page]:
+    """A fresh page of its own context (no cookies or storage shared between tests)."""
+    context = browser.new_context(viewport={"width": 1280, "height": 800})
+    try:
+        yield context.new_page()
+    finally:
+        context.close()
 
 
 @pytest.fixture
