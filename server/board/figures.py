@@ -142,6 +142,8 @@ def sku_figures(
     del memory.series[:-SERIES_POINTS]
 
     elapsed_s = (now_ms - memory.started_ms) / 1000 if memory.started_ms else None
+    end_ms = _int(definition, "end")
+    over = (total > 0 and left == 0) or (end_ms > 0 and now_ms >= end_ms)
     return {
         "sku": sku,
         "left": left,
@@ -162,29 +164,37 @@ def sku_figures(
         "p99_ms": percentile_ms(latencies, 0.99),
         "sellout": sellout,
         "elapsed_s": elapsed_s,
-        "goals": goals(definition, sold, buyers, sellout["actual_s"], elapsed_s),
+        "goals": goals(definition, sold, buyers, sellout["actual_s"], elapsed_s, over=over),
         "series": memory.series,
     }
 
 
 def goals(
-    definition: Mapping[str, str], sold: int, buyers: int, actual_s: float | None, elapsed_s: float | None
+    definition: Mapping[str, str],
+    sold: int,
+    buyers: int,
+    actual_s: float | None,
+    elapsed_s: float | None,
+    *,
+    over: bool = False,
 ) -> dict[str, Any]:
     """Progress against the sale's goals (``gu`` units, ``gs`` sell-out ms, ``gb`` buyers) and the amount sold.
 
-    Each goal present gives ``{goal, value, progress}`` (progress 0..1 and more
-    once exceeded); the sell-out goal's progress is elapsed time ÷ the goal,
-    ``met`` once sold out within it, ``missed`` once past it unsold out.
+    Each goal present gives ``{goal, value, progress, met}`` (progress 0..1 and
+    more once exceeded). ``met`` is True once reached, False once it can no
+    longer be (the sale is ``over``: sold out or its window closed; for the
+    sell-out time, once past it), None while open. The sell-out goal's
+    progress is the time taken ÷ the goal.
     """
     out: dict[str, Any] = {}
     if (units := _int(definition, "gu")) > 0:
-        out["units"] = {"goal": units, "value": sold, "progress": sold / units, "met": sold >= units}
+        out["units"] = {"goal": units, "value": sold, "progress": sold / units, "met": _met(sold >= units, over)}
     if (goal_buyers := _int(definition, "gb")) > 0:
         out["buyers"] = {
             "goal": goal_buyers,
             "value": buyers,
             "progress": buyers / goal_buyers,
-            "met": buyers >= goal_buyers,
+            "met": _met(buyers >= goal_buyers, over),
         }
     if (goal_ms := _int(definition, "gs")) > 0:
         goal_s = goal_ms / 1000
@@ -206,6 +216,10 @@ def goals(
     if (price := _int(definition, "pr")) > 0:
         out["amount"] = {"minor": price * sold, "currency": definition.get("cur", "")}
     return out
+
+
+def _met(reached: bool, over: bool) -> bool | None:
+    return True if reached else (False if over else None)
 
 
 # -- nodes -----------------------------------------------------------------------------------------

@@ -27,7 +27,9 @@ import redis as redis_py
 from playwright.sync_api import Page, expect
 
 from flashstock.client import AdminClient, StockClient
+from flashstock.lockmgr import shard_of
 from flashstock.server.local.procs import BoardProcess, NodeProcess, RedisServer, free_port
+from flashstock.server.store.keys import ShardKeys
 from tests.helpers.cluster import CLUSTER, ClusterStack
 from tests.helpers.failpoints import KillNode
 from tests.helpers.sale_figures import write_second
@@ -94,6 +96,9 @@ def test_during_a_sale_stock_left_falls_and_the_curves_move(page: Page, artifact
     ):
         with AdminClient(addresses=node.address) as admin:
             admin.put_sku(sku, 2_000)
+        # The sale's goals and price, as `sku put` stores them in the SKU hash (gu gs gb pr cur).
+        goals = {"gu": 1_000, "gs": 600_000, "gb": 500, "pr": 1_999, "cur": "EUR"}
+        redis_py.Redis.from_url(server.url).hset(ShardKeys(shard_of(sku, 64)).sku(sku), mapping=goals)
         page.goto(board.url)
         left = page.locator(f'[data-testid="sku-left"][data-sku="{sku}"]')
         expect(left).to_have_attribute("data-value", "2000", timeout=WAIT_MS)
@@ -119,6 +124,11 @@ def test_during_a_sale_stock_left_falls_and_the_curves_move(page: Page, artifact
                 timeout=WAIT_MS,
             )
             assert page.locator(f'[data-testid="sku-conv-ok"][data-sku="{sku}"]').inner_text() != "–"
+            goals_box = page.locator(f'[data-testid="sku-goals"][data-sku="{sku}"]')
+            expect(goals_box.locator('[data-testid="goal-units"]')).to_have_attribute("data-state", "open")
+            expect(goals_box.locator('[data-testid="goal-buyers"]')).to_be_visible()
+            expect(goals_box.locator('[data-testid="goal-sellout"]')).to_be_visible()
+            expect(page.locator(f'[data-testid="sku-amount"][data-sku="{sku}"]')).to_contain_text("EUR")
             assert page.locator(f"{charts} canvas").count() >= 2  # uPlot drew both charts
             shot = artifacts / "board.png"
             page.screenshot(path=str(shot), full_page=True)

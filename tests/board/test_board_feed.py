@@ -129,6 +129,8 @@ def test_a_hundred_viewers_cost_redis_no_more_than_one(
             sock.close()
     assert alone > 0
     assert crowded == pytest.approx(alone, rel=0.25)
+    # Closed pages are forgotten: nothing is kept for them.
+    eventually(lambda: urllib.request.urlopen(board.url + "healthz").read(), until=lambda b: b"ok 0 viewers" in b)
 
 
 @pytest.mark.parametrize(

@@ -80,6 +80,13 @@ def test_sellout_is_projected_while_selling_and_actual_after() -> None:
     assert _figures(definition=out, memory=memory, now_ms=20_000)["sellout"]["actual_s"] == pytest.approx(3.5)
 
 
+def test_goals_are_missed_only_once_the_sale_is_over() -> None:
+    definition = dict(SKU, gu="80", end="50000")
+    assert _figures(definition=definition, now_ms=10_000)["goals"]["units"]["met"] is None
+    assert _figures(definition=definition, now_ms=50_000)["goals"]["units"]["met"] is False
+    assert _figures(definition=dict(definition, avail="0"), now_ms=10_000)["goals"]["units"]["met"] is True
+
+
 def test_sellout_counts_from_the_window_start() -> None:
     out = dict(SKU, avail="0", start="4000")
     assert _figures(definition=out, now_ms=9_000)["sellout"]["actual_s"] == pytest.approx(5.0)
@@ -109,8 +116,10 @@ def test_series_keep_the_last_points() -> None:
 def test_goals_progress_and_amount() -> None:
     definition = {"gu": "200", "gb": "10", "gs": "30000", "pr": "1999", "cur": "EUR"}
     out = goals(definition, sold=100, buyers=12, actual_s=None, elapsed_s=15.0)
-    assert out["units"] == {"goal": 200, "value": 100, "progress": 0.5, "met": False}
+    assert out["units"] == {"goal": 200, "value": 100, "progress": 0.5, "met": None}  # still selling
     assert out["buyers"]["met"] is True
+    assert goals(definition, 100, 12, actual_s=5.0, elapsed_s=5.0, over=True)["units"]["met"] is False
+    assert goals(definition, 200, 12, actual_s=5.0, elapsed_s=5.0, over=True)["units"]["met"] is True
     assert out["sellout"] == {"goal": 30.0, "value": 15.0, "progress": 0.5, "met": None}
     assert out["amount"] == {"minor": 199_900, "currency": "EUR"}
     assert goals(definition, 100, 12, actual_s=25.0, elapsed_s=40.0)["sellout"]["met"] is True
