@@ -102,12 +102,15 @@ class NodeInfo:
     """When it registered, unix ms on its own clock (for people, not for decisions)."""
     lease: int
     """The id of the etcd lease its registration is bound to."""
+    metrics: str = ""
+    """Where its Prometheus metrics are served (``host:port``); ``""``: nowhere, or a
+    registration older than this field."""
 
 
 def _node_info(node: str, value: bytes, lease: int) -> NodeInfo | None:
     try:
         data = json.loads(value)
-        return NodeInfo(node, str(data["address"]), int(data["started_ms"]), lease)
+        return NodeInfo(node, str(data["address"]), int(data["started_ms"]), lease, str(data.get("metrics", "")))
     except (ValueError, KeyError, TypeError):
         log.warning("ignoring a malformed node registration %r: %r", node, value)
         return None
@@ -227,8 +230,11 @@ class EtcdSession:
         self._lose("etcd: the lease is not found (expired or revoked)")
         return LeaseLost(f"the lease of node {self.node_id!r} is gone in etcd; open a new session")
 
-    async def register(self, address: str, *, wait: float | None = None) -> NodeInfo:
+    async def register(self, address: str, *, wait: float | None = None, metrics: str = "") -> NodeInfo:
         """Register this node as live under the session's lease: ``nodes/<node id>``.
+
+        ``address`` is its gRPC address, ``metrics`` where its metrics are
+        served (``host:port``, or ``""``), both ``host:port``.
 
         A node id belongs to one process: if another live session holds it
         (an earlier run of this node whose lease has not expired yet), wait
@@ -242,7 +248,10 @@ class EtcdSession:
         while True:
             self.ensure_alive()
             started_ms = int(time.time() * 1000)
-            value = json.dumps({"address": address, "started_ms": started_ms}).encode()
+            record: dict[str, object] = {"address": address, "started_ms": started_ms}
+            if metrics:
+                record["metrics"] = metrics
+            value = json.dumps(record).encode()
             try:
                 ok, responses = await self.client.transaction(
                     # Unregistered: take the id.
@@ -251,7 +260,7 @@ class EtcdSession:
                     failure=[tx.get(key)],
                 )
                 if ok:
-                    return NodeInfo(self.node_id, address, started_ms, self.lease_id)
+                    return NodeInfo(self.node_id, address, started_ms, self.lease_id, metrics)
                 current = responses[0][0][1]
                 if current.lease == self.lease_id:
                     ok, _ = await self.client.transaction(
@@ -262,7 +271,7 @@ class EtcdSession:
                         failure=[],
                     )
                     if ok:
-                        return NodeInfo(self.node_id, address, started_ms, self.lease_id)
+                        return NodeInfo(self.node_id, address, started_ms, self.lease_id, metrics)
                     continue
             except Exception as exc:
                 if is_lease_not_found(exc):

@@ -73,6 +73,9 @@ problems += [f"sdist: generated {n} (the build makes it)" for n in sorted(sdist_
 wanted = [f"flashstock/v1/{api}{suffix}" for api in ("stock", "admin")
           for suffix in ("_pb2.py", "_pb2.pyi", "_pb2_grpc.py")]
 wanted += [f"flashstock/{pkg}/py.typed" for pkg in ("client", "lockmgr", "server", "v1")]
+wanted += ["flashstock/server/board/static/index.html", "flashstock/server/board/static/board.js",
+           "flashstock/server/board/static/vendor/uplot/uPlot.iife.min.js",
+           "flashstock/server/board/static/vendor/uplot/LICENSE"]
 wanted += ["flashstock/server/store/lua/deduct.lua", "flashstock/server/ledger/migrations/env.py",
            "flashstock/server/ledger/migrations/versions/0001_initial.py"]
 problems += [f"wheel: no {name}" for name in wanted if name not in wheel_names]

@@ -3,7 +3,8 @@
 # servers it runs (redis-server; etcd-server for the cluster's coordination;
 # postgresql, whose server binaries the tests start a throw-away cluster
 # with; prometheus, for the promtool that checks deploy/prometheus/'s alert
-# rules), a virtual environment in .venv, and the
+# rules; chromium, the headless browser the board's browser tests drive),
+# a virtual environment in .venv, and the
 # package installed editable with its stubs generated from protos/.
 # Idempotent: run it again and it only does what is missing.
 set -euo pipefail
@@ -11,13 +12,14 @@ cd "$(dirname "$0")/.."
 
 PYTHON=${PYTHON:-python3}
 VENV=${VENV:-.venv}
-APT_PACKAGES=(redis-server etcd-server postgresql prometheus)
+APT_PACKAGES=(redis-server etcd-server postgresql prometheus chromium)
 
 missing=()
 command -v redis-server >/dev/null 2>&1 || [ -x /usr/bin/redis-server ] || missing+=(redis-server)
 command -v etcd >/dev/null 2>&1 || [ -x /usr/bin/etcd ] || missing+=(etcd-server)
 command -v initdb >/dev/null 2>&1 || compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || missing+=(postgresql)
 command -v promtool >/dev/null 2>&1 || [ -x /usr/bin/promtool ] || missing+=(prometheus)
+command -v chromium >/dev/null 2>&1 || [ -x /usr/bin/chromium ] || missing+=(chromium)
 if ! "$PYTHON" -c 'import sys; assert sys.version_info >= (3, 11)' 2>/dev/null; then
   echo "flashstock needs Python 3.11 or newer as '$PYTHON' (set PYTHON=...)." >&2
   exit 1

@@ -314,6 +314,10 @@ class Node:
         endpoints = etcd_endpoints(self.config)
         if endpoints:
             address = self.config.advertise or f"{self.config.host}:{port}"
+            # The metrics are served on the host of the advertised address (the board finds them there).
+            metrics_address = (
+                f"{address.rsplit(':', 1)[0]}:{self.config.metrics_port}" if self.config.metrics_port else ""
+            )
             self.ownership = Ownership(
                 endpoints,
                 self.config.cluster,
@@ -324,6 +328,7 @@ class Node:
                 self.redis,
                 self.ledger,
                 self.duties,
+                metrics_address,
             )
             try:
                 await self.ownership.start()

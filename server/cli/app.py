@@ -3,7 +3,7 @@
 As etcdctl's ``ctlv3/command/*_command.go``: each group lives in its own
 module (:mod:`.serve`, :mod:`.sku`, :mod:`.ledger`, :mod:`.sales`,
 :mod:`.reconcile`, :mod:`.nodes`, :mod:`.shards`, :mod:`.cluster`,
-:mod:`.demo`, :mod:`.bench`), what several share in :mod:`.common`.
+:mod:`.demo`, :mod:`.board`, :mod:`.bench`), what several share in :mod:`.common`.
 The console script enters through :func:`flashstock.server.cli.main`, which
 imports this module only when the server extra is installed.
 """
@@ -16,6 +16,7 @@ import typer
 
 from flashstock.server.cli import version
 from flashstock.server.cli.bench import bench, bench_cluster
+from flashstock.server.cli.board import board
 from flashstock.server.cli.cluster import cluster_app
 from flashstock.server.cli.demo import demo
 from flashstock.server.cli.ledger import ledger_app
@@ -54,6 +55,7 @@ def _root(
 app.command("serve", help=SERVE_HELP)(serve_command())
 app.command("reconcile")(reconcile_command)
 app.command("demo")(demo)
+app.command("board")(board)
 app.command("bench")(bench)
 app.command("bench-cluster")(bench_cluster)
 app.add_typer(sku_app, name="sku")

@@ -83,11 +83,14 @@ class Ownership:
         redis: AsyncRedis,
         ledger: Ledger,
         duties: ShardDuties,
+        metrics_address: str = "",
     ) -> None:
         self.endpoints = endpoints
         self.cluster = cluster
         self.node_id = node_id
         self.address = address
+        self.metrics_address = metrics_address
+        """Where the node's metrics are served (``host:port``, or ``""``), registered beside its address."""
         self.shards = shards
         self._session_config = session
         self._redis = redis
@@ -161,7 +164,7 @@ class Ownership:
             self._session = session
             try:
                 await session.start()
-                await session.register(self.address)
+                await session.register(self.address, metrics=self.metrics_address)
                 log.info(
                     "node %s joined cluster %r at %s (lease %x)",
                     self.node_id,

@@ -37,6 +37,7 @@ import psutil
 from flashstock.server._node import READY_LINE
 
 __all__ = [
+    "BoardProcess",
     "NodeProcess",
     "PostgresServer",
     "ProcessError",
@@ -743,6 +744,69 @@ class NodeProcess:
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
+
+
+class BoardProcess:
+    """A ``flashstock board`` process on a free loopback port: the live board of a sale, in a browser."""
+
+    def __init__(
+        self,
+        redis_url: str,
+        *,
+        etcd: str = "",
+        cluster: str = "",
+        nodes: Sequence[str] = (),
+        interval_s: float = 1.0,
+        port: int | None = None,
+    ) -> None:
+        self.redis_url = redis_url
+        self.port = port or free_port()
+        """Where the page is served (127.0.0.1)."""
+        self._args = [
+            "--redis-url",
+            redis_url,
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--interval",
+            str(interval_s),
+            *(("--etcd", etcd) if etcd else ()),
+            *(("--cluster", cluster) if cluster else ()),
+            *(arg for node in nodes for arg in ("--node", node)),
+        ]
+        self.proc: subprocess.Popen | None = None
+        self._read: Callable[[], str] = lambda: ""
+
+    @property
+    def url(self) -> str:
+        """The page's address."""
+        return f"http://127.0.0.1:{self.port}/"
+
+    def start(self, timeout: float = 30.0) -> BoardProcess:
+        """Start the board and wait for its ready line (``flashstock board on http://...``)."""
+        args = [sys.executable, "-m", "flashstock.server", "board", *self._args]
+        self.proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        self._read = pipe_reader(self.proc)
+        wait_for_line(self.proc, self._read, name="flashstock board", timeout=timeout, line="flashstock board on")
+        return self
+
+    def output(self) -> str:
+        """What the board printed so far."""
+        return self._read()
+
+    def stop(self) -> None:
+        """SIGTERM the board, SIGKILL if it lingers."""
+        if self.proc is not None:
+            stop_family(self.proc, timeout=10)
+            if self.proc.stdout:
+                self.proc.stdout.close()
+
+    def __enter__(self) -> BoardProcess:
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
 
 
 @contextlib.contextmanager

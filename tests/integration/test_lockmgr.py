@@ -108,6 +108,17 @@ async def test_registration_carries_the_address_and_is_bound_to_the_lease(etcd, 
     assert (await session.live_nodes())["node-a"].address == "127.0.0.1:5002"
 
 
+async def test_registration_carries_the_metrics_address_and_reads_old_records(etcd, cluster_name, open_session):
+    session = await open_session("node-a")
+    info = await session.register("127.0.0.1:5001", metrics="127.0.0.1:9101")
+    assert (await session.live_nodes())["node-a"] == info
+    assert info.metrics == "127.0.0.1:9101"
+    # A registration written before the field existed (no "metrics") is read as metrics "".
+    key = ClusterKeys(cluster_name).node("node-b").encode()
+    await etcd.put(key, json.dumps({"address": "127.0.0.1:5002", "started_ms": 1}).encode(), lease=session.lease_id)
+    assert (await session.live_nodes())["node-b"].metrics == ""
+
+
 async def test_closing_the_session_removes_the_node_at_once(etcd, cluster_name, open_session):
     session = await open_session("node-a", ttl=5)
     await session.register("127.0.0.1:5001")
