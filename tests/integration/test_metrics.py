@@ -114,7 +114,9 @@ async def test_the_endpoint_sums_the_calls_of_both_workers(metered):
     for _ in range(10):  # each round's 16 connections all landing on one worker: 2 ** -15
         await deduct_over_fresh_connections(node, 50, "metered")
         sent += 50
-        by_worker = await aeventually(lambda: deducts_by_worker(node), until=lambda d: sum(d.values()) == sent)
+        by_worker = await aeventually(
+            lambda: deducts_by_worker(node), until=lambda d, sent=sent: sum(d.values()) == sent
+        )
         if len(by_worker) >= 2:
             break
     assert sorted(by_worker) == [0, 1], f"Deducts answered per worker: {by_worker}"
