@@ -32,7 +32,6 @@ import multiprocessing.connection
 import multiprocessing.queues
 import os
 import queue
-import shutil
 import signal
 import socket
 import sys
@@ -59,6 +58,7 @@ from flashstock.server._serving_metrics import (
     WorkerFigures,
     flush_every,
     fresh_folder,
+    remove_folder,
     serving_folder,
     snapshot_path,
 )
@@ -396,7 +396,7 @@ class Node:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._flusher
             if self.alone:
-                shutil.rmtree(self.serving_folder(self.port), ignore_errors=True)
+                remove_folder(self.serving_folder(self.port))
         if self.ownership is not None:
             await self.ownership.stop()
         elif self.duties is not None:
@@ -530,7 +530,7 @@ def serve(config: NodeConfig) -> int:
         return _supervise_node(config, indexes, duties)
     finally:
         if figures_folder is not None:
-            shutil.rmtree(figures_folder, ignore_errors=True)
+            remove_folder(figures_folder)
 
 
 def _supervise_node(config: NodeConfig, indexes: list[int], duties: str) -> int:

@@ -141,6 +141,13 @@ def fresh_folder(folder: Path) -> None:
     folder.mkdir(parents=True, exist_ok=True)
 
 
+def remove_folder(folder: Path) -> None:
+    """Remove ``folder`` and its snapshots, and ``metrics/`` above it once no other node's folder is left."""
+    shutil.rmtree(folder, ignore_errors=True)
+    with contextlib.suppress(OSError):
+        folder.parent.rmdir()  # only when empty
+
+
 def snapshot_path(folder: Path, worker: int) -> Path:
     """Where worker ``worker`` writes its snapshot."""
     return folder / f"worker-{worker}.json"

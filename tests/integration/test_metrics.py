@@ -179,6 +179,7 @@ def test_a_clean_stop_removes_the_figures_folder(redis_server):
         eventually(lambda: sorted(p.name for p in folder.iterdir()) == ["worker-0.json", "worker-1.json"])
         node.stop()
         assert not folder.exists()
+        assert not folder.parent.exists()  # metrics/, left empty
 
 
 async def test_one_process_node_counts_its_calls_too(redis_server):
