@@ -27,8 +27,6 @@ from flashstock.server.local.procs import NodeProcess, RedisServer, free_port
 from tests.helpers import aeventually, eventually
 from tests.helpers.stranger import Stranger
 
-pytestmark = pytest.mark.slow
-
 STOCK = "flashstock.v1.StockService"
 _ids = itertools.count()
 
