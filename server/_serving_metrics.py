@@ -190,7 +190,7 @@ async def flush_every(figures: WorkerFigures, path: Path, worker: int, interval_
                 log.warning("could not write the serving figures to %s: %s", path, exc)
             await asyncio.sleep(interval_s)
     finally:
-        # Shutting down: the last calls' figures, written here and now (no thread: the loop is closing).
+        # Stopping (cancelled): the last calls' figures, written at once, in this thread (a few kB).
         with contextlib.suppress(OSError):
             cpu, rss = _own_usage()
             write_snapshot(path, figures.snapshot(worker, cpu, rss))
