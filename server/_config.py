@@ -85,6 +85,12 @@ class NodeConfig:
         "duty; its findings are the flashstock_reconcile_* metrics), seconds; 0 = never.",
     )
     metrics_port: int = _setting(0, "Prometheus metrics HTTP port on host (the duties process); 0 = off.")
+    serving_metrics: bool = _setting(
+        True,
+        "With metrics_port: every serving worker counts its RPCs (grpc_server_*), calls in flight and the "
+        "coalescer's batches in memory and writes them to <data_dir>/metrics/<node id>/ once a second, "
+        "where the metrics endpoint sums them; false = not counted (the duty metrics stay).",
+    )
     etcd: str = _setting(
         "",
         "etcd endpoints (host:port, comma-separated) of the cluster's coordination: the node registers, "

@@ -2,14 +2,22 @@
 
 Served over HTTP on ``metrics_port``, when the port is set, by the process
 that runs the node's duties (:meth:`Node.duties_run_in`: the duties process,
-or worker 0 without one).
+or worker 0 without one): the duties' figures below, the serving workers'
+(summed from their snapshot files, :mod:`._serving_metrics`), the build's
+and that process's own ``process_*`` (:func:`served_registry`).
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
+from pathlib import Path
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
+from prometheus_client.metrics_core import Metric
+from prometheus_client.registry import Collector
+
+from flashstock.server._serving_metrics import BuildInfoCollector, ServingCollector
 
 
 def _registry() -> CollectorRegistry:
@@ -76,3 +84,28 @@ class Metrics:
 
 METRICS = Metrics()
 """The process's metrics."""
+
+
+class _DutyFigures(Collector):
+    """The figures of a :class:`Metrics`, as one collector of another registry."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self._metrics = metrics
+
+    def collect(self) -> Iterable[Metric]:
+        """Every duty metric, read now."""
+        return self._metrics.registry.collect()
+
+
+def served_registry(serving_folder: Path | None, metrics: Metrics = METRICS) -> CollectorRegistry:
+    """What the metrics endpoint serves (a registry of its own: a process may serve it more than once).
+
+    ``serving_folder``: where the workers write their figures; None: they count none.
+    """
+    registry = CollectorRegistry()
+    registry.register(_DutyFigures(metrics))
+    registry.register(BuildInfoCollector())
+    ProcessCollector(registry=registry)
+    if serving_folder is not None:
+        registry.register(ServingCollector(serving_folder))
+    return registry

@@ -39,6 +39,7 @@ import time
 from collections.abc import Callable, Collection, Coroutine
 from dataclasses import replace
 from multiprocessing.process import BaseProcess
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -52,7 +53,15 @@ from flashstock.server._config import NodeConfig, etcd_endpoints, ledger_url, no
 from flashstock.server._incarnation import IncarnationGate
 from flashstock.server._lifeline import Lifeline, tie_to_parent
 from flashstock.server._logs import NODE_FIELD, configure_logging
-from flashstock.server._metrics import METRICS
+from flashstock.server._metrics import served_registry
+from flashstock.server._serving_metrics import (
+    WorkerFigures,
+    flush_every,
+    fresh_folder,
+    remove_folder,
+    serving_folder,
+    snapshot_path,
+)
 from flashstock.server.duties.incidents import IncidentLog
 from flashstock.server.duties.ownership import Ownership
 from flashstock.server.duties.persister import PersistPolicy
@@ -97,6 +106,10 @@ class Node:
         """True for the one process of the node that runs the duties."""
         self.book = SoldOutBook()
         self.watch = PersistWatch()
+        self.figures: WorkerFigures | None = (
+            WorkerFigures() if self.serving and config.metrics_port and config.serving_metrics else None
+        )
+        """This worker's serving figures (_serving_metrics.py), when they are counted."""
         try:
             self.ledger = Ledger(ledger_url(config))
         except LedgerError as exc:
@@ -145,10 +158,11 @@ class Node:
                 coalesce_window_s=config.coalesce_window_ms / 1000,
                 durable_wait_s=config.durable_wait_ms / 1000,
             ),
+            on_batch=self.figures.batch if self.figures is not None else None,
         )
         self.takers = TakersLoader(self.redis, self.book, config.shards, config.request_ttl_s * 1000)
         self.book.on_sell_out = self.takers.schedule
-        self.stock_servicer = StockServicer(self.store, self.book)
+        self.stock_servicer = StockServicer(self.store, self.book, self.figures)
         self.health = health.aio.HealthServicer()
         self._tasks: list[asyncio.Task[None]] = []
         self.duties: ShardDuties | None = None
@@ -159,6 +173,16 @@ class Node:
         self.port = 0
         self._bound: BoundSettings | None = None
         self._refused: asyncio.Task[None] | None = None
+        self._flusher: asyncio.Task[None] | None = None
+
+    @property
+    def alone(self) -> bool:
+        """True when this process is the whole node (one worker that runs the duties too)."""
+        return self.config.workers == 1 and not self.config.duties_process
+
+    def serving_folder(self, port: int) -> Path:
+        """Where the node's workers write their serving figures (``port``: the node's bound port)."""
+        return serving_folder(self.config.data_dir, node_name(self.config, port))
 
     async def start(self) -> int:
         """Open the ledger, connect to Redis, start the duties and serving; returns the bound port."""
@@ -190,7 +214,7 @@ class Node:
 
         options = [("grpc.so_reuseport", 1 if self.config.workers != 1 else 0)]
         server = grpc.aio.server(options=options)
-        add_services(server, self.stock_servicer, AdminServicer(self.store))
+        add_services(server, self.stock_servicer, AdminServicer(self.store, self.figures))
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         reflection.enable_server_reflection((*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
         try:
@@ -201,6 +225,15 @@ class Node:
         if self.runs_duties:
             # The port is bound (the address to register is known); calls are taken from start() on.
             await self._start_duties(self.port)
+        if self.figures is not None:
+            folder = self.serving_folder(self.port)
+            if self.alone:
+                try:
+                    fresh_folder(folder)  # else the supervisor emptied it before the workers started
+                except OSError as exc:
+                    raise StartupError(f"data_dir: cannot make the metrics folder {folder}: {exc}") from None
+            path = snapshot_path(folder, self.worker_index)
+            self._flusher = asyncio.create_task(flush_every(self.figures, path, self.worker_index), name="figures")
         await server.start()
         self._server = server
         for name in ("", *SERVICE_NAMES):
@@ -346,7 +379,8 @@ class Node:
         if self.config.metrics_port:
             from prometheus_client import start_http_server
 
-            start_http_server(self.config.metrics_port, addr=self.config.host, registry=METRICS.registry)
+            folder = self.serving_folder(port) if self.config.serving_metrics else None
+            start_http_server(self.config.metrics_port, addr=self.config.host, registry=served_registry(folder))
 
     async def _refuse_a_clusters_redis(self) -> None:
         """A standalone node's duty writes carry no epoch: refuse a Redis whose shards have owners' epochs."""
@@ -369,6 +403,13 @@ class Node:
             await self.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
         if self._server is not None:
             await self._server.stop(self.config.grace_s if grace is None else grace)
+        if self._flusher is not None:
+            # Its last flush, on cancel, writes the figures of the calls just finished.
+            self._flusher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._flusher
+            if self.alone:
+                remove_folder(self.serving_folder(self.port))
         if self.ownership is not None:
             await self.ownership.stop()
         elif self.duties is not None:
@@ -489,6 +530,24 @@ def serve(config: NodeConfig) -> int:
     config = replace(config, workers=workers)
     indexes = [*([Node.DUTIES_ONLY] if config.duties_process else []), *range(workers)]
     duties = "flashstock-duties"
+    # The workers' serving figures meet in one folder of this node (_serving_metrics.py): emptied
+    # now (an earlier run's would add up), removed once the node has stopped.
+    figures_folder = None
+    if config.metrics_port and config.serving_metrics:
+        figures_folder = serving_folder(config.data_dir, node_name(config, config.port))
+        try:
+            fresh_folder(figures_folder)
+        except OSError as exc:
+            print(f"flashstock: cannot start: data_dir: cannot make {figures_folder}: {exc}", file=sys.stderr)
+            return 2
+    try:
+        return _supervise_node(config, indexes, duties)
+    finally:
+        if figures_folder is not None:
+            remove_folder(figures_folder)
+
+
+def _supervise_node(config: NodeConfig, indexes: list[int], duties: str) -> int:
     procs, started = supervise(
         [
             (_worker_main, (config, i, os.getpid()), duties if i == Node.DUTIES_ONLY else f"flashstock-worker-{i}")

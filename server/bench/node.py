@@ -8,18 +8,24 @@ and runs these phases:
    per-user limit; ``buyers`` coroutines Deduct one unit each, back to back,
    for a warm-up and then ``seconds`` measured: successful deductions/s,
    latency percentiles, CPU of the node, Redis and the load processes.
-2. **echo**: the same loop, the same stub, channel options and coroutine
+2. **metrics on/off**: the same Deduct loop against two nodes alike but for
+   ``serving_metrics`` (each on a Redis of its own), ``metrics_rounds``
+   times each, alternating in A-B-B-A order so a drift of the machine
+   weighs on both: their rates, each node's CPU per successful call, and the
+   cost of the serving metrics (the ratio against echo with and without
+   them, and the CPU each call costs more with them).
+3. **echo**: the same loop, the same stub, channel options and coroutine
    count, against the echo server (same stack, same number of worker
    processes): calls/s. The ratio flashstock/echo is the share of the bare
    stack's rate the node keeps, measured minutes apart on the same machine.
-3. **memory**: ``records`` deductions of a fresh SKU (per-user limit 1,
+4. **memory**: ``records`` deductions of a fresh SKU (per-user limit 1,
    each by a distinct user with a fresh request id, as the client makes
    them); Redis ``used_memory`` after minus before (each read once it holds
    still), less the change of the connections' buffers (``MEMORY STATS``
    ``clients.normal``: per connection, not per record, and swinging by a
    megabyte with load), divided by the deductions Redis recorded. The
    unadjusted figure and a breakdown are reported too.
-4. **sale**: a SKU with ``sale_stock`` units; buyers until it is sold out
+5. **sale**: a SKU with ``sale_stock`` units; buyers until it is sold out
    (oversell check: units handed out must equal the stock, OK answers must
    not exceed it), then **sold out**: the buyers keep going for
    ``soldout_seconds`` while Redis ``INFO commandstats`` is read before and
@@ -98,6 +104,8 @@ class BenchPlan:
     connections: int = 0
     """gRPC connections per load process (0: 1 with one worker, else 4 per worker:
     SO_REUSEPORT spreads connections, not calls, over the workers, at random)."""
+    metrics_rounds: int = 2
+    """Throughput phases of the node with its serving metrics on, and as many with them off, alternating."""
 
     def problems(self) -> list[str]:
         """What is wrong with the plan, each naming its option."""
@@ -114,6 +122,8 @@ class BenchPlan:
             out.append("--records and --sale-stock must be >= 1")
         if self.connections < 0:
             out.append("--connections must be >= 0")
+        if self.metrics_rounds < 1:
+            out.append("--metrics-rounds must be >= 1")
         return out
 
     def connections_per_proc(self) -> int:
@@ -500,6 +510,17 @@ class _Run:
         )
         self.stack.push(self.node)  # its __exit__: stop, remove its log
         self.node.start()
+        # The same node without its serving metrics, on a Redis of its own (a Redis serves one ledger).
+        self.redis_off = RedisServer()
+        self.stack.push(self.redis_off)
+        self.redis_off.start()
+        self.node_off = NodeProcess(
+            self.redis_off.url,
+            workers=plan.workers,
+            extra_args=("--metrics-port", str(free_port()), "--no-serving-metrics"),
+        )
+        self.stack.push(self.node_off)
+        self.node_off.start()
         self.echo.wait_ready()
         self.loads.wait_ready()
         self.redis = redis.Redis.from_url(self.redis_server.url, decode_responses=True)
@@ -508,6 +529,8 @@ class _Run:
             {
                 "node": [self.node.pid],
                 "redis": [self.redis_server.proc.pid],  # type: ignore[union-attr]
+                "node_off": [self.node_off.pid],
+                "redis_off": [self.redis_off.proc.pid],  # type: ignore[union-attr]
                 "echo": [self.echo.pid],
                 "load": self.loads.pids,
                 "bench": [os.getpid()],
@@ -525,10 +548,10 @@ class _Run:
         }
         self.progress.update(task, total=1, completed=1, info=f"node {self.node.address}, echo {self.echo.address}")
 
-    def admin(self) -> Any:
+    def admin(self, address: str | None = None) -> Any:
         from flashstock.client import AdminClient, ClientConfig
 
-        return AdminClient(ClientConfig(addresses=self.node.address, deadline_s=10))
+        return AdminClient(ClientConfig(addresses=address or self.node.address, deadline_s=10))
 
     def _phases(
         self, target: str, sku: str, users: str, distinct: bool, requests: int | None = None, rate: float | None = None
@@ -589,12 +612,18 @@ class _Run:
         errors = {k: v for k, v in r["window"].items() if isinstance(k, str)}
         self.progress.update(task, completed=plan.warmup + plan.seconds, info=f"{ok / wall:,.0f} OK/s")
         cpu = _Cpu.percent(before, after)
-        server = "echo" if target == self.echo.address else "node"
+        # The groups of the server under test and its Redis; reported as node/echo and redis.
+        server, redis_group = {
+            self.echo.address: ("echo", "redis"),
+            self.node_off.address: ("node_off", "redis_off"),
+        }.get(target, ("node", "redis"))
+
         # CPU time each successful call cost, in µs: comparable across machines
         # and independent of how the cores were shared.
-        per_call = {
-            name: round(cpu[name] / 100 * 1e6 / (ok / wall), 1) if ok else None for name in (server, "redis", "load")
-        }
+        def us(group: str) -> float | None:
+            return round(cpu[group] / 100 * 1e6 / (ok / wall), 1) if ok else None
+
+        per_call = {"echo" if server == "echo" else "node": us(server), "redis": us(redis_group), "load": us("load")}
         return {
             "persister_lag_ms": (
                 _lag_quantiles(lag_before, lag_after) if lag_before is not None and lag_after is not None else None
@@ -621,6 +650,19 @@ class _Run:
                 bound = line.split('le="', 1)[1].split('"', 1)[0]
                 out[float("inf") if bound == "+Inf" else float(bound)] = float(line.rsplit(" ", 1)[1])
         return out
+
+    def metrics_cost(self) -> dict[str, Any]:
+        """The node with its serving metrics and without, alternating (A-B-B-A ...), ``metrics_rounds`` each."""
+        on: list[dict[str, Any]] = []
+        off: list[dict[str, Any]] = []
+        for i in range(self.plan.metrics_rounds):
+            order = [True, False] if i % 2 == 0 else [False, True]
+            for metered in order:
+                if metered:
+                    on.append(self.throughput(f"metrics on ({len(on) + 1})", self.node.address))
+                else:
+                    off.append(self.throughput(f"metrics off ({len(off) + 1})", self.node_off.address))
+        return {"on": _phase_means(on), "off": _phase_means(off), "rounds_on": on, "rounds_off": off}
 
     def memory(self) -> dict[str, Any]:
         """``records`` deductions by distinct users; Redis used_memory after minus before."""
@@ -772,7 +814,10 @@ class _Run:
             with self.admin() as admin:
                 admin.put_sku(self.SKU_HOT, 10**12)
                 admin.put_sku(self.SKU_DURABLE, 10**12, mode=Mode.DURABLE)
+            with self.admin(self.node_off.address) as admin:
+                admin.put_sku(self.SKU_HOT, 10**12)
             self.figures["flashstock"] = self.throughput("flashstock", self.node.address)
+            self.figures["metrics_cost"] = self.metrics_cost()
             self.figures["durable"] = self.throughput("durable", self.node.address, sku=self.SKU_DURABLE)
             self.figures["echo"] = self.throughput("echo", self.echo.address)
             half = self.figures["flashstock"]["ok_per_s"] / 2
@@ -826,10 +871,17 @@ class _Run:
         so["refusals_vs_echo"] = round(so["refusals_per_s"] / echo["calls_per_s"], 3) if echo["calls_per_s"] else None
         node_us, echo_us = fs["cpu_us_per_call"]["node"], echo["cpu_us_per_call"]["echo"]
         f["cpu_ratio"] = round(echo_us / node_us, 3) if node_us and echo_us else None
+        cost = f["metrics_cost"]
+        for side in ("on", "off"):
+            rate = cost[side]["ok_per_s"]
+            cost[f"ratio_{side}"] = round(rate / echo["calls_per_s"], 3) if echo["calls_per_s"] else None
+        on_us, off_us = cost["on"]["node_cpu_us_per_call"], cost["off"]["node_cpu_us_per_call"]
+        cost["node_cpu_us_per_call_more"] = round(on_us - off_us, 1) if on_us and off_us else None
         f["targets"] = targets
         f["oversell_check"] = {"pass": not oversell_problems, "problems": oversell_problems}
 
         self.console.print(self._throughput_table(fs, echo, ratio, f["cpu_ratio"]))
+        self.console.print(self._metrics_cost_table(f["metrics_cost"]))
         noisy = max(fs["cpu_percent"]["rest"], echo["cpu_percent"]["rest"])
         if noisy > NOISY_REST_PERCENT:
             self.console.print(
@@ -899,6 +951,35 @@ class _Run:
         cores = os.cpu_count() or 1
         t.add_row(f"machine CPU, % of a core ({cores} cores)", f"{fc['machine']:.0f}", f"{ec['machine']:.0f}")
         t.add_row("  of which not the bench's processes", f"{max(0.0, fc['rest']):.0f}", f"{max(0.0, ec['rest']):.0f}")
+        return t
+
+    def _metrics_cost_table(self, cost: dict[str, Any]) -> Table:
+        rounds = self.plan.metrics_rounds
+        t = Table(
+            "figure",
+            "serving metrics on",
+            "off",
+            title=f"The serving metrics' cost: {rounds} phase(s) each, alternating, means",
+        )
+        on, off = cost["on"], cost["off"]
+        t.add_row("successful calls/s", f"{on['ok_per_s']:,.0f}", f"{off['ok_per_s']:,.0f}")
+        t.add_row(
+            "ratio against echo",
+            f"[bold]{cost['ratio_on']:.3f}[/]" if cost["ratio_on"] is not None else "-",
+            f"[bold]{cost['ratio_off']:.3f}[/]" if cost["ratio_off"] is not None else "-",
+        )
+        t.add_row(
+            "latency p50 / p99 (ms)",
+            f"{on['p50_ms']:.2f} / {on['p99_ms']:.2f}",
+            f"{off['p50_ms']:.2f} / {off['p99_ms']:.2f}",
+        )
+        more = cost["node_cpu_us_per_call_more"]
+        t.add_row(
+            "node CPU per successful call (µs)",
+            f"{on['node_cpu_us_per_call']:,.1f}" + (f" ({more:+.1f})" if more is not None else ""),
+            f"{off['node_cpu_us_per_call']:,.1f}",
+        )
+        t.add_row("phases' rates (calls/s)", _rates(cost["rounds_on"]), _rates(cost["rounds_off"]))
         return t
 
     def _durable_table(
@@ -994,6 +1075,25 @@ class _Run:
         if not so["redis_calls_by_command"]:
             t.add_row("(none)", "0", "0")
         return t
+
+
+def _phase_means(phases: list[dict[str, Any]]) -> dict[str, Any]:
+    """The mean rate, latency and node CPU per call of throughput phases."""
+
+    def mean(values: list[float | None]) -> float | None:
+        known = [v for v in values if v is not None]
+        return round(sum(known) / len(known), 1) if known else None
+
+    return {
+        "ok_per_s": mean([p["ok_per_s"] for p in phases]) or 0.0,
+        "p50_ms": mean([p["latency_ms"]["p50"] for p in phases]) or 0.0,
+        "p99_ms": mean([p["latency_ms"]["p99"] for p in phases]) or 0.0,
+        "node_cpu_us_per_call": mean([p["cpu_us_per_call"]["node"] for p in phases]),
+    }
+
+
+def _rates(phases: list[dict[str, Any]]) -> str:
+    return ", ".join(f"{p['ok_per_s']:,.0f}" for p in phases)
 
 
 def _cpu_cell(cpu: dict[str, Any], name: str) -> str:

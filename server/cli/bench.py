@@ -22,10 +22,14 @@ def bench(
     connections: Annotated[
         int, typer.Option(help="gRPC connections per load process; 0 = 1, or 4 per worker when workers > 1.")
     ] = 0,
+    metrics_rounds: Annotated[
+        int, typer.Option(help="Phases of the node with its serving metrics on, and as many off, alternating.")
+    ] = 2,
 ) -> None:
     """Deduct throughput and latency against a bare grpc.aio echo, measured in one run.
 
-    Also Redis memory per recorded deduction, a sale with an oversell check,
+    Also the cost of the serving metrics (the node with and without them,
+    alternating), Redis memory per recorded deduction, a sale with an oversell check,
     and the Redis calls made while refusing a sold-out SKU. Exit code 0
     whatever the figures, 1 when the oversell check fails, 2 when it could
     not run. See benchmarks/README.md.
@@ -43,6 +47,7 @@ def bench(
         sale_stock=sale_stock,
         soldout_seconds=soldout_seconds,
         connections=connections,
+        metrics_rounds=metrics_rounds,
     )
     raise typer.Exit(run_bench(plan, console))
 

@@ -20,6 +20,7 @@ import functools
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from time import perf_counter
 from typing import Any, TypeVar, cast
 
 import grpc
@@ -37,6 +38,7 @@ from flashstock.client import (
 )
 from flashstock.server._log_gate import LogGate
 from flashstock.server._logs import log_context
+from flashstock.server._serving_metrics import RpcTally, WorkerFigures
 from flashstock.server.ledger import SkuChange
 from flashstock.server.rpc import validate as v
 from flashstock.server.store.soldout import SoldOutBook
@@ -113,29 +115,54 @@ def _refuse_malformed(method: str, request: MalformedRequest) -> None:
 
 
 def _rpc(method: Callable[..., Awaitable[_R]]) -> Callable[..., Awaitable[_R]]:
-    """Map every error a method raises to a gRPC status, in one place."""
+    """Map every error a method raises to a gRPC status, in one place; count and time every call.
+
+    The servicer names its service (``SERVICE``) and holds the worker's
+    figures (``figures``; None: not counted). Counting is a few plain-int
+    additions and a bisect (:class:`~flashstock.server._serving_metrics.RpcTally`),
+    written out off the request path.
+    """
+    name = method.__name__
+    key: tuple[str, str] | None = None
 
     @functools.wraps(method)
     async def wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext) -> _R:
+        nonlocal key
+        figures: WorkerFigures | None = self.figures
+        tally: RpcTally | None = None
+        if figures is not None:
+            if key is None:
+                key = (self.SERVICE, name)
+            tally = figures.rpc(key)
+            started = perf_counter()
+        code = "UNKNOWN"  # a call that leaves some other way (an abort that failed) counts as this
         try:
-            if isinstance(request, MalformedRequest):
-                _refuse_malformed(method.__name__, request)
-            return await method(self, request, context)
-        except asyncio.CancelledError:
-            raise
-        except FlashstockError as err:
-            status = rpc_status.to_status(to_status(err))
-        except Exception:
-            log.exception(
-                "unexpected error in %s",
-                method.__name__,
-                extra=log_context(
-                    request_id=getattr(request, "request_id", None), sku=getattr(request, "sku_id", None)
-                ),
-            )
-            status = rpc_status.to_status(to_status(FlashstockError("internal error; see the node's log")))
-        await context.abort(status.code, status.details, status.trailing_metadata)
-        raise AssertionError("unreachable: abort raises")
+            try:
+                if isinstance(request, MalformedRequest):
+                    _refuse_malformed(name, request)
+                reply = await method(self, request, context)
+                code = "OK"
+                return reply
+            except asyncio.CancelledError:
+                code = "CANCELLED"
+                raise
+            except FlashstockError as err:
+                status = rpc_status.to_status(to_status(err))
+            except Exception:
+                log.exception(
+                    "unexpected error in %s",
+                    name,
+                    extra=log_context(
+                        request_id=getattr(request, "request_id", None), sku=getattr(request, "sku_id", None)
+                    ),
+                )
+                status = rpc_status.to_status(to_status(FlashstockError("internal error; see the node's log")))
+            code = status.code.name
+            await context.abort(status.code, status.details, status.trailing_metadata)
+            raise AssertionError("unreachable: abort raises")
+        finally:
+            if tally is not None:
+                tally.end(code, perf_counter() - started)
 
     return wrapper
 
@@ -202,9 +229,14 @@ def _sku_pb(s: Sku) -> admin_pb2.Sku:
 class StockServicer(stock_pb2_grpc.StockServiceServicer):
     """``flashstock.v1.StockService``."""
 
-    def __init__(self, store: StockStore, book: SoldOutBook) -> None:
+    SERVICE = SERVICE_NAMES[0]
+    """The service's full name (the metrics' ``grpc_service``)."""
+
+    def __init__(self, store: StockStore, book: SoldOutBook, figures: WorkerFigures | None = None) -> None:
         self._store = store
         self._book = book
+        self.figures = figures
+        """This worker's serving figures, counted by :func:`_rpc`; None: not counted."""
 
     def _sold_out_reply(self, request: Any, reply_type: type) -> Any:
         # The book refuses only ids that took no unit of the SKU: a resend of
@@ -307,8 +339,13 @@ class StockServicer(stock_pb2_grpc.StockServiceServicer):
 class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
     """``flashstock.v1.AdminService``."""
 
-    def __init__(self, store: StockStore) -> None:
+    SERVICE = SERVICE_NAMES[1]
+    """The service's full name (the metrics' ``grpc_service``)."""
+
+    def __init__(self, store: StockStore, figures: WorkerFigures | None = None) -> None:
         self._store = store
+        self.figures = figures
+        """This worker's serving figures, counted by :func:`_rpc`; None: not counted."""
 
     @staticmethod
     def _admin_reply(reply_type: type, r: AdminResult) -> Any:

@@ -31,8 +31,11 @@ class ShardCoalescer(Generic[_Item]):
         call: Callable[[int, Sequence[_Item]], Awaitable[Sequence[Any]]],
         window: float = 0.002,
         max_batch: int = 64,
+        on_batch: Callable[[int], object] | None = None,
     ) -> None:
         self._call = call
+        self._on_batch = on_batch
+        """Told each batch's size as it is sent (the worker's serving figures)."""
         self._window = window
         self._max_batch = max_batch
         self._last_call: dict[int, float] = {}
@@ -62,6 +65,8 @@ class ShardCoalescer(Generic[_Item]):
                 batch = waiting[: self._max_batch]
                 del waiting[: self._max_batch]
                 self.calls += 1
+                if self._on_batch is not None:
+                    self._on_batch(len(batch))
                 self._last_call[shard] = loop.time()
                 try:
                     replies = await self._call(shard, [item for item, _ in batch])

@@ -87,7 +87,9 @@ class StockStore:
         watch: PersistWatch,
         rebuilder: ShardRebuilder,
         limits: StoreLimits = StoreLimits(),
+        on_batch: Callable[[int], object] | None = None,
     ) -> None:
+        """``on_batch``: told the size of each batch of deductions sent to Redis in one call."""
         self._redis = redis
         self._shards = shards
         self._book = book
@@ -101,7 +103,7 @@ class StockStore:
         self._generation_reads: dict[int, asyncio.Future[bytes | None]] = {}
         self._unreadable_log = LogGate(interval_s=60.0)
         self._coalescer: ShardCoalescer[tuple[str, str, int, str, int]] = ShardCoalescer(
-            self._take_batch, window=limits.coalesce_window_s
+            self._take_batch, window=limits.coalesce_window_s, on_batch=on_batch
         )
 
     @property

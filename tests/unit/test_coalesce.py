@@ -79,3 +79,12 @@ async def test_close_cancels_waiting_requests():
     await coalescer.close()
     with pytest.raises(asyncio.CancelledError):
         await pending
+
+
+async def test_each_batch_size_is_told_as_it_is_sent():
+    recorder = Recorder()
+    sizes: list[int] = []
+    coalescer = ShardCoalescer(recorder, window=0, max_batch=4, on_batch=sizes.append)
+    await asyncio.gather(*(coalescer.submit(0, i) for i in range(10)), coalescer.submit(1, "x"))
+    assert sizes == [len(items) for _, items in recorder.batches]
+    assert sum(sizes) == 11

@@ -37,6 +37,7 @@ def test_config_file_from_env_and_a_named_table(tmp_path):
         ({"FLASHSTOCK_LOG_LEVEL": "LOUD"}, "log_level"),
         ({"FLASHSTOCK_LOG_FORMAT": "xml"}, "log_format"),
         ({"FLASHSTOCK_GRACE_S": "-1"}, "grace_s"),
+        ({"FLASHSTOCK_SERVING_METRICS": "maybe"}, "serving_metrics"),
     ],
 )
 def test_a_bad_setting_is_named(env, setting):
@@ -51,6 +52,12 @@ def test_unknown_or_missing_config_file_is_refused(tmp_path):
         load_config(env={}, config_file=path)
     with pytest.raises(ValueError, match="does not exist"):
         load_config(env={}, config_file=tmp_path / "missing.toml")
+
+
+def test_serving_metrics_are_on_unless_switched_off():
+    assert NodeConfig().serving_metrics is True
+    assert load_config(env={"FLASHSTOCK_SERVING_METRICS": "false"}).serving_metrics is False
+    assert load_config({"serving_metrics": False}, env={}).serving_metrics is False
 
 
 def test_every_setting_has_help():
