@@ -28,7 +28,7 @@ Definitions (the integration tests check each against plain SQL):
 - *start*: ``sale_start_ms``, or ``put_ms`` when the sale had no start time;
   for an earlier sale, its first deduction or second of figures.
   *end* (of the incidents' window): ``sale_end_ms``, else the last deduction
-  (or figures' second) + :data:`AFTERMATH_MS`.
+  (without any: the last second of figures, or the start) + :data:`AFTERMATH_MS`.
 - *buyers*: distinct users with units handed out (confirmed or held), as in
   ``sales report``; units per buyer counts those units.
 
@@ -446,8 +446,13 @@ def review(records: SaleRecords) -> Review:
     if definition is not None and definition.sale_end_ms:
         end_ms, end_from = definition.sale_end_ms, "sale_end_ms"
     else:
-        last = max([d.taken_ms for d in taken] + [f["second"] * 1000 + 999 for f in figures[-1:]], default=start_ms)
-        end_ms, end_from = last + AFTERMATH_MS, "last deduction + 60 s"
+        if taken:
+            last, end_from = max(d.taken_ms for d in taken), "last deduction + 60 s"
+        elif figures:
+            last, end_from = figures[-1]["second"] * 1000 + 999, "last second of figures + 60 s"
+        else:
+            last, end_from = start_ms, "start + 60 s"
+        end_ms = last + AFTERMATH_MS
 
     # Units, by state; stock moves.
     sold = sum(d.qty for d in taken if d.state == "confirmed")
