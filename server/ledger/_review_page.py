@@ -12,9 +12,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
+
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
-    from matplotlib.figure import Figure
 
     from flashstock.server.ledger.review import Review
 
@@ -50,14 +52,13 @@ def _duration(ms: int | None) -> str:
 
 
 def _figure(title: str, xlabel: str, ylabel: str) -> tuple[Figure, Axes]:
-    from matplotlib.figure import Figure
-
     fig = Figure(figsize=PLOT_SIZE_IN, dpi=PLOT_DPI, layout="constrained")
     ax = fig.add_subplot()
     ax.set_title(title, fontsize=11)
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.grid(alpha=0.3)
+    ax.yaxis.set_major_locator(MaxNLocator(integer=True))  # units, attempts, buyers: whole numbers
     return fig, ax
 
 
@@ -88,11 +89,11 @@ def _plots(result: Review, folder: Path) -> dict[str, Path]:
         twin.set_ylabel("units sold")
         fig.legend(loc="outside upper right", fontsize=8)
         save("sold", fig)
-        if result.definition is not None:
+        if result.definition is not None and result.stock_steps:
             fig, ax = _figure("Stock over time", x_label, "units left")
             ax.step(
-                [result.seconds[0].second - start_s, *(x + 1 for x in xs)],
-                [result.definition.total, *(s.stock or 0 for s in result.seconds)],
+                [0.0, *((at - result.start_ms) / 1000 for at, _ in result.stock_steps), xs[-1] + 1],
+                [result.definition.total, *(n for _, n in result.stock_steps), result.stock_steps[-1][1]],
                 where="post",
                 color="#54a24b",
             )
@@ -127,9 +128,12 @@ def _plots(result: Review, folder: Path) -> dict[str, Path]:
     if result.buyer_units:
         histogram = result.units_per_buyer
         fig, ax = _figure("Units per buyer", "units handed out to the buyer", "buyers")
-        ax.bar(list(histogram), list(histogram.values()), color="#b279a2")
-        if result.per_user_limit:
-            ax.axvline(result.per_user_limit, color="#b42318", ls="--", label=f"limit {result.per_user_limit}")
+        limit = result.per_user_limit or 0
+        colors = ["#b42318" if limit and units >= limit else "#b279a2" for units in histogram]
+        ax.bar(list(histogram), list(histogram.values()), color=colors)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        if limit:
+            ax.axvline(limit + 0.5, color="#b42318", ls="--", label=f"per-user limit {limit} (red: at it)")
             ax.legend(fontsize=8)
         save("buyers", fig)
     return out
@@ -172,7 +176,8 @@ def _goal_rows(result: Review) -> str:
             by = "" if g.by is None else f"{g.by:+,}"
         lines.append(
             f"<tr><th>{_GOAL_NAMES[g.name]}</th><td class=n>{html.escape(target)}</td>"
-            f"<td class=n>{html.escape(actual)}</td><td class={css}>{verdict}</td><td class=n>{html.escape(by)}</td></tr>"
+            f"<td class=n>{html.escape(actual)}</td><td class={css}>{verdict}</td>"
+            f"<td class=n>{html.escape(by)}</td></tr>"
         )
     return "\n".join(lines)
 
@@ -237,12 +242,16 @@ def write_page(result: Review, folder: Path) -> Path:
         else f"{result.buyers:,} buyers; " + ("no per-user limit" if d is not None else "limit " + no_def)
     )
     if result.incidents:
-        incidents = "<table><tr><th>when</th><th>kind</th><th>node</th><th>shard</th><th>detail</th></tr>" + "".join(
-            f"<tr><td>{_utc(i.at_ms)}</td><td>{html.escape(i.kind)}</td><td>{html.escape(i.node)}</td>"
-            f"<td class=n>{'' if i.shard < 0 else i.shard}{' (this SKU)' if i.shard == result.shard else ''}</td>"
-            f"<td>{html.escape(i.detail)}</td></tr>"
-            for i in result.incidents
-        ) + "</table>"
+        incidents = (
+            "<table><tr><th>when</th><th>kind</th><th>node</th><th>shard</th><th>detail</th></tr>"
+            + "".join(
+                f"<tr><td>{_utc(i.at_ms)}</td><td>{html.escape(i.kind)}</td><td>{html.escape(i.node)}</td>"
+                f"<td class=n>{'' if i.shard < 0 else i.shard}{' (this SKU)' if i.shard == result.shard else ''}</td>"
+                f"<td>{html.escape(i.detail)}</td></tr>"
+                for i in result.incidents
+            )
+            + "</table>"
+        )
     else:
         incidents = '<p class="note">No incidents recorded in the sale window.</p>'
     not_recorded = "Not recorded: the ledger holds no per-second figures of this sale."

@@ -273,6 +273,8 @@ class Review:
     goals: list[Goal]
     incidents: list[Incident]
     seconds: list[Second] = field(default_factory=list)
+    stock_steps: list[tuple[int, int]] = field(default_factory=list)
+    """(ms, stock after) at every moment stock moved; empty when the total is not recorded."""
 
     @property
     def recorded_figures(self) -> bool:
@@ -432,9 +434,7 @@ def review(records: SaleRecords) -> Review:
     figures = records.seconds
 
     # The sale's start, and the end of its incidents' window.
-    first_activity = min(
-        [d.taken_ms for d in taken] + [f["second"] * 1000 for f in figures[:1]], default=0
-    )
+    first_activity = min([d.taken_ms for d in taken] + [f["second"] * 1000 for f in figures[:1]], default=0)
     if definition is not None and definition.sale_start_ms:
         start_ms, start_from = definition.sale_start_ms, "sale_start_ms"
     elif definition is not None:
@@ -465,13 +465,14 @@ def review(records: SaleRecords) -> Review:
     for at, qty in given:
         moves[at] += qty
     sellout_ms = None
+    stock_steps: list[tuple[int, int]] = []
     if definition is not None:
         stock = definition.total
         for at in sorted(moves):
             stock += moves[at]
-            if stock <= 0:
+            stock_steps.append((at, stock))
+            if stock <= 0 and sellout_ms is None:
                 sellout_ms = at
-                break
 
     # Per second.
     taken_s: Counter[int] = Counter()
@@ -530,9 +531,7 @@ def review(records: SaleRecords) -> Review:
     ok = sum(f["o_ok"] for f in figures) if figures else None
     users = max(f["users_total"] for f in figures) if figures else None
     peak_units = max(((n, s) for s, n in taken_s.items()), key=lambda p: (p[0], -p[1]), default=None)
-    peak_attempts = max(
-        ((f["attempts"], f["second"]) for f in figures), key=lambda p: (p[0], -p[1]), default=None
-    )
+    peak_attempts = max(((f["attempts"], f["second"]) for f in figures), key=lambda p: (p[0], -p[1]), default=None)
 
     time_to_sellout = None if sellout_ms is None else sellout_ms - start_ms
     if definition is None:
@@ -587,6 +586,7 @@ def review(records: SaleRecords) -> Review:
         goals=goals,
         incidents=_in_window(records.incidents, start_ms, end_ms),
         seconds=seconds,
+        stock_steps=stock_steps,
     )
 
 

@@ -255,7 +255,9 @@ def test_review_figures_equal_sql_over_the_ledger(sale, sql, tmp_path):
         stock += sum(q for a, q in events if a == at)
         if stock <= 0 and sellout is None:
             sellout = at
-    assert sellout == sale.sellout_ms  # the moment the last unit's reply says it was taken
+    # The moment the last unit's reply says it was taken (the ledger may keep the log
+    # entry's ms, at most a tick from the record's).
+    assert sellout is not None and abs(sellout - sale.sellout_ms) <= 2
     assert got["sellout"] == {"sold_out": True, "at_ms": sellout, "time_to_sellout_ms": sellout - put_ms}
     assert seconds[-1]["stock"] == 0
     for s in seconds:
