@@ -211,7 +211,7 @@ def png_size(path: Path) -> tuple[int, int]:
     return width, height
 
 
-@pytest.mark.slow
+@pytest.mark.parametrize("engine_url", ["sqlite", pytest.param("postgresql", marks=pytest.mark.slow)], indirect=True)
 def test_review_figures_equal_sql_over_the_ledger(sale, sql, tmp_path):
     out = tmp_path / "report"
 
@@ -352,6 +352,10 @@ def test_review_cli_exit_codes_and_an_earlier_sale(sale, tmp_path):
         "sales", "review", "--sku", sale.sku, "--ledger", sale.ledger_url, "--out", str(blocker / "report")
     )
     assert unwritable.returncode == 2 and str(blocker / "report") in unwritable.stderr
+
+    no_ledger = run_cli("sales", "review", "--sku", sale.sku, "--data-dir", str(tmp_path / "nowhere"))
+    assert no_ledger.returncode == 2 and "no ledger" in no_ledger.stderr
+    assert not (tmp_path / "nowhere").exists()  # a review creates no ledger
 
     no_sale = run_cli("sales", "review", "--sku", sale.sku, "--sale", "7", "--ledger", sale.ledger_url)
     assert no_sale.returncode == 1 and "no sale 7" in no_sale.stderr
