@@ -1,6 +1,7 @@
 """The sale review's pure part: figures from records, on every kind of sale (no ledger, no sockets).
 
-The figures against a real ledger are checked in tests/integration/test_review.py (this module may not share its name: the test folders are not packages).
+The figures against a real ledger are checked in tests/integration/test_review.py
+(this module may not share its name: the test folders are not packages).
 """
 
 from __future__ import annotations
