@@ -1,7 +1,8 @@
 """``flashstock sales``: sales figures, from the ledger.
 
 Reads its settings like ``serve`` (flags > ``FLASHSTOCK_*`` env > config
-file) and reads the ledger only.
+file) and reads the ledger only: ``report`` prints the current sales,
+``review`` writes the review of one sale as a folder (HTML, PNG, JSON, CSV).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import json
 import sys
 from datetime import UTC, datetime
 from enum import StrEnum
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
@@ -183,3 +185,66 @@ def sales_report(
             local_time(sale.last_sale_ms),
         )
     console.print(table)
+
+
+def _folder_name(sku: str) -> str:
+    """A SKU id as part of a folder name: path separators and the like replaced."""
+    return "".join(c if c.isalnum() or c in "._-" else "_" for c in sku)
+
+
+@sales_app.command("review")
+def sales_review(
+    sku: Annotated[str, typer.Option(help="The SKU whose sale to review.", show_default=False)],
+    sale: Annotated[
+        int | None, typer.Option(help="The sale number (earlier sales: < the SKU's current one); default its current.")
+    ] = None,
+    out: Annotated[
+        Path | None,
+        typer.Option("--out", help="The folder to write; default ./review-<sku>-<sale>/.", show_default=False),
+    ] = None,
+    ledger: LedgerOption = None,
+    data_dir: DataDirOption = None,
+    config: ConfigOption = None,
+) -> None:
+    """Write the review of a SKU's sale, from the ledger alone: index.html with PNG plots beside it,
+    review.json, seconds.csv and buyers.csv; prints index.html's path.
+
+    Units sold and the sales amount, sold per second and cumulative, stock over
+    time, time to sell out, peak rates, the funnel (attempts, distinct users,
+    units taken, holds confirmed / expired / released), refusals by reason
+    over time, units per buyer against the limit, the goals met or missed, and
+    the incidents of the sale window. Parts the ledger does not hold (per-second
+    figures not written yet) say "not recorded".
+    """
+    import contextlib
+
+    import sqlalchemy as sa
+
+    from flashstock.server.ledger import LedgerError
+    from flashstock.server.ledger.reports import open_for_reading
+    from flashstock.server.ledger.review import read_sale, review, write_review
+
+    settings = read_settings("sales review", config, ledger=ledger, data_dir=data_dir)
+    progress = console.status if console.is_terminal else (lambda _text: contextlib.nullcontext())
+    try:
+        with progress("reading the sale from the ledger"):
+            opened = open_for_reading(ledger_url(settings))
+            try:
+                records = read_sale(opened.engine, sku, sale)
+            finally:
+                opened.close()
+    except (LedgerError, sa.exc.SQLAlchemyError) as exc:
+        ledger_failure("sales review", settings, exc)
+    if records is None:
+        exit_error("sales review", f"sku: {sku!r} is not in the ledger", code=1)
+    if sale is not None and not 1 <= sale <= records.sku.sale:
+        exit_error(
+            "sales review", f"sale: {sku!r} has had sales 1 to {records.sku.sale}; there is no sale {sale}", code=1
+        )
+    folder = out if out is not None else Path(f"review-{_folder_name(sku)}-{records.sale}")
+    try:
+        with progress("drawing the review"):
+            page = write_review(review(records), folder)
+    except OSError as exc:
+        exit_error("sales review", f"--out: cannot write {folder}: {exc.strerror or exc}", code=2)
+    console.print(str(page.resolve()), soft_wrap=True, highlight=False)
