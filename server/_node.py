@@ -56,6 +56,7 @@ from flashstock.server._metrics import METRICS
 from flashstock.server.duties.ownership import Ownership
 from flashstock.server.duties.persister import PersistPolicy
 from flashstock.server.duties.rebuild import RebuildPolicy, ShardRebuilder
+from flashstock.server.duties.salefigures import MetricsPolicy
 from flashstock.server.duties.shard import DutyPolicy, ShardDuties
 from flashstock.server.ledger import Ledger, LedgerError
 from flashstock.server.rpc.servicer import SERVICE_NAMES, AdminServicer, StockServicer, add_services
@@ -63,6 +64,7 @@ from flashstock.server.store.durable import PersistWatch
 from flashstock.server.store.feed import RedisFeed, TakersLoader
 from flashstock.server.store.keys import CONFIG_KEY, ShardKeys
 from flashstock.server.store.redis import RedisConnectionError, RedisTimeouts, async_client, blocking_client
+from flashstock.server.store.salestats import SaleStats
 from flashstock.server.store.soldout import SoldOutBook
 from flashstock.server.store.stock import StockStore, StoreLimits
 
@@ -143,7 +145,12 @@ class Node:
         )
         self.takers = TakersLoader(self.redis, self.book, config.shards, config.request_ttl_s * 1000)
         self.book.on_sell_out = self.takers.schedule
-        self.stock_servicer = StockServicer(self.store, self.book)
+        self.stats: SaleStats | None = None
+        """This worker's sale figures (a serving worker, with ``stats_interval_ms`` set)."""
+        if self.serving and config.stats_interval_ms:
+            self.stats = SaleStats(self.redis, config.shards, config.stats_interval_ms / 1000)
+        self._stats_task: asyncio.Task[None] | None = None
+        self.stock_servicer = StockServicer(self.store, self.book, self.stats)
         self.health = health.aio.HealthServicer()
         self._tasks: list[asyncio.Task[None]] = []
         self.duties: ShardDuties | None = None
@@ -195,11 +202,25 @@ class Node:
         if self.runs_duties:
             # The port is bound (the address to register is known); calls are taken from start() on.
             await self._start_duties(self.port)
+        if self.stats is not None:
+            self._stats_task = asyncio.create_task(self.stats.run(), name="sale figures")
         await server.start()
         self._server = server
         for name in ("", *SERVICE_NAMES):
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
         return self.port
+
+    async def _flush_stats(self) -> None:
+        # Once no call is in flight: send the last figures (at most a second
+        # or two; Redis may be gone, and shutdown must not wait for it).
+        if self._stats_task is None or self.stats is None:
+            return
+        self._stats_task.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await self._stats_task
+        self._stats_task = None
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(self.stats.flush(), timeout=2.0)
 
     async def _redis_health(self, up: bool) -> None:
         # Without Redis the services answer UNAVAILABLE: say so to load
@@ -299,6 +320,7 @@ class Node:
                 persist=PersistPolicy(
                     batch_size=self.config.persist_batch, max_wait_s=self.config.persist_max_wait_ms / 1000
                 ),
+                sku_metrics=MetricsPolicy(window_s=self.config.metrics_sku_window_s, cap=self.config.metrics_sku_cap),
             ),
             reconcile_redis=self.blocking_redis,
             shard_count=self.config.shards,
@@ -356,6 +378,7 @@ class Node:
             await self.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
         if self._server is not None:
             await self._server.stop(self.config.grace_s if grace is None else grace)
+        await self._flush_stats()
         if self.ownership is not None:
             await self.ownership.stop()
         elif self.duties is not None:
