@@ -1,4 +1,4 @@
-"""A sale's figures from outside: a node with two workers counts every attempt, once, in Redis, the ledger and /metrics."""
+"""A sale's figures from outside: a node with two workers counts each attempt once, in Redis, the ledger, /metrics."""
 
 from __future__ import annotations
 
