@@ -334,7 +334,9 @@ class StockServicer(stock_pb2_grpc.StockServiceServicer):
         if not request.retry:
             sold = [i for i, (sku_id, _) in enumerate(items) if self._book.refuses(sku_id, request.request_id)]
             if sold:
-                self._count_batch(request.user_id, items, ["sold_out"] * len(items), started)
+                # Only the items the book knows are counted: another item's SKU may be made up.
+                known = [items[i] for i in sold]
+                self._count_batch(request.user_id, known, ["sold_out"] * len(known), started)
                 return stock_pb2.BatchDeductReply(
                     outcome=stock_pb2.OUTCOME_SOLD_OUT,
                     items=[

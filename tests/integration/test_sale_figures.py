@@ -119,6 +119,15 @@ def test_a_sale_is_counted_once_per_attempt_in_redis_the_ledger_and_the_metrics(
                 stock.deduct(made_up, "x", 0)
             with pytest.raises(NotFound):
                 stock.batch_deduct("x", [(made_up, 1)])
+            # Refused from a worker's sold-out memory, only the item it knows counts (else: NOT_FOUND, none).
+            try:
+                refused = stock.batch_deduct("bx", [(sku, 1), (made_up, 1)])
+            except NotFound:
+                pass
+            else:
+                assert refused.outcome is Outcome.SOLD_OUT
+                answered["sold_out"] += 1
+                users.add("bx")
     assert units == 40
     assert set(answered) >= {"ok", "dup", "limit", "qty_max", "insufficient", "sold_out"}
     expected = {f"o:{name}": n for name, n in answered.items()}

@@ -28,13 +28,26 @@ class Clock:
         return self.now
 
 
+@pytest.fixture(scope="module")
+def own_redis():
+    """A Redis of these tests' own: no node's keys beside the figures they write."""
+    with RedisServer() as server:
+        yield server
+
+
 @pytest.fixture
-async def aredis(redis_server: RedisServer):
-    client = aioredis.Redis.from_url(redis_server.url)
+async def aredis(own_redis: RedisServer):
+    client = aioredis.Redis.from_url(own_redis.url)
     try:
         yield client
     finally:
         await client.aclose()
+
+
+@pytest.fixture
+def inspect(own_redis: RedisServer):
+    with redis_py.Redis.from_url(own_redis.url) as client:
+        yield client
 
 
 def keys_of(sku: str) -> ShardKeys:
@@ -45,7 +58,7 @@ def as_ints(hash_: dict) -> dict[str, int]:
     return {k.decode(): int(v) for k, v in hash_.items()}
 
 
-async def test_a_flush_writes_every_figure_and_counts_distinct_users_within_2_percent(aredis, redis, sku):
+async def test_a_flush_writes_every_figure_and_counts_distinct_users_within_2_percent(aredis, inspect, sku):
     clock = Clock(SECOND + 0.5)
     stats = SaleStats(aredis, SHARDS, clock=clock)
     for i in range(20_000):
@@ -56,23 +69,23 @@ async def test_a_flush_writes_every_figure_and_counts_distinct_users_within_2_pe
     k = keys_of(sku)
     expected = {"o:ok": 2_000, "o:sold_out": 18_000, "o:qty_max": 1, "units": 4_000, "l:2": 20_000, "l:4": 1}
     expected["lsum"] = 20_000 * 700 + 3_000
-    assert as_ints(redis.hgetall(k.sale_second(SECOND, sku))) == expected
-    assert as_ints(redis.hgetall(k.sale_totals(sku))) == expected
-    assert abs(redis.pfcount(k.visitors(sku)) - 20_000) <= 400
-    assert abs(redis.pfcount(k.visitors_second(SECOND, sku)) - 20_000) <= 400
-    assert abs(redis.pfcount(k.buyers(sku)) - 2_000) <= 40
-    assert 0 < redis.ttl(k.sale_second(SECOND, sku)) <= SALE_SECONDS_TTL_S
-    assert 0 < redis.ttl(k.visitors_second(SECOND, sku)) <= SALE_SECONDS_TTL_S
-    assert redis.zscore(k.sale_seconds, f"{sku}\n{SECOND}") == SECOND
-    assert redis.zscore(k.active, sku) == SECOND
+    assert as_ints(inspect.hgetall(k.sale_second(SECOND, sku))) == expected
+    assert as_ints(inspect.hgetall(k.sale_totals(sku))) == expected
+    assert abs(inspect.pfcount(k.visitors(sku)) - 20_000) <= 400
+    assert abs(inspect.pfcount(k.visitors_second(SECOND, sku)) - 20_000) <= 400
+    assert abs(inspect.pfcount(k.buyers(sku)) - 2_000) <= 40
+    assert 0 < inspect.ttl(k.sale_second(SECOND, sku)) <= SALE_SECONDS_TTL_S
+    assert 0 < inspect.ttl(k.visitors_second(SECOND, sku)) <= SALE_SECONDS_TTL_S
+    assert inspect.zscore(k.sale_seconds, f"{sku}\n{SECOND}") == SECOND
+    assert inspect.zscore(k.active, sku) == SECOND
 
     # The next second adds to the totals, and a second flush of nothing writes nothing.
     clock.now += 1
     stats.record(sku, "late", "error", 0, 2.0)
     assert await stats.flush() and await stats.flush()
-    assert as_ints(redis.hgetall(k.sale_totals(sku)))["o:error"] == 1
-    assert as_ints(redis.hgetall(k.sale_second(SECOND + 1, sku))) == {"o:error": 1, "l:12": 1, "lsum": 2_000_000}
-    assert redis.zscore(k.active, sku) == SECOND + 1
+    assert as_ints(inspect.hgetall(k.sale_totals(sku)))["o:error"] == 1
+    assert as_ints(inspect.hgetall(k.sale_second(SECOND + 1, sku))) == {"o:error": 1, "l:12": 1, "lsum": 2_000_000}
+    assert inspect.zscore(k.active, sku) == SECOND + 1
 
 
 async def test_a_failed_flush_keeps_the_figures_for_a_while_then_drops_them(sku):
@@ -103,11 +116,11 @@ async def test_a_failed_flush_is_sent_with_the_next_once_redis_is_back(sku):
     await client.aclose()
 
 
-async def test_the_duty_moves_settled_seconds_to_the_ledger_and_fills_the_metrics(aredis, redis, sku, tmp_path):
+async def test_the_duty_moves_settled_seconds_to_the_ledger_and_fills_the_metrics(aredis, inspect, sku, tmp_path):
     ledger = Ledger(sqlite_url(tmp_path))
     ledger.open()
     k = keys_of(sku)
-    redis.hset(k.sku(sku), mapping={"avail": 6, "held": 1, "start": 0, "end": 0, "sale": 3})
+    inspect.hset(k.sku(sku), mapping={"avail": 6, "held": 1, "start": 0, "end": 0, "sale": 3})
     clock = Clock(SECOND + 0.2)
     stats = SaleStats(aredis, SHARDS, clock=clock)
     for i in range(3):
@@ -142,7 +155,7 @@ async def test_the_duty_moves_settled_seconds_to_the_ledger_and_fills_the_metric
     clock.now = SECOND + FORGET_AFTER_S + 1
     assert await duty.round([k.shard]) == 1
     assert ledger.sale_seconds(sku, sale=3)[0]["o_ok"] == 4
-    assert redis.zscore(k.sale_seconds, f"{sku}\n{SECOND}") is None
+    assert inspect.zscore(k.sale_seconds, f"{sku}\n{SECOND}") is None
     assert ledger.sale_seconds(sku, sale=2) == []
     ledger.close()
 
