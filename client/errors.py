@@ -10,6 +10,7 @@ UNKNOWN ("internal error").
 
     FlashstockError                 UNKNOWN (also any error not in the table)
     ├── InvalidArgument             INVALID_ARGUMENT  .violations
+    │   └── QtyAboveMax             INVALID_ARGUMENT  .sku (the node's name: a client sees InvalidArgument)
     ├── NotFound                    NOT_FOUND
     │   └── SkuNotFound             NOT_FOUND         .sku
     ├── FailedPrecondition          FAILED_PRECONDITION

@@ -91,6 +91,19 @@ class NodeConfig:
         "coalescer's batches in memory and writes them to <data_dir>/metrics/<node id>/ once a second, "
         "where the metrics endpoint sums them; false = not counted (the duty metrics stay).",
     )
+    stats_interval_ms: int = _setting(
+        1000,
+        "How often each serving worker sends the sale figures it counted (attempts by outcome, units, "
+        "distinct users, latency per SKU and second) to Redis, ms; 0 = no figures are counted.",
+    )
+    metrics_sku_window_s: int = _setting(
+        600,
+        "Per-SKU metrics (flashstock_sku_*) cover the SKUs on sale now or with attempts in this many "
+        "seconds, among those of the shards this node owns.",
+    )
+    metrics_sku_cap: int = _setting(
+        100, "Most SKUs with per-SKU metrics per node (the most recently active first); 0 = none."
+    )
     etcd: str = _setting(
         "",
         "etcd endpoints (host:port, comma-separated) of the cluster's coordination: the node registers, "
@@ -166,6 +179,12 @@ def config_problems(config: NodeConfig) -> list[str]:
             out.append(f"{name}: must be > 0")
     if not 0 <= config.grace_s <= 3600:
         out.append(f"grace_s: {config.grace_s} is not 0-3600")
+    if not 0 <= config.stats_interval_ms <= 60_000:
+        out.append(f"stats_interval_ms: {config.stats_interval_ms} is not 0-60000")
+    if config.metrics_sku_window_s <= 0:
+        out.append("metrics_sku_window_s: must be > 0")
+    if not 0 <= config.metrics_sku_cap <= 10_000:
+        out.append(f"metrics_sku_cap: {config.metrics_sku_cap} is not 0-10000")
     if config.reconcile_interval_s < 0:
         out.append(f"reconcile_interval_s: {config.reconcile_interval_s} is negative")
     if not 0 <= config.coalesce_window_ms <= 100:

@@ -66,6 +66,7 @@ from flashstock.server.duties.incidents import IncidentLog
 from flashstock.server.duties.ownership import Ownership
 from flashstock.server.duties.persister import PersistPolicy
 from flashstock.server.duties.rebuild import RebuildPolicy, ShardRebuilder
+from flashstock.server.duties.salefigures import MetricsPolicy
 from flashstock.server.duties.shard import DutyPolicy, ShardDuties
 from flashstock.server.ledger import Ledger, LedgerError
 from flashstock.server.rpc.servicer import SERVICE_NAMES, AdminServicer, StockServicer, add_services
@@ -73,6 +74,7 @@ from flashstock.server.store.durable import PersistWatch
 from flashstock.server.store.feed import RedisFeed, TakersLoader
 from flashstock.server.store.keys import CONFIG_KEY, ShardKeys
 from flashstock.server.store.redis import RedisConnectionError, RedisTimeouts, async_client, blocking_client
+from flashstock.server.store.salestats import SaleStats
 from flashstock.server.store.soldout import SoldOutBook
 from flashstock.server.store.stock import StockStore, StoreLimits
 
@@ -162,7 +164,12 @@ class Node:
         )
         self.takers = TakersLoader(self.redis, self.book, config.shards, config.request_ttl_s * 1000)
         self.book.on_sell_out = self.takers.schedule
-        self.stock_servicer = StockServicer(self.store, self.book, self.figures)
+        self.stats: SaleStats | None = None
+        """This worker's sale figures (a serving worker, with ``stats_interval_ms`` set)."""
+        if self.serving and config.stats_interval_ms:
+            self.stats = SaleStats(self.redis, config.shards, config.stats_interval_ms / 1000)
+        self._stats_task: asyncio.Task[None] | None = None
+        self.stock_servicer = StockServicer(self.store, self.book, self.figures, self.stats)
         self.health = health.aio.HealthServicer()
         self._tasks: list[asyncio.Task[None]] = []
         self.duties: ShardDuties | None = None
@@ -234,11 +241,25 @@ class Node:
                     raise StartupError(f"data_dir: cannot make the metrics folder {folder}: {exc}") from None
             path = snapshot_path(folder, self.worker_index)
             self._flusher = asyncio.create_task(flush_every(self.figures, path, self.worker_index), name="figures")
+        if self.stats is not None:
+            self._stats_task = asyncio.create_task(self.stats.run(), name="sale figures")
         await server.start()
         self._server = server
         for name in ("", *SERVICE_NAMES):
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
         return self.port
+
+    async def _flush_stats(self) -> None:
+        # Once no call is in flight: send the last figures (at most a second
+        # or two; Redis may be gone, and shutdown must not wait for it).
+        if self._stats_task is None or self.stats is None:
+            return
+        self._stats_task.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await self._stats_task
+        self._stats_task = None
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(self.stats.flush(), timeout=2.0)
 
     async def _redis_health(self, up: bool) -> None:
         # Without Redis the services answer UNAVAILABLE: say so to load
@@ -339,6 +360,7 @@ class Node:
                 persist=PersistPolicy(
                     batch_size=self.config.persist_batch, max_wait_s=self.config.persist_max_wait_ms / 1000
                 ),
+                sku_metrics=MetricsPolicy(window_s=self.config.metrics_sku_window_s, cap=self.config.metrics_sku_cap),
             ),
             reconcile_redis=self.blocking_redis,
             shard_count=self.config.shards,
@@ -410,6 +432,7 @@ class Node:
                 await self._flusher
             if self.alone:
                 remove_folder(self.serving_folder(self.port))
+        await self._flush_stats()
         if self.ownership is not None:
             await self.ownership.stop()
         elif self.duties is not None:

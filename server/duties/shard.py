@@ -13,7 +13,9 @@ refused shard is dropped from the duties at once and reported to
 - the **warden** rebuilds, from the ledger, a shard whose Redis state is gone;
 - **reconciliation** compares Redis with the ledger for the shards, and
   reports the differences as metrics and log lines (:mod:`.reconcile`); it
-  only reads.
+  only reads;
+- **sale figures** move a sale's per-second figures from Redis to the
+  ledger and refresh the per-SKU metrics (:mod:`.salefigures`).
 
 Fenced writes and reconcile differences are also recorded as incidents in
 the ledger (:mod:`.incidents`), for a sale's review.
@@ -36,6 +38,7 @@ from flashstock.server.duties.incidents import IncidentLog
 from flashstock.server.duties.persister import Persister, PersistPolicy
 from flashstock.server.duties.rebuild import RebuildResult, ShardRebuilder
 from flashstock.server.duties.reconcile import Difference, read_once, settled_differences
+from flashstock.server.duties.salefigures import MetricsPolicy, SaleFigures
 from flashstock.server.ledger import Ledger
 from flashstock.server.store.keys import SHARD_READY, ShardKeys
 from flashstock.server.store.redis import AsyncRedis, AsyncScript, BlockingRedis
@@ -83,6 +86,10 @@ class DutyPolicy:
     """Between comparisons of Redis with the ledger; 0 = never."""
     persist: PersistPolicy = PersistPolicy()
     """How the persister batches."""
+    sale_figures_interval_s: float = 2.0
+    """Between moves of a sale's figures to the ledger (and refreshes of the per-SKU metrics); 0 = never."""
+    sku_metrics: MetricsPolicy = MetricsPolicy()
+    """Which SKUs get per-SKU metrics."""
 
 
 DIFFERENCES_NAMED = 10
@@ -134,6 +141,8 @@ class ShardDuties:
         """The running persister (None while no shard is owned)."""
         self.incidents = incidents
         """Where this node's incidents go (None: nowhere)."""
+        self.sale_figures = SaleFigures(redis, ledger, policy.sku_metrics)
+        """The sale figures duty (its rounds run every ``sale_figures_interval_s``)."""
 
     @property
     def scripts(self) -> StockScripts[AsyncScript]:
@@ -175,6 +184,8 @@ class ShardDuties:
             ]
             if self._reconcile_redis is not None and self._shard_count and self._policy.reconcile_interval_s > 0:
                 self._loops.append(asyncio.create_task(self._reconciler(), name="reconciliation"))
+            if self._policy.sale_figures_interval_s > 0:
+                self._loops.append(asyncio.create_task(self._sale_figures(), name="sale figures"))
         if epochs:
             self.persister = Persister(
                 self._redis, self._ledger, epochs, self._policy.persist, self._persister_fenced, self._store.scripts
@@ -298,6 +309,11 @@ class ShardDuties:
                 raise
             except Exception as exc:  # noqa: BLE001 - the next pass tries again
                 log.warning("reconcile: %s", exc)
+
+    async def _sale_figures(self) -> None:
+        while True:
+            await asyncio.sleep(self._policy.sale_figures_interval_s)
+            await self.sale_figures.round(self._epochs)  # logs its own failures
 
     async def _reaper(self) -> None:
         while True:

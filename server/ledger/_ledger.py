@@ -32,6 +32,7 @@ from flashstock.server.ledger._schema import (
     incidents,
     ledger_meta,
     persister_cursors,
+    sale_seconds,
     shard_epochs,
     shard_generations,
     skus,
@@ -565,7 +566,36 @@ class Ledger:
                 ).scalar_one()
             )
 
+    def put_sale_seconds(self, rows: Sequence[dict[str, Any]]) -> None:
+        """Upsert a sale's per-second figures (``sale_seconds`` rows, whole), in one transaction.
+
+        The figures in Redis only grow, and each row carries them all: writing
+        a row again (a late flush, a retried round) leaves the latest.
+        """
+        if not rows:
+            return
+        key = ("sku_id", "sale", "second")
+        with self.engine.begin() as conn:
+            for chunk in iter_chunks(list(rows), 500):
+                stmt = self._insert(sale_seconds)
+                conn.execute(
+                    stmt.on_conflict_do_update(
+                        index_elements=list(key),
+                        set_={c.name: stmt.excluded[c.name] for c in sale_seconds.columns if c.name not in key},
+                    ),
+                    list(chunk),
+                )
+
     # -- reads -----------------------------------------------------------------
+
+    def sale_seconds(self, sku_id: str, sale: int | None = None) -> list[dict[str, Any]]:
+        """A SKU's per-second sale figures (one sale's, or every sale's), by sale and second."""
+        query = sa.select(sale_seconds).where(sale_seconds.c.sku_id == sku_id)
+        if sale is not None:
+            query = query.where(sale_seconds.c.sale == sale)
+        with self.engine.connect() as conn:
+            rows = conn.execute(query.order_by(sale_seconds.c.sale, sale_seconds.c.second))
+            return [dict(row._mapping) for row in rows]
 
     def cursor(self, shard: int) -> tuple[int, str] | None:
         """(generation, last persisted stream id) of a shard's persister, or None."""

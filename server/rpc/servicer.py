@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from time import perf_counter
@@ -28,12 +29,16 @@ from grpc_status import rpc_status
 
 from flashstock.client import (
     AdminResult,
+    BatchResult,
     Deduction,
+    DeductResult,
     FlashstockError,
     InvalidArgument,
     Mode,
+    Outcome,
     Sku,
     SkuDefinition,
+    SkuNotFound,
     to_status,
 )
 from flashstock.server._log_gate import LogGate
@@ -41,6 +46,7 @@ from flashstock.server._logs import log_context
 from flashstock.server._serving_metrics import RpcTally, WorkerFigures
 from flashstock.server.ledger import SkuChange
 from flashstock.server.rpc import validate as v
+from flashstock.server.store.salestats import SaleStats, error_outcome, sale_outcome
 from flashstock.server.store.soldout import SoldOutBook
 from flashstock.server.store.stock import StockStore
 from flashstock.v1 import admin_pb2, admin_pb2_grpc, stock_pb2, stock_pb2_grpc
@@ -226,17 +232,65 @@ def _sku_pb(s: Sku) -> admin_pb2.Sku:
     )
 
 
+def batch_outcomes(r: BatchResult) -> list[str]:
+    """The figure each item of a decided batch counts as: its own refusal, else the batch's outcome.
+
+    An item that passed in a refused batch took nothing: it counts as the
+    refusal that stopped the batch, so ``ok`` always means units taken.
+    """
+    batch = sale_outcome(r.outcome)
+    return [sale_outcome(i.outcome) if i.outcome is not Outcome.OK else batch for i in r.items]
+
+
+def batch_error_outcomes(items: list[tuple[str, int]], error: Exception) -> list[str]:
+    """The figure each item counts as when the batch raised ``error``: ``qty_max`` for the item named, else error."""
+    named = getattr(error, "sku", None)
+    return [error_outcome(error) if sku_id == named else "error" for sku_id, _ in items]
+
+
 class StockServicer(stock_pb2_grpc.StockServiceServicer):
     """``flashstock.v1.StockService``."""
 
     SERVICE = SERVICE_NAMES[0]
     """The service's full name (the metrics' ``grpc_service``)."""
 
-    def __init__(self, store: StockStore, book: SoldOutBook, figures: WorkerFigures | None = None) -> None:
+    def __init__(
+        self,
+        store: StockStore,
+        book: SoldOutBook,
+        figures: WorkerFigures | None = None,
+        stats: SaleStats | None = None,
+    ) -> None:
         self._store = store
         self._book = book
         self.figures = figures
         """This worker's serving figures, counted by :func:`_rpc`; None: not counted."""
+        self._stats = stats
+        """This worker's sale figures per SKU (:mod:`..store.salestats`); None: not counted."""
+
+    # A sale's figures: one attempt per Deduct, Hold and BatchDeduct item, once
+    # the SKU is known to exist (an invalid request or an unknown SKU counts
+    # nowhere: anyone could make up SKUs), timed from the method's start.
+
+    def _count(self, sku_id: str, user_id: str, outcome: str, units: int, started: float) -> None:
+        if self._stats is not None:
+            self._stats.record(sku_id, user_id, outcome, units, time.perf_counter() - started)
+
+    async def _counted_take(self, request: Any, started: float, take: Awaitable[DeductResult]) -> DeductResult:
+        try:
+            r = await take
+        except SkuNotFound:
+            raise
+        except Exception as exc:
+            self._count(request.sku_id, request.user_id, error_outcome(exc), 0, started)
+            raise
+        units = request.qty if r.outcome is Outcome.OK else 0
+        self._count(request.sku_id, request.user_id, sale_outcome(r.outcome), units, started)
+        return r
+
+    def _count_batch(self, user_id: str, items: list[tuple[str, int]], outcomes: list[str], started: float) -> None:
+        for (sku_id, qty), outcome in zip(items, outcomes, strict=True):
+            self._count(sku_id, user_id, outcome, qty if outcome == "ok" else 0, started)
 
     def _sold_out_reply(self, request: Any, reply_type: type) -> Any:
         # The book refuses only ids that took no unit of the SKU: a resend of
@@ -248,11 +302,15 @@ class StockServicer(stock_pb2_grpc.StockServiceServicer):
 
     @_rpc
     async def Deduct(self, request: stock_pb2.DeductRequest, context: Any) -> stock_pb2.DeductReply:
+        started = time.perf_counter()
         _check(v.take_violations(request.sku_id, request.user_id, request.qty, request.request_id))
         refused = self._sold_out_reply(request, stock_pb2.DeductReply)
         if refused is not None:
+            self._count(request.sku_id, request.user_id, "sold_out", 0, started)
             return refused
-        r = await self._store.take(request.sku_id, request.user_id, request.qty, request.request_id)
+        r = await self._counted_take(
+            request, started, self._store.take(request.sku_id, request.user_id, request.qty, request.request_id)
+        )
         return stock_pb2.DeductReply(
             outcome=_enum_pb(stock_pb2.Outcome, r.outcome),
             deduction=_deduction_pb(r.deduction),
@@ -261,14 +319,20 @@ class StockServicer(stock_pb2_grpc.StockServiceServicer):
 
     @_rpc
     async def Hold(self, request: stock_pb2.HoldRequest, context: Any) -> stock_pb2.HoldReply:
+        started = time.perf_counter()
         _check(
             v.take_violations(request.sku_id, request.user_id, request.qty, request.request_id)
             + v.hold_ttl_violations(request.ttl_ms, self._store.max_hold_ms)
         )
         refused = self._sold_out_reply(request, stock_pb2.HoldReply)
         if refused is not None:
+            self._count(request.sku_id, request.user_id, "sold_out", 0, started)
             return refused
-        r = await self._store.hold(request.sku_id, request.user_id, request.qty, request.request_id, request.ttl_ms)
+        r = await self._counted_take(
+            request,
+            started,
+            self._store.hold(request.sku_id, request.user_id, request.qty, request.request_id, request.ttl_ms),
+        )
         return stock_pb2.HoldReply(
             outcome=_enum_pb(stock_pb2.Outcome, r.outcome),
             deduction=_deduction_pb(r.deduction),
@@ -308,11 +372,15 @@ class StockServicer(stock_pb2_grpc.StockServiceServicer):
 
     @_rpc
     async def BatchDeduct(self, request: stock_pb2.BatchDeductRequest, context: Any) -> stock_pb2.BatchDeductReply:
+        started = time.perf_counter()
         items = [(item.sku_id, item.qty) for item in request.items]
         _check(v.batch_violations(request.user_id, items, request.request_id))
         if not request.retry:
             sold = [i for i, (sku_id, _) in enumerate(items) if self._book.refuses(sku_id, request.request_id)]
             if sold:
+                # Only the items the book knows are counted: another item's SKU may be made up.
+                known = [items[i] for i in sold]
+                self._count_batch(request.user_id, known, ["sold_out"] * len(known), started)
                 return stock_pb2.BatchDeductReply(
                     outcome=stock_pb2.OUTCOME_SOLD_OUT,
                     items=[
@@ -324,7 +392,14 @@ class StockServicer(stock_pb2_grpc.StockServiceServicer):
                         for i, (sku_id, _) in enumerate(items)
                     ],
                 )
-        r = await self._store.batch(request.user_id, items, request.request_id)
+        try:
+            r = await self._store.batch(request.user_id, items, request.request_id)
+        except SkuNotFound:
+            raise
+        except Exception as exc:
+            self._count_batch(request.user_id, items, batch_error_outcomes(items, exc), started)
+            raise
+        self._count_batch(request.user_id, items, batch_outcomes(r), started)
         return stock_pb2.BatchDeductReply(
             outcome=_enum_pb(stock_pb2.Outcome, r.outcome),
             items=[

@@ -271,6 +271,10 @@ def _deduction(record: Record | None, request_id: str) -> Deduction | None:
     )
 
 
+class QtyAboveMax(InvalidArgument):
+    """A request asked for more units than the SKU's max per request (QTY_MAX; a sale figure of its own)."""
+
+
 def _common_errors(code: str, cap: int, sku_id: str, request_id: str, field: str = "qty") -> None:
     if code == "NO_SHARD":
         raise ShardMissing(sku_id)
@@ -283,7 +287,7 @@ def _common_errors(code: str, cap: int, sku_id: str, request_id: str, field: str
             sku=sku_id,
         )
     if code == "QTY_MAX":
-        raise InvalidArgument(
+        raise QtyAboveMax(
             f"{field} is above the SKU's max per request ({cap})",
             [FieldViolation(field, f"must be <= {cap}, the max per request of {sku_id!r}")],
             sku=sku_id,

@@ -352,7 +352,16 @@ class StockStore:
 
         async def call() -> Answer[AdminResult]:
             raw = await self._scripts.put_sku(
-                keys=[k.sku(d.sku_id), k.users(d.sku_id), k.sold_out, k.admin_record(d.sku_id, request_id), k.log],
+                keys=[
+                    k.sku(d.sku_id),
+                    k.users(d.sku_id),
+                    k.sold_out,
+                    k.admin_record(d.sku_id, request_id),
+                    k.log,
+                    k.sale_totals(d.sku_id),
+                    k.visitors(d.sku_id),
+                    k.buyers(d.sku_id),
+                ],
                 args=[
                     d.sku_id,
                     d.stock,

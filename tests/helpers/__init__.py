@@ -50,12 +50,19 @@ __all__ = [
     "varint",
 ]
 
-BACKGROUND_COMMANDS = frozenset({"time", "zrange", "hget", "xread", "xlen", "multi", "exec"})
+BACKGROUND_COMMANDS = frozenset(
+    {"time", "zrange", "hget", "xread", "xlen", "multi", "exec"}
+    | {"hincrby", "pfadd", "expire", "zadd"}
+    | {"zrangebyscore", "hgetall", "pfcount", "zrem", "zrevrange", "hmget"}
+)
 """What a node's duties send whatever the traffic, left out when counting a
 request's Redis calls: the reaper (a pipeline of TIME and one ZRANGE per
 shard), the warden (one HGET of each shard's state a second) and the
 persister (a blocking XREAD, then the entries and the shards' generations in one
-MULTI, and an XLEN of each log a second for its backlog)."""
+MULTI, and an XLEN of each log a second for its backlog). The sale figures add
+each worker's flush, once a second (HINCRBY, PFADD, EXPIRE, ZADD), and
+their duty's round every two seconds (ZRANGEBYSCORE, HGETALL, PFCOUNT, ZREM,
+ZREVRANGE, HMGET)."""
 
 
 def _accept(value: Any, until: Callable[[Any], bool] | None) -> bool:

@@ -743,3 +743,22 @@ def test_claim_epoch_records_the_owner_and_the_snapshot_carries_the_epoch(ledger
     ledger.persist(SHARD, 1, [Log().put("sku-a", 5)], epoch=15)
     with pytest.raises(Fenced):
         ledger.persist(SHARD, 1, [Log().put("sku-a", 7)], epoch=12)
+
+
+def test_sale_seconds_are_upserted_whole_and_read_by_sku_and_sale(ledger):
+    from flashstock.server.duties.salefigures import second_row
+
+    first = second_row("s", 1, 100, {b"o:ok": b"2", b"units": b"2", b"l:0": b"2"}, 2, 2, 2, 1_000)
+    other_sale = second_row("s", 2, 100, {b"o:limit": b"1", b"l:0": b"1"}, 1, 1, 0, 1_000)
+    ledger.put_sale_seconds([first, other_sale, second_row("t", 1, 100, {b"o:ok": b"1"}, 1, 1, 1, 1_000)])
+    # A late flush added to the second: the row is written again, whole.
+    later = second_row("s", 1, 100, {b"o:ok": b"3", b"o:dup": b"1", b"units": b"3", b"l:0": b"4"}, 3, 3, 3, 2_000)
+    ledger.put_sale_seconds([later, second_row("s", 1, 101, {b"o:sold_out": b"5"}, 5, 8, 3, 2_000)])
+
+    rows = ledger.sale_seconds("s", sale=1)
+    assert [(r["second"], r["attempts"], r["o_ok"], r["o_dup"], r["units"], r["users_total"]) for r in rows] == [
+        (100, 4, 3, 1, 3, 3),
+        (101, 5, 0, 0, 0, 8),
+    ]
+    assert [(r["sale"], r["second"]) for r in ledger.sale_seconds("s")] == [(1, 100), (1, 101), (2, 100)]
+    ledger.put_sale_seconds([])

@@ -10,11 +10,9 @@ from __future__ import annotations
 
 import uuid
 
-import psutil
 import pytest
 
 from flashstock.client import ClientConfig, Outcome, StockClient
-from flashstock.server.local.procs import family
 from tests.helpers import (
     BACKGROUND_COMMANDS,
     calls_delta,
@@ -23,7 +21,7 @@ from tests.helpers import (
     logs_drained,
     no_hold_due_soon,
 )
-from tests.helpers.processes import QUIET, running_node
+from tests.helpers.processes import QUIET, client_reaching_every_worker, running_node
 
 REFUSALS = 200
 
@@ -153,58 +151,11 @@ def test_stock_adjusted_down_to_zero_is_refused_from_memory(admin, stock, sku, r
 # -- several worker processes on one port ------------------------------------
 
 
-def _established(pid: int, local_port: int | None = None, remote_port: int | None = None) -> list:
-    try:
-        conns = psutil.Process(pid).net_connections(kind="tcp")
-    except psutil.NoSuchProcess:
-        return []
-    return [
-        c
-        for c in conns
-        if c.status == psutil.CONN_ESTABLISHED
-        and c.raddr
-        and (local_port is None or c.laddr.port == local_port)
-        and (remote_port is None or c.raddr.port == remote_port)
-    ]
-
-
-def _our_ports_to(node) -> set[int]:
-    return {c.laddr.port for c in _established(psutil.Process().pid, remote_port=node.port)}
-
-
-def _worker_by_our_port(node) -> dict[int, int]:
-    """Our local port of each connection to ``node`` -> pid of the worker that accepted it."""
-    return {
-        c.raddr.port: child.pid for child in family(node.pid)[1:] for c in _established(child.pid, local_port=node.port)
-    }
-
-
 @pytest.fixture
 def spread_stock(admin, node_2w):
-    """A client of ``node_2w`` with 8 connections, which reach both its worker processes.
-
-    The kernel spreads the connections over the workers (SO_REUSEPORT); in the
-    unlikely case that all of them land on one worker, a new client is opened.
-    """
-    probe = f"spread-{uuid.uuid4().hex}"
-    admin.put_sku(probe, 1)
-    clients = []
-    try:
-        for _ in range(10):
-            before = _our_ports_to(node_2w)
-            client = StockClient(ClientConfig(addresses=[node_2w.address], connections_per_address=8))
-            clients.append(client)
-            for _ in range(8):  # calls go round-robin: this opens every connection
-                client.get_stock(probe)
-            ports = _our_ports_to(node_2w) - before
-            workers = {_worker_by_our_port(node_2w).get(p) for p in ports} - {None}
-            if len(ports) == 8 and len(workers) == node_2w.workers:
-                yield client
-                return
-        pytest.fail(f"no client reached all {node_2w.workers} workers of {node_2w.address}")
-    finally:
-        for client in clients:
-            client.close()
+    """A client of ``node_2w`` with 8 connections, which reach both its worker processes."""
+    with client_reaching_every_worker(node_2w, admin) as client:
+        yield client
 
 
 def _round(client, sku, n=8, **kw):

@@ -9,6 +9,7 @@
 --
 -- KEYS[1] sku hash  KEYS[2] users hash  KEYS[3] sold-out hash
 -- KEYS[4] admin record of request_id  KEYS[5] shard log
+-- KEYS[6] sale totals  KEYS[7] visitors HLL  KEYS[8] buyers HLL (a new sale's figures start from nothing)
 -- ARGV[1] sku_id  ARGV[2] stock  ARGV[3] per-user limit  ARGV[4] max per request
 -- ARGV[5] sale start ms  ARGV[6] sale end ms  ARGV[7] mode  ARGV[8] admin ttl s
 -- ARGV[9] key prefix of the shard ('fs:{s<n>}:')   ARGV[10] request_id
@@ -40,6 +41,7 @@ local old = redis.call('HMGET', KEYS[1], 'sv', 'sale')
 local stock = tonumber(ARGV[2])
 local sale = string.format('%d', tonumber(old[2] or '0') + 1)
 redis.call('DEL', KEYS[1], KEYS[2])
+redis.call('DEL', KEYS[6], KEYS[7], KEYS[8])
 -- Numbers are written as the decimal strings they came as (ARGV, the old
 -- hash) or formatted with %d: never a Lua number, which Redis would write
 -- as a float ('1e+17') past 17 digits.
