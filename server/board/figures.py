@@ -13,7 +13,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from flashstock.server.store.keys import LATENCY_BUCKETS_US, SALE_OUTCOMES
+from flashstock.server.store.keys import FIRST_SOLD_FIELD, LATENCY_BUCKETS_US, SALE_OUTCOMES
 
 RATE_SECONDS = 3
 """Rates and the recent percentiles are taken over this many whole seconds before the current one."""
@@ -88,7 +88,7 @@ class SaleMemory:
     sale: int = 0
     """The SKU's sale number (``sale``) this memory is of; a new put starts a fresh memory."""
     started_ms: int = 0
-    """When selling began: the window's start, or else when the board first saw units taken."""
+    """When selling began: the window's start, else the second units were first taken, else when the board saw them."""
     sold_out_ms: int = 0
     """When the board first saw no unit left (0: not yet)."""
     series: list[list[float | None]] | None = None
@@ -124,8 +124,10 @@ def sku_figures(
     latencies = window if attempts_of(window) else totals
 
     start_ms = _int(definition, "start")
+    first_sold_ms = _int(totals, FIRST_SOLD_FIELD) * 1000
     if not memory.started_ms and (start_ms or sold):
-        memory.started_ms = start_ms if start_ms and start_ms <= now_ms else (now_ms if sold else 0)
+        # The window's start; else the second units were first taken (the workers' figures), else now.
+        memory.started_ms = start_ms if start_ms and start_ms <= now_ms else (first_sold_ms or now_ms if sold else 0)
     if total > 0 and left == 0 and not memory.sold_out_ms:
         memory.sold_out_ms = now_ms
     elif left > 0:

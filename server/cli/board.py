@@ -10,9 +10,7 @@ from typing import Annotated
 import typer
 
 from flashstock.server.cli.common import DEFAULT_CLUSTER, exit_error
-
-READY_LINE = "flashstock board on"
-"""What the command prints, with the page's address, once it serves (tests and scripts wait for it)."""
+from flashstock.server.local.procs import BOARD_READY_LINE as READY_LINE
 
 
 def board(

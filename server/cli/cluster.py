@@ -63,6 +63,7 @@ def _usage(cluster: LocalCluster) -> str:
     return "\n".join(
         [
             f"etcd {cluster.etcd_endpoint}, redis {cluster.redis_url}, ledger {cluster.ledger_url}",
+            *([f"the live board: {cluster.board_url}"] if cluster.board_url else []),
             "",
             f"  export FLASHSTOCK_ETCD={cluster.etcd_endpoint} FLASHSTOCK_CLUSTER={cluster.cluster}",
             f"  flashstock nodes ls {etcd}",
@@ -88,6 +89,9 @@ def cluster_up(
     lease_ttl_s: Annotated[int, typer.Option(help="The nodes' etcd lease TTL, seconds.", min=1)] = 5,
     workers: Annotated[int, typer.Option(help="Worker processes per node.", min=0)] = 1,
     cluster: Annotated[str, typer.Option("--cluster", help="The cluster's name in etcd.")] = DEFAULT_CLUSTER,
+    board: Annotated[
+        bool, typer.Option("--board/--no-board", help="Also run the live board of the sale (flashstock board).")
+    ] = False,
 ) -> None:
     """Start etcd, Redis and NODES nodes on loopback (free ports), all in one folder; they keep running."""
     from flashstock.server.local.cluster import LocalCluster
@@ -101,6 +105,7 @@ def cluster_up(
         lease_ttl_s=lease_ttl_s,
         workers=workers,
         cluster=cluster,
+        board=board,
     )
     try:
         with console.status(f"starting etcd, redis and {nodes} node(s) in {local.folder}"):

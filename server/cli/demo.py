@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from typing import Annotated
 
 import typer
@@ -21,14 +22,33 @@ def demo(
     workers: Annotated[int, typer.Option(help="Worker processes per node.")] = 1,
     seed: Annotated[int, typer.Option(help="Random seed of the crowd.")] = 7,
     mode: Annotated[str, typer.Option(help="The SKU's mode: fast | durable (replies wait for the ledger).")] = "fast",
+    board: Annotated[bool, typer.Option(help="Run the live board of the sale and print its address.")] = True,
+    start_in: Annotated[
+        float | None,
+        typer.Option(
+            help="Seconds between the board's address and the sale's start [default: 5 on a terminal, else 0]."
+        ),
+    ] = None,
+    rate: Annotated[
+        float | None,
+        typer.Option(help="Buyers per second until sold out, 0 = unpaced [default: 200 on a terminal, else 0]."),
+    ] = None,
+    linger: Annotated[float, typer.Option(help="Seconds the cluster and its board stay up after the sale.")] = 0.0,
+    review_dir: Annotated[
+        str, typer.Option(help="Where the sale's review is written ('' = none).")
+    ] = "flashstock-demo-review",
 ) -> None:
     """A flash sale on a local cluster of its own (etcd, Redis, 3 nodes): 20,000 buyers, 1,000 units,
     the owner of the SKU's shard drained half-way, an oversell check, then Redis reconciled against
-    the ledger."""
+    the ledger; the live board shows it, and its review is written at the end."""
     from flashstock.server.local.demo import DemoPlan, run_demo
 
     if mode not in ("fast", "durable"):
         raise typer.BadParameter("mode must be fast or durable", param_hint="--mode")
+    if (start_in is not None and start_in < 0) or linger < 0:
+        raise typer.BadParameter("give 0 or more seconds", param_hint="--start-in/--linger")
+    if rate is not None and rate < 0:
+        raise typer.BadParameter("give 0 (unpaced) or more buyers per second", param_hint="--rate")
     if nodes < 1:
         raise typer.BadParameter("give at least one node", param_hint="--nodes")
     plan = DemoPlan(
@@ -43,5 +63,10 @@ def demo(
         workers=workers,
         seed=seed,
         mode=mode,
+        board=board,
+        start_in_s=(5.0 if board and sys.stdout.isatty() else 0.0) if start_in is None else start_in,
+        linger_s=linger,
+        rate=(200.0 if sys.stdout.isatty() else 0.0) if rate is None else rate,
+        review_dir=review_dir,
     )
     raise typer.Exit(run_demo(plan, console))

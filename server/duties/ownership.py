@@ -329,13 +329,15 @@ class Ownership:
         )
 
     def _record_failover(self, before: str, shards: list[int], epochs: dict[int, int]) -> None:
-        """This node took ``shards`` over from ``before``: one incident (per shard when it is one)."""
+        """This node took ``shards`` over from ``before``: one incident, a failover or a handoff."""
         if self.duties.incidents is None:
             return
-        # Still registered: the map moved them (a node joined, a pin, a drain); else its lease ended.
-        why = "a handoff: it is still in the cluster" if before in self._nodes else "it is gone from the cluster"
+        # Still registered: the map moved them (a node joined, a pin, a drain), a handoff; else its lease
+        # ended, a failover.
+        handoff = before in self._nodes
+        why = "it is still in the cluster" if handoff else "it is gone from the cluster"
         self.duties.incidents.record(
-            "failover",
+            "handoff" if handoff else "failover",
             f"took shards {shard_ranges(shards)} over from {before} ({why}); "
             f"epochs {min(epochs[s] for s in shards)}..{max(epochs[s] for s in shards)}",
             shards[0] if len(shards) == 1 else -1,

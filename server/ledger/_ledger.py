@@ -190,7 +190,7 @@ def _known_revisions() -> set[str]:
     return {p.name.split("_", 1)[0] for p in folder.iterdir() if p.name.endswith(".py")}
 
 
-INCIDENT_KINDS = ("failover", "rebuild", "fenced_write", "reconcile_difference", "session_lost")
+INCIDENT_KINDS = ("failover", "handoff", "rebuild", "fenced_write", "reconcile_difference", "session_lost")
 """What a node records in the ``incidents`` table."""
 INCIDENT_DETAIL_CHARS = 1024
 """Longest ``detail`` of an incident (the column's size); a longer one is cut."""

@@ -41,6 +41,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -52,6 +53,7 @@ import psutil
 
 from flashstock.server.local.etcd import EtcdCluster, EtcdServer
 from flashstock.server.local.procs import (
+    BOARD_READY_LINE,
     PostgresServer,
     ProcessError,
     RedisServer,
@@ -77,14 +79,20 @@ CLUSTER_FILE = "cluster.json"
 LEDGER_DATABASE = "flashstock"
 """The PostgreSQL database of the ledger (``--ledger postgresql``)."""
 
-_STOP_ORDER = ("node", "redis", "etcd", "postgres")
+_STOP_ORDER = ("board", "node", "redis", "etcd", "postgres")
 """Nodes first (they write to the others), then what they use."""
 
-_STOP_TIMEOUT_S = {"node": 20.0, "redis": 10.0, "etcd": 10.0, "postgres": 30.0}
+_STOP_TIMEOUT_S = {"board": 10.0, "node": 20.0, "redis": 10.0, "etcd": 10.0, "postgres": 30.0}
 """How long a process gets to exit after its stop signal, before SIGKILL.
 A node's grace period for in-flight calls is 5 s by default."""
 
-_STOP_SIGNAL = {"node": signal.SIGTERM, "redis": signal.SIGTERM, "etcd": signal.SIGTERM, "postgres": signal.SIGINT}
+_STOP_SIGNAL = {
+    "board": signal.SIGTERM,
+    "node": signal.SIGTERM,
+    "redis": signal.SIGTERM,
+    "etcd": signal.SIGTERM,
+    "postgres": signal.SIGINT,
+}
 """SIGINT is PostgreSQL's fast shutdown; its SIGTERM would wait for every client session to end."""
 
 
@@ -207,6 +215,8 @@ class _Record:
     down_ms: int = 0
     etcd_members: int = 1
     node_env: dict[str, dict[str, str]] = field(default_factory=dict)
+    board: bool = False
+    board_port: int = 0
 
 
 # -- processes ------------------------------------------------------------------
@@ -300,7 +310,8 @@ class LocalCluster:
     is the cluster's name in etcd. ``etcd_members``: one etcd (``etcd``) or
     several that form one etcd cluster (``etcd-0`` ...), each node given
     every endpoint. ``node_env``: environment variables of a node's own, by
-    node id (a failpoint flag for one node in a test).
+    node id (a failpoint flag for one node in a test). ``board``: also run
+    ``flashstock board`` on the cluster (process ``board``, :attr:`board_url`).
 
     Any recorded process can be broken and mended by name (``node-1``,
     ``redis``, ``etcd``, ``etcd-0``): :meth:`kill_process`,
@@ -320,6 +331,7 @@ class LocalCluster:
         cluster: str = "flashstock",
         etcd_members: int = 1,
         node_env: Mapping[str, Mapping[str, str]] | None = None,
+        board: bool = False,
     ) -> None:
         if nodes < 1:
             raise ValueError(f"nodes must be >= 1, not {nodes}")
@@ -346,6 +358,7 @@ class LocalCluster:
             extra_node_args=list(extra_node_args),
             etcd_members=etcd_members,
             node_env={node: dict(env) for node, env in (node_env or {}).items()},
+            board=board,
         )
         self._popens: dict[int, subprocess.Popen] = {}
 
@@ -369,6 +382,7 @@ class LocalCluster:
             cluster=record.cluster,
             etcd_members=record.etcd_members,
             node_env=record.node_env,
+            board=record.board,
         )
         cluster._record = record
         return cluster
@@ -419,6 +433,11 @@ class LocalCluster:
         return list(self._record.processes)
 
     @property
+    def board_url(self) -> str:
+        """The live board's page (``http://127.0.0.1:<port>/``); '' when the cluster runs none."""
+        return f"http://127.0.0.1:{self._record.board_port}/" if self._record.board else ""
+
+    @property
     def metrics_ports(self) -> list[int]:
         """The nodes' Prometheus ports on 127.0.0.1, by index."""
         return [self._spec(i).metrics_port for i in range(len(self._record.nodes))]
@@ -450,6 +469,8 @@ class LocalCluster:
             self._start_ledger(previous)
             for i in range(self.size):
                 self._start_first_node(i, previous)
+            if self._record.board:
+                self._start_board(previous)
         except BaseException:
             self.down()
             raise
@@ -740,6 +761,54 @@ class LocalCluster:
             started.address = spec.address
             self._add(started)
             return
+
+    def _start_board(self, previous: LocalCluster | None) -> None:
+        """Start ``flashstock board`` on the cluster's etcd and Redis (its previous port if free)."""
+        old = previous._record.board_port if previous else None
+        self._record.board_port = _reuse_or_new(old)
+        argv = [
+            sys.executable,
+            "-m",
+            "flashstock.server",
+            "board",
+            "--redis-url",
+            self.redis_url,
+            "--etcd",
+            self.etcd_endpoint,
+            "--cluster",
+            self.cluster,
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self._record.board_port),
+        ]
+        log = self.folder / "logs" / "board.log"
+        with open(log, "ab") as out:
+            offset = out.tell()
+            proc = subprocess.Popen(
+                argv,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                env=_node_env(),
+                start_new_session=True,
+            )
+        self._popens[proc.pid] = proc
+        try:
+            wait_for_line(proc, file_reader(log, offset), name="board", timeout=30.0, line=BOARD_READY_LINE)
+        except ProcessError:
+            proc.wait()
+            raise
+        self._add(
+            self._recorded(
+                "board",
+                "board",
+                proc.pid,
+                {"http": self._record.board_port},
+                log,
+                f"127.0.0.1:{self._record.board_port}",
+            )
+        )
 
     def _node_argv(self, spec: _NodeSpec) -> list[str]:
         r = self._record

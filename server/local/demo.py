@@ -10,7 +10,14 @@ checks the promises: units handed out equal the stock, never more; no user
 above the limit; every retry of a request that took effect got its first
 answer; the drained node owns nothing. Then it reconciles Redis against the
 ledger (the same check as ``flashstock reconcile``): any difference fails the
-demo. Everything it starts is stopped on exit, Ctrl-C included.
+demo.
+
+The cluster runs the live board (``flashstock board``) too: its address is
+printed before the sale (``start_in_s`` gives a person time to open it) and
+it stays up for the sale (and ``linger_s`` after). Once the ledger holds the
+sale's figures of every second, the demo writes the sale's review
+(``flashstock sales review``) and prints its path. Everything it starts is
+stopped on exit, Ctrl-C included.
 """
 
 from __future__ import annotations
@@ -32,6 +39,8 @@ from flashstock.client import AsyncAdminClient, AsyncStockClient, ClientConfig, 
 from flashstock.lockmgr import drain, etcd_client, read_view, shard_of
 from flashstock.server.cli.reconcile import run_reconcile
 from flashstock.server.cli.shards import map_table
+from flashstock.server.ledger import create_engine
+from flashstock.server.ledger.review import read_sale, review, write_review
 from flashstock.server.local.cluster import LocalCluster
 
 SKU = "demo-hot-sku"
@@ -63,6 +72,18 @@ class DemoPlan:
     """Random seed of the crowd."""
     mode: str = "fast"
     """The SKU's mode: 'fast', or 'durable' (each reply waits until the ledger holds it)."""
+    board: bool = True
+    """Run the live board beside the cluster and print its address."""
+    start_in_s: float = 0.0
+    """Seconds between the board's address being printed and the sale's start."""
+    linger_s: float = 0.0
+    """Seconds the cluster and its board stay up after the sale."""
+    rate: float = 0.0
+    """Buyers sent per second at most until the SKU sells out (0 = as fast as the nodes answer)."""
+    review_dir: str = "flashstock-demo-review"
+    """Where the sale's review is written ('' = no review)."""
+    unit_price_minor: int = 1999
+    """The demo SKU's price in minor units (its goals: every unit, sold out in 30 s, 400 buyers)."""
 
 
 @dataclass
@@ -75,6 +96,11 @@ class SaleLog:
     retries: int = 0
     retry_mismatches: list[str] = field(default_factory=list)
     errors: Counter = field(default_factory=Counter)
+
+    @property
+    def attempts(self) -> int:
+        """Every Deduct the crowd sent (retries included), answered or failed."""
+        return sum(self.outcomes.values()) + sum(self.errors.values())
 
     def record(self, result: DeductResult, seconds: float) -> None:
         self.outcomes[result.outcome.name] += 1
@@ -150,7 +176,19 @@ async def _sale(plan: DemoPlan, cluster: LocalCluster, console: Console, drained
     log = SaleLog()
     async with AsyncAdminClient(config) as admin, AsyncStockClient(config) as stock:
         mode = Mode.DURABLE if plan.mode == "durable" else Mode.FAST
-        defined = (await admin.put_sku(SKU, plan.stock, per_user_limit=plan.limit, mode=mode)).sku
+        defined = (
+            await admin.put_sku(
+                SKU,
+                plan.stock,
+                per_user_limit=plan.limit,
+                mode=mode,
+                goal_units=plan.stock,
+                goal_sellout_ms=30_000,
+                goal_buyers=min(plan.users, max(1, plan.stock // (2 * plan.limit))),
+                unit_price_minor=plan.unit_price_minor,
+                currency="EUR",
+            )
+        ).sku
         crowd = [
             (f"user-{rng.randrange(plan.users)}", 2 if rng.random() < 0.2 else 1, rng.random() < plan.retry_share)
             for _ in range(plan.buyers)
@@ -167,13 +205,22 @@ async def _sale(plan: DemoPlan, cluster: LocalCluster, console: Console, drained
             console=console,
         )
         task = progress.add_task("sale", total=plan.buyers, sold=0, stock=plan.stock)
+        started = time.perf_counter()
 
         if plan.drain and plan.nodes > 1:
             drained.node = await _owner_of_shard(cluster, shard_of(SKU, cluster.shards))
 
+        sent = 0
+
         async def worker() -> None:
+            nonlocal sent
             while not queue.empty():
                 user, qty, retries = queue.get_nowait()
+                if plan.rate > 0 and sum(log.sold_by_user.values()) < plan.stock:
+                    # Paced until sold out (so a person can watch the stock fall on the board): buyer i
+                    # goes at started + i / rate; the rest of the crowd, all refused, goes unpaced.
+                    sent += 1
+                    await asyncio.sleep(max(0.0, started + sent / plan.rate - time.perf_counter()))
                 sold = sum(log.sold_by_user.values())
                 if drained.node and not drained.at_sold and sold >= plan.stock // 2:
                     drained.at_sold = sold
@@ -184,7 +231,6 @@ async def _sale(plan: DemoPlan, cluster: LocalCluster, console: Console, drained
                 await _buyer(stock, log, user, qty, retries)
                 progress.update(task, advance=1, sold=sum(log.sold_by_user.values()))
 
-        started = time.perf_counter()
         with progress:
             await asyncio.gather(*(worker() for _ in range(plan.concurrency)))
         elapsed = time.perf_counter() - started
@@ -256,7 +302,11 @@ def run_demo(plan: DemoPlan, console: Console) -> int:
         with (
             tempfile.TemporaryDirectory(prefix="flashstock-demo-") as folder,
             LocalCluster(
-                Path(folder), nodes=plan.nodes, workers=plan.workers, extra_node_args=("--grace-s", "1")
+                Path(folder),
+                nodes=plan.nodes,
+                workers=plan.workers,
+                extra_node_args=("--grace-s", "1"),
+                board=plan.board,
             ) as cluster,
         ):
             console.print(
@@ -267,6 +317,11 @@ def run_demo(plan: DemoPlan, console: Console) -> int:
                 f"SKU {SKU!r} ({plan.mode} mode): {plan.stock:,} units, limit {plan.limit} per user; "
                 f"{plan.buyers:,} buyers from {plan.users:,} users, {plan.retry_share:.0%} retrying"
             )
+            if cluster.board_url:
+                console.print(f"[bold]the live board of the sale: {cluster.board_url}[/]", soft_wrap=True)
+            if plan.start_in_s > 0:
+                console.print(f"the sale starts in {plan.start_in_s:g} s")
+                time.sleep(plan.start_in_s)
             log, elapsed, level = asyncio.run(_sale(plan, cluster, console, drained))
             if drained.node:
                 drained.shard_owner_after = asyncio.run(_settled_owner(cluster, drained.node))
@@ -275,6 +330,13 @@ def run_demo(plan: DemoPlan, console: Console) -> int:
             # The nodes still run: the persisters drain the last log entries
             # into the ledger, which reconcile waits for.
             reconciled = run_reconcile(cluster.redis_url, cluster.ledger_url, cluster.shards, console) == 0
+            if plan.review_dir:
+                recorded = _figures_recorded(cluster.ledger_url, log.attempts)
+                ok = report_figures(recorded, log.attempts, console) and ok
+                console.print(f"the sale's review: {_write_review(cluster.ledger_url, Path(plan.review_dir))}")
+            if plan.linger_s > 0:
+                console.print(f"the cluster and its board stay up {plan.linger_s:g} s more (Ctrl-C ends it)")
+                time.sleep(plan.linger_s)
     except KeyboardInterrupt:
         console.print("[yellow]interrupted: everything the demo started is stopped")
         return 130
@@ -282,6 +344,41 @@ def run_demo(plan: DemoPlan, console: Console) -> int:
         console.print("[red]Redis and the ledger disagree")
     console.print("[green]all promises held" if ok and reconciled else "[red]a promise was broken")
     return 0 if ok and reconciled else 1
+
+
+def _figures_recorded(ledger_url: str, attempts: int, timeout: float = 30.0) -> int:
+    """The attempts the ledger's per-second figures of the sale count, once they reach ``attempts``
+    (the duties move a second to the ledger a few seconds after it ends) or after ``timeout``."""
+    engine = create_engine(ledger_url)
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            records = read_sale(engine, SKU)
+            recorded = sum(s["attempts"] for s in records.seconds) if records else 0
+            if recorded >= attempts or time.monotonic() > deadline:
+                return recorded
+            time.sleep(0.5)
+    finally:
+        engine.dispose()
+
+
+def _write_review(ledger_url: str, folder: Path) -> Path:
+    engine = create_engine(ledger_url)
+    try:
+        records = read_sale(engine, SKU)
+    finally:
+        engine.dispose()
+    if records is None:
+        raise RuntimeError(f"the ledger has no SKU {SKU!r}: the persister never wrote its put")
+    return write_review(review(records), folder)
+
+
+def report_figures(recorded: int, attempts: int, console: Console) -> bool:
+    """Print whether the ledger's per-second figures count every attempt; True when they do."""
+    ok = recorded == attempts
+    mark = "[green]PASS" if ok else "[red]FAIL"
+    console.print(f"the ledger's per-second figures count every attempt ({recorded:,} == {attempts:,}): {mark}")
+    return ok
 
 
 async def _settled_owner(cluster: LocalCluster, drained: str, timeout: float = 15.0) -> str:

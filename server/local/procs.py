@@ -37,6 +37,7 @@ import psutil
 from flashstock.server._node import READY_LINE
 
 __all__ = [
+    "BOARD_READY_LINE",
     "BoardProcess",
     "NodeProcess",
     "PostgresServer",
@@ -746,6 +747,10 @@ class NodeProcess:
         self.close()
 
 
+BOARD_READY_LINE = "flashstock board on"
+"""What ``flashstock board`` prints, with the page's address, once it serves (tests and scripts wait for it)."""
+
+
 class BoardProcess:
     """A ``flashstock board`` process on a free loopback port: the live board of a sale, in a browser."""
 
@@ -788,7 +793,7 @@ class BoardProcess:
         args = [sys.executable, "-m", "flashstock.server", "board", *self._args]
         self.proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
         self._read = pipe_reader(self.proc)
-        wait_for_line(self.proc, self._read, name="flashstock board", timeout=timeout, line="flashstock board on")
+        wait_for_line(self.proc, self._read, name="flashstock board", timeout=timeout, line=BOARD_READY_LINE)
         return self
 
     def output(self) -> str:

@@ -82,7 +82,8 @@ class ShardKeys:
     # metrics, moved to the ledger's ``sale_seconds`` by the shard's duties.
     # Fields of the two figure hashes: ``o:<outcome>`` attempts by outcome
     # (SALE_OUTCOMES), ``units`` units taken, ``l:<i>`` latency bucket counts
-    # (LATENCY_BUCKETS_US[i]), ``lsum`` latency sum in us.
+    # (LATENCY_BUCKETS_US[i]), ``lsum`` latency sum in us; the totals also
+    # ``first`` (FIRST_SOLD_FIELD), the second units were first taken in.
 
     def sale_second(self, second: int, sku_id: str) -> str:
         """Hash of one SKU's figures in one unix second (node clock); expires after SALE_SECONDS_TTL_S."""
@@ -145,3 +146,6 @@ LATENCY_BUCKETS_US = (250, 500, 1_000, 2_000, 5_000, 10_000, 20_000, 50_000, 100
 
 SALE_SECONDS_TTL_S = 3600
 """How long a per-second figure hash stays in Redis (the duties move it to the ledger within seconds)."""
+
+FIRST_SOLD_FIELD = "first"
+"""A sale's totals field: the unix second (node clock) in which its units were first taken (set once)."""

@@ -31,7 +31,13 @@ from typing import Any
 from flashstock.client import Outcome
 from flashstock.lockmgr import shard_of
 from flashstock.server._log_gate import LogGate
-from flashstock.server.store.keys import LATENCY_BUCKETS_US, SALE_OUTCOMES, SALE_SECONDS_TTL_S, ShardKeys
+from flashstock.server.store.keys import (
+    FIRST_SOLD_FIELD,
+    LATENCY_BUCKETS_US,
+    SALE_OUTCOMES,
+    SALE_SECONDS_TTL_S,
+    ShardKeys,
+)
 from flashstock.server.store.redis import AsyncRedis
 from flashstock.server.store.replies import QtyAboveMax
 
@@ -219,6 +225,9 @@ class SaleStats:
             p.pfadd(k.visitors(sku_id), *users[i : i + PFADD_CHUNK])
             p.pfadd(visitors_second, *users[i : i + PFADD_CHUNK])
         buyers = sorted(figures.buyers)
+        if buyers:
+            # When units were first taken (to the second): a board's start of selling, for the time to sell-out.
+            p.hsetnx(totals, FIRST_SOLD_FIELD, second)
         for i in range(0, len(buyers), PFADD_CHUNK):
             p.pfadd(k.buyers(sku_id), *buyers[i : i + PFADD_CHUNK])
         p.expire(per_second, SALE_SECONDS_TTL_S)

@@ -14,6 +14,7 @@ import asyncio
 import json
 import os
 import subprocess
+import urllib.request
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
@@ -538,3 +539,26 @@ def test_status_of_a_folder_without_a_cluster_says_so(tmp_path):
 
     assert result.exit_code == 2
     assert "no cluster recorded in" in " ".join(result.output.split())
+
+
+def test_cluster_up_with_the_board_serves_its_nodes_and_down_stops_it(tmp_path):
+    folder = tmp_path / "cluster"
+    up = cli("cluster", "up", "--nodes", "1", "--dir", str(folder), "--shards", "4", "--board")
+    try:
+        assert up.exit_code == 0, up.output
+        local = LocalCluster.load(folder)
+        assert [p.name for p in local.processes] == ["etcd", "redis", "node-0", "board"]
+        assert f"the live board: {local.board_url}" in up.output
+        # The board found the node through etcd and reads its health.
+        state = eventually(
+            lambda: json.loads(urllib.request.urlopen(f"{local.board_url}api/state", timeout=5).read()),
+            until=lambda s: [(n["id"], n["health"]) for n in s["nodes"]] == [("node-0", "SERVING")],
+            timeout=20,
+        )
+        assert state["problems"] == []
+        board = next(p for p in local.processes if p.name == "board")
+    finally:
+        down = cli("cluster", "down", "--dir", str(folder))
+    assert down.exit_code == 0, down.output
+    assert {r[0]: r[2] for r in rows(down.output)}["board"] == "stopped"
+    assert gone(board.pid)

@@ -102,7 +102,7 @@ def upgrade() -> None:
             "kind",
             sa.String(32),
             nullable=False,
-            comment="failover | rebuild | fenced_write | reconcile_difference | session_lost",
+            comment="failover | handoff | rebuild | fenced_write | reconcile_difference | session_lost",
         ),
         sa.Column("node", sa.String(256), nullable=False, server_default=""),
         sa.Column("shard", sa.Integer, nullable=False, server_default="-1", comment="-1 = not about one shard."),
