@@ -9,11 +9,13 @@ and runs these phases:
    for a warm-up and then ``seconds`` measured: successful deductions/s,
    latency percentiles, CPU of the node, Redis and the load processes.
 2. **metrics on/off**: the same Deduct loop against two nodes alike but for
-   ``serving_metrics`` (each on a Redis of its own), ``metrics_rounds``
-   times each, alternating in A-B-B-A order so a drift of the machine
-   weighs on both: their rates, each node's CPU per successful call, and the
-   cost of the serving metrics (the ratio against echo with and without
-   them, and the CPU each call costs more with them).
+   their metrics (each on a Redis of its own): one counts everything (the
+   serving metrics, ``serving_metrics``, and a sale's figures per SKU,
+   ``stats_interval_ms``), the other neither; ``metrics_rounds`` times
+   each, alternating in A-B-B-A order so a drift of the machine weighs on
+   both: their rates, each node's CPU per successful call, and the cost of
+   the metrics (the ratio against echo with and without them, and the CPU
+   each call costs more with them).
 3. **echo**: the same loop, the same stub, channel options and coroutine
    count, against the echo server (same stack, same number of worker
    processes): calls/s. The ratio flashstock/echo is the share of the bare
@@ -105,7 +107,7 @@ class BenchPlan:
     """gRPC connections per load process (0: 1 with one worker, else 4 per worker:
     SO_REUSEPORT spreads connections, not calls, over the workers, at random)."""
     metrics_rounds: int = 2
-    """Throughput phases of the node with its serving metrics on, and as many with them off, alternating."""
+    """Throughput phases of the node with its metrics (serving, a sale's figures) on, as many off, alternating."""
 
     def problems(self) -> list[str]:
         """What is wrong with the plan, each naming its option."""
@@ -510,14 +512,15 @@ class _Run:
         )
         self.stack.push(self.node)  # its __exit__: stop, remove its log
         self.node.start()
-        # The same node without its serving metrics, on a Redis of its own (a Redis serves one ledger).
+        # The same node without its metrics (serving, and a sale's figures), on a Redis of its own (a Redis
+        # serves one ledger).
         self.redis_off = RedisServer()
         self.stack.push(self.redis_off)
         self.redis_off.start()
         self.node_off = NodeProcess(
             self.redis_off.url,
             workers=plan.workers,
-            extra_args=("--metrics-port", str(free_port()), "--no-serving-metrics"),
+            extra_args=("--metrics-port", str(free_port()), "--no-serving-metrics", "--stats-interval-ms", "0"),
         )
         self.stack.push(self.node_off)
         self.node_off.start()
@@ -652,7 +655,7 @@ class _Run:
         return out
 
     def metrics_cost(self) -> dict[str, Any]:
-        """The node with its serving metrics and without, alternating (A-B-B-A ...), ``metrics_rounds`` each."""
+        """The node with its metrics and without, alternating (A-B-B-A ...), ``metrics_rounds`` each."""
         on: list[dict[str, Any]] = []
         off: list[dict[str, Any]] = []
         for i in range(self.plan.metrics_rounds):
@@ -957,9 +960,9 @@ class _Run:
         rounds = self.plan.metrics_rounds
         t = Table(
             "figure",
-            "serving metrics on",
+            "metrics on",
             "off",
-            title=f"The serving metrics' cost: {rounds} phase(s) each, alternating, means",
+            title=f"The metrics' cost (serving, and a sale's figures): {rounds} phase(s) each, alternating, means",
         )
         on, off = cost["on"], cost["off"]
         t.add_row("successful calls/s", f"{on['ok_per_s']:,.0f}", f"{off['ok_per_s']:,.0f}")

@@ -23,13 +23,16 @@ def bench(
         int, typer.Option(help="gRPC connections per load process; 0 = 1, or 4 per worker when workers > 1.")
     ] = 0,
     metrics_rounds: Annotated[
-        int, typer.Option(help="Phases of the node with its serving metrics on, and as many off, alternating.")
+        int,
+        typer.Option(
+            help="Phases of the node with its metrics (serving, a sale's figures) on, as many off, alternating."
+        ),
     ] = 2,
 ) -> None:
     """Deduct throughput and latency against a bare grpc.aio echo, measured in one run.
 
-    Also the cost of the serving metrics (the node with and without them,
-    alternating), Redis memory per recorded deduction, a sale with an oversell check,
+    Also the cost of the metrics (the node with and without its serving metrics
+    and a sale's figures, alternating), Redis memory per recorded deduction, a sale with an oversell check,
     and the Redis calls made while refusing a sold-out SKU. Exit code 0
     whatever the figures, 1 when the oversell check fails, 2 when it could
     not run. See benchmarks/README.md.
