@@ -111,7 +111,7 @@ def test_promtool_accepts_the_example_prometheus_config():
 def test_promtool_parses_every_dashboard_expression(tmp_path: Path):
     tool = promtool()
     # Grafana's variables, as Grafana would fill them in.
-    fill = {"$__rate_interval": "1m", "$instance": ".*"}
+    fill = {"$__rate_interval": "1m", "$instance": ".*", "$sku": ".*"}
     rules = []
     for i, expr in enumerate(dashboard_exprs().values()):
         if expr.startswith("label_values("):
