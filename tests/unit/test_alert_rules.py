@@ -17,6 +17,7 @@ from pathlib import Path
 
 from prometheus_client import Metric
 
+import flashstock.server.duties.salefigures  # noqa: F401 - registers the per-SKU metrics, as in every node
 from flashstock.server._metrics import served_registry
 from tests.helpers.deploy import (
     ALERTS,
