@@ -10,6 +10,7 @@ one node per Redis).
 
 from __future__ import annotations
 
+import json
 import re
 import time
 
@@ -184,10 +185,14 @@ def test_reconcile_waits_only_so_long_for_a_ledger_that_lags(tmp_path):
     assert f"{sku}: only in Redis" in text
 
 
-def test_the_demo_ends_with_a_reconcile_in_durable_mode():
+def test_the_demo_ends_with_a_reconcile_in_durable_mode_then_its_figures_and_review(tmp_path):
+    review_dir = tmp_path / "review"
     result = CliRunner().invoke(
         app,
-        ["demo", "--buyers", "300", "--users", "60", "--stock", "40", "--concurrency", "20", "--mode", "durable"],
+        [
+            *("demo", "--buyers", "300", "--users", "60", "--stock", "40", "--concurrency", "20", "--mode", "durable"),
+            *("--review-dir", str(review_dir)),
+        ],
         env=ENV,
     )
     assert result.exit_code == 0, result.output
@@ -195,6 +200,15 @@ def test_the_demo_ends_with_a_reconcile_in_durable_mode():
     redis_row, ledger_row = sku_rows(result.output, "demo-hot-sku")
     assert redis_row[2:5] == ["40", "0", "40"] and redis_row[-1] == "ok"
     assert ledger_row[3:6] == ["40", "0", "40"]
+    # The board ran beside the cluster; the ledger's figures counted every attempt; the review was written.
+    assert re.search(r"the live board of the sale: http://127\.0\.0\.1:\d+/", result.output), result.output
+    counted = re.search(
+        r"the ledger's per-second figures count every attempt \(([\d,]+) == ([\d,]+)\): PASS", result.output
+    )
+    assert counted and counted[1] == counted[2] and int(counted[1].replace(",", "")) >= 300, result.output
+    assert f"the sale's review: {review_dir / 'index.html'}" in result.output.replace("\n", "")
+    figures = json.loads((review_dir / "review.json").read_text())
+    assert figures["units"]["sold"] == 40 and figures["funnel"]["attempts"] == int(counted[1].replace(",", ""))
 
 
 def test_the_demo_fails_when_reconcile_finds_a_difference(monkeypatch):
@@ -208,7 +222,12 @@ def test_the_demo_fails_when_reconcile_finds_a_difference(monkeypatch):
 
     monkeypatch.setattr(demo, "run_reconcile", differing)
     result = CliRunner().invoke(
-        app, ["demo", "--buyers", "50", "--users", "20", "--stock", "10", "--concurrency", "10"], env=ENV
+        app,
+        [
+            *("demo", "--buyers", "50", "--users", "20", "--stock", "10", "--concurrency", "10", "--no-board"),
+            *("--review-dir", ""),
+        ],
+        env=ENV,
     )
     assert result.exit_code == 1, result.output
     assert "disagree" in result.output
