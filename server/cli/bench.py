@@ -31,11 +31,11 @@ def bench(
 ) -> None:
     """Deduct throughput and latency against a bare grpc.aio echo, measured in one run.
 
-    Also the cost of the metrics (the node with and without its serving metrics
-    and a sale's figures, alternating), Redis memory per recorded deduction, a sale with an oversell check,
-    and the Redis calls made while refusing a sold-out SKU. Exit code 0
-    whatever the figures, 1 when the oversell check fails, 2 when it could
-    not run. See benchmarks/README.md.
+    Also the cost of the metrics (the node with and without its serving
+    metrics and a sale's figures, alternating), Redis memory per recorded
+    deduction, a sale with an oversell check, and the Redis calls made while
+    refusing a sold-out SKU. Exit code 0 whatever the figures, 1 when the
+    oversell check fails, 2 when it could not run. See benchmarks/README.md.
     """
     from flashstock.server.bench.node import BenchPlan, run_bench
 
