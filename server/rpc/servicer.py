@@ -18,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from time import perf_counter
@@ -274,7 +273,7 @@ class StockServicer(stock_pb2_grpc.StockServiceServicer):
 
     def _count(self, sku_id: str, user_id: str, outcome: str, units: int, started: float) -> None:
         if self._stats is not None:
-            self._stats.record(sku_id, user_id, outcome, units, time.perf_counter() - started)
+            self._stats.record(sku_id, user_id, outcome, units, perf_counter() - started)
 
     async def _counted_take(self, request: Any, started: float, take: Awaitable[DeductResult]) -> DeductResult:
         try:
@@ -302,7 +301,7 @@ class StockServicer(stock_pb2_grpc.StockServiceServicer):
 
     @_rpc
     async def Deduct(self, request: stock_pb2.DeductRequest, context: Any) -> stock_pb2.DeductReply:
-        started = time.perf_counter()
+        started = perf_counter()
         _check(v.take_violations(request.sku_id, request.user_id, request.qty, request.request_id))
         refused = self._sold_out_reply(request, stock_pb2.DeductReply)
         if refused is not None:
@@ -319,7 +318,7 @@ class StockServicer(stock_pb2_grpc.StockServiceServicer):
 
     @_rpc
     async def Hold(self, request: stock_pb2.HoldRequest, context: Any) -> stock_pb2.HoldReply:
-        started = time.perf_counter()
+        started = perf_counter()
         _check(
             v.take_violations(request.sku_id, request.user_id, request.qty, request.request_id)
             + v.hold_ttl_violations(request.ttl_ms, self._store.max_hold_ms)
@@ -372,7 +371,7 @@ class StockServicer(stock_pb2_grpc.StockServiceServicer):
 
     @_rpc
     async def BatchDeduct(self, request: stock_pb2.BatchDeductRequest, context: Any) -> stock_pb2.BatchDeductReply:
-        started = time.perf_counter()
+        started = perf_counter()
         items = [(item.sku_id, item.qty) for item in request.items]
         _check(v.batch_violations(request.user_id, items, request.request_id))
         if not request.retry:
