@@ -51,6 +51,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
+from flashstock.server.ledger._ledger import Incident
 from flashstock.server.ledger._schema import deductions, incidents, sale_seconds, skus
 
 __all__ = [
@@ -133,17 +134,6 @@ class Deduction:
     """held | confirmed | released | expired"""
     taken_ms: int
     updated_ms: int
-
-
-@dataclass(frozen=True)
-class Incident:
-    """A row of ``incidents``."""
-
-    at_ms: int
-    kind: str
-    node: str
-    shard: int
-    detail: str
 
 
 @dataclass(frozen=True)

@@ -51,6 +51,7 @@ from typing import Any, Self, TypeVar
 
 import psutil
 
+from flashstock.server._node import READY_LINE
 from flashstock.server.local.etcd import EtcdCluster, EtcdServer
 from flashstock.server.local.procs import (
     BOARD_READY_LINE,
@@ -783,32 +784,9 @@ class LocalCluster:
             str(self._record.board_port),
         ]
         log = self.folder / "logs" / "board.log"
-        with open(log, "ab") as out:
-            offset = out.tell()
-            proc = subprocess.Popen(
-                argv,
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                env=_node_env(),
-                start_new_session=True,
-            )
-        self._popens[proc.pid] = proc
-        try:
-            wait_for_line(proc, file_reader(log, offset), name="board", timeout=30.0, line=BOARD_READY_LINE)
-        except ProcessError:
-            proc.wait()
-            raise
-        self._add(
-            self._recorded(
-                "board",
-                "board",
-                proc.pid,
-                {"http": self._record.board_port},
-                log,
-                f"127.0.0.1:{self._record.board_port}",
-            )
-        )
+        proc = self._spawn(argv, log, "board", _node_env(), 30.0, BOARD_READY_LINE)
+        port = self._record.board_port
+        self._add(self._recorded("board", "board", proc.pid, {"http": port}, log, f"127.0.0.1:{port}"))
 
     def _node_argv(self, spec: _NodeSpec) -> list[str]:
         r = self._record
@@ -839,24 +817,26 @@ class LocalCluster:
     def _spawn_node(self, argv: list[str], log: Path, timeout: float = 60.0) -> ClusterProcess:
         """Start a node with stdout and stderr into ``log``; wait for its ready line there."""
         name = argv[argv.index("--node-id") + 1]
+        proc = self._spawn(argv, log, name, {**_node_env(), **self._record.node_env.get(name, {})}, timeout)
+        return self._recorded(name, "node", proc.pid, {}, log, "")
+
+    def _spawn(
+        self, argv: list[str], log: Path, name: str, env: dict[str, str], timeout: float, line: str = READY_LINE
+    ) -> subprocess.Popen:
+        """Start ``argv`` in a session of its own, output appended to ``log``; wait for ``line`` there."""
         log.parent.mkdir(parents=True, exist_ok=True)
         with open(log, "ab") as out:
             offset = out.tell()
             proc = subprocess.Popen(
-                argv,
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                env={**_node_env(), **self._record.node_env.get(name, {})},
-                start_new_session=True,
+                argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True
             )
         self._popens[proc.pid] = proc
         try:
-            wait_for_line(proc, file_reader(log, offset), name=name, timeout=timeout)
+            wait_for_line(proc, file_reader(log, offset), name=name, timeout=timeout, line=line)
         except ProcessError:
             proc.wait()
             raise
-        return self._recorded(name, "node", proc.pid, {}, log, "")
+        return proc
 
     # -- the record ------------------------------------------------------------------------
 
