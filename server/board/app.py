@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -57,7 +56,7 @@ def create_app(collector: Collector, *, run_collector: bool = True) -> Starlette
                     except TimeoutError:
                         yield ": heartbeat\n\n"
                         continue
-                    yield f"data: {json.dumps(snapshot, separators=(',', ':'))}\n\n"
+                    yield f"data: {collector.encoded(snapshot)}\n\n"
             finally:
                 collector.unsubscribe(queue)
 

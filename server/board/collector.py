@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import time
 from collections.abc import Sequence
@@ -125,6 +126,7 @@ class Collector:
         self._etcd: Any = None
         self._channels: dict[str, grpc.aio.Channel] = {}
         self._known: dict[str, tuple[NodeAddress, float]] = {}
+        self._encoded: tuple[dict[str, Any] | None, str] = (None, "")
 
     # -- fan-out ---------------------------------------------------------------------------------
 
@@ -143,6 +145,12 @@ class Collector:
     def subscribers(self) -> int:
         """How many viewers are subscribed."""
         return len(self._subscribers)
+
+    def encoded(self, snapshot: dict[str, Any]) -> str:
+        """``snapshot`` as compact JSON, encoded once per poll however many viewers send it."""
+        if snapshot is not self._encoded[0]:
+            self._encoded = (snapshot, json.dumps(snapshot, separators=(",", ":")))
+        return self._encoded[1]
 
     def _publish(self, snapshot: dict[str, Any]) -> None:
         self.latest = snapshot
