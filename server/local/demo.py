@@ -333,7 +333,9 @@ def run_demo(plan: DemoPlan, console: Console) -> int:
             if plan.review_dir:
                 recorded = _figures_recorded(cluster.ledger_url, log.attempts)
                 ok = report_figures(recorded, log.attempts, console) and ok
-                console.print(f"the sale's review: {_write_review(cluster.ledger_url, Path(plan.review_dir))}")
+                console.print(
+                    f"the sale's review: {_write_review(cluster.ledger_url, Path(plan.review_dir).resolve())}"
+                )
             if plan.linger_s > 0:
                 console.print(f"the cluster and its board stay up {plan.linger_s:g} s more (Ctrl-C ends it)")
                 time.sleep(plan.linger_s)
