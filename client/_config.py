@@ -79,6 +79,19 @@ class ClientConfig:
     discovery_timeout_s: float = 10.0
     """With ``etcd``: how long starting the client may wait for etcd to
     answer and list at least one node before it raises ``Unavailable``."""
+    tls_ca: str | bytes | None = None
+    """TLS: the CA certificate(s) that signed the nodes' certificates, a PEM
+    file's path or its bytes; calls then go over TLS to every node, the
+    configured ones and those found in etcd. ``None``: plaintext (unless
+    ``tls_cert`` is given: then TLS, trusting the system's CAs)."""
+    tls_cert: str | bytes | None = None
+    """Mutual TLS: the client's certificate (chain), a PEM path or bytes, for
+    nodes that ask for one (``tls_client_ca``); needs ``tls_key``."""
+    tls_key: str | bytes | None = None
+    """Mutual TLS: the private key of ``tls_cert``, a PEM path or bytes."""
+    tls_server_name: str = ""
+    """TLS: the name the nodes' certificates must carry, instead of the host of
+    the address dialled (an address by IP whose certificate names a host)."""
 
     def __post_init__(self) -> None:
         etcd = _split(self.etcd)
@@ -102,6 +115,15 @@ class ClientConfig:
             raise ValueError("deadline_s, attempt_timeout_s and discovery_timeout_s must be > 0")
         if self.connections_per_address < 1:
             raise ValueError("connections_per_address must be >= 1")
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("tls_cert, tls_key: give both (the client certificate and its key) or neither")
+        if self.tls_server_name and not self.tls:
+            raise ValueError("tls_server_name: needs tls_ca (or tls_cert and tls_key)")
+
+    @property
+    def tls(self) -> bool:
+        """True when the client calls the nodes over TLS."""
+        return self.tls_ca is not None or self.tls_cert is not None
 
 
 def _split(value: Sequence[str] | str) -> tuple[str, ...]:
@@ -128,7 +150,7 @@ def _is_host_port(address: str) -> bool:
     return bool(host) and port.isdigit()
 
 
-CHANNEL_OPTIONS: tuple[tuple[str, int], ...] = (
+CHANNEL_OPTIONS: tuple[tuple[str, int | str], ...] = (
     # Our own retries (same request id, marked as a retry), not grpc's.
     ("grpc.enable_retries", 0),
     # Each channel its own connection, so several spread over a node's workers.
@@ -147,3 +169,10 @@ def channel_targets(config: ClientConfig, addresses: Sequence[str] | None = None
     """
     addresses = config.addresses if addresses is None else addresses
     return [a for _ in range(config.connections_per_address) for a in addresses or ()]
+
+
+def channel_options(config: ClientConfig) -> tuple[tuple[str, int | str], ...]:
+    """The options of ``config``'s channels: :data:`CHANNEL_OPTIONS`, and the TLS name override if any."""
+    if config.tls_server_name:
+        return (*CHANNEL_OPTIONS, ("grpc.ssl_target_name_override", config.tls_server_name))
+    return CHANNEL_OPTIONS

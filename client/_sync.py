@@ -20,7 +20,7 @@ from typing import Any, NamedTuple
 import grpc
 
 from . import _transport as t
-from ._config import CHANNEL_OPTIONS, ClientConfig, channel_targets
+from ._config import ClientConfig, channel_options, channel_targets
 from ._discovery import Discovery
 from ._types import (
     AdminResult,
@@ -59,6 +59,8 @@ class _SyncConnection:
     def __init__(self, config: ClientConfig, stub_type: Any) -> None:
         self.config = config
         self._stub_type = stub_type
+        self._credentials = t.channel_credentials(config)
+        self._options = channel_options(config)
         # Replaced whole, never changed in place: a call reads it once per attempt.
         self._routes: list[_Route] = []
         self._next = random.randrange(1 << 30)  # clients start at different nodes
@@ -90,7 +92,10 @@ class _SyncConnection:
             if kept:
                 routes.append(kept.pop())
             else:
-                channel = grpc.insecure_channel(address, options=CHANNEL_OPTIONS)
+                if self._credentials is None:
+                    channel = grpc.insecure_channel(address, options=self._options)
+                else:
+                    channel = grpc.secure_channel(address, self._credentials, options=self._options)
                 routes.append(_Route(address, channel, self._stub_type(channel)))
         self._routes = routes
         return [route.channel for left in spare.values() for route in left]

@@ -16,6 +16,7 @@ import grpc
 
 from flashstock.v1 import admin_pb2, admin_pb2_grpc, stock_pb2, stock_pb2_grpc
 
+from ._config import ClientConfig
 from ._types import (
     AdminResult,
     BatchItem,
@@ -49,6 +50,30 @@ def request_id_or_new(request_id: str | None) -> str:
     order id came out empty must hear of it, not lose its idempotency.
     """
     return new_request_id() if request_id is None else request_id
+
+
+def _pem(setting: str, value: str | bytes | None) -> bytes | None:
+    if value is None or isinstance(value, bytes):
+        return value
+    try:
+        with open(value, "rb") as f:
+            return f.read()
+    except OSError as exc:
+        raise ValueError(f"{setting}: cannot read {value!r}: {exc.strerror or exc}") from None
+
+
+def channel_credentials(config: ClientConfig) -> grpc.ChannelCredentials | None:
+    """The TLS credentials of ``config``'s channels (its PEM files read now), or None for plaintext.
+
+    Raises ``ValueError`` naming the setting whose file cannot be read.
+    """
+    if not config.tls:
+        return None
+    return grpc.ssl_channel_credentials(
+        root_certificates=_pem("tls_ca", config.tls_ca),
+        private_key=_pem("tls_key", config.tls_key),
+        certificate_chain=_pem("tls_cert", config.tls_cert),
+    )
 
 
 def error_of(exc: grpc.RpcError) -> FlashstockError:

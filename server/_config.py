@@ -22,6 +22,7 @@ import pydantic
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from flashstock.server._logs import LOG_FORMATS
+from flashstock.server._tls import TlsFiles
 from flashstock.server.rpc.validate import max_hold_ms
 
 
@@ -103,6 +104,17 @@ class NodeConfig:
     )
     metrics_sku_cap: int = _setting(
         100, "Most SKUs with per-SKU metrics per node (the most recently active first); 0 = none."
+    )
+    tls_cert: str = _setting(
+        "",
+        "PEM certificate (chain) of the node: with tls_key its gRPC and metrics ports serve TLS; the files are "
+        "re-read when they change (gRPC: rotation without restart); empty = plaintext.",
+    )
+    tls_key: str = _setting("", "PEM private key of tls_cert.")
+    tls_client_ca: str = _setting(
+        "",
+        "PEM CA certificate(s): mutual TLS, every caller must present a certificate one of them signed; "
+        "empty = any caller (needs tls_cert).",
     )
     etcd: str = _setting(
         "",
@@ -194,6 +206,7 @@ def config_problems(config: NodeConfig) -> list[str]:
             f"default_hold_ms: must be at most {max_hold_ms(config.request_ttl_s)}, the longest hold: a day, "
             "or half of request_ttl_s if less (a hold's record must outlive it)"
         )
+    out.extend(tls_files(config).shape_problems())
     if config.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
         out.append(f"log_level: {config.log_level!r} is not DEBUG, INFO, WARNING or ERROR")
     if config.log_format not in LOG_FORMATS:
@@ -211,6 +224,11 @@ def ledger_url(config: NodeConfig) -> str:
     from flashstock.server.ledger import sqlite_url
 
     return config.ledger or sqlite_url(config.data_dir)
+
+
+def tls_files(config: NodeConfig) -> TlsFiles:
+    """The node's TLS files (their contents are checked at start: :meth:`TlsFiles.problems`)."""
+    return TlsFiles(config.tls_cert, config.tls_key, config.tls_client_ca)
 
 
 def etcd_endpoints(config: NodeConfig) -> list[str]:

@@ -49,7 +49,7 @@ from grpc_reflection.v1alpha import reflection
 from flashstock.client import FlashstockError
 from flashstock.lockmgr import CoordinationError, SessionConfig, SettingMismatch, ShardCountMismatch
 from flashstock.server._binding import BoundSettings, bind_in_etcd, bind_in_redis, explain
-from flashstock.server._config import NodeConfig, etcd_endpoints, ledger_url, node_name
+from flashstock.server._config import NodeConfig, etcd_endpoints, ledger_url, node_name, tls_files
 from flashstock.server._incarnation import IncarnationGate
 from flashstock.server._lifeline import Lifeline, tie_to_parent
 from flashstock.server._logs import NODE_FIELD, configure_logging
@@ -62,6 +62,7 @@ from flashstock.server._serving_metrics import (
     serving_folder,
     snapshot_path,
 )
+from flashstock.server._tls import ServerTls, is_loopback
 from flashstock.server.duties.incidents import IncidentLog
 from flashstock.server.duties.ownership import Ownership
 from flashstock.server.duties.persister import PersistPolicy
@@ -177,6 +178,13 @@ class Node:
         self.ownership: Ownership | None = None
         """This node's place in the cluster (etcd), when ``etcd`` is set."""
         self._server: grpc.aio.Server | None = None
+        self.tls: ServerTls | None = None
+        """The gRPC port's TLS (``tls_cert``), in a serving process."""
+        if self.serving and tls_files(config).on:
+            try:
+                self.tls = ServerTls(tls_files(config))
+            except OSError as exc:
+                raise StartupError(f"tls_cert, tls_key, tls_client_ca: {exc}") from None
         self.port = 0
         self._bound: BoundSettings | None = None
         self._refused: asyncio.Task[None] | None = None
@@ -224,8 +232,12 @@ class Node:
         add_services(server, self.stock_servicer, AdminServicer(self.store, self.figures))
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         reflection.enable_server_reflection((*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
+        address = f"{self.config.host}:{self.config.port}"
         try:
-            self.port = server.add_insecure_port(f"{self.config.host}:{self.config.port}")
+            if self.tls is not None:
+                self.port = server.add_secure_port(address, self.tls.credentials())
+            else:
+                self.port = server.add_insecure_port(address)
         except RuntimeError as exc:
             raise StartupError(f"host/port: cannot bind {self.config.host}:{self.config.port}: {exc}") from None
         self.incidents.node = node_name(self.config, self.port)
@@ -402,7 +414,16 @@ class Node:
             from prometheus_client import start_http_server
 
             folder = self.serving_folder(port) if self.config.serving_metrics else None
-            start_http_server(self.config.metrics_port, addr=self.config.host, registry=served_registry(folder))
+            files = tls_files(self.config)
+            start_http_server(
+                self.config.metrics_port,
+                addr=self.config.host,
+                registry=served_registry(folder),
+                certfile=files.cert or None,
+                keyfile=files.key or None,
+                client_cafile=files.client_ca or None,
+                client_auth_required=bool(files.client_ca),
+            )
 
     async def _refuse_a_clusters_redis(self) -> None:
         """A standalone node's duty writes carry no epoch: refuse a Redis whose shards have owners' epochs."""
@@ -538,6 +559,16 @@ def _free_port(host: str) -> int:
 def serve(config: NodeConfig) -> int:
     """Run a node until signalled; returns the process exit code."""
     _setup_logging(config)
+    problems = tls_files(config).problems()
+    if problems:
+        print(f"flashstock: cannot start: {'; '.join(problems)}", file=sys.stderr)
+        return 2
+    if not tls_files(config).on and not is_loopback(config.host):
+        log.warning(
+            "serving plaintext on %s, which other machines can reach: anyone there can read the calls and call "
+            "AdminService (set tls_cert and tls_key, and tls_client_ca for mutual TLS; auth is not built yet)",
+            config.host,
+        )
     workers = config.workers or os.cpu_count() or 1
     if workers == 1 and not config.duties_process:
         config = replace(config, workers=1)

@@ -134,6 +134,32 @@ def ledger_failure(command: str, config: NodeConfig, exc: Exception) -> NoReturn
     exit_error(command, message)
 
 
+# -- TLS to the nodes ---------------------------------------------------------------------------
+
+TlsCaOption = Annotated[
+    str | None,
+    typer.Option(
+        "--tls-ca",
+        envvar="FLASHSTOCK_TLS_CA",
+        help="PEM CA certificate(s) of the nodes' certificates: call them over TLS.",
+        show_default=False,
+    ),
+]
+TlsCertOption = Annotated[
+    str | None,
+    typer.Option(
+        "--tls-cert",
+        envvar="FLASHSTOCK_TLS_CERT",
+        help="PEM client certificate, for nodes with mutual TLS (with --tls-key).",
+        show_default=False,
+    ),
+]
+TlsKeyOption = Annotated[
+    str | None,
+    typer.Option("--tls-key", envvar="FLASHSTOCK_TLS_KEY", help="PEM private key of --tls-cert.", show_default=False),
+]
+
+
 # -- a cluster in etcd: nodes, shards ----------------------------------------------------------
 
 ETCD_TIMEOUT_S = 3.0

@@ -6,6 +6,7 @@ program can do with :class:`~flashstock.client.AdminClient`.
 
 from __future__ import annotations
 
+import re
 from dataclasses import replace
 from typing import Annotated, NoReturn
 
@@ -14,6 +15,9 @@ from rich.table import Table
 
 from flashstock.client import AdminClient, ClientConfig, FlashstockError, InvalidArgument, Mode, Sku, SkuDefinition
 from flashstock.server.cli.common import (
+    TlsCaOption,
+    TlsCertOption,
+    TlsKeyOption,
     console,
     err_console,
     format_duration_ms,
@@ -43,15 +47,30 @@ AdminClusterOption = Annotated[
 ]
 
 
-def _admin(addr: str, etcd: str = "", cluster: str = "flashstock") -> AdminClient:
-    """A started admin client of ``--addr`` or ``--etcd``; exit 2 on a bad address, 1 when no node is found."""
+def _admin(
+    addr: str,
+    etcd: str = "",
+    cluster: str = "flashstock",
+    tls_ca: str | None = None,
+    tls_cert: str | None = None,
+    tls_key: str | None = None,
+) -> AdminClient:
+    """A started admin client of ``--addr`` or ``--etcd`` (over TLS with ``--tls-*``); exit 2 on a bad
+    address or TLS file, 1 when no node is found."""
     try:
         if etcd and addr != "127.0.0.1:50051":
             raise ValueError("give --addr or --etcd, not both")
         config = ClientConfig(etcd=etcd, cluster=cluster) if etcd else ClientConfig(addresses=addr)
-        admin = AdminClient(replace(config, deadline_s=10, discovery_timeout_s=3))
+        config = replace(
+            config, deadline_s=10, discovery_timeout_s=3, tls_ca=tls_ca, tls_cert=tls_cert, tls_key=tls_key
+        )
+        admin = AdminClient(config)
     except ValueError as exc:
-        err_console.print(f"[red]{'--etcd' if etcd else '--addr'}:[/] {exc}")
+        if str(exc).startswith("tls_"):  # name the flag: tls_cert is --tls-cert
+            message = re.sub(r"\btls_\w+", lambda m: "--" + m[0].replace("_", "-"), str(exc))
+            err_console.print(f"[red]error:[/] {message}")
+        else:
+            err_console.print(f"[red]{'--etcd' if etcd else '--addr'}:[/] {exc}")
         raise typer.Exit(2) from None
     try:
         admin.start()  # with --etcd: find the nodes, or say why not
@@ -141,6 +160,9 @@ def sku_put(
     addr: AddrOption = "127.0.0.1:50051",
     etcd: AdminEtcdOption = "",
     cluster: AdminClusterOption = "flashstock",
+    tls_ca: TlsCaOption = None,
+    tls_cert: TlsCertOption = None,
+    tls_key: TlsKeyOption = None,
 ) -> None:
     """Define a SKU (defining it again restarts its sale), with the sale's goals and unit price if given."""
     if mode not in ("fast", "durable"):
@@ -156,7 +178,7 @@ def sku_put(
         sellout_ms = parse_duration_ms(goal_sellout)
     except typer.BadParameter as exc:
         raise typer.BadParameter(exc.message, param_hint="--goal-sellout") from None
-    with _admin(addr, etcd, cluster) as admin:
+    with _admin(addr, etcd, cluster, tls_ca, tls_cert, tls_key) as admin:
         try:
             definition = SkuDefinition(
                 sku_id,
@@ -184,9 +206,12 @@ def sku_get(
     addr: AddrOption = "127.0.0.1:50051",
     etcd: AdminEtcdOption = "",
     cluster: AdminClusterOption = "flashstock",
+    tls_ca: TlsCaOption = None,
+    tls_cert: TlsCertOption = None,
+    tls_key: TlsKeyOption = None,
 ) -> None:
     """Show one SKU."""
-    with _admin(addr, etcd, cluster) as admin:
+    with _admin(addr, etcd, cluster, tls_ca, tls_cert, tls_key) as admin:
         try:
             console.print(_sku_table([admin.get_sku(sku_id)]))
         except FlashstockError as exc:
@@ -199,9 +224,12 @@ def sku_ls(
     addr: AddrOption = "127.0.0.1:50051",
     etcd: AdminEtcdOption = "",
     cluster: AdminClusterOption = "flashstock",
+    tls_ca: TlsCaOption = None,
+    tls_cert: TlsCertOption = None,
+    tls_key: TlsKeyOption = None,
 ) -> None:
     """List SKUs."""
-    with _admin(addr, etcd, cluster) as admin:
+    with _admin(addr, etcd, cluster, tls_ca, tls_cert, tls_key) as admin:
         try:
             skus = admin.all_skus(prefix)
         except FlashstockError as exc:
@@ -217,9 +245,12 @@ def sku_adjust(
     addr: AddrOption = "127.0.0.1:50051",
     etcd: AdminEtcdOption = "",
     cluster: AdminClusterOption = "flashstock",
+    tls_ca: TlsCaOption = None,
+    tls_cert: TlsCertOption = None,
+    tls_key: TlsKeyOption = None,
 ) -> None:
     """Add or take away stock, never below the units handed out."""
-    with _admin(addr, etcd, cluster) as admin:
+    with _admin(addr, etcd, cluster, tls_ca, tls_cert, tls_key) as admin:
         try:
             console.print(_sku_table([admin.adjust_stock(sku_id, delta, request_id=request_id).sku]))
         except FlashstockError as exc:
@@ -232,9 +263,12 @@ def sku_pause(
     addr: AddrOption = "127.0.0.1:50051",
     etcd: AdminEtcdOption = "",
     cluster: AdminClusterOption = "flashstock",
+    tls_ca: TlsCaOption = None,
+    tls_cert: TlsCertOption = None,
+    tls_key: TlsKeyOption = None,
 ) -> None:
     """Stop a SKU's sale: every attempt gets NOT_ON_SALE."""
-    with _admin(addr, etcd, cluster) as admin:
+    with _admin(addr, etcd, cluster, tls_ca, tls_cert, tls_key) as admin:
         try:
             console.print(_sku_table([admin.pause_sku(sku_id).sku]))
         except FlashstockError as exc:
@@ -247,9 +281,12 @@ def sku_resume(
     addr: AddrOption = "127.0.0.1:50051",
     etcd: AdminEtcdOption = "",
     cluster: AdminClusterOption = "flashstock",
+    tls_ca: TlsCaOption = None,
+    tls_cert: TlsCertOption = None,
+    tls_key: TlsKeyOption = None,
 ) -> None:
     """Resume a paused SKU's sale."""
-    with _admin(addr, etcd, cluster) as admin:
+    with _admin(addr, etcd, cluster, tls_ca, tls_cert, tls_key) as admin:
         try:
             console.print(_sku_table([admin.resume_sku(sku_id).sku]))
         except FlashstockError as exc:
