@@ -69,6 +69,7 @@ from flashstock.server.duties.rebuild import RebuildPolicy, ShardRebuilder
 from flashstock.server.duties.salefigures import MetricsPolicy
 from flashstock.server.duties.shard import DutyPolicy, ShardDuties
 from flashstock.server.ledger import Ledger, LedgerError
+from flashstock.server.rpc.admission import Admission
 from flashstock.server.rpc.servicer import SERVICE_NAMES, AdminServicer, StockServicer, add_services
 from flashstock.server.store.durable import PersistWatch
 from flashstock.server.store.feed import RedisFeed, TakersLoader
@@ -169,7 +170,15 @@ class Node:
         if self.serving and config.stats_interval_ms:
             self.stats = SaleStats(self.redis, config.shards, config.stats_interval_ms / 1000)
         self._stats_task: asyncio.Task[None] | None = None
-        self.stock_servicer = StockServicer(self.store, self.book, self.figures, self.stats)
+        self.stock_servicer = StockServicer(
+            self.store,
+            self.book,
+            self.figures,
+            self.stats,
+            Admission(config.max_in_flight, config.max_queue_ms / 1000)
+            if config.max_in_flight or config.max_queue_ms
+            else None,
+        )
         self.health = health.aio.HealthServicer()
         self._tasks: list[asyncio.Task[None]] = []
         self.duties: ShardDuties | None = None
