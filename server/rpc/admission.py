@@ -1,4 +1,4 @@
-"""Bounded work per serving worker: the decision to take a call or shed it at once.
+"""Bounded work per serving worker: the decisions to take a call or refuse it at once.
 
 A worker that takes every call queues without bound when Redis (or the
 worker itself) is slower than the crowd: every call waits, then every
@@ -17,6 +17,10 @@ Two limits, each off at 0:
   until a window's fastest call is under the limit again (or a window passes
   with no call answered).
 
+:class:`RedisBreaker` fails fast on a sick Redis: after some Redis timeouts in
+a row, a worker answers UNAVAILABLE at once for a cool-down, until a probe
+finds Redis answering again.
+
 Pure: no I/O, no clock of its own (the caller passes ``now``), and the
 jitter comes from a ``random.Random`` that a test can seed.
 """
@@ -25,8 +29,9 @@ from __future__ import annotations
 
 import math
 import random
+from collections.abc import Callable
 
-from flashstock.client import Overloaded
+from flashstock.client import Overloaded, Unavailable
 
 RETRY_MIN_S = 0.05
 """Shortest retry delay a shed call is told (before jitter spreads it up to :data:`RETRY_MAX_S`)."""
@@ -108,4 +113,83 @@ class Admission:
         return Overloaded(f"{why}; nothing was taken: retry the same request after {delay * 1000:.0f} ms", delay)
 
 
-__all__ = ["QUEUE_WINDOW_S", "RETRY_MAX_S", "RETRY_MIN_S", "Admission"]
+class RedisBreaker:
+    """Fail fast on a sick Redis: after ``trip_after`` Redis timeouts in a row, stop sending for a cool-down.
+
+    While open, every StockService call is answered at once with
+    :class:`~flashstock.client.Unavailable` and a retry delay, instead of
+    waiting ``redis_timeout_s`` for a Redis that does not answer (and
+    piling more calls onto it). The node probes Redis itself once each
+    cool-down (:meth:`probe_failed`, :meth:`close`); calls never serve as
+    probes. ``on_open`` (set by the node) is called when it opens: it turns
+    the worker's health NOT_SERVING and starts the probing.
+
+    ::
+
+        refusal = breaker.refusal(now)     # before the call: None, or the Unavailable to raise
+        breaker.timed_out(now)             # the call's Redis command timed out
+        breaker.answered()                 # the call was answered (Redis answered in time)
+    """
+
+    __slots__ = ("trip_after", "cooldown_s", "on_open", "_streak", "_open_until", "_rng")
+
+    def __init__(self, trip_after: int, cooldown_s: float, *, rng: random.Random | None = None) -> None:
+        self.trip_after = trip_after
+        """Redis timeouts in a row that open the breaker; 0 = never."""
+        self.cooldown_s = cooldown_s
+        """How long an open breaker sends nothing before the next probe, seconds."""
+        self.on_open: Callable[[], None] | None = None
+        """Called (from the event loop) each time the breaker opens."""
+        self._streak = 0
+        self._open_until: float | None = None
+        """None: closed (calls go to Redis). Else when the next probe is due."""
+        self._rng = rng or random.Random()
+
+    @property
+    def is_open(self) -> bool:
+        """True while calls are refused (from the trip until a probe succeeds)."""
+        return self._open_until is not None
+
+    def refusal(self, now: float) -> Unavailable | None:
+        """None while closed; else the error to answer with at once."""
+        if self._open_until is None:
+            return None
+        # Until the probe after the cool-down has told: then the next probe's time.
+        wait = max(self._open_until - now, 0.0) + self._rng.uniform(RETRY_MIN_S, RETRY_MAX_S)
+        return Unavailable(
+            f"Redis did not answer in time {self.trip_after} times in a row: this worker stopped sending to it "
+            f"for a cool-down ({self.cooldown_s * 1000:g} ms, then a probe); nothing was taken: "
+            f"retry the same request after {wait * 1000:.0f} ms",
+            wait,
+        )
+
+    def timed_out(self, now: float) -> None:
+        """A call's Redis command timed out; the ``trip_after``-th in a row opens the breaker."""
+        if self._open_until is not None or not self.trip_after:
+            return
+        self._streak += 1
+        if self._streak >= self.trip_after:
+            self._open_until = now + self.cooldown_s
+            if self.on_open is not None:
+                self.on_open()
+
+    def answered(self) -> None:
+        """A call that went to Redis was answered in time: the streak starts again."""
+        self._streak = 0
+
+    def due(self, now: float) -> float:
+        """Seconds until the next probe (0: now); 0 when closed."""
+        return 0.0 if self._open_until is None else max(self._open_until - now, 0.0)
+
+    def probe_failed(self, now: float) -> None:
+        """The probe found Redis still sick: another cool-down."""
+        if self._open_until is not None:
+            self._open_until = now + self.cooldown_s
+
+    def close(self) -> None:
+        """The probe found Redis well: calls go to it again."""
+        self._open_until = None
+        self._streak = 0
+
+
+__all__ = ["QUEUE_WINDOW_S", "RETRY_MAX_S", "RETRY_MIN_S", "Admission", "RedisBreaker"]

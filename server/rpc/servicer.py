@@ -46,7 +46,8 @@ from flashstock.server._logs import log_context
 from flashstock.server._serving_metrics import RpcTally, WorkerFigures
 from flashstock.server.ledger import SkuChange
 from flashstock.server.rpc import validate as v
-from flashstock.server.rpc.admission import Admission
+from flashstock.server.rpc.admission import Admission, RedisBreaker
+from flashstock.server.store.redis import is_redis_timeout
 from flashstock.server.store.salestats import SaleStats, error_outcome, sale_outcome
 from flashstock.server.store.soldout import SoldOutBook
 from flashstock.server.store.stock import StockStore
@@ -140,7 +141,10 @@ def _rpc(method: Callable[..., Awaitable[_R]]) -> Callable[..., Awaitable[_R]]:
     past the admission's limits is refused at once with
     :class:`~flashstock.client.Overloaded` (RESOURCE_EXHAUSTED and a
     ``RetryInfo``), before the method runs: it takes nothing, and counts as
-    RESOURCE_EXHAUSTED in the figures. Counting is a few plain-int
+    RESOURCE_EXHAUSTED in the figures. Likewise the servicer's ``breaker``
+    (:class:`~.admission.RedisBreaker`; None: off) answers UNAVAILABLE at
+    once while it is open, and learns here of every Redis timeout and every
+    answered call. Counting is a few plain-int
     additions and a bisect (:class:`~flashstock.server._serving_metrics.RpcTally`),
     written out off the request path.
     """
@@ -152,17 +156,22 @@ def _rpc(method: Callable[..., Awaitable[_R]]) -> Callable[..., Awaitable[_R]]:
         nonlocal key
         figures: WorkerFigures | None = self.figures
         admission: Admission | None = self.admission
+        breaker: RedisBreaker | None = self.breaker
         tally: RpcTally | None = None
         if figures is not None:
             if key is None:
                 key = (self.SERVICE, name)
             tally = figures.rpc(key)
-        if figures is not None or admission is not None:
+        if figures is not None or admission is not None or breaker is not None:
             started = perf_counter()
         admitted = False
         code = "UNKNOWN"  # a call that leaves some other way (an abort that failed) counts as this
         try:
             try:
+                if breaker is not None:
+                    refused = breaker.refusal(started)
+                    if refused is not None:
+                        raise refused
                 if admission is not None:
                     refusal = admission.admit(started)
                     if refusal is not None:
@@ -173,11 +182,15 @@ def _rpc(method: Callable[..., Awaitable[_R]]) -> Callable[..., Awaitable[_R]]:
                     _refuse_malformed(name, request)
                 reply = await method(self, request, context)
                 code = "OK"
+                if breaker is not None:
+                    breaker.answered()
                 return reply
             except asyncio.CancelledError:
                 code = "CANCELLED"
                 raise
             except FlashstockError as err:
+                if breaker is not None and is_redis_timeout(err):
+                    breaker.timed_out(perf_counter())
                 status = rpc_status.to_status(to_status(err))
             except Exception:
                 log.exception(
@@ -290,6 +303,7 @@ class StockServicer(stock_pb2_grpc.StockServiceServicer):
         figures: WorkerFigures | None = None,
         stats: SaleStats | None = None,
         admission: Admission | None = None,
+        breaker: RedisBreaker | None = None,
     ) -> None:
         self._store = store
         self._book = book
@@ -297,6 +311,8 @@ class StockServicer(stock_pb2_grpc.StockServiceServicer):
         """This worker's serving figures, counted by :func:`_rpc`; None: not counted."""
         self.admission = admission
         """This worker's bound on calls in flight, applied by :func:`_rpc`; None: every call is taken."""
+        self.breaker = breaker
+        """This worker's fail-fast on a sick Redis, applied by :func:`_rpc`; None: calls always go to Redis."""
         self._stats = stats
         """This worker's sale figures per SKU (:mod:`..store.salestats`); None: not counted."""
 
@@ -455,6 +471,8 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         """This worker's serving figures, counted by :func:`_rpc`; None: not counted."""
         self.admission: Admission | None = None
         """None: operators' calls are never shed (they steer the node out of trouble)."""
+        self.breaker: RedisBreaker | None = None
+        """None: operators' calls always go to Redis (they are few, and wait for it)."""
 
     @staticmethod
     def _admin_reply(reply_type: type, r: AdminResult) -> Any:

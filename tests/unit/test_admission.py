@@ -7,8 +7,8 @@ import random
 import grpc
 import pytest
 
-from flashstock.client import Overloaded, from_status, to_status
-from flashstock.server.rpc.admission import RETRY_MAX_S, RETRY_MIN_S, Admission
+from flashstock.client import Overloaded, Unavailable, from_status, to_status
+from flashstock.server.rpc.admission import RETRY_MAX_S, RETRY_MIN_S, Admission, RedisBreaker
 
 
 def test_calls_past_max_in_flight_are_refused_until_one_finishes():
@@ -94,3 +94,49 @@ def test_max_queue_off_never_watches_times():
     a.admit(0.0)
     a.finished(100.0, 100.0)
     assert a.admit(100.1) is None
+
+
+def test_the_breaker_opens_after_trip_after_timeouts_in_a_row_only():
+    opened: list[float] = []
+    b = RedisBreaker(trip_after=3, cooldown_s=1.0, rng=random.Random(3))
+    b.on_open = lambda: opened.append(1)
+    b.timed_out(0.0)
+    b.timed_out(0.1)
+    b.answered()  # not in a row
+    b.timed_out(0.2)
+    b.timed_out(0.3)
+    assert not b.is_open and b.refusal(0.3) is None
+    b.timed_out(0.4)
+    assert b.is_open and opened == [1]
+    b.timed_out(0.5)  # more timeouts while open change nothing
+    assert opened == [1]
+
+
+def test_an_open_breaker_refuses_with_unavailable_and_the_time_until_its_probe():
+    b = RedisBreaker(trip_after=1, cooldown_s=1.0, rng=random.Random(3))
+    b.timed_out(10.0)
+    refusal = b.refusal(10.25)
+    assert isinstance(refusal, Unavailable)
+    assert 0.75 + RETRY_MIN_S <= refusal.retry_after <= 0.75 + RETRY_MAX_S
+    assert "cool-down" in refusal.message and "nothing was taken" in refusal.message
+    assert to_status(refusal).code == grpc.StatusCode.UNAVAILABLE.value[0]
+    assert b.due(10.25) == pytest.approx(0.75)
+
+
+def test_a_failed_probe_means_another_cool_down_and_a_good_one_closes():
+    b = RedisBreaker(trip_after=1, cooldown_s=1.0)
+    b.timed_out(0.0)
+    assert b.due(1.5) == 0.0  # the probe is due
+    b.probe_failed(1.5)
+    assert b.is_open and b.due(1.5) == pytest.approx(1.0)
+    b.close()
+    assert not b.is_open and b.refusal(2.0) is None and b.due(2.0) == 0.0
+    b.timed_out(3.0)  # the streak started again from zero: one timeout (trip_after=1) opens it
+    assert b.is_open
+
+
+def test_trip_after_zero_never_opens():
+    b = RedisBreaker(trip_after=0, cooldown_s=1.0)
+    for t in range(100):
+        b.timed_out(float(t))
+    assert not b.is_open
