@@ -144,9 +144,9 @@ def _rpc(method: Callable[..., Awaitable[_R]]) -> Callable[..., Awaitable[_R]]:
     RESOURCE_EXHAUSTED in the figures. Likewise the servicer's ``breaker``
     (:class:`~.admission.RedisBreaker`; None: off) answers UNAVAILABLE at
     once while it is open, and learns here of every Redis timeout and every
-    answered call. Counting is a few plain-int
-    additions and a bisect (:class:`~flashstock.server._serving_metrics.RpcTally`),
-    written out off the request path.
+    answered call. Counting is a few plain-int additions and a bisect
+    (:class:`~flashstock.server._serving_metrics.RpcTally`), written out off
+    the request path.
     """
     name = method.__name__
     key: tuple[str, str] | None = None
