@@ -9,7 +9,9 @@ from dataclasses import dataclass, field
 
 @dataclass(frozen=True)
 class RetryPolicy:
-    """How a client retries UNAVAILABLE and DEADLINE_EXCEEDED, always with the same request id."""
+    """How a client retries UNAVAILABLE, DEADLINE_EXCEEDED and Overloaded, always with the same request id.
+
+    An Overloaded (or Unavailable) answer's own retry delay is waited at least."""
 
     initial_backoff_s: float = 0.02
     """Wait before the first retry (before jitter)."""

@@ -122,7 +122,7 @@ class _SyncConnection:
                 except grpc.RpcError as exc:
                     t.pass_cancellation(exc)
                     error = t.error_of(exc)
-                    if not t.should_retry(exc):
+                    if not t.should_retry(exc, error):
                         raise error from None
                     t.mark_retry(request)
             else:
@@ -148,8 +148,10 @@ class StockClient:
 
     Every mutating method takes a ``request_id``; give your own (an order id)
     to make your own retries safe, or let the client make one. The client
-    retries UNAVAILABLE and DEADLINE_EXCEEDED with the same id, so a retry
-    never takes units twice. A request id you send again gets its first
+    retries UNAVAILABLE, DEADLINE_EXCEEDED and a node's shedding (RESOURCE_EXHAUSTED,
+    :class:`Overloaded`: after the delay the node asks for) with the same
+    id, so a retry never takes units twice; it raises the last error when
+    ``retry.max_attempts`` or ``deadline_s`` run out. A request id you send again gets its first
     answer (DUPLICATE), also once the SKU is sold out; ``retry=True`` only
     tells the node to ask Redis at once.
     """

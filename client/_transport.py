@@ -33,7 +33,7 @@ from ._types import (
     SkuPage,
     StockLevel,
 )
-from .errors import RETRYABLE_CODES, FlashstockError, from_status
+from .errors import RETRYABLE_CODES, FlashstockError, Overloaded, from_status
 
 __all__ = ["admin_pb2", "admin_pb2_grpc", "stock_pb2", "stock_pb2_grpc"]
 
@@ -96,9 +96,14 @@ def pass_cancellation(exc: grpc.RpcError) -> None:
         raise asyncio.CancelledError from None
 
 
-def should_retry(exc: grpc.RpcError) -> bool:
-    """True for the codes a client retries with the same request id."""
-    return exc.code() in RETRYABLE_CODES
+def should_retry(exc: grpc.RpcError, error: FlashstockError) -> bool:
+    """True for the failures a client retries with the same request id: UNAVAILABLE, DEADLINE_EXCEEDED,
+    and a node's :class:`Overloaded` (it shed the call, which took nothing).
+
+    Only a node's shedding carries a retry delay: a RESOURCE_EXHAUSTED of grpc's
+    own (a message or metadata past its limit) has none, and would fail again.
+    """
+    return exc.code() in RETRYABLE_CODES or (isinstance(error, Overloaded) and error.retry_after > 0)
 
 
 def mark_retry(request: Any) -> None:

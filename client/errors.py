@@ -231,7 +231,8 @@ STATUS_TABLE: dict[type[FlashstockError], grpc.StatusCode] = {
 _BY_REASON = {cls.reason: cls for cls in STATUS_TABLE}
 _BY_CODE = {code: cls for cls, code in reversed(list(STATUS_TABLE.items()))}
 RETRYABLE_CODES = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED})
-"""Codes a client retries, with the same request id."""
+"""Codes a client retries, with the same request id (and RESOURCE_EXHAUSTED when a node shed the call:
+:class:`Overloaded` with a retry delay)."""
 
 
 def status_code_of(error: FlashstockError) -> grpc.StatusCode:

@@ -131,6 +131,28 @@ class NodeConfig:
         "etcd lease TTL, seconds: a node that stops (crash, pause, partition) keeps its shards this long, "
         "then they fail over; it stops its own duties a fifth of it earlier.",
     )
+    max_in_flight: int = _setting(
+        256,
+        "Most StockService calls in flight per serving worker; the call past it is refused at once with "
+        "RESOURCE_EXHAUSTED and a RetryInfo (50-200 ms), before it touches Redis, and takes nothing; "
+        "0 = no cap. Admin and health calls are never refused.",
+    )
+    max_queue_ms: float = _setting(
+        0.0,
+        "Shed StockService calls also when a serving worker has a standing queue: when even the fastest call "
+        "answered in the last 100 ms took longer than this, new calls are refused (RESOURCE_EXHAUSTED, "
+        "RetryInfo) until one is answered faster, ms; 0 = off.",
+    )
+    redis_trip_timeouts: int = _setting(
+        5,
+        "Fail fast on a sick Redis: after this many Redis timeouts in a row (see redis_timeout_s) a serving "
+        "worker stops sending StockService calls to Redis, answers them UNAVAILABLE with a RetryInfo at once, "
+        "turns its health NOT_SERVING, and probes Redis once per redis_cooldown_ms until it answers in time; "
+        "0 = off.",
+    )
+    redis_cooldown_ms: int = _setting(
+        1000, "How long a worker that stopped sending to a sick Redis waits between two probes of it, ms."
+    )
     redis_pool_size: int = _setting(256, "Most Redis connections per worker process.")
     redis_timeout_s: float = _setting(2.0, "Redis socket timeout, seconds; a timeout answers UNAVAILABLE.")
     grace_s: float = _setting(
@@ -197,6 +219,14 @@ def config_problems(config: NodeConfig) -> list[str]:
         out.append("metrics_sku_window_s: must be > 0")
     if not 0 <= config.metrics_sku_cap <= 10_000:
         out.append(f"metrics_sku_cap: {config.metrics_sku_cap} is not 0-10000")
+    if not 0 <= config.max_in_flight <= 1_000_000:
+        out.append(f"max_in_flight: {config.max_in_flight} is not 0-1000000 (0 = no cap)")
+    if not 0 <= config.max_queue_ms <= 60_000:
+        out.append(f"max_queue_ms: {config.max_queue_ms} is not 0-60000 (0 = off)")
+    if not 0 <= config.redis_trip_timeouts <= 10_000:
+        out.append(f"redis_trip_timeouts: {config.redis_trip_timeouts} is not 0-10000 (0 = off)")
+    if not 10 <= config.redis_cooldown_ms <= 600_000:
+        out.append(f"redis_cooldown_ms: {config.redis_cooldown_ms} is not 10-600000")
     if config.reconcile_interval_s < 0:
         out.append(f"reconcile_interval_s: {config.reconcile_interval_s} is negative")
     if not 0 <= config.coalesce_window_ms <= 100:

@@ -70,6 +70,7 @@ from flashstock.server.duties.rebuild import RebuildPolicy, ShardRebuilder
 from flashstock.server.duties.salefigures import MetricsPolicy
 from flashstock.server.duties.shard import DutyPolicy, ShardDuties
 from flashstock.server.ledger import Ledger, LedgerError
+from flashstock.server.rpc.admission import Admission, RedisBreaker
 from flashstock.server.rpc.servicer import SERVICE_NAMES, AdminServicer, StockServicer, add_services
 from flashstock.server.store.durable import PersistWatch
 from flashstock.server.store.feed import RedisFeed, TakersLoader
@@ -170,7 +171,24 @@ class Node:
         if self.serving and config.stats_interval_ms:
             self.stats = SaleStats(self.redis, config.shards, config.stats_interval_ms / 1000)
         self._stats_task: asyncio.Task[None] | None = None
-        self.stock_servicer = StockServicer(self.store, self.book, self.figures, self.stats)
+        self.breaker: RedisBreaker | None = None
+        """Fail-fast on a sick Redis (a serving worker, with ``redis_trip_timeouts`` set)."""
+        if self.serving and config.redis_trip_timeouts:
+            self.breaker = RedisBreaker(config.redis_trip_timeouts, config.redis_cooldown_ms / 1000)
+            self.breaker.on_open = self._breaker_opened
+        self._redis_up = True
+        """What the feed last said of Redis (the health is SERVING when it is up and the breaker closed)."""
+        self._probe: asyncio.Task[None] | None = None
+        self.stock_servicer = StockServicer(
+            self.store,
+            self.book,
+            self.figures,
+            self.stats,
+            Admission(config.max_in_flight, config.max_queue_ms / 1000)
+            if config.max_in_flight or config.max_queue_ms
+            else None,
+            self.breaker,
+        )
         self.health = health.aio.HealthServicer()
         self._tasks: list[asyncio.Task[None]] = []
         self.duties: ShardDuties | None = None
@@ -276,10 +294,45 @@ class Node:
     async def _redis_health(self, up: bool) -> None:
         # Without Redis the services answer UNAVAILABLE: say so to load
         # balancers and readiness probes. "" (the process) stays SERVING.
-        status = health_pb2.HealthCheckResponse.SERVING if up else health_pb2.HealthCheckResponse.NOT_SERVING
+        self._redis_up = up
+        await self._set_health()
+
+    async def _set_health(self) -> None:
+        well = self._redis_up and not (self.breaker is not None and self.breaker.is_open)
+        status = health_pb2.HealthCheckResponse.SERVING if well else health_pb2.HealthCheckResponse.NOT_SERVING
         if self._server is not None:
             for name in SERVICE_NAMES:
                 await self.health.set(name, status)
+
+    def _breaker_opened(self) -> None:
+        # Called from a call's error path: the health and the probing happen in a task of their own.
+        if self._probe is None or self._probe.done():
+            self._probe = asyncio.create_task(self._probe_redis(), name="redis probe")
+
+    async def _probe_redis(self) -> None:
+        """While the breaker is open: NOT_SERVING, and once per cool-down a script call (the hot path's
+        kind of command, which a Redis paused for writes or busy in a script also holds back) until one
+        is answered in time; then the breaker closes and the health follows the feed again."""
+        breaker = self.breaker
+        assert breaker is not None
+        log.warning(
+            "Redis did not answer in time %d times in a row: this worker answers UNAVAILABLE at once and "
+            "probes Redis every %g ms",
+            breaker.trip_after,
+            breaker.cooldown_s * 1000,
+        )
+        await self._set_health()
+        while breaker.is_open:
+            await asyncio.sleep(breaker.due(time.perf_counter()))
+            try:
+                await self.redis.eval("return 1", 0)
+            except Exception as exc:  # noqa: BLE001 - any failure: still sick
+                log.debug("Redis probe failed: %r", exc)
+                breaker.probe_failed(time.perf_counter())
+            else:
+                breaker.close()
+        log.warning("Redis answers in time again: this worker sends calls to it again")
+        await self._set_health()
 
     async def _connect_redis(self) -> None:
         # Give a Redis that is still starting (a pod beside us) a few seconds.
@@ -458,6 +511,8 @@ class Node:
             await self.ownership.stop()
         elif self.duties is not None:
             await self.duties.stop()
+        if self._probe is not None:
+            self._tasks.append(self._probe)
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:

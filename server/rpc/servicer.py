@@ -35,6 +35,7 @@ from flashstock.client import (
     InvalidArgument,
     Mode,
     Outcome,
+    Overloaded,
     Sku,
     SkuDefinition,
     SkuNotFound,
@@ -45,6 +46,8 @@ from flashstock.server._logs import log_context
 from flashstock.server._serving_metrics import RpcTally, WorkerFigures
 from flashstock.server.ledger import SkuChange
 from flashstock.server.rpc import validate as v
+from flashstock.server.rpc.admission import Admission, RedisBreaker
+from flashstock.server.store.redis import is_redis_timeout
 from flashstock.server.store.salestats import SaleStats, error_outcome, sale_outcome
 from flashstock.server.store.soldout import SoldOutBook
 from flashstock.server.store.stock import StockStore
@@ -119,13 +122,31 @@ def _refuse_malformed(method: str, request: MalformedRequest) -> None:
     raise InvalidArgument(f"malformed request: not a {request.message_type}: {request.reason}")
 
 
+_shed_log = LogGate(interval_s=10.0)
+
+
+def _note_shed(refusal: Overloaded) -> None:
+    # Shedding is the node working as meant, but an operator wants to know it happens: a line per 10 s.
+    held_back = _shed_log.admit("shed")
+    if held_back is not None:
+        log.warning("shedding load: %s (%d more calls shed since the last such line)", refusal.message, held_back)
+
+
 def _rpc(method: Callable[..., Awaitable[_R]]) -> Callable[..., Awaitable[_R]]:
     """Map every error a method raises to a gRPC status, in one place; count and time every call.
 
-    The servicer names its service (``SERVICE``) and holds the worker's
-    figures (``figures``; None: not counted). Counting is a few plain-int
-    additions and a bisect (:class:`~flashstock.server._serving_metrics.RpcTally`),
-    written out off the request path.
+    The servicer names its service (``SERVICE``), holds the worker's
+    figures (``figures``; None: not counted) and its admission
+    (``admission``, :mod:`.admission`; None: every call is taken). A call
+    past the admission's limits is refused at once with
+    :class:`~flashstock.client.Overloaded` (RESOURCE_EXHAUSTED and a
+    ``RetryInfo``), before the method runs: it takes nothing, and counts as
+    RESOURCE_EXHAUSTED in the figures. Likewise the servicer's ``breaker``
+    (:class:`~.admission.RedisBreaker`; None: off) answers UNAVAILABLE at
+    once while it is open, and learns here of every Redis timeout and every
+    answered call. Counting is a few plain-int additions and a bisect
+    (:class:`~flashstock.server._serving_metrics.RpcTally`), written out off
+    the request path.
     """
     name = method.__name__
     key: tuple[str, str] | None = None
@@ -134,24 +155,42 @@ def _rpc(method: Callable[..., Awaitable[_R]]) -> Callable[..., Awaitable[_R]]:
     async def wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext) -> _R:
         nonlocal key
         figures: WorkerFigures | None = self.figures
+        admission: Admission | None = self.admission
+        breaker: RedisBreaker | None = self.breaker
         tally: RpcTally | None = None
         if figures is not None:
             if key is None:
                 key = (self.SERVICE, name)
             tally = figures.rpc(key)
+        if figures is not None or admission is not None or breaker is not None:
             started = perf_counter()
+        admitted = False
         code = "UNKNOWN"  # a call that leaves some other way (an abort that failed) counts as this
         try:
             try:
+                if breaker is not None:
+                    refused = breaker.refusal(started)
+                    if refused is not None:
+                        raise refused
+                if admission is not None:
+                    refusal = admission.admit(started)
+                    if refusal is not None:
+                        _note_shed(refusal)
+                        raise refusal
+                    admitted = True
                 if isinstance(request, MalformedRequest):
                     _refuse_malformed(name, request)
                 reply = await method(self, request, context)
                 code = "OK"
+                if breaker is not None:
+                    breaker.answered()
                 return reply
             except asyncio.CancelledError:
                 code = "CANCELLED"
                 raise
             except FlashstockError as err:
+                if breaker is not None and is_redis_timeout(err):
+                    breaker.timed_out(perf_counter())
                 status = rpc_status.to_status(to_status(err))
             except Exception:
                 log.exception(
@@ -166,8 +205,12 @@ def _rpc(method: Callable[..., Awaitable[_R]]) -> Callable[..., Awaitable[_R]]:
             await context.abort(status.code, status.details, status.trailing_metadata)
             raise AssertionError("unreachable: abort raises")
         finally:
-            if tally is not None:
-                tally.end(code, perf_counter() - started)
+            if tally is not None or admitted:
+                now = perf_counter()
+                if tally is not None:
+                    tally.end(code, now - started)
+                if admitted:
+                    cast(Admission, admission).finished(now - started, now)
 
     return wrapper
 
@@ -259,11 +302,17 @@ class StockServicer(stock_pb2_grpc.StockServiceServicer):
         book: SoldOutBook,
         figures: WorkerFigures | None = None,
         stats: SaleStats | None = None,
+        admission: Admission | None = None,
+        breaker: RedisBreaker | None = None,
     ) -> None:
         self._store = store
         self._book = book
         self.figures = figures
         """This worker's serving figures, counted by :func:`_rpc`; None: not counted."""
+        self.admission = admission
+        """This worker's bound on calls in flight, applied by :func:`_rpc`; None: every call is taken."""
+        self.breaker = breaker
+        """This worker's fail-fast on a sick Redis, applied by :func:`_rpc`; None: calls always go to Redis."""
         self._stats = stats
         """This worker's sale figures per SKU (:mod:`..store.salestats`); None: not counted."""
 
@@ -420,6 +469,10 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         self._store = store
         self.figures = figures
         """This worker's serving figures, counted by :func:`_rpc`; None: not counted."""
+        self.admission: Admission | None = None
+        """None: operators' calls are never shed (they steer the node out of trouble)."""
+        self.breaker: RedisBreaker | None = None
+        """None: operators' calls always go to Redis (they are few, and wait for it)."""
 
     @staticmethod
     def _admin_reply(reply_type: type, r: AdminResult) -> Any:

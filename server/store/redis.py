@@ -147,6 +147,19 @@ def flashstock_error(exc: BaseException, shard: int | None = None) -> Flashstock
     return None
 
 
+def is_redis_timeout(error: BaseException) -> bool:
+    """True when ``error`` stands for a Redis command that did not answer within its timeout
+    (an :class:`Unavailable` that :func:`flashstock_error` made of one, or the timeout itself)."""
+    seen: BaseException | None = error
+    for _ in range(8):  # a chain is short; a cycle must not hang the caller
+        if seen is None:
+            return False
+        if isinstance(seen, redis.exceptions.TimeoutError):
+            return True
+        seen = seen.__cause__
+    return False
+
+
 class redis_errors:  # lower case, as contextlib.suppress: named for how the statement reads
     """Around Redis calls (``with`` or ``async with``): a Redis failure leaves as :func:`flashstock_error`'s error.
 

@@ -15,6 +15,7 @@ import grpc
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from flashstock.client import InvalidArgument, SkuNotFound
 from flashstock.server._metrics import Metrics, served_registry
@@ -29,7 +30,9 @@ from flashstock.server._serving_metrics import (
     snapshot_path,
     write_snapshot,
 )
+from flashstock.server.rpc.admission import Admission, RedisBreaker
 from flashstock.server.rpc.servicer import MalformedRequest, _rpc
+from flashstock.server.store.redis import flashstock_error
 
 STOCK = "flashstock.v1.StockService"
 
@@ -179,11 +182,28 @@ class Context:
 class Service:
     SERVICE = STOCK
 
-    def __init__(self, figures: WorkerFigures | None) -> None:
+    def __init__(
+        self, figures: WorkerFigures | None, admission: Admission | None = None, breaker: RedisBreaker | None = None
+    ) -> None:
         self.figures = figures
+        self.admission = admission
+        self.breaker = breaker
+        self.entered = 0
+        """Calls that reached the method (past admission and breaker)."""
+        self.gate = asyncio.Event()
 
     @_rpc
     async def Deduct(self, request: Any, context: Any) -> str:
+        self.entered += 1
+        if request == "wait":
+            await self.gate.wait()
+        if request == "redis timeout":
+            try:
+                raise RedisTimeoutError("Timeout reading from redis")
+            except RedisTimeoutError as exc:
+                mapped = flashstock_error(exc)
+                assert mapped is not None
+                raise mapped from exc
         if request == "missing":
             raise SkuNotFound("no such SKU", sku="x")
         if request == "bad":
@@ -220,6 +240,42 @@ async def test_the_wrapper_answers_the_same_without_figures():
     with pytest.raises(Aborted):
         await service.Deduct("missing", context)
     assert context.code is grpc.StatusCode.NOT_FOUND
+
+
+async def test_a_call_past_max_in_flight_is_shed_before_the_method_and_counted_as_resource_exhausted():
+    figures = WorkerFigures()
+    service = Service(figures, Admission(max_in_flight=1))
+    waiting = asyncio.create_task(service.Deduct("wait", Context()))
+    await asyncio.sleep(0)  # the first call is in the method now
+    context = Context()
+    with pytest.raises(Aborted, match="max_in_flight"):
+        await service.Deduct("ok", context)
+    assert context.code is grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert service.entered == 1  # the shed call never reached the method
+    service.gate.set()
+    assert await waiting == "reply"
+    assert await service.Deduct("ok", Context()) == "reply"  # room again: the first call was let go
+    assert figures.rpcs[(STOCK, "Deduct")].handled == {"OK": 2, "RESOURCE_EXHAUSTED": 1}
+
+
+async def test_redis_timeouts_in_a_row_open_the_breaker_and_an_answer_resets_the_streak():
+    opened = []
+    breaker = RedisBreaker(trip_after=2, cooldown_s=60)
+    breaker.on_open = lambda: opened.append(True)
+    service = Service(None, breaker=breaker)
+    await call(service, "redis timeout")
+    assert await service.Deduct("ok", Context()) == "reply"  # resets the streak
+    await call(service, "redis timeout")
+    assert not breaker.is_open and not opened
+    await call(service, "redis timeout")
+    assert breaker.is_open and opened == [True]
+    entered = service.entered
+    context = Context()
+    with pytest.raises(Aborted, match="cool-down"):
+        await service.Deduct("ok", context)
+    assert context.code is grpc.StatusCode.UNAVAILABLE and service.entered == entered
+    breaker.close()
+    assert await service.Deduct("ok", Context()) == "reply"
 
 
 def test_the_endpoint_serves_the_duties_build_info_and_process_figures(tmp_path: Path):
