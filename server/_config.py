@@ -143,6 +143,18 @@ class NodeConfig:
         "answered in the last 100 ms took longer than this, new calls are refused (RESOURCE_EXHAUSTED, "
         "RetryInfo) until one is answered faster, ms; 0 = off.",
     )
+    max_in_flight_per_caller: int = _setting(
+        0,
+        "Most StockService calls in flight per caller (the peer's IP address) per serving worker, so one "
+        "misbehaving gateway cannot take the node from the others; the call past it is refused at once like "
+        "one past max_in_flight (the message names the caller's cap); 0 = no cap.",
+    )
+    max_rate_per_caller: float = _setting(
+        0.0,
+        "Most StockService calls a second per caller (the peer's IP address) per serving worker: a token "
+        "bucket holding one second's worth; a call past it is refused at once with RESOURCE_EXHAUSTED and a "
+        "RetryInfo of when the caller may call again, and takes nothing; 0 = no cap.",
+    )
     redis_trip_timeouts: int = _setting(
         5,
         "Fail fast on a sick Redis: after this many Redis timeouts in a row (see redis_timeout_s) a serving "
@@ -221,6 +233,10 @@ def config_problems(config: NodeConfig) -> list[str]:
         out.append(f"metrics_sku_cap: {config.metrics_sku_cap} is not 0-10000")
     if not 0 <= config.max_in_flight <= 1_000_000:
         out.append(f"max_in_flight: {config.max_in_flight} is not 0-1000000 (0 = no cap)")
+    if not 0 <= config.max_in_flight_per_caller <= 1_000_000:
+        out.append(f"max_in_flight_per_caller: {config.max_in_flight_per_caller} is not 0-1000000 (0 = no cap)")
+    if not 0 <= config.max_rate_per_caller <= 1_000_000:
+        out.append(f"max_rate_per_caller: {config.max_rate_per_caller} is not 0-1000000 (0 = no cap)")
     if not 0 <= config.max_queue_ms <= 60_000:
         out.append(f"max_queue_ms: {config.max_queue_ms} is not 0-60000 (0 = off)")
     if not 0 <= config.redis_trip_timeouts <= 10_000:

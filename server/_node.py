@@ -70,7 +70,7 @@ from flashstock.server.duties.rebuild import RebuildPolicy, ShardRebuilder
 from flashstock.server.duties.salefigures import MetricsPolicy
 from flashstock.server.duties.shard import DutyPolicy, ShardDuties
 from flashstock.server.ledger import Ledger, LedgerError
-from flashstock.server.rpc.admission import Admission, RedisBreaker
+from flashstock.server.rpc.admission import Admission, CallerCaps, RedisBreaker
 from flashstock.server.rpc.servicer import SERVICE_NAMES, AdminServicer, StockServicer, add_services
 from flashstock.server.store.durable import PersistWatch
 from flashstock.server.store.feed import RedisFeed, TakersLoader
@@ -84,6 +84,18 @@ log = logging.getLogger(__name__)
 
 READY_LINE = "flashstock node serving on"
 """The start of the line a node prints once it serves (tests and scripts wait for it)."""
+
+
+def _admission(config: NodeConfig) -> Admission | None:
+    """A worker's StockService admission (its caps and the per-caller ones); None when every cap is off."""
+    callers = (
+        CallerCaps(config.max_in_flight_per_caller, config.max_rate_per_caller)
+        if config.max_in_flight_per_caller or config.max_rate_per_caller
+        else None
+    )
+    if not (config.max_in_flight or config.max_queue_ms or callers):
+        return None
+    return Admission(config.max_in_flight, config.max_queue_ms / 1000, callers=callers)
 
 
 class StartupError(Exception):
@@ -184,9 +196,7 @@ class Node:
             self.book,
             self.figures,
             self.stats,
-            Admission(config.max_in_flight, config.max_queue_ms / 1000)
-            if config.max_in_flight or config.max_queue_ms
-            else None,
+            _admission(config),
             self.breaker,
         )
         self.health = health.aio.HealthServicer()

@@ -46,7 +46,7 @@ from flashstock.server._logs import log_context
 from flashstock.server._serving_metrics import RpcTally, WorkerFigures
 from flashstock.server.ledger import SkuChange
 from flashstock.server.rpc import validate as v
-from flashstock.server.rpc.admission import Admission, RedisBreaker
+from flashstock.server.rpc.admission import Admission, RedisBreaker, caller_of
 from flashstock.server.store.redis import is_redis_timeout
 from flashstock.server.store.salestats import SaleStats, error_outcome, sale_outcome
 from flashstock.server.store.soldout import SoldOutBook
@@ -138,7 +138,8 @@ def _rpc(method: Callable[..., Awaitable[_R]]) -> Callable[..., Awaitable[_R]]:
     The servicer names its service (``SERVICE``), holds the worker's
     figures (``figures``; None: not counted) and its admission
     (``admission``, :mod:`.admission`; None: every call is taken). A call
-    past the admission's limits is refused at once with
+    past the admission's limits (the worker's, and per caller: the peer's
+    address) is refused at once with
     :class:`~flashstock.client.Overloaded` (RESOURCE_EXHAUSTED and a
     ``RetryInfo``), before the method runs: it takes nothing, and counts as
     RESOURCE_EXHAUSTED in the figures. Likewise the servicer's ``breaker``
@@ -165,6 +166,7 @@ def _rpc(method: Callable[..., Awaitable[_R]]) -> Callable[..., Awaitable[_R]]:
         if figures is not None or admission is not None or breaker is not None:
             started = perf_counter()
         admitted = False
+        caller = ""  # the peer's address, when the admission has per-caller caps
         code = "UNKNOWN"  # a call that leaves some other way (an abort that failed) counts as this
         try:
             try:
@@ -173,7 +175,9 @@ def _rpc(method: Callable[..., Awaitable[_R]]) -> Callable[..., Awaitable[_R]]:
                     if refused is not None:
                         raise refused
                 if admission is not None:
-                    refusal = admission.admit(started)
+                    if admission.callers is not None:
+                        caller = caller_of(context.peer())
+                    refusal = admission.admit(started, caller)
                     if refusal is not None:
                         _note_shed(refusal)
                         raise refusal
@@ -210,7 +214,7 @@ def _rpc(method: Callable[..., Awaitable[_R]]) -> Callable[..., Awaitable[_R]]:
                 if tally is not None:
                     tally.end(code, now - started)
                 if admitted:
-                    cast(Admission, admission).finished(now - started, now)
+                    cast(Admission, admission).finished(now - started, now, caller)
 
     return wrapper
 

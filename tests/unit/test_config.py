@@ -38,6 +38,8 @@ def test_config_file_from_env_and_a_named_table(tmp_path):
         ({"FLASHSTOCK_LOG_FORMAT": "xml"}, "log_format"),
         ({"FLASHSTOCK_GRACE_S": "-1"}, "grace_s"),
         ({"FLASHSTOCK_SERVING_METRICS": "maybe"}, "serving_metrics"),
+        ({"FLASHSTOCK_MAX_IN_FLIGHT_PER_CALLER": "-1"}, "max_in_flight_per_caller"),
+        ({"FLASHSTOCK_MAX_RATE_PER_CALLER": "-0.5"}, "max_rate_per_caller"),
     ],
 )
 def test_a_bad_setting_is_named(env, setting):
@@ -68,3 +70,9 @@ def test_every_setting_has_help():
 def test_config_is_frozen():
     with pytest.raises(dataclasses.FrozenInstanceError):
         NodeConfig().port = 1  # type: ignore[misc]
+
+
+def test_per_caller_caps_are_off_by_default_and_read_from_the_environment():
+    assert NodeConfig().max_in_flight_per_caller == 0 and NodeConfig().max_rate_per_caller == 0
+    config = load_config(env={"FLASHSTOCK_MAX_IN_FLIGHT_PER_CALLER": "8", "FLASHSTOCK_MAX_RATE_PER_CALLER": "2.5"})
+    assert config.max_in_flight_per_caller == 8 and config.max_rate_per_caller == 2.5
