@@ -558,7 +558,7 @@ class _Run:
                 "node_off": [self.node_off.pid],
                 "redis_off": [self.redis_off.proc.pid],  # type: ignore[union-attr]
                 **(
-                    {"node_tls": [self.node_tls.pid], "redis_tls": [self.redis_tls.proc.pid]}  # type: ignore[union-attr]
+                    {"node_tls": [self.node_tls.pid], "redis_tls": [self.redis_tls.proc.pid]}
                     if self.node_tls is not None
                     else {}
                 ),
