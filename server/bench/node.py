@@ -16,6 +16,12 @@ and runs these phases:
    both: their rates, each node's CPU per successful call, and the cost of
    the metrics (the ratio against echo with and without them, and the CPU
    each call costs more with them).
+   **TLS on/off**: the same loop against the node in plaintext and a twin
+   alike but for mutual TLS (its own Redis; certificates made with
+   ``openssl`` at bench start, :mod:`.certs`), the load processes calling it
+   over TLS with a client certificate; ``tls_rounds`` times each, A-B-B-A:
+   the rates, ratios against echo, p50/p99, node CPU per call, and the
+   difference (``tls_cost``). ``tls_rounds`` 0 leaves the part out.
 3. **echo**: the same loop, the same stub, channel options and coroutine
    count, against the echo server (same stack, same number of worker
    processes): calls/s. The ratio flashstock/echo is the share of the bare
@@ -108,6 +114,8 @@ class BenchPlan:
     SO_REUSEPORT spreads connections, not calls, over the workers, at random)."""
     metrics_rounds: int = 2
     """Throughput phases of the node with its metrics (serving, a sale's figures) on, as many off, alternating."""
+    tls_rounds: int = 2
+    """Throughput phases of the node in plaintext, as many of its mutual-TLS twin, alternating; 0: no TLS part."""
 
     def problems(self) -> list[str]:
         """What is wrong with the plan, each naming its option."""
@@ -126,6 +134,8 @@ class BenchPlan:
             out.append("--connections must be >= 0")
         if self.metrics_rounds < 1:
             out.append("--metrics-rounds must be >= 1")
+        if self.tls_rounds < 0:
+            out.append("--tls-rounds must be >= 0 (0 leaves the TLS part out)")
         return out
 
     def connections_per_proc(self) -> int:
@@ -171,9 +181,19 @@ async def _load_phase(index: int, phase: dict[str, Any], ctrl: Any, progress: An
     from flashstock.client import CHANNEL_OPTIONS
     from flashstock.v1 import stock_pb2, stock_pb2_grpc
 
-    channels = [
-        grpc.aio.insecure_channel(phase["target"], options=CHANNEL_OPTIONS) for _ in range(phase["connections"])
-    ]
+    tls = phase.get("tls")
+    if tls:
+        # Mutual TLS: the bench's CA as trust root, and the load's client certificate.
+        pem = {k: open(v, "rb").read() for k, v in tls.items()}  # noqa: SIM115 - tiny files, read once
+        creds = grpc.ssl_channel_credentials(pem["ca"], pem["key"], pem["cert"])
+        channels = [
+            grpc.aio.secure_channel(phase["target"], creds, options=CHANNEL_OPTIONS)
+            for _ in range(phase["connections"])
+        ]
+    else:
+        channels = [
+            grpc.aio.insecure_channel(phase["target"], options=CHANNEL_OPTIONS) for _ in range(phase["connections"])
+        ]
     try:
         await asyncio.wait_for(asyncio.gather(*(c.channel_ready() for c in channels)), 30)
         stubs = [stock_pb2_grpc.StockServiceStub(c) for c in channels]
@@ -524,6 +544,9 @@ class _Run:
         )
         self.stack.push(self.node_off)
         self.node_off.start()
+        self.node_tls: NodeProcess | None = None
+        if plan.tls_rounds:
+            self._start_tls_twin()
         self.echo.wait_ready()
         self.loads.wait_ready()
         self.redis = redis.Redis.from_url(self.redis_server.url, decode_responses=True)
@@ -534,6 +557,11 @@ class _Run:
                 "redis": [self.redis_server.proc.pid],  # type: ignore[union-attr]
                 "node_off": [self.node_off.pid],
                 "redis_off": [self.redis_off.proc.pid],  # type: ignore[union-attr]
+                **(
+                    {"node_tls": [self.node_tls.pid], "redis_tls": [self.redis_tls.proc.pid]}
+                    if self.node_tls is not None
+                    else {}
+                ),
                 "echo": [self.echo.pid],
                 "load": self.loads.pids,
                 "bench": [os.getpid()],
@@ -551,10 +579,54 @@ class _Run:
         }
         self.progress.update(task, total=1, completed=1, info=f"node {self.node.address}, echo {self.echo.address}")
 
+    def _start_tls_twin(self) -> None:
+        """The node's twin serving mutual TLS, on a Redis of its own, with certificates made now."""
+        import shutil
+        import tempfile
+        from pathlib import Path
+
+        from flashstock.server.bench.certs import make_mtls_files
+        from flashstock.server.local.procs import NodeProcess, RedisServer, free_port
+
+        folder = Path(tempfile.mkdtemp(prefix="flashstock-bench-tls-"))
+        self.stack.callback(shutil.rmtree, folder, True)
+        self.certs = make_mtls_files(folder)
+        self.redis_tls = RedisServer()
+        self.stack.push(self.redis_tls)
+        self.redis_tls.start()
+        self.node_tls = NodeProcess(
+            self.redis_tls.url,
+            workers=self.plan.workers,
+            extra_args=(
+                "--metrics-port", str(free_port()),
+                "--tls-cert", str(self.certs.node_cert),
+                "--tls-key", str(self.certs.node_key),
+                "--tls-client-ca", str(self.certs.ca),
+            ),
+        )  # fmt: skip
+        self.stack.push(self.node_tls)
+        self.node_tls.start()
+
+    def _tls_files(self, target: str) -> dict[str, str] | None:
+        """The load's PEM files when ``target`` is the TLS twin, else None (plaintext)."""
+        if self.node_tls is None or target != self.node_tls.address:
+            return None
+        c = self.certs
+        return {"ca": str(c.ca), "cert": str(c.client_cert), "key": str(c.client_key)}
+
     def admin(self, address: str | None = None) -> Any:
         from flashstock.client import AdminClient, ClientConfig
 
-        return AdminClient(ClientConfig(addresses=address or self.node.address, deadline_s=10))
+        tls = self._tls_files(address or "") or {}
+        return AdminClient(
+            ClientConfig(
+                addresses=address or self.node.address,
+                deadline_s=10,
+                tls_ca=tls.get("ca"),
+                tls_cert=tls.get("cert"),
+                tls_key=tls.get("key"),
+            )
+        )
 
     def _phases(
         self, target: str, sku: str, users: str, distinct: bool, requests: int | None = None, rate: float | None = None
@@ -572,6 +644,7 @@ class _Run:
                 "coroutines": n,
                 "connections": plan.connections_per_proc(),
                 "rate": rate * n / plan.buyers if rate else None,
+                "tls": self._tls_files(target),
             }
             for n, budget in zip(buyers, budgets, strict=True)
         ]
@@ -619,6 +692,7 @@ class _Run:
         server, redis_group = {
             self.echo.address: ("echo", "redis"),
             self.node_off.address: ("node_off", "redis_off"),
+            **({self.node_tls.address: ("node_tls", "redis_tls")} if self.node_tls is not None else {}),
         }.get(target, ("node", "redis"))
 
         # CPU time each successful call cost, in µs: comparable across machines
@@ -666,6 +740,20 @@ class _Run:
                 else:
                     off.append(self.throughput(f"metrics off ({len(off) + 1})", self.node_off.address))
         return {"on": _phase_means(on), "off": _phase_means(off), "rounds_on": on, "rounds_off": off}
+
+    def tls_cost(self) -> dict[str, Any]:
+        """The node in plaintext and its mutual-TLS twin, alternating (A-B-B-A ...), ``tls_rounds`` each."""
+        assert self.node_tls is not None
+        plain: list[dict[str, Any]] = []
+        tls: list[dict[str, Any]] = []
+        for i in range(self.plan.tls_rounds):
+            order = [False, True] if i % 2 == 0 else [True, False]
+            for secure in order:
+                if secure:
+                    tls.append(self.throughput(f"TLS on ({len(tls) + 1})", self.node_tls.address))
+                else:
+                    plain.append(self.throughput(f"TLS off ({len(plain) + 1})", self.node.address))
+        return {"plain": _phase_means(plain), "tls": _phase_means(tls), "rounds_plain": plain, "rounds_tls": tls}
 
     def memory(self) -> dict[str, Any]:
         """``records`` deductions by distinct users; Redis used_memory after minus before."""
@@ -821,6 +909,10 @@ class _Run:
                 admin.put_sku(self.SKU_HOT, 10**12)
             self.figures["flashstock"] = self.throughput("flashstock", self.node.address)
             self.figures["metrics_cost"] = self.metrics_cost()
+            if self.node_tls is not None:
+                with self.admin(self.node_tls.address) as admin:
+                    admin.put_sku(self.SKU_HOT, 10**12)
+                self.figures["tls_cost"] = self.tls_cost()
             self.figures["durable"] = self.throughput("durable", self.node.address, sku=self.SKU_DURABLE)
             self.figures["echo"] = self.throughput("echo", self.echo.address)
             half = self.figures["flashstock"]["ok_per_s"] / 2
@@ -880,11 +972,15 @@ class _Run:
             cost[f"ratio_{side}"] = round(rate / echo["calls_per_s"], 3) if echo["calls_per_s"] else None
         on_us, off_us = cost["on"]["node_cpu_us_per_call"], cost["off"]["node_cpu_us_per_call"]
         cost["node_cpu_us_per_call_more"] = round(on_us - off_us, 1) if on_us and off_us else None
+        if "tls_cost" in f:
+            f["tls_cost"].update(tls_difference(f["tls_cost"]["plain"], f["tls_cost"]["tls"], echo["calls_per_s"]))
         f["targets"] = targets
         f["oversell_check"] = {"pass": not oversell_problems, "problems": oversell_problems}
 
         self.console.print(self._throughput_table(fs, echo, ratio, f["cpu_ratio"]))
         self.console.print(self._metrics_cost_table(f["metrics_cost"]))
+        if "tls_cost" in f:
+            self.console.print(self._tls_cost_table(f["tls_cost"]))
         noisy = max(fs["cpu_percent"]["rest"], echo["cpu_percent"]["rest"])
         if noisy > NOISY_REST_PERCENT:
             self.console.print(
@@ -983,6 +1079,47 @@ class _Run:
             f"{off['node_cpu_us_per_call']:,.1f}",
         )
         t.add_row("phases' rates (calls/s)", _rates(cost["rounds_on"]), _rates(cost["rounds_off"]))
+        return t
+
+    def _tls_cost_table(self, cost: dict[str, Any]) -> Table:
+        t = Table(
+            "figure",
+            "plaintext",
+            "mutual TLS",
+            "difference",
+            title=f"The cost of TLS: {self.plan.tls_rounds} phase(s) each, alternating, means",
+        )
+        plain, tls, diff = cost["plain"], cost["tls"], cost["difference"]
+
+        def num(value: float | None, fmt: str) -> str:
+            return "-" if value is None else format(value, fmt)
+
+        t.add_row(
+            "successful calls/s",
+            f"{plain['ok_per_s']:,.0f}",
+            f"{tls['ok_per_s']:,.0f}",
+            f"{num(diff['ok_per_s'], '+,.0f')} ({num(diff['ok_per_s_percent'], '+.1f')} %)",
+        )
+        t.add_row(
+            "ratio against echo",
+            num(cost["ratio_plain"], ".3f"),
+            num(cost["ratio_tls"], ".3f"),
+            num(diff["ratio"], "+.3f"),
+        )
+        for q in ("p50", "p99"):
+            t.add_row(
+                f"latency {q} (ms)",
+                f"{plain[f'{q}_ms']:.2f}",
+                f"{tls[f'{q}_ms']:.2f}",
+                num(diff[f"{q}_ms"], "+.2f"),
+            )
+        t.add_row(
+            "node CPU per successful call (µs)",
+            num(plain["node_cpu_us_per_call"], ",.1f"),
+            num(tls["node_cpu_us_per_call"], ",.1f"),
+            num(diff["node_cpu_us_per_call"], "+.1f"),
+        )
+        t.add_row("phases' rates (calls/s)", _rates(cost["rounds_plain"]), _rates(cost["rounds_tls"]), "")
         return t
 
     def _durable_table(
@@ -1092,6 +1229,38 @@ def _phase_means(phases: list[dict[str, Any]]) -> dict[str, Any]:
         "p50_ms": mean([p["latency_ms"]["p50"] for p in phases]) or 0.0,
         "p99_ms": mean([p["latency_ms"]["p99"] for p in phases]) or 0.0,
         "node_cpu_us_per_call": mean([p["cpu_us_per_call"]["node"] for p in phases]),
+    }
+
+
+def tls_difference(plain: dict[str, Any], tls: dict[str, Any], echo_calls_per_s: float) -> dict[str, Any]:
+    """What TLS costs, from the means (:func:`_phase_means`) of the plaintext and the TLS phases.
+
+    Each side's ratio against echo, and the difference TLS minus plaintext of
+    each figure (a loss of rate is negative, a cost in latency or CPU positive);
+    None where a side has no figure.
+    """
+
+    def ratio(rate: float) -> float | None:
+        return round(rate / echo_calls_per_s, 3) if echo_calls_per_s else None
+
+    def minus(a: float | None, b: float | None, digits: int = 1) -> float | None:
+        return round(a - b, digits) if a is not None and b is not None else None
+
+    ratio_plain, ratio_tls = ratio(plain["ok_per_s"]), ratio(tls["ok_per_s"])
+    rate_diff = minus(tls["ok_per_s"], plain["ok_per_s"])
+    return {
+        "ratio_plain": ratio_plain,
+        "ratio_tls": ratio_tls,
+        "difference": {
+            "ok_per_s": rate_diff,
+            "ok_per_s_percent": (
+                round(100 * rate_diff / plain["ok_per_s"], 1) if rate_diff is not None and plain["ok_per_s"] else None
+            ),
+            "ratio": minus(ratio_tls, ratio_plain, 3),
+            "p50_ms": minus(tls["p50_ms"], plain["p50_ms"], 2),
+            "p99_ms": minus(tls["p99_ms"], plain["p99_ms"], 2),
+            "node_cpu_us_per_call": minus(tls["node_cpu_us_per_call"], plain["node_cpu_us_per_call"]),
+        },
     }
 
 
