@@ -310,13 +310,17 @@ class Node:
         with contextlib.suppress(Exception):
             await asyncio.wait_for(self.stats.flush(), timeout=2.0)
 
+    def degraded_by_hand(self) -> bool:
+        """True while an operator switched degraded mode on: the ``degrade`` setting, or the file
+        ``<data_dir>/degrade`` (:data:`DEGRADE_FILE`)."""
+        return self.config.degrade or (Path(self.config.data_dir).expanduser() / DEGRADE_FILE).exists()
+
     async def _watch_degrade(self) -> None:
         """Once a second: the operator's switch (the setting, or the file ``<data_dir>/degrade``), and whether
         the worker is degraded, for the log and the ``flashstock_degraded`` metric."""
-        path = Path(self.config.data_dir).expanduser() / DEGRADE_FILE
         was_on = False
         while True:
-            self.degrade.by_hand = self.config.degrade or await asyncio.to_thread(path.exists)
+            self.degrade.by_hand = await asyncio.to_thread(self.degraded_by_hand)
             on = self.degrade.on(time.perf_counter())
             if on != was_on:
                 was_on = on
@@ -469,6 +473,7 @@ class Node:
             shard_count=self.config.shards,
             incidents=self.incidents,
         )
+        self.duties.paused = self.degraded_by_hand  # a stat every reconcile_interval_s
         endpoints = etcd_endpoints(self.config)
         if endpoints:
             address = self.config.advertise or f"{self.config.host}:{port}"

@@ -8,7 +8,8 @@ Real nodes (one serving worker each, each on a Redis of its own):
   max age passed, the new figures;
 - started without it (and not shedding): every read shows the last Deduct;
   the file ``<data_dir>/degrade`` switches degraded mode on at runtime, and
-  removing it off again.
+  removing it off again;
+- the reconcile duty pauses while degraded mode is on by hand, and resumes.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ MAX_AGE_MS = 3000
 def degraded() -> Iterator[NodeProcess]:
     """A node of one worker switched to degraded mode by hand."""
     with RedisServer() as server:
-        args = ["--degrade", "--degraded-read-max-age-ms", str(MAX_AGE_MS)]
+        args = ["--degrade", "--degraded-read-max-age-ms", str(MAX_AGE_MS), "--reconcile-interval-s", "0.2"]
         with NodeProcess(server.url, workers=1, extra_args=args) as node:
             yield node
 
@@ -41,9 +42,15 @@ def degraded() -> Iterator[NodeProcess]:
 def normal() -> Iterator[NodeProcess]:
     """A node of one worker with the default settings (not degraded unless it sheds or its file says so)."""
     with RedisServer() as server:
-        args = ["--degraded-read-max-age-ms", str(MAX_AGE_MS)]
+        args = ["--degraded-read-max-age-ms", str(MAX_AGE_MS), "--reconcile-interval-s", "0.2"]
         with NodeProcess(server.url, workers=1, extra_args=args) as node:
             yield node
+
+
+def _log(node: NodeProcess) -> str:
+    """All the node wrote to stderr so far."""
+    assert node.log_path is not None
+    return node.log_path.read_text(errors="replace")
 
 
 def _new_sku(node: NodeProcess, stock: int = 10) -> str:
@@ -98,8 +105,16 @@ def test_without_degraded_mode_every_read_shows_the_last_deduct_and_the_file_swi
             eventually(lambda: _read_after_deduct_is_cached(stock, sku), timeout=10)
         finally:
             flag.unlink()
-        # Off again by itself once the file is gone: reads show each Deduct at once.
+        # Off again by itself once the file is gone: reads show each Deduct at once, the duties resume.
         eventually(lambda: not _read_after_deduct_is_cached(stock, sku), timeout=10)
+        eventually(lambda: "reconcile: resumed (degraded mode is off)" in _log(normal), timeout=10)
+        assert "reconcile: paused" in _log(normal)
         for _ in range(3):
             taken = stock.deduct(sku, f"u-{uuid.uuid4().hex[:6]}")
             assert stock.get_stock(sku).available == taken.stock_left
+
+
+def test_the_reconcile_duty_pauses_while_degraded_by_hand(degraded):
+    eventually(lambda: "degraded mode on (switched on by hand)" in _log(degraded), timeout=10)
+    eventually(lambda: "reconcile: paused while the node is in degraded mode by hand" in _log(degraded), timeout=10)
+    assert "reconcile: resumed" not in _log(degraded)
