@@ -165,6 +165,17 @@ class NodeConfig:
     redis_cooldown_ms: int = _setting(
         1000, "How long a worker that stopped sending to a sick Redis waits between two probes of it, ms."
     )
+    degrade: bool = _setting(
+        False,
+        "Degraded mode by hand: every serving worker answers GetStock, GetSku and ListSkus from a snapshot at "
+        "most degraded_read_max_age_ms old (as it does by itself while it sheds calls). Also on while the "
+        "file <data_dir>/degrade exists (looked for once a second).",
+    )
+    degraded_read_max_age_ms: int = _setting(
+        1000,
+        "In degraded mode (a worker shedding calls, or degrade on), reads are answered from a per-worker "
+        "snapshot at most this old, ms.",
+    )
     redis_pool_size: int = _setting(256, "Most Redis connections per worker process.")
     redis_timeout_s: float = _setting(2.0, "Redis socket timeout, seconds; a timeout answers UNAVAILABLE.")
     grace_s: float = _setting(
@@ -243,6 +254,8 @@ def config_problems(config: NodeConfig) -> list[str]:
         out.append(f"redis_trip_timeouts: {config.redis_trip_timeouts} is not 0-10000 (0 = off)")
     if not 10 <= config.redis_cooldown_ms <= 600_000:
         out.append(f"redis_cooldown_ms: {config.redis_cooldown_ms} is not 10-600000")
+    if not 1 <= config.degraded_read_max_age_ms <= 60_000:
+        out.append(f"degraded_read_max_age_ms: {config.degraded_read_max_age_ms} is not 1-60000")
     if config.reconcile_interval_s < 0:
         out.append(f"reconcile_interval_s: {config.reconcile_interval_s} is negative")
     if not 0 <= config.coalesce_window_ms <= 100:

@@ -71,6 +71,7 @@ from flashstock.server.duties.salefigures import MetricsPolicy
 from flashstock.server.duties.shard import DutyPolicy, ShardDuties
 from flashstock.server.ledger import Ledger, LedgerError
 from flashstock.server.rpc.admission import Admission, CallerCaps, RedisBreaker
+from flashstock.server.rpc.degrade import Degrade
 from flashstock.server.rpc.servicer import SERVICE_NAMES, AdminServicer, StockServicer, add_services
 from flashstock.server.store.durable import PersistWatch
 from flashstock.server.store.feed import RedisFeed, TakersLoader
@@ -81,6 +82,9 @@ from flashstock.server.store.soldout import SoldOutBook
 from flashstock.server.store.stock import StockStore, StoreLimits
 
 log = logging.getLogger(__name__)
+
+DEGRADE_FILE = "degrade"
+"""While a file of this name exists in the node's data_dir, its workers are in degraded mode (rpc/degrade.py)."""
 
 READY_LINE = "flashstock node serving on"
 """The start of the line a node prints once it serves (tests and scripts wait for it)."""
@@ -191,13 +195,17 @@ class Node:
         self._redis_up = True
         """What the feed last said of Redis (the health is SERVING when it is up and the breaker closed)."""
         self._probe: asyncio.Task[None] | None = None
+        admission = _admission(config)
+        self.degrade = Degrade(config.degraded_read_max_age_ms / 1000, admission, by_hand=config.degrade)
+        """This worker's degraded mode: reads from a snapshot while it sheds, or an operator says so."""
         self.stock_servicer = StockServicer(
             self.store,
             self.book,
             self.figures,
             self.stats,
-            _admission(config),
+            admission,
             self.breaker,
+            self.degrade,
         )
         self.health = health.aio.HealthServicer()
         self._tasks: list[asyncio.Task[None]] = []
@@ -257,7 +265,7 @@ class Node:
 
         options = [("grpc.so_reuseport", 1 if self.config.workers != 1 else 0)]
         server = grpc.aio.server(options=options)
-        add_services(server, self.stock_servicer, AdminServicer(self.store, self.figures))
+        add_services(server, self.stock_servicer, AdminServicer(self.store, self.figures, self.degrade))
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         reflection.enable_server_reflection((*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
         address = f"{self.config.host}:{self.config.port}"
@@ -283,6 +291,7 @@ class Node:
             self._flusher = asyncio.create_task(flush_every(self.figures, path, self.worker_index), name="figures")
         if self.stats is not None:
             self._stats_task = asyncio.create_task(self.stats.run(), name="sale figures")
+        self._tasks.append(asyncio.create_task(self._watch_degrade(), name="degrade"))
         await server.start()
         self._server = server
         for name in ("", *SERVICE_NAMES):
@@ -300,6 +309,29 @@ class Node:
         self._stats_task = None
         with contextlib.suppress(Exception):
             await asyncio.wait_for(self.stats.flush(), timeout=2.0)
+
+    def degraded_by_hand(self) -> bool:
+        """True while an operator switched degraded mode on: the ``degrade`` setting, or the file
+        ``<data_dir>/degrade`` (:data:`DEGRADE_FILE`)."""
+        return self.config.degrade or (Path(self.config.data_dir).expanduser() / DEGRADE_FILE).exists()
+
+    async def _watch_degrade(self) -> None:
+        """Once a second: the operator's switch (the setting, or the file ``<data_dir>/degrade``), and whether
+        the worker is degraded, for the log and the ``flashstock_degraded`` metric."""
+        was_on = False
+        while True:
+            self.degrade.by_hand = await asyncio.to_thread(self.degraded_by_hand)
+            on = self.degrade.on(time.perf_counter())
+            if on != was_on:
+                was_on = on
+                if on:
+                    why = "switched on by hand" if self.degrade.by_hand else "the worker sheds calls"
+                    log.warning("degraded mode on (%s): reads are answered from a snapshot", why)
+                else:
+                    log.warning("degraded mode off: reads go to Redis again")
+            if self.figures is not None:
+                self.figures.degraded = on
+            await asyncio.sleep(1.0)
 
     async def _redis_health(self, up: bool) -> None:
         # Without Redis the services answer UNAVAILABLE: say so to load
@@ -441,6 +473,7 @@ class Node:
             shard_count=self.config.shards,
             incidents=self.incidents,
         )
+        self.duties.paused = self.degraded_by_hand  # a stat every reconcile_interval_s
         endpoints = etcd_endpoints(self.config)
         if endpoints:
             address = self.config.advertise or f"{self.config.host}:{port}"

@@ -89,6 +89,8 @@ class WorkerFigures:
     """Coalesced batches per size bucket, not cumulative."""
     batch_items: int = 0
     """Deductions sent in coalesced batches, summed."""
+    degraded: bool = False
+    """The worker serves reads from its snapshot now (rpc/degrade.py); set by the node once a second."""
 
     def rpc(self, key: tuple[str, str]) -> RpcTally:
         """The tally of ``key`` = (service, method); a call is counted started here."""
@@ -124,6 +126,7 @@ class WorkerFigures:
             "batch_items": self.batch_items,
             "cpu_seconds": cpu_seconds,
             "rss_bytes": rss_bytes,
+            "degraded": self.degraded,
         }
 
 
@@ -241,6 +244,8 @@ def parse_snapshot(data: bytes) -> dict[str, Any]:
     _ints(snap.get("batch_buckets"), len(BATCH_SIZE_BUCKETS) + 1)
     for name in ("batch_items", "cpu_seconds", "rss_bytes"):
         _number(snap.get(name))
+    if not isinstance(snap.setdefault("degraded", False), bool):
+        raise BadSnapshot("degraded is no boolean")
     return snap
 
 
@@ -283,6 +288,8 @@ class NodeSums:
     batch_items: int = 0
     workers: dict[int, tuple[float, int]] = field(default_factory=dict)
     """Per worker index: its CPU seconds and resident bytes."""
+    degraded: dict[int, bool] = field(default_factory=dict)
+    """Per worker index: in degraded mode (rpc/degrade.py)."""
 
 
 def merge(snapshots: Iterable[dict[str, Any]]) -> NodeSums:
@@ -302,6 +309,7 @@ def merge(snapshots: Iterable[dict[str, Any]]) -> NodeSums:
         sums.batch_buckets = [a + b for a, b in zip(sums.batch_buckets, snap["batch_buckets"], strict=True)]
         sums.batch_items += snap["batch_items"]
         sums.workers[snap["worker"]] = (float(snap["cpu_seconds"]), int(snap["rss_bytes"]))
+        sums.degraded[snap["worker"]] = bool(snap.get("degraded", False))
     return sums
 
 
@@ -352,10 +360,16 @@ def families(sums: NodeSums) -> Iterator[Metric]:
     rss = GaugeMetricFamily(
         "flashstock_worker_resident_memory_bytes", "Resident memory of each serving worker.", labels=["worker"]
     )
+    degraded = GaugeMetricFamily(
+        "flashstock_degraded",
+        "1 while a serving worker is in degraded mode (reads from a snapshot: it sheds, or an operator said so).",
+        labels=["worker"],
+    )
     for worker, (seconds, resident) in sorted(sums.workers.items()):
         cpu.add_metric([str(worker)], seconds)
         rss.add_metric([str(worker)], resident)
-    yield from (cpu, rss)
+        degraded.add_metric([str(worker)], 1.0 if sums.degraded.get(worker) else 0.0)
+    yield from (cpu, rss, degraded)
 
 
 class ServingCollector(Collector):

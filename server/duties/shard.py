@@ -131,6 +131,8 @@ class ShardDuties:
         self._policy = policy
         self.on_fenced = on_fenced
         """Called with a shard whose duty write was refused for its epoch (it was dropped already)."""
+        self.paused: Callable[[], bool] | None = None
+        """True while the reconcile duty waits (the node is degraded by hand, rpc/degrade.py); None: never."""
         self._epochs: dict[int, int | None] = {}
         self._persister_task: asyncio.Task[None] | None = None
         self._loops: list[asyncio.Task[None]] = []
@@ -299,10 +301,19 @@ class ShardDuties:
         return len(differences)
 
     async def _reconciler(self) -> None:
+        was_paused = False
         while True:
             await asyncio.sleep(self._policy.reconcile_interval_s)
             if not self._epochs:
                 continue
+            if self.paused is not None and self.paused():
+                if not was_paused:
+                    log.warning("reconcile: paused while the node is in degraded mode by hand")
+                was_paused = True
+                continue
+            if was_paused:
+                log.warning("reconcile: resumed (degraded mode is off)")
+                was_paused = False
             try:
                 await self.reconcile_pass()
             except asyncio.CancelledError:

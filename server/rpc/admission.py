@@ -45,6 +45,8 @@ RETRY_MAX_S = 0.2
 """Longest retry delay a shed call is told."""
 QUEUE_WINDOW_S = 0.1
 """The interval over which the fastest answered call is watched for ``max_queue_s``."""
+SHEDDING_HOLD_S = 2.0
+"""A worker counts as shedding (:meth:`Admission.shedding`) this long after its last refusal of its own."""
 MAX_CALLERS = 10_000
 """Callers a worker keeps figures of (:class:`CallerCaps`), besides those with calls in flight now."""
 
@@ -89,6 +91,7 @@ class Admission:
         "_queued",
         "_window_end",
         "_fastest",
+        "_last_shed",
     )
 
     def __init__(
@@ -115,6 +118,8 @@ class Admission:
         self._window_end = -math.inf
         self._fastest = math.inf
         """The fastest call answered in the window ending at ``_window_end``."""
+        self._last_shed = -math.inf
+        """When the worker's own caps last refused a call."""
 
     def _close_window(self, now: float) -> None:
         # The window that ended decides until the next one ends; a window with no
@@ -137,10 +142,12 @@ class Admission:
             if refusal is not None:
                 return refusal
         if self.max_in_flight and self.in_flight >= self.max_in_flight:
+            self._last_shed = now
             return self._refusal(f"node overloaded: {self.in_flight} calls in flight in this worker, its max_in_flight")
         if self.max_queue_s:
             self._close_window(now)
             if self._queued:
+                self._last_shed = now
                 return self._refusal(
                     f"node overloaded: calls wait longer than its max_queue_ms "
                     f"({self.max_queue_s * 1000:g} ms) before an answer"
@@ -149,6 +156,14 @@ class Admission:
             callers.take(caller)
         self.in_flight += 1
         return None
+
+    def shedding(self, now: float) -> bool:
+        """True while the worker sheds: its own caps refused a call in the last :data:`SHEDDING_HOLD_S`.
+
+        A caller refused over its own cap does not count: one gateway's excess
+        is not the worker's overload.
+        """
+        return now - self._last_shed < SHEDDING_HOLD_S
 
     def finished(self, seconds: float, now: float, caller: str = "") -> None:
         """A call :meth:`admit` took (from ``caller``) was answered (or failed) after ``seconds``."""
@@ -364,6 +379,7 @@ __all__ = [
     "QUEUE_WINDOW_S",
     "RETRY_MAX_S",
     "RETRY_MIN_S",
+    "SHEDDING_HOLD_S",
     "Admission",
     "CallerCaps",
     "RedisBreaker",

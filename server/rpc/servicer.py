@@ -47,6 +47,7 @@ from flashstock.server._serving_metrics import RpcTally, WorkerFigures
 from flashstock.server.ledger import SkuChange
 from flashstock.server.rpc import validate as v
 from flashstock.server.rpc.admission import Admission, RedisBreaker, caller_of
+from flashstock.server.rpc.degrade import Degrade
 from flashstock.server.store.redis import is_redis_timeout
 from flashstock.server.store.salestats import SaleStats, error_outcome, sale_outcome
 from flashstock.server.store.soldout import SoldOutBook
@@ -308,9 +309,12 @@ class StockServicer(stock_pb2_grpc.StockServiceServicer):
         stats: SaleStats | None = None,
         admission: Admission | None = None,
         breaker: RedisBreaker | None = None,
+        degrade: Degrade | None = None,
     ) -> None:
         self._store = store
         self._book = book
+        self.degrade = degrade
+        """This worker's degraded mode (GetStock from a snapshot while it sheds); None: reads go to Redis."""
         self.figures = figures
         """This worker's serving figures, counted by :func:`_rpc`; None: not counted."""
         self.admission = admission
@@ -412,7 +416,11 @@ class StockServicer(stock_pb2_grpc.StockServiceServicer):
     @_rpc
     async def GetStock(self, request: stock_pb2.GetStockRequest, context: Any) -> stock_pb2.GetStockReply:
         _check(v.id_violations("sku_id", request.sku_id))
-        s = await self._store.stock_level(request.sku_id)
+        sku_id = request.sku_id
+        if self.degrade is None:
+            s = await self._store.stock_level(sku_id)
+        else:
+            s = await self.degrade.read(("GetStock", sku_id), lambda: self._store.stock_level(sku_id))
         return stock_pb2.GetStockReply(
             sku_id=s.sku_id,
             total=s.total,
@@ -469,8 +477,10 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
     SERVICE = SERVICE_NAMES[1]
     """The service's full name (the metrics' ``grpc_service``)."""
 
-    def __init__(self, store: StockStore, figures: WorkerFigures | None = None) -> None:
+    def __init__(self, store: StockStore, figures: WorkerFigures | None = None, degrade: Degrade | None = None) -> None:
         self._store = store
+        self.degrade = degrade
+        """This worker's degraded mode (GetSku, ListSkus from a snapshot while it sheds); None: reads go to Redis."""
         self.figures = figures
         """This worker's serving figures, counted by :func:`_rpc`; None: not counted."""
         self.admission: Admission | None = None
@@ -516,12 +526,23 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
     @_rpc
     async def GetSku(self, request: admin_pb2.GetSkuRequest, context: Any) -> admin_pb2.GetSkuReply:
         _check(v.id_violations("sku_id", request.sku_id))
-        return admin_pb2.GetSkuReply(sku=_sku_pb(await self._store.get_sku(request.sku_id)))
+        sku_id = request.sku_id
+        if self.degrade is None:
+            sku = await self._store.get_sku(sku_id)
+        else:
+            sku = await self.degrade.read(("GetSku", sku_id), lambda: self._store.get_sku(sku_id))
+        return admin_pb2.GetSkuReply(sku=_sku_pb(sku))
 
     @_rpc
     async def ListSkus(self, request: admin_pb2.ListSkusRequest, context: Any) -> admin_pb2.ListSkusReply:
         _check(v.list_violations(request.prefix, request.page_size, request.page_token))
-        page = await self._store.list_skus(request.prefix, request.page_size or v.DEFAULT_PAGE_SIZE, request.page_token)
+        prefix, size, token = request.prefix, request.page_size or v.DEFAULT_PAGE_SIZE, request.page_token
+        if self.degrade is None:
+            page = await self._store.list_skus(prefix, size, token)
+        else:
+            page = await self.degrade.read(
+                ("ListSkus", prefix, size, token), lambda: self._store.list_skus(prefix, size, token)
+            )
         return admin_pb2.ListSkusReply(skus=[_sku_pb(s) for s in page.skus], next_page_token=page.next_page_token)
 
     @_rpc

@@ -91,6 +91,7 @@ def test_counters_and_histograms_add_over_the_workers(tmp_path: Path):
     assert got[("flashstock_coalesced_batch_size_bucket", (("le", "4.0"),))] == 2
     assert got[("flashstock_worker_cpu_seconds_total", (("worker", "0"),))] == 1.5
     assert got[("flashstock_worker_resident_memory_bytes", (("worker", "1"),))] == 2000
+    assert got[("flashstock_degraded", (("worker", "0"),))] == 0
 
 
 def test_calls_started_and_not_answered_are_in_flight(tmp_path: Path):
