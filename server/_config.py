@@ -197,6 +197,22 @@ class NodeConfig:
             raise ValueError("; ".join(problems))
 
 
+_RANGES: dict[str, tuple[float, float, str]] = {
+    "grace_s": (0, 3600, ""),
+    "stats_interval_ms": (0, 60_000, ""),
+    "metrics_sku_cap": (0, 10_000, ""),
+    "max_in_flight": (0, 1_000_000, " (0 = no cap)"),
+    "max_in_flight_per_caller": (0, 1_000_000, " (0 = no cap)"),
+    "max_rate_per_caller": (0, 1_000_000, " (0 = no cap)"),
+    "max_queue_ms": (0, 60_000, " (0 = off)"),
+    "redis_trip_timeouts": (0, 10_000, " (0 = off)"),
+    "redis_cooldown_ms": (10, 600_000, ""),
+    "degraded_read_max_age_ms": (1, 60_000, ""),
+    "coalesce_window_ms": (0, 100, ""),
+}
+"""Settings checked against a range: (lowest, highest, what a special value means)."""
+
+
 def config_problems(config: NodeConfig) -> list[str]:
     """What is wrong with ``config``, each naming its setting."""
     out = []
@@ -234,32 +250,14 @@ def config_problems(config: NodeConfig) -> list[str]:
     ):
         if getattr(config, name) <= 0:
             out.append(f"{name}: must be > 0")
-    if not 0 <= config.grace_s <= 3600:
-        out.append(f"grace_s: {config.grace_s} is not 0-3600")
-    if not 0 <= config.stats_interval_ms <= 60_000:
-        out.append(f"stats_interval_ms: {config.stats_interval_ms} is not 0-60000")
+    for name, (low, high, note) in _RANGES.items():
+        value = getattr(config, name)
+        if not low <= value <= high:
+            out.append(f"{name}: {value} is not {low}-{high}{note}")
     if config.metrics_sku_window_s <= 0:
         out.append("metrics_sku_window_s: must be > 0")
-    if not 0 <= config.metrics_sku_cap <= 10_000:
-        out.append(f"metrics_sku_cap: {config.metrics_sku_cap} is not 0-10000")
-    if not 0 <= config.max_in_flight <= 1_000_000:
-        out.append(f"max_in_flight: {config.max_in_flight} is not 0-1000000 (0 = no cap)")
-    if not 0 <= config.max_in_flight_per_caller <= 1_000_000:
-        out.append(f"max_in_flight_per_caller: {config.max_in_flight_per_caller} is not 0-1000000 (0 = no cap)")
-    if not 0 <= config.max_rate_per_caller <= 1_000_000:
-        out.append(f"max_rate_per_caller: {config.max_rate_per_caller} is not 0-1000000 (0 = no cap)")
-    if not 0 <= config.max_queue_ms <= 60_000:
-        out.append(f"max_queue_ms: {config.max_queue_ms} is not 0-60000 (0 = off)")
-    if not 0 <= config.redis_trip_timeouts <= 10_000:
-        out.append(f"redis_trip_timeouts: {config.redis_trip_timeouts} is not 0-10000 (0 = off)")
-    if not 10 <= config.redis_cooldown_ms <= 600_000:
-        out.append(f"redis_cooldown_ms: {config.redis_cooldown_ms} is not 10-600000")
-    if not 1 <= config.degraded_read_max_age_ms <= 60_000:
-        out.append(f"degraded_read_max_age_ms: {config.degraded_read_max_age_ms} is not 1-60000")
     if config.reconcile_interval_s < 0:
         out.append(f"reconcile_interval_s: {config.reconcile_interval_s} is negative")
-    if not 0 <= config.coalesce_window_ms <= 100:
-        out.append(f"coalesce_window_ms: {config.coalesce_window_ms} is not 0-100")
     if config.default_hold_ms > max_hold_ms(config.request_ttl_s):
         out.append(
             f"default_hold_ms: must be at most {max_hold_ms(config.request_ttl_s)}, the longest hold: a day, "
