@@ -175,8 +175,10 @@ def _rpc_read(
 
 def _kept(servicer: Any, read_key: Callable[[Any], Hashable] | None, request: Any, now: float) -> bool:
     # True: the servicer's degraded mode holds a fresh answer for this read (the method will find it).
+    if read_key is None or isinstance(request, MalformedRequest):
+        return False
     degrade: Degrade | None = servicer.degrade
-    if read_key is None or degrade is None or isinstance(request, MalformedRequest):
+    if degrade is None:
         return False
     return degrade.kept(read_key(request), now) is not None
 
