@@ -30,12 +30,18 @@ processes share. A node that queued instead of shedding would fall behind
 by four calls in five: its p99 would grow to seconds within the load.
 
 The figures are printed (``pytest -s``) for the report.
+
+The same slow link shows the duties pausing while the node sheds: the
+reconcile duty runs no pass from the moment the node is seen shedding until
+it is seen resumed, and runs again after (duties/pause.py).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
+import urllib.request
 import uuid
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
@@ -44,9 +50,11 @@ from multiprocessing import get_context
 import grpc
 import pytest
 import redis as redis_py
+from prometheus_client.parser import text_string_to_metric_families
 
+from flashstock.server.duties.pause import SHED_PAUSE_S
 from flashstock.server.ledger import Ledger
-from flashstock.server.local.procs import NodeProcess, RedisServer
+from flashstock.server.local.procs import NodeProcess, RedisServer, free_port
 from flashstock.v1 import admin_pb2, admin_pb2_grpc, stock_pb2, stock_pb2_grpc
 from tests.helpers import aeventually
 from tests.helpers.load import Call, Offered, deduct, measure, offer, percentile
@@ -239,5 +247,62 @@ async def test_at_five_times_capacity_admitted_calls_stay_fast_the_rest_is_shed_
                 for c in shed[:20]:
                     fresh = await deduct(stock, sku, c.request_id, 10.0)
                     assert (fresh.code, fresh.outcome) == ("OK", stock_pb2.OUTCOME_OK)
+        finally:
+            await asyncio.to_thread(node.stop)
+
+
+def _duty_figures(port: int) -> tuple[float, float]:
+    """From one scrape: flashstock_duties_paused{reason="shedding"} and the reconcile passes so far."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as reply:
+        families = list(text_string_to_metric_families(reply.read().decode()))
+    samples = {(s.name, s.labels.get("reason", "")): s.value for f in families for s in f.samples}
+    return samples[("flashstock_duties_paused", "shedding")], samples[("flashstock_reconcile_passes_total", "")]
+
+
+async def test_the_reconcile_duty_pauses_while_the_node_sheds_and_resumes_by_itself(
+    redis_server: RedisServer,
+) -> None:
+    sku = f"pause-{uuid.uuid4().hex[:8]}"
+    metrics_port = free_port()
+    args = ["--max-in-flight", "2", "--reconcile-interval-s", "0.1", "--metrics-port", str(metrics_port)]
+    async with FromAddress(f"127.0.0.1:{redis_server.port}", "127.0.0.1", delay_s=DELAY_S) as slow_link:
+        node = NodeProcess(f"redis://{slow_link.address}/0", workers=1, shards=4, extra_args=args)
+        await asyncio.to_thread(node.start)
+        try:
+            figures = lambda: asyncio.to_thread(_duty_figures, metrics_port)  # noqa: E731
+            # Running, and not paused: passes go on.
+            first = await aeventually(figures, timeout=30, until=lambda f: f[1] >= 2)
+            assert first[0] == 0
+            async with grpc.aio.insecure_channel(node.address) as channel:
+                admin = admin_pb2_grpc.AdminServiceStub(channel)
+                await admin.PutSku(admin_pb2.PutSkuRequest(sku_id=sku, stock=STOCK, request_id=f"put-{sku}"))
+                stub = stock_pb2_grpc.StockServiceStub(channel)
+                shed = 0
+
+                async def overload() -> None:
+                    # Bursts past the cap until the duties are seen paused: some of each burst is shed.
+                    nonlocal shed
+                    n = 0
+                    while True:
+                        burst = [deduct(stub, sku, f"{sku}-{n}-{i}", 5.0) for i in range(6)]
+                        shed += sum(c.code == "RESOURCE_EXHAUSTED" for c in await asyncio.gather(*burst))
+                        n += 1
+
+                load = asyncio.create_task(overload())
+                try:
+                    paused = await aeventually(figures, timeout=30, until=lambda f: f[0] == 1)
+                finally:
+                    load.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await load
+                assert shed > 0
+            # No load now: the pause lasts SHED_PAUSE_S past the last shed call, with no reconcile pass
+            # (one already under way may end); then the duties resume by themselves and pass again.
+            resumed = await aeventually(figures, timeout=SHED_PAUSE_S + 30, interval=0.05, until=lambda f: f[0] == 0)
+            assert resumed[1] - paused[1] <= 1, (paused, resumed)
+            await aeventually(figures, timeout=30, until=lambda f: f[1] >= resumed[1] + 2)
+            log = node.log()
+            assert "non-core duties paused (reconcile, sale figures into the ledger): a serving worker shed" in log
+            assert "non-core duties resumed" in log
         finally:
             await asyncio.to_thread(node.stop)

@@ -126,8 +126,13 @@ def test_without_degraded_mode_every_read_shows_the_last_deduct_and_the_file_swi
             flag.unlink()
         # Off again by itself once the file is gone: reads show each Deduct at once, the duties resume.
         eventually(lambda: not _read_after_deduct_is_cached(stock, sku), timeout=10)
-        eventually(lambda: "reconcile: resumed (degraded mode is off)" in _log(normal), timeout=10)
-        assert "reconcile: paused" in _log(normal)
+        eventually(
+            lambda: "non-core duties resumed (reconcile, sale figures into the ledger)" in _log(normal), timeout=10
+        )
+        assert (
+            "non-core duties paused (reconcile, sale figures into the ledger): the node is in degraded mode by hand"
+            in _log(normal)
+        )
         for _ in range(3):
             taken = stock.deduct(sku, f"u-{uuid.uuid4().hex[:6]}")
             assert stock.get_stock(sku).available == taken.stock_left
@@ -135,8 +140,14 @@ def test_without_degraded_mode_every_read_shows_the_last_deduct_and_the_file_swi
 
 def test_the_reconcile_duty_pauses_while_degraded_by_hand(degraded):
     eventually(lambda: "degraded mode on (switched on by hand)" in _log(degraded), timeout=10)
-    eventually(lambda: "reconcile: paused while the node is in degraded mode by hand" in _log(degraded), timeout=10)
-    assert "reconcile: resumed" not in _log(degraded)
+    eventually(
+        lambda: (
+            "non-core duties paused (reconcile, sale figures into the ledger): the node is in degraded mode by hand"
+            in _log(degraded)
+        ),
+        timeout=10,
+    )
+    assert "non-core duties resumed" not in _log(degraded)
 
 
 async def _code_of(call: Awaitable[object]) -> grpc.StatusCode:
