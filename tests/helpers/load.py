@@ -33,6 +33,7 @@ class Call:
     """One Deduct and what the node answered."""
 
     request_id: str
+    sku: str
     code: str
     """The status code's name (``OK``, ``RESOURCE_EXHAUSTED``, ...)."""
     seconds: float
@@ -88,28 +89,28 @@ async def deduct(stub: stock_pb2_grpc.StockServiceStub, sku: str, request_id: st
             error = from_status(exc.code(), exc.details() or "", exc.trailing_metadata())
             if isinstance(error, Overloaded) and error.retry_after > 0:
                 retry_after = error.retry_after
-        return Call(request_id, exc.code().name, seconds, retry_after=retry_after)
+        return Call(request_id, sku, exc.code().name, seconds, retry_after=retry_after)
     seconds = time.perf_counter() - started
-    return Call(request_id, "OK", seconds, reply.outcome, reply.stock_left, reply.deduction.taken_at_ms)
+    return Call(request_id, sku, "OK", seconds, reply.outcome, reply.stock_left, reply.deduction.taken_at_ms)
 
 
 async def closed_loop(
-    address: str, sku: str, concurrency: int, duration_s: float, prefix: str, deadline_s: float = 10.0
+    address: str, skus: Sequence[str], duration_s: float, prefix: str, deadline_s: float = 10.0
 ) -> list[Call]:
-    """``concurrency`` callers, each sending its next Deduct when the last is answered, for ``duration_s``."""
+    """A caller per entry of ``skus``, each Deducting from its SKU again when answered, for ``duration_s``."""
     calls: list[Call] = []
     async with grpc.aio.insecure_channel(address) as channel:
         await channel.channel_ready()
         stub = stock_pb2_grpc.StockServiceStub(channel)
         end = time.perf_counter() + duration_s
 
-        async def caller(n: int) -> None:
+        async def caller(n: int, sku: str) -> None:
             i = 0
             while time.perf_counter() < end:
                 calls.append(await deduct(stub, sku, f"{prefix}-{n}-{i}", deadline_s))
                 i += 1
 
-        await asyncio.gather(*(caller(n) for n in range(concurrency)))
+        await asyncio.gather(*(caller(n, sku) for n, sku in enumerate(skus)))
     return calls
 
 
@@ -151,6 +152,6 @@ def offer(
     return asyncio.run(open_loop(address, sku, rate, duration_s, prefix, deadline_s, start_at))
 
 
-def measure(address: str, sku: str, concurrency: int, duration_s: float, prefix: str) -> list[Call]:
+def measure(address: str, skus: Sequence[str], duration_s: float, prefix: str) -> list[Call]:
     """:func:`closed_loop` in this process's own event loop (for a process pool)."""
-    return asyncio.run(closed_loop(address, sku, concurrency, duration_s, prefix))
+    return asyncio.run(closed_loop(address, skus, duration_s, prefix))
