@@ -5,7 +5,8 @@ times what a CPU-bound node serves, so the node's capacity is made bounded by
 what the test sets, honestly: one serving worker with ``max_in_flight`` CAP,
 on a Redis whose every reply arrives DELAY_S late (a loopback forwarder,
 :class:`~tests.helpers.source.FromAddress`). Its capacity is about CAP calls
-per round trip, far below what two generator processes can offer.
+per one or two round trips (the coalescer sends a shard's next batch when the
+last is answered), far below what two generator processes can offer.
 
 1. Capacity: CAP callers in a closed loop on one SKU for a few seconds (the
    worker's cap always full, never past it): OK answers a second. Unloaded
@@ -15,7 +16,7 @@ per round trip, far below what two generator processes can offer.
    raw stubs, a request id and a deadline per call), for LOAD_S seconds.
 3. Asserted: the offered rate reached at least 4.5 x capacity; the admitted
    calls' p99 is within K x the unloaded p99; the rest were shed with
-   RESOURCE_EXHAUSTED and a RetryInfo, faster than a Redis round trip; the
+   RESOURCE_EXHAUSTED and a RetryInfo, typically in under half a round trip; the
    node still served about its capacity; units handed out (Redis, then the
    ledger once persisted) == OK answers + the calls left unanswered that a
    resend finds taken (DUPLICATE, with the first answer) <= stock; a shed id
@@ -29,8 +30,9 @@ about 2 x the unloaded p99); the other two are margin for the worker's
 extra work of refusing four calls for each one it takes, on a machine other
 processes share. DELAY_S is 100 ms so that such a machine's scheduling
 hiccups (tens of ms) stay small beside a round trip: at 50 ms the ratio
-wandered up to 3.2 x under a load average of 8. A node that queued instead of shedding would fall behind
-by four calls in five: its p99 would grow to seconds within the load.
+wandered up to 3.2 x under a load average of 8. A node that queued instead
+of shedding would fall behind by four calls in five: its p99 would grow to
+seconds within the load.
 
 The figures are printed (``pytest -s``) for the report.
 
