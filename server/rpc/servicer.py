@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Hashable
 from dataclasses import dataclass
 from time import perf_counter
 from typing import Any, TypeVar, cast
@@ -136,6 +136,8 @@ def _note_shed(refusal: Overloaded) -> None:
 def _rpc(method: Callable[..., Awaitable[_R]]) -> Callable[..., Awaitable[_R]]:
     """Map every error a method raises to a gRPC status, in one place; count and time every call.
 
+    (:func:`_rpc_read` for a read degraded mode answers from its snapshots.)
+
     The servicer names its service (``SERVICE``), holds the worker's
     figures (``figures``; None: not counted) and its admission
     (``admission``, :mod:`.admission`; None: every call is taken). A call
@@ -150,6 +152,40 @@ def _rpc(method: Callable[..., Awaitable[_R]]) -> Callable[..., Awaitable[_R]]:
     (:class:`~flashstock.server._serving_metrics.RpcTally`), written out off
     the request path.
     """
+    return _wrapped(method, None)
+
+
+def _rpc_read(
+    read_key: Callable[[Any], Hashable],
+) -> Callable[[Callable[..., Awaitable[_R]]], Callable[..., Awaitable[_R]]]:
+    """:func:`_rpc` for a read that degraded mode answers from its snapshots under ``read_key(request)``.
+
+    Such a read is answered even when the admission would refuse it, as long
+    as the servicer's ``degrade`` (:class:`~.degrade.Degrade`) keeps a fresh
+    answer for it (:meth:`~.degrade.Degrade.kept`): from memory it costs next
+    to nothing. It is not counted in flight. Without such an answer it is
+    refused like any other call.
+    """
+
+    def wrap(method: Callable[..., Awaitable[_R]]) -> Callable[..., Awaitable[_R]]:
+        return _wrapped(method, read_key)
+
+    return wrap
+
+
+def _kept(servicer: Any, read_key: Callable[[Any], Hashable] | None, request: Any, now: float) -> bool:
+    # True: the servicer's degraded mode holds a fresh answer for this read (the method will find it).
+    if read_key is None or isinstance(request, MalformedRequest):
+        return False
+    degrade: Degrade | None = servicer.degrade
+    if degrade is None:
+        return False
+    return degrade.kept(read_key(request), now) is not None
+
+
+def _wrapped(
+    method: Callable[..., Awaitable[_R]], read_key: Callable[[Any], Hashable] | None
+) -> Callable[..., Awaitable[_R]]:
     name = method.__name__
     key: tuple[str, str] | None = None
 
@@ -179,10 +215,11 @@ def _rpc(method: Callable[..., Awaitable[_R]]) -> Callable[..., Awaitable[_R]]:
                     if admission.callers is not None:
                         caller = caller_of(context.peer())
                     refusal = admission.admit(started, caller)
-                    if refusal is not None:
+                    if refusal is None:
+                        admitted = True
+                    elif not _kept(self, read_key, request, started):
                         _note_shed(refusal)
                         raise refusal
-                    admitted = True
                 if isinstance(request, MalformedRequest):
                     _refuse_malformed(name, request)
                 reply = await method(self, request, context)
@@ -218,6 +255,18 @@ def _rpc(method: Callable[..., Awaitable[_R]]) -> Callable[..., Awaitable[_R]]:
                     cast(Admission, admission).finished(now - started, now, caller)
 
     return wrapper
+
+
+def _stock_key(request: Any) -> Hashable:
+    return ("GetStock", request.sku_id)
+
+
+def _sku_key(request: Any) -> Hashable:
+    return ("GetSku", request.sku_id)
+
+
+def _list_key(request: Any) -> Hashable:
+    return ("ListSkus", request.prefix, request.page_size or v.DEFAULT_PAGE_SIZE, request.page_token)
 
 
 MOST_VIOLATIONS = 16
@@ -413,14 +462,14 @@ class StockServicer(stock_pb2_grpc.StockServiceServicer):
             stock_left=r.stock_left,
         )
 
-    @_rpc
+    @_rpc_read(_stock_key)
     async def GetStock(self, request: stock_pb2.GetStockRequest, context: Any) -> stock_pb2.GetStockReply:
         _check(v.id_violations("sku_id", request.sku_id))
         sku_id = request.sku_id
         if self.degrade is None:
             s = await self._store.stock_level(sku_id)
         else:
-            s = await self.degrade.read(("GetStock", sku_id), lambda: self._store.stock_level(sku_id))
+            s = await self.degrade.read(_stock_key(request), lambda: self._store.stock_level(sku_id))
         return stock_pb2.GetStockReply(
             sku_id=s.sku_id,
             total=s.total,
@@ -523,26 +572,24 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         self._log_change(r, request.request_id, "put on sale, %d units (%s)", r.sku.total, r.sku.mode.name.lower())
         return self._admin_reply(admin_pb2.PutSkuReply, r)
 
-    @_rpc
+    @_rpc_read(_sku_key)
     async def GetSku(self, request: admin_pb2.GetSkuRequest, context: Any) -> admin_pb2.GetSkuReply:
         _check(v.id_violations("sku_id", request.sku_id))
         sku_id = request.sku_id
         if self.degrade is None:
             sku = await self._store.get_sku(sku_id)
         else:
-            sku = await self.degrade.read(("GetSku", sku_id), lambda: self._store.get_sku(sku_id))
+            sku = await self.degrade.read(_sku_key(request), lambda: self._store.get_sku(sku_id))
         return admin_pb2.GetSkuReply(sku=_sku_pb(sku))
 
-    @_rpc
+    @_rpc_read(_list_key)
     async def ListSkus(self, request: admin_pb2.ListSkusRequest, context: Any) -> admin_pb2.ListSkusReply:
         _check(v.list_violations(request.prefix, request.page_size, request.page_token))
         prefix, size, token = request.prefix, request.page_size or v.DEFAULT_PAGE_SIZE, request.page_token
         if self.degrade is None:
             page = await self._store.list_skus(prefix, size, token)
         else:
-            page = await self.degrade.read(
-                ("ListSkus", prefix, size, token), lambda: self._store.list_skus(prefix, size, token)
-            )
+            page = await self.degrade.read(_list_key(request), lambda: self._store.list_skus(prefix, size, token))
         return admin_pb2.ListSkusReply(skus=[_sku_pb(s) for s in page.skus], next_page_token=page.next_page_token)
 
     @_rpc
