@@ -8,13 +8,16 @@ each row is looked for right after the answer, without waiting: it came in the c
 
 from __future__ import annotations
 
+import json
 import uuid
 
 import grpc
 import pytest
 import redis as redis_py
+from typer.testing import CliRunner
 
 from flashstock.lockmgr import shard_of
+from flashstock.server.cli.app import app
 from flashstock.server.ledger import AuditRecord, Ledger, sqlite_url
 from tests.helpers import aeventually, stacks
 from tests.helpers.stranger import Stranger
@@ -66,9 +69,7 @@ def figures(record_figures: dict | None, *names: str) -> tuple:
     return tuple(record_figures[n] for n in names)
 
 
-async def test_each_admin_change_is_one_audit_row_with_who_what_and_the_figures_before_and_after(
-    stranger, ledger, sku
-):
+async def test_each_admin_change_is_one_audit_row_with_who_what_and_the_figures_before_and_after(stranger, ledger, sku):
     await answered(stranger, "PutSku", sku_id=sku, stock=5, per_user_limit=2, goal_units=5, request_id=f"p-{sku}")
     [put] = trail(ledger, sku)  # no wait: the ledger held the row before the node answered
     assert (put.method, put.identity, put.sku_id, put.shard) == ("PutSku", "anonymous", sku, shard_of(sku))
@@ -141,3 +142,59 @@ async def test_a_rebuild_from_the_ledger_neither_loses_nor_doubles_audit_rows(st
     assert len(trail(ledger, sku)) == 3
     assert figures(pause.before, "total", "paused") == (5, False)
     assert pause.source not in {r.source for r in before}
+
+
+# -- flashstock audit ls ------------------------------------------------------------------------------------
+
+
+def audit_ls(*args: str):  # type: ignore[no-untyped-def]
+    # A wide terminal, so a row of the table is one line; no colours.
+    env = {"COLUMNS": "250", "NO_COLOR": "1", "TERM": "dumb"}
+    return CliRunner().invoke(app, ["audit", "ls", *args], env=env)
+
+
+async def test_audit_ls_shows_the_changes_newest_first_as_a_table_and_as_json_lines(stranger, node, sku):
+    await answered(stranger, "PutSku", sku_id=sku, stock=5, request_id=f"p-{sku}")
+    await answered(stranger, "AdjustStock", sku_id=sku, delta=-2, request_id=f"a-{sku}")
+    await answered(stranger, "PauseSku", sku_id=sku, request_id=f"z-{sku}")
+    where = ("--data-dir", str(node.data_dir))
+
+    got = audit_ls("--sku", sku, "--format", "json", *where)
+    assert got.exit_code == 0, got.output
+    lines = [json.loads(line) for line in got.output.splitlines()]
+    assert [x["method"] for x in lines] == ["PauseSku", "AdjustStock", "PutSku"]  # newest first
+    assert lines[1]["args"]["delta"] == -2 and lines[1]["identity"] == "anonymous"
+    assert (lines[1]["before"]["total"], lines[1]["after"]["total"]) == (5, 3)
+    assert lines[2]["before"] is None and lines[2]["sku_id"] == sku
+
+    limited = audit_ls("--sku", sku, "--format", "json", "--limit", "1", *where)
+    assert [json.loads(line)["method"] for line in limited.output.splitlines()] == ["PauseSku"]
+
+    table = audit_ls("--sku", sku, "--since", "1h", *where)
+    assert table.exit_code == 0, table.output
+    rows = [line for line in table.output.splitlines() if sku in line]
+    assert [next(m for m in ("PauseSku", "AdjustStock", "PutSku") if m in row) for row in rows] == [
+        "PauseSku",
+        "AdjustStock",
+        "PutSku",
+    ]
+    assert "total 5→3" in rows[1] and "available 5→3" in rows[1] and "delta=-2" in rows[1]
+    assert "paused False→True" in rows[0] and "anonymous" in rows[0]
+    assert "new: total 5" in rows[2]
+
+
+def test_audit_ls_since_a_time_to_come_shows_nothing_and_a_bad_since_is_refused_clearly(node):
+    where = ("--data-dir", str(node.data_dir))
+    later = audit_ls("--since", "2999-01-01T00:00:00+00:00", "--format", "json", *where)
+    assert later.exit_code == 0 and later.output == ""
+    assert "no admin changes recorded in that time" in audit_ls("--since", "2999-01-01", *where).output
+
+    bad = audit_ls("--since", "yesterday", *where)
+    assert bad.exit_code == 2
+    assert "--since" in bad.output and "'yesterday' is neither a span back from now" in bad.output
+
+
+def test_audit_ls_without_a_ledger_says_so(tmp_path):
+    got = audit_ls("--data-dir", str(tmp_path / "nothing"))
+    assert got.exit_code == 2
+    assert "there is no ledger" in got.output

@@ -28,9 +28,7 @@ def upgrade() -> None:
         sa.Column(
             "identity", sa.String(256), nullable=False, comment="Who: the caller's identity ('anonymous': auth off)."
         ),
-        sa.Column(
-            "peer", sa.String(256), nullable=False, server_default="", comment="From where: grpc peer, or host."
-        ),
+        sa.Column("peer", sa.String(256), nullable=False, server_default="", comment="From where: grpc peer, or host."),
         sa.Column(
             "method", sa.String(64), nullable=False, comment="PutSku, AdjustStock, ..., shards.pin, shards.drain ..."
         ),
