@@ -20,7 +20,7 @@ import time
 import uuid
 from collections.abc import AsyncGenerator, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from ._client import snapshots
 from ._errors import CoordinationError, SettingMismatch, ShardCountMismatch
@@ -165,7 +165,7 @@ def watch_overrides(client: aetcd.Client, cluster: str) -> AsyncGenerator[Overri
     return snapshots(client, [keys.pins, keys.drains], lambda: _read_overrides(client, keys))
 
 
-def _audit_puts(client: aetcd.Client, keys: ClusterKeys, audit: bytes | None) -> list:
+def _audit_puts(client: aetcd.Client, keys: ClusterKeys, audit: bytes | None) -> list[Any]:
     """The put of an operator change's audit record, for the change's own transaction (none without one).
 
     The key is ``<prefix>audit/<ms>-<uuid>``: unique, and in time order; a

@@ -48,7 +48,6 @@ from flashstock.lockmgr import (
     unpin,
     wait_for_owner,
 )
-from flashstock.server.ledger import shard_change_record
 from flashstock.server.cli.common import (
     DEFAULT_CLUSTER,
     DEFAULT_ETCD,
@@ -60,6 +59,7 @@ from flashstock.server.cli.common import (
     local_time,
     run_etcd,
 )
+from flashstock.server.ledger import shard_change_record
 
 shards_app = typer.Typer(
     help="Shard owners in etcd, and the operator's overrides: move, pin, drain, rebalance.", no_args_is_help=True

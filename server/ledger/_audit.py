@@ -140,17 +140,18 @@ def sku_figures(encoded: str) -> dict[str, Any] | None:
         pairs = decoded
     else:
         raise ValueError(f"not a SKU hash: {encoded[:80]!r}")
-    out = {}
+    out: dict[str, Any] = {}
     for raw_name, raw in sorted(pairs.items()):
         if raw_name in _LEFT_OUT:
             continue
-        name = SKU_FIGURES.get(raw_name, raw_name)
+        name = SKU_FIGURES.get(str(raw_name), str(raw_name))
         out[name] = _value(name, raw)
     return out
 
 
 def log_source(shard: int, entry_id: str) -> str:
-    """The ``source`` of a SKU change's record: its log entry, one per change (a rebuilt log's ids pass the old ones)."""
+    """The ``source`` of a SKU change's record: its log entry, one per change
+    (a rebuilt log's ids pass the old ones)."""
     return f"log/{shard}/{entry_id}"
 
 
@@ -190,7 +191,8 @@ def shard_change_record(at_ms: int, identity: str, peer: str, method: str, args:
 
 
 def row_of_shard_change(key: str, value: bytes) -> dict[str, Any]:
-    """The ``audit`` row of a shard change's record in etcd (key ``key``, value as :func:`shard_change_record` made it)."""
+    """The ``audit`` row of a shard change's record in etcd
+    (key ``key``, value as :func:`shard_change_record` made it)."""
     decoded = json.loads(value)
     shard = decoded.get("shard")
     return {
@@ -207,7 +209,7 @@ def row_of_shard_change(key: str, value: bytes) -> dict[str, Any]:
     }
 
 
-def record_of_row(row: Mapping[str, Any]) -> AuditRecord:
+def record_of_row(row: Mapping[Any, Any]) -> AuditRecord:
     """An ``audit`` row as read back from the ledger."""
     return AuditRecord(
         at_ms=int(row["at_ms"]),

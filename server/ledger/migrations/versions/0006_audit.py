@@ -26,12 +26,10 @@ def upgrade() -> None:
             "at_ms", sa.BigInteger, nullable=False, comment="When the change was made (Redis's or the CLI's clock)."
         ),
         sa.Column(
-            "identity", sa.String(256), nullable=False, comment="Who: the caller's identity ('anonymous': auth off)."
+            "identity", sa.String(256), nullable=False, comment="Who: the caller's identity (anonymous: auth off)."
         ),
         sa.Column("peer", sa.String(256), nullable=False, server_default="", comment="From where: grpc peer, or host."),
-        sa.Column(
-            "method", sa.String(64), nullable=False, comment="PutSku, AdjustStock, ..., shards.pin, shards.drain ..."
-        ),
+        sa.Column("method", sa.String(64), nullable=False, comment="PutSku, AdjustStock, ..., shards.pin, ..."),
         sa.Column("sku_id", sa.String(128), nullable=True, comment="The SKU changed; NULL for a shard change."),
         sa.Column("shard", sa.Integer, nullable=True, comment="The shard of the SKU, or the shard moved/pinned."),
         sa.Column("args", sa.Text, nullable=False, server_default="{}", comment="The call's arguments, JSON."),
