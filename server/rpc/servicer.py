@@ -44,10 +44,11 @@ from flashstock.client import (
 from flashstock.server._log_gate import LogGate
 from flashstock.server._logs import log_context
 from flashstock.server._serving_metrics import RpcTally, WorkerFigures
-from flashstock.server.ledger import SkuChange
+from flashstock.server.ledger import AuditNote, SkuChange
 from flashstock.server.rpc import validate as v
 from flashstock.server.rpc.admission import Admission, RedisBreaker, caller_of
 from flashstock.server.rpc.degrade import Degrade
+from flashstock.server.rpc.identity import current_caller
 from flashstock.server.store.redis import is_redis_timeout
 from flashstock.server.store.salestats import SaleStats, error_outcome, sale_outcome
 from flashstock.server.store.soldout import SoldOutBook
@@ -520,6 +521,14 @@ class StockServicer(stock_pb2_grpc.StockServiceServicer):
         )
 
 
+def _json_field(descriptor: Any, value: Any) -> Any:
+    # An enum by its name (MODE_DURABLE), which a reader of the audit trail knows; a number it does not.
+    if descriptor.enum_type is not None:
+        named = descriptor.enum_type.values_by_number.get(value)
+        return named.name if named is not None else value
+    return value
+
+
 class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
     """``flashstock.v1.AdminService``."""
 
@@ -536,6 +545,13 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         """None: operators' calls are never shed (they steer the node out of trouble)."""
         self.breaker: RedisBreaker | None = None
         """None: operators' calls always go to Redis (they are few, and wait for it)."""
+
+    @staticmethod
+    def _note(method: str, request: Any, context: grpc.aio.ServicerContext) -> AuditNote:
+        # Who and from where (the one answer, identity.py), and every field of the request: the audit trail's.
+        caller = current_caller(context)
+        args = {f.name: _json_field(f, getattr(request, f.name)) for f in request.DESCRIPTOR.fields}
+        return AuditNote(identity=caller.name, peer=caller.peer, method=method, args=args)
 
     @staticmethod
     def _admin_reply(reply_type: type, r: AdminResult) -> Any:
@@ -568,7 +584,7 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
             currency=request.currency,
         )
         _check(v.put_violations(definition, request.request_id) + v.mode_violations(request.mode))
-        r = await self._store.put_sku(definition, request.request_id)
+        r = await self._store.put_sku(definition, request.request_id, self._note("PutSku", request, context))
         self._log_change(r, request.request_id, "put on sale, %d units (%s)", r.sku.total, r.sku.mode.name.lower())
         return self._admin_reply(admin_pb2.PutSkuReply, r)
 
@@ -595,21 +611,24 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
     @_rpc
     async def AdjustStock(self, request: admin_pb2.AdjustStockRequest, context: Any) -> admin_pb2.AdjustStockReply:
         _check(v.adjust_violations(request.sku_id, request.delta, request.request_id))
-        r = await self._store.change_sku(request.sku_id, SkuChange.ADJUST, request.request_id, request.delta)
+        note = self._note("AdjustStock", request, context)
+        r = await self._store.change_sku(request.sku_id, SkuChange.ADJUST, request.request_id, request.delta, note)
         self._log_change(r, request.request_id, "stock adjusted by %+d, to %d units", request.delta, r.sku.total)
         return self._admin_reply(admin_pb2.AdjustStockReply, r)
 
     @_rpc
     async def PauseSku(self, request: admin_pb2.PauseSkuRequest, context: Any) -> admin_pb2.PauseSkuReply:
         _check(v.id_violations("sku_id", request.sku_id) + v.id_violations("request_id", request.request_id))
-        r = await self._store.change_sku(request.sku_id, SkuChange.PAUSE, request.request_id)
+        note = self._note("PauseSku", request, context)
+        r = await self._store.change_sku(request.sku_id, SkuChange.PAUSE, request.request_id, note=note)
         self._log_change(r, request.request_id, "sale paused")
         return self._admin_reply(admin_pb2.PauseSkuReply, r)
 
     @_rpc
     async def ResumeSku(self, request: admin_pb2.ResumeSkuRequest, context: Any) -> admin_pb2.PauseSkuReply:
         _check(v.id_violations("sku_id", request.sku_id) + v.id_violations("request_id", request.request_id))
-        r = await self._store.change_sku(request.sku_id, SkuChange.RESUME, request.request_id)
+        note = self._note("ResumeSku", request, context)
+        r = await self._store.change_sku(request.sku_id, SkuChange.RESUME, request.request_id, note=note)
         self._log_change(r, request.request_id, "sale resumed")
         return self._admin_reply(admin_pb2.PauseSkuReply, r)
 
