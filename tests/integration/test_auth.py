@@ -8,6 +8,8 @@ and by the CLI; wrong settings stop the start naming the setting.
 
 from __future__ import annotations
 
+import asyncio
+import math
 import subprocess
 import time
 from collections.abc import Iterator
@@ -28,9 +30,10 @@ from flashstock.client import (
     StockClient,
     Unauthenticated,
 )
+from flashstock.server.bench.node import _load_phase
 from flashstock.server.cli.app import app
 from flashstock.server.local.procs import NodeProcess, RedisServer, free_port, serve_argv
-from flashstock.v1 import admin_pb2, admin_pb2_grpc
+from flashstock.v1 import admin_pb2, admin_pb2_grpc, stock_pb2
 from tests.helpers.processes import QUIET, running_node
 
 ISSUER, AUDIENCE = "test-issuer", "flashstock-test"
@@ -231,6 +234,27 @@ def test_an_unmapped_certificate_holds_no_role(mtls_node, certs, sku):
         with pytest.raises(PermissionDenied) as refused:
             admin.get_sku(sku)
     assert "cert:nobody.authz.example" in refused.value.message and "no role" in refused.value.message
+
+
+def test_the_bench_load_sends_its_bearer_token_on_every_call(jwt_node, secret, sku):
+    with AdminClient(config_of(jwt_node, token=token(secret, "alice", "operator"))) as admin:
+        admin.put_sku(sku, 100)
+    phase = {
+        "target": jwt_node.address,
+        "sku": sku,
+        "users": "t",
+        "distinct_users": False,
+        "requests": 20,
+        "coroutines": 2,
+        "connections": 1,
+        "rate": None,
+        "tls": None,
+        "token": token(secret, "bench-load", "buyer"),
+    }
+    result = asyncio.run(_load_phase(0, phase, [0.0, math.inf, math.inf], [0]))
+    assert result["totals"] == {stock_pb2.OUTCOME_OK: 20}
+    result = asyncio.run(_load_phase(0, {**phase, "token": None}, [0.0, math.inf, math.inf], [0]))
+    assert result["totals"] == {"UNAUTHENTICATED": 20}
 
 
 def cli(*args: str, env: dict[str, str] | None = None):
