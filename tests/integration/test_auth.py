@@ -314,3 +314,21 @@ def test_auth_off_on_a_reachable_host_warns_at_start(module_redis, jwt_node):
     node = NodeProcess(module_redis.url, extra_args=("--host", "0.0.0.0", *QUIET), ledger=jwt_node.ledger_url)
     with node:
         assert "auth is off on 0.0.0.0" in node.log()
+
+
+DEMO = ("demo", "--auth", "--buyers", "200", "--users", "50", "--stock", "20", "--concurrency", "10")
+DEMO_SMALL = ("--nodes", "1", "--no-board", "--review-dir", "")
+
+
+@pytest.mark.slow
+def test_the_demo_runs_with_auth_on(monkeypatch):
+    result = cli(*DEMO, *DEMO_SMALL)
+    assert result.exit_code == 0 and "all promises held" in result.output, result.output
+    assert "auth on:" in result.output
+    # Its nodes do check: with tokens they cannot verify, the demo's first call is refused.
+    import flashstock.server.local.demo as demo
+
+    monkeypatch.setattr(demo, "_demo_token", lambda folder, sub, role: token(b"x" * 40, sub, role))
+    refused = cli(*DEMO, *DEMO_SMALL)
+    assert refused.exit_code != 0
+    assert isinstance(refused.exception, Unauthenticated) or "bad signature" in refused.output, refused.output
