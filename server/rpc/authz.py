@@ -30,6 +30,7 @@ once.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import time
 import tomllib
@@ -41,7 +42,10 @@ from typing import Any
 import grpc
 
 from flashstock.client import PermissionDenied, Unauthenticated
+from flashstock.server._log_gate import LogGate
 from flashstock.server.rpc.identity import ROLES, Caller
+
+log = logging.getLogger(__name__)
 
 STOCK = "flashstock.v1.StockService"
 ADMIN = "flashstock.v1.AdminService"
@@ -367,11 +371,29 @@ class Authorizer:
         subject = None
         if self.cert_roles is not None and (authorization is None or self.tokens is None):
             subject = cert_subject(context.auth_context())
-        caller = self.identify(authorization, subject, context.peer() or "")
+        peer = context.peer() or ""
+        try:
+            caller = self.identify(authorization, subject, peer)
+        except Unauthenticated as exc:
+            _note_refusal(exc.message, method, peer)
+            raise
         denied = refusal(caller, service, method)
         if denied is not None:
+            _note_refusal(denied.message, method, peer)
             raise denied
         return caller
+
+
+_refusal_log = LogGate(interval_s=60.0)
+
+
+def _note_refusal(message: str, method: str, peer: str) -> None:
+    # Anyone can send bad credentials: one line per kind of refusal a minute, not one per call.
+    held_back = _refusal_log.admit((message.partition(":")[0], method))
+    if held_back is not None:
+        log.warning(
+            "refused %s from %s: %s (%d more like it since the last such line)", method, peer, message, held_back
+        )
 
 
 @dataclass(frozen=True)

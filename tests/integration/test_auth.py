@@ -34,7 +34,9 @@ from flashstock.server.bench.node import _load_phase
 from flashstock.server.cli.app import app
 from flashstock.server.local.procs import NodeProcess, RedisServer, free_port, serve_argv
 from flashstock.v1 import admin_pb2, admin_pb2_grpc, stock_pb2
+from tests.helpers import eventually
 from tests.helpers.processes import QUIET, running_node
+from tests.helpers.stranger import Stranger
 
 ISSUER, AUDIENCE = "test-issuer", "flashstock-test"
 
@@ -131,6 +133,8 @@ def test_a_call_without_credentials_is_unauthenticated(jwt_node, sku):
     assert "no credentials" in refused.value.message and "Bearer" in refused.value.message
     with StockClient(config_of(jwt_node)) as stock, pytest.raises(Unauthenticated):
         stock.deduct(sku, "u1", 1)
+    # The node says so in its log (a line per kind of refusal a minute), naming the method and the peer.
+    assert eventually(lambda: "refused Deduct from ipv4:127.0.0.1" in jwt_node.log())
 
 
 @pytest.mark.parametrize(
@@ -211,6 +215,18 @@ def test_raw_grpc_with_metadata_is_judged_the_same(jwt_node, secret, sku):
         # Health stays open: load balancers and the board call it without credentials.
         health = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=""), timeout=5)
         assert health.status == health_pb2.HealthCheckResponse.SERVING
+
+
+async def test_a_stranger_reads_reflection_without_credentials_and_buys_with_a_token(jwt_node, secret, sku):
+    with AdminClient(config_of(jwt_node, token=token(secret, "alice", "operator"))) as admin:
+        admin.put_sku(sku, 3)
+    stranger = Stranger([jwt_node.address])  # its messages come from reflection, which stays open
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await stranger.call("Deduct", sku_id=sku, user_id="u1", qty=1, request_id="s-1")
+    assert refused.value.code() is grpc.StatusCode.UNAUTHENTICATED
+    buyer = (("authorization", f"Bearer {token(secret, 'gw', 'buyer')}"),)
+    reply = await stranger.call("Deduct", sku_id=sku, user_id="u1", qty=1, request_id="s-1", metadata=buyer)
+    assert stranger.outcome(reply) == "OUTCOME_OK" and reply.stock_left == 2
 
 
 def test_a_mapped_certificate_identity_holds_its_roles(mtls_node, certs, sku):
