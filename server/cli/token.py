@@ -23,7 +23,9 @@ from flashstock.server.rpc.identity import ROLES
 token_app = typer.Typer(help="Make bearer tokens (JWT) for nodes with auth on (development).", no_args_is_help=True)
 
 SECRET_NAME = "jwt-hs256.secret"
-"""The file ``token key`` writes the secret into."""
+"""The file ``token key`` (and ``cluster up --auth``) writes the secret into."""
+DEV_ISSUER, DEV_AUDIENCE = "flashstock-dev", "flashstock"
+"""``token make``'s default iss and aud, which ``cluster up --auth``'s nodes require."""
 
 
 @token_app.command("key")
@@ -38,14 +40,19 @@ def make_key(
     if path.exists() and not force:
         exit_error("token key", f"{path} exists (--force replaces it; tokens signed with it stop working)", 1)
     try:
-        folder.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as f:
-            f.write(secrets.token_hex(32) + "\n")
-        os.chmod(path, 0o600)  # an existing file keeps its mode through O_CREAT
+        write_secret(path)
     except OSError as exc:
         exit_error("token key", f"cannot write {path}: {exc}")
     console.print(str(path))
+
+
+def write_secret(path: Path) -> None:
+    """A fresh HS256 secret (32 random bytes, hex) in ``path``, mode 0600, its folder made if missing."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(secrets.token_hex(32) + "\n")
+    os.chmod(path, 0o600)  # an existing file keeps its mode through O_CREAT
 
 
 def _signing_key(path: Path) -> tuple[bytes, str]:
@@ -90,7 +97,7 @@ def make_token(
     ttl: Annotated[str, typer.Option("--ttl", help="How long it is valid: N[s|m|h] (30s, 15m, 1h).")] = "1h",
     issuer: Annotated[
         str, typer.Option("--issuer", envvar="FLASHSTOCK_AUTH_JWT_ISSUER", help="Its iss (the nodes' auth_jwt_issuer).")
-    ] = "flashstock-dev",
+    ] = DEV_ISSUER,
     audience: Annotated[
         str,
         typer.Option(

@@ -32,6 +32,7 @@ from flashstock.client import (
 )
 from flashstock.server.bench.node import _load_phase
 from flashstock.server.cli.app import app
+from flashstock.server.local.cluster import LocalCluster
 from flashstock.server.local.procs import NodeProcess, RedisServer, free_port, serve_argv
 from flashstock.v1 import admin_pb2, admin_pb2_grpc, stock_pb2
 from tests.helpers import eventually
@@ -348,3 +349,24 @@ def test_the_demo_runs_with_auth_on(monkeypatch):
     refused = cli(*DEMO, *DEMO_SMALL)
     assert refused.exit_code != 0
     assert isinstance(refused.exception, Unauthenticated) or "bad signature" in refused.output, refused.output
+
+
+def test_a_local_cluster_with_auth_takes_the_tokens_token_make_signs(tmp_path, sku):
+    folder = tmp_path / "cluster"
+    up = cli("cluster", "up", "--nodes", "1", "--dir", str(folder), "--shards", "4", "--auth")
+    try:
+        assert up.exit_code == 0, up.output
+        secret = folder / "jwt-hs256.secret"
+        assert secret.stat().st_mode & 0o777 == 0o600 and "FLASHSTOCK_TOKEN=$(flashstock token make" in up.output
+        address = LocalCluster.load(folder).node_addresses[0]
+        made = cli("token", "make", "--key", str(secret), "--sub", "you", "--role", "operator")
+        assert made.exit_code == 0, made.output
+        put = cli("sku", "put", sku, "--stock", "5", "--addr", address, "--token", made.output.strip())
+        assert put.exit_code == 0 and sku in put.output, put.output
+        anonymous = cli("sku", "get", sku, "--addr", address)
+        assert anonymous.exit_code == 1 and "no credentials" in anonymous.output, anonymous.output
+        status = cli("cluster", "status", "--dir", str(folder))  # health stays open
+        assert status.exit_code == 0, status.output
+    finally:
+        down = cli("cluster", "down", "--dir", str(folder), "--purge")
+    assert down.exit_code == 0, down.output
