@@ -247,6 +247,7 @@ class TokenCheck:
                     algorithms=[str(alg)],
                     audience=rules.audience,
                     issuer=rules.issuer,
+                    leeway=rules.leeway_s,  # for iat (exp and nbf: below)
                     options={"require": ["exp", "iss", "aud", "sub"], "verify_exp": False, "verify_nbf": False},
                 )
             except jwt.InvalidSignatureError:

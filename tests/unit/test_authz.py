@@ -141,6 +141,14 @@ def test_a_token_within_the_leeway_passes_and_a_remembered_one_still_expires(tmp
         tokens.identity(token)
 
 
+def test_an_iat_a_little_ahead_of_the_node_clock_is_within_the_leeway(tmp_path):
+    import time
+
+    tokens = TokenCheck(check(tmp_path).keys, RULES)  # the wall clock: PyJWT checks iat against it
+    ahead = int(time.time()) + 5
+    assert tokens.identity(sign(iat=ahead, exp=ahead + 60))[0] == "jwt:alice"
+
+
 def test_rs256_es256_and_jwks_keys(tmp_path):
     rsa_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     ec_key = ec.generate_private_key(ec.SECP256R1())
