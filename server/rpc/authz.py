@@ -390,7 +390,7 @@ _refusal_log = LogGate(interval_s=60.0)
 
 def _note_refusal(message: str, method: str, peer: str) -> None:
     # Anyone can send bad credentials: one line per kind of refusal a minute, not one per call.
-    held_back = _refusal_log.admit((message.partition(":")[0], method))
+    held_back = _refusal_log.admit((" ".join(message.split()[:3]), method))
     if held_back is not None:
         log.warning(
             "refused %s from %s: %s (%d more like it since the last such line)", method, peer, message, held_back
@@ -402,12 +402,19 @@ class AuthSettings:
     """The node's auth settings (``auth*`` in :class:`~flashstock.server._config.NodeConfig`)."""
 
     auth: str = "off"
+    """``auth``: on or off."""
     jwt_keys: tuple[str, ...] = ()
+    """``auth_jwt_keys``: the key files (:func:`load_token_keys`)."""
     jwt_issuer: str = ""
+    """``auth_jwt_issuer``."""
     jwt_audience: str = ""
+    """``auth_jwt_audience``."""
     jwt_leeway_s: float = 30.0
+    """``auth_jwt_leeway_s``."""
     jwt_roles_claim: str = "roles"
+    """``auth_jwt_roles_claim``."""
     cert_roles: str = ""
+    """``auth_cert_roles``: the subject -> roles file (:func:`load_cert_roles`); empty: none."""
     mutual_tls: bool = False
     """True when the node asks callers for certificates (``tls_client_ca``)."""
 
