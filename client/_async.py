@@ -62,6 +62,7 @@ class _AsyncConnection:
         self.config = config
         self._stub_type = stub_type
         self._credentials = t.channel_credentials(config)
+        self._metadata = t.call_metadata(config)
         self._options = channel_options(config)
         # Replaced whole, never changed in place: a call reads it once per attempt.
         self._routes: list[_Route] = []
@@ -120,7 +121,7 @@ class _AsyncConnection:
                 self._next += 1  # spread calls; a retry goes to the next address
                 timeout = max(0.001, min(config.attempt_timeout_s, deadline - time.monotonic()))
                 try:
-                    return await getattr(stub, method)(request, timeout=timeout, metadata=config.metadata)
+                    return await getattr(stub, method)(request, timeout=timeout, metadata=self._metadata)
                 except grpc.RpcError as exc:
                     t.pass_cancellation(exc)
                     error = t.error_of(exc)

@@ -94,6 +94,13 @@ class ClientConfig:
     tls_server_name: str = ""
     """TLS: the name the nodes' certificates must carry, instead of the host of
     the address dialled (an address by IP whose certificate names a host)."""
+    token: str | None = field(default=None, repr=False)
+    """A bearer token (JWT) sent with every call as ``authorization: Bearer
+    <token>``, for nodes with ``auth = on``. ``None``: none (unless
+    ``token_file``)."""
+    token_file: str | None = None
+    """A file holding the bearer token (read when the client is made; a
+    trailing newline is dropped), instead of ``token``."""
 
     def __post_init__(self) -> None:
         etcd = _split(self.etcd)
@@ -121,6 +128,10 @@ class ClientConfig:
             raise ValueError("tls_cert, tls_key: give both (the client certificate and its key) or neither")
         if self.tls_server_name and not self.tls:
             raise ValueError("tls_server_name: needs tls_ca (or tls_cert and tls_key)")
+        if self.token is not None and self.token_file is not None:
+            raise ValueError("token, token_file: give one or neither")
+        if self.token is not None and (not self.token.strip() or any(c in self.token for c in "\r\n")):
+            raise ValueError("token: empty, or more than one line")
 
     @property
     def tls(self) -> bool:

@@ -76,6 +76,26 @@ def channel_credentials(config: ClientConfig) -> grpc.ChannelCredentials | None:
     )
 
 
+def call_metadata(config: ClientConfig) -> tuple[tuple[str, str], ...]:
+    """The metadata of every call: ``config.metadata``, and the bearer token if any (its file read now).
+
+    Raises ``ValueError`` naming ``token_file`` when it cannot be read or is empty.
+    """
+    token = config.token
+    if config.token_file is not None:
+        try:
+            with open(config.token_file, encoding="utf-8") as f:
+                token = f.read().strip()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ValueError(f"token_file: cannot read {config.token_file!r}: {exc}") from None
+        if not token or "\n" in token:
+            raise ValueError(f"token_file: {config.token_file!r} does not hold one token on one line")
+    metadata = tuple((key, value) for key, value in config.metadata)
+    if token:
+        metadata += (("authorization", f"Bearer {token.strip()}"),)
+    return metadata
+
+
 def error_of(exc: grpc.RpcError) -> FlashstockError:
     """The flashstock error a failed call stands for."""
     # grpc-stubs declares the trailing metadata as objects with .key and .value; at run time they are

@@ -23,6 +23,7 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 
 from flashstock.server._logs import LOG_FORMATS
 from flashstock.server._tls import TlsFiles
+from flashstock.server.rpc.authz import AuthSettings, split_paths
 from flashstock.server.rpc.validate import max_hold_ms
 
 
@@ -115,6 +116,30 @@ class NodeConfig:
         "",
         "PEM CA certificate(s): mutual TLS, every caller must present a certificate one of them signed; "
         "empty = any caller (needs tls_cert).",
+    )
+    auth: str = _setting(
+        "off",
+        "Who may call: on = every StockService and AdminService call needs a bearer token (auth_jwt_keys) or a "
+        "mutual-TLS certificate (auth_cert_roles) whose roles allow the method (health and reflection stay "
+        "open); off = anyone who reaches the port may call anything (local development).",
+    )
+    auth_jwt_keys: str = _setting(
+        "",
+        "Files (comma-separated) of the keys bearer tokens are checked against: an HS256 secret (at least 32 "
+        "bytes), an RS256 or ES256 PEM public key, or a JWKS (JSON); empty = no tokens taken.",
+    )
+    auth_jwt_issuer: str = _setting("", "The iss claim every bearer token must carry (needed with auth_jwt_keys).")
+    auth_jwt_audience: str = _setting(
+        "", "A value the aud claim of every bearer token must hold (needed with auth_jwt_keys)."
+    )
+    auth_jwt_leeway_s: float = _setting(30.0, "Clock skew allowed on a token's exp and nbf, seconds.")
+    auth_jwt_roles_claim: str = _setting(
+        "roles", "The token claim naming the caller's roles (a list, or space-separated)."
+    )
+    auth_cert_roles: str = _setting(
+        "",
+        "TOML or JSON file mapping a client certificate's subject (its CN, else its first SAN) to its roles: "
+        '"orders-gateway.example" = ["buyer"]; needs tls_client_ca; empty = certificates identify no one.',
     )
     etcd: str = _setting(
         "",
@@ -264,6 +289,7 @@ def config_problems(config: NodeConfig) -> list[str]:
             "or half of request_ttl_s if less (a hold's record must outlive it)"
         )
     out.extend(tls_files(config).shape_problems())
+    out.extend(auth_settings(config).shape_problems())
     if config.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
         out.append(f"log_level: {config.log_level!r} is not DEBUG, INFO, WARNING or ERROR")
     if config.log_format not in LOG_FORMATS:
@@ -286,6 +312,20 @@ def ledger_url(config: NodeConfig) -> str:
 def tls_files(config: NodeConfig) -> TlsFiles:
     """The node's TLS files (their contents are checked at start: :meth:`TlsFiles.problems`)."""
     return TlsFiles(config.tls_cert, config.tls_key, config.tls_client_ca)
+
+
+def auth_settings(config: NodeConfig) -> AuthSettings:
+    """The node's auth settings (their files are read at start: :meth:`AuthSettings.authorizer`)."""
+    return AuthSettings(
+        auth=config.auth,
+        jwt_keys=split_paths(config.auth_jwt_keys),
+        jwt_issuer=config.auth_jwt_issuer,
+        jwt_audience=config.auth_jwt_audience,
+        jwt_leeway_s=config.auth_jwt_leeway_s,
+        jwt_roles_claim=config.auth_jwt_roles_claim,
+        cert_roles=config.auth_cert_roles,
+        mutual_tls=bool(config.tls_client_ca),
+    )
 
 
 def etcd_endpoints(config: NodeConfig) -> list[str]:

@@ -49,7 +49,7 @@ from grpc_reflection.v1alpha import reflection
 from flashstock.client import FlashstockError
 from flashstock.lockmgr import CoordinationError, SessionConfig, SettingMismatch, ShardCountMismatch
 from flashstock.server._binding import BoundSettings, bind_in_etcd, bind_in_redis, explain
-from flashstock.server._config import NodeConfig, etcd_endpoints, ledger_url, node_name, tls_files
+from flashstock.server._config import NodeConfig, auth_settings, etcd_endpoints, ledger_url, node_name, tls_files
 from flashstock.server._incarnation import IncarnationGate
 from flashstock.server._lifeline import Lifeline, tie_to_parent
 from flashstock.server._logs import NODE_FIELD, configure_logging
@@ -208,6 +208,13 @@ class Node:
             self.breaker,
             self.degrade,
         )
+        self.admin_servicer = AdminServicer(self.store, self.figures, self.degrade)
+        if self.serving:
+            try:
+                authorizer = auth_settings(config).authorizer()
+            except ValueError as exc:
+                raise StartupError(str(exc)) from None
+            self.stock_servicer.authorizer = self.admin_servicer.authorizer = authorizer
         self.health = health.aio.HealthServicer()
         self._tasks: list[asyncio.Task[None]] = []
         self.duties: ShardDuties | None = None
@@ -266,7 +273,7 @@ class Node:
 
         options = [("grpc.so_reuseport", 1 if self.config.workers != 1 else 0)]
         server = grpc.aio.server(options=options)
-        add_services(server, self.stock_servicer, AdminServicer(self.store, self.figures, self.degrade))
+        add_services(server, self.stock_servicer, self.admin_servicer)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         reflection.enable_server_reflection((*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
         address = f"{self.config.host}:{self.config.port}"
@@ -671,13 +678,23 @@ def serve(config: NodeConfig) -> int:
     """Run a node until signalled; returns the process exit code."""
     _setup_logging(config)
     problems = tls_files(config).problems()
+    try:
+        auth_settings(config).authorizer()  # its files read once here, to fail before any worker starts
+    except ValueError as exc:
+        problems.append(str(exc))
     if problems:
         print(f"flashstock: cannot start: {'; '.join(problems)}", file=sys.stderr)
         return 2
     if not tls_files(config).on and not is_loopback(config.host):
         log.warning(
-            "serving plaintext on %s, which other machines can reach: anyone there can read the calls and call "
-            "AdminService (set tls_cert and tls_key, and tls_client_ca for mutual TLS; auth is not built yet)",
+            "serving plaintext on %s, which other machines can reach: anyone there can read the calls "
+            "(set tls_cert and tls_key, and tls_client_ca for mutual TLS)",
+            config.host,
+        )
+    if config.auth == "off" and not is_loopback(config.host):
+        log.warning(
+            "auth is off on %s, which other machines can reach: anyone there can call every method, "
+            "AdminService's too (set auth = on with auth_jwt_keys or auth_cert_roles)",
             config.host,
         )
     workers = config.workers or os.cpu_count() or 1

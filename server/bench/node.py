@@ -22,6 +22,10 @@ and runs these phases:
    over TLS with a client certificate; ``tls_rounds`` times each, A-B-B-A:
    the rates, ratios against echo, p50/p99, node CPU per call, and the
    difference (``tls_cost``). ``tls_rounds`` 0 leaves the part out.
+   **auth on/off**: the same against a twin with ``auth = on`` (its own
+   Redis; an HS256 secret made at bench start), every call carrying a
+   buyer's bearer JWT in its metadata; ``auth_rounds`` times each, A-B-B-A,
+   the same figures (``auth_cost``). ``auth_rounds`` 0 leaves the part out.
 3. **echo**: the same loop, the same stub, channel options and coroutine
    count, against the echo server (same stack, same number of worker
    processes): calls/s. The ratio flashstock/echo is the share of the bare
@@ -116,6 +120,9 @@ class BenchPlan:
     """Throughput phases of the node with its metrics (serving, a sale's figures) on, as many off, alternating."""
     tls_rounds: int = 2
     """Throughput phases of the node in plaintext, as many of its mutual-TLS twin, alternating; 0: no TLS part."""
+    auth_rounds: int = 2
+    """Throughput phases of the node without auth, as many of its twin with auth on (a bearer JWT per call),
+    alternating; 0: no auth part."""
 
     def problems(self) -> list[str]:
         """What is wrong with the plan, each naming its option."""
@@ -136,6 +143,8 @@ class BenchPlan:
             out.append("--metrics-rounds must be >= 1")
         if self.tls_rounds < 0:
             out.append("--tls-rounds must be >= 0 (0 leaves the TLS part out)")
+        if self.auth_rounds < 0:
+            out.append("--auth-rounds must be >= 0 (0 leaves the auth part out)")
         return out
 
     def connections_per_proc(self) -> int:
@@ -194,6 +203,8 @@ async def _load_phase(index: int, phase: dict[str, Any], ctrl: Any, progress: An
         channels = [
             grpc.aio.insecure_channel(phase["target"], options=CHANNEL_OPTIONS) for _ in range(phase["connections"])
         ]
+    # With auth: the bearer token every call carries, as a client with ``token`` sends it.
+    metadata = (("authorization", f"Bearer {phase['token']}"),) if phase.get("token") else None
     try:
         await asyncio.wait_for(asyncio.gather(*(c.channel_ready() for c in channels)), 30)
         stubs = [stock_pb2_grpc.StockServiceStub(c) for c in channels]
@@ -232,7 +243,7 @@ async def _load_phase(index: int, phase: dict[str, Any], ctrl: Any, progress: An
                 request = request_type(sku_id=sku_id, user_id=user, qty=1, request_id=new_id().hex)
                 t0 = now()
                 try:
-                    outcome: Any = (await deduct(request, timeout=10.0)).outcome
+                    outcome: Any = (await deduct(request, timeout=10.0, metadata=metadata)).outcome
                 except grpc.aio.AioRpcError as exc:
                     outcome = exc.code().name
                     await asyncio.sleep(0.01)
@@ -547,6 +558,9 @@ class _Run:
         self.node_tls: NodeProcess | None = None
         if plan.tls_rounds:
             self._start_tls_twin()
+        self.node_auth: NodeProcess | None = None
+        if plan.auth_rounds:
+            self._start_auth_twin()
         self.echo.wait_ready()
         self.loads.wait_ready()
         self.redis = redis.Redis.from_url(self.redis_server.url, decode_responses=True)
@@ -560,6 +574,11 @@ class _Run:
                 **(
                     {"node_tls": [self.node_tls.pid], "redis_tls": [self.redis_tls.proc.pid]}
                     if self.node_tls is not None
+                    else {}
+                ),
+                **(
+                    {"node_auth": [self.node_auth.pid], "redis_auth": [self.redis_auth.proc.pid]}
+                    if self.node_auth is not None
                     else {}
                 ),
                 "echo": [self.echo.pid],
@@ -607,6 +626,51 @@ class _Run:
         self.stack.push(self.node_tls)
         self.node_tls.start()
 
+    def _start_auth_twin(self) -> None:
+        """The node's twin with auth on (HS256 bearer tokens), on a Redis of its own, with a secret made now."""
+        import secrets
+        import shutil
+        import tempfile
+        from pathlib import Path
+
+        import jwt
+
+        from flashstock.server.local.procs import NodeProcess, RedisServer, free_port
+
+        folder = Path(tempfile.mkdtemp(prefix="flashstock-bench-auth-"))
+        self.stack.callback(shutil.rmtree, folder, True)
+        secret = secrets.token_hex(32).encode()
+        (folder / "jwt.secret").write_bytes(secret)
+        now = int(time.time())
+
+        def token(sub: str, role: str) -> str:
+            claims = {"sub": sub, "roles": [role], "iss": "bench", "aud": "flashstock", "iat": now, "exp": now + 86400}
+            return jwt.encode(claims, secret, algorithm="HS256")
+
+        self.auth_tokens = {"buyer": token("bench-load", "buyer"), "operator": token("bench", "operator")}
+        self.redis_auth = RedisServer()
+        self.stack.push(self.redis_auth)
+        self.redis_auth.start()
+        self.node_auth = NodeProcess(
+            self.redis_auth.url,
+            workers=self.plan.workers,
+            extra_args=(
+                "--metrics-port", str(free_port()),
+                "--auth", "on",
+                "--auth-jwt-keys", str(folder / "jwt.secret"),
+                "--auth-jwt-issuer", "bench",
+                "--auth-jwt-audience", "flashstock",
+            ),
+        )  # fmt: skip
+        self.stack.push(self.node_auth)
+        self.node_auth.start()
+
+    def _token(self, target: str, role: str) -> str | None:
+        """The bearer token of ``role`` when ``target`` is the auth twin, else None."""
+        if self.node_auth is None or target != self.node_auth.address:
+            return None
+        return self.auth_tokens[role]
+
     def _tls_files(self, target: str) -> dict[str, str] | None:
         """The load's PEM files when ``target`` is the TLS twin, else None (plaintext)."""
         if self.node_tls is None or target != self.node_tls.address:
@@ -625,6 +689,7 @@ class _Run:
                 tls_ca=tls.get("ca"),
                 tls_cert=tls.get("cert"),
                 tls_key=tls.get("key"),
+                token=self._token(address or "", "operator"),
             )
         )
 
@@ -645,6 +710,7 @@ class _Run:
                 "connections": plan.connections_per_proc(),
                 "rate": rate * n / plan.buyers if rate else None,
                 "tls": self._tls_files(target),
+                "token": self._token(target, "buyer"),
             }
             for n, budget in zip(buyers, budgets, strict=True)
         ]
@@ -693,6 +759,7 @@ class _Run:
             self.echo.address: ("echo", "redis"),
             self.node_off.address: ("node_off", "redis_off"),
             **({self.node_tls.address: ("node_tls", "redis_tls")} if self.node_tls is not None else {}),
+            **({self.node_auth.address: ("node_auth", "redis_auth")} if self.node_auth is not None else {}),
         }.get(target, ("node", "redis"))
 
         # CPU time each successful call cost, in µs: comparable across machines
@@ -754,6 +821,20 @@ class _Run:
                 else:
                     plain.append(self.throughput(f"TLS off ({len(plain) + 1})", self.node.address))
         return {"plain": _phase_means(plain), "tls": _phase_means(tls), "rounds_plain": plain, "rounds_tls": tls}
+
+    def auth_cost(self) -> dict[str, Any]:
+        """The node without auth and its twin with auth on, alternating (A-B-B-A ...), ``auth_rounds`` each."""
+        assert self.node_auth is not None
+        off: list[dict[str, Any]] = []
+        on: list[dict[str, Any]] = []
+        for i in range(self.plan.auth_rounds):
+            order = [False, True] if i % 2 == 0 else [True, False]
+            for authed in order:
+                if authed:
+                    on.append(self.throughput(f"auth on ({len(on) + 1})", self.node_auth.address))
+                else:
+                    off.append(self.throughput(f"auth off ({len(off) + 1})", self.node.address))
+        return {"plain": _phase_means(off), "auth": _phase_means(on), "rounds_plain": off, "rounds_auth": on}
 
     def memory(self) -> dict[str, Any]:
         """``records`` deductions by distinct users; Redis used_memory after minus before."""
@@ -913,6 +994,10 @@ class _Run:
                 with self.admin(self.node_tls.address) as admin:
                     admin.put_sku(self.SKU_HOT, 10**12)
                 self.figures["tls_cost"] = self.tls_cost()
+            if self.node_auth is not None:
+                with self.admin(self.node_auth.address) as admin:
+                    admin.put_sku(self.SKU_HOT, 10**12)
+                self.figures["auth_cost"] = self.auth_cost()
             self.figures["durable"] = self.throughput("durable", self.node.address, sku=self.SKU_DURABLE)
             self.figures["echo"] = self.throughput("echo", self.echo.address)
             half = self.figures["flashstock"]["ok_per_s"] / 2
@@ -974,6 +1059,8 @@ class _Run:
         cost["node_cpu_us_per_call_more"] = round(on_us - off_us, 1) if on_us and off_us else None
         if "tls_cost" in f:
             f["tls_cost"].update(tls_difference(f["tls_cost"]["plain"], f["tls_cost"]["tls"], echo["calls_per_s"]))
+        if "auth_cost" in f:
+            f["auth_cost"].update(auth_difference(f["auth_cost"]["plain"], f["auth_cost"]["auth"], echo["calls_per_s"]))
         f["targets"] = targets
         f["oversell_check"] = {"pass": not oversell_problems, "problems": oversell_problems}
 
@@ -981,6 +1068,8 @@ class _Run:
         self.console.print(self._metrics_cost_table(f["metrics_cost"]))
         if "tls_cost" in f:
             self.console.print(self._tls_cost_table(f["tls_cost"]))
+        if "auth_cost" in f:
+            self.console.print(self._auth_cost_table(f["auth_cost"]))
         noisy = max(fs["cpu_percent"]["rest"], echo["cpu_percent"]["rest"])
         if noisy > NOISY_REST_PERCENT:
             self.console.print(
@@ -1082,45 +1171,12 @@ class _Run:
         return t
 
     def _tls_cost_table(self, cost: dict[str, Any]) -> Table:
-        t = Table(
-            "figure",
-            "plaintext",
-            "mutual TLS",
-            "difference",
-            title=f"The cost of TLS: {self.plan.tls_rounds} phase(s) each, alternating, means",
-        )
-        plain, tls, diff = cost["plain"], cost["tls"], cost["difference"]
+        title = f"The cost of TLS: {self.plan.tls_rounds} phase(s) each, alternating, means"
+        return _twin_cost_table(cost, "tls", ("plaintext", "mutual TLS"), title)
 
-        def num(value: float | None, fmt: str) -> str:
-            return "-" if value is None else format(value, fmt)
-
-        t.add_row(
-            "successful calls/s",
-            f"{plain['ok_per_s']:,.0f}",
-            f"{tls['ok_per_s']:,.0f}",
-            f"{num(diff['ok_per_s'], '+,.0f')} ({num(diff['ok_per_s_percent'], '+.1f')} %)",
-        )
-        t.add_row(
-            "ratio against echo",
-            num(cost["ratio_plain"], ".3f"),
-            num(cost["ratio_tls"], ".3f"),
-            num(diff["ratio"], "+.3f"),
-        )
-        for q in ("p50", "p99"):
-            t.add_row(
-                f"latency {q} (ms)",
-                f"{plain[f'{q}_ms']:.2f}",
-                f"{tls[f'{q}_ms']:.2f}",
-                num(diff[f"{q}_ms"], "+.2f"),
-            )
-        t.add_row(
-            "node CPU per successful call (µs)",
-            num(plain["node_cpu_us_per_call"], ",.1f"),
-            num(tls["node_cpu_us_per_call"], ",.1f"),
-            num(diff["node_cpu_us_per_call"], "+.1f"),
-        )
-        t.add_row("phases' rates (calls/s)", _rates(cost["rounds_plain"]), _rates(cost["rounds_tls"]), "")
-        return t
+    def _auth_cost_table(self, cost: dict[str, Any]) -> Table:
+        title = f"The cost of auth (a bearer JWT per call): {self.plan.auth_rounds} phase(s) each, alternating, means"
+        return _twin_cost_table(cost, "auth", ("auth off", "auth on"), title)
 
     def _durable_table(
         self, fast: dict[str, Any], durable: dict[str, Any], half: dict[str, Any], ratio: float
@@ -1262,6 +1318,50 @@ def tls_difference(plain: dict[str, Any], tls: dict[str, Any], echo_calls_per_s:
             "node_cpu_us_per_call": minus(tls["node_cpu_us_per_call"], plain["node_cpu_us_per_call"]),
         },
     }
+
+
+def _twin_cost_table(cost: dict[str, Any], side: str, labels: tuple[str, str], title: str) -> Table:
+    """The node against a twin alike but for one thing (``side``: tls, auth), as a table."""
+    t = Table("figure", *labels, "difference", title=title)
+    plain, twin, diff = cost["plain"], cost[side], cost["difference"]
+
+    def num(value: float | None, fmt: str) -> str:
+        return "-" if value is None else format(value, fmt)
+
+    t.add_row(
+        "successful calls/s",
+        f"{plain['ok_per_s']:,.0f}",
+        f"{twin['ok_per_s']:,.0f}",
+        f"{num(diff['ok_per_s'], '+,.0f')} ({num(diff['ok_per_s_percent'], '+.1f')} %)",
+    )
+    t.add_row(
+        "ratio against echo",
+        num(cost["ratio_plain"], ".3f"),
+        num(cost[f"ratio_{side}"], ".3f"),
+        num(diff["ratio"], "+.3f"),
+    )
+    for q in ("p50", "p99"):
+        t.add_row(
+            f"latency {q} (ms)",
+            f"{plain[f'{q}_ms']:.2f}",
+            f"{twin[f'{q}_ms']:.2f}",
+            num(diff[f"{q}_ms"], "+.2f"),
+        )
+    t.add_row(
+        "node CPU per successful call (µs)",
+        num(plain["node_cpu_us_per_call"], ",.1f"),
+        num(twin["node_cpu_us_per_call"], ",.1f"),
+        num(diff["node_cpu_us_per_call"], "+.1f"),
+    )
+    t.add_row("phases' rates (calls/s)", _rates(cost["rounds_plain"]), _rates(cost[f"rounds_{side}"]), "")
+    return t
+
+
+def auth_difference(plain: dict[str, Any], auth: dict[str, Any], echo_calls_per_s: float) -> dict[str, Any]:
+    """What auth costs: :func:`tls_difference`'s figures, auth on minus off, its ratio named ``ratio_auth``."""
+    out = tls_difference(plain, auth, echo_calls_per_s)
+    out["ratio_auth"] = out.pop("ratio_tls")
+    return out
 
 
 def _rates(phases: list[dict[str, Any]]) -> str:

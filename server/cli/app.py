@@ -3,7 +3,7 @@
 As etcdctl's ``ctlv3/command/*_command.go``: each group lives in its own
 module (:mod:`.serve`, :mod:`.sku`, :mod:`.ledger`, :mod:`.sales`,
 :mod:`.audit`, :mod:`.reconcile`, :mod:`.nodes`, :mod:`.shards`, :mod:`.cluster`,
-:mod:`.demo`, :mod:`.board`, :mod:`.bench`), what several share in :mod:`.common`.
+:mod:`.demo`, :mod:`.board`, :mod:`.bench`, :mod:`.token`), what several share in :mod:`.common`.
 The console script enters through :func:`flashstock.server.cli.main`, which
 imports this module only when the server extra is installed.
 """
@@ -27,6 +27,7 @@ from flashstock.server.cli.sales import sales_app
 from flashstock.server.cli.serve import SERVE_HELP, serve_command
 from flashstock.server.cli.shards import shards_app
 from flashstock.server.cli.sku import sku_app
+from flashstock.server.cli.token import token_app
 
 app = typer.Typer(
     help="flashstock: a gRPC stock service for flash sales. Every unit of a hot item, handed out exactly once.",
@@ -66,3 +67,4 @@ app.add_typer(audit_app, name="audit")
 app.add_typer(nodes_app, name="nodes")
 app.add_typer(shards_app, name="shards")
 app.add_typer(cluster_app, name="cluster")
+app.add_typer(token_app, name="token")

@@ -34,12 +34,20 @@ def bench(
             help="Phases of the node in plaintext, as many of a twin serving mutual TLS, alternating; 0 leaves it out."
         ),
     ] = 2,
+    auth_rounds: Annotated[
+        int,
+        typer.Option(
+            help="Phases of the node without auth, as many of a twin with auth on (a bearer JWT per call), "
+            "alternating; 0 leaves it out."
+        ),
+    ] = 2,
 ) -> None:
     """Deduct throughput and latency against a bare grpc.aio echo, measured in one run.
 
     Also the cost of the metrics (the node with and without its serving
     metrics and a sale's figures, alternating), the cost of mutual TLS (the
-    node and a TLS twin, alternating), Redis memory per recorded
+    node and a TLS twin, alternating), the cost of auth (the node and a
+    twin with auth on, a bearer token per call, alternating), Redis memory per recorded
     deduction, a sale with an oversell check, and the Redis calls made while
     refusing a sold-out SKU. Exit code 0 whatever the figures, 1 when the
     oversell check fails, 2 when it could not run. See benchmarks/README.md.
@@ -59,6 +67,7 @@ def bench(
         connections=connections,
         metrics_rounds=metrics_rounds,
         tls_rounds=tls_rounds,
+        auth_rounds=auth_rounds,
     )
     raise typer.Exit(run_bench(plan, console))
 

@@ -15,6 +15,7 @@ from rich.table import Table
 from rich.text import Text
 
 from flashstock.server.cli.common import DEFAULT_CLUSTER, console, exit_error
+from flashstock.server.cli.token import DEV_AUDIENCE, DEV_ISSUER, SECRET_NAME, write_secret
 
 if TYPE_CHECKING:
     from flashstock.server.local.cluster import ClusterStatus, LocalCluster, StopOutcome
@@ -57,9 +58,10 @@ def _processes_table(cluster: LocalCluster) -> Table:
     return table
 
 
-def _usage(cluster: LocalCluster) -> str:
+def _usage(cluster: LocalCluster, auth: bool = False) -> str:
     etcd = f"--etcd {cluster.etcd_endpoint} --cluster {cluster.cluster}"
     folder = f"--dir {cluster.folder}"
+    secret = cluster.folder / SECRET_NAME
     return "\n".join(
         [
             f"etcd {cluster.etcd_endpoint}, redis {cluster.redis_url}, ledger {cluster.ledger_url}",
@@ -69,10 +71,34 @@ def _usage(cluster: LocalCluster) -> str:
             f"  flashstock nodes ls {etcd}",
             f"  flashstock shards ls {etcd}",
             f"  flashstock shards map {etcd}",
+            *(
+                [f"  export FLASHSTOCK_TOKEN=$(flashstock token make --key {secret} --sub you --role admin)"]
+                if auth
+                else []
+            ),
             f"  flashstock sku put hot-sku --stock 1000 {etcd}",
             f"  flashstock cluster status {folder}",
             f"  flashstock cluster down {folder}",
         ]
+    )
+
+
+def local_folder(folder: Path) -> Path:
+    """The local cluster's folder as :class:`LocalCluster` resolves it."""
+    return Path(folder).expanduser().resolve()
+
+
+def _auth_args(folder: Path) -> tuple[str, ...]:
+    """The nodes' flags of ``cluster up --auth``; its secret kept if the folder has one (tokens stay good)."""
+    secret = folder / SECRET_NAME
+    if not secret.exists():
+        try:
+            write_secret(secret)
+        except OSError as exc:
+            exit_error("cluster up", f"--auth: cannot write {secret}: {exc}")
+    return (
+        *("--auth", "on", "--auth-jwt-keys", str(secret)),
+        *("--auth-jwt-issuer", DEV_ISSUER, "--auth-jwt-audience", DEV_AUDIENCE),
     )
 
 
@@ -92,6 +118,14 @@ def cluster_up(
     board: Annotated[
         bool, typer.Option("--board/--no-board", help="Also run the live board of the sale (flashstock board).")
     ] = False,
+    auth: Annotated[
+        bool,
+        typer.Option(
+            "--auth",
+            help="Nodes with auth on, taking HS256 bearer tokens signed with FOLDER/jwt-hs256.secret (made if "
+            "missing): make them with flashstock token make --key FOLDER/jwt-hs256.secret.",
+        ),
+    ] = False,
 ) -> None:
     """Start etcd, Redis and NODES nodes on loopback (free ports), all in one folder; they keep running."""
     from flashstock.server.local.cluster import LocalCluster
@@ -106,6 +140,7 @@ def cluster_up(
         workers=workers,
         cluster=cluster,
         board=board,
+        extra_node_args=_auth_args(local_folder(folder)) if auth else (),
     )
     try:
         with console.status(f"starting etcd, redis and {nodes} node(s) in {local.folder}"):
@@ -113,7 +148,7 @@ def cluster_up(
     except (ProcessError, ValueError) as exc:
         exit_error("cluster up", str(exc), 1)
     console.print(_processes_table(local))
-    console.print(_usage(local), soft_wrap=True, highlight=False)
+    console.print(_usage(local, auth), soft_wrap=True, highlight=False)
 
 
 @cluster_app.command("status")

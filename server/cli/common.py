@@ -160,6 +160,28 @@ TlsKeyOption = Annotated[
 ]
 
 
+# -- credentials for nodes with auth on --------------------------------------------------------
+
+TokenOption = Annotated[
+    str | None,
+    typer.Option(
+        "--token",
+        envvar="FLASHSTOCK_TOKEN",
+        help="Bearer token (JWT) for nodes with auth on (flashstock token make).",
+        show_default=False,
+    ),
+]
+TokenFileOption = Annotated[
+    str | None,
+    typer.Option(
+        "--token-file",
+        envvar="FLASHSTOCK_TOKEN_FILE",
+        help="A file holding the bearer token, instead of --token.",
+        show_default=False,
+    ),
+]
+
+
 # -- a cluster in etcd: nodes, shards ----------------------------------------------------------
 
 ETCD_TIMEOUT_S = 3.0

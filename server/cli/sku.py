@@ -18,6 +18,8 @@ from flashstock.server.cli.common import (
     TlsCaOption,
     TlsCertOption,
     TlsKeyOption,
+    TokenFileOption,
+    TokenOption,
     console,
     err_console,
     format_duration_ms,
@@ -54,6 +56,8 @@ def _admin(
     tls_ca: str | None = None,
     tls_cert: str | None = None,
     tls_key: str | None = None,
+    token: str | None = None,
+    token_file: str | None = None,
 ) -> AdminClient:
     """A started admin client of ``--addr`` or ``--etcd`` (over TLS with ``--tls-*``); exit 2 on a bad
     address or TLS file, 1 when no node is found."""
@@ -62,12 +66,19 @@ def _admin(
             raise ValueError("give --addr or --etcd, not both")
         config = ClientConfig(etcd=etcd, cluster=cluster) if etcd else ClientConfig(addresses=addr)
         config = replace(
-            config, deadline_s=10, discovery_timeout_s=3, tls_ca=tls_ca, tls_cert=tls_cert, tls_key=tls_key
+            config,
+            deadline_s=10,
+            discovery_timeout_s=3,
+            tls_ca=tls_ca,
+            tls_cert=tls_cert,
+            tls_key=tls_key,
+            token=token,
+            token_file=token_file,
         )
         admin = AdminClient(config)
     except ValueError as exc:
-        if str(exc).startswith("tls_"):  # name the flag: tls_cert is --tls-cert
-            message = re.sub(r"\btls_\w+", lambda m: "--" + m[0].replace("_", "-"), str(exc))
+        if str(exc).startswith(("tls_", "token")):  # name the flag: tls_cert is --tls-cert
+            message = re.sub(r"\b(tls_\w+|token_file|token)\b", lambda m: "--" + m[0].replace("_", "-"), str(exc))
             err_console.print(f"[red]error:[/] {message}")
         else:
             err_console.print(f"[red]{'--etcd' if etcd else '--addr'}:[/] {exc}")
@@ -163,6 +174,8 @@ def sku_put(
     tls_ca: TlsCaOption = None,
     tls_cert: TlsCertOption = None,
     tls_key: TlsKeyOption = None,
+    token: TokenOption = None,
+    token_file: TokenFileOption = None,
 ) -> None:
     """Define a SKU (defining it again restarts its sale), with the sale's goals and unit price if given."""
     if mode not in ("fast", "durable"):
@@ -178,7 +191,7 @@ def sku_put(
         sellout_ms = parse_duration_ms(goal_sellout)
     except typer.BadParameter as exc:
         raise typer.BadParameter(exc.message, param_hint="--goal-sellout") from None
-    with _admin(addr, etcd, cluster, tls_ca, tls_cert, tls_key) as admin:
+    with _admin(addr, etcd, cluster, tls_ca, tls_cert, tls_key, token, token_file) as admin:
         try:
             definition = SkuDefinition(
                 sku_id,
@@ -209,9 +222,11 @@ def sku_get(
     tls_ca: TlsCaOption = None,
     tls_cert: TlsCertOption = None,
     tls_key: TlsKeyOption = None,
+    token: TokenOption = None,
+    token_file: TokenFileOption = None,
 ) -> None:
     """Show one SKU."""
-    with _admin(addr, etcd, cluster, tls_ca, tls_cert, tls_key) as admin:
+    with _admin(addr, etcd, cluster, tls_ca, tls_cert, tls_key, token, token_file) as admin:
         try:
             console.print(_sku_table([admin.get_sku(sku_id)]))
         except FlashstockError as exc:
@@ -227,9 +242,11 @@ def sku_ls(
     tls_ca: TlsCaOption = None,
     tls_cert: TlsCertOption = None,
     tls_key: TlsKeyOption = None,
+    token: TokenOption = None,
+    token_file: TokenFileOption = None,
 ) -> None:
     """List SKUs."""
-    with _admin(addr, etcd, cluster, tls_ca, tls_cert, tls_key) as admin:
+    with _admin(addr, etcd, cluster, tls_ca, tls_cert, tls_key, token, token_file) as admin:
         try:
             skus = admin.all_skus(prefix)
         except FlashstockError as exc:
@@ -248,9 +265,11 @@ def sku_adjust(
     tls_ca: TlsCaOption = None,
     tls_cert: TlsCertOption = None,
     tls_key: TlsKeyOption = None,
+    token: TokenOption = None,
+    token_file: TokenFileOption = None,
 ) -> None:
     """Add or take away stock, never below the units handed out."""
-    with _admin(addr, etcd, cluster, tls_ca, tls_cert, tls_key) as admin:
+    with _admin(addr, etcd, cluster, tls_ca, tls_cert, tls_key, token, token_file) as admin:
         try:
             console.print(_sku_table([admin.adjust_stock(sku_id, delta, request_id=request_id).sku]))
         except FlashstockError as exc:
@@ -266,9 +285,11 @@ def sku_pause(
     tls_ca: TlsCaOption = None,
     tls_cert: TlsCertOption = None,
     tls_key: TlsKeyOption = None,
+    token: TokenOption = None,
+    token_file: TokenFileOption = None,
 ) -> None:
     """Stop a SKU's sale: every attempt gets NOT_ON_SALE."""
-    with _admin(addr, etcd, cluster, tls_ca, tls_cert, tls_key) as admin:
+    with _admin(addr, etcd, cluster, tls_ca, tls_cert, tls_key, token, token_file) as admin:
         try:
             console.print(_sku_table([admin.pause_sku(sku_id).sku]))
         except FlashstockError as exc:
@@ -284,9 +305,11 @@ def sku_resume(
     tls_ca: TlsCaOption = None,
     tls_cert: TlsCertOption = None,
     tls_key: TlsKeyOption = None,
+    token: TokenOption = None,
+    token_file: TokenFileOption = None,
 ) -> None:
     """Resume a paused SKU's sale."""
-    with _admin(addr, etcd, cluster, tls_ca, tls_cert, tls_key) as admin:
+    with _admin(addr, etcd, cluster, tls_ca, tls_cert, tls_key, token, token_file) as admin:
         try:
             console.print(_sku_table([admin.resume_sku(sku_id).sku]))
         except FlashstockError as exc:

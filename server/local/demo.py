@@ -28,7 +28,7 @@ import tempfile
 import time
 import uuid
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from rich.console import Console
@@ -84,6 +84,35 @@ class DemoPlan:
     """Where the sale's review is written ('' = no review)."""
     unit_price_minor: int = 1999
     """The demo SKU's price in minor units (its goals: every unit, sold out in 30 s, 400 buyers)."""
+    auth: bool = False
+    """Run the nodes with auth on: the admin calls carry an operator's bearer token, the buyers' a buyer's."""
+
+
+DEMO_ISSUER, DEMO_AUDIENCE = "flashstock-demo", "flashstock"
+"""What the demo's nodes require of a token, and its tokens say."""
+
+
+def _auth_args(plan: DemoPlan, folder: Path) -> tuple[str, ...]:
+    """With ``plan.auth``: an HS256 secret written into ``folder`` and the nodes' flags for it; else none."""
+    if not plan.auth:
+        return ()
+    import secrets
+
+    (folder / "jwt.secret").write_text(secrets.token_hex(32) + "\n")
+    (folder / "jwt.secret").chmod(0o600)
+    return (
+        *("--auth", "on", "--auth-jwt-keys", str(folder / "jwt.secret")),
+        *("--auth-jwt-issuer", DEMO_ISSUER, "--auth-jwt-audience", DEMO_AUDIENCE),
+    )
+
+
+def _demo_token(folder: Path, sub: str, role: str) -> str:
+    """A bearer token of ``role`` for an hour, signed with the secret :func:`_auth_args` wrote."""
+    import jwt
+
+    now = int(time.time())
+    claims = {"sub": sub, "roles": [role], "iss": DEMO_ISSUER, "aud": DEMO_AUDIENCE, "iat": now, "exp": now + 3600}
+    return jwt.encode(claims, (folder / "jwt.secret").read_text().strip().encode(), algorithm="HS256")
 
 
 @dataclass
@@ -173,8 +202,12 @@ async def _sale(plan: DemoPlan, cluster: LocalCluster, console: Console, drained
     config = ClientConfig(
         etcd=cluster.etcd_endpoint, cluster=cluster.cluster, connections_per_address=max(2, 2 * plan.workers)
     )
+    admin_config = stock_config = config
+    if plan.auth:
+        admin_config = replace(config, token=_demo_token(cluster.folder, "demo-operator", "operator"))
+        stock_config = replace(config, token=_demo_token(cluster.folder, "demo-gateway", "buyer"))
     log = SaleLog()
-    async with AsyncAdminClient(config) as admin, AsyncStockClient(config) as stock:
+    async with AsyncAdminClient(admin_config) as admin, AsyncStockClient(stock_config) as stock:
         mode = Mode.DURABLE if plan.mode == "durable" else Mode.FAST
         defined = (
             await admin.put_sku(
@@ -305,7 +338,7 @@ def run_demo(plan: DemoPlan, console: Console) -> int:
                 Path(folder),
                 nodes=plan.nodes,
                 workers=plan.workers,
-                extra_node_args=("--grace-s", "1"),
+                extra_node_args=("--grace-s", "1", *_auth_args(plan, Path(folder))),
                 board=plan.board,
             ) as cluster,
         ):
@@ -317,6 +350,8 @@ def run_demo(plan: DemoPlan, console: Console) -> int:
                 f"SKU {SKU!r} ({plan.mode} mode): {plan.stock:,} units, limit {plan.limit} per user; "
                 f"{plan.buyers:,} buyers from {plan.users:,} users, {plan.retry_share:.0%} retrying"
             )
+            if plan.auth:
+                console.print("auth on: the admin calls carry an operator's bearer token, the buyers' a buyer's")
             if cluster.board_url:
                 console.print(f"[bold]the live board of the sale: {cluster.board_url}[/]", soft_wrap=True)
             if plan.start_in_s > 0:

@@ -47,8 +47,9 @@ from flashstock.server._serving_metrics import RpcTally, WorkerFigures
 from flashstock.server.ledger import AuditNote, SkuChange
 from flashstock.server.rpc import validate as v
 from flashstock.server.rpc.admission import Admission, RedisBreaker, caller_of
+from flashstock.server.rpc.authz import Authorizer
 from flashstock.server.rpc.degrade import Degrade
-from flashstock.server.rpc.identity import current_caller
+from flashstock.server.rpc.identity import current_caller, set_caller
 from flashstock.server.store.redis import is_redis_timeout
 from flashstock.server.store.salestats import SaleStats, error_outcome, sale_outcome
 from flashstock.server.store.soldout import SoldOutBook
@@ -151,7 +152,10 @@ def _rpc(method: Callable[..., Awaitable[_R]]) -> Callable[..., Awaitable[_R]]:
     once while it is open, and learns here of every Redis timeout and every
     answered call. Counting is a few plain-int additions and a bisect
     (:class:`~flashstock.server._serving_metrics.RpcTally`), written out off
-    the request path.
+    the request path. First of all, the servicer's ``authorizer``
+    (:mod:`.authz`; None: auth off, every call anonymous) decides who calls
+    and sets it (:func:`~.identity.set_caller`), or refuses the call
+    UNAUTHENTICATED or PERMISSION_DENIED before anything else.
     """
     return _wrapped(method, None)
 
@@ -208,6 +212,9 @@ def _wrapped(
         code = "UNKNOWN"  # a call that leaves some other way (an abort that failed) counts as this
         try:
             try:
+                authorizer: Authorizer | None = self.authorizer
+                if authorizer is not None:
+                    set_caller(authorizer.authorize(context, self.SERVICE, name))
                 if breaker is not None:
                     refused = breaker.refusal(started)
                     if refused is not None:
@@ -371,6 +378,8 @@ class StockServicer(stock_pb2_grpc.StockServiceServicer):
         """This worker's bound on calls in flight, applied by :func:`_rpc`; None: every call is taken."""
         self.breaker = breaker
         """This worker's fail-fast on a sick Redis, applied by :func:`_rpc`; None: calls always go to Redis."""
+        self.authorizer: Authorizer | None = None
+        """Who may call what (:mod:`.authz`), applied by :func:`_rpc`; None: auth off."""
         self._stats = stats
         """This worker's sale figures per SKU (:mod:`..store.salestats`); None: not counted."""
 
@@ -545,6 +554,8 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         """None: operators' calls are never shed (they steer the node out of trouble)."""
         self.breaker: RedisBreaker | None = None
         """None: operators' calls always go to Redis (they are few, and wait for it)."""
+        self.authorizer: Authorizer | None = None
+        """Who may call what (:mod:`.authz`), applied by :func:`_rpc`; None: auth off."""
 
     @staticmethod
     def _note(method: str, request: Any, context: grpc.aio.ServicerContext) -> AuditNote:

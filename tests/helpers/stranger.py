@@ -61,9 +61,17 @@ class Stranger:
         """The request message of ``method`` with ``fields``."""
         return self._methods[method][1](**fields)
 
-    async def call(self, method: str, *, node: int | None = None, timeout: float = 10.0, **fields: Any) -> Any:
-        """Call ``method`` (e.g. ``"Deduct"``) on the next connection, or on one to node ``node``;
-        raises grpc.aio.AioRpcError."""
+    async def call(
+        self,
+        method: str,
+        *,
+        node: int | None = None,
+        timeout: float = 10.0,
+        metadata: Sequence[tuple[str, str]] | None = None,
+        **fields: Any,
+    ) -> Any:
+        """Call ``method`` (e.g. ``"Deduct"``) on the next connection, or on one to node ``node``, with
+        ``metadata`` if given (``authorization: Bearer ...``); raises grpc.aio.AioRpcError."""
         path, request_type, reply_type = self._methods[method]
         index = next(self._next)
         if node is not None:
@@ -73,7 +81,7 @@ class Stranger:
         stub = channel.unary_unary(
             path, request_serializer=request_type.SerializeToString, response_deserializer=reply_type.FromString
         )
-        return await stub(request_type(**fields), timeout=timeout)
+        return await stub(request_type(**fields), timeout=timeout, metadata=metadata)
 
     def enum_number(self, enum: str, name: str) -> int:
         """The number of value ``name`` of enum ``enum`` (e.g. ``"Mode"``, ``"MODE_DURABLE"``), from reflection."""

@@ -1,4 +1,4 @@
-"""``flashstock bench``'s TLS part: its plan check, its arithmetic and its certificates.
+"""``flashstock bench``'s TLS and auth parts: their plan checks, their arithmetic and the TLS certificates.
 
 No sockets: the certificates are checked by a mutual-TLS handshake between
 two in-memory ``ssl`` objects.
@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from flashstock.server.bench.certs import MtlsFiles, make_mtls_files
-from flashstock.server.bench.node import BenchPlan, tls_difference
+from flashstock.server.bench.node import BenchPlan, auth_difference, tls_difference
 
 
 def test_plan_takes_zero_tls_rounds_as_leaving_the_part_out() -> None:
@@ -100,3 +100,14 @@ def test_another_bench_run_has_another_ca(tmp_path: Path) -> None:
     _, client = _contexts(second)
     with pytest.raises(ssl.SSLError):
         _handshake(server, client)
+
+
+def test_plan_checks_the_auth_rounds_naming_the_option() -> None:
+    assert BenchPlan(auth_rounds=0).problems() == [] and BenchPlan().auth_rounds == 2
+    assert BenchPlan(auth_rounds=-1).problems() == ["--auth-rounds must be >= 0 (0 leaves the auth part out)"]
+
+
+def test_auth_difference_is_auth_on_minus_off() -> None:
+    out = auth_difference(_means(8000, 7.5, 12.0, 100.0), _means(7600, 7.9, 12.5, 104.0), 10_000)
+    assert out["ratio_plain"] == 0.8 and out["ratio_auth"] == 0.76 and "ratio_tls" not in out
+    assert out["difference"]["node_cpu_us_per_call"] == 4.0 and out["difference"]["ok_per_s_percent"] == -5.0

@@ -31,6 +31,7 @@ from flashstock.server._serving_metrics import (
     write_snapshot,
 )
 from flashstock.server.rpc.admission import Admission, RedisBreaker
+from flashstock.server.rpc.authz import Authorizer
 from flashstock.server.rpc.servicer import MalformedRequest, _rpc
 from flashstock.server.store.redis import flashstock_error
 
@@ -179,6 +180,15 @@ class Context:
         self.code = code
         raise Aborted(details)
 
+    def invocation_metadata(self) -> tuple[tuple[str, str], ...]:
+        return ()
+
+    def auth_context(self) -> dict[str, list[bytes]]:
+        return {}
+
+    def peer(self) -> str:
+        return "ipv4:127.0.0.1:50000"
+
 
 class Service:
     SERVICE = STOCK
@@ -189,6 +199,7 @@ class Service:
         self.figures = figures
         self.admission = admission
         self.breaker = breaker
+        self.authorizer: Authorizer | None = None
         self.entered = 0
         """Calls that reached the method (past admission and breaker)."""
         self.gate = asyncio.Event()
@@ -277,6 +288,18 @@ async def test_redis_timeouts_in_a_row_open_the_breaker_and_an_answer_resets_the
     assert context.code is grpc.StatusCode.UNAVAILABLE and service.entered == entered
     breaker.close()
     assert await service.Deduct("ok", Context()) == "reply"
+
+
+async def test_an_unauthorized_call_is_refused_before_admission_and_counted_under_its_code():
+    figures = WorkerFigures()
+    service = Service(figures, Admission(max_in_flight=1))
+    service.authorizer = Authorizer(None, {"gw": frozenset({"viewer"})})
+    context = Context()
+    with pytest.raises(Aborted, match="no client certificate"):
+        await service.Deduct("ok", context)  # the stand-in context carries no credentials
+    assert context.code is grpc.StatusCode.UNAUTHENTICATED and service.entered == 0
+    assert service.admission is not None and service.admission.in_flight == 0
+    assert figures.rpcs[(STOCK, "Deduct")].handled == {"UNAUTHENTICATED": 1}
 
 
 def test_the_endpoint_serves_the_duties_build_info_and_process_figures(tmp_path: Path):
