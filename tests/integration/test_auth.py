@@ -32,6 +32,7 @@ from flashstock.client import (
 )
 from flashstock.server.bench.node import _load_phase
 from flashstock.server.cli.app import app
+from flashstock.server.ledger import Ledger, sqlite_url
 from flashstock.server.local.cluster import LocalCluster
 from flashstock.server.local.procs import NodeProcess, RedisServer, free_port, serve_argv
 from flashstock.v1 import admin_pb2, admin_pb2_grpc, stock_pb2
@@ -166,6 +167,21 @@ def test_a_buyer_may_not_put_a_sku_an_operator_may(jwt_node, secret, sku):
         assert admin.put_sku(sku, 5).sku.available == 5
     with StockClient(config_of(jwt_node, token=token(secret, "shop", "buyer"))) as stock:
         assert stock.deduct(sku, "u1", 2).stock_left == 3
+
+
+def test_the_audit_trail_names_the_identity_that_made_each_change(jwt_node, secret, sku):
+    # The authorizer decides who calls; the audit trail records that identity, not "anonymous".
+    with AdminClient(config_of(jwt_node, token=token(secret, "carol", "operator"))) as admin:
+        admin.put_sku(sku, 7)
+    with AdminClient(config_of(jwt_node, token=token(secret, "dave", "admin"))) as admin:
+        admin.adjust_stock(sku, 9)
+    ledger = Ledger(sqlite_url(jwt_node.data_dir))
+    try:
+        records = list(reversed(ledger.audit(sku_id=sku, limit=10)))
+    finally:
+        ledger.close()
+    assert [(r.method, r.identity) for r in records] == [("PutSku", "jwt:carol"), ("AdjustStock", "jwt:dave")]
+    assert all(r.peer.startswith("ipv4:127.0.0.1:") for r in records), [r.peer for r in records]
 
 
 def test_a_viewer_may_read_but_not_buy(jwt_node, secret, sku):
