@@ -78,9 +78,7 @@ def _mac(key: bytes, kid: str, expires_ms: int, user_id: str, sku_id: str) -> st
     return base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
 
 
-def admission_token(
-    key: AdmissionKey, user_id: str, sku_id: str, ttl_s: float, *, now_ms: int | None = None
-) -> str:
+def admission_token(key: AdmissionKey, user_id: str, sku_id: str, ttl_s: float, *, now_ms: int | None = None) -> str:
     """A token admitting ``user_id`` to Deduct or Hold ``sku_id`` for ``ttl_s`` seconds from now.
 
     For the operator's gateway: it hands the token to the user it let through

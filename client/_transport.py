@@ -166,9 +166,7 @@ def batch_result(reply: stock_pb2.BatchDeductReply) -> BatchResult:
     """A BatchDeduct reply as a typed result."""
     return BatchResult(
         outcome=Outcome(reply.outcome),
-        items=tuple(
-            BatchItemResult(i.sku_id, Outcome(i.outcome), i.stock_left, i.retry_after_ms) for i in reply.items
-        ),
+        items=tuple(BatchItemResult(i.sku_id, Outcome(i.outcome), i.stock_left, i.retry_after_ms) for i in reply.items),
         retry_after_ms=reply.retry_after_ms,
     )
 

@@ -46,10 +46,10 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from flashstock.client import FlashstockError
+from flashstock.client import AdmissionKey, FlashstockError
 from flashstock.lockmgr import CoordinationError, SessionConfig, SettingMismatch, ShardCountMismatch
 from flashstock.server._binding import BoundSettings, bind_in_etcd, bind_in_redis, explain
-from flashstock.server._config import NodeConfig, etcd_endpoints, ledger_url, node_name, tls_files
+from flashstock.server._config import NodeConfig, admission_keys, etcd_endpoints, ledger_url, node_name, tls_files
 from flashstock.server._incarnation import IncarnationGate
 from flashstock.server._lifeline import Lifeline, tie_to_parent
 from flashstock.server._logs import NODE_FIELD, configure_logging
@@ -206,6 +206,7 @@ class Node:
             admission,
             self.breaker,
             self.degrade,
+            self._admission_keys(config) if self.serving else None,
         )
         self.health = health.aio.HealthServicer()
         self._tasks: list[asyncio.Task[None]] = []
@@ -225,6 +226,13 @@ class Node:
         self._bound: BoundSettings | None = None
         self._refused: asyncio.Task[None] | None = None
         self._flusher: asyncio.Task[None] | None = None
+
+    @staticmethod
+    def _admission_keys(config: NodeConfig) -> dict[str, AdmissionKey]:
+        try:
+            return admission_keys(config)
+        except ValueError as exc:
+            raise StartupError(str(exc)) from None
 
     @property
     def alone(self) -> bool:
@@ -658,6 +666,10 @@ def serve(config: NodeConfig) -> int:
     """Run a node until signalled; returns the process exit code."""
     _setup_logging(config)
     problems = tls_files(config).problems()
+    try:
+        admission_keys(config)
+    except ValueError as exc:
+        problems.append(str(exc))
     if problems:
         print(f"flashstock: cannot start: {'; '.join(problems)}", file=sys.stderr)
         return 2

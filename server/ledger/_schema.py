@@ -51,6 +51,21 @@ skus = sa.Table(
         comment="Price of one unit in minor units (cents); 0 = not given.",
     ),
     sa.Column("currency", sa.String(3), nullable=False, server_default="", comment="ISO 4217 code; '' = not given."),
+    # Anti-scalping (PutSku, migration 0007).
+    sa.Column(
+        "user_rate_per_s",
+        sa.BigInteger,
+        nullable=False,
+        server_default="0",
+        comment="Most attempts per user per second; 0 = no cap.",
+    ),
+    sa.Column(
+        "require_token",
+        sa.Boolean,
+        nullable=False,
+        server_default=sa.false(),
+        comment="Deduct/Hold need an admission token.",
+    ),
     sa.Index("ix_skus_shard", "shard"),
 )
 
@@ -151,7 +166,17 @@ sale_seconds = sa.Table(
         sa.Column(
             f"o_{outcome}", sa.BigInteger, nullable=False, server_default="0", comment=f"Attempts answered {outcome}."
         )
-        for outcome in ("ok", "dup", "sold_out", "insufficient", "limit", "not_on_sale", "qty_max", "error")
+        for outcome in (
+            "ok",
+            "dup",
+            "sold_out",
+            "insufficient",
+            "limit",
+            "not_on_sale",
+            "qty_max",
+            "error",
+            "rate_limited",  # migration 0007
+        )
     ),
     sa.Column("units", sa.BigInteger, nullable=False, server_default="0", comment="Units taken (OK answers)."),
     sa.Column(
