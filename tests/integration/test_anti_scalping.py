@@ -22,10 +22,13 @@ from flashstock.client import (
     BatchItem,
     ClientConfig,
     Outcome,
+    RequestIdReused,
     StockClient,
+    Unavailable,
     admission_token,
     read_admission_key,
 )
+from flashstock.server.ledger import Ledger, sqlite_url
 from flashstock.server.local.procs import NodeProcess, RedisServer, free_port, serve_argv
 from flashstock.v1 import stock_pb2, stock_pb2_grpc
 from tests.helpers import eventually, redis_now_ms
@@ -235,3 +238,28 @@ def test_unusable_admission_keys_stop_the_start_naming_the_setting(tmp_path):
     short.write_text("too short\n")
     too_short = start_exit("--admission-keys", str(short))
     assert too_short.returncode == 2 and "admission_keys:" in too_short.stderr and "fewer than 32" in too_short.stderr
+
+
+def test_the_settings_are_kept_by_the_ledger_and_enforced_after_a_rebuild(private_stack, sku):
+    node = private_stack.node
+    config = ClientConfig(addresses=[node.address])
+    reader = Ledger(sqlite_url(node.data_dir))
+    try:
+        with AdminClient(config) as admin, StockClient(config) as stock:
+            put = admin.put_sku(sku, 10, user_rate_per_s=3, require_token=True, request_id="put-1")
+            assert (put.sku.user_rate_per_s, put.sku.require_token) == (3, True)
+            # The settings are part of the call: the same id with another rate is another call.
+            assert admin.put_sku(sku, 10, user_rate_per_s=3, require_token=True, request_id="put-1").duplicate
+            with pytest.raises(RequestIdReused):
+                admin.put_sku(sku, 10, user_rate_per_s=4, require_token=True, request_id="put-1")
+            (row,) = eventually(lambda: reader.sku_states(sku_id=sku))
+            assert (row.user_rate_per_s, row.require_token) == (3, True)
+
+            private_stack.restart_redis()  # an empty Redis: the node rebuilds the shard from the ledger
+            again = eventually(lambda: admin.get_sku(sku), retry_on=(Unavailable,), timeout=30)
+            assert (again.user_rate_per_s, again.require_token) == (3, True)
+            with pytest.raises(AdmissionTokenRefused):
+                stock.deduct(sku, "u1")
+            assert stock.get_stock(sku).available == 10
+    finally:
+        reader.close()
