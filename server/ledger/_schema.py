@@ -166,17 +166,7 @@ sale_seconds = sa.Table(
         sa.Column(
             f"o_{outcome}", sa.BigInteger, nullable=False, server_default="0", comment=f"Attempts answered {outcome}."
         )
-        for outcome in (
-            "ok",
-            "dup",
-            "sold_out",
-            "insufficient",
-            "limit",
-            "not_on_sale",
-            "qty_max",
-            "error",
-            "rate_limited",  # migration 0007
-        )
+        for outcome in ("ok", "dup", "sold_out", "insufficient", "limit", "not_on_sale", "qty_max", "error")
     ),
     sa.Column("units", sa.BigInteger, nullable=False, server_default="0", comment="Units taken (OK answers)."),
     sa.Column(
@@ -203,6 +193,10 @@ sale_seconds = sa.Table(
     sa.Column("latency_p50_us", sa.BigInteger, nullable=False, server_default="0"),
     sa.Column("latency_p99_us", sa.BigInteger, nullable=False, server_default="0"),
     sa.Column("updated_ms", sa.BigInteger, nullable=False),
+    # Added by migration 0007, hence last.
+    sa.Column(
+        "o_rate_limited", sa.BigInteger, nullable=False, server_default="0", comment="Attempts answered rate_limited."
+    ),
 )
 """A sale's figures per SKU per second, written by the duties in batches (the review reads them)."""
 
