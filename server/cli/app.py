@@ -15,6 +15,7 @@ from typing import Annotated
 import typer
 
 from flashstock.server.cli import version
+from flashstock.server.cli.admission import admission_app
 from flashstock.server.cli.bench import bench, bench_cluster
 from flashstock.server.cli.board import board
 from flashstock.server.cli.cluster import cluster_app
@@ -64,3 +65,4 @@ app.add_typer(sales_app, name="sales")
 app.add_typer(nodes_app, name="nodes")
 app.add_typer(shards_app, name="shards")
 app.add_typer(cluster_app, name="cluster")
+app.add_typer(admission_app, name="admission")

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import grpc
 import pytest
+from typer.testing import CliRunner
 
 from flashstock.client import (
     AdminClient,
@@ -28,6 +29,7 @@ from flashstock.client import (
     admission_token,
     read_admission_key,
 )
+from flashstock.server.cli.app import app
 from flashstock.server.ledger import Ledger, sqlite_url
 from flashstock.server.local.procs import NodeProcess, RedisServer, free_port, serve_argv
 from flashstock.v1 import stock_pb2, stock_pb2_grpc
@@ -263,3 +265,26 @@ def test_the_settings_are_kept_by_the_ledger_and_enforced_after_a_rebuild(privat
             assert stock.get_stock(sku).available == 10
     finally:
         reader.close()
+
+
+def _cli(*args: str) -> str:
+    result = CliRunner().invoke(app, list(args), env={"COLUMNS": "300", "NO_COLOR": "1"})
+    assert result.exit_code == 0, result.output
+    return result.output
+
+
+def test_the_cli_makes_a_key_mints_a_token_and_puts_a_guarded_sku(pair, keys, tmp_path, sku):
+    # A node takes a key made by the CLI only when told of it: mint with one of the nodes' keys here,
+    # and check the new key's file on its own.
+    made = Path(_cli("admission", "key", str(tmp_path), "--kid", "gw-1").strip())
+    assert made == tmp_path / "gw-1.key" and read_admission_key(made).kid == "gw-1"
+    assert made.stat().st_mode & 0o077 == 0  # the owner's alone
+    addr = ("--addr", pair[0].address)
+    table = _cli("sku", "put", sku, "--stock", "5", "--user-rate", "2", "--require-token", *addr)
+    assert "2/s per user, token" in table
+    assert "2/s per user, token" in _cli("sku", "get", sku, *addr)
+    token = _cli("admission", "token", "--key", str(keys[0]), "--user", "u1", "--sku", sku, "--ttl", "1m").strip()
+    with StockClient(ClientConfig(addresses=[pair[0].address])) as stock:
+        assert stock.deduct(sku, "u1", admission_token=token).outcome is Outcome.OK
+        with pytest.raises(AdmissionTokenRefused):
+            stock.deduct(sku, "u2", admission_token=token)
