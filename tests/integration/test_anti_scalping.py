@@ -7,6 +7,7 @@ Both nodes hold two admission keys (a rotation: tokens of either pass).
 
 from __future__ import annotations
 
+import asyncio
 import secrets
 import subprocess
 from collections.abc import Iterator
@@ -20,6 +21,8 @@ from flashstock.client import (
     AdminClient,
     AdmissionKey,
     AdmissionTokenRefused,
+    AsyncAdminClient,
+    AsyncStockClient,
     BatchItem,
     ClientConfig,
     Outcome,
@@ -33,7 +36,7 @@ from flashstock.server.cli.app import app
 from flashstock.server.ledger import Ledger, sqlite_url
 from flashstock.server.local.procs import NodeProcess, RedisServer, free_port, serve_argv
 from flashstock.v1 import stock_pb2, stock_pb2_grpc
-from tests.helpers import eventually, redis_now_ms
+from tests.helpers import aeventually, eventually, redis_now_ms
 from tests.helpers.processes import QUIET, running_node
 
 
@@ -288,3 +291,30 @@ def test_the_cli_makes_a_key_mints_a_token_and_puts_a_guarded_sku(pair, keys, tm
         assert stock.deduct(sku, "u1", admission_token=token).outcome is Outcome.OK
         with pytest.raises(AdmissionTokenRefused):
             stock.deduct(sku, "u2", admission_token=token)
+
+
+async def test_concurrent_attempts_sharing_a_script_call_are_each_answered_on_their_own(pair, redis, sku):
+    # Concurrent deductions of one shard share one deduct.lua call (the coalescer): each is counted
+    # and answered on its own, the refused ones with their own delay.
+    async with (
+        AsyncAdminClient(ClientConfig(addresses=[pair[0].address])) as admin,
+        AsyncStockClient(ClientConfig(addresses=[pair[0].address])) as stock,
+    ):
+        await admin.put_sku(sku, 1000, user_rate_per_s=2)
+        tries = iter(range(100))
+
+        async def one_round():  # type: ignore[no-untyped-def]
+            await aeventually(lambda: _early_in_a_second(redis), timeout=3, interval=0.01)
+            n = next(tries)
+            before = redis_now_ms(redis) // 1000
+            results = await asyncio.gather(
+                *(stock.deduct(sku, f"x{n}") for _ in range(8)), *(stock.deduct(sku, f"y{n}-{i}") for i in range(4))
+            )
+            return before == redis_now_ms(redis) // 1000, results
+
+        _, results = await aeventually(one_round, until=lambda r: r[0])  # another round if the second turned
+    mine, others = results[:8], results[8:]
+    assert sorted(r.outcome.name for r in mine) == ["OK"] * 2 + ["RATE_LIMITED"] * 6
+    assert all(0 < r.retry_after_ms <= 1000 for r in mine if r.outcome is Outcome.RATE_LIMITED)
+    assert all(r.retry_after_ms == 0 for r in mine if r.outcome is Outcome.OK)
+    assert [r.outcome for r in others] == [Outcome.OK] * 4
