@@ -32,7 +32,9 @@ from ._assign import assign, moves
 from ._client import etcd_client, grpc_target
 from ._cluster import (
     Overrides,
+    audit_records,
     drain,
+    forget_audit_records,
     init_cluster,
     pin,
     read_overrides,
@@ -65,10 +67,12 @@ __all__ = [
     "ShardLease",
     "ShardOwner",
     "assign",
+    "audit_records",
     "check_id",
     "claim",
     "drain",
     "etcd_client",
+    "forget_audit_records",
     "grpc_target",
     "init_cluster",
     "live_nodes",

@@ -17,9 +17,10 @@ from __future__ import annotations
 import json
 import logging
 import time
+import uuid
 from collections.abc import AsyncGenerator, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from ._client import snapshots
 from ._errors import CoordinationError, SettingMismatch, ShardCountMismatch
@@ -164,8 +165,36 @@ def watch_overrides(client: aetcd.Client, cluster: str) -> AsyncGenerator[Overri
     return snapshots(client, [keys.pins, keys.drains], lambda: _read_overrides(client, keys))
 
 
-async def pin(client: aetcd.Client, cluster: str, shard: int, node: str) -> None:
-    """Pin ``shard`` to ``node``: it owns the shard whenever it is live and not drained."""
+def _audit_puts(client: aetcd.Client, keys: ClusterKeys, audit: bytes | None) -> list[Any]:
+    """The put of an operator change's audit record, for the change's own transaction (none without one).
+
+    The key is ``<prefix>audit/<ms>-<uuid>``: unique, and in time order; a
+    node copies the records into the ledger, then deletes them
+    (:func:`audit_records`, :func:`forget_audit_records`).
+    """
+    if audit is None:
+        return []
+    name = f"{keys.audit}{int(time.time() * 1000):013d}-{uuid.uuid4().hex}"
+    return [client.transactions.put(name.encode(), audit)]
+
+
+async def audit_records(client: aetcd.Client, cluster: str, most: int = 500) -> list[tuple[str, bytes]]:
+    """The audit records waiting in etcd, oldest first: (key, value), at most ``most``."""
+    got = await client.get_prefix(ClusterKeys(cluster).audit.encode(), sort_order="ascend", sort_target="key")
+    return [(kv.key.decode(), kv.value) for kv in list(got)[:most]]
+
+
+async def forget_audit_records(client: aetcd.Client, keys: list[str]) -> None:
+    """Delete audit records the ledger holds now, in one transaction."""
+    if keys:
+        tx = client.transactions
+        await client.transaction(compare=[], success=[tx.delete(key.encode()) for key in keys], failure=[])
+
+
+async def pin(client: aetcd.Client, cluster: str, shard: int, node: str, audit: bytes | None = None) -> None:
+    """Pin ``shard`` to ``node``: it owns the shard whenever it is live and not drained.
+
+    ``audit``: an audit record of the change, written in its transaction (see :func:`_audit_puts`)."""
     keys = ClusterKeys(cluster)
     check_id("node id", node)
     stored, revision = await _stored_shards(client, keys)
@@ -176,27 +205,41 @@ async def pin(client: aetcd.Client, cluster: str, shard: int, node: str) -> None
         # The shard count the shard was checked against is still the
         # cluster's: it was not deleted and initialised anew meanwhile.
         compare=[tx.mod(keys.shards) == revision],
-        success=[tx.put(keys.pin(shard).encode(), node.encode())],
+        success=[tx.put(keys.pin(shard).encode(), node.encode()), *_audit_puts(client, keys, audit)],
         failure=[],
     )
     if not ok:
         raise CoordinationError(f"the configuration of cluster {cluster!r} changed while pinning; retry")
 
 
-async def unpin(client: aetcd.Client, cluster: str, shard: int) -> bool:
-    """Remove the pin of ``shard``; False if it had none."""
-    return await client.delete(ClusterKeys(cluster).pin(shard).encode()) is not None
+async def unpin(client: aetcd.Client, cluster: str, shard: int, audit: bytes | None = None) -> bool:
+    """Remove the pin of ``shard``; False (and no audit record) if it had none."""
+    return await _delete_one(client, ClusterKeys(cluster), ClusterKeys(cluster).pin(shard), audit)
 
 
-async def drain(client: aetcd.Client, cluster: str, node: str) -> None:
-    """Drain ``node``: its shards move to the other live nodes (it may be live or not)."""
+async def _delete_one(client: aetcd.Client, keys: ClusterKeys, key: str, audit: bytes | None) -> bool:
+    tx = client.transactions
+    ok, _ = await client.transaction(
+        # Only a key that exists: a change that changed nothing leaves no record.
+        compare=[tx.version(key.encode()) > 0],
+        success=[tx.delete(key.encode()), *_audit_puts(client, keys, audit)],
+        failure=[],
+    )
+    return bool(ok)
+
+
+async def drain(client: aetcd.Client, cluster: str, node: str, audit: bytes | None = None) -> None:
+    """Drain ``node``: its shards move to the other live nodes (it may be live or not); ``audit`` as for :func:`pin`."""
     keys = ClusterKeys(cluster)
     key = keys.drain(node).encode()
     tx = client.transactions
     ok, _ = await client.transaction(
         # Only into an initialised cluster (see the module docstring).
         compare=[tx.version(keys.shards) > 0],
-        success=[tx.put(key, json.dumps({"since_ms": int(time.time() * 1000)}).encode())],
+        success=[
+            tx.put(key, json.dumps({"since_ms": int(time.time() * 1000)}).encode()),
+            *_audit_puts(client, keys, audit),
+        ],
         failure=[],
     )
     if not ok:
@@ -204,18 +247,21 @@ async def drain(client: aetcd.Client, cluster: str, node: str) -> None:
         raise CoordinationError(f"cluster {cluster!r} changed while draining {node!r}; retry")
 
 
-async def undrain(client: aetcd.Client, cluster: str, node: str) -> bool:
-    """End the drain of ``node``; False if it was not drained."""
-    return await client.delete(ClusterKeys(cluster).drain(node).encode()) is not None
+async def undrain(client: aetcd.Client, cluster: str, node: str, audit: bytes | None = None) -> bool:
+    """End the drain of ``node``; False (and no audit record) if it was not drained."""
+    keys = ClusterKeys(cluster)
+    return await _delete_one(client, keys, keys.drain(node), audit)
 
 
-async def remove_pins(client: aetcd.Client, cluster: str, expected: Mapping[int, str]) -> bool:
+async def remove_pins(
+    client: aetcd.Client, cluster: str, expected: Mapping[int, str], audit: bytes | None = None
+) -> bool:
     """Remove every pin of ``cluster`` in one transaction, if its pins are still ``expected``.
 
     ``expected`` is what the caller planned with (``Overrides.pins`` of its
     read): False, and nothing removed, when the pins differ from it now or
     change before the removal, so the moves the caller predicted are the
-    moves made. Drains stay.
+    moves made. Drains stay. ``audit`` as for :func:`pin`.
     """
     from aetcd.utils import prefix_range_end
 
@@ -233,7 +279,7 @@ async def remove_pins(client: aetcd.Client, cluster: str, expected: Mapping[int,
             # No pin written since the read: the pins removed are the pins compared.
             tx.mod(prefix, end) < revision + 1,
         ],
-        success=[tx.delete(prefix, end)],
+        success=[tx.delete(prefix, end), *_audit_puts(client, keys, audit)],
         failure=[],
     )
     return bool(ok)

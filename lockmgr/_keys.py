@@ -93,6 +93,11 @@ class ClusterKeys:
         """A node's drain mark."""
         return f"{self.drains}{check_id('node id', node_id)}"
 
+    @property
+    def audit(self) -> str:
+        """Prefix of the audit records of operator changes, waiting to be copied into the ledger."""
+        return f"{self.prefix}audit/"
+
 
 def _shard(shard: int) -> int:
     if isinstance(shard, bool) or not isinstance(shard, int) or shard < 0:

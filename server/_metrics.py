@@ -70,6 +70,13 @@ class Metrics:
             "Shards left out of the last comparison: their log moved while reading (the persister was behind).",
             registry=r,
         )
+        self.duties_paused = Gauge(
+            "flashstock_duties_paused",
+            "1 while the node's non-core duties (reconcile, sale figures into the ledger) wait, by why: "
+            "by_hand (degraded mode switched on) or shedding (a serving worker shed calls lately).",
+            ["reason"],
+            registry=r,
+        )
         self.owned_shards = Gauge("flashstock_owned_shards", "Shards whose duties this node runs.", registry=r)
         self.shard_claims = Counter("flashstock_shard_claims", "Shards this node claimed (etcd).", registry=r)
         self.shard_releases = Counter(

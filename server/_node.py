@@ -65,6 +65,7 @@ from flashstock.server._serving_metrics import (
 from flashstock.server._tls import ServerTls, is_loopback
 from flashstock.server.duties.incidents import IncidentLog
 from flashstock.server.duties.ownership import Ownership
+from flashstock.server.duties.pause import watch_pause
 from flashstock.server.duties.persister import PersistPolicy
 from flashstock.server.duties.rebuild import RebuildPolicy, ShardRebuilder
 from flashstock.server.duties.salefigures import MetricsPolicy
@@ -339,7 +340,14 @@ class Node:
                     log.warning("degraded mode off: reads go to Redis again")
             if self.figures is not None:
                 self.figures.degraded = on
+                self.figures.shed_at = self._shed_at()
             await asyncio.sleep(1.0)
+
+    def _shed_at(self) -> float | None:
+        """When this worker last shed a call by its own caps, in unix seconds (None: never)."""
+        admission = self.degrade.admission
+        last = None if admission is None else admission.last_shed
+        return None if last is None else time.time() - (time.perf_counter() - last)
 
     async def _redis_health(self, up: bool) -> None:
         # Without Redis the services answer UNAVAILABLE: say so to load
@@ -481,7 +489,12 @@ class Node:
             shard_count=self.config.shards,
             incidents=self.incidents,
         )
-        self.duties.paused = self.degraded_by_hand  # a stat every reconcile_interval_s
+        # The workers say when they shed in their serving figures (none without a metrics port).
+        counted = self.config.metrics_port and self.config.serving_metrics
+        folder = self.serving_folder(port) if counted else None
+        self._tasks.append(
+            asyncio.create_task(watch_pause(self.duties, self.degraded_by_hand, folder), name="duties pause")
+        )
         endpoints = etcd_endpoints(self.config)
         if endpoints:
             address = self.config.advertise or f"{self.config.host}:{port}"

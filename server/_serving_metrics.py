@@ -91,6 +91,9 @@ class WorkerFigures:
     """Deductions sent in coalesced batches, summed."""
     degraded: bool = False
     """The worker serves reads from its snapshot now (rpc/degrade.py); set by the node once a second."""
+    shed_at: float | None = None
+    """When the worker last shed a call by its own caps (unix seconds; None: never), set by the node once a
+    second: how the duties' process learns that the node sheds (duties/pause.py)."""
 
     def rpc(self, key: tuple[str, str]) -> RpcTally:
         """The tally of ``key`` = (service, method); a call is counted started here."""
@@ -127,6 +130,7 @@ class WorkerFigures:
             "cpu_seconds": cpu_seconds,
             "rss_bytes": rss_bytes,
             "degraded": self.degraded,
+            "shed_at": self.shed_at,
         }
 
 
@@ -246,6 +250,8 @@ def parse_snapshot(data: bytes) -> dict[str, Any]:
         _number(snap.get(name))
     if not isinstance(snap.setdefault("degraded", False), bool):
         raise BadSnapshot("degraded is no boolean")
+    if snap.setdefault("shed_at", None) is not None:
+        _number(snap["shed_at"])
     return snap
 
 

@@ -2,7 +2,7 @@
 
 As etcdctl's ``ctlv3/command/*_command.go``: each group lives in its own
 module (:mod:`.serve`, :mod:`.sku`, :mod:`.ledger`, :mod:`.sales`,
-:mod:`.reconcile`, :mod:`.nodes`, :mod:`.shards`, :mod:`.cluster`,
+:mod:`.audit`, :mod:`.reconcile`, :mod:`.nodes`, :mod:`.shards`, :mod:`.cluster`,
 :mod:`.demo`, :mod:`.board`, :mod:`.bench`), what several share in :mod:`.common`.
 The console script enters through :func:`flashstock.server.cli.main`, which
 imports this module only when the server extra is installed.
@@ -16,6 +16,7 @@ import typer
 
 from flashstock.server.cli import version
 from flashstock.server.cli.admission import admission_app
+from flashstock.server.cli.audit import audit_app
 from flashstock.server.cli.bench import bench, bench_cluster
 from flashstock.server.cli.board import board
 from flashstock.server.cli.cluster import cluster_app
@@ -62,6 +63,7 @@ app.command("bench-cluster")(bench_cluster)
 app.add_typer(sku_app, name="sku")
 app.add_typer(ledger_app, name="ledger")
 app.add_typer(sales_app, name="sales")
+app.add_typer(audit_app, name="audit")
 app.add_typer(nodes_app, name="nodes")
 app.add_typer(shards_app, name="shards")
 app.add_typer(cluster_app, name="cluster")

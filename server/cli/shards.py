@@ -4,7 +4,8 @@
 epoch, and where :func:`~flashstock.lockmgr.assign` wants each shard
 (``desired``). The changing commands (``move``, ``pin``, ``unpin``, ``drain``,
 ``undrain``, ``rebalance``) each write one etcd transaction, through
-:mod:`flashstock.lockmgr`. They first print the moves the change causes: the
+:mod:`flashstock.lockmgr`, with the change's audit record in it (who: the
+OS user and host; the nodes copy it into the ledger's audit trail). They first print the moves the change causes: the
 shards whose desired owner differs between ``assign()`` of the overrides now
 and of the overrides changed (:meth:`~flashstock.lockmgr.ClusterView.moves_if`);
 ``--dry-run`` stops there and writes nothing. Nodes act on a change
@@ -22,6 +23,10 @@ done in time); 2 cannot run (etcd unreachable, a malformed option).
 
 from __future__ import annotations
 
+import getpass
+import json
+import socket
+import time
 from collections.abc import Awaitable, Callable, Mapping
 from functools import partial
 from typing import Annotated, Any
@@ -54,6 +59,7 @@ from flashstock.server.cli.common import (
     local_time,
     run_etcd,
 )
+from flashstock.server.ledger import shard_change_record
 
 shards_app = typer.Typer(
     help="Shard owners in etcd, and the operator's overrides: move, pin, drain, rebalance.", no_args_is_help=True
@@ -160,6 +166,32 @@ def moves_table(planned: Mapping[int, tuple[str | None, str | None]]) -> Table:
     return table
 
 
+# -- the audit record of a change ------------------------------------------------------------------
+
+
+def operator_identity(etcd_user: str | None = None) -> tuple[str, str]:
+    """Who makes a shard change, and from where: ``(identity, peer)``.
+
+    The etcd user when the CLI signs in to etcd (etcd's auth then vouches
+    for it), else the OS user at this host; the peer is this host.
+    """
+    host = socket.gethostname()
+    if etcd_user:
+        return f"etcd:{etcd_user}", host
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):  # no name for this uid (a bare container)
+        user = "unknown"
+    return f"os:{user}@{host}", host
+
+
+def audit_record(command: str, **args: object) -> bytes:
+    """The audit record a shard change writes in its own etcd transaction (``shards.<command>``)."""
+    identity, peer = operator_identity()
+    record = shard_change_record(int(time.time() * 1000), identity, peer, f"shards.{command}", args)
+    return json.dumps(record, sort_keys=True).encode()
+
+
 # -- a change: its moves printed, then written ---------------------------------------------------
 
 
@@ -187,7 +219,8 @@ async def _change(
 
 
 async def _remove_pins(client: Any, view: ClusterView) -> None:
-    if not await remove_pins(client, view.cluster, view.overrides.pins):
+    pins = {str(shard): node for shard, node in sorted(view.overrides.pins.items())}
+    if not await remove_pins(client, view.cluster, view.overrides.pins, audit_record("rebalance", pins=pins)):
         raise Refused("the pins changed while planning the rebalance; run it again")
 
 
@@ -242,7 +275,8 @@ def shards_move(
         view = await read_view(client, cluster)
         check_shard(view, shard)
         check_node(view, node, force, to_own=True)
-        write = partial(pin, client, cluster, shard, node)
+        audit = audit_record("move", shard=shard, node=node, force=force)
+        write = partial(pin, client, cluster, shard, node, audit)
         done = f"shard {shard} pinned to {node}"
         if not await _change(view, view.overrides.with_pin(shard, node), dry_run, write, done):
             return 0
@@ -285,7 +319,7 @@ def shards_pin(
         view = await read_view(client, cluster)
         check_shard(view, shard)
         check_node(view, node, force, to_own=True)
-        write = partial(pin, client, cluster, shard, node)
+        write = partial(pin, client, cluster, shard, node, audit_record("pin", shard=shard, node=node, force=force))
         await _change(view, view.overrides.with_pin(shard, node), dry_run, write, f"shard {shard} pinned to {node}")
 
     run_etcd("shards pin", etcd, cluster, work)
@@ -306,7 +340,7 @@ def shards_unpin(
         if shard not in view.overrides.pins:
             console.print(f"shard {shard} is not pinned: nothing to do")
             return
-        write = partial(unpin, client, cluster, shard)
+        write = partial(unpin, client, cluster, shard, audit_record("unpin", shard=shard))
         await _change(view, view.overrides.without_pin(shard), dry_run, write, f"shard {shard} unpinned")
 
     run_etcd("shards unpin", etcd, cluster, work)
@@ -328,7 +362,7 @@ def shards_drain(
         if node in view.overrides.drains:
             console.print(f"node {node} is drained already: nothing to do")
             return
-        write = partial(drain, client, cluster, node)
+        write = partial(drain, client, cluster, node, audit_record("drain", node=node, force=force))
         await _change(view, view.overrides.with_drain(node), dry_run, write, f"node {node} drained")
 
     run_etcd("shards drain", etcd, cluster, work)
@@ -348,7 +382,7 @@ def shards_undrain(
         if node not in view.overrides.drains:
             console.print(f"node {node} is not drained: nothing to do")
             return
-        write = partial(undrain, client, cluster, node)
+        write = partial(undrain, client, cluster, node, audit_record("undrain", node=node))
         await _change(view, view.overrides.without_drain(node), dry_run, write, f"node {node} undrained")
 
     run_etcd("shards undrain", etcd, cluster, work)

@@ -51,6 +51,7 @@ from flashstock.lockmgr import (
 )
 from flashstock.server._logs import log_context
 from flashstock.server._metrics import METRICS
+from flashstock.server.duties.audit import AuditCopier
 from flashstock.server.duties.shard import ShardDuties, stop_task
 from flashstock.server.ledger import Fenced, Ledger
 from flashstock.server.store.keys import ShardKeys
@@ -108,6 +109,7 @@ class Ownership:
         self._changed = asyncio.Event()
         self._fenced: set[int] = set()
         self._task: asyncio.Task[None] | None = None
+        self._audit_task: asyncio.Task[None] | None = None
         self._session: EtcdSession | None = None  # the current one, for abandon()
         self._keep_on_loss = os.environ.get(KEEP_DUTIES_ON_LOSS) == "1"
 
@@ -129,6 +131,9 @@ class Ownership:
                 f"etcd: cannot reach {','.join(self.endpoints)} within {timeout:.0f} s: {exc!r}"
             ) from None
         self._task = asyncio.create_task(self._run(), name="shard ownership")
+        # Every node copies the shard changes' audit records (idempotently): no role to hand over.
+        copier = AuditCopier(self._client, self.cluster, self._ledger)
+        self._audit_task = asyncio.create_task(copier.run(), name="audit copier")
 
     def on_fenced(self, shard: int) -> None:
         """A duty write of ``shard`` was refused for its epoch (called by :class:`ShardDuties`)."""
@@ -137,6 +142,8 @@ class Ownership:
 
     async def stop(self) -> None:
         """Stop the duties, then give every shard up (the session's lease is revoked)."""
+        if self._audit_task is not None:
+            await stop_task(self._audit_task)
         if self._task is not None:
             await stop_task(self._task)
         await self.duties.stop()

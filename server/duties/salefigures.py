@@ -207,12 +207,14 @@ class SaleFigures:
         self._metrics = metrics
         self._errors = LogGate(interval_s=60.0)
 
-    async def round(self, shards: Iterable[int]) -> int:
-        """One round over ``shards``; returns the rows written to the ledger."""
+    async def round(self, shards: Iterable[int], move: bool = True) -> int:
+        """One round over ``shards``; returns the rows written to the ledger (none when not ``move``: the
+        per-SKU metrics only, while the node's non-core duties are paused, duties/pause.py)."""
         shards = sorted(shards)
         written = 0
         try:
-            written = await self.move_seconds(shards)
+            if move:
+                written = await self.move_seconds(shards)
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # noqa: BLE001 - the next round tries again

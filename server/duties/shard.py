@@ -18,7 +18,9 @@ refused shard is dropped from the duties at once and reported to
   ledger and refresh the per-SKU metrics (:mod:`.salefigures`).
 
 Fenced writes and reconcile differences are also recorded as incidents in
-the ledger (:mod:`.incidents`), for a sale's review.
+the ledger (:mod:`.incidents`), for a sale's review. Reconciliation and the
+sale figures' move into the ledger pause while the node sheds or is degraded
+by hand (:attr:`ShardDuties.pause_reason`, :mod:`.pause`).
 """
 
 from __future__ import annotations
@@ -131,8 +133,9 @@ class ShardDuties:
         self._policy = policy
         self.on_fenced = on_fenced
         """Called with a shard whose duty write was refused for its epoch (it was dropped already)."""
-        self.paused: Callable[[], bool] | None = None
-        """True while the reconcile duty waits (the node is degraded by hand, rpc/degrade.py); None: never."""
+        self.pause_reason: str | None = None
+        """Why the non-core duties (reconcile, sale figures into the ledger) wait now; None: they run. Set by
+        the node (:func:`.pause.watch_pause`)."""
         self._epochs: dict[int, int | None] = {}
         self._persister_task: asyncio.Task[None] | None = None
         self._loops: list[asyncio.Task[None]] = []
@@ -301,19 +304,10 @@ class ShardDuties:
         return len(differences)
 
     async def _reconciler(self) -> None:
-        was_paused = False
         while True:
             await asyncio.sleep(self._policy.reconcile_interval_s)
-            if not self._epochs:
+            if not self._epochs or self.pause_reason is not None:
                 continue
-            if self.paused is not None and self.paused():
-                if not was_paused:
-                    log.warning("reconcile: paused while the node is in degraded mode by hand")
-                was_paused = True
-                continue
-            if was_paused:
-                log.warning("reconcile: resumed (degraded mode is off)")
-                was_paused = False
             try:
                 await self.reconcile_pass()
             except asyncio.CancelledError:
@@ -324,7 +318,8 @@ class ShardDuties:
     async def _sale_figures(self) -> None:
         while True:
             await asyncio.sleep(self._policy.sale_figures_interval_s)
-            await self.sale_figures.round(self._epochs)  # logs its own failures
+            # While paused, the seconds wait in Redis (for an hour) and move at the first round after.
+            await self.sale_figures.round(self._epochs, move=self.pause_reason is None)  # logs its own failures
 
     async def _reaper(self) -> None:
         while True:

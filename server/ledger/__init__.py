@@ -1,5 +1,6 @@
 """The SQL ledger (SQLite or PostgreSQL) and its migrations."""
 
+from flashstock.server.ledger._audit import AuditNote, AuditRecord, row_of_shard_change, shard_change_record
 from flashstock.server.ledger._changes import SkuChange
 from flashstock.server.ledger._ledger import (
     HEAD,
@@ -19,6 +20,8 @@ from flashstock.server.ledger._ledger import (
 )
 
 __all__ = [
+    "AuditNote",
+    "AuditRecord",
     "HEAD",
     "INCIDENT_KINDS",
     "Fenced",
@@ -31,7 +34,9 @@ __all__ = [
     "SkuState",
     "StaleGeneration",
     "create_engine",
+    "row_of_shard_change",
     "schema_revision",
+    "shard_change_record",
     "sqlite_url",
     "upgrade",
 ]

@@ -24,10 +24,12 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
 from flashstock.client.errors import FlashstockError
+from flashstock.server.ledger._audit import AuditRecord, record_of_row, row_of_entry
 from flashstock.server.ledger._changes import SkuChange
 from flashstock.server.ledger._schema import (
     STATES,
     admin_requests,
+    audit,
     deductions,
     incidents,
     ledger_meta,
@@ -392,7 +394,7 @@ class Ledger:
         now_ms = int(last_id.split("-")[0])
         inserts: list[dict[str, Any]] = []
         updates: list[tuple[str, dict[str, Any]]] = []
-        sku_ops: list[tuple[str, dict[str, str], int]] = []
+        sku_ops: list[tuple[str, str, dict[str, str], int]] = []
         for stream_id, f in entries:
             at_ms = int(stream_id.split("-")[0])
             event = f["t"]
@@ -426,7 +428,7 @@ class Ledger:
                     )
                 )
             else:
-                sku_ops.append((event, f, at_ms))
+                sku_ops.append((stream_id, event, f, at_ms))
         with self.engine.begin() as conn:
             self.check_epoch(conn, shard, epoch, now_ms)
             # A rebuild counts its generation before it reads the ledger: if
@@ -440,8 +442,12 @@ class Ledger:
                     f"shard {shard}: entries of generation {generation}, rebuilt since (generation {current})",
                     shard=shard,
                 )
-            for event, f, at_ms in sku_ops:
+            for stream_id, event, f, at_ms in sku_ops:
                 self._apply_sku_op(conn, shard, event, f, at_ms)
+                # The change's audit record, in the change's transaction; once per log entry.
+                row = row_of_entry(shard, stream_id, f, at_ms)
+                if row is not None:
+                    self._insert_audit(conn, [row])
             if inserts:
                 conn.execute(
                     self._insert(deductions).on_conflict_do_nothing(index_elements=["sku_id", "request_id"]), inserts
@@ -517,6 +523,28 @@ class Ledger:
         elif change in (SkuChange.PAUSE, SkuChange.RESUME):
             paused = change is SkuChange.PAUSE
             conn.execute(skus.update().where(skus.c.sku_id == sku_id).values(paused=paused, updated_ms=at_ms))
+
+    def _insert_audit(self, conn: Connection, rows: Sequence[dict[str, Any]]) -> None:
+        conn.execute(self._insert(audit).on_conflict_do_nothing(index_elements=["source"]), list(rows))
+
+    def copy_audit(self, rows: Sequence[dict[str, Any]]) -> None:
+        """Keep audit rows made elsewhere (shard changes, from etcd), in one transaction; a row whose
+        ``source`` is kept already is left as it is, so copying twice keeps one."""
+        if rows:
+            with self.engine.begin() as conn:
+                self._insert_audit(conn, rows)
+
+    def audit(self, sku_id: str | None = None, since_ms: int | None = None, limit: int = 100) -> list[AuditRecord]:
+        """The audit trail, newest first: at most ``limit`` records, of ``sku_id`` (None: every one),
+        made at ``since_ms`` or later (None: ever)."""
+        c = audit.c
+        query = sa.select(audit).order_by(c.at_ms.desc(), c.id.desc()).limit(limit)
+        if sku_id is not None:
+            query = query.where(c.sku_id == sku_id)
+        if since_ms is not None:
+            query = query.where(c.at_ms >= since_ms)
+        with self.engine.connect() as conn:
+            return [record_of_row(r._mapping) for r in conn.execute(query)]
 
     def claim_epoch(self, shard: int, epoch: int, owner: str, now_ms: int) -> str:
         """Record a new owner's ``epoch`` for ``shard`` before its duties run;

@@ -220,3 +220,28 @@ incidents = sa.Table(
 
 STATES = {"H": "held", "C": "confirmed", "R": "released", "X": "expired"}
 """Deduction states by their letter in Redis records and log entries."""
+
+audit = sa.Table(
+    "audit",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("at_ms", sa.BigInteger, nullable=False, comment="When the change was made (Redis's or the CLI's clock)."),
+    sa.Column("identity", sa.String(256), nullable=False, comment="Who: the caller's identity (anonymous: auth off)."),
+    sa.Column("peer", sa.String(256), nullable=False, server_default="", comment="From where: grpc peer, or host."),
+    sa.Column("method", sa.String(64), nullable=False, comment="PutSku, AdjustStock, ..., shards.pin, ..."),
+    sa.Column("sku_id", ID, nullable=True, comment="The SKU changed; NULL for a shard change."),
+    sa.Column("shard", sa.Integer, nullable=True, comment="The shard of the SKU, or the shard moved/pinned."),
+    sa.Column("args", sa.Text, nullable=False, server_default="{}", comment="The call's arguments, JSON."),
+    sa.Column("before", sa.Text, nullable=True, comment="The SKU's figures before, JSON; NULL: none (a new SKU)."),
+    sa.Column("after", sa.Text, nullable=True, comment="The SKU's figures after, JSON; NULL: not a SKU change."),
+    sa.Column(
+        "source",
+        sa.String(512),
+        nullable=False,
+        comment="Where the record came from (log/<shard>/<entry id>, etcd/<key>): a replay writes it once.",
+    ),
+    sa.Index("ux_audit_source", "source", unique=True),
+    sa.Index("ix_audit_at", "at_ms"),
+    sa.Index("ix_audit_sku_at", "sku_id", "at_ms"),
+)
+"""Every admin change, who made it, from where and what it changed; written with the change itself."""

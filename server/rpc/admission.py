@@ -157,6 +157,11 @@ class Admission:
         self.in_flight += 1
         return None
 
+    @property
+    def last_shed(self) -> float | None:
+        """When the worker's own caps last refused a call (the ``now`` given then); None: never."""
+        return None if self._last_shed == -math.inf else self._last_shed
+
     def shedding(self, now: float) -> bool:
         """True while the worker sheds: its own caps refused a call in the last :data:`SHEDDING_HOLD_S`.
 

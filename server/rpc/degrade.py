@@ -13,6 +13,10 @@ looks for once a second: :attr:`Degrade.by_hand`); it goes off by itself
 :data:`~.admission.SHEDDING_HOLD_S` after the last call shed. Off, reads go
 to Redis as always and the cache is neither read nor filled.
 
+A read the snapshots can answer (:meth:`Degrade.kept`) is answered even when
+the worker's caps (:mod:`.admission`) would refuse it: from memory it costs
+next to nothing, and refusing it would only send the crowd back sooner.
+
 The decisions (:class:`Snapshots`, :meth:`Degrade.on`) are pure: no I/O, no
 clock of their own (the caller passes ``now``); :meth:`Degrade.read` is the
 thin adapter the servicers call.
@@ -101,6 +105,13 @@ class Degrade:
             if not on:
                 self.snapshots.clear()  # the next degraded spell starts from fresh reads
         return on
+
+    def kept(self, key: Hashable, now: float) -> Any | None:
+        """The answer :meth:`read` would give for ``key`` from the snapshots now, without a fetch; None:
+        not degraded, or no answer at most ``max_age_s`` old is kept."""
+        if not self.on(now):
+            return None
+        return self.snapshots.get(key, now)
 
     async def read(self, key: Hashable, fetch: Callable[[], Awaitable[_T]]) -> _T:
         """``fetch()``'s answer; while degraded, one at most ``max_age_s`` old from the snapshots."""

@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Hashable
 from dataclasses import dataclass
 from time import perf_counter
 from typing import Any, TypeVar, cast
@@ -46,10 +46,11 @@ from flashstock.client import (
 from flashstock.server._log_gate import LogGate
 from flashstock.server._logs import log_context
 from flashstock.server._serving_metrics import RpcTally, WorkerFigures
-from flashstock.server.ledger import SkuChange
+from flashstock.server.ledger import AuditNote, SkuChange
 from flashstock.server.rpc import validate as v
 from flashstock.server.rpc.admission import Admission, RedisBreaker, caller_of
 from flashstock.server.rpc.degrade import Degrade
+from flashstock.server.rpc.identity import current_caller
 from flashstock.server.store.redis import is_redis_timeout
 from flashstock.server.store.salestats import SaleStats, error_outcome, sale_outcome
 from flashstock.server.store.soldout import SoldOutBook
@@ -138,6 +139,8 @@ def _note_shed(refusal: Overloaded) -> None:
 def _rpc(method: Callable[..., Awaitable[_R]]) -> Callable[..., Awaitable[_R]]:
     """Map every error a method raises to a gRPC status, in one place; count and time every call.
 
+    (:func:`_rpc_read` for a read degraded mode answers from its snapshots.)
+
     The servicer names its service (``SERVICE``), holds the worker's
     figures (``figures``; None: not counted) and its admission
     (``admission``, :mod:`.admission`; None: every call is taken). A call
@@ -152,6 +155,40 @@ def _rpc(method: Callable[..., Awaitable[_R]]) -> Callable[..., Awaitable[_R]]:
     (:class:`~flashstock.server._serving_metrics.RpcTally`), written out off
     the request path.
     """
+    return _wrapped(method, None)
+
+
+def _rpc_read(
+    read_key: Callable[[Any], Hashable],
+) -> Callable[[Callable[..., Awaitable[_R]]], Callable[..., Awaitable[_R]]]:
+    """:func:`_rpc` for a read that degraded mode answers from its snapshots under ``read_key(request)``.
+
+    Such a read is answered even when the admission would refuse it, as long
+    as the servicer's ``degrade`` (:class:`~.degrade.Degrade`) keeps a fresh
+    answer for it (:meth:`~.degrade.Degrade.kept`): from memory it costs next
+    to nothing. It is not counted in flight. Without such an answer it is
+    refused like any other call.
+    """
+
+    def wrap(method: Callable[..., Awaitable[_R]]) -> Callable[..., Awaitable[_R]]:
+        return _wrapped(method, read_key)
+
+    return wrap
+
+
+def _kept(servicer: Any, read_key: Callable[[Any], Hashable] | None, request: Any, now: float) -> bool:
+    # True: the servicer's degraded mode holds a fresh answer for this read (the method will find it).
+    if read_key is None or isinstance(request, MalformedRequest):
+        return False
+    degrade: Degrade | None = servicer.degrade
+    if degrade is None:
+        return False
+    return degrade.kept(read_key(request), now) is not None
+
+
+def _wrapped(
+    method: Callable[..., Awaitable[_R]], read_key: Callable[[Any], Hashable] | None
+) -> Callable[..., Awaitable[_R]]:
     name = method.__name__
     key: tuple[str, str] | None = None
 
@@ -181,10 +218,11 @@ def _rpc(method: Callable[..., Awaitable[_R]]) -> Callable[..., Awaitable[_R]]:
                     if admission.callers is not None:
                         caller = caller_of(context.peer())
                     refusal = admission.admit(started, caller)
-                    if refusal is not None:
+                    if refusal is None:
+                        admitted = True
+                    elif not _kept(self, read_key, request, started):
                         _note_shed(refusal)
                         raise refusal
-                    admitted = True
                 if isinstance(request, MalformedRequest):
                     _refuse_malformed(name, request)
                 reply = await method(self, request, context)
@@ -220,6 +258,18 @@ def _rpc(method: Callable[..., Awaitable[_R]]) -> Callable[..., Awaitable[_R]]:
                     cast(Admission, admission).finished(now - started, now, caller)
 
     return wrapper
+
+
+def _stock_key(request: Any) -> Hashable:
+    return ("GetStock", request.sku_id)
+
+
+def _sku_key(request: Any) -> Hashable:
+    return ("GetSku", request.sku_id)
+
+
+def _list_key(request: Any) -> Hashable:
+    return ("ListSkus", request.prefix, request.page_size or v.DEFAULT_PAGE_SIZE, request.page_token)
 
 
 MOST_VIOLATIONS = 16
@@ -433,14 +483,14 @@ class StockServicer(stock_pb2_grpc.StockServiceServicer):
             stock_left=r.stock_left,
         )
 
-    @_rpc
+    @_rpc_read(_stock_key)
     async def GetStock(self, request: stock_pb2.GetStockRequest, context: Any) -> stock_pb2.GetStockReply:
         _check(v.id_violations("sku_id", request.sku_id))
         sku_id = request.sku_id
         if self.degrade is None:
             s = await self._store.stock_level(sku_id)
         else:
-            s = await self.degrade.read(("GetStock", sku_id), lambda: self._store.stock_level(sku_id))
+            s = await self.degrade.read(_stock_key(request), lambda: self._store.stock_level(sku_id))
         return stock_pb2.GetStockReply(
             sku_id=s.sku_id,
             total=s.total,
@@ -496,6 +546,14 @@ class StockServicer(stock_pb2_grpc.StockServiceServicer):
         )
 
 
+def _json_field(descriptor: Any, value: Any) -> Any:
+    # An enum by its name (MODE_DURABLE), which a reader of the audit trail knows; a number it does not.
+    if descriptor.enum_type is not None:
+        named = descriptor.enum_type.values_by_number.get(value)
+        return named.name if named is not None else value
+    return value
+
+
 class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
     """``flashstock.v1.AdminService``."""
 
@@ -512,6 +570,13 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         """None: operators' calls are never shed (they steer the node out of trouble)."""
         self.breaker: RedisBreaker | None = None
         """None: operators' calls always go to Redis (they are few, and wait for it)."""
+
+    @staticmethod
+    def _note(method: str, request: Any, context: grpc.aio.ServicerContext) -> AuditNote:
+        # Who and from where (the one answer, identity.py), and every field of the request: the audit trail's.
+        caller = current_caller(context)
+        args = {f.name: _json_field(f, getattr(request, f.name)) for f in request.DESCRIPTOR.fields}
+        return AuditNote(identity=caller.name, peer=caller.peer, method=method, args=args)
 
     @staticmethod
     def _admin_reply(reply_type: type, r: AdminResult) -> Any:
@@ -546,50 +611,51 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
             require_token=request.require_token,
         )
         _check(v.put_violations(definition, request.request_id) + v.mode_violations(request.mode))
-        r = await self._store.put_sku(definition, request.request_id)
+        r = await self._store.put_sku(definition, request.request_id, self._note("PutSku", request, context))
         self._log_change(r, request.request_id, "put on sale, %d units (%s)", r.sku.total, r.sku.mode.name.lower())
         return self._admin_reply(admin_pb2.PutSkuReply, r)
 
-    @_rpc
+    @_rpc_read(_sku_key)
     async def GetSku(self, request: admin_pb2.GetSkuRequest, context: Any) -> admin_pb2.GetSkuReply:
         _check(v.id_violations("sku_id", request.sku_id))
         sku_id = request.sku_id
         if self.degrade is None:
             sku = await self._store.get_sku(sku_id)
         else:
-            sku = await self.degrade.read(("GetSku", sku_id), lambda: self._store.get_sku(sku_id))
+            sku = await self.degrade.read(_sku_key(request), lambda: self._store.get_sku(sku_id))
         return admin_pb2.GetSkuReply(sku=_sku_pb(sku))
 
-    @_rpc
+    @_rpc_read(_list_key)
     async def ListSkus(self, request: admin_pb2.ListSkusRequest, context: Any) -> admin_pb2.ListSkusReply:
         _check(v.list_violations(request.prefix, request.page_size, request.page_token))
         prefix, size, token = request.prefix, request.page_size or v.DEFAULT_PAGE_SIZE, request.page_token
         if self.degrade is None:
             page = await self._store.list_skus(prefix, size, token)
         else:
-            page = await self.degrade.read(
-                ("ListSkus", prefix, size, token), lambda: self._store.list_skus(prefix, size, token)
-            )
+            page = await self.degrade.read(_list_key(request), lambda: self._store.list_skus(prefix, size, token))
         return admin_pb2.ListSkusReply(skus=[_sku_pb(s) for s in page.skus], next_page_token=page.next_page_token)
 
     @_rpc
     async def AdjustStock(self, request: admin_pb2.AdjustStockRequest, context: Any) -> admin_pb2.AdjustStockReply:
         _check(v.adjust_violations(request.sku_id, request.delta, request.request_id))
-        r = await self._store.change_sku(request.sku_id, SkuChange.ADJUST, request.request_id, request.delta)
+        note = self._note("AdjustStock", request, context)
+        r = await self._store.change_sku(request.sku_id, SkuChange.ADJUST, request.request_id, request.delta, note)
         self._log_change(r, request.request_id, "stock adjusted by %+d, to %d units", request.delta, r.sku.total)
         return self._admin_reply(admin_pb2.AdjustStockReply, r)
 
     @_rpc
     async def PauseSku(self, request: admin_pb2.PauseSkuRequest, context: Any) -> admin_pb2.PauseSkuReply:
         _check(v.id_violations("sku_id", request.sku_id) + v.id_violations("request_id", request.request_id))
-        r = await self._store.change_sku(request.sku_id, SkuChange.PAUSE, request.request_id)
+        note = self._note("PauseSku", request, context)
+        r = await self._store.change_sku(request.sku_id, SkuChange.PAUSE, request.request_id, note=note)
         self._log_change(r, request.request_id, "sale paused")
         return self._admin_reply(admin_pb2.PauseSkuReply, r)
 
     @_rpc
     async def ResumeSku(self, request: admin_pb2.ResumeSkuRequest, context: Any) -> admin_pb2.PauseSkuReply:
         _check(v.id_violations("sku_id", request.sku_id) + v.id_violations("request_id", request.request_id))
-        r = await self._store.change_sku(request.sku_id, SkuChange.RESUME, request.request_id)
+        note = self._note("ResumeSku", request, context)
+        r = await self._store.change_sku(request.sku_id, SkuChange.RESUME, request.request_id, note=note)
         self._log_change(r, request.request_id, "sale resumed")
         return self._admin_reply(admin_pb2.PauseSkuReply, r)
 

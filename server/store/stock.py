@@ -44,7 +44,7 @@ from flashstock.server._log_gate import LogGate
 from flashstock.server._logs import log_context
 from flashstock.server._metrics import METRICS
 from flashstock.server.duties.rebuild import ShardRebuilder
-from flashstock.server.ledger import SkuChange
+from flashstock.server.ledger import AuditNote, SkuChange
 from flashstock.server.rpc.validate import MAX_STOCK, max_hold_ms
 from flashstock.server.store import replies as _replies
 from flashstock.server.store.coalesce import ShardCoalescer
@@ -361,8 +361,9 @@ class StockStore:
                 )
             return None
 
-    async def put_sku(self, definition: SkuDefinition, request_id: str) -> AdminResult:
-        """Put ``definition`` on sale (again: restarts the SKU's sale)."""
+    async def put_sku(self, definition: SkuDefinition, request_id: str, note: AuditNote | None = None) -> AdminResult:
+        """Put ``definition`` on sale (again: restarts the SKU's sale); ``note``: who and how, for the audit
+        trail (written with the change; None: no audit record)."""
         d = definition
         k = self.keys(d.sku_id)
         async with redis_errors():
@@ -400,6 +401,8 @@ class StockStore:
                     d.currency,
                     d.user_rate_per_s,
                     1 if d.require_token else 0,
+                    # Always the last argument (the script reads ARGV[#ARGV]).
+                    "" if note is None else note.encode(),
                 ],
             )
             return _replies.admin_result(raw, d.sku_id, k.shard, request_id)
@@ -407,8 +410,11 @@ class StockStore:
         answer, generations = await self._call((d.sku_id,), call)
         return await self._settled(k.shard, answer, generations)
 
-    async def change_sku(self, sku_id: str, change: SkuChange, request_id: str, delta: int = 0) -> AdminResult:
-        """Adjust the stock by ``delta`` (:attr:`~SkuChange.ADJUST`), or pause or resume the sale."""
+    async def change_sku(
+        self, sku_id: str, change: SkuChange, request_id: str, delta: int = 0, note: AuditNote | None = None
+    ) -> AdminResult:
+        """Adjust the stock by ``delta`` (:attr:`~SkuChange.ADJUST`), or pause or resume the sale;
+        ``note``: who and how, for the audit trail (written with the change; None: no audit record)."""
         if change is SkuChange.PUT:
             raise ValueError("put a SKU with put_sku")
         k = self.keys(sku_id)
@@ -416,7 +422,16 @@ class StockStore:
         async def call() -> Answer[AdminResult]:
             raw = await self._scripts.adjust_sku(
                 keys=[k.sku(sku_id), k.sold_out, k.admin_record(sku_id, request_id), k.log],
-                args=[sku_id, change.value, delta, self._limits.request_ttl_s, k.prefix, MAX_STOCK, request_id],
+                args=[
+                    sku_id,
+                    change.value,
+                    delta,
+                    self._limits.request_ttl_s,
+                    k.prefix,
+                    MAX_STOCK,
+                    request_id,
+                    "" if note is None else note.encode(),
+                ],
             )
             return _replies.admin_result(raw, sku_id, k.shard, request_id)
 

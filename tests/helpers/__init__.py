@@ -18,7 +18,9 @@ The package's modules, each for one kind of test::
     cluster     ClusterStack: the local cluster (etcd, Redis, nodes, a ledger) with the readers tests need
     failpoints  named faults with inject()/recover(): kill or pause a node, lose Redis or an etcd member ...
     stranger    raw gRPC calls built from server reflection, as a caller without our client would
-    source      FromAddress: calls to a node from another loopback source address (127.0.0.2), as another host
+    source      FromAddress: calls to a node from another loopback source address (127.0.0.2), as another host;
+                or to a Redis over a slow link (every reply late)
+    load        raw Deducts in a closed loop (capacity) or paced open loop (overload), from processes of their own
     deploy      the alert rules and the dashboard under deploy/: their PromQL, and promtool / prometheus
 
 Every process is started through :mod:`flashstock.server.local.procs` (and

@@ -9,19 +9,26 @@ Real nodes (one serving worker each, each on a Redis of its own):
 - started without it (and not shedding): every read shows the last Deduct;
   the file ``<data_dir>/degrade`` switches degraded mode on at runtime, and
   removing it off again;
-- the reconcile duty pauses while degraded mode is on by hand, and resumes.
+- the reconcile duty pauses while degraded mode is on by hand, and resumes;
+- a read the snapshot can answer is answered even while the worker is full
+  (its max_in_flight taken by Deducts waiting on a Redis paused for writes),
+  where Deducts and a read the snapshot cannot answer are shed.
 """
 
 from __future__ import annotations
 
+import asyncio
 import uuid
-from collections.abc import Iterator
+from collections.abc import Awaitable, Iterator
 
+import grpc
 import pytest
+import redis as redis_py
 
 from flashstock.client import AdminClient, Outcome, StockClient
 from flashstock.server._node import DEGRADE_FILE
 from flashstock.server.local.procs import NodeProcess, RedisServer
+from flashstock.v1 import stock_pb2, stock_pb2_grpc
 from tests.helpers import eventually
 
 pytestmark = pytest.mark.slow
@@ -36,6 +43,18 @@ def degraded() -> Iterator[NodeProcess]:
         args = ["--degrade", "--degraded-read-max-age-ms", str(MAX_AGE_MS), "--reconcile-interval-s", "0.2"]
         with NodeProcess(server.url, workers=1, extra_args=args) as node:
             yield node
+
+
+CAP = 2
+
+
+@pytest.fixture(scope="module")
+def degraded_capped() -> Iterator[tuple[RedisServer, NodeProcess]]:
+    """A node of one worker, degraded by hand, that takes at most CAP StockService calls at a time."""
+    with RedisServer() as server:
+        args = ["--degrade", "--degraded-read-max-age-ms", "30000", "--max-in-flight", str(CAP)]
+        with NodeProcess(server.url, workers=1, extra_args=args) as node:
+            yield server, node
 
 
 @pytest.fixture(scope="module")
@@ -107,8 +126,13 @@ def test_without_degraded_mode_every_read_shows_the_last_deduct_and_the_file_swi
             flag.unlink()
         # Off again by itself once the file is gone: reads show each Deduct at once, the duties resume.
         eventually(lambda: not _read_after_deduct_is_cached(stock, sku), timeout=10)
-        eventually(lambda: "reconcile: resumed (degraded mode is off)" in _log(normal), timeout=10)
-        assert "reconcile: paused" in _log(normal)
+        eventually(
+            lambda: "non-core duties resumed (reconcile, sale figures into the ledger)" in _log(normal), timeout=10
+        )
+        assert (
+            "non-core duties paused (reconcile, sale figures into the ledger): the node is in degraded mode by hand"
+            in _log(normal)
+        )
         for _ in range(3):
             taken = stock.deduct(sku, f"u-{uuid.uuid4().hex[:6]}")
             assert stock.get_stock(sku).available == taken.stock_left
@@ -116,5 +140,58 @@ def test_without_degraded_mode_every_read_shows_the_last_deduct_and_the_file_swi
 
 def test_the_reconcile_duty_pauses_while_degraded_by_hand(degraded):
     eventually(lambda: "degraded mode on (switched on by hand)" in _log(degraded), timeout=10)
-    eventually(lambda: "reconcile: paused while the node is in degraded mode by hand" in _log(degraded), timeout=10)
-    assert "reconcile: resumed" not in _log(degraded)
+    eventually(
+        lambda: (
+            "non-core duties paused (reconcile, sale figures into the ledger): the node is in degraded mode by hand"
+            in _log(degraded)
+        ),
+        timeout=10,
+    )
+    assert "non-core duties resumed" not in _log(degraded)
+
+
+async def _code_of(call: Awaitable[object]) -> grpc.StatusCode:
+    try:
+        await call
+    except grpc.aio.AioRpcError as exc:
+        return exc.code()
+    return grpc.StatusCode.OK
+
+
+async def test_a_read_the_snapshot_answers_is_answered_while_the_worker_sheds(degraded_capped):
+    server, node = degraded_capped
+    kept, unread = _new_sku(node), _new_sku(node)
+    r = redis_py.Redis.from_url(server.url)
+    async with grpc.aio.insecure_channel(node.address) as channel:
+        stub = stock_pb2_grpc.StockServiceStub(channel)
+        level = await stub.GetStock(stock_pb2.GetStockRequest(sku_id=kept), timeout=5)  # now in the snapshot
+        assert level.available == 10
+        assert r.client_pause(3000, all=False)  # writes (every stock script) wait: Deducts fill the worker
+        try:
+            fillers = [
+                asyncio.create_task(
+                    _code_of(
+                        stub.Deduct(
+                            stock_pb2.DeductRequest(sku_id=kept, user_id=f"u{i}", qty=1, request_id=f"fill-{i}"),
+                            timeout=20,
+                        )
+                    )
+                )
+                for i in range(CAP + 1)
+            ]
+            # The worker is full once a Deduct past CAP is shed.
+            first, _ = await asyncio.wait(fillers, return_when=asyncio.FIRST_COMPLETED)
+            assert next(iter(first)).result() is grpc.StatusCode.RESOURCE_EXHAUSTED
+            # Full: another Deduct, and a read the snapshot cannot answer, are shed ...
+            extra = stub.Deduct(stock_pb2.DeductRequest(sku_id=kept, user_id="x", qty=1, request_id="x"), timeout=5)
+            assert await _code_of(extra) is grpc.StatusCode.RESOURCE_EXHAUSTED
+            fresh = stub.GetStock(stock_pb2.GetStockRequest(sku_id=unread), timeout=5)
+            assert await _code_of(fresh) is grpc.StatusCode.RESOURCE_EXHAUSTED
+            # ... but the read the snapshot holds is answered, from it.
+            again = await stub.GetStock(stock_pb2.GetStockRequest(sku_id=kept), timeout=5)
+            assert again == level
+            assert all(not task.done() for task in fillers if task not in first)  # still full meanwhile
+        finally:
+            r.client_unpause()
+        codes = await asyncio.gather(*fillers)
+    assert codes.count(grpc.StatusCode.OK) == CAP

@@ -145,6 +145,18 @@ def test_read_reuses_the_snapshot_while_degraded_per_key():
     assert reads == [1, 2]
 
 
+def test_kept_answers_only_while_degraded_and_fresh_without_fetching():
+    d = Degrade(1.0, None, by_hand=True)
+    assert d.kept("k", 0.0) is None  # nothing read yet
+    d.snapshots.put("k", 7, 0.0)
+    assert d.kept("k", 0.5) == 7
+    assert d.kept("other", 0.5) is None
+    assert d.kept("k", 1.5) is None  # too old
+    d.snapshots.put("k", 8, 2.0)
+    d.by_hand = False
+    assert d.kept("k", 2.1) is None  # not degraded: the snapshots are not read (and are forgotten)
+
+
 # -- the settings and the metric ------------------------------------------------------
 
 

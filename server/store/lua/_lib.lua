@@ -250,3 +250,20 @@ local function give_back(prefix, bucket, hold_id, rec, state, closer)
   end
   return left
 end
+
+-- The audit trail: an admin change's log entry carries the servicer's note
+-- (who, from where, the method and its arguments: JSON, '' = none) and the
+-- SKU's hash before (`before`, an HGETALL read by the script before it
+-- wrote) and after (read now: call it once every write is made), so the
+-- ledger writes the audit row with the change, in one transaction.
+-- Appends fields au, ab, aa to `entry` (an XADD's field list) when there is a note.
+local function add_audit(entry, note, before, sku_key)
+  if note == nil or note == '' then return entry end
+  entry[#entry + 1] = 'au'
+  entry[#entry + 1] = note
+  entry[#entry + 1] = 'ab'
+  entry[#entry + 1] = cjson.encode(before)
+  entry[#entry + 1] = 'aa'
+  entry[#entry + 1] = cjson.encode(redis.call('HGETALL', sku_key))
+  return entry
+end

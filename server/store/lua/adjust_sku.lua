@@ -13,6 +13,7 @@
 -- ARGV[6] the most units a SKU may hold (flashstock.server.rpc.validate.MAX_STOCK)
 -- ARGV[7] request_id (logged with the call's fingerprint: the ledger keeps
 --         both, so a resend after a Redis loss still changes nothing)
+-- ARGV[8] the audit note, JSON ('' = none; see add_audit in _lib.lua)
 --
 -- Returns {code, log_id, HGETALL of the sku hash...}, code one of
 --   OK, DUP (applied before; nothing changed; log_id the log's tail), NO_SKU,
@@ -33,6 +34,7 @@ local seen = redis.call('GET', KEYS[3])
 if seen and seen ~= fingerprint then return {'MISMATCH'} end
 if seen then return answer('DUP', log_tail(KEYS[4])) end
 local log_id
+local before = redis.call('HGETALL', KEYS[1])
 if op == 'adjust' then
   local delta = tonumber(ARGV[3])
   local s = redis.call('HMGET', KEYS[1], 'total', 'avail', 'held', 'conf')
@@ -44,10 +46,12 @@ if op == 'adjust' then
   local new_total = redis.call('HINCRBY', KEYS[1], 'total', ARGV[3])
   local avail = redis.call('HINCRBY', KEYS[1], 'avail', ARGV[3])
   announce(KEYS[1], KEYS[2], ARGV[1], was, avail, true)
-  log_id = redis.call('XADD', KEYS[4], '*', 't', 'A', 'k', ARGV[1], 'q', new_total, 'r', ARGV[7], 'f', fingerprint)
+  local entry = {'t', 'A', 'k', ARGV[1], 'q', new_total, 'r', ARGV[7], 'f', fingerprint}
+  log_id = redis.call('XADD', KEYS[4], '*', unpack(add_audit(entry, ARGV[8], before, KEYS[1])))
 else
   redis.call('HSET', KEYS[1], 'paused', op == 'pause' and 1 or 0)
-  log_id = redis.call('XADD', KEYS[4], '*', 't', op == 'pause' and 'Z' or 'U', 'k', ARGV[1], 'r', ARGV[7], 'f', fingerprint)
+  local entry = {'t', op == 'pause' and 'Z' or 'U', 'k', ARGV[1], 'r', ARGV[7], 'f', fingerprint}
+  log_id = redis.call('XADD', KEYS[4], '*', unpack(add_audit(entry, ARGV[8], before, KEYS[1])))
 end
 redis.call('SET', KEYS[3], fingerprint, 'EX', tonumber(ARGV[4]))
 return answer('OK', log_id)

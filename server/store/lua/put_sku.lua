@@ -16,6 +16,7 @@
 -- ARGV[11] goal units  ARGV[12] goal sell-out ms  ARGV[13] goal buyers
 -- ARGV[14] unit price in minor units  ARGV[15] currency ('' = no price)
 -- ARGV[16] attempts per user per second (0 = no cap)  ARGV[17] require admission token ('1' / '0')
+-- ARGV[#ARGV] (always the last) the audit note, JSON ('' = none; see add_audit in _lib.lua)
 --
 -- Returns {code, log_id, HGETALL of the sku hash...}, code one of
 --   OK, DUP (applied before; nothing changed; log_id the log's tail),
@@ -46,6 +47,7 @@ end
 if seen then return answer('DUP', log_tail(KEYS[5])) end
 
 local old = redis.call('HMGET', KEYS[1], 'sv', 'sale')
+local before = redis.call('HGETALL', KEYS[1])
 local stock = tonumber(ARGV[2])
 local sale = string.format('%d', tonumber(old[2] or '0') + 1)
 redis.call('DEL', KEYS[1], KEYS[2])
@@ -59,9 +61,10 @@ redis.call('HSET', KEYS[1], 'avail', ARGV[2], 'total', ARGV[2], 'held', 0, 'conf
            'gu', ARGV[11], 'gs', ARGV[12], 'gb', ARGV[13], 'pr', ARGV[14], 'cur', ARGV[15])
 redis.call('HSET', KEYS[1], 'ur', ARGV[16], 'rt', ARGV[17])
 announce(KEYS[1], KEYS[3], ARGV[1], stock, stock, true)
-local log_id = redis.call('XADD', KEYS[5], '*', 't', 'P', 'k', ARGV[1], 'q', ARGV[2], 'lim', ARGV[3],
-                          'maxq', ARGV[4], 'start', ARGV[5], 'end', ARGV[6], 'mode', ARGV[7], 's', sale,
-                          'r', ARGV[10], 'f', fingerprint, 'gu', ARGV[11], 'gs', ARGV[12], 'gb', ARGV[13],
-                          'pr', ARGV[14], 'cur', ARGV[15], 'ur', ARGV[16], 'rt', ARGV[17])
+local entry = {'t', 'P', 'k', ARGV[1], 'q', ARGV[2], 'lim', ARGV[3],
+               'maxq', ARGV[4], 'start', ARGV[5], 'end', ARGV[6], 'mode', ARGV[7], 's', sale,
+               'r', ARGV[10], 'f', fingerprint, 'gu', ARGV[11], 'gs', ARGV[12], 'gb', ARGV[13],
+               'pr', ARGV[14], 'cur', ARGV[15], 'ur', ARGV[16], 'rt', ARGV[17]}
+local log_id = redis.call('XADD', KEYS[5], '*', unpack(add_audit(entry, ARGV[#ARGV], before, KEYS[1])))
 redis.call('SET', KEYS[4], fingerprint, 'EX', tonumber(ARGV[8]))
 return answer('OK', log_id)

@@ -5,14 +5,14 @@ counts the attempts refused as RATE_LIMITED per second like every other
 outcome.
 
 Revision ID: 0007
-Revises: 0005 (the integrator chains it after 0006)
+Revises: 0006
 """
 
 import sqlalchemy as sa
 from alembic import op
 
 revision = "0007"
-down_revision = "0005"
+down_revision = "0006"
 branch_labels = None
 depends_on = None
 
