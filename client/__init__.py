@@ -22,6 +22,7 @@ back, with the one table a node and a client share: a service of your own
 in front of flashstock can answer with the same statuses.
 """
 
+from ._admission import AdmissionKey, admission_token, read_admission_key, token_problem
 from ._async import AsyncAdminClient, AsyncStockClient
 from ._config import CHANNEL_OPTIONS, ClientConfig, RetryPolicy
 from ._sync import AdminClient, StockClient
@@ -43,6 +44,7 @@ from ._types import (
     StockLevel,
 )
 from .errors import (
+    AdmissionTokenRefused,
     DeadlineExceeded,
     FailedPrecondition,
     FieldViolation,
@@ -64,6 +66,8 @@ __all__ = [
     "CHANNEL_OPTIONS",
     "AdminClient",
     "AdminResult",
+    "AdmissionKey",
+    "AdmissionTokenRefused",
     "AsyncAdminClient",
     "AsyncStockClient",
     "BatchItem",
@@ -96,6 +100,9 @@ __all__ = [
     "StockLevel",
     "Unauthenticated",
     "Unavailable",
+    "admission_token",
     "from_status",
+    "read_admission_key",
     "to_status",
+    "token_problem",
 ]

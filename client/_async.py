@@ -184,11 +184,27 @@ class AsyncStockClient:
         return self._conn.addresses
 
     async def deduct(
-        self, sku_id: str, user_id: str, qty: int = 1, *, request_id: str | None = None, retry: bool = False
+        self,
+        sku_id: str,
+        user_id: str,
+        qty: int = 1,
+        *,
+        request_id: str | None = None,
+        retry: bool = False,
+        admission_token: str = "",
     ) -> DeductResult:
-        """Take ``qty`` units of ``sku_id`` for ``user_id``, for good."""
+        """Take ``qty`` units of ``sku_id`` for ``user_id``, for good.
+
+        ``admission_token``: the gateway's token for this user and SKU
+        (:func:`admission_token`), needed when the SKU requires one.
+        """
         request = t.stock_pb2.DeductRequest(
-            sku_id=sku_id, user_id=user_id, qty=qty, request_id=t.request_id_or_new(request_id), retry=retry
+            sku_id=sku_id,
+            user_id=user_id,
+            qty=qty,
+            request_id=t.request_id_or_new(request_id),
+            retry=retry,
+            admission_token=admission_token,
         )
         return t.deduct_result(await self._conn._rpc_call("Deduct", request))
 
@@ -201,6 +217,7 @@ class AsyncStockClient:
         ttl_ms: int = 0,
         request_id: str | None = None,
         retry: bool = False,
+        admission_token: str = "",
     ) -> DeductResult:
         """Hold ``qty`` units for ``ttl_ms`` (0 = the node's default); the hold id is the request id."""
         request = t.stock_pb2.HoldRequest(
@@ -210,6 +227,7 @@ class AsyncStockClient:
             ttl_ms=ttl_ms,
             request_id=t.request_id_or_new(request_id),
             retry=retry,
+            admission_token=admission_token,
         )
         return t.deduct_result(await self._conn._rpc_call("Hold", request))
 
@@ -307,6 +325,8 @@ class AsyncAdminClient:
         goal_buyers: int = 0,
         unit_price_minor: int = 0,
         currency: str = "",
+        user_rate_per_s: int = 0,
+        require_token: bool = False,
         request_id: str | None = None,
     ) -> AdminResult:
         """Define a SKU (again: restarts its sale), from a :class:`SkuDefinition` or its fields.
@@ -328,6 +348,8 @@ class AsyncAdminClient:
             goal_buyers=goal_buyers,
             unit_price_minor=unit_price_minor,
             currency=currency,
+            user_rate_per_s=user_rate_per_s,
+            require_token=require_token,
         )
         request = t.put_sku_request(definition, t.request_id_or_new(request_id))
         return t.admin_result(await self._conn._rpc_call("PutSku", request))

@@ -182,11 +182,27 @@ class StockClient:
         return self._conn.addresses
 
     def deduct(
-        self, sku_id: str, user_id: str, qty: int = 1, *, request_id: str | None = None, retry: bool = False
+        self,
+        sku_id: str,
+        user_id: str,
+        qty: int = 1,
+        *,
+        request_id: str | None = None,
+        retry: bool = False,
+        admission_token: str = "",
     ) -> DeductResult:
-        """Take ``qty`` units of ``sku_id`` for ``user_id``, for good."""
+        """Take ``qty`` units of ``sku_id`` for ``user_id``, for good.
+
+        ``admission_token``: the gateway's token for this user and SKU
+        (:func:`admission_token`), needed when the SKU requires one.
+        """
         request = t.stock_pb2.DeductRequest(
-            sku_id=sku_id, user_id=user_id, qty=qty, request_id=t.request_id_or_new(request_id), retry=retry
+            sku_id=sku_id,
+            user_id=user_id,
+            qty=qty,
+            request_id=t.request_id_or_new(request_id),
+            retry=retry,
+            admission_token=admission_token,
         )
         return t.deduct_result(self._conn._rpc_call("Deduct", request))
 
@@ -199,6 +215,7 @@ class StockClient:
         ttl_ms: int = 0,
         request_id: str | None = None,
         retry: bool = False,
+        admission_token: str = "",
     ) -> DeductResult:
         """Hold ``qty`` units for ``ttl_ms`` (0 = the node's default); the hold id is the request id."""
         request = t.stock_pb2.HoldRequest(
@@ -208,6 +225,7 @@ class StockClient:
             ttl_ms=ttl_ms,
             request_id=t.request_id_or_new(request_id),
             retry=retry,
+            admission_token=admission_token,
         )
         return t.deduct_result(self._conn._rpc_call("Hold", request))
 
@@ -305,6 +323,8 @@ class AdminClient:
         goal_buyers: int = 0,
         unit_price_minor: int = 0,
         currency: str = "",
+        user_rate_per_s: int = 0,
+        require_token: bool = False,
         request_id: str | None = None,
     ) -> AdminResult:
         """Define a SKU (again: restarts its sale), from a :class:`SkuDefinition` or its fields.
@@ -326,6 +346,8 @@ class AdminClient:
             goal_buyers=goal_buyers,
             unit_price_minor=unit_price_minor,
             currency=currency,
+            user_rate_per_s=user_rate_per_s,
+            require_token=require_token,
         )
         request = t.put_sku_request(definition, t.request_id_or_new(request_id))
         return t.admin_result(self._conn._rpc_call("PutSku", request))

@@ -152,6 +152,7 @@ def deduct_result(reply: stock_pb2.DeductReply | stock_pb2.HoldReply) -> DeductR
         outcome=Outcome(reply.outcome),
         deduction=_deduction(reply.deduction, reply.HasField("deduction")),
         stock_left=reply.stock_left,
+        retry_after_ms=reply.retry_after_ms,
     )
 
 
@@ -173,8 +174,11 @@ def batch_items(items: Iterable[BatchItem | tuple[str, int]]) -> list[stock_pb2.
     """Batch items, given as BatchItem or (sku_id, qty) pairs, as protobuf."""
     out = []
     for item in items:
-        sku_id, qty = (item.sku_id, item.qty) if isinstance(item, BatchItem) else item
-        out.append(stock_pb2.BatchItem(sku_id=sku_id, qty=qty))
+        if isinstance(item, BatchItem):
+            out.append(stock_pb2.BatchItem(sku_id=item.sku_id, qty=item.qty, admission_token=item.admission_token))
+        else:
+            sku_id, qty = item
+            out.append(stock_pb2.BatchItem(sku_id=sku_id, qty=qty))
     return out
 
 
@@ -182,7 +186,8 @@ def batch_result(reply: stock_pb2.BatchDeductReply) -> BatchResult:
     """A BatchDeduct reply as a typed result."""
     return BatchResult(
         outcome=Outcome(reply.outcome),
-        items=tuple(BatchItemResult(i.sku_id, Outcome(i.outcome), i.stock_left) for i in reply.items),
+        items=tuple(BatchItemResult(i.sku_id, Outcome(i.outcome), i.stock_left, i.retry_after_ms) for i in reply.items),
+        retry_after_ms=reply.retry_after_ms,
     )
 
 
@@ -206,6 +211,8 @@ def sku(pb: admin_pb2.Sku) -> Sku:
         goal_buyers=pb.goal_buyers,
         unit_price_minor=pb.unit_price_minor,
         currency=pb.currency,
+        user_rate_per_s=pb.user_rate_per_s,
+        require_token=pb.require_token,
     )
 
 
@@ -257,6 +264,8 @@ def put_sku_request(definition: SkuDefinition, request_id: str) -> admin_pb2.Put
         goal_buyers=definition.goal_buyers,
         unit_price_minor=definition.unit_price_minor,
         currency=definition.currency,
+        user_rate_per_s=definition.user_rate_per_s,
+        require_token=definition.require_token,
     )
 
 

@@ -24,6 +24,7 @@ class Outcome(enum.IntEnum):
     HOLD_CONFIRMED = 9
     HOLD_NOT_FOUND = 10
     HOLD_VOIDED = 11
+    RATE_LIMITED = 12
 
 
 class DeductionState(enum.IntEnum):
@@ -73,6 +74,8 @@ class DeductResult:
     """The deduction made (OK) or recorded before (DUPLICATE)."""
     stock_left: int = -1
     """Units left after the call; 0 when refused as sold out; -1 when not read (DUPLICATE)."""
+    retry_after_ms: int = 0
+    """RATE_LIMITED: come back in this many ms (the user's attempt window ends); 0 otherwise."""
 
     @property
     def took_effect(self) -> bool:
@@ -125,6 +128,8 @@ class BatchItem:
     """The SKU."""
     qty: int = 1
     """Units to take."""
+    admission_token: str = ""
+    """The user's admission token for this SKU (:func:`admission_token`); '' = none."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,6 +142,8 @@ class BatchItemResult:
     """OK, or this item's refusal."""
     stock_left: int = -1
     """Units left of the SKU after the call; -1 when not known."""
+    retry_after_ms: int = 0
+    """RATE_LIMITED: come back in this many ms; 0 otherwise."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,6 +154,8 @@ class BatchResult:
     """OK, DUPLICATE, or the first item refusal."""
     items: tuple[BatchItemResult, ...] = ()
     """One per item, in request order."""
+    retry_after_ms: int = 0
+    """RATE_LIMITED: come back in this many ms (the longest of the items'); 0 otherwise."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -181,6 +190,10 @@ class SkuDefinition:
     """Price of one unit in minor units of ``currency`` (cents); 0 = not given."""
     currency: str = ""
     """ISO 4217 code of the price (``"EUR"``); required with a price, else empty."""
+    user_rate_per_s: int = 0
+    """Most attempts one user may make on the SKU per second, across nodes; 0 = no cap."""
+    require_token: bool = False
+    """Deduct and Hold need the gateway's admission token for the user and SKU."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -221,6 +234,10 @@ class Sku:
     """Price of one unit in minor units of ``currency``; 0 = not given."""
     currency: str = ""
     """ISO 4217 code of the price; empty when none is given."""
+    user_rate_per_s: int = 0
+    """Most attempts one user may make on the SKU per second; 0 = no cap."""
+    require_token: bool = False
+    """Deduct and Hold need an admission token."""
 
 
 @dataclass(frozen=True, slots=True)

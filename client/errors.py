@@ -22,6 +22,7 @@ UNKNOWN ("internal error").
     ├── DeadlineExceeded            DEADLINE_EXCEEDED
     ├── Unauthenticated             UNAUTHENTICATED
     ├── PermissionDenied            PERMISSION_DENIED
+    │   └── AdmissionTokenRefused   PERMISSION_DENIED .sku (the SKU needs a valid admission token)
     │
     │   flashstock.lockmgr: coordination (etcd), inside a node
     ├── SettingMismatch             .setting .node_value .bound_value .where
@@ -212,6 +213,14 @@ class PermissionDenied(FlashstockError):
     reason = "PERMISSION_DENIED"
 
 
+class AdmissionTokenRefused(PermissionDenied):
+    """The SKU takes Deduct and Hold only with a valid admission token for the user and SKU, and the call
+    carried none, or an expired, forged or foreign one (the message says which). Nothing was taken:
+    the gateway gets the user a fresh token and sends again."""
+
+    reason = "ADMISSION_TOKEN_REFUSED"
+
+
 STATUS_TABLE: dict[type[FlashstockError], grpc.StatusCode] = {
     FlashstockError: grpc.StatusCode.UNKNOWN,
     InvalidArgument: grpc.StatusCode.INVALID_ARGUMENT,
@@ -225,6 +234,7 @@ STATUS_TABLE: dict[type[FlashstockError], grpc.StatusCode] = {
     DeadlineExceeded: grpc.StatusCode.DEADLINE_EXCEEDED,
     Unauthenticated: grpc.StatusCode.UNAUTHENTICATED,
     PermissionDenied: grpc.StatusCode.PERMISSION_DENIED,
+    AdmissionTokenRefused: grpc.StatusCode.PERMISSION_DENIED,
 }
 """Each error class and the gRPC status code it travels as."""
 
@@ -326,6 +336,7 @@ __all__ = [
     "ERROR_DOMAIN",
     "RETRYABLE_CODES",
     "STATUS_TABLE",
+    "AdmissionTokenRefused",
     "DeadlineExceeded",
     "FailedPrecondition",
     "FieldViolation",

@@ -21,6 +21,7 @@ from typing import Any
 import pydantic
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from flashstock.client import AdmissionKey, read_admission_key
 from flashstock.server._logs import LOG_FORMATS
 from flashstock.server._tls import TlsFiles
 from flashstock.server.rpc.authz import AuthSettings, split_paths
@@ -140,6 +141,13 @@ class NodeConfig:
         "",
         "TOML or JSON file mapping a client certificate's subject (its CN, else its first SAN) to its roles: "
         '"orders-gateway.example" = ["buyer"]; needs tls_client_ca; empty = certificates identify no one.',
+    )
+    admission_keys: str = _setting(
+        "",
+        "Files of the HMAC keys admission tokens are checked with (comma-separated; each at least 32 bytes of "
+        "text, its key id the file's name without extension: several let the gateway's key rotate). A SKU put "
+        "with require_token takes Deduct and Hold only with a valid token; empty = no keys, so such SKUs "
+        "refuse every call.",
     )
     etcd: str = _setting(
         "",
@@ -326,6 +334,22 @@ def auth_settings(config: NodeConfig) -> AuthSettings:
         cert_roles=config.auth_cert_roles,
         mutual_tls=bool(config.tls_client_ca),
     )
+
+
+def admission_keys(config: NodeConfig) -> dict[str, AdmissionKey]:
+    """The admission-token keys of ``config``, read now, by key id; ``ValueError`` naming the setting and file."""
+    keys: dict[str, AdmissionKey] = {}
+    for path in (p.strip() for p in config.admission_keys.split(",")):
+        if not path:
+            continue
+        try:
+            key = read_admission_key(path)
+        except ValueError as exc:
+            raise ValueError(f"admission_keys: {exc}") from None
+        if key.kid in keys:
+            raise ValueError(f"admission_keys: two files have the key id {key.kid!r}")
+        keys[key.kid] = key
+    return keys
 
 
 def etcd_endpoints(config: NodeConfig) -> list[str]:

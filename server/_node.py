@@ -46,10 +46,18 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from flashstock.client import FlashstockError
+from flashstock.client import AdmissionKey, FlashstockError
 from flashstock.lockmgr import CoordinationError, SessionConfig, SettingMismatch, ShardCountMismatch
 from flashstock.server._binding import BoundSettings, bind_in_etcd, bind_in_redis, explain
-from flashstock.server._config import NodeConfig, auth_settings, etcd_endpoints, ledger_url, node_name, tls_files
+from flashstock.server._config import (
+    NodeConfig,
+    admission_keys,
+    auth_settings,
+    etcd_endpoints,
+    ledger_url,
+    node_name,
+    tls_files,
+)
 from flashstock.server._incarnation import IncarnationGate
 from flashstock.server._lifeline import Lifeline, tie_to_parent
 from flashstock.server._logs import NODE_FIELD, configure_logging
@@ -207,6 +215,7 @@ class Node:
             admission,
             self.breaker,
             self.degrade,
+            self._admission_keys(config) if self.serving else None,
         )
         self.admin_servicer = AdminServicer(self.store, self.figures, self.degrade)
         if self.serving:
@@ -233,6 +242,13 @@ class Node:
         self._bound: BoundSettings | None = None
         self._refused: asyncio.Task[None] | None = None
         self._flusher: asyncio.Task[None] | None = None
+
+    @staticmethod
+    def _admission_keys(config: NodeConfig) -> dict[str, AdmissionKey]:
+        try:
+            return admission_keys(config)
+        except ValueError as exc:
+            raise StartupError(str(exc)) from None
 
     @property
     def alone(self) -> bool:
@@ -680,6 +696,10 @@ def serve(config: NodeConfig) -> int:
     problems = tls_files(config).problems()
     try:
         auth_settings(config).authorizer()  # its files read once here, to fail before any worker starts
+    except ValueError as exc:
+        problems.append(str(exc))
+    try:
+        admission_keys(config)
     except ValueError as exc:
         problems.append(str(exc))
     if problems:

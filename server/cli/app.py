@@ -2,7 +2,7 @@
 
 As etcdctl's ``ctlv3/command/*_command.go``: each group lives in its own
 module (:mod:`.serve`, :mod:`.sku`, :mod:`.ledger`, :mod:`.sales`,
-:mod:`.audit`, :mod:`.reconcile`, :mod:`.nodes`, :mod:`.shards`, :mod:`.cluster`,
+:mod:`.audit`, :mod:`.admission`, :mod:`.reconcile`, :mod:`.nodes`, :mod:`.shards`, :mod:`.cluster`,
 :mod:`.demo`, :mod:`.board`, :mod:`.bench`, :mod:`.token`), what several share in :mod:`.common`.
 The console script enters through :func:`flashstock.server.cli.main`, which
 imports this module only when the server extra is installed.
@@ -15,6 +15,7 @@ from typing import Annotated
 import typer
 
 from flashstock.server.cli import version
+from flashstock.server.cli.admission import admission_app
 from flashstock.server.cli.audit import audit_app
 from flashstock.server.cli.bench import bench, bench_cluster
 from flashstock.server.cli.board import board
@@ -68,3 +69,4 @@ app.add_typer(nodes_app, name="nodes")
 app.add_typer(shards_app, name="shards")
 app.add_typer(cluster_app, name="cluster")
 app.add_typer(token_app, name="token")
+app.add_typer(admission_app, name="admission")

@@ -110,6 +110,12 @@ def _goals(s: Sku) -> str:
     return ", ".join(p for p in parts if p) or "-"
 
 
+def _guards(s: Sku) -> str:
+    """The SKU's anti-scalping settings in a few words (``-`` for none)."""
+    parts = [f"{s.user_rate_per_s}/s per user" if s.user_rate_per_s else "", "token" if s.require_token else ""]
+    return ", ".join(p for p in parts if p) or "-"
+
+
 def _sku_table(skus: list[Sku]) -> Table:
     table = Table(
         "sku",
@@ -123,6 +129,7 @@ def _sku_table(skus: list[Sku]) -> Table:
         "window",
         "goals",
         "price",
+        "guards",
         "mode",
         "state",
     )
@@ -141,6 +148,7 @@ def _sku_table(skus: list[Sku]) -> Table:
             window,
             _goals(s),
             format_amount(s.unit_price_minor, s.currency),
+            _guards(s),
             s.mode.name.lower(),
             state,
         )
@@ -167,6 +175,19 @@ def sku_put(
         typer.Option(help="Unit price in major units (19.99), exact to the currency's decimals; needs --currency."),
     ] = None,
     currency: Annotated[str, typer.Option(help="ISO 4217 code of --price (EUR, JPY, KWD).")] = "",
+    user_rate: Annotated[
+        int,
+        typer.Option(
+            help="Most Deduct/Hold/BatchDeduct attempts one user may make per second, across nodes (past it: "
+            "RATE_LIMITED); 0 = no cap."
+        ),
+    ] = 0,
+    require_token: Annotated[
+        bool,
+        typer.Option(
+            help="Deduct and Hold need the gateway's admission token for the user and SKU (flashstock admission token)."
+        ),
+    ] = False,
     request_id: Annotated[str | None, typer.Option(help="Idempotency key; default a new one.")] = None,
     addr: AddrOption = "127.0.0.1:50051",
     etcd: AdminEtcdOption = "",
@@ -206,6 +227,8 @@ def sku_put(
                 goal_buyers=goal_buyers,
                 unit_price_minor=price_minor,
                 currency=currency,
+                user_rate_per_s=user_rate,
+                require_token=require_token,
             )
             result = admin.put_sku(definition, request_id=request_id)
         except FlashstockError as exc:

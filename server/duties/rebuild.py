@@ -112,6 +112,8 @@ def install_steps(snap: ShardSnapshot, chunk: int) -> list[tuple[str, str]]:
                         "gb": s.goal_buyers,
                         "pr": s.unit_price_minor,
                         "cur": s.currency,
+                        "ur": s.user_rate_per_s,
+                        "rt": 1 if s.require_token else 0,
                         "users": first or {},
                     }
                 ),

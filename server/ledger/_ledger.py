@@ -40,7 +40,7 @@ from flashstock.server.ledger._schema import (
     skus,
 )
 
-HEAD = "0006"
+HEAD = "0007"
 """The schema revision this code reads and writes."""
 
 
@@ -233,6 +233,8 @@ class SkuState:
     goal_buyers: int = 0
     unit_price_minor: int = 0
     currency: str = ""
+    user_rate_per_s: int = 0
+    require_token: bool = False
     held: int = 0
     confirmed: int = 0
     released: int = 0
@@ -506,6 +508,9 @@ class Ledger:
                 "goal_buyers": int(f.get("gb") or 0),
                 "unit_price_minor": int(f.get("pr") or 0),
                 "currency": f.get("cur", ""),
+                # Likewise the anti-scalping settings.
+                "user_rate_per_s": int(f.get("ur") or 0),
+                "require_token": f.get("rt") == "1",
             }
             stmt = self._insert(skus).values(**row)
             conn.execute(
@@ -682,6 +687,8 @@ class Ledger:
                     goal_buyers=r.goal_buyers,
                     unit_price_minor=r.unit_price_minor,
                     currency=r.currency,
+                    user_rate_per_s=r.user_rate_per_s,
+                    require_token=bool(r.require_token),
                 )
                 for r in conn.execute(query.order_by(skus.c.sku_id))
             }

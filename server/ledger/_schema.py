@@ -51,6 +51,21 @@ skus = sa.Table(
         comment="Price of one unit in minor units (cents); 0 = not given.",
     ),
     sa.Column("currency", sa.String(3), nullable=False, server_default="", comment="ISO 4217 code; '' = not given."),
+    # Anti-scalping (PutSku, migration 0007).
+    sa.Column(
+        "user_rate_per_s",
+        sa.BigInteger,
+        nullable=False,
+        server_default="0",
+        comment="Most attempts per user per second; 0 = no cap.",
+    ),
+    sa.Column(
+        "require_token",
+        sa.Boolean,
+        nullable=False,
+        server_default=sa.false(),
+        comment="Deduct/Hold need an admission token.",
+    ),
     sa.Index("ix_skus_shard", "shard"),
 )
 
@@ -178,6 +193,10 @@ sale_seconds = sa.Table(
     sa.Column("latency_p50_us", sa.BigInteger, nullable=False, server_default="0"),
     sa.Column("latency_p99_us", sa.BigInteger, nullable=False, server_default="0"),
     sa.Column("updated_ms", sa.BigInteger, nullable=False),
+    # Added by migration 0007, hence last.
+    sa.Column(
+        "o_rate_limited", sa.BigInteger, nullable=False, server_default="0", comment="Attempts answered rate_limited."
+    ),
 )
 """A sale's figures per SKU per second, written by the duties in batches (the review reads them)."""
 

@@ -73,7 +73,7 @@ __all__ = [
 AFTERMATH_MS = 60_000
 """How long after the last deduction the sale window runs, for a sale without an end time."""
 
-REFUSALS = ("sold_out", "limit", "insufficient", "not_on_sale", "qty_max", "error")
+REFUSALS = ("sold_out", "limit", "insufficient", "not_on_sale", "qty_max", "rate_limited", "error")
 """The refusal reasons of ``sale_seconds`` (columns ``o_<reason>``), in the order the review shows them."""
 
 _OUTCOMES = ("ok", "dup", *REFUSALS)
@@ -302,7 +302,7 @@ class Review:
         """Attempts refused over the whole sale, by reason; None when no figures are recorded."""
         if not self.recorded_figures:
             return None
-        return {r: sum(s.figures[f"o_{r}"] for s in self.seconds if s.figures) for r in REFUSALS}
+        return {r: sum(s.figures.get(f"o_{r}", 0) for s in self.seconds if s.figures) for r in REFUSALS}
 
     def to_json(self) -> dict[str, Any]:
         """The review's figures as plain data (``review.json``)."""

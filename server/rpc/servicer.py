@@ -28,6 +28,7 @@ from grpc_status import rpc_status
 
 from flashstock.client import (
     AdminResult,
+    AdmissionKey,
     BatchResult,
     Deduction,
     DeductResult,
@@ -40,6 +41,7 @@ from flashstock.client import (
     SkuDefinition,
     SkuNotFound,
     to_status,
+    token_problem,
 )
 from flashstock.server._log_gate import LogGate
 from flashstock.server._logs import log_context
@@ -333,6 +335,8 @@ def _sku_pb(s: Sku) -> admin_pb2.Sku:
         goal_buyers=s.goal_buyers,
         unit_price_minor=s.unit_price_minor,
         currency=s.currency,
+        user_rate_per_s=s.user_rate_per_s,
+        require_token=s.require_token,
     )
 
 
@@ -367,9 +371,12 @@ class StockServicer(stock_pb2_grpc.StockServiceServicer):
         admission: Admission | None = None,
         breaker: RedisBreaker | None = None,
         degrade: Degrade | None = None,
+        admission_keys: dict[str, AdmissionKey] | None = None,
     ) -> None:
         self._store = store
         self._book = book
+        self._admission_keys = admission_keys or {}
+        """The keys admission tokens are checked with, by id (the ``admission_keys`` setting)."""
         self.degrade = degrade
         """This worker's degraded mode (GetStock from a snapshot while it sheds); None: reads go to Redis."""
         self.figures = figures
@@ -415,6 +422,13 @@ class StockServicer(stock_pb2_grpc.StockServiceServicer):
             return reply_type(outcome=stock_pb2.OUTCOME_SOLD_OUT, stock_left=0)
         return None
 
+    def _token_problem(self, token: str, user_id: str, sku_id: str) -> str:
+        # CPU only, here: the script learns just "valid or not", and a SKU
+        # that requires a token refuses anything but valid, so a caller who
+        # omits the token cannot pass. Checked after the resend lookup there:
+        # a resend of an id that took units gets its first answer.
+        return token_problem(token, self._admission_keys, user_id, sku_id)
+
     @_rpc
     async def Deduct(self, request: stock_pb2.DeductRequest, context: Any) -> stock_pb2.DeductReply:
         started = perf_counter()
@@ -423,13 +437,17 @@ class StockServicer(stock_pb2_grpc.StockServiceServicer):
         if refused is not None:
             self._count(request.sku_id, request.user_id, "sold_out", 0, started)
             return refused
+        problem = self._token_problem(request.admission_token, request.user_id, request.sku_id)
         r = await self._counted_take(
-            request, started, self._store.take(request.sku_id, request.user_id, request.qty, request.request_id)
+            request,
+            started,
+            self._store.take(request.sku_id, request.user_id, request.qty, request.request_id, 0, problem),
         )
         return stock_pb2.DeductReply(
             outcome=_enum_pb(stock_pb2.Outcome, r.outcome),
             deduction=_deduction_pb(r.deduction),
             stock_left=r.stock_left,
+            retry_after_ms=r.retry_after_ms,
         )
 
     @_rpc
@@ -443,15 +461,17 @@ class StockServicer(stock_pb2_grpc.StockServiceServicer):
         if refused is not None:
             self._count(request.sku_id, request.user_id, "sold_out", 0, started)
             return refused
+        problem = self._token_problem(request.admission_token, request.user_id, request.sku_id)
         r = await self._counted_take(
             request,
             started,
-            self._store.hold(request.sku_id, request.user_id, request.qty, request.request_id, request.ttl_ms),
+            self._store.hold(request.sku_id, request.user_id, request.qty, request.request_id, request.ttl_ms, problem),
         )
         return stock_pb2.HoldReply(
             outcome=_enum_pb(stock_pb2.Outcome, r.outcome),
             deduction=_deduction_pb(r.deduction),
             stock_left=r.stock_left,
+            retry_after_ms=r.retry_after_ms,
         )
 
     @_rpc
@@ -511,8 +531,9 @@ class StockServicer(stock_pb2_grpc.StockServiceServicer):
                         for i, (sku_id, _) in enumerate(items)
                     ],
                 )
+        problems = [self._token_problem(i.admission_token, request.user_id, i.sku_id) for i in request.items]
         try:
-            r = await self._store.batch(request.user_id, items, request.request_id)
+            r = await self._store.batch(request.user_id, items, request.request_id, problems)
         except SkuNotFound:
             raise
         except Exception as exc:
@@ -523,10 +544,14 @@ class StockServicer(stock_pb2_grpc.StockServiceServicer):
             outcome=_enum_pb(stock_pb2.Outcome, r.outcome),
             items=[
                 stock_pb2.BatchItemResult(
-                    sku_id=i.sku_id, outcome=_enum_pb(stock_pb2.Outcome, i.outcome), stock_left=i.stock_left
+                    sku_id=i.sku_id,
+                    outcome=_enum_pb(stock_pb2.Outcome, i.outcome),
+                    stock_left=i.stock_left,
+                    retry_after_ms=i.retry_after_ms,
                 )
                 for i in r.items
             ],
+            retry_after_ms=r.retry_after_ms,
         )
 
 
@@ -593,6 +618,8 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
             goal_buyers=request.goal_buyers,
             unit_price_minor=request.unit_price_minor,
             currency=request.currency,
+            user_rate_per_s=request.user_rate_per_s,
+            require_token=request.require_token,
         )
         _check(v.put_violations(definition, request.request_id) + v.mode_violations(request.mode))
         r = await self._store.put_sku(definition, request.request_id, self._note("PutSku", request, context))

@@ -130,6 +130,10 @@ def mode_violations(mode: int) -> list[FieldViolation]:
     return []
 
 
+MAX_USER_RATE = 1_000_000
+"""The highest per-user attempt rate a SKU may set (attempts per second)."""
+
+
 def put_violations(definition: SkuDefinition, request_id: str) -> list[FieldViolation]:
     """PutSku: the definition's fields and the request id.
 
@@ -146,6 +150,7 @@ def put_violations(definition: SkuDefinition, request_id: str) -> list[FieldViol
         *_range("max_per_request", d.max_per_request, 0, MAX_QTY),
         *_range("sale_start_ms", d.sale_start_ms, 0, MAX_TIME_MS),
         *_range("sale_end_ms", d.sale_end_ms, 0, MAX_TIME_MS),
+        *_range("user_rate_per_s", d.user_rate_per_s, 0, MAX_USER_RATE),
     ]
     if d.sale_start_ms > 0 and d.sale_end_ms > 0 and d.sale_end_ms <= d.sale_start_ms:
         out.append(FieldViolation("sale_end_ms", "must be after sale_start_ms"))

@@ -96,6 +96,11 @@ class ShardKeys:
         Members ``<sku_id>\n<second>``, scored by the second."""
         return f"{self.prefix}sts"
 
+    def user_attempts(self, second: int, sku_id: str) -> str:
+        """Hash of one SKU's attempts per user in one second of Redis's clock (the per-user rate,
+        ``user_rate_per_s``); named by the deduct and batch scripts themselves (``rate_wait`` in _lib.lua)."""
+        return f"{self.prefix}rl:{second}:{sku_id}"
+
     def sale_totals(self, sku_id: str) -> str:
         """Hash of one SKU's figures over its current sale (deleted by a put, which starts a new sale)."""
         return f"{self.prefix}sa:{sku_id}"
@@ -136,9 +141,20 @@ SOLD_OUT_CHANNEL = "fs:soldout"
 PERSISTED_CHANNEL = "fs:persisted"
 """Pub/sub channel on which persisters announce ``"<shard> <last entry id>"`` after a commit."""
 
-SALE_OUTCOMES = ("ok", "dup", "sold_out", "insufficient", "limit", "not_on_sale", "qty_max", "error")
+SALE_OUTCOMES = (
+    "ok",
+    "dup",
+    "sold_out",
+    "insufficient",
+    "limit",
+    "not_on_sale",
+    "qty_max",
+    "error",
+    "rate_limited",
+)
 """The outcomes a sale's figures count attempts by (``o:<outcome>`` fields; ledger columns ``o_<outcome>``).
-``error``: every answer that is not an outcome of the sale (NOT_FOUND, MISMATCH, UNAVAILABLE, ...)."""
+``error``: every answer that is not an outcome of the sale (NOT_FOUND, MISMATCH, UNAVAILABLE, ...; an admission
+token refused, PERMISSION_DENIED, too). ``rate_limited``: refused by the SKU's per-user attempt rate."""
 
 LATENCY_BUCKETS_US = (250, 500, 1_000, 2_000, 5_000, 10_000, 20_000, 50_000, 100_000, 250_000, 500_000, 1_000_000)
 """Upper bounds (us) of a sale's latency buckets; field ``l:<i>`` counts attempts at most

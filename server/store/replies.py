@@ -26,6 +26,7 @@ from typing import Any, Generic, NamedTuple, TypeVar
 
 from flashstock.client import (
     AdminResult,
+    AdmissionTokenRefused,
     BatchItemResult,
     BatchResult,
     Deduction,
@@ -56,6 +57,7 @@ _OUTCOMES = {
     "HOLD_RELEASED": Outcome.HOLD_RELEASED,
     "HOLD_CONFIRMED": Outcome.HOLD_CONFIRMED,
     "HOLD_VOIDED": Outcome.HOLD_VOIDED,
+    "RATE_LIMITED": Outcome.RATE_LIMITED,
 }
 
 _STATES = {
@@ -123,10 +125,15 @@ class TakeReply(NamedTuple):
     """The log entry the answer rests on ('' = none)."""
     durable: bool
     """The SKU is durable."""
+    retry_after_ms: int = 0
+    """RATE_LIMITED: ms until the user's attempt window ends."""
 
     @classmethod
     def decode(cls, raw: Sequence[Any]) -> TakeReply:
-        """Read ``{code, left, sv[, kind, state, qty, user, sku, taken_ms, exp_ms, log_id, durable]}``."""
+        """Read ``{code, left, sv[, kind, state, qty, user, sku, taken_ms, exp_ms, log_id, durable]}``
+        or ``{'RATE_LIMITED', -1, 0, retry_after_ms}``."""
+        if len(raw) == 4:
+            return cls(_text(raw[0]), int(raw[1]), int(raw[2]), None, "", False, int(raw[3]))
         record = None
         if len(raw) >= 10:
             kind, state, qty, user, sku, taken_ms, expires_ms = raw[3:10]
@@ -145,6 +152,8 @@ class BatchItemReply(NamedTuple):
     """Units of the item's SKU left after the call."""
     log_id: str
     durable: bool
+    retry_after_ms: int = 0
+    """RATE_LIMITED: ms until the user's attempt window on the item's SKU ends."""
 
 
 class BatchReply(NamedTuple):
@@ -154,22 +163,24 @@ class BatchReply(NamedTuple):
     items: tuple[BatchItemReply, ...]
     """Every item's reply (OK, DUP, REFUSED); empty otherwise."""
     item: int = -1
-    """NO_SKU, MISMATCH, QTY_MAX, NO_SHARD: the (0-based) index of the item concerned."""
+    """NO_SKU, MISMATCH, TOKEN, QTY_MAX, NO_SHARD: the (0-based) index of the item concerned."""
     cap: int = 0
     """QTY_MAX: the item SKU's cap per request."""
 
     @classmethod
     def decode(cls, raw: Sequence[Any]) -> BatchReply:
-        """Read ``{code, n, item_code, left, log_id, durable, ...}`` or ``{code, index[, cap]}``."""
+        """Read ``{code, n, item_code, left, log_id, durable, retry_after_ms, ...}`` or ``{code, index[, cap]}``."""
         code = _text(raw[0])
         if code not in ("OK", "DUP", "REFUSED"):
             return cls(code, (), item=int(raw[1]) - 1, cap=int(raw[2]) if len(raw) > 2 else 0)
-        flat = raw[2 : 2 + 4 * int(raw[1])]
+        flat = raw[2 : 2 + 5 * int(raw[1])]
         return cls(
             code,
             tuple(
-                BatchItemReply(_text(c), int(left), _text(log_id), int(durable) == 1)
-                for c, left, log_id, durable in zip(flat[0::4], flat[1::4], flat[2::4], flat[3::4], strict=True)
+                BatchItemReply(_text(c), int(left), _text(log_id), int(durable) == 1, int(wait))
+                for c, left, log_id, durable, wait in zip(
+                    flat[0::5], flat[1::5], flat[2::5], flat[3::5], flat[4::5], strict=True
+                )
             ),
         )
 
@@ -275,9 +286,17 @@ class QtyAboveMax(InvalidArgument):
     """A request asked for more units than the SKU's max per request (QTY_MAX; a sale figure of its own)."""
 
 
-def _common_errors(code: str, cap: int, sku_id: str, request_id: str, field: str = "qty") -> None:
+def _common_errors(
+    code: str, cap: int, sku_id: str, request_id: str, field: str = "qty", token_problem: str = ""
+) -> None:
     if code == "NO_SHARD":
         raise ShardMissing(sku_id)
+    if code == "TOKEN":
+        raise AdmissionTokenRefused(
+            f"SKU {sku_id!r} takes Deduct and Hold only with a valid admission token for the user: "
+            f"{token_problem or 'the token was refused'}",
+            sku=sku_id,
+        )
     if code == "NO_SKU":
         raise SkuNotFound(f"SKU {sku_id!r} is not defined", sku=sku_id)
     if code == "MISMATCH":
@@ -294,14 +313,16 @@ def _common_errors(code: str, cap: int, sku_id: str, request_id: str, field: str
         )
 
 
-def take_result(raw: Sequence[Any], sku_id: str, request_id: str) -> Answer[DeductResult]:
-    """Decode one request's reply of deduct.lua."""
+def take_result(raw: Sequence[Any], sku_id: str, request_id: str, token_problem: str = "") -> Answer[DeductResult]:
+    """Decode one request's reply of deduct.lua (``token_problem``: what the node found wrong with the
+    call's admission token, for the message of a TOKEN refusal)."""
     reply = TakeReply.decode(raw)
-    _common_errors(reply.code, reply.available, sku_id, request_id)
+    _common_errors(reply.code, reply.available, sku_id, request_id, token_problem=token_problem)
     result = DeductResult(
         outcome=_OUTCOMES[reply.code],
         deduction=_deduction(reply.record, request_id),
         stock_left=reply.available,
+        retry_after_ms=reply.retry_after_ms,
     )
     return Answer(result, sold_out_sv=reply.sold_out_sv, log_id=reply.log_id, durable=reply.durable)
 
@@ -327,14 +348,20 @@ def settle_result(raw: Sequence[Any], sku_id: str, hold_id: str, request_id: str
 
 
 def batch_result(
-    raw: Sequence[Any], sku_ids: Sequence[str], request_id: str
+    raw: Sequence[Any], sku_ids: Sequence[str], request_id: str, token_problems: Sequence[str] = ()
 ) -> tuple[BatchResult, list[tuple[int, str]]]:
-    """Decode batch.lua's reply: the result, and the (item index, log id) of durable items to wait for."""
+    """Decode batch.lua's reply: the result, and the (item index, log id) of durable items to wait for.
+
+    ``token_problems``: per item, what the node found wrong with its admission token ('' = valid).
+    """
     reply = BatchReply.decode(raw)
     if reply.item >= 0:
-        _common_errors(reply.code, reply.cap, sku_ids[reply.item], request_id, f"items[{reply.item}].qty")
+        problem = token_problems[reply.item] if reply.item < len(token_problems) else ""
+        _common_errors(reply.code, reply.cap, sku_ids[reply.item], request_id, f"items[{reply.item}].qty", problem)
     items = tuple(
-        BatchItemResult(sku_id=sku_id, outcome=_OUTCOMES[item.code], stock_left=item.available)
+        BatchItemResult(
+            sku_id=sku_id, outcome=_OUTCOMES[item.code], stock_left=item.available, retry_after_ms=item.retry_after_ms
+        )
         for sku_id, item in zip(sku_ids, reply.items, strict=True)
     )
     waits = [(i, item.log_id) for i, item in enumerate(reply.items) if item.durable and item.log_id]
@@ -344,7 +371,8 @@ def batch_result(
         outcome = Outcome.DUPLICATE
     else:
         outcome = next(item.outcome for item in items if item.outcome is not Outcome.OK)
-    return BatchResult(outcome=outcome, items=items), waits
+    retry_after_ms = max((item.retry_after_ms for item in items), default=0)
+    return BatchResult(outcome=outcome, items=items, retry_after_ms=retry_after_ms), waits
 
 
 _INT64 = range(-(2**63), 2**63)
@@ -392,6 +420,7 @@ SKU_FIELDS: Mapping[str, str] = {
     "goal_sellout_ms": "gs",
     "goal_buyers": "gb",
     "unit_price_minor": "pr",
+    "user_rate_per_s": "ur",
 }
 """A SKU's numbers: the name in Python -> the field of its hash in Redis (``lua/_lib.lua``)."""
 
@@ -421,10 +450,14 @@ class SkuHash(NamedTuple):
     goal_buyers: int
     unit_price_minor: int
     """0 = no price."""
+    user_rate_per_s: int
+    """Most attempts per user per second (0 = no cap; a hash put before it existed has none)."""
     paused: bool
     mode: Mode
     currency: str
     """'' = no price."""
+    require_token: bool = False
+    """Deduct and Hold need an admission token."""
 
 
 def sku_hash(sku_id: str, fields: Mapping[Any, Any]) -> SkuHash:
@@ -432,7 +465,13 @@ def sku_hash(sku_id: str, fields: Mapping[Any, Any]) -> SkuHash:
     f = {_text(k): _text(v) for k, v in fields.items()}
     numbers = {name: _hash_int(sku_id, f, field) for name, field in SKU_FIELDS.items()}
     mode = Mode.DURABLE if f.get("mode") == "durable" else Mode.FAST
-    return SkuHash(**numbers, paused=f.get("paused", "0") == "1", mode=mode, currency=f.get("cur", ""))
+    return SkuHash(
+        **numbers,
+        paused=f.get("paused", "0") == "1",
+        mode=mode,
+        currency=f.get("cur", ""),
+        require_token=f.get("rt", "0") == "1",
+    )
 
 
 def sku_from_hash(sku_id: str, shard: int, fields: Mapping[Any, Any]) -> Sku:
@@ -456,6 +495,8 @@ def sku_from_hash(sku_id: str, shard: int, fields: Mapping[Any, Any]) -> Sku:
         goal_buyers=h.goal_buyers,
         unit_price_minor=h.unit_price_minor,
         currency=h.currency,
+        user_rate_per_s=h.user_rate_per_s,
+        require_token=h.require_token,
     )
 
 

@@ -59,6 +59,7 @@ _SALE_OUTCOME = {
     Outcome.INSUFFICIENT: "insufficient",
     Outcome.LIMIT: "limit",
     Outcome.NOT_ON_SALE: "not_on_sale",
+    Outcome.RATE_LIMITED: "rate_limited",
 }
 _OUTCOME_FIELD = {name: f"o:{name}" for name in SALE_OUTCOMES}
 _LATENCY_FIELD = tuple(f"l:{i}" for i in range(len(LATENCY_BUCKETS_US) + 1))

@@ -102,7 +102,7 @@ class StockStore:
         """Per shard, its rebuild generation as last read from Redis: never above the current one."""
         self._generation_reads: dict[int, asyncio.Future[bytes | None]] = {}
         self._unreadable_log = LogGate(interval_s=60.0)
-        self._coalescer: ShardCoalescer[tuple[str, str, int, str, int]] = ShardCoalescer(
+        self._coalescer: ShardCoalescer[tuple[str, str, int, str, int, int]] = ShardCoalescer(
             self._take_batch, window=limits.coalesce_window_s, on_batch=on_batch
         )
 
@@ -224,35 +224,43 @@ class StockStore:
 
     # -- deductions ----------------------------------------------------------
 
-    async def take(self, sku_id: str, user_id: str, qty: int, request_id: str, hold_ms: int = 0) -> DeductResult:
+    async def take(
+        self, sku_id: str, user_id: str, qty: int, request_id: str, hold_ms: int = 0, token_problem: str = "no token"
+    ) -> DeductResult:
         """Deduct (``hold_ms == 0``) or hold ``qty`` units.
 
-        Concurrent requests of one shard share one script call (coalescing);
-        each is decided exactly as if it ran alone.
+        ``token_problem``: what the node found wrong with the call's admission
+        token ('' = it is valid); a SKU that requires a token refuses any
+        other (:class:`~flashstock.client.AdmissionTokenRefused`, this text
+        in its message). Concurrent requests of one shard share one script
+        call (coalescing); each is decided exactly as if it ran alone.
         """
         shard = shard_of(sku_id, self._shards)
+        token_ok = 0 if token_problem else 1
 
         async def call() -> Answer[DeductResult]:
-            raw = await self._coalescer.submit(shard, (sku_id, user_id, qty, request_id, hold_ms))
-            return _replies.take_result(raw, sku_id, request_id)
+            raw = await self._coalescer.submit(shard, (sku_id, user_id, qty, request_id, hold_ms, token_ok))
+            return _replies.take_result(raw, sku_id, request_id, token_problem)
 
         answer, generations = await self._call((sku_id,), call)
         if answer.sold_out_sv:
             self._book.learn(sku_id, answer.sold_out_sv, True)
         return await self._settled(shard, answer, generations)
 
-    async def _take_batch(self, shard: int, items: Sequence[tuple[str, str, int, str, int]]) -> list:
+    async def _take_batch(self, shard: int, items: Sequence[tuple[str, str, int, str, int, int]]) -> list:
         k = ShardKeys(shard)
         keys = [k.log, k.hold_expiries, k.sold_out]
         args: list[str | int] = [k.prefix, self._record_ttl_ms]
-        for sku_id, user_id, qty, request_id, hold_ms in items:
+        for sku_id, user_id, qty, request_id, hold_ms, token_ok in items:
             keys += (k.sku(sku_id), k.users(sku_id))
-            args += (sku_id, user_id, qty, request_id, hold_ms)
+            args += (sku_id, user_id, qty, request_id, hold_ms, token_ok)
         return await self._scripts.deduct(keys=keys, args=args)
 
-    async def hold(self, sku_id: str, user_id: str, qty: int, request_id: str, ttl_ms: int) -> DeductResult:
-        """Hold ``qty`` units for ``ttl_ms`` (0 = the default hold length)."""
-        return await self.take(sku_id, user_id, qty, request_id, ttl_ms or self._limits.default_hold_ms)
+    async def hold(
+        self, sku_id: str, user_id: str, qty: int, request_id: str, ttl_ms: int, token_problem: str = "no token"
+    ) -> DeductResult:
+        """Hold ``qty`` units for ``ttl_ms`` (0 = the default hold length); ``token_problem`` as for :meth:`take`."""
+        return await self.take(sku_id, user_id, qty, request_id, ttl_ms or self._limits.default_hold_ms, token_problem)
 
     async def settle(self, sku_id: str, hold_id: str, request_id: str, confirm: bool) -> SettleResult:
         """Confirm or release the hold ``hold_id``."""
@@ -268,18 +276,30 @@ class StockStore:
         answer, generations = await self._call((sku_id,), call)
         return await self._settled(k.shard, answer, generations)
 
-    async def batch(self, user_id: str, items: Sequence[tuple[str, int]], request_id: str) -> BatchResult:
-        """Take every item, or none."""
+    async def batch(
+        self,
+        user_id: str,
+        items: Sequence[tuple[str, int]],
+        request_id: str,
+        token_problems: Sequence[str] | None = None,
+    ) -> BatchResult:
+        """Take every item, or none.
+
+        ``token_problems``: per item, what the node found wrong with its
+        admission token ('' = valid; None: no item has one), as for :meth:`take`.
+        """
+        problems = list(token_problems) if token_problems is not None else ["no token"] * len(items)
         keys: list[str] = []
         args: list[str | int] = [user_id, request_id, self._record_ttl_ms]
-        for sku_id, qty in items:
+        for (sku_id, qty), problem in zip(items, problems, strict=True):
             k = self.keys(sku_id)
             keys += [k.sku(sku_id), k.users(sku_id), k.log, k.sold_out]
-            args += [sku_id, qty, k.prefix]
+            args += [sku_id, qty, k.prefix, 0 if problem else 1]
         sku_ids = [sku for sku, _ in items]
 
         async def call() -> tuple[BatchResult, list[tuple[int, str]]]:
-            return _replies.batch_result(await self._scripts.batch(keys=keys, args=args), sku_ids, request_id)
+            raw = await self._scripts.batch(keys=keys, args=args)
+            return _replies.batch_result(raw, sku_ids, request_id, problems)
 
         (result, waits), generations = await self._call(sku_ids, call)
         for index, log_id in waits:
@@ -379,6 +399,8 @@ class StockStore:
                     d.goal_buyers,
                     d.unit_price_minor,
                     d.currency,
+                    d.user_rate_per_s,
+                    1 if d.require_token else 0,
                     # Always the last argument (the script reads ARGV[#ARGV]).
                     "" if note is None else note.encode(),
                 ],

@@ -133,6 +133,9 @@ PLAUSIBLE_BY_NAME = {
     "goal_buyers": st.integers(0, 50),
     "unit_price_minor": st.sampled_from((0, 0, 1999)),
     "currency": st.sampled_from(("", "", "EUR", "JPY", "eur")),
+    "user_rate_per_s": st.sampled_from((0, 0, 0, 1, 1000)),
+    "require_token": st.sampled_from((False, False, False, True)),  # mostly SKUs that deductions can reach
+    "admission_token": st.sampled_from(("", "", "junk", "v1.k.9999999999999.AAAA")),
     "prefix": st.sampled_from(("", "fz", "fz-1", "zz")),
     "page_size": st.integers(0, 5),
     "page_token": st.sampled_from(("", *POOL)),
@@ -146,7 +149,7 @@ def plausible(field: Any) -> st.SearchStrategy[Any]:
     if field.type == F.TYPE_ENUM:
         return st.sampled_from([v.number for v in field.enum_type.values])
     if field.type == F.TYPE_BOOL:
-        return st.booleans()
+        return PLAUSIBLE_BY_NAME.get(field.name, st.booleans())
     return PLAUSIBLE_BY_NAME[field.name]
 
 

@@ -462,6 +462,8 @@ def test_put_adjust_pause_and_resume_entries_define_the_sku(ledger):
         "goal_buyers": 0,
         "unit_price_minor": 0,
         "currency": "",
+        "user_rate_per_s": 0,
+        "require_token": False,
     }
 
     ledger.persist(SHARD, 0, [log.adjust("sku-a", 80), log.pause("sku-a")])
@@ -706,6 +708,17 @@ def test_a_put_entry_writes_the_sales_goals_and_price_and_a_put_without_them_cle
 
     ledger.persist(SHARD, 0, [log.put("sku-a", 5, sale=2, gu=0, gs=0, gb=0, pr=0, cur="")])
     assert [rows(ledger, skus)[0][g] for g in goals] == [0, 0, 0, 0, ""]
+
+
+def test_a_put_entry_writes_the_anti_scalping_settings_and_an_older_entry_has_none(ledger):
+    log = Log()
+    ledger.persist(SHARD, 0, [log.put("sku-a", 100, ur=3, rt="1")])
+    ledger.persist(SHARD, 0, [log.adjust("sku-a", 90), log.pause("sku-a")])
+    (state,) = ledger.sku_states(sku_id="sku-a")
+    assert (state.user_rate_per_s, state.require_token) == (3, True)
+    ledger.persist(SHARD, 0, [log.put("sku-a", 5, sale=2)])  # an entry of a node from before the settings
+    (state,) = ledger.sku_states(sku_id="sku-a")
+    assert (state.user_rate_per_s, state.require_token) == (0, False)
 
 
 def test_claim_epoch_says_who_owned_the_shard_before(ledger):

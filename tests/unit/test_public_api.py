@@ -23,6 +23,8 @@ def test_client_exports():
         "CHANNEL_OPTIONS",
         "AdminClient",
         "AdminResult",
+        "AdmissionKey",
+        "AdmissionTokenRefused",
         "AsyncAdminClient",
         "AsyncStockClient",
         "BatchItem",
@@ -55,8 +57,11 @@ def test_client_exports():
         "StockLevel",
         "Unauthenticated",
         "Unavailable",
+        "admission_token",
         "from_status",
+        "read_admission_key",
         "to_status",
+        "token_problem",
     ]
     assert all(hasattr(client, name) for name in client.__all__)
 

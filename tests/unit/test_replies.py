@@ -3,6 +3,7 @@
 import pytest
 
 from flashstock.client import (
+    AdmissionTokenRefused,
     DeductionState,
     InvalidArgument,
     Mode,
@@ -60,6 +61,21 @@ def test_take_errors():
     assert e.value.violations[0].field == "qty"
     with pytest.raises(r.ShardMissing):
         r.take_result([b"NO_SHARD", -1, 0], "sku", "rid")
+    with pytest.raises(AdmissionTokenRefused) as e:
+        r.take_result([b"TOKEN", -1, 0], "sku", "rid", "it expired 5 ms ago")
+    assert "it expired 5 ms ago" in e.value.message and e.value.sku == "sku"
+
+
+def test_rate_limited_says_when_to_come_back():
+    result = r.take_result([b"RATE_LIMITED", -1, 0, 420], "sku", "rid").result
+    assert (result.outcome, result.retry_after_ms, result.deduction) == (Outcome.RATE_LIMITED, 420, None)
+
+
+def test_a_batch_rate_limited_comes_back_after_its_longest_item():
+    raw = [b"REFUSED", 2, b"RATE_LIMITED", -1, b"", 0, 300, b"RATE_LIMITED", -1, b"", 0, 700]
+    result, _ = r.batch_result(raw, ["a", "b"], "rid")
+    assert result.outcome is Outcome.RATE_LIMITED and result.retry_after_ms == 700
+    assert [i.retry_after_ms for i in result.items] == [300, 700]
 
 
 @pytest.mark.parametrize("code", ["OK", "DUP", "HOLD_NOT_FOUND", "HOLD_EXPIRED", "HOLD_RELEASED", "HOLD_CONFIRMED"])
@@ -70,14 +86,14 @@ def test_settle_codes(code):
 
 
 def test_batch_refusal_is_the_first_refused_item():
-    raw = [b"REFUSED", 3, b"OK", 5, b"", 0, b"LIMIT", 4, b"", 0, b"SOLD_OUT", 0, b"", 0]
+    raw = [b"REFUSED", 3, b"OK", 5, b"", 0, 0, b"LIMIT", 4, b"", 0, 0, b"SOLD_OUT", 0, b"", 0, 0]
     result, waits = r.batch_result(raw, ["a", "b", "c"], "rid")
     assert result.outcome is Outcome.LIMIT and waits == []
     assert [i.outcome for i in result.items] == [Outcome.OK, Outcome.LIMIT, Outcome.SOLD_OUT]
 
 
 def test_batch_durable_items_are_waited_for():
-    raw = [b"OK", 2, b"OK", 5, b"10-1", 1, b"OK", 4, b"11-0", 0]
+    raw = [b"OK", 2, b"OK", 5, b"10-1", 1, 0, b"OK", 4, b"11-0", 0, 0]
     result, waits = r.batch_result(raw, ["a", "b"], "rid")
     assert result.outcome is Outcome.OK and waits == [(0, "10-1")]
 
@@ -89,6 +105,9 @@ def test_batch_errors_name_the_item():
     with pytest.raises(InvalidArgument) as e:
         r.batch_result([b"QTY_MAX", 1, 3], ["a", "b"], "rid")
     assert e.value.violations[0].field == "items[0].qty"
+    with pytest.raises(AdmissionTokenRefused) as e:
+        r.batch_result([b"TOKEN", 2], ["a", "b"], "rid", ["", "no admission token"])
+    assert e.value.sku == "b" and "no admission token" in e.value.message
 
 
 def test_admin_reply_and_below_handed_out():
@@ -152,12 +171,17 @@ def test_a_take_reply_names_its_record_and_log_entry():
     assert (reply.code, reply.available, reply.sold_out_sv, reply.log_id, reply.durable) == ("OK", 7, 9, "1700-3", True)
     assert reply.record == r.Record("H", "H", 2, "u1", "sku", 1000, 5000)
     assert r.TakeReply.decode([b"SOLD_OUT", 0, 0]) == r.TakeReply("SOLD_OUT", 0, 0, None, "", False)
+    limited = r.TakeReply.decode([b"RATE_LIMITED", -1, 0, 340])
+    assert limited == r.TakeReply("RATE_LIMITED", -1, 0, None, "", False, retry_after_ms=340)
 
 
 def test_a_batch_reply_names_each_item_or_the_item_that_stopped_it():
-    reply = r.BatchReply.decode([b"OK", 2, b"OK", 5, b"10-1", 1, b"OK", 4, b"", 0])
+    reply = r.BatchReply.decode([b"OK", 2, b"OK", 5, b"10-1", 1, 0, b"OK", 4, b"", 0, 0])
     assert reply.items == (r.BatchItemReply("OK", 5, "10-1", True), r.BatchItemReply("OK", 4, "", False))
     assert reply.item == -1
+    refused = r.BatchReply.decode([b"REFUSED", 2, b"OK", 5, b"", 0, 0, b"RATE_LIMITED", -1, b"", 0, 250])
+    assert refused.items[1] == r.BatchItemReply("RATE_LIMITED", -1, "", False, 250)
+    assert r.BatchReply.decode([b"TOKEN", 2]) == r.BatchReply("TOKEN", (), item=1)
     assert r.BatchReply.decode([b"QTY_MAX", 2, 3]) == r.BatchReply("QTY_MAX", (), item=1, cap=3)
     assert r.BatchReply.decode([b"NO_SHARD", 1]) == r.BatchReply("NO_SHARD", (), item=0)
 
@@ -174,7 +198,7 @@ def test_the_sku_hash_reads_in_one_vocabulary():
     assert not h.paused and h.mode is Mode.FAST
     text = r.sku_hash("s", {"avail": "1", "mode": "durable", "paused": "1"})  # a decoding client's hash too
     assert text.available == 1 and text.paused and text.mode is Mode.DURABLE
-    assert set(r.SKU_FIELDS) == set(r.SkuHash._fields) - {"paused", "mode", "currency"}
+    assert set(r.SKU_FIELDS) == set(r.SkuHash._fields) - {"paused", "mode", "currency", "require_token"}
 
 
 def test_the_sku_hash_carries_the_goals_and_price_and_an_older_hash_has_none():

@@ -17,6 +17,14 @@
 --                           buyers (0 = none); read by the board
 --   pr cur                  unit price in minor units (0 = none), ISO 4217
 --                           currency ('' = none)
+--   ur                      attempts one user may make per second (0 = no cap;
+--                           absent in a hash put before it existed: no cap)
+--   rt                      1: Deduct/Hold need an admission token (absent = 0)
+--
+-- Attempt counts of the per-user rate: hashes fs:{s<n>}:rl:<sec>:<sku>, field
+-- user -> attempts in that second of Redis's clock (sec = floor(now_ms /
+-- 1000)), expiring a second after their second ends. Every node counts in
+-- the same hash, so the cap holds across nodes.
 --
 -- Records: the first answer of every call that took effect, per SKU: a
 -- request id has one scope, (sku_id, request_id), everywhere (Redis, the
@@ -156,6 +164,27 @@ local function announce(sku_key, so_key, sku_id, was_avail, avail, force)
   end
   redis.call('HDEL', so_key, sku_id)
   redis.call('PUBLISH', SOLD_OUT_CHANNEL, 'A ' .. sv .. ' ' .. sku_id)
+  return 0
+end
+
+-- Admission token: the node checked the call's token (CPU only) and says
+-- whether it was valid (`token_ok` 1); a SKU with rt = 1 refuses any other.
+-- Returns true when the attempt may go on.
+local function token_admits(sku_key, token_ok)
+  return token_ok == 1 or redis.call('HGET', sku_key, 'rt') ~= '1'
+end
+
+-- Count an attempt of `user` on the SKU against its per-user rate (ur).
+-- Returns 0 when the attempt may go on, else the ms until the user's window
+-- ends (at least 1): the attempt is refused, RATE_LIMITED.
+local function rate_wait(prefix, sku_key, sku_id, user, now)
+  local rate = tonumber(redis.call('HGET', sku_key, 'ur') or '0')
+  if rate <= 0 then return 0 end
+  local sec = math.floor(now / 1000)
+  local key = prefix .. 'rl:' .. sec .. ':' .. sku_id
+  local n = redis.call('HINCRBY', key, user, 1)
+  redis.call('PEXPIREAT', key, (sec + 2) * 1000)
+  if n > rate then return (sec + 1) * 1000 - now end
   return 0
 end
 

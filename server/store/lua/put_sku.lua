@@ -15,6 +15,7 @@
 -- ARGV[9] key prefix of the shard ('fs:{s<n>}:')   ARGV[10] request_id
 -- ARGV[11] goal units  ARGV[12] goal sell-out ms  ARGV[13] goal buyers
 -- ARGV[14] unit price in minor units  ARGV[15] currency ('' = no price)
+-- ARGV[16] attempts per user per second (0 = no cap)  ARGV[17] require admission token ('1' / '0')
 -- ARGV[#ARGV] (always the last) the audit note, JSON ('' = none; see add_audit in _lib.lua)
 --
 -- Returns {code, log_id, HGETALL of the sku hash...}, code one of
@@ -27,6 +28,13 @@ local call = {'put', ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[
 -- them keeps the fingerprint it had before they existed (its resends match).
 if ARGV[11] ~= '0' or ARGV[12] ~= '0' or ARGV[13] ~= '0' or ARGV[14] ~= '0' or ARGV[15] ~= '' then
   for i = 11, 15 do call[#call + 1] = ARGV[i] end
+end
+-- Likewise the anti-scalping settings (appended after the goals: those take
+-- their place in the fingerprint as before).
+if ARGV[16] ~= '0' or ARGV[17] ~= '0' then
+  call[#call + 1] = 'scalp'
+  call[#call + 1] = ARGV[16]
+  call[#call + 1] = ARGV[17]
 end
 local fingerprint = redis.sha1hex(table.concat(call, '\0'))
 local seen = redis.call('GET', KEYS[4])
@@ -51,11 +59,12 @@ redis.call('HSET', KEYS[1], 'avail', ARGV[2], 'total', ARGV[2], 'held', 0, 'conf
            'lim', ARGV[3], 'maxq', ARGV[4], 'start', ARGV[5], 'end', ARGV[6],
            'paused', 0, 'mode', ARGV[7], 'sv', old[1] or '0', 'sale', sale,
            'gu', ARGV[11], 'gs', ARGV[12], 'gb', ARGV[13], 'pr', ARGV[14], 'cur', ARGV[15])
+redis.call('HSET', KEYS[1], 'ur', ARGV[16], 'rt', ARGV[17])
 announce(KEYS[1], KEYS[3], ARGV[1], stock, stock, true)
 local entry = {'t', 'P', 'k', ARGV[1], 'q', ARGV[2], 'lim', ARGV[3],
                'maxq', ARGV[4], 'start', ARGV[5], 'end', ARGV[6], 'mode', ARGV[7], 's', sale,
                'r', ARGV[10], 'f', fingerprint, 'gu', ARGV[11], 'gs', ARGV[12], 'gb', ARGV[13],
-               'pr', ARGV[14], 'cur', ARGV[15]}
+               'pr', ARGV[14], 'cur', ARGV[15], 'ur', ARGV[16], 'rt', ARGV[17]}
 local log_id = redis.call('XADD', KEYS[5], '*', unpack(add_audit(entry, ARGV[#ARGV], before, KEYS[1])))
 redis.call('SET', KEYS[4], fingerprint, 'EX', tonumber(ARGV[8]))
 return answer('OK', log_id)

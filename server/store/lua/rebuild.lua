@@ -17,8 +17,8 @@
 --          lost the shard's meta fences off older owners again
 --          ARGV[9] the rebuilding owner's epoch ('' = a request's rebuild)
 -- sku:     ARGV[6] JSON {sku, total, held, conf, lim, maxq, start, end,
---                        paused, mode, sale, gu, gs, gb, pr, cur,
---                        users = {user = units}} (goals and price: absent = none)
+--                        paused, mode, sale, gu, gs, gb, pr, cur, ur, rt,
+--                        users = {user = units}} (goals, price, ur, rt: absent = none)
 -- users:   ARGV[6] JSON {sku, users = {user = units}} (more per-user counts)
 -- records: ARGV[6] JSON [[request_id, kind, state letter, qty, user, sku,
 --                         taken_ms, exp_ms, closer, sale, batch fingerprint], ...]
@@ -74,7 +74,7 @@ if step == 'sku' then
              'lim', int(s.lim), 'maxq', int(s.maxq), 'start', int(s.start), 'end', int(s['end']),
              'paused', int(s.paused), 'mode', s.mode, 'sv', int(now), 'sale', int(s.sale),
              'gu', int(s.gu or 0), 'gs', int(s.gs or 0), 'gb', int(s.gb or 0), 'pr', int(s.pr or 0),
-             'cur', s.cur or '')
+             'cur', s.cur or '', 'ur', int(s.ur or 0), 'rt', int(s.rt or 0))
   for user, units in pairs(s.users) do redis.call('HSET', users_key, user, int(units)) end
   announce(sku_key, prefix .. 'so', s.sku, avail, avail, true)
   return 'OK'
