@@ -17,7 +17,7 @@ Two limits, each off at 0:
   until a window's fastest call is under the limit again (or a window passes
   with no call answered).
 
-:class:`CallerCaps` adds caps per caller (the peer's IP address): calls in
+:class:`CallerCaps` adds caps per caller (its identity with auth on, else the peer's IP address): calls in
 flight and calls a second from one caller, so that one misbehaving gateway
 cannot take the worker from everyone else.
 
@@ -196,8 +196,9 @@ class _Caller:
 class CallerCaps:
     """Per-caller caps of one worker, so that one misbehaving gateway cannot take it from everyone else.
 
-    A caller is the peer's IP address (:func:`caller_of`); callers with an
-    identity come with authentication. Two caps, each off at 0:
+    A caller is what the servicer names it: the identity auth decided
+    (``jwt:<sub>``, ``cert:<subject>``) when auth is on, else the peer's IP
+    address (:func:`caller_of`). Two caps, each off at 0:
 
     - ``max_in_flight``: calls from the caller begun and not yet answered.
     - ``rate``: calls per second from the caller, a token bucket holding one

@@ -145,8 +145,8 @@ def _rpc(method: Callable[..., Awaitable[_R]]) -> Callable[..., Awaitable[_R]]:
     The servicer names its service (``SERVICE``), holds the worker's
     figures (``figures``; None: not counted) and its admission
     (``admission``, :mod:`.admission`; None: every call is taken). A call
-    past the admission's limits (the worker's, and per caller: the peer's
-    address) is refused at once with
+    past the admission's limits (the worker's, and per caller: its identity
+    when auth is on, else the peer's address) is refused at once with
     :class:`~flashstock.client.Overloaded` (RESOURCE_EXHAUSTED and a
     ``RetryInfo``), before the method runs: it takes nothing, and counts as
     RESOURCE_EXHAUSTED in the figures. Likewise the servicer's ``breaker``
@@ -210,20 +210,23 @@ def _wrapped(
         if figures is not None or admission is not None or breaker is not None:
             started = perf_counter()
         admitted = False
-        caller = ""  # the peer's address, when the admission has per-caller caps
+        caller = ""  # who the per-caller caps count the call against, when the admission has them
         code = "UNKNOWN"  # a call that leaves some other way (an abort that failed) counts as this
         try:
             try:
                 authorizer: Authorizer | None = self.authorizer
-                if authorizer is not None:
-                    set_caller(authorizer.authorize(context, self.SERVICE, name))
+                who = None if authorizer is None else authorizer.authorize(context, self.SERVICE, name)
+                if who is not None:
+                    set_caller(who)
                 if breaker is not None:
                     refused = breaker.refusal(started)
                     if refused is not None:
                         raise refused
                 if admission is not None:
                     if admission.callers is not None:
-                        caller = caller_of(context.peer())
+                        # A caller is its identity when auth knows it (gateways behind one address apart),
+                        # else the peer's address.
+                        caller = who.name if who is not None else caller_of(context.peer())
                     refusal = admission.admit(started, caller)
                     if refusal is None:
                         admitted = True

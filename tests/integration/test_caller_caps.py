@@ -11,6 +11,8 @@ client, which would retry the refusals).
   while the other caller's calls are admitted and served.
 - ``max_rate_per_caller``: a burst past one second's worth is refused with a
   RetryInfo of when the caller may call again; the other caller is served.
+- With auth on a caller is its identity: two gateways' bearer tokens on one
+  channel from one address are capped apart.
 
 A refused call left no record in Redis nor the ledger.
 """
@@ -18,19 +20,21 @@ A refused call left no record in Redis nor the ledger.
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 from collections.abc import Iterator
 
 import grpc
+import jwt
 import pytest
 import redis as redis_py
 
-from flashstock.client import AdminClient, Overloaded
+from flashstock.client import AdminClient, ClientConfig, Overloaded
 from flashstock.client.errors import from_status
 from flashstock.server.ledger import Ledger, sqlite_url
 from flashstock.server.local.procs import NodeProcess, RedisServer
 from flashstock.server.rpc.admission import RETRY_MAX_S, RETRY_MIN_S
-from flashstock.v1 import stock_pb2, stock_pb2_grpc
+from flashstock.v1 import admin_pb2, admin_pb2_grpc, stock_pb2, stock_pb2_grpc
 from tests.helpers import eventually
 from tests.helpers.source import FromAddress
 
@@ -93,8 +97,11 @@ def _recorded_ids(r: redis_py.Redis, sku: str) -> set[str]:
     return ids
 
 
-def _assert_took_nothing(node: NodeProcess, r: redis_py.Redis, sku: str, ok: set[str], refused: set[str]) -> None:
-    level = AdminClient(addresses=[node.address]).get_sku(sku)
+def _assert_took_nothing(
+    node: NodeProcess, r: redis_py.Redis, sku: str, ok: set[str], refused: set[str], token: str | None = None
+) -> None:
+    with AdminClient(ClientConfig(addresses=[node.address], token=token)) as admin:
+        level = admin.get_sku(sku)
     assert level.total - level.available == len(ok)
     recorded = _recorded_ids(r, sku)
     assert ok <= recorded and not refused & recorded
@@ -176,3 +183,56 @@ async def test_a_caller_past_its_rate_is_told_when_to_come_back_while_another_is
     polite_ok, polite_refused = _split(polite_results)
     assert len(polite_ok) == RATE and not polite_refused
     _assert_took_nothing(node, r, sku, ok | polite_ok, set(refused))
+
+
+@pytest.fixture(scope="module")
+def rate_capped_with_auth(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[RedisServer, NodeProcess, bytes]]:
+    """As ``rate_capped``, with auth on (HS256 bearer tokens): a caller is its identity, not its address."""
+    secret = b"k" * 40
+    key_file = tmp_path_factory.mktemp("caps-auth") / "hs256.secret"
+    key_file.write_bytes(secret)
+    auth = ["--auth", "on", "--auth-jwt-keys", str(key_file), "--auth-jwt-issuer", "caps", "--auth-jwt-audience", "fs"]
+    with RedisServer() as server:
+        args = ["--max-rate-per-caller", str(RATE), *auth]
+        with NodeProcess(server.url, workers=1, extra_args=args) as node:
+            yield server, node, secret
+
+
+def _bearer(secret: bytes, sub: str, *roles: str) -> tuple[tuple[str, str]]:
+    now = int(time.time())
+    claims = {"sub": sub, "roles": list(roles), "iss": "caps", "aud": "fs", "iat": now, "exp": now + 600}
+    return (("authorization", f"Bearer {jwt.encode(claims, secret, algorithm='HS256')}"),)
+
+
+async def test_with_auth_two_gateways_behind_one_address_are_two_callers(rate_capped_with_auth):
+    redis_server, node, secret = rate_capped_with_auth
+    sku = f"caller-{uuid.uuid4().hex[:8]}"
+    greedy_md, polite_md = _bearer(secret, "gw-greedy", "buyer"), _bearer(secret, "gw-polite", "buyer")
+    async with grpc.aio.insecure_channel(node.address) as channel:
+        admin = admin_pb2_grpc.AdminServiceStub(channel)
+        await admin.PutSku(
+            admin_pb2.PutSkuRequest(sku_id=sku, stock=1000, request_id=uuid.uuid4().hex),
+            metadata=_bearer(secret, "ops", "operator"),
+            timeout=20,
+        )
+        stub = stock_pb2_grpc.StockServiceStub(channel)
+
+        async def deduct(rid: str, metadata: tuple[tuple[str, str]]) -> tuple[str, object]:
+            try:
+                request = stock_pb2.DeductRequest(sku_id=sku, user_id=f"u-{rid}", qty=1, request_id=rid)
+                return rid, await stub.Deduct(request, metadata=metadata, timeout=20)
+            except grpc.aio.AioRpcError as exc:
+                return rid, exc
+
+        # One channel, one address: the greedy gateway's burst past its rate is refused under its own name ...
+        burst = dict(await asyncio.gather(*(deduct(uuid.uuid4().hex, greedy_md) for _ in range(5 * RATE))))
+        # ... and the other gateway, from the same address, still has its whole second's worth.
+        polite = dict(await asyncio.gather(*(deduct(uuid.uuid4().hex, polite_md) for _ in range(RATE))))
+
+    ok, refused = _split(burst)
+    assert RATE <= len(ok) < len(burst) and refused
+    assert all("caller jwt:gw-greedy" in e.message and "max_rate_per_caller" in e.message for e in refused.values())
+    polite_ok, polite_refused = _split(polite)
+    assert len(polite_ok) == RATE and not polite_refused
+    viewer = _bearer(secret, "ops", "viewer")[0][1].removeprefix("Bearer ")
+    _assert_took_nothing(node, redis_py.Redis.from_url(redis_server.url), sku, ok | polite_ok, set(refused), viewer)
