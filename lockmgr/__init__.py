@@ -29,7 +29,7 @@ lockmgr and the client import each other without a cycle).
 """
 
 from ._assign import assign, moves
-from ._client import etcd_client, grpc_target
+from ._client import NO_ACCESS, EtcdAccess, etcd_client, grpc_target
 from ._cluster import (
     Overrides,
     drain,
@@ -51,9 +51,11 @@ from ._view import ClusterView, read_view, wait_for_owner
 __all__ = [
     "DEFAULT_SESSION",
     "DEFAULT_SHARDS",
+    "NO_ACCESS",
     "ClusterKeys",
     "ClusterView",
     "CoordinationError",
+    "EtcdAccess",
     "EtcdSession",
     "LeaseLost",
     "NodeIdTaken",

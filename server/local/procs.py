@@ -24,12 +24,15 @@ import shlex
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import tempfile
 import time
+import urllib.parse
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import psutil
@@ -43,6 +46,7 @@ __all__ = [
     "PostgresServer",
     "ProcessError",
     "RedisServer",
+    "ServerTlsFiles",
     "family",
     "file_reader",
     "free_port",
@@ -307,8 +311,38 @@ def file_reader(path: Path, offset: int = 0) -> Callable[[], str]:
     return read
 
 
+@dataclass(frozen=True)
+class ServerTlsFiles:
+    """The PEM files of a server of ours (Redis, etcd) serving TLS, and a client's for checking on it."""
+
+    cert: str
+    """The server's certificate (for 127.0.0.1)."""
+    key: str
+    """Its private key."""
+    ca: str = ""
+    """The CA of ``cert``: what clients trust."""
+    client_ca: str = ""
+    """Clients must present a certificate this CA signed (mutual TLS); empty = any client."""
+    client_cert: str = ""
+    """A client certificate of ``client_ca``, for our own readiness checks."""
+    client_key: str = ""
+    """Its private key."""
+
+    def context(self) -> ssl.SSLContext:
+        """A client context that trusts ``ca`` and presents the client certificate."""
+        context = ssl.create_default_context(cafile=self.ca or None)
+        if self.client_cert:
+            context.load_cert_chain(self.client_cert, self.client_key)
+        return context
+
+
 class RedisServer:
-    """A ``redis-server`` of our own: free loopback port, temp folder, no persistence by default."""
+    """A ``redis-server`` of our own: free loopback port, temp folder, no persistence by default.
+
+    With ``tls`` it serves only TLS on its port (``--port 0 --tls-port``),
+    mutual when ``tls.client_ca`` is set; with ``user`` (name, password) an
+    ACL user may do everything and the default user is switched off.
+    """
 
     def __init__(
         self,
@@ -317,6 +351,8 @@ class RedisServer:
         port: int | None = None,
         *,
         detach: bool = False,
+        tls: ServerTlsFiles | None = None,
+        user: tuple[str, str] | None = None,
     ) -> None:
         binary = shutil.which("redis-server") or (
             "/usr/bin/redis-server" if Path("/usr/bin/redis-server").exists() else None
@@ -330,12 +366,31 @@ class RedisServer:
         self._extra = list(extra_args)
         self.detach = detach
         """Start the server in a session of its own, so it outlives its starter (and its Ctrl-C)."""
+        self.tls = tls
+        self.user = user
         self.proc: subprocess.Popen | None = None
 
     @property
     def url(self) -> str:
-        """redis:// URL of this server."""
-        return f"redis://127.0.0.1:{self.port}/0"
+        """URL of this server: ``redis://``, or ``rediss://`` with TLS, with the ACL user and password if any."""
+        auth = f"{self.user[0]}:{urllib.parse.quote(self.user[1], safe='')}@" if self.user else ""
+        return f"{'rediss' if self.tls else 'redis'}://{auth}127.0.0.1:{self.port}/0"
+
+    def _security_args(self) -> list[str]:
+        out: list[str] = []
+        if self.tls:
+            out += ["--port", "0", "--tls-port", str(self.port), "--tls-cert-file", self.tls.cert]
+            out += ["--tls-key-file", self.tls.key, "--tls-auth-clients", "yes" if self.tls.client_ca else "no"]
+            out += ["--tls-ca-cert-file", self.tls.client_ca or self.tls.ca]
+        if self.user:
+            out += ["--user", self.user[0], "on", f">{self.user[1]}", "~*", "&*", "+@all", "--user", "default", "off"]
+        return out
+
+    def _answers(self) -> bool:
+        with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as raw:
+            s = self.tls.context().wrap_socket(raw, server_hostname="127.0.0.1") if self.tls else raw
+            s.sendall(b"PING\r\n")
+            return s.recv(64).startswith((b"+PONG", b"-NOAUTH"))
 
     def start(self) -> RedisServer:
         """Start and wait until it answers PING."""
@@ -358,6 +413,7 @@ class RedisServer:
             "--logfile",
             str(self.folder / "redis.log"),
             *self._extra,
+            *self._security_args(),
         ]
         self.proc = subprocess.Popen(
             args,
@@ -372,10 +428,8 @@ class RedisServer:
                 log = self.folder / "redis.log"
                 raise ProcessError(f"redis-server exited: {log.read_text()[-2000:] if log.exists() else ''}")
             with contextlib.suppress(OSError):
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as s:
-                    s.sendall(b"PING\r\n")
-                    if s.recv(64).startswith(b"+PONG"):
-                        return self
+                if self._answers():
+                    return self
             time.sleep(0.05)
         self.stop()
         raise ProcessError(f"redis-server did not answer on port {self.port} within 15 s")

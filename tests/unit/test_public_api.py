@@ -65,9 +65,11 @@ def test_lockmgr_exports():
     assert lockmgr.__all__ == [
         "DEFAULT_SESSION",
         "DEFAULT_SHARDS",
+        "NO_ACCESS",
         "ClusterKeys",
         "ClusterView",
         "CoordinationError",
+        "EtcdAccess",
         "EtcdSession",
         "LeaseLost",
         "NodeIdTaken",
