@@ -17,6 +17,7 @@ Imported only where a client is made (it imports aetcd and grpc).
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterable, Callable, Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
@@ -35,6 +36,9 @@ _rpc: Any = aetcd.rpc  # untyped: its stubs and messages
 _watcher: Any = aetcd.watcher
 
 _AUTHENTICATE = "/etcdserverpb.Auth/Authenticate"
+_WATCH = "/etcdserverpb.Watch/Watch"
+WATCH_TOKEN_MAX_AGE_S = 30.0
+"""A watch is created under a token at most this old (etcd's simple tokens live 300 s after their last use)."""
 _INVALID_TOKEN = ("invalid auth token", "user name is empty")
 
 
@@ -53,18 +57,19 @@ def channel_credentials(access: EtcdAccess) -> grpc.ChannelCredentials:
     return grpc.ssl_channel_credentials(root_certificates=ca, private_key=key, certificate_chain=cert)
 
 
-class _Token(
-    grpc.aio.UnaryUnaryClientInterceptor,
-    grpc.aio.UnaryStreamClientInterceptor,
-    grpc.aio.StreamStreamClientInterceptor,
-):
-    """Adds etcd's auth token to every call; fetches a new one when etcd forgot it."""
+class _Token:
+    """etcd's auth token of one user: added to every call, fetched again when etcd forgot it."""
 
     def __init__(self, user: str, password: str, timeout: float | None) -> None:
         self._user = user
         self._password = password
         self._timeout = timeout
-        self._token = ""
+        self.token = ""
+        """The current token (empty until the first authentication)."""
+        self.fetched_at = 0.0
+        """When ``token`` was fetched (``time.monotonic()``)."""
+        self.watch_token = ""
+        """The token the current watch stream opened with (etcd checks it at each watch's creation)."""
         self._lock = asyncio.Lock()
         self.stub: Any = None
         """The channel's Auth stub (set once the channel is open)."""
@@ -72,39 +77,65 @@ class _Token(
     async def authenticate(self, stale: str = "") -> None:
         """Ask etcd for a token (once for all callers that saw ``stale`` refused)."""
         async with self._lock:
-            if self._token and self._token != stale:
+            if self.token and self.token != stale:
                 return
             reply = await self.stub.Authenticate(
                 _rpc.AuthenticateRequest(name=self._user, password=self._password), timeout=self._timeout
             )
-            self._token = reply.token
+            self.token = reply.token
+            self.fetched_at = time.monotonic()
 
-    def _with_token(self, details: grpc.aio.ClientCallDetails) -> grpc.aio.ClientCallDetails:
+    def with_token(self, details: grpc.aio.ClientCallDetails) -> grpc.aio.ClientCallDetails:
+        """``details`` with the token in its metadata (the Authenticate call itself goes without)."""
         if details.method in (_AUTHENTICATE, _AUTHENTICATE.encode()):
             return details
         metadata = grpc.aio.Metadata(*(details.metadata or ()))
-        metadata["token"] = self._token
+        metadata["token"] = self.token
         return cast(grpc.aio.ClientCallDetails, details._replace(metadata=metadata))  # type: ignore[attr-defined]
+
+
+class _UnaryUnary(grpc.aio.UnaryUnaryClientInterceptor):
+    """The token on unary calls; on "invalid auth token", a new token and the call once more.
+
+    (grpc.aio files each interceptor object under one kind of call only: one class per kind.)
+    """
+
+    def __init__(self, token: _Token) -> None:
+        self._token = token
 
     async def intercept_unary_unary(
         self, continuation: Callable[..., Any], client_call_details: grpc.aio.ClientCallDetails, request: Any
     ) -> Any:
-        token = self._token
-        call = await continuation(self._with_token(client_call_details), request)
+        token = self._token.token
+        call = await continuation(self._token.with_token(client_call_details), request)
         if client_call_details.method in (_AUTHENTICATE, _AUTHENTICATE.encode()):
             return call
         if await call.code() not in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.INVALID_ARGUMENT):
             return call
         details = await call.details() or ""
         if any(m in details for m in _INVALID_TOKEN):
-            await self.authenticate(stale=token)
-            call = await continuation(self._with_token(client_call_details), request)
+            await self._token.authenticate(stale=token)
+            call = await continuation(self._token.with_token(client_call_details), request)
         return call
+
+
+class _UnaryStream(grpc.aio.UnaryStreamClientInterceptor):
+    """The token on server streams (none of aetcd's calls is one today; added for completeness)."""
+
+    def __init__(self, token: _Token) -> None:
+        self._token = token
 
     async def intercept_unary_stream(
         self, continuation: Callable[..., Any], client_call_details: grpc.aio.ClientCallDetails, request: Any
     ) -> Any:
-        return await continuation(self._with_token(client_call_details), request)
+        return await continuation(self._token.with_token(client_call_details), request)
+
+
+class _StreamStream(grpc.aio.StreamStreamClientInterceptor):
+    """The token on bidirectional streams (watches, lease keepalives) as they open."""
+
+    def __init__(self, token: _Token) -> None:
+        self._token = token
 
     async def intercept_stream_stream(
         self,
@@ -112,7 +143,9 @@ class _Token(
         client_call_details: grpc.aio.ClientCallDetails,
         request_iterator: AsyncIterable[Any] | Iterable[Any],
     ) -> Any:
-        return await continuation(self._with_token(client_call_details), request_iterator)
+        if client_call_details.method in (_WATCH, _WATCH.encode()):
+            self._token.watch_token = self._token.token
+        return await continuation(self._token.with_token(client_call_details), request_iterator)
 
 
 class SecureClient(aetcd.Client):
@@ -121,6 +154,26 @@ class SecureClient(aetcd.Client):
     def __init__(self, host: str, port: int, access: EtcdAccess, **kwargs: Any) -> None:
         super().__init__(host, port, **kwargs)
         self._access = access
+        self._token: _Token | None = None
+
+    async def watch(self, *args: Any, **kwargs: Any) -> Any:
+        """aetcd's watch, created under a fresh token.
+
+        etcd checks a watch's token when the watch is created, on a stream
+        that carries the token it opened with. So before a watch is added,
+        a token older than :data:`WATCH_TOKEN_MAX_AGE_S` is fetched anew,
+        and a stream opened under an older token is ended: its watches end
+        with an error (their owners set them up again, as after any broken
+        stream) and the next one opens a new stream under the new token.
+        """
+        await self.connect()
+        token = self._token
+        if token is not None:
+            if time.monotonic() - token.fetched_at > WATCH_TOKEN_MAX_AGE_S:
+                await token.authenticate(stale=token.token)
+            if token.watch_token and token.watch_token != token.token:
+                await self._watcher._terminate_stream(ConnectionError("etcd auth token renewed: watch again"))
+        return await super().watch(*args, **kwargs)
 
     async def connect(self) -> None:
         """Open the channel (and authenticate, so a wrong password fails here)."""
@@ -133,8 +186,8 @@ class SecureClient(aetcd.Client):
         try:
             access = self._access
             target = f"{self._host}:{self._port}"
-            token = _Token(access.user, access.password, self._timeout) if access.user else None
-            interceptors = [token] if token else None
+            self._token = token = _Token(access.user, access.password, self._timeout) if access.user else None
+            interceptors = [_UnaryUnary(token), _UnaryStream(token), _StreamStream(token)] if token else None
             if access.tls:
                 self.channel = grpc.aio.secure_channel(
                     target, channel_credentials(access), options=list(self._options.items()), interceptors=interceptors
