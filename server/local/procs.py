@@ -481,7 +481,13 @@ class PostgresServer:
     """
 
     def __init__(
-        self, folder: Path | None = None, port: int | None = None, os_user: str = "postgres", *, detach: bool = False
+        self,
+        folder: Path | None = None,
+        port: int | None = None,
+        os_user: str = "postgres",
+        *,
+        detach: bool = False,
+        tls: ServerTlsFiles | None = None,
     ) -> None:
         bindir = _postgres_bindir()
         if bindir is None:
@@ -499,6 +505,8 @@ class PostgresServer:
         self._os_user = os_user
         self.detach = detach
         """Leave the server running when this process exits (no stop at exit): whoever started it stops it."""
+        self.tls = tls
+        """With files: ``ssl=on`` with its certificate (copied into the folder, owned by the server's user)."""
         self._started = False
 
     # -- addresses --------------------------------------------------------------
@@ -592,7 +600,22 @@ class PostgresServer:
             os.chown(self.folder, user.pw_uid, user.pw_gid)
         if not (self.data_dir / "PG_VERSION").exists():
             self._initdb()
+        if self.tls:
+            self._copy_tls_files()
         self._pg_start()
+
+    def _copy_tls_files(self) -> None:
+        # PostgreSQL reads its key only when the server's user owns it and nobody else may read it.
+        assert self.tls is not None
+        for name, source in (("server.crt", self.tls.cert), ("server.key", self.tls.key)):
+            target = self.folder / name
+            shutil.copyfile(source, target)
+            os.chmod(target, 0o600)
+            if os.geteuid() == 0:
+                import pwd
+
+                user = pwd.getpwnam(self._os_user)
+                os.chown(target, user.pw_uid, user.pw_gid)
 
     def _initdb(self) -> None:
         initdb = self._run(
@@ -611,6 +634,9 @@ class PostgresServer:
     def _pg_start(self) -> None:
         for attempt in range(3):
             options = f"-p {self.port} -k {shlex.quote(str(self.folder))} -c listen_addresses=127.0.0.1 -c fsync=off"
+            if self.tls:
+                crt, key = shlex.quote(str(self.folder / "server.crt")), shlex.quote(str(self.folder / "server.key"))
+                options += f" -c ssl=on -c ssl_cert_file={crt} -c ssl_key_file={key}"
             started = self._run(
                 str(self.bindir / "pg_ctl"),
                 "-D",
