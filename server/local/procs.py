@@ -383,7 +383,11 @@ class RedisServer:
             out += ["--tls-key-file", self.tls.key, "--tls-auth-clients", "yes" if self.tls.client_ca else "no"]
             out += ["--tls-ca-cert-file", self.tls.client_ca or self.tls.ca]
         if self.user:
-            out += ["--user", self.user[0], "on", f">{self.user[1]}", "~*", "&*", "+@all", "--user", "default", "off"]
+            # An ACL file, not --user flags: a password on a command line is anyone's to read (ps).
+            acl = self.folder / "users.acl"
+            acl.write_text(f"user {self.user[0]} on >{self.user[1]} ~* &* +@all\nuser default off\n")
+            os.chmod(acl, 0o600)
+            out += ["--aclfile", str(acl)]
         return out
 
     def _answers(self) -> bool:
@@ -681,7 +685,23 @@ class PostgresServer:
 
 
 def serve_argv(port: int, redis_url: str, *settings: str) -> list[str]:
-    """The command line of a node serving on ``127.0.0.1:<port>`` with ``redis_url``, then ``settings`` (flags)."""
+    """The command line of a node serving on ``127.0.0.1:<port>`` with ``redis_url``, then ``settings`` (flags).
+
+    An empty ``redis_url`` is left out (the node reads ``FLASHSTOCK_REDIS_URL``:
+    a URL with a password stays off the command line).
+    """
+    if not redis_url:
+        return [
+            sys.executable,
+            "-m",
+            "flashstock.server",
+            "serve",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            *settings,
+        ]
     return [
         sys.executable,
         "-m",

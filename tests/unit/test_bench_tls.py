@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from flashstock.server.bench.certs import MtlsFiles, make_mtls_files
+from flashstock.server.local.certs import MtlsFiles, make_mtls_files
 from flashstock.server.bench.node import BenchPlan, tls_difference
 
 
