@@ -164,6 +164,32 @@ TlsKeyOption = Annotated[
 ]
 
 
+RedisTlsCaOption = Annotated[
+    str | None,
+    typer.Option(
+        "--redis-tls-ca",
+        envvar="FLASHSTOCK_REDIS_TLS_CA",
+        help="PEM CA of a rediss:// Redis's certificate.",
+        show_default=False,
+    ),
+]
+RedisTlsCertOption = Annotated[
+    str | None,
+    typer.Option(
+        "--redis-tls-cert",
+        envvar="FLASHSTOCK_REDIS_TLS_CERT",
+        help="PEM client certificate for a rediss:// Redis (with --redis-tls-key).",
+        show_default=False,
+    ),
+]
+RedisTlsKeyOption = Annotated[
+    str | None,
+    typer.Option(
+        "--redis-tls-key", envvar="FLASHSTOCK_REDIS_TLS_KEY", help="PEM key of --redis-tls-cert.", show_default=False
+    ),
+]
+
+
 # -- a cluster in etcd: nodes, shards ----------------------------------------------------------
 
 ETCD_TIMEOUT_S = 3.0

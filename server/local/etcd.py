@@ -45,7 +45,7 @@ from flashstock.server.local.procs import (
     stop_family,
 )
 
-__all__ = ["EtcdCluster", "EtcdServer", "add_etcd_user", "enable_etcd_auth", "etcd_binary"]
+__all__ = ["EtcdCluster", "EtcdServer", "add_etcd_user", "enable_etcd_auth", "grant_role", "etcd_binary"]
 
 
 def _tls_args(tls: ServerTlsFiles) -> list[str]:
@@ -77,6 +77,14 @@ async def add_etcd_user(client: Any, user: str, password: str, *, prefix: str = 
         permission = aetcd.rpc.Permission(permType=aetcd.rpc.Permission.READWRITE, key=key, range_end=end)
         await stub.RoleGrantPermission(aetcd.rpc.AuthRoleGrantPermissionRequest(name=role, perm=permission))
         await stub.UserGrantRole(aetcd.rpc.AuthUserGrantRoleRequest(user=user, role=role))
+
+
+async def grant_role(client: Any, user: str, role: str) -> None:
+    """Give etcd ``user`` the existing ``role`` (``etcdctl user grant-role``)."""
+    import aetcd.rpc
+
+    await client.connect()
+    await aetcd.rpc.AuthStub(client.channel).UserGrantRole(aetcd.rpc.AuthUserGrantRoleRequest(user=user, role=role))
 
 
 async def enable_etcd_auth(client: Any) -> None:
