@@ -3,7 +3,7 @@
 As etcdctl's ``ctlv3/command/*_command.go``: each group lives in its own
 module (:mod:`.serve`, :mod:`.sku`, :mod:`.ledger`, :mod:`.sales`,
 :mod:`.reconcile`, :mod:`.nodes`, :mod:`.shards`, :mod:`.cluster`,
-:mod:`.demo`, :mod:`.board`, :mod:`.bench`), what several share in :mod:`.common`.
+:mod:`.demo`, :mod:`.board`, :mod:`.bench`, :mod:`.certs`), what several share in :mod:`.common`.
 The console script enters through :func:`flashstock.server.cli.main`, which
 imports this module only when the server extra is installed.
 """
@@ -17,6 +17,7 @@ import typer
 from flashstock.server.cli import version
 from flashstock.server.cli.bench import bench, bench_cluster
 from flashstock.server.cli.board import board
+from flashstock.server.cli.certs import certs_app
 from flashstock.server.cli.cluster import cluster_app
 from flashstock.server.cli.demo import demo
 from flashstock.server.cli.ledger import ledger_app
@@ -64,3 +65,4 @@ app.add_typer(sales_app, name="sales")
 app.add_typer(nodes_app, name="nodes")
 app.add_typer(shards_app, name="shards")
 app.add_typer(cluster_app, name="cluster")
+app.add_typer(certs_app, name="certs")

@@ -488,6 +488,8 @@ class LocalCluster:
         self._record.processes = []
         self._record.nodes = []
         self._record.state = "starting"
+        if previous is not None and previous._record.tls:
+            self._record.tls = True  # its etcd asks for users now: TLS it stays
         try:
             if self._record.tls:
                 ClusterTls.make(self.folder)
