@@ -37,6 +37,12 @@ def demo(
     review_dir: Annotated[
         str, typer.Option(help="Where the sale's review is written ('' = none).")
     ] = "flashstock-demo-review",
+    tls: Annotated[
+        bool,
+        typer.Option(
+            "--tls/--no-tls", help="TLS on every link: the cluster of cluster up --tls, buyers with certificates."
+        ),
+    ] = False,
 ) -> None:
     """A flash sale on a local cluster of its own (etcd, Redis, 3 nodes): 20,000 buyers, 1,000 units,
     the owner of the SKU's shard drained half-way, an oversell check, then Redis reconciled against
@@ -68,5 +74,6 @@ def demo(
         linger_s=linger,
         rate=(200.0 if sys.stdout.isatty() else 0.0) if rate is None else rate,
         review_dir=review_dir,
+        tls=tls,
     )
     raise typer.Exit(run_demo(plan, console))

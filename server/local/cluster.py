@@ -51,6 +51,7 @@ from typing import Any, Self, TypeVar
 
 import psutil
 
+from flashstock.client import ClientConfig
 from flashstock.lockmgr import NO_ACCESS, EtcdAccess
 from flashstock.server._node import READY_LINE
 from flashstock.server.local.clustertls import REDIS_USER, ClusterTls
@@ -71,7 +72,7 @@ from flashstock.server.local.procs import (
     stop_family,
     wait_for_line,
 )
-from flashstock.server.store.redis import masked_url
+from flashstock.server.store.redis import NO_TLS, RedisTls, masked_url
 
 __all__ = ["ClusterProcess", "ClusterStatus", "LocalCluster", "ProcessStatus", "StopOutcome"]
 
@@ -433,6 +434,28 @@ class LocalCluster:
             return {}
         pair = self.tls.client("operator")
         return {"tls_ca": str(self.tls.ca), "tls_cert": str(pair.cert), "tls_key": str(pair.key)}
+
+    def client_config(self, **settings: Any) -> ClientConfig:
+        """A client of the cluster's nodes found in its etcd, as the operator (TLS and etcd user, with TLS)."""
+        access = self.etcd_access()
+        return ClientConfig(
+            etcd=self.etcd_endpoint,
+            cluster=self.cluster,
+            etcd_tls_ca=access.ca,
+            etcd_tls_cert=access.cert,
+            etcd_tls_key=access.key,
+            etcd_user=access.user,
+            etcd_password=access.password,
+            **self.client_tls(),  # type: ignore[arg-type]
+            **settings,
+        )
+
+    def redis_tls(self) -> RedisTls:
+        """The files of the operator's ``rediss://`` connection to the cluster's Redis (none without TLS)."""
+        if self.tls is None:
+            return NO_TLS
+        pair = self.tls.client("operator")
+        return RedisTls(str(self.tls.ca), str(pair.cert), str(pair.key))
 
     def etcd_access(self) -> EtcdAccess:
         """How the operator reaches the cluster's etcd (TLS and the etcd user ``operator``, with TLS)."""
