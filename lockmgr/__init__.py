@@ -29,7 +29,7 @@ lockmgr and the client import each other without a cycle).
 """
 
 from ._assign import assign, moves
-from ._client import NO_ACCESS, EtcdAccess, etcd_client, grpc_target
+from ._client import NO_ACCESS, EtcdAccess, auth_refusal, etcd_client, grpc_target
 from ._cluster import (
     Overrides,
     drain,
@@ -67,6 +67,7 @@ __all__ = [
     "ShardLease",
     "ShardOwner",
     "assign",
+    "auth_refusal",
     "check_id",
     "claim",
     "drain",

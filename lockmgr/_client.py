@@ -174,6 +174,27 @@ def etcd_client(
     return SecureClient(host, int(port), access, timeout=timeout, options=options)
 
 
+def auth_refusal(exc: BaseException, user: str, prefix: str) -> tuple[str, str] | None:
+    """Why etcd refused a caller as ``user``, when it did: ``(kind, reason)``; None for any other failure.
+
+    ``kind`` is ``"password"`` (a wrong user or password), ``"permission"``
+    (the user lacks a role on ``prefix``, the cluster's keys) or ``"no user"``
+    (etcd's auth is on and no user was given).
+    """
+    text = " ".join(str(exc).split())
+    if "authentication failed" in text:
+        return "password", f"etcd refused the user {user!r}: wrong user or password ({text})"
+    if "permission denied" in text:
+        who = f"the etcd user {user!r}" if user else "a caller without an etcd user"
+        return (
+            "permission",
+            f"etcd refused {who}: permission denied; it needs a role with readwrite on the prefix {prefix}",
+        )
+    if "user name is empty" in text or "invalid auth token" in text:
+        return "no user", "etcd's auth is on: it asks for a user and its password"
+    return None
+
+
 def is_lease_not_found(exc: BaseException) -> bool:
     """True when etcd refused a request because its lease is gone."""
     return LEASE_NOT_FOUND in str(exc)

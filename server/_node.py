@@ -47,7 +47,14 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from flashstock.client import FlashstockError
-from flashstock.lockmgr import CoordinationError, SessionConfig, SettingMismatch, ShardCountMismatch
+from flashstock.lockmgr import (
+    ClusterKeys,
+    CoordinationError,
+    SessionConfig,
+    SettingMismatch,
+    ShardCountMismatch,
+    auth_refusal,
+)
 from flashstock.server._binding import BoundSettings, bind_in_etcd, bind_in_redis, explain
 from flashstock.server._config import (
     NodeConfig,
@@ -446,6 +453,9 @@ class Node:
                 except (SettingMismatch, ShardCountMismatch):
                     raise
                 except Exception as exc:  # noqa: BLE001 - reported naming the setting
+                    refusal = auth_refusal(exc, self.etcd_access.user, ClusterKeys(self.config.cluster).prefix)
+                    if refusal is not None:
+                        raise StartupError(f"etcd_user: {refusal[1]}") from None
                     raise StartupError(f"etcd: cannot reach {','.join(endpoints)} within 10 s: {exc!r}") from None
             elif not await self.redis.exists(CONFIG_KEY):
                 # A cluster's Redis from before the binding must not be bound as a standalone's.

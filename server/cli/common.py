@@ -22,7 +22,7 @@ import typer
 from rich.console import Console
 from rich.text import Text
 
-from flashstock.lockmgr import NO_ACCESS, ClusterKeys, CoordinationError, EtcdAccess, etcd_client
+from flashstock.lockmgr import NO_ACCESS, ClusterKeys, CoordinationError, EtcdAccess, auth_refusal, etcd_client
 from flashstock.server._config import NodeConfig, load_config, read_password_file
 
 console = Console()
@@ -286,20 +286,16 @@ def etcd_access(command: str) -> EtcdAccess:
 
 def etcd_refusal(exc: BaseException, access: EtcdAccess, cluster: str) -> tuple[str, int] | None:
     """What to say, and the exit code, when etcd refused the caller (auth), else None."""
-    text = str(exc)
-    if "authentication failed" in text:
-        return f"etcd refused the user {access.user!r}: wrong user or password ({text})", 2
-    if "permission denied" in text:
-        who = f"the etcd user {access.user!r}" if access.user else "a caller without an etcd user (--etcd-user)"
-        prefix = ClusterKeys(cluster).prefix
-        return (
-            f"etcd refused {who}: permission denied; it needs a role with readwrite on the prefix {prefix} "
-            "(see the README: etcd users and roles)",
-            1,
-        )
-    if "user name is empty" in text or "invalid auth token" in text:
-        return "etcd asks for a user: give --etcd-user and FLASHSTOCK_ETCD_PASSWORD (or --etcd-password-file)", 2
-    return None
+    refusal = auth_refusal(exc, access.user, ClusterKeys(cluster).prefix)
+    if refusal is None:
+        return None
+    kind, reason = refusal
+    if kind == "permission":
+        reason = reason.replace("without an etcd user", "without an etcd user (--etcd-user)")
+        return f"{reason} (see the README: etcd users and roles)", 1
+    if kind == "no user":
+        return f"{reason}: give --etcd-user and FLASHSTOCK_ETCD_PASSWORD (or --etcd-password-file)", 2
+    return reason, 2
 
 
 class Refused(Exception):

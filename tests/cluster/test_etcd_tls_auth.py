@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import os
+import subprocess
 from collections.abc import AsyncIterator, Iterator
 
 import pytest
@@ -23,7 +25,7 @@ from flashstock.client import AsyncAdminClient, AsyncStockClient, ClientConfig, 
 from flashstock.lockmgr import ClusterKeys, EtcdAccess, etcd_client, owners
 from flashstock.server.cli.app import app
 from flashstock.server.local.etcd import EtcdServer, add_etcd_user, enable_etcd_auth
-from flashstock.server.local.procs import NodeProcess, RedisServer, ServerTlsFiles
+from flashstock.server.local.procs import NodeProcess, RedisServer, ServerTlsFiles, free_port, serve_argv
 from tests.helpers import aeventually
 from tests.helpers.processes import QUIET
 from tests.helpers.tls import Certs, make_certs
@@ -193,3 +195,26 @@ async def test_a_token_etcd_forgot_is_fetched_again_for_calls_and_watches(certs)
         with pytest.raises(Exception, match="authentication failed"):
             await wrong.get(b"x")
         await wrong.close()
+
+
+def test_a_node_refused_by_etcd_stops_the_start_naming_the_setting(secure_etcd, certs):
+    flags = (
+        *("--etcd", secure_etcd.endpoint, "--cluster", CLUSTER, "--shards", "8"),
+        *("--etcd-tls-ca", str(certs.ca), "--etcd-tls-cert", str(certs.client_cert)),
+        *("--etcd-tls-key", str(certs.client_key)),
+    )
+    with RedisServer() as redis_server:
+
+        def start(user: str, password: str) -> subprocess.CompletedProcess[str]:
+            argv = serve_argv(free_port(), redis_server.url, *flags, "--etcd-user", user)
+            env = {**os.environ, "FLASHSTOCK_ETCD_PASSWORD": password}
+            return subprocess.run(argv, capture_output=True, text=True, timeout=90, check=False, env=env)
+
+        wrong = start("node", "not-the-password")
+        assert wrong.returncode == 2, wrong.stderr
+        assert "etcd_user: etcd refused the user 'node': wrong user or password" in wrong.stderr, wrong.stderr
+        viewer = start("viewer", PASSWORDS["viewer"])
+        assert viewer.returncode == 2, viewer.stderr
+        assert "etcd_user: etcd refused the etcd user 'viewer': permission denied" in viewer.stderr, viewer.stderr
+        for done in (wrong, viewer):
+            assert "Traceback" not in done.stderr and "not-the-password" not in done.stderr

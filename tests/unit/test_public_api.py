@@ -81,6 +81,7 @@ def test_lockmgr_exports():
         "ShardLease",
         "ShardOwner",
         "assign",
+        "auth_refusal",
         "check_id",
         "claim",
         "drain",
