@@ -435,7 +435,7 @@ class LocalCluster:
         pair = self.tls.client("operator")
         return {"tls_ca": str(self.tls.ca), "tls_cert": str(pair.cert), "tls_key": str(pair.key)}
 
-    def client_config(self, **settings: Any) -> ClientConfig:
+    def operator_config(self, **settings: Any) -> ClientConfig:
         """A client of the cluster's nodes found in its etcd, as the operator (TLS and etcd user, with TLS)."""
         access = self.etcd_access()
         return ClientConfig(

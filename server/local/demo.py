@@ -175,11 +175,11 @@ def client_config(cluster: LocalCluster, plan: DemoPlan) -> ClientConfig:
     """The buyers' and the operator's client settings: the cluster's nodes found in its etcd.
 
     With ``plan.tls`` they are the operator's (its certificate and etcd user,
-    :meth:`LocalCluster.client_config`). The hook for per-caller credentials:
+    :meth:`LocalCluster.operator_config`). The hook for per-caller credentials:
     a demo with authentication gives the buyers and the operator their own
     here (``metadata`` for a bearer token, or their own certificate).
     """
-    return cluster.client_config(connections_per_address=max(2, 2 * plan.workers))
+    return cluster.operator_config(connections_per_address=max(2, 2 * plan.workers))
 
 
 async def _sale(plan: DemoPlan, cluster: LocalCluster, console: Console, drained: Drain) -> tuple[SaleLog, float, dict]:

@@ -37,23 +37,9 @@ def tls_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalClust
         yield cluster
 
 
-def operator_config(cluster: LocalCluster) -> ClientConfig:
-    access = cluster.etcd_access()
-    return ClientConfig(
-        etcd=cluster.etcd_endpoint,
-        cluster=cluster.cluster,
-        etcd_tls_ca=access.ca,
-        etcd_tls_cert=access.cert,
-        etcd_tls_key=access.key,
-        etcd_user=access.user,
-        etcd_password=access.password,
-        **cluster.client_tls(),  # type: ignore[arg-type]
-    )
-
-
 def test_a_deduct_through_mutual_tls_reaches_the_ledger(tls_cluster, sku):
     assert tls_cluster.redis_url.startswith("rediss://flashstock:")
-    config = operator_config(tls_cluster)
+    config = tls_cluster.operator_config()
     with AdminClient(config) as admin, StockClient(config) as stock:
         assert sorted(admin.addresses) == sorted(tls_cluster.node_addresses)
         admin.put_sku(sku, 3)
