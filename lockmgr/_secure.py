@@ -4,11 +4,13 @@ aetcd 1.0 dials only insecure channels, and authenticates once: the token
 it gets lives as long as etcd's ``--auth-token-ttl`` after its last use, and
 aetcd never asks for a new one. So :class:`SecureClient` opens the channel
 itself (``grpc.aio.secure_channel`` with the CA and client certificate, or
-an insecure one), and puts an interceptor on it that adds the token to
-every call and, when etcd answers a unary call with "invalid auth token",
+an insecure one), with interceptors (one per kind of call: grpc.aio files
+an interceptor object under one kind only) that add the token to every
+call. When etcd answers a unary call with "invalid auth token" it
 authenticates again and repeats the call once (safe: every call lockmgr
 makes may run twice, see ``_client._SERVICE_CONFIG``). Streams (watches,
-lease keepalives) get the token current when they open.
+lease keepalives) carry the token current when they open, and a watch is
+added only under a fresh one (:meth:`SecureClient.watch`).
 
 The rest of aetcd (its stubs, transactions, watcher) is used unchanged.
 Imported only where a client is made (it imports aetcd and grpc).

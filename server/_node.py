@@ -696,6 +696,10 @@ def serve(config: NodeConfig) -> int:
         etcd_access(config)
     except ValueError as exc:
         problems.append(str(exc))
+    for name in ("redis_tls_ca", "redis_tls_cert", "redis_tls_key", "etcd_tls_ca", "etcd_tls_cert", "etcd_tls_key"):
+        path = getattr(config, name)
+        if path and not os.path.isfile(path):
+            problems.append(f"{name}: {path!r} is not a file")
     if problems:
         print(f"flashstock: cannot start: {'; '.join(problems)}", file=sys.stderr)
         return 2

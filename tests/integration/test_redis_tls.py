@@ -88,3 +88,11 @@ def test_plaintext_to_the_tls_port_is_refused(tls_redis):
 def test_tls_files_without_a_rediss_url_are_refused_at_start(certs):
     done = start_exit("redis://127.0.0.1:1/0", "--redis-tls-ca", str(certs.ca))
     assert done.returncode == 2 and "redis_tls_ca" in done.stderr and "rediss://" in done.stderr, done.stderr
+
+
+def test_a_missing_link_tls_file_stops_the_start_naming_it(tmp_path: Path):
+    missing = str(tmp_path / "nope.pem")
+    done = start_exit("rediss://127.0.0.1:1/0", "--redis-tls-ca", missing)
+    assert done.returncode == 2 and f"redis_tls_ca: {missing!r} is not a file" in done.stderr, done.stderr
+    done = start_exit("redis://127.0.0.1:1/0", "--etcd", "127.0.0.1:1", "--etcd-tls-ca", missing)
+    assert done.returncode == 2 and f"etcd_tls_ca: {missing!r} is not a file" in done.stderr, done.stderr
