@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from flashstock.client import ClientConfig
-from flashstock.lockmgr import EtcdAccess
+from flashstock.lockmgr import EtcdAccess, auth_refusal
 from flashstock.server._config import NodeConfig, etcd_access, load_config
 from flashstock.server.store.redis import RedisTls, masked_url
 
@@ -87,3 +87,18 @@ def test_the_etcd_password_comes_from_the_environment_or_a_file(tmp_path: Path) 
     missing = load_config(env={"FLASHSTOCK_ETCD_USER": "n", "FLASHSTOCK_ETCD_PASSWORD_FILE": str(tmp_path / "no")})
     with pytest.raises(ValueError, match="etcd_password_file: cannot read"):
         etcd_access(missing)
+
+
+def test_etcds_refusals_are_told_apart_from_other_failures() -> None:
+    prefix = "/flashstock/prod/"
+    wrong = auth_refusal(Exception("etcdserver: authentication failed, invalid user ID or password"), "ops", prefix)
+    assert wrong is not None and wrong[0] == "password" and "'ops': wrong user or password" in wrong[1]
+    denied = auth_refusal(Exception("etcdserver: permission denied"), "bob", prefix)
+    assert denied == (
+        "permission",
+        "etcd refused the etcd user 'bob': permission denied; it needs a role with readwrite on the prefix "
+        "/flashstock/prod/",
+    )
+    nobody = auth_refusal(Exception("etcdserver: user name is empty"), "", prefix)
+    assert nobody is not None and nobody[0] == "no user"
+    assert auth_refusal(Exception("Deadline Exceeded"), "ops", prefix) is None
