@@ -101,6 +101,17 @@ class ClientConfig:
     token_file: str | None = None
     """A file holding the bearer token (read when the client is made; a
     trailing newline is dropped), instead of ``token``."""
+    etcd_tls_ca: str = ""
+    """With ``etcd``: PEM path of the CA that signed etcd's certificate; etcd
+    is then reached over TLS. Empty: plaintext (unless ``etcd_tls_cert``)."""
+    etcd_tls_cert: str = ""
+    """With ``etcd``: PEM path of a client certificate for etcd; needs ``etcd_tls_key``."""
+    etcd_tls_key: str = ""
+    """With ``etcd``: PEM path of the private key of ``etcd_tls_cert``."""
+    etcd_user: str = ""
+    """With ``etcd``: the etcd user to read the nodes as (etcd auth enabled)."""
+    etcd_password: str = field(default="", repr=False)
+    """With ``etcd``: the password of ``etcd_user`` (never shown in a repr)."""
 
     def __post_init__(self) -> None:
         etcd = _split(self.etcd)
@@ -124,6 +135,10 @@ class ClientConfig:
             raise ValueError("deadline_s, attempt_timeout_s and discovery_timeout_s must be > 0")
         if self.connections_per_address < 1:
             raise ValueError("connections_per_address must be >= 1")
+        if bool(self.etcd_tls_cert) != bool(self.etcd_tls_key):
+            raise ValueError("etcd_tls_cert, etcd_tls_key: give both (a client certificate and its key) or neither")
+        if bool(self.etcd_user) != bool(self.etcd_password):
+            raise ValueError("etcd_user, etcd_password: give both or neither")
         if (self.tls_cert is None) != (self.tls_key is None):
             raise ValueError("tls_cert, tls_key: give both (the client certificate and its key) or neither")
         if self.tls_server_name and not self.tls:

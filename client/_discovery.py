@@ -84,11 +84,15 @@ class _NodeWatch:
         answer, or lists no node, within ``discovery_timeout_s``, it calls
         ``report(why)`` and returns instead.
         """
-        from flashstock.lockmgr import etcd_client, watch_nodes
+        from flashstock.lockmgr import EtcdAccess, etcd_client, watch_nodes
 
-        timeout = self.config.discovery_timeout_s
+        config = self.config
+        timeout = config.discovery_timeout_s
+        access = EtcdAccess(
+            config.etcd_tls_ca, config.etcd_tls_cert, config.etcd_tls_key, config.etcd_user, config.etcd_password
+        )
         try:
-            client = etcd_client(self.config.etcd, timeout=timeout)
+            client = etcd_client(config.etcd, timeout=timeout, access=access)
         except ImportError as exc:
             # The client alone (`pip install flashstock`) has no etcd client.
             # Said here, through report(): raised, it would end the task with

@@ -29,7 +29,7 @@ lockmgr and the client import each other without a cycle).
 """
 
 from ._assign import assign, moves
-from ._client import etcd_client, grpc_target
+from ._client import NO_ACCESS, EtcdAccess, auth_refusal, etcd_client, grpc_target
 from ._cluster import (
     Overrides,
     audit_records,
@@ -53,9 +53,11 @@ from ._view import ClusterView, read_view, wait_for_owner
 __all__ = [
     "DEFAULT_SESSION",
     "DEFAULT_SHARDS",
+    "NO_ACCESS",
     "ClusterKeys",
     "ClusterView",
     "CoordinationError",
+    "EtcdAccess",
     "EtcdSession",
     "LeaseLost",
     "NodeIdTaken",
@@ -68,6 +70,7 @@ __all__ = [
     "ShardOwner",
     "assign",
     "audit_records",
+    "auth_refusal",
     "check_id",
     "claim",
     "drain",

@@ -13,6 +13,7 @@ import ipaddress
 import json
 import logging
 from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar
 
 if TYPE_CHECKING:
@@ -64,6 +65,49 @@ _CHANNEL_OPTIONS = {
 }
 
 
+@dataclass(frozen=True)
+class EtcdAccess:
+    """How to reach etcd beyond its address: TLS files and an etcd user; empty strings are unset.
+
+    TLS is on when ``ca`` or ``cert`` is given (the server's certificate is
+    checked against ``ca``, else the system's CAs, and its name against the
+    endpoint's host). With ``user``, every call carries an etcd auth token of
+    that user (etcd's ``auth enable``); etcd's roles then decide what it may
+    read and write.
+    """
+
+    ca: str = ""
+    """``etcd_tls_ca``: the CA(s) that signed etcd's server certificate."""
+    cert: str = ""
+    """``etcd_tls_cert``: the client certificate (etcd's ``--client-cert-auth``)."""
+    key: str = ""
+    """``etcd_tls_key``: the private key of ``cert``."""
+    user: str = ""
+    """``etcd_user``: the etcd user to authenticate as; empty = no etcd auth."""
+    password: str = field(default="", repr=False)
+    """``etcd_password``: the etcd user's password (never shown in a repr)."""
+
+    @property
+    def tls(self) -> bool:
+        """True when the channel is TLS."""
+        return bool(self.ca or self.cert)
+
+    def problems(self) -> list[str]:
+        """What is wrong with which settings are given, each naming its setting (files are not read)."""
+        out = []
+        if bool(self.cert) != bool(self.key):
+            out.append("etcd_tls_cert, etcd_tls_key: give both (a client certificate and its key) or neither")
+        if self.password and not self.user:
+            out.append("etcd_password: needs etcd_user")
+        if self.user and not self.password:
+            out.append("etcd_password: etcd_user needs a password (FLASHSTOCK_ETCD_PASSWORD or a password file)")
+        return out
+
+
+NO_ACCESS = EtcdAccess()
+"""Plaintext, no etcd user."""
+
+
 def _split(endpoint: str) -> tuple[str, int]:
     endpoint = endpoint.strip().removeprefix("http://")
     host, sep, port = endpoint.rpartition(":")
@@ -105,11 +149,15 @@ def grpc_target(endpoints: Sequence[str] | str) -> str:
     return f"{scheme}:" + ",".join(f"{host}:{port}" for host, port in parts)
 
 
-def etcd_client(endpoints: Sequence[str] | str, *, timeout: float = 5.0) -> aetcd.Client:
+def etcd_client(
+    endpoints: Sequence[str] | str, *, timeout: float = 5.0, access: EtcdAccess = NO_ACCESS
+) -> aetcd.Client:
     """An asyncio etcd client of ``endpoints`` (``"127.0.0.1:2379"``, a list, or a comma-separated string).
 
-    ``timeout`` bounds every unary call, in seconds. The client connects on
-    first use; close it with ``await client.close()`` or ``async with``.
+    ``timeout`` bounds every unary call, in seconds. ``access``: TLS and an
+    etcd user (aetcd alone dials only plaintext: ``_secure.py``). The client
+    connects on first use (a wrong password fails there); close it with
+    ``await client.close()`` or ``async with``.
     """
     import aetcd
 
@@ -117,8 +165,34 @@ def etcd_client(endpoints: Sequence[str] | str, *, timeout: float = 5.0) -> aetc
     # aetcd dials f"{host}:{port}"; splitting the target at its last colon
     # hands it a multi-address target unchanged.
     host, _, port = target.rpartition(":")
-    # aetcd annotates timeout as int, but hands it to grpc as a deadline in (fractional) seconds.
-    return aetcd.Client(host, int(port), timeout=timeout, options=dict(_CHANNEL_OPTIONS))  # type: ignore[arg-type]
+    options = dict(_CHANNEL_OPTIONS)
+    if access == NO_ACCESS:
+        # aetcd annotates timeout as int, but hands it to grpc as a deadline in (fractional) seconds.
+        return aetcd.Client(host, int(port), timeout=timeout, options=options)  # type: ignore[arg-type]
+    from ._secure import SecureClient
+
+    return SecureClient(host, int(port), access, timeout=timeout, options=options)
+
+
+def auth_refusal(exc: BaseException, user: str, prefix: str) -> tuple[str, str] | None:
+    """Why etcd refused a caller as ``user``, when it did: ``(kind, reason)``; None for any other failure.
+
+    ``kind`` is ``"password"`` (a wrong user or password), ``"permission"``
+    (the user lacks a role on ``prefix``, the cluster's keys) or ``"no user"``
+    (etcd's auth is on and no user was given).
+    """
+    text = " ".join(str(exc).split())
+    if "authentication failed" in text:
+        return "password", f"etcd refused the user {user!r}: wrong user or password ({text})"
+    if "permission denied" in text:
+        who = f"the etcd user {user!r}" if user else "a caller without an etcd user"
+        return (
+            "permission",
+            f"etcd refused {who}: permission denied; it needs a role with readwrite on the prefix {prefix}",
+        )
+    if "user name is empty" in text or "invalid auth token" in text:
+        return "no user", "etcd's auth is on: it asks for a user and its password"
+    return None
 
 
 def is_lease_not_found(exc: BaseException) -> bool:

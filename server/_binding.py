@@ -40,7 +40,15 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from typing import cast
 
-from flashstock.lockmgr import SettingMismatch, ShardCountMismatch, etcd_client, init_cluster, stable_hash
+from flashstock.lockmgr import (
+    NO_ACCESS,
+    EtcdAccess,
+    SettingMismatch,
+    ShardCountMismatch,
+    etcd_client,
+    init_cluster,
+    stable_hash,
+)
 from flashstock.server.store.keys import CONFIG_KEY, SKU_INDEX_KEY, ShardKeys
 from flashstock.server.store.redis import AsyncRedis, AsyncScript
 from flashstock.server.store.replies import BindReply
@@ -191,14 +199,16 @@ async def _all_placed(redis: AsyncRedis, sku_ids: list[str], count: int) -> bool
     return all(found)
 
 
-async def bind_in_etcd(endpoints: list[str], cluster: str, mine: BoundSettings, timeout: float = 10.0) -> None:
+async def bind_in_etcd(
+    endpoints: list[str], cluster: str, mine: BoundSettings, timeout: float = 10.0, *, access: EtcdAccess = NO_ACCESS
+) -> None:
     """Compare with, or make, the cluster's binding in etcd (it outlives a Redis loss).
 
     Raises :class:`ShardCountMismatch` or :class:`SettingMismatch` for a
     setting that differs, ``TimeoutError`` or the client's error when etcd
     does not answer.
     """
-    client = etcd_client(endpoints)
+    client = etcd_client(endpoints, access=access)
     try:
         settings = {"ledger_id": mine.ledger_id, "request_ttl_s": str(mine.request_ttl_s)}
         await asyncio.wait_for(init_cluster(client, cluster, mine.shards, settings), timeout)

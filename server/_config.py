@@ -22,14 +22,16 @@ import pydantic
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from flashstock.client import AdmissionKey, read_admission_key
+from flashstock.lockmgr import EtcdAccess
 from flashstock.server._logs import LOG_FORMATS
 from flashstock.server._tls import TlsFiles
 from flashstock.server.rpc.authz import AuthSettings, split_paths
 from flashstock.server.rpc.validate import max_hold_ms
+from flashstock.server.store.redis import RedisTls, masked_url
 
 
-def _setting(default: Any, help: str) -> Any:
-    return field(default=default, metadata={"help": help})
+def _setting(default: Any, help: str, *, secret: bool = False) -> Any:
+    return field(default=default, metadata={"help": help}, repr=not secret)
 
 
 @dataclass(frozen=True)
@@ -38,7 +40,15 @@ class NodeConfig:
 
     host: str = _setting("127.0.0.1", "Address the gRPC server binds to.")
     port: int = _setting(50051, "gRPC port; 0 picks a free one (printed at start).")
-    redis_url: str = _setting("redis://127.0.0.1:6379/0", "Redis holding the stock (redis://host:port/db).")
+    redis_url: str = _setting(
+        "redis://127.0.0.1:6379/0",
+        "Redis holding the stock: redis://host:port/db, or rediss://user:password@host:port/db for TLS and "
+        "an ACL user (the password is never shown).",
+        secret=True,
+    )
+    redis_tls_ca: str = _setting("", "PEM CA certificate(s) of a rediss:// Redis; empty = the system's CAs.")
+    redis_tls_cert: str = _setting("", "PEM client certificate for a rediss:// Redis that asks for one.")
+    redis_tls_key: str = _setting("", "PEM private key of redis_tls_cert.")
     shards: int = _setting(64, "Logical shards; must match every other node and client of the cluster.")
     ledger: str = _setting(
         "",
@@ -154,6 +164,16 @@ class NodeConfig:
         "etcd endpoints (host:port, comma-separated) of the cluster's coordination: the node registers, "
         "and runs the duties only of the shards it owns; empty = a standalone node that owns every shard.",
     )
+    etcd_tls_ca: str = _setting("", "PEM CA certificate(s) of etcd's server certificate: etcd is reached over TLS.")
+    etcd_tls_cert: str = _setting(
+        "", "PEM client certificate for etcd (its --client-cert-auth); also turns TLS on (system CAs)."
+    )
+    etcd_tls_key: str = _setting("", "PEM private key of etcd_tls_cert.")
+    etcd_user: str = _setting("", "etcd user (etcd auth enabled); empty = no etcd auth.")
+    etcd_password: str = _setting(
+        "", "Password of etcd_user; better FLASHSTOCK_ETCD_PASSWORD or etcd_password_file.", secret=True
+    )
+    etcd_password_file: str = _setting("", "File holding the password of etcd_user (its first line).")
     cluster: str = _setting(
         "flashstock", "Cluster name: the etcd key prefix /flashstock/<cluster>/ (several clusters may share an etcd)."
     )
@@ -252,7 +272,11 @@ def config_problems(config: NodeConfig) -> list[str]:
     if not 0 <= config.port <= 65535:
         out.append(f"port: {config.port} is not 0-65535")
     if not config.redis_url.startswith(("redis://", "rediss://", "unix://")):
-        out.append(f"redis_url: {config.redis_url!r} is not a redis://, rediss:// or unix:// URL")
+        out.append(f"redis_url: {masked_url(config.redis_url)!r} is not a redis://, rediss:// or unix:// URL")
+    out.extend(redis_tls(config).problems(config.redis_url))
+    out.extend(_etcd_access_shape(config).problems())
+    if config.etcd_password and config.etcd_password_file:
+        out.append("etcd_password, etcd_password_file: give one or the other")
     if not 1 <= config.shards <= 16384:
         out.append(f"shards: {config.shards} is not 1-16384")
     if config.workers < 0:
@@ -350,6 +374,36 @@ def admission_keys(config: NodeConfig) -> dict[str, AdmissionKey]:
             raise ValueError(f"admission_keys: two files have the key id {key.kid!r}")
         keys[key.kid] = key
     return keys
+
+
+def redis_tls(config: NodeConfig) -> RedisTls:
+    """The TLS files of the node's ``rediss://`` Redis."""
+    return RedisTls(config.redis_tls_ca, config.redis_tls_cert, config.redis_tls_key)
+
+
+def _etcd_access_shape(config: NodeConfig) -> EtcdAccess:
+    password = config.etcd_password or ("(in a file)" if config.etcd_password_file else "")
+    return EtcdAccess(config.etcd_tls_ca, config.etcd_tls_cert, config.etcd_tls_key, config.etcd_user, password)
+
+
+def etcd_access(config: NodeConfig) -> EtcdAccess:
+    """How the node reaches etcd: TLS files and its etcd user (the password read from its file, if given).
+
+    Raises ``ValueError`` naming ``etcd_password_file`` when that file cannot be read.
+    """
+    password = config.etcd_password
+    if config.etcd_password_file:
+        password = read_password_file(config.etcd_password_file, "etcd_password_file")
+    return EtcdAccess(config.etcd_tls_ca, config.etcd_tls_cert, config.etcd_tls_key, config.etcd_user, password)
+
+
+def read_password_file(path: str, setting: str) -> str:
+    """The first line of ``path`` (a password), or ``ValueError`` naming ``setting``."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            return f.readline().rstrip("\r\n")
+    except OSError as exc:
+        raise ValueError(f"{setting}: cannot read {path!r}: {exc.strerror or exc}") from None
 
 
 def etcd_endpoints(config: NodeConfig) -> list[str]:

@@ -47,15 +47,24 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from flashstock.client import AdmissionKey, FlashstockError
-from flashstock.lockmgr import CoordinationError, SessionConfig, SettingMismatch, ShardCountMismatch
+from flashstock.lockmgr import (
+    ClusterKeys,
+    CoordinationError,
+    SessionConfig,
+    SettingMismatch,
+    ShardCountMismatch,
+    auth_refusal,
+)
 from flashstock.server._binding import BoundSettings, bind_in_etcd, bind_in_redis, explain
 from flashstock.server._config import (
     NodeConfig,
     admission_keys,
     auth_settings,
+    etcd_access,
     etcd_endpoints,
     ledger_url,
     node_name,
+    redis_tls,
     tls_files,
 )
 from flashstock.server._incarnation import IncarnationGate
@@ -85,7 +94,14 @@ from flashstock.server.rpc.servicer import SERVICE_NAMES, AdminServicer, StockSe
 from flashstock.server.store.durable import PersistWatch
 from flashstock.server.store.feed import RedisFeed, TakersLoader
 from flashstock.server.store.keys import CONFIG_KEY, ShardKeys
-from flashstock.server.store.redis import RedisConnectionError, RedisTimeouts, async_client, blocking_client
+from flashstock.server.store.redis import (
+    RedisAuthError,
+    RedisConnectionError,
+    RedisTimeouts,
+    async_client,
+    blocking_client,
+    masked_url,
+)
 from flashstock.server.store.salestats import SaleStats
 from flashstock.server.store.soldout import SoldOutBook
 from flashstock.server.store.stock import StockStore, StoreLimits
@@ -128,6 +144,8 @@ class Node:
 
     def __init__(self, config: NodeConfig, worker_index: int = 0) -> None:
         self.config = config
+        self.etcd_access = etcd_access(config)
+        """TLS files and the etcd user of every etcd client of this process."""
         self.worker_index = worker_index
         self.serving = worker_index != self.DUTIES_ONLY
         """True for a process that serves gRPC."""
@@ -147,7 +165,9 @@ class Node:
         # blocking one waits for the rebuild mutex inside one BLPOP of up to
         # rebuild_wait_s: its command timeout outlasts that.
         self.blocking_redis = blocking_client(
-            config.redis_url, RedisTimeouts(connect_s=5.0, command_s=max(10.0, math.ceil(config.rebuild_wait_s) + 5.0))
+            config.redis_url,
+            RedisTimeouts(connect_s=5.0, command_s=max(10.0, math.ceil(config.rebuild_wait_s) + 5.0)),
+            tls=redis_tls(config),
         )
         """Blocking client, used from threads: the rebuild mutex, the incarnation check, reconciliation."""
         self.rebuilder = ShardRebuilder(
@@ -173,6 +193,7 @@ class Node:
             ),
             pool_size=config.redis_pool_size,
             on_connect=self.gate.on_connect,
+            tls=redis_tls(config),
         )
         """The asyncio client of the hot path (and the feed and duties); its connections pass the gate."""
         self.store = StockStore(
@@ -415,8 +436,11 @@ class Node:
                 await self.redis.ping()
                 return
             except Exception as exc:  # noqa: BLE001 - reported below, naming the setting
-                if asyncio.get_running_loop().time() > deadline:
-                    raise StartupError(f"redis_url: cannot reach Redis at {self.config.redis_url}: {exc}") from None
+                # A refused password or certificate does not get better by waiting.
+                refused = isinstance(exc, RedisAuthError) or "SSL" in type(exc).__name__ or "certificate" in str(exc)
+                if refused or asyncio.get_running_loop().time() > deadline:
+                    where = masked_url(self.config.redis_url)
+                    raise StartupError(f"redis_url: cannot reach Redis at {where}: {exc}") from None
                 await asyncio.sleep(0.2)
 
     async def _check_redis_against_ledger(self) -> None:
@@ -429,7 +453,7 @@ class Node:
             except RedisConnectionError as exc:
                 if asyncio.get_running_loop().time() > deadline:
                     raise StartupError(
-                        f"redis_url: the Redis at {self.config.redis_url} could not be checked "
+                        f"redis_url: the Redis at {masked_url(self.config.redis_url)} could not be checked "
                         f"against the ledger: {exc}"
                     ) from None
                 await asyncio.sleep(0.2)
@@ -450,10 +474,13 @@ class Node:
         try:
             if endpoints:
                 try:
-                    await bind_in_etcd(endpoints, self.config.cluster, self._bound)
+                    await bind_in_etcd(endpoints, self.config.cluster, self._bound, access=self.etcd_access)
                 except (SettingMismatch, ShardCountMismatch):
                     raise
                 except Exception as exc:  # noqa: BLE001 - reported naming the setting
+                    refusal = auth_refusal(exc, self.etcd_access.user, ClusterKeys(self.config.cluster).prefix)
+                    if refusal is not None:
+                        raise StartupError(f"etcd_user: {refusal[1]}") from None
                     raise StartupError(f"etcd: cannot reach {','.join(endpoints)} within 10 s: {exc!r}") from None
             elif not await self.redis.exists(CONFIG_KEY):
                 # A cluster's Redis from before the binding must not be bound as a standalone's.
@@ -528,6 +555,7 @@ class Node:
                 self.ledger,
                 self.duties,
                 metrics_address,
+                access=self.etcd_access,
             )
             try:
                 await self.ownership.start()
@@ -702,6 +730,14 @@ def serve(config: NodeConfig) -> int:
         admission_keys(config)
     except ValueError as exc:
         problems.append(str(exc))
+    try:
+        etcd_access(config)
+    except ValueError as exc:
+        problems.append(str(exc))
+    for name in ("redis_tls_ca", "redis_tls_cert", "redis_tls_key", "etcd_tls_ca", "etcd_tls_cert", "etcd_tls_key"):
+        path = getattr(config, name)
+        if path and not os.path.isfile(path):
+            problems.append(f"{name}: {path!r} is not a file")
     if problems:
         print(f"flashstock: cannot start: {'; '.join(problems)}", file=sys.stderr)
         return 2

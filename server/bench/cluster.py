@@ -467,8 +467,10 @@ class _ClusterRun:
 
             from flashstock.lockmgr import etcd_client, read_view
 
-            etcd = etcd_client(cluster.etcd_endpoint)
-            r = aioredis.Redis.from_url(cluster.redis_url, decode_responses=True)
+            etcd = etcd_client(cluster.etcd_endpoint, access=cluster.etcd_access())
+            r = aioredis.Redis.from_url(
+                cluster.redis_url, decode_responses=True, **cluster.redis_tls().kwargs(cluster.redis_url)
+            )
             try:
                 while True:
                     view = await read_view(etcd, cluster.cluster)
@@ -627,8 +629,10 @@ class _ClusterRun:
 
             from flashstock.lockmgr import etcd_client
 
-            etcd = etcd_client(cluster.etcd_endpoint)
-            r = aioredis.Redis.from_url(cluster.redis_url, decode_responses=True)
+            etcd = etcd_client(cluster.etcd_endpoint, access=cluster.etcd_access())
+            r = aioredis.Redis.from_url(
+                cluster.redis_url, decode_responses=True, **cluster.redis_tls().kwargs(cluster.redis_url)
+            )
             try:
                 for n, victim in enumerate(victims(plan.runs, cluster.size)):
                     run = await self._failover_run(cluster, victim, etcd, r)
@@ -787,7 +791,9 @@ class _ClusterRun:
         with AdminClient(ClientConfig(addresses=cluster.node_addresses, deadline_s=10)) as admin:
             handed = sum(s.held + s.confirmed for s in (admin.get_sku(sku) for sku in self.failover_skus))
         task = self.progress.add_task("failover: reconcile Redis with the ledger", total=None, info="")
-        client = redis_py.Redis.from_url(cluster.redis_url, decode_responses=True)
+        client = redis_py.Redis.from_url(
+            cluster.redis_url, decode_responses=True, **cluster.redis_tls().kwargs(cluster.redis_url)
+        )
         ledger = open_for_reading(cluster.ledger_url)
         try:
             rec = reconcile(client, ledger, cluster.shards, wait_s=30)

@@ -604,7 +604,7 @@ class _Run:
         import tempfile
         from pathlib import Path
 
-        from flashstock.server.bench.certs import make_mtls_files
+        from flashstock.server.local.certs import make_mtls_files
         from flashstock.server.local.procs import NodeProcess, RedisServer, free_port
 
         folder = Path(tempfile.mkdtemp(prefix="flashstock-bench-tls-"))

@@ -7,6 +7,6 @@ The arithmetic is in :mod:`.figures`, pure.
 """
 
 from flashstock.server.board.app import create_app
-from flashstock.server.board.collector import BoardSources, Collector, NodeAddress, node_addresses
+from flashstock.server.board.collector import BoardSources, Collector, NodeAddress, NodeTls, node_addresses
 
-__all__ = ["BoardSources", "Collector", "NodeAddress", "create_app", "node_addresses"]
+__all__ = ["BoardSources", "Collector", "NodeAddress", "NodeTls", "create_app", "node_addresses"]

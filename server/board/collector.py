@@ -25,6 +25,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import ssl
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -35,7 +36,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client.parser import text_string_to_metric_families
 from redis.asyncio import Redis
 
-from flashstock.lockmgr import etcd_client, read_view, shard_of
+from flashstock.lockmgr import NO_ACCESS, EtcdAccess, etcd_client, read_view, shard_of
 from flashstock.server.board.figures import (
     RATE_SECONDS,
     NodeMemory,
@@ -46,6 +47,7 @@ from flashstock.server.board.figures import (
     sku_figures,
 )
 from flashstock.server.store.keys import CONFIG_KEY, SKU_INDEX_KEY, ShardKeys
+from flashstock.server.store.redis import NO_TLS, RedisTls
 
 log = logging.getLogger(__name__)
 
@@ -102,6 +104,39 @@ class BoardSources:
     """Seconds between polls."""
     timeout_s: float = 0.5
     """How long each node call (health, metrics) and each Redis or etcd read may take."""
+    redis_tls: RedisTls = NO_TLS
+    """The TLS files of a ``rediss://`` ``redis_url``."""
+    etcd_access: EtcdAccess = NO_ACCESS
+    """TLS files and the etcd user for ``etcd``."""
+    node_tls: NodeTls | None = None
+    """TLS to the nodes' gRPC and metrics ports; None = plaintext."""
+
+
+@dataclass(frozen=True)
+class NodeTls:
+    """The board's TLS to the nodes (PEM paths): the CA of their certificates, and its own for mutual TLS."""
+
+    ca: str
+    cert: str = ""
+    key: str = ""
+
+    def channel_credentials(self) -> grpc.ChannelCredentials:
+        """For the gRPC health checks."""
+
+        def read(path: str) -> bytes | None:
+            if not path:
+                return None
+            with open(path, "rb") as f:
+                return f.read()
+
+        return grpc.ssl_channel_credentials(read(self.ca), read(self.key), read(self.cert))
+
+    def context(self) -> ssl.SSLContext:
+        """For the metrics pages (HTTPS)."""
+        context = ssl.create_default_context(cafile=self.ca or None)
+        if self.cert:
+            context.load_cert_chain(self.cert, self.key)
+        return context
 
 
 @dataclass
@@ -127,6 +162,9 @@ class Collector:
         self._channels: dict[str, grpc.aio.Channel] = {}
         self._known: dict[str, tuple[NodeAddress, float]] = {}
         self._encoded: tuple[dict[str, Any] | None, str] = (None, "")
+        tls = sources.node_tls
+        self._credentials = tls.channel_credentials() if tls else None
+        self._ssl = tls.context() if tls else None
 
     # -- fan-out ---------------------------------------------------------------------------------
 
@@ -226,6 +264,7 @@ class Collector:
                 decode_responses=True,
                 socket_timeout=timeout,
                 socket_connect_timeout=timeout,
+                **self.sources.redis_tls.kwargs(self.sources.redis_url),
             )
         return self._redis
 
@@ -299,7 +338,9 @@ class Collector:
         now = time.monotonic()
         try:
             if self._etcd is None:
-                self._etcd = etcd_client(self.sources.etcd, timeout=self.sources.timeout_s * 2)
+                self._etcd = etcd_client(
+                    self.sources.etcd, timeout=self.sources.timeout_s * 2, access=self.sources.etcd_access
+                )
             view = await asyncio.wait_for(read_view(self._etcd, self.sources.cluster), self.sources.timeout_s * 4)
         except Exception as exc:  # noqa: BLE001 - shown on the page; a new client next poll
             problems.append(f"etcd unreachable: {_reason(exc)}")
@@ -354,7 +395,11 @@ class Collector:
     async def _health(self, address: str) -> str:
         channel = self._channels.get(address)
         if channel is None:
-            channel = self._channels[address] = grpc.aio.insecure_channel(address)
+            channel = self._channels[address] = (
+                grpc.aio.secure_channel(address, self._credentials)
+                if self._credentials
+                else grpc.aio.insecure_channel(address)
+            )
         try:
             reply = await health_pb2_grpc.HealthStub(channel).Check(  # type: ignore[attr-defined]
                 health_pb2.HealthCheckRequest(service=STOCK_SERVICE), timeout=self.sources.timeout_s
@@ -367,16 +412,16 @@ class Collector:
         if not address:
             return None
         try:
-            text = await asyncio.wait_for(_http_get(address, "/metrics"), self.sources.timeout_s)
+            text = await asyncio.wait_for(_http_get(address, "/metrics", self._ssl), self.sources.timeout_s)
             return metric_sums(list(text_string_to_metric_families(text)))
         except Exception:  # noqa: BLE001 - the node's row says its metrics could not be read
             return None
 
 
-async def _http_get(address: str, path: str) -> str:
-    """The body of ``GET http://address/path`` (HTTP/1.0: the server closes the connection after it)."""
+async def _http_get(address: str, path: str, context: ssl.SSLContext | None = None) -> str:
+    """The body of ``GET http(s)://address/path`` (HTTP/1.0: the server closes the connection after it)."""
     host, _, port = address.rpartition(":")
-    reader, writer = await asyncio.open_connection(host, int(port))
+    reader, writer = await asyncio.open_connection(host, int(port), ssl=context)
     try:
         writer.write(f"GET {path} HTTP/1.0\r\nHost: {address}\r\n\r\n".encode())
         await writer.drain()

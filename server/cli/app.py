@@ -3,7 +3,7 @@
 As etcdctl's ``ctlv3/command/*_command.go``: each group lives in its own
 module (:mod:`.serve`, :mod:`.sku`, :mod:`.ledger`, :mod:`.sales`,
 :mod:`.audit`, :mod:`.admission`, :mod:`.reconcile`, :mod:`.nodes`, :mod:`.shards`, :mod:`.cluster`,
-:mod:`.demo`, :mod:`.board`, :mod:`.bench`, :mod:`.token`), what several share in :mod:`.common`.
+:mod:`.demo`, :mod:`.board`, :mod:`.bench`, :mod:`.token`, :mod:`.certs`), what several share in :mod:`.common`.
 The console script enters through :func:`flashstock.server.cli.main`, which
 imports this module only when the server extra is installed.
 """
@@ -19,6 +19,7 @@ from flashstock.server.cli.admission import admission_app
 from flashstock.server.cli.audit import audit_app
 from flashstock.server.cli.bench import bench, bench_cluster
 from flashstock.server.cli.board import board
+from flashstock.server.cli.certs import certs_app
 from flashstock.server.cli.cluster import cluster_app
 from flashstock.server.cli.demo import demo
 from flashstock.server.cli.ledger import ledger_app
@@ -70,3 +71,4 @@ app.add_typer(shards_app, name="shards")
 app.add_typer(cluster_app, name="cluster")
 app.add_typer(token_app, name="token")
 app.add_typer(admission_app, name="admission")
+app.add_typer(certs_app, name="certs")

@@ -9,10 +9,22 @@ from typing import Annotated
 
 import typer
 
-from flashstock.server.cli.common import DEFAULT_CLUSTER, exit_error
+from flashstock.server.cli.common import (
+    DEFAULT_CLUSTER,
+    RedisTlsCaOption,
+    RedisTlsCertOption,
+    RedisTlsKeyOption,
+    TlsCaOption,
+    TlsCertOption,
+    TlsKeyOption,
+    etcd_access,
+    etcd_access_options,
+    exit_error,
+)
 from flashstock.server.local.procs import BOARD_READY_LINE as READY_LINE
 
 
+@etcd_access_options
 def board(
     redis_url: Annotated[
         str, typer.Option("--redis-url", envvar="FLASHSTOCK_REDIS_URL", help="The Redis the nodes use.")
@@ -39,13 +51,26 @@ def board(
     host: Annotated[str, typer.Option(help="Where the page listens.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="The page's port (0: any free one).")] = 8080,
     interval: Annotated[float, typer.Option(help="Seconds between readings of the nodes and Redis.")] = 1.0,
+    tls_ca: TlsCaOption = None,
+    tls_cert: TlsCertOption = None,
+    tls_key: TlsKeyOption = None,
+    redis_tls_ca: RedisTlsCaOption = None,
+    redis_tls_cert: RedisTlsCertOption = None,
+    redis_tls_key: RedisTlsKeyOption = None,
 ) -> None:
     """Serve the live board of a sale: stock left, sales and attempts per second, conversion, UV/PV,
     latency, time to sell-out and goals per SKU; the nodes' health and the cluster's alerts."""
-    from flashstock.server.board import BoardSources, node_addresses
+    from flashstock.server.board import BoardSources, NodeTls, node_addresses
+    from flashstock.server.store.redis import RedisTls, masked_url
 
     if not redis_url.startswith(("redis://", "rediss://", "unix://")):
-        exit_error("board", f"--redis-url: {redis_url!r} is not a redis://, rediss:// or unix:// URL")
+        exit_error("board", f"--redis-url: {masked_url(redis_url)!r} is not a redis://, rediss:// or unix:// URL")
+    redis_tls = RedisTls(redis_tls_ca or "", redis_tls_cert or "", redis_tls_key or "")
+    for problem in redis_tls.problems(redis_url):
+        exit_error("board", problem.replace("redis_tls_", "--redis-tls-").replace("redis_url", "--redis-url"))
+    if bool(tls_cert) != bool(tls_key):
+        exit_error("board", "--tls-cert, --tls-key: give both (a client certificate and its key) or neither")
+    node_tls = NodeTls(tls_ca or "", tls_cert or "", tls_key or "") if tls_ca or tls_cert else None
     if not 0.1 <= interval <= 60:
         exit_error("board", f"--interval: {interval} is not between 0.1 and 60 seconds")
     if not 0 <= port < 65536:
@@ -62,7 +87,16 @@ def board(
                 grpc_target(endpoint)
     except ValueError as exc:
         exit_error("board", str(exc))
-    sources = BoardSources(redis_url=redis_url, nodes=nodes, etcd=etcd, cluster=cluster, interval_s=interval)
+    sources = BoardSources(
+        redis_url=redis_url,
+        nodes=nodes,
+        etcd=etcd,
+        cluster=cluster,
+        interval_s=interval,
+        redis_tls=redis_tls,
+        etcd_access=etcd_access("board"),
+        node_tls=node_tls,
+    )
     try:
         sock = socket.create_server((host, port), reuse_port=False)
     except OSError as exc:

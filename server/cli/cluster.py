@@ -59,15 +59,25 @@ def _processes_table(cluster: LocalCluster) -> Table:
 
 
 def _usage(cluster: LocalCluster, auth: bool = False) -> str:
+    from flashstock.server.store.redis import masked_url
+
     etcd = f"--etcd {cluster.etcd_endpoint} --cluster {cluster.cluster}"
     folder = f"--dir {cluster.folder}"
     secret = cluster.folder / SECRET_NAME
+    tls = cluster.tls
+    exports = [f"  export {k}={v}" for k, v in tls.operator_env().items()] if tls else []
     return "\n".join(
         [
-            f"etcd {cluster.etcd_endpoint}, redis {cluster.redis_url}, ledger {cluster.ledger_url}",
+            f"etcd {cluster.etcd_endpoint}, redis {masked_url(cluster.redis_url)}, ledger {cluster.ledger_url}",
             *([f"the live board: {cluster.board_url}"] if cluster.board_url else []),
+            *(
+                [f"TLS everywhere: certificates and passwords in {tls.folder} (the CLI as etcd user operator)"]
+                if tls
+                else []
+            ),
             "",
             f"  export FLASHSTOCK_ETCD={cluster.etcd_endpoint} FLASHSTOCK_CLUSTER={cluster.cluster}",
+            *exports,
             f"  flashstock nodes ls {etcd}",
             f"  flashstock shards ls {etcd}",
             f"  flashstock shards map {etcd}",
@@ -126,6 +136,14 @@ def cluster_up(
             "missing): make them with flashstock token make --key FOLDER/jwt-hs256.secret.",
         ),
     ] = False,
+    tls: Annotated[
+        bool,
+        typer.Option(
+            "--tls/--no-tls",
+            help="Everything on TLS: a dev CA and certificates in DIR/tls, mutual TLS on the nodes, Redis (an ACL "
+            "user) and etcd (auth on); kept when the folder's cluster starts again.",
+        ),
+    ] = False,
 ) -> None:
     """Start etcd, Redis and NODES nodes on loopback (free ports), all in one folder; they keep running."""
     from flashstock.server.local.cluster import LocalCluster
@@ -141,6 +159,7 @@ def cluster_up(
         cluster=cluster,
         board=board,
         extra_node_args=_auth_args(local_folder(folder)) if auth else (),
+        tls=tls,
     )
     try:
         with console.status(f"starting etcd, redis and {nodes} node(s) in {local.folder}"):

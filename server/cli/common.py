@@ -8,6 +8,10 @@ that cannot be reached).
 from __future__ import annotations
 
 import asyncio
+import contextvars
+import functools
+import inspect
+import os
 import re
 import time
 from collections.abc import Awaitable, Callable
@@ -18,8 +22,8 @@ import typer
 from rich.console import Console
 from rich.text import Text
 
-from flashstock.lockmgr import ClusterKeys, CoordinationError, etcd_client
-from flashstock.server._config import NodeConfig, load_config
+from flashstock.lockmgr import NO_ACCESS, ClusterKeys, CoordinationError, EtcdAccess, auth_refusal, etcd_client
+from flashstock.server._config import NodeConfig, load_config, read_password_file
 
 console = Console()
 """Where the commands print their results."""
@@ -181,6 +185,31 @@ TokenFileOption = Annotated[
     ),
 ]
 
+RedisTlsCaOption = Annotated[
+    str | None,
+    typer.Option(
+        "--redis-tls-ca",
+        envvar="FLASHSTOCK_REDIS_TLS_CA",
+        help="PEM CA of a rediss:// Redis's certificate.",
+        show_default=False,
+    ),
+]
+RedisTlsCertOption = Annotated[
+    str | None,
+    typer.Option(
+        "--redis-tls-cert",
+        envvar="FLASHSTOCK_REDIS_TLS_CERT",
+        help="PEM client certificate for a rediss:// Redis (with --redis-tls-key).",
+        show_default=False,
+    ),
+]
+RedisTlsKeyOption = Annotated[
+    str | None,
+    typer.Option(
+        "--redis-tls-key", envvar="FLASHSTOCK_REDIS_TLS_KEY", help="PEM key of --redis-tls-cert.", show_default=False
+    ),
+]
+
 
 # -- a cluster in etcd: nodes, shards ----------------------------------------------------------
 
@@ -204,6 +233,92 @@ ClusterOption = Annotated[
 ]
 
 
+_ETCD_ACCESS_OPTIONS = {
+    "etcd_tls_ca": ("--etcd-tls-ca", "PEM CA of etcd's server certificate: reach etcd over TLS."),
+    "etcd_tls_cert": ("--etcd-tls-cert", "PEM client certificate for etcd (with --etcd-tls-key)."),
+    "etcd_tls_key": ("--etcd-tls-key", "PEM private key of --etcd-tls-cert."),
+    "etcd_user": ("--etcd-user", "etcd user (etcd auth enabled); its password: FLASHSTOCK_ETCD_PASSWORD."),
+    "etcd_password_file": ("--etcd-password-file", "File whose first line is --etcd-user's password."),
+}
+_etcd_access_given: contextvars.ContextVar[dict[str, str | None] | None] = contextvars.ContextVar(
+    "etcd_access", default=None
+)
+
+
+def etcd_access_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    """Give a command the ``--etcd-tls-*``, ``--etcd-user`` and ``--etcd-password-file`` options.
+
+    Their values reach :func:`etcd_access` (and so :func:`run_etcd`) of the
+    call; the password is read from ``FLASHSTOCK_ETCD_PASSWORD`` or the file,
+    never from a flag, so it shows in no process list.
+    """
+    extra = [
+        inspect.Parameter(
+            name,
+            inspect.Parameter.KEYWORD_ONLY,
+            default=None,
+            annotation=Annotated[
+                str | None, typer.Option(flag, envvar=f"FLASHSTOCK_{name.upper()}", help=help, show_default=False)
+            ],
+        )
+        for name, (flag, help) in _ETCD_ACCESS_OPTIONS.items()
+    ]
+
+    @functools.wraps(command)
+    def with_access(*args: Any, **kwargs: Any) -> Any:
+        token = _etcd_access_given.set({name: kwargs.pop(name, None) for name in _ETCD_ACCESS_OPTIONS})
+        try:
+            return command(*args, **kwargs)
+        finally:
+            _etcd_access_given.reset(token)
+
+    signature = inspect.signature(command, eval_str=True)
+    with_access.__signature__ = signature.replace(  # type: ignore[attr-defined]
+        parameters=[*signature.parameters.values(), *extra]
+    )
+    with_access.__annotations__ = {p.name: p.annotation for p in with_access.__signature__.parameters.values()}  # type: ignore[attr-defined]
+    with_access.__annotations__["return"] = signature.return_annotation
+    return with_access
+
+
+def etcd_access(command: str) -> EtcdAccess:
+    """The etcd TLS files and user of this command's options (exit 2 naming the option when unusable)."""
+    given = _etcd_access_given.get() or {}
+    if not any(given.values()):
+        return NO_ACCESS
+    password = os.environ.get("FLASHSTOCK_ETCD_PASSWORD", "")
+    try:
+        if given.get("etcd_password_file"):
+            password = read_password_file(given["etcd_password_file"] or "", "--etcd-password-file")
+    except ValueError as exc:
+        exit_error(command, str(exc))
+    access = EtcdAccess(
+        given.get("etcd_tls_ca") or "",
+        given.get("etcd_tls_cert") or "",
+        given.get("etcd_tls_key") or "",
+        given.get("etcd_user") or "",
+        password,
+    )
+    problems = access.problems()
+    if problems:
+        exit_error(command, re.sub(r"\betcd_\w+", lambda m: "--" + m[0].replace("_", "-"), "; ".join(problems)))
+    return access
+
+
+def etcd_refusal(exc: BaseException, access: EtcdAccess, cluster: str) -> tuple[str, int] | None:
+    """What to say, and the exit code, when etcd refused the caller (auth), else None."""
+    refusal = auth_refusal(exc, access.user, ClusterKeys(cluster).prefix)
+    if refusal is None:
+        return None
+    kind, reason = refusal
+    if kind == "permission":
+        reason = reason.replace("without an etcd user", "without an etcd user (--etcd-user)")
+        return f"{reason} (see the README: etcd users and roles)", 1
+    if kind == "no user":
+        return f"{reason}: give --etcd-user and FLASHSTOCK_ETCD_PASSWORD (or --etcd-password-file)", 2
+    return reason, 2
+
+
 class Refused(Exception):
     """A command refused: the message says why and what to do instead."""
 
@@ -212,9 +327,11 @@ def run_etcd(command: str, etcd: str, cluster: str, work: Callable[[Any], Awaita
     """Run ``work(client)`` on a fresh etcd client, closed after; map failures to one line and an exit code."""
     from aetcd.exceptions import ClientError
 
+    access = etcd_access(command)
+
     async def main() -> int | None:
         ClusterKeys(cluster)  # a malformed name: ValueError, before any connection
-        client = etcd_client(etcd, timeout=ETCD_TIMEOUT_S)
+        client = etcd_client(etcd, timeout=ETCD_TIMEOUT_S, access=access)
         try:
             return await work(client)
         finally:
@@ -227,6 +344,9 @@ def run_etcd(command: str, etcd: str, cluster: str, work: Callable[[Any], Awaita
     except ValueError as exc:
         exit_error(command, str(exc), 2)
     except (ClientError, OSError) as exc:
+        refusal = etcd_refusal(exc, access, cluster)
+        if refusal:
+            exit_error(command, *refusal)
         exit_error(command, f"etcd at {etcd} cannot be reached ({type(exc).__name__}: {exc})", 2)
     if code:
         raise typer.Exit(code)

@@ -43,6 +43,12 @@ def demo(
             help="Nodes with auth on (an HS256 secret made for the demo): the sale's calls carry bearer tokens."
         ),
     ] = False,
+    tls: Annotated[
+        bool,
+        typer.Option(
+            "--tls/--no-tls", help="TLS on every link: the cluster of cluster up --tls, buyers with certificates."
+        ),
+    ] = False,
 ) -> None:
     """A flash sale on a local cluster of its own (etcd, Redis, 3 nodes): 20,000 buyers, 1,000 units,
     the owner of the SKU's shard drained half-way, an oversell check, then Redis reconciled against
@@ -75,5 +81,6 @@ def demo(
         rate=(200.0 if sys.stdout.isatty() else 0.0) if rate is None else rate,
         review_dir=review_dir,
         auth=auth,
+        tls=tls,
     )
     raise typer.Exit(run_demo(plan, console))

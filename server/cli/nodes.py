@@ -15,6 +15,7 @@ from flashstock.server.cli.common import (
     ClusterOption,
     EtcdOption,
     console,
+    etcd_access_options,
     local_time,
     run_etcd,
 )
@@ -39,6 +40,7 @@ def nodes_table(view: ClusterView) -> Table:
 
 
 @nodes_app.command("ls")
+@etcd_access_options
 def nodes_ls(etcd: EtcdOption = DEFAULT_ETCD, cluster: ClusterOption = DEFAULT_CLUSTER) -> None:
     """List the live nodes: address, start time, lease, shards owned, drained or not."""
 

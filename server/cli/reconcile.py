@@ -16,9 +16,17 @@ from rich.console import Console
 from rich.table import Column, Table
 from rich.text import Text
 
-from flashstock.server._config import ledger_url
+from flashstock.server._config import ledger_url, redis_tls
 from flashstock.server.cli import common
-from flashstock.server.cli.common import ConfigOption, DataDirOption, LedgerOption, read_settings
+from flashstock.server.cli.common import (
+    ConfigOption,
+    DataDirOption,
+    LedgerOption,
+    RedisTlsCaOption,
+    RedisTlsCertOption,
+    RedisTlsKeyOption,
+    read_settings,
+)
 from flashstock.server.duties.reconcile import (
     Difference,
     ReconcileError,
@@ -28,7 +36,7 @@ from flashstock.server.duties.reconcile import (
 )
 from flashstock.server.ledger import Ledger, LedgerError
 from flashstock.server.ledger.reports import open_for_reading
-from flashstock.server.store.redis import RedisTimeouts, blocking_client
+from flashstock.server.store.redis import NO_TLS, RedisTimeouts, RedisTls, blocking_client, masked_url
 
 _SHOWN = ("total", "held", "confirmed", "released", "expired", "available")
 
@@ -121,11 +129,12 @@ def run_reconcile(
     sku_id: str | None = None,
     wait_s: float = 10.0,
     err_console: Console | None = None,
+    redis_tls: RedisTls = NO_TLS,
 ) -> int:
     """Reconcile and print it; the exit code: 0 agreed, 1 differences, 2 could not run."""
     err = err_console or console
     try:
-        client = blocking_client(redis_url, RedisTimeouts(connect_s=5, command_s=5))
+        client = blocking_client(redis_url, RedisTimeouts(connect_s=5, command_s=5), tls=redis_tls)
     except ValueError as exc:
         _error(err, f"redis_url: {exc}")
         return 2
@@ -146,7 +155,7 @@ def run_reconcile(
         _error(err, f"ledger: cannot read {ledger_url}: {' '.join(str(getattr(exc, 'orig', None) or exc).split())}")
         return 2
     except redis_py.RedisError as exc:
-        _error(err, f"redis_url: cannot read Redis at {redis_url}: {exc}")
+        _error(err, f"redis_url: cannot read Redis at {masked_url(redis_url)}: {exc}")
         return 2
     finally:
         client.close()
@@ -177,6 +186,9 @@ def reconcile_command(
         float, typer.Option(help="Most seconds to wait for the persister to catch up with the Redis logs.")
     ] = 10.0,
     config: ConfigOption = None,
+    redis_tls_ca: RedisTlsCaOption = None,
+    redis_tls_cert: RedisTlsCertOption = None,
+    redis_tls_key: RedisTlsKeyOption = None,
 ) -> None:
     """Compare each SKU's stock in Redis with the ledger: total, held, confirmed, available.
 
@@ -187,7 +199,17 @@ def reconcile_command(
     """
     if wait < 0:
         raise typer.BadParameter("must be >= 0", param_hint="--wait")
-    settings = read_settings("reconcile", config, redis_url=redis_url, shards=shards, ledger=ledger, data_dir=data_dir)
+    settings = read_settings(
+        "reconcile",
+        config,
+        redis_url=redis_url,
+        shards=shards,
+        ledger=ledger,
+        data_dir=data_dir,
+        redis_tls_ca=redis_tls_ca,
+        redis_tls_cert=redis_tls_cert,
+        redis_tls_key=redis_tls_key,
+    )
     code = run_reconcile(
         settings.redis_url,
         ledger_url(settings),
@@ -196,5 +218,6 @@ def reconcile_command(
         sku_id=sku,
         wait_s=wait,
         err_console=common.err_console,
+        redis_tls=redis_tls(settings),
     )
     raise typer.Exit(code)

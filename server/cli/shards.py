@@ -56,6 +56,7 @@ from flashstock.server.cli.common import (
     Refused,
     console,
     err_console,
+    etcd_access_options,
     local_time,
     run_etcd,
 )
@@ -228,6 +229,7 @@ async def _remove_pins(client: Any, view: ClusterView) -> None:
 
 
 @shards_app.command("ls")
+@etcd_access_options
 def shards_ls(etcd: EtcdOption = DEFAULT_ETCD, cluster: ClusterOption = DEFAULT_CLUSTER) -> None:
     """List every shard: owner, epoch, since when, pin, desired owner; flag the moving ones."""
 
@@ -245,6 +247,7 @@ def shards_ls(etcd: EtcdOption = DEFAULT_ETCD, cluster: ClusterOption = DEFAULT_
 
 
 @shards_app.command("map")
+@etcd_access_options
 def shards_map(etcd: EtcdOption = DEFAULT_ETCD, cluster: ClusterOption = DEFAULT_CLUSTER) -> None:
     """Per node: the shards it owns (as ranges), how many, their epochs, since when."""
 
@@ -258,6 +261,7 @@ def shards_map(etcd: EtcdOption = DEFAULT_ETCD, cluster: ClusterOption = DEFAULT
 
 
 @shards_app.command("move")
+@etcd_access_options
 def shards_move(
     shard: ShardArgument,
     node: NodeArgument,
@@ -305,6 +309,7 @@ async def _await_move(client: Any, view: ClusterView, shard: int, node: str, wai
 
 
 @shards_app.command("pin")
+@etcd_access_options
 def shards_pin(
     shard: ShardArgument,
     node: NodeArgument,
@@ -326,6 +331,7 @@ def shards_pin(
 
 
 @shards_app.command("unpin")
+@etcd_access_options
 def shards_unpin(
     shard: ShardArgument,
     dry_run: DryRunOption = False,
@@ -347,6 +353,7 @@ def shards_unpin(
 
 
 @shards_app.command("drain")
+@etcd_access_options
 def shards_drain(
     node: NodeArgument,
     force: ForceOption = False,
@@ -369,6 +376,7 @@ def shards_drain(
 
 
 @shards_app.command("undrain")
+@etcd_access_options
 def shards_undrain(
     node: NodeArgument,
     dry_run: DryRunOption = False,
@@ -389,6 +397,7 @@ def shards_undrain(
 
 
 @shards_app.command("rebalance")
+@etcd_access_options
 def shards_rebalance(
     dry_run: DryRunOption = False,
     etcd: EtcdOption = DEFAULT_ETCD,

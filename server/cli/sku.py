@@ -22,6 +22,8 @@ from flashstock.server.cli.common import (
     TokenOption,
     console,
     err_console,
+    etcd_access,
+    etcd_access_options,
     format_duration_ms,
     local_iso,
     parse_duration_ms,
@@ -75,6 +77,16 @@ def _admin(
             token=token,
             token_file=token_file,
         )
+        if etcd:
+            access = etcd_access("sku")
+            config = replace(
+                config,
+                etcd_tls_ca=access.ca,
+                etcd_tls_cert=access.cert,
+                etcd_tls_key=access.key,
+                etcd_user=access.user,
+                etcd_password=access.password,
+            )
         admin = AdminClient(config)
     except ValueError as exc:
         if str(exc).startswith(("tls_", "token")):  # name the flag: tls_cert is --tls-cert
@@ -156,6 +168,7 @@ def _sku_table(skus: list[Sku]) -> Table:
 
 
 @sku_app.command("put")
+@etcd_access_options
 def sku_put(
     sku_id: Annotated[str, typer.Argument(help="The SKU id.")],
     stock: Annotated[int, typer.Option(help="Units to put on sale.")],
@@ -237,6 +250,7 @@ def sku_put(
 
 
 @sku_app.command("get")
+@etcd_access_options
 def sku_get(
     sku_id: Annotated[str, typer.Argument(help="The SKU id.")],
     addr: AddrOption = "127.0.0.1:50051",
@@ -257,6 +271,7 @@ def sku_get(
 
 
 @sku_app.command("ls")
+@etcd_access_options
 def sku_ls(
     prefix: Annotated[str, typer.Option(help="Only SKUs whose id starts with this.")] = "",
     addr: AddrOption = "127.0.0.1:50051",
@@ -278,6 +293,7 @@ def sku_ls(
 
 
 @sku_app.command("adjust", context_settings={"ignore_unknown_options": True})  # lets "-200" be the delta
+@etcd_access_options
 def sku_adjust(
     sku_id: Annotated[str, typer.Argument(help="The SKU id.")],
     delta: Annotated[int, typer.Argument(help="Units to add (+N) or take away (-N).")],
@@ -300,6 +316,7 @@ def sku_adjust(
 
 
 @sku_app.command("pause")
+@etcd_access_options
 def sku_pause(
     sku_id: Annotated[str, typer.Argument(help="The SKU id.")],
     addr: AddrOption = "127.0.0.1:50051",
@@ -320,6 +337,7 @@ def sku_pause(
 
 
 @sku_app.command("resume")
+@etcd_access_options
 def sku_resume(
     sku_id: Annotated[str, typer.Argument(help="The SKU id.")],
     addr: AddrOption = "127.0.0.1:50051",

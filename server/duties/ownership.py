@@ -30,7 +30,9 @@ from collections.abc import AsyncGenerator
 from typing import TYPE_CHECKING
 
 from flashstock.lockmgr import (
+    NO_ACCESS,
     CoordinationError,
+    EtcdAccess,
     EtcdSession,
     LeaseLost,
     NodeIdTaken,
@@ -85,8 +87,12 @@ class Ownership:
         ledger: Ledger,
         duties: ShardDuties,
         metrics_address: str = "",
+        *,
+        access: EtcdAccess = NO_ACCESS,
     ) -> None:
         self.endpoints = endpoints
+        self.access = access
+        """TLS files and the etcd user of the node's etcd client."""
         self.cluster = cluster
         self.node_id = node_id
         self.address = address
@@ -119,7 +125,7 @@ class Ownership:
         Raises :class:`CoordinationError` (:class:`ShardCountMismatch` for
         another shard count) when the node must not start.
         """
-        self._client = etcd_client(self.endpoints)
+        self._client = etcd_client(self.endpoints, access=self.access)
         try:
             await asyncio.wait_for(init_cluster(self._client, self.cluster, self.shards), timeout)
         except ShardCountMismatch:

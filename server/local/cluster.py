@@ -51,7 +51,10 @@ from typing import Any, Self, TypeVar
 
 import psutil
 
+from flashstock.client import ClientConfig
+from flashstock.lockmgr import NO_ACCESS, EtcdAccess
 from flashstock.server._node import READY_LINE
+from flashstock.server.local.clustertls import REDIS_USER, ClusterTls
 from flashstock.server.local.etcd import EtcdCluster, EtcdServer
 from flashstock.server.local.procs import (
     BOARD_READY_LINE,
@@ -69,6 +72,7 @@ from flashstock.server.local.procs import (
     stop_family,
     wait_for_line,
 )
+from flashstock.server.store.redis import NO_TLS, RedisTls, masked_url
 
 __all__ = ["ClusterProcess", "ClusterStatus", "LocalCluster", "ProcessStatus", "StopOutcome"]
 
@@ -218,6 +222,7 @@ class _Record:
     node_env: dict[str, dict[str, str]] = field(default_factory=dict)
     board: bool = False
     board_port: int = 0
+    tls: bool = False
 
 
 # -- processes ------------------------------------------------------------------
@@ -333,6 +338,7 @@ class LocalCluster:
         etcd_members: int = 1,
         node_env: Mapping[str, Mapping[str, str]] | None = None,
         board: bool = False,
+        tls: bool = False,
     ) -> None:
         if nodes < 1:
             raise ValueError(f"nodes must be >= 1, not {nodes}")
@@ -346,6 +352,8 @@ class LocalCluster:
             raise ValueError(f"workers must be >= 0, not {workers}")
         if etcd_members < 1:
             raise ValueError(f"etcd_members must be >= 1, not {etcd_members}")
+        if tls and etcd_members > 1:
+            raise ValueError("tls: a cluster on TLS runs one etcd member (several on TLS are not built)")
         self.folder = Path(folder).expanduser().resolve()
         """The cluster's folder (absolute)."""
         self.size = nodes
@@ -360,6 +368,7 @@ class LocalCluster:
             etcd_members=etcd_members,
             node_env={node: dict(env) for node, env in (node_env or {}).items()},
             board=board,
+            tls=tls,
         )
         self._popens: dict[int, subprocess.Popen] = {}
 
@@ -384,6 +393,7 @@ class LocalCluster:
             etcd_members=record.etcd_members,
             node_env=record.node_env,
             board=record.board,
+            tls=record.tls,
         )
         cluster._record = record
         return cluster
@@ -410,8 +420,46 @@ class LocalCluster:
 
     @property
     def redis_url(self) -> str:
-        """``redis://127.0.0.1:<port>/0``."""
+        """``redis://127.0.0.1:<port>/0``; with TLS ``rediss://flashstock:<password>@127.0.0.1:<port>/0``."""
         return self._record.redis_url
+
+    @property
+    def tls(self) -> ClusterTls | None:
+        """The certificates and passwords of a cluster on TLS (``tls/``); None for a plaintext one."""
+        return ClusterTls(self.folder / "tls") if self._record.tls else None
+
+    def client_tls(self) -> dict[str, str]:
+        """``ClientConfig`` fields that reach the nodes as the operator (mutual TLS); empty without TLS."""
+        if self.tls is None:
+            return {}
+        pair = self.tls.client("operator")
+        return {"tls_ca": str(self.tls.ca), "tls_cert": str(pair.cert), "tls_key": str(pair.key)}
+
+    def operator_config(self, **settings: Any) -> ClientConfig:
+        """A client of the cluster's nodes found in its etcd, as the operator (TLS and etcd user, with TLS)."""
+        access = self.etcd_access()
+        return ClientConfig(
+            etcd=self.etcd_endpoint,
+            cluster=self.cluster,
+            etcd_tls_ca=access.ca,
+            etcd_tls_cert=access.cert,
+            etcd_tls_key=access.key,
+            etcd_user=access.user,
+            etcd_password=access.password,
+            **self.client_tls(),  # type: ignore[arg-type]
+            **settings,
+        )
+
+    def redis_tls(self) -> RedisTls:
+        """The files of the operator's ``rediss://`` connection to the cluster's Redis (none without TLS)."""
+        if self.tls is None:
+            return NO_TLS
+        pair = self.tls.client("operator")
+        return RedisTls(str(self.tls.ca), str(pair.cert), str(pair.key))
+
+    def etcd_access(self) -> EtcdAccess:
+        """How the operator reaches the cluster's etcd (TLS and the etcd user ``operator``, with TLS)."""
+        return self.tls.etcd_access("operator") if self.tls else NO_ACCESS
 
     @property
     def ledger_url(self) -> str:
@@ -463,7 +511,11 @@ class LocalCluster:
         self._record.processes = []
         self._record.nodes = []
         self._record.state = "starting"
+        if previous is not None and previous._record.tls:
+            self._record.tls = True  # its etcd asks for users now: TLS it stays
         try:
+            if self._record.tls:
+                ClusterTls.make(self.folder)
             self._start_etcd(previous)
             self._init_cluster()
             self._start_redis(previous)
@@ -506,7 +558,7 @@ class LocalCluster:
             if record.role != "node":
                 statuses.append(ProcessStatus(record.name, record.role, record.pid, state, record.address))
                 continue
-            health = _health(record.address, timeout) if state == "running" else None
+            health = _health(record.address, timeout, self.tls) if state == "running" else None
             shards = None if owned is None else owned.get(record.name, 0)
             statuses.append(ProcessStatus(record.name, record.role, record.pid, state, record.address, health, shards))
         return ClusterStatus(self._record.state, statuses, etcd_error)
@@ -584,7 +636,7 @@ class LocalCluster:
             return self.start_node(self.node_ids.index(name))
         self._refuse_running(record)
         if record.role == "redis":
-            server = RedisServer(self.folder / "redis", port=record.ports["redis"], detach=True)
+            server = self._redis_server(record.ports["redis"])
             server.start()
             assert server.proc is not None
             self._popens[server.proc.pid] = server.proc
@@ -634,6 +686,7 @@ class LocalCluster:
             client_port=old["client"] if reuse else None,
             peer_port=old["peer"] if reuse else None,
             detach=True,
+            tls=self.tls.server_files() if self.tls else None,
         )
         server.start()
         assert server.proc is not None
@@ -674,7 +727,11 @@ class LocalCluster:
         """The recorded etcd member ``record``, as an :class:`EtcdServer` on its folder and ports (not started)."""
         if record.name == "etcd":
             return EtcdServer(
-                self.folder / "etcd", client_port=record.ports["client"], peer_port=record.ports["peer"], detach=True
+                self.folder / "etcd",
+                client_port=record.ports["client"],
+                peer_port=record.ports["peer"],
+                detach=True,
+                tls=self.tls.server_files() if self.tls else None,
             )
         members = members or [p for p in self._record.processes if p.role == "etcd"]
         # EtcdCluster's names: m0, m1 ... in folders of those names.
@@ -692,12 +749,31 @@ class LocalCluster:
     def _init_cluster(self) -> None:
         from flashstock.lockmgr import ShardCountMismatch, etcd_client, init_cluster
 
+        tls = self.tls
+        marker = self.folder / "tls" / "etcd-auth-enabled"
+
+        async def set_up_auth() -> None:
+            assert tls is not None
+            client = etcd_client(
+                self.etcd_endpoint,
+                timeout=10,
+                access=dataclasses.replace(tls.etcd_access("root"), user="", password=""),
+            )
+            try:
+                await tls.set_up_etcd_users(client, self.cluster)
+            finally:
+                await client.close()
+
         async def init() -> int:
-            client = etcd_client(self.etcd_endpoint, timeout=10)
+            client = etcd_client(self.etcd_endpoint, timeout=10, access=self.etcd_access())
             try:
                 return await init_cluster(client, self.cluster, self.shards)
             finally:
                 await client.close()
+
+        if tls is not None and not marker.exists():
+            _run_async(set_up_auth)
+            marker.touch()
 
         try:
             _run_async(init)
@@ -710,15 +786,21 @@ class LocalCluster:
     def _start_redis(self, previous: LocalCluster | None) -> None:
         old = previous._find("redis") if previous else None
         (self.folder / "redis").mkdir(exist_ok=True)
-        server = RedisServer(
-            self.folder / "redis", port=_reuse_or_new(old.ports["redis"] if old else None), detach=True
-        )
+        server = self._redis_server(_reuse_or_new(old.ports["redis"] if old else None))
         server.start()
         assert server.proc is not None
         self._popens[server.proc.pid] = server.proc
         self._record.redis_url = server.url
         log = _link_log(self.folder, "redis", server.folder / "redis.log")
-        self._add(self._recorded("redis", "redis", server.proc.pid, {"redis": server.port}, log, server.url))
+        address = masked_url(server.url)
+        self._add(self._recorded("redis", "redis", server.proc.pid, {"redis": server.port}, log, address))
+
+    def _redis_server(self, port: int) -> RedisServer:
+        """The cluster's Redis on ``port`` (not started): with TLS, mutual TLS only and an ACL user."""
+        if self.tls is None:
+            return RedisServer(self.folder / "redis", port=port, detach=True)
+        user = (REDIS_USER, self.tls.redis_password)
+        return RedisServer(self.folder / "redis", port=port, detach=True, tls=self.tls.server_files("node"), user=user)
 
     def _start_ledger(self, previous: LocalCluster | None) -> None:
         if self._record.ledger == "sqlite":
@@ -726,7 +808,10 @@ class LocalCluster:
             return
         old = previous._find("postgres") if previous else None
         server = PostgresServer(
-            self.folder / "postgres", port=_reuse_or_new(old.ports["postgres"] if old else None), detach=True
+            self.folder / "postgres",
+            port=_reuse_or_new(old.ports["postgres"] if old else None),
+            detach=True,
+            tls=self.tls.server_files() if self.tls else None,
         )
         try:
             server.start()
@@ -743,6 +828,8 @@ class LocalCluster:
         address = f"127.0.0.1:{server.port}"
         self._add(self._recorded("postgres", "postgres", pid, {"postgres": server.port}, log, address))
         self._record.ledger_url = _ensure_database(server, LEDGER_DATABASE)
+        if self.tls:
+            self._record.ledger_url += f"?sslmode=verify-full&sslrootcert={self.tls.ca}"
 
     def _start_first_node(self, i: int, previous: LocalCluster | None) -> None:
         """Start node ``i`` on its previous ports if free; new ports if another program takes one first."""
@@ -772,8 +859,7 @@ class LocalCluster:
             "-m",
             "flashstock.server",
             "board",
-            "--redis-url",
-            self.redis_url,
+            *(self.tls.board_flags() if self.tls else ["--redis-url", self.redis_url]),
             "--etcd",
             self.etcd_endpoint,
             "--cluster",
@@ -784,7 +870,7 @@ class LocalCluster:
             str(self._record.board_port),
         ]
         log = self.folder / "logs" / "board.log"
-        proc = self._spawn(argv, log, "board", _node_env(), 30.0, BOARD_READY_LINE)
+        proc = self._spawn(argv, log, "board", self._env(), 30.0, BOARD_READY_LINE)
         port = self._record.board_port
         self._add(self._recorded("board", "board", proc.pid, {"http": port}, log, f"127.0.0.1:{port}"))
 
@@ -792,7 +878,7 @@ class LocalCluster:
         r = self._record
         return serve_argv(
             spec.port,
-            r.redis_url,
+            "" if self.tls else r.redis_url,  # with a password: FLASHSTOCK_REDIS_URL (self._env)
             "--etcd",
             r.etcd_endpoint,
             "--cluster",
@@ -811,13 +897,21 @@ class LocalCluster:
             r.ledger_url,
             "--metrics-port",
             str(spec.metrics_port),
+            *(self.tls.node_flags() if self.tls else ()),
             *r.extra_node_args,
         )
+
+    def _env(self) -> dict[str, str]:
+        """The environment of a node or the board: none of the caller's settings; the Redis URL with TLS."""
+        env = _node_env()
+        if self.tls:
+            env["FLASHSTOCK_REDIS_URL"] = self.redis_url
+        return env
 
     def _spawn_node(self, argv: list[str], log: Path, timeout: float = 60.0) -> ClusterProcess:
         """Start a node with stdout and stderr into ``log``; wait for its ready line there."""
         name = argv[argv.index("--node-id") + 1]
-        proc = self._spawn(argv, log, name, {**_node_env(), **self._record.node_env.get(name, {})}, timeout)
+        proc = self._spawn(argv, log, name, {**self._env(), **self._record.node_env.get(name, {})}, timeout)
         return self._recorded(name, "node", proc.pid, {}, log, "")
 
     def _spawn(
@@ -889,6 +983,8 @@ class LocalCluster:
         path = self.folder / CLUSTER_FILE
         tmp = path.with_suffix(".json.tmp")
         tmp.write_text(json.dumps(data, indent=2) + "\n")
+        if self._record.tls:
+            os.chmod(tmp, 0o600)  # it holds the Redis URL with its password
         os.replace(tmp, path)
 
     def _stop_rank(self, record: ClusterProcess) -> tuple[int, str]:
@@ -920,7 +1016,7 @@ class LocalCluster:
             return None, "etcd is not running"
 
         async def read() -> Counter[str]:
-            client = etcd_client(self.etcd_endpoint, timeout=timeout)
+            client = etcd_client(self.etcd_endpoint, timeout=timeout, access=self.etcd_access())
             try:
                 return Counter(o.node for o in (await owners(client, self.cluster)).values())
             finally:
@@ -932,12 +1028,18 @@ class LocalCluster:
             return None, f"{type(exc).__name__}: {exc}"
 
 
-def _health(address: str, timeout: float) -> str:
-    """The gRPC health check's answer for the whole server, or why there was none."""
+def _health(address: str, timeout: float, tls: ClusterTls | None = None) -> str:
+    """The gRPC health check's answer for the whole server (as the operator, with TLS), or why there was none."""
     import grpc
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-    with grpc.insecure_channel(address) as channel:
+    if tls is None:
+        channel = grpc.insecure_channel(address)
+    else:
+        pair = tls.client("operator")
+        credentials = grpc.ssl_channel_credentials(tls.ca.read_bytes(), pair.key.read_bytes(), pair.cert.read_bytes())
+        channel = grpc.secure_channel(address, credentials)
+    with channel:
         # types-grpcio-health-checking leaves out the stub's methods (grpc sets them in __init__).
         check = health_pb2_grpc.HealthStub(channel).Check  # type: ignore[attr-defined]
         try:

@@ -42,6 +42,7 @@ from flashstock.server.cli.shards import map_table
 from flashstock.server.ledger import create_engine
 from flashstock.server.ledger.review import read_sale, review, write_review
 from flashstock.server.local.cluster import LocalCluster
+from flashstock.server.store.redis import masked_url
 
 SKU = "demo-hot-sku"
 
@@ -82,6 +83,8 @@ class DemoPlan:
     """Buyers sent per second at most until the SKU sells out (0 = as fast as the nodes answer)."""
     review_dir: str = "flashstock-demo-review"
     """Where the sale's review is written ('' = no review)."""
+    tls: bool = False
+    """Run the cluster on TLS (``LocalCluster(tls=True)``): the buyers and the operator call with certificates."""
     unit_price_minor: int = 1999
     """The demo SKU's price in minor units (its goals: every unit, sold out in 30 s, 400 buyers)."""
     auth: bool = False
@@ -181,7 +184,7 @@ class Drain:
 
 
 async def _owner_of_shard(cluster: LocalCluster, shard: int) -> str:
-    client = etcd_client(cluster.etcd_endpoint)
+    client = etcd_client(cluster.etcd_endpoint, access=cluster.etcd_access())
     try:
         view = await read_view(client, cluster.cluster)
         return view.owners[shard].node if shard in view.owners else ""
@@ -190,18 +193,26 @@ async def _owner_of_shard(cluster: LocalCluster, shard: int) -> str:
 
 
 async def _drain(cluster: LocalCluster, node: str) -> None:
-    client = etcd_client(cluster.etcd_endpoint)
+    client = etcd_client(cluster.etcd_endpoint, access=cluster.etcd_access())
     try:
         await drain(client, cluster.cluster, node)
     finally:
         await client.close()
 
 
+def client_config(cluster: LocalCluster, plan: DemoPlan) -> ClientConfig:
+    """The buyers' and the operator's client settings: the cluster's nodes found in its etcd.
+
+    With ``plan.tls`` they are the operator's (its certificate and etcd user,
+    :meth:`LocalCluster.operator_config`). With ``plan.auth`` the operator's
+    and the buyers' clients add a bearer token each to these (:func:`_sale`).
+    """
+    return cluster.operator_config(connections_per_address=max(2, 2 * plan.workers))
+
+
 async def _sale(plan: DemoPlan, cluster: LocalCluster, console: Console, drained: Drain) -> tuple[SaleLog, float, dict]:
     rng = random.Random(plan.seed)
-    config = ClientConfig(
-        etcd=cluster.etcd_endpoint, cluster=cluster.cluster, connections_per_address=max(2, 2 * plan.workers)
-    )
+    config = client_config(cluster, plan)
     admin_config = stock_config = config
     if plan.auth:
         admin_config = replace(config, token=_demo_token(cluster.folder, "demo-operator", "operator"))
@@ -340,10 +351,11 @@ def run_demo(plan: DemoPlan, console: Console) -> int:
                 workers=plan.workers,
                 extra_node_args=("--grace-s", "1", *_auth_args(plan, Path(folder))),
                 board=plan.board,
+                tls=plan.tls,
             ) as cluster,
         ):
             console.print(
-                f"etcd on {cluster.etcd_endpoint}, Redis on {cluster.redis_url}, "
+                f"etcd on {cluster.etcd_endpoint}, Redis on {masked_url(cluster.redis_url)}, "
                 f"nodes on {', '.join(cluster.node_addresses)} ({plan.workers} worker(s) each)"
             )
             console.print(
@@ -364,7 +376,12 @@ def run_demo(plan: DemoPlan, console: Console) -> int:
             ok = report(plan, log, elapsed, level, console, drained)
             # The nodes still run: the persisters drain the last log entries
             # into the ledger, which reconcile waits for.
-            reconciled = run_reconcile(cluster.redis_url, cluster.ledger_url, cluster.shards, console) == 0
+            reconciled = (
+                run_reconcile(
+                    cluster.redis_url, cluster.ledger_url, cluster.shards, console, redis_tls=cluster.redis_tls()
+                )
+                == 0
+            )
             if plan.review_dir:
                 recorded = _figures_recorded(cluster.ledger_url, log.attempts)
                 ok = report_figures(recorded, log.attempts, console) and ok
@@ -430,7 +447,7 @@ async def _settled_owner(cluster: LocalCluster, drained: str, timeout: float = 1
 
 
 async def _map(cluster: LocalCluster) -> Table:
-    client = etcd_client(cluster.etcd_endpoint)
+    client = etcd_client(cluster.etcd_endpoint, access=cluster.etcd_access())
     try:
         return map_table(await read_view(client, cluster.cluster))
     finally:

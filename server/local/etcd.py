@@ -25,6 +25,7 @@ import contextlib
 import json
 import os
 import shutil
+import ssl
 import subprocess
 import tempfile
 import time
@@ -32,9 +33,11 @@ import urllib.error
 import urllib.request
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from flashstock.server.local.procs import (
     ProcessError,
+    ServerTlsFiles,
     free_port,
     kill_family,
     pause_family,
@@ -42,7 +45,54 @@ from flashstock.server.local.procs import (
     stop_family,
 )
 
-__all__ = ["EtcdCluster", "EtcdServer", "etcd_binary"]
+__all__ = ["EtcdCluster", "EtcdServer", "add_etcd_user", "enable_etcd_auth", "grant_role", "etcd_binary"]
+
+
+def _tls_args(tls: ServerTlsFiles) -> list[str]:
+    out = ["--cert-file", tls.cert, "--key-file", tls.key]
+    if tls.client_ca:
+        out += ["--trusted-ca-file", tls.client_ca, "--client-cert-auth"]
+    return out
+
+
+async def add_etcd_user(client: Any, user: str, password: str, *, prefix: str = "", role: str = "") -> None:
+    """Add etcd ``user`` (``etcdctl user add``); with ``prefix``, grant it a role with readwrite on it.
+
+    The role is ``role`` (default ``<user>-rw``); ``prefix`` is a key prefix
+    such as ``/flashstock/<cluster>/``. ``user`` ``root`` gets etcd's root role.
+    """
+    import aetcd.rpc
+
+    await client.connect()
+    stub = aetcd.rpc.AuthStub(client.channel)
+    await stub.UserAdd(aetcd.rpc.AuthUserAddRequest(name=user, password=password))
+    if user == "root":
+        await stub.UserGrantRole(aetcd.rpc.AuthUserGrantRoleRequest(user=user, role="root"))
+        return
+    if prefix:
+        role = role or f"{user}-rw"
+        key = prefix.encode()
+        end = key[:-1] + bytes([key[-1] + 1])
+        await stub.RoleAdd(aetcd.rpc.AuthRoleAddRequest(name=role))
+        permission = aetcd.rpc.Permission(permType=aetcd.rpc.Permission.READWRITE, key=key, range_end=end)
+        await stub.RoleGrantPermission(aetcd.rpc.AuthRoleGrantPermissionRequest(name=role, perm=permission))
+        await stub.UserGrantRole(aetcd.rpc.AuthUserGrantRoleRequest(user=user, role=role))
+
+
+async def grant_role(client: Any, user: str, role: str) -> None:
+    """Give etcd ``user`` the existing ``role`` (``etcdctl user grant-role``)."""
+    import aetcd.rpc
+
+    await client.connect()
+    await aetcd.rpc.AuthStub(client.channel).UserGrantRole(aetcd.rpc.AuthUserGrantRoleRequest(user=user, role=role))
+
+
+async def enable_etcd_auth(client: Any) -> None:
+    """``etcdctl auth enable``: from now on etcd asks every caller for a user (``root`` must exist)."""
+    import aetcd.rpc
+
+    await client.connect()
+    await aetcd.rpc.AuthStub(client.channel).AuthEnable(aetcd.rpc.AuthEnableRequest())
 
 
 def etcd_binary() -> str:
@@ -77,8 +127,11 @@ class EtcdServer:
         election_ms: int = 500,
         extra_args: Sequence[str] = (),
         detach: bool = False,
+        tls: ServerTlsFiles | None = None,
     ) -> None:
         self._binary = etcd_binary()
+        self.tls = tls
+        """The files of TLS to clients; None = plaintext."""
         self._own_folder = folder is None
         self.folder = Path(folder or tempfile.mkdtemp(prefix="flashstock-etcd-"))
         """Holds the member's data (``data/``) and its log (``etcd.log``)."""
@@ -108,8 +161,8 @@ class EtcdServer:
 
     @property
     def client_url(self) -> str:
-        """``http://127.0.0.1:<client port>``."""
-        return f"http://{self.endpoint}"
+        """``http://127.0.0.1:<client port>`` (``https://`` with TLS)."""
+        return f"{'https' if self.tls else 'http'}://{self.endpoint}"
 
     @property
     def peer_url(self) -> str:
@@ -166,6 +219,7 @@ class EtcdServer:
             "zap",
             "--log-outputs",
             str(self.log_path),
+            *(_tls_args(self.tls) if self.tls else ()),
             *self._extra,
         ]
         self.folder.mkdir(parents=True, exist_ok=True)
@@ -180,9 +234,10 @@ class EtcdServer:
     def healthy(self, timeout: float = 1.0) -> bool:
         """True when the member answers ``/health`` with ``"health": "true"`` (it has a leader)."""
         try:
-            with urllib.request.urlopen(f"{self.client_url}/health", timeout=timeout) as response:
+            context = self.tls.context() if self.tls else None
+            with urllib.request.urlopen(f"{self.client_url}/health", timeout=timeout, context=context) as response:
                 return json.loads(response.read()).get("health") == "true"
-        except (OSError, ValueError, urllib.error.URLError):
+        except (OSError, ValueError, urllib.error.URLError, ssl.SSLError):
             return False
 
     def wait_ready(self, timeout: float = 30.0) -> EtcdServer:

@@ -24,12 +24,15 @@ import shlex
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import tempfile
 import time
+import urllib.parse
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import psutil
@@ -43,6 +46,7 @@ __all__ = [
     "PostgresServer",
     "ProcessError",
     "RedisServer",
+    "ServerTlsFiles",
     "family",
     "file_reader",
     "free_port",
@@ -307,8 +311,38 @@ def file_reader(path: Path, offset: int = 0) -> Callable[[], str]:
     return read
 
 
+@dataclass(frozen=True)
+class ServerTlsFiles:
+    """The PEM files of a server of ours (Redis, etcd) serving TLS, and a client's for checking on it."""
+
+    cert: str
+    """The server's certificate (for 127.0.0.1)."""
+    key: str
+    """Its private key."""
+    ca: str = ""
+    """The CA of ``cert``: what clients trust."""
+    client_ca: str = ""
+    """Clients must present a certificate this CA signed (mutual TLS); empty = any client."""
+    client_cert: str = ""
+    """A client certificate of ``client_ca``, for our own readiness checks."""
+    client_key: str = ""
+    """Its private key."""
+
+    def context(self) -> ssl.SSLContext:
+        """A client context that trusts ``ca`` and presents the client certificate."""
+        context = ssl.create_default_context(cafile=self.ca or None)
+        if self.client_cert:
+            context.load_cert_chain(self.client_cert, self.client_key)
+        return context
+
+
 class RedisServer:
-    """A ``redis-server`` of our own: free loopback port, temp folder, no persistence by default."""
+    """A ``redis-server`` of our own: free loopback port, temp folder, no persistence by default.
+
+    With ``tls`` it serves only TLS on its port (``--port 0 --tls-port``),
+    mutual when ``tls.client_ca`` is set; with ``user`` (name, password) an
+    ACL user may do everything and the default user is switched off.
+    """
 
     def __init__(
         self,
@@ -317,6 +351,8 @@ class RedisServer:
         port: int | None = None,
         *,
         detach: bool = False,
+        tls: ServerTlsFiles | None = None,
+        user: tuple[str, str] | None = None,
     ) -> None:
         binary = shutil.which("redis-server") or (
             "/usr/bin/redis-server" if Path("/usr/bin/redis-server").exists() else None
@@ -330,12 +366,35 @@ class RedisServer:
         self._extra = list(extra_args)
         self.detach = detach
         """Start the server in a session of its own, so it outlives its starter (and its Ctrl-C)."""
+        self.tls = tls
+        self.user = user
         self.proc: subprocess.Popen | None = None
 
     @property
     def url(self) -> str:
-        """redis:// URL of this server."""
-        return f"redis://127.0.0.1:{self.port}/0"
+        """URL of this server: ``redis://``, or ``rediss://`` with TLS, with the ACL user and password if any."""
+        auth = f"{self.user[0]}:{urllib.parse.quote(self.user[1], safe='')}@" if self.user else ""
+        return f"{'rediss' if self.tls else 'redis'}://{auth}127.0.0.1:{self.port}/0"
+
+    def _security_args(self) -> list[str]:
+        out: list[str] = []
+        if self.tls:
+            out += ["--port", "0", "--tls-port", str(self.port), "--tls-cert-file", self.tls.cert]
+            out += ["--tls-key-file", self.tls.key, "--tls-auth-clients", "yes" if self.tls.client_ca else "no"]
+            out += ["--tls-ca-cert-file", self.tls.client_ca or self.tls.ca]
+        if self.user:
+            # An ACL file, not --user flags: a password on a command line is anyone's to read (ps).
+            acl = self.folder / "users.acl"
+            acl.write_text(f"user {self.user[0]} on >{self.user[1]} ~* &* +@all\nuser default off\n")
+            os.chmod(acl, 0o600)
+            out += ["--aclfile", str(acl)]
+        return out
+
+    def _answers(self) -> bool:
+        with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as raw:
+            s = self.tls.context().wrap_socket(raw, server_hostname="127.0.0.1") if self.tls else raw
+            s.sendall(b"PING\r\n")
+            return s.recv(64).startswith((b"+PONG", b"-NOAUTH"))
 
     def start(self) -> RedisServer:
         """Start and wait until it answers PING."""
@@ -358,6 +417,7 @@ class RedisServer:
             "--logfile",
             str(self.folder / "redis.log"),
             *self._extra,
+            *self._security_args(),
         ]
         self.proc = subprocess.Popen(
             args,
@@ -372,10 +432,8 @@ class RedisServer:
                 log = self.folder / "redis.log"
                 raise ProcessError(f"redis-server exited: {log.read_text()[-2000:] if log.exists() else ''}")
             with contextlib.suppress(OSError):
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as s:
-                    s.sendall(b"PING\r\n")
-                    if s.recv(64).startswith(b"+PONG"):
-                        return self
+                if self._answers():
+                    return self
             time.sleep(0.05)
         self.stop()
         raise ProcessError(f"redis-server did not answer on port {self.port} within 15 s")
@@ -427,7 +485,13 @@ class PostgresServer:
     """
 
     def __init__(
-        self, folder: Path | None = None, port: int | None = None, os_user: str = "postgres", *, detach: bool = False
+        self,
+        folder: Path | None = None,
+        port: int | None = None,
+        os_user: str = "postgres",
+        *,
+        detach: bool = False,
+        tls: ServerTlsFiles | None = None,
     ) -> None:
         bindir = _postgres_bindir()
         if bindir is None:
@@ -445,6 +509,8 @@ class PostgresServer:
         self._os_user = os_user
         self.detach = detach
         """Leave the server running when this process exits (no stop at exit): whoever started it stops it."""
+        self.tls = tls
+        """With files: ``ssl=on`` with its certificate (copied into the folder, owned by the server's user)."""
         self._started = False
 
     # -- addresses --------------------------------------------------------------
@@ -538,7 +604,22 @@ class PostgresServer:
             os.chown(self.folder, user.pw_uid, user.pw_gid)
         if not (self.data_dir / "PG_VERSION").exists():
             self._initdb()
+        if self.tls:
+            self._copy_tls_files()
         self._pg_start()
+
+    def _copy_tls_files(self) -> None:
+        # PostgreSQL reads its key only when the server's user owns it and nobody else may read it.
+        assert self.tls is not None
+        for name, source in (("server.crt", self.tls.cert), ("server.key", self.tls.key)):
+            target = self.folder / name
+            shutil.copyfile(source, target)
+            os.chmod(target, 0o600)
+            if os.geteuid() == 0:
+                import pwd
+
+                user = pwd.getpwnam(self._os_user)
+                os.chown(target, user.pw_uid, user.pw_gid)
 
     def _initdb(self) -> None:
         initdb = self._run(
@@ -557,6 +638,9 @@ class PostgresServer:
     def _pg_start(self) -> None:
         for attempt in range(3):
             options = f"-p {self.port} -k {shlex.quote(str(self.folder))} -c listen_addresses=127.0.0.1 -c fsync=off"
+            if self.tls:
+                crt, key = shlex.quote(str(self.folder / "server.crt")), shlex.quote(str(self.folder / "server.key"))
+                options += f" -c ssl=on -c ssl_cert_file={crt} -c ssl_key_file={key}"
             started = self._run(
                 str(self.bindir / "pg_ctl"),
                 "-D",
@@ -601,7 +685,23 @@ class PostgresServer:
 
 
 def serve_argv(port: int, redis_url: str, *settings: str) -> list[str]:
-    """The command line of a node serving on ``127.0.0.1:<port>`` with ``redis_url``, then ``settings`` (flags)."""
+    """The command line of a node serving on ``127.0.0.1:<port>`` with ``redis_url``, then ``settings`` (flags).
+
+    An empty ``redis_url`` is left out (the node reads ``FLASHSTOCK_REDIS_URL``:
+    a URL with a password stays off the command line).
+    """
+    if not redis_url:
+        return [
+            sys.executable,
+            "-m",
+            "flashstock.server",
+            "serve",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            *settings,
+        ]
     return [
         sys.executable,
         "-m",

@@ -28,6 +28,7 @@ stranger would.
 
 from __future__ import annotations
 
+import urllib.parse
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from types import TracebackType
@@ -57,6 +58,9 @@ BlockingScript = _Script
 RedisError = redis.exceptions.RedisError
 """The root of redis-py's errors: for code that tries again on any failure."""
 
+RedisAuthError = redis.exceptions.AuthenticationError
+"""Redis refused the URL's user or password (Redis AUTH / ACL)."""
+
 RedisConnectionError = redis.exceptions.ConnectionError
 """What a connection's connect step raises to fail the connection (redis-py retries or reports it)."""
 
@@ -83,18 +87,76 @@ BLOCKING_TIMEOUTS = RedisTimeouts(connect_s=5.0, command_s=10.0)
 """The blocking client's default: long enough for a rebuild mutex's BLPOP of a few seconds."""
 
 
+@dataclass(frozen=True)
+class RedisTls:
+    """The PEM files of a ``rediss://`` connection; empty strings are unset.
+
+    The server's certificate is always checked (against ``ca``, else the
+    system's CAs) and its name against the URL's host. The user and password
+    (Redis AUTH, an ACL user) are the URL's: ``rediss://user:password@host:port/0``.
+    """
+
+    ca: str = ""
+    """``redis_tls_ca``: the CA(s) that signed the Redis server's certificate; empty = the system's CAs."""
+    cert: str = ""
+    """``redis_tls_cert``: this side's client certificate, when Redis asks for one (``tls-auth-clients``)."""
+    key: str = ""
+    """``redis_tls_key``: the private key of ``cert``."""
+
+    @property
+    def given(self) -> bool:
+        """True when any file is set."""
+        return bool(self.ca or self.cert or self.key)
+
+    def problems(self, url: str) -> list[str]:
+        """What is wrong with these files for ``url``, each naming its setting (files are not read)."""
+        if self.given and not url.startswith("rediss://"):
+            return ["redis_tls_ca, redis_tls_cert, redis_tls_key: need a rediss:// redis_url (TLS)"]
+        if bool(self.cert) != bool(self.key):
+            return ["redis_tls_cert, redis_tls_key: give both (a client certificate and its key) or neither"]
+        return []
+
+    def kwargs(self, url: str) -> dict[str, Any]:
+        """redis-py's keyword arguments for a connection to ``url`` (none for a plaintext URL)."""
+        if not url.startswith("rediss://"):
+            return {}
+        out: dict[str, Any] = {"ssl_cert_reqs": "required", "ssl_check_hostname": True}
+        if self.ca:
+            out["ssl_ca_certs"] = self.ca
+        if self.cert:
+            out["ssl_certfile"] = self.cert
+            out["ssl_keyfile"] = self.key
+        return out
+
+
+NO_TLS = RedisTls()
+"""No TLS files: a ``rediss://`` URL then trusts the system's CAs."""
+
+
+def masked_url(url: str) -> str:
+    """``url`` with its password replaced by ``***``: what logs, printouts and errors show."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.password is None:
+        return url
+    user = parts.username or ""
+    host = parts.netloc.rpartition("@")[2]
+    return urllib.parse.urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
+
+
 def async_client(
     url: str,
     timeouts: RedisTimeouts = RedisTimeouts(),
     *,
     pool_size: int = 256,
     on_connect: Callable[[Any], Awaitable[None]] | None = None,
+    tls: RedisTls = NO_TLS,
 ) -> redis.asyncio.Redis:
     """An asyncio client of the Redis at ``url``, on a pool of at most ``pool_size`` connections.
 
     ``on_connect``: the connect step of every new connection (redis-py's
     ``redis_connect_func``); it must call ``connection.on_connect()`` first.
-    Raises ``ValueError`` for a URL that is not one.
+    ``tls``: the files of a ``rediss://`` URL. Raises ``ValueError`` for a
+    URL that is not one.
     """
     return redis.asyncio.Redis(
         connection_pool=redis.asyncio.BlockingConnectionPool.from_url(
@@ -104,16 +166,20 @@ def async_client(
             socket_timeout=timeouts.command_s,
             socket_connect_timeout=timeouts.connect_s,
             redis_connect_func=on_connect,
+            **tls.kwargs(url),
         )
     )
 
 
-def blocking_client(url: str, timeouts: RedisTimeouts = BLOCKING_TIMEOUTS) -> redis.Redis:
+def blocking_client(url: str, timeouts: RedisTimeouts = BLOCKING_TIMEOUTS, *, tls: RedisTls = NO_TLS) -> redis.Redis:
     """A blocking client of the Redis at ``url`` (replies as bytes); safe to share between threads.
 
-    Raises ``ValueError`` for a URL that is not one.
+    ``tls``: the files of a ``rediss://`` URL. Raises ``ValueError`` for a
+    URL that is not one.
     """
-    return redis.Redis.from_url(url, socket_timeout=timeouts.command_s, socket_connect_timeout=timeouts.connect_s)
+    return redis.Redis.from_url(
+        url, socket_timeout=timeouts.command_s, socket_connect_timeout=timeouts.connect_s, **tls.kwargs(url)
+    )
 
 
 # Checked in order: the first class an error is an instance of decides.

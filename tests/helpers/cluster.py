@@ -101,11 +101,12 @@ class ClusterStack(LocalCluster):
             deadline_s=20.0,
             attempt_timeout_s=2.0,
             retry=RetryPolicy(max_attempts=40, max_backoff_s=0.5),
+            **self.client_tls(),  # type: ignore[arg-type]
         )
 
     def redis_client(self) -> redis_py.Redis:
-        """A plain Redis client of the cluster's Redis, for inspection."""
-        return redis_py.Redis.from_url(self.redis_url)
+        """A Redis client of the cluster's Redis, for inspection (over TLS, as the operator, on a TLS cluster)."""
+        return redis_py.Redis.from_url(self.redis_url, **self.redis_tls().kwargs(self.redis_url))
 
     def logs(self) -> str:
         """The nodes' logs (the last part of each)."""

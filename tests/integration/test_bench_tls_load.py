@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 
 from flashstock.client import AdminClient, ClientConfig
-from flashstock.server.bench.certs import MtlsFiles, make_mtls_files
 from flashstock.server.bench.node import _load_phase
+from flashstock.server.local.certs import MtlsFiles, make_mtls_files
 from flashstock.server.local.procs import NodeProcess, RedisServer
 from flashstock.v1 import stock_pb2
 from tests.helpers.processes import QUIET, running_node

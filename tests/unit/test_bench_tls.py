@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from flashstock.server.bench.certs import MtlsFiles, make_mtls_files
 from flashstock.server.bench.node import BenchPlan, auth_difference, tls_difference
+from flashstock.server.local.certs import MtlsFiles, make_mtls_files
 
 
 def test_plan_takes_zero_tls_rounds_as_leaving_the_part_out() -> None:

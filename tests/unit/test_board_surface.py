@@ -9,7 +9,7 @@ from flashstock.server.board import NodeAddress
 
 
 def test_board_exports() -> None:
-    assert board.__all__ == ["BoardSources", "Collector", "NodeAddress", "create_app", "node_addresses"]
+    assert board.__all__ == ["BoardSources", "Collector", "NodeAddress", "NodeTls", "create_app", "node_addresses"]
     for name in board.__all__:
         assert getattr(board, name).__doc__, name
 
