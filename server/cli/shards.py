@@ -56,6 +56,7 @@ from flashstock.server.cli.common import (
     Refused,
     console,
     err_console,
+    etcd_access,
     etcd_access_options,
     local_time,
     run_etcd,
@@ -187,8 +188,12 @@ def operator_identity(etcd_user: str | None = None) -> tuple[str, str]:
 
 
 def audit_record(command: str, **args: object) -> bytes:
-    """The audit record a shard change writes in its own etcd transaction (``shards.<command>``)."""
-    identity, peer = operator_identity()
+    """The audit record a shard change writes in its own etcd transaction (``shards.<command>``).
+
+    Who: the etcd user of the command's ``--etcd-user``, when given (etcd's
+    auth vouches for it), else the OS user.
+    """
+    identity, peer = operator_identity(etcd_access(f"shards {command}").user)
     record = shard_change_record(int(time.time() * 1000), identity, peer, f"shards.{command}", args)
     return json.dumps(record, sort_keys=True).encode()
 

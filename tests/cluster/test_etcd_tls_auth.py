@@ -24,6 +24,7 @@ from typer.testing import CliRunner, Result
 from flashstock.client import AsyncAdminClient, AsyncStockClient, ClientConfig, Outcome, Unavailable
 from flashstock.lockmgr import ClusterKeys, EtcdAccess, etcd_client, owners
 from flashstock.server.cli.app import app
+from flashstock.server.ledger import Ledger
 from flashstock.server.local.etcd import EtcdServer, add_etcd_user, enable_etcd_auth
 from flashstock.server.local.procs import NodeProcess, RedisServer, ServerTlsFiles, free_port, serve_argv
 from tests.helpers import aeventually
@@ -168,6 +169,17 @@ async def test_an_operator_with_the_role_moves_a_shard_and_others_are_refused(se
     assert moved.exit_code == 0, moved.output + nodes[0].log() + nodes[1].log()
     assert f"shard {shard}: owned by node-b" in moved.output
     assert (await owners(ops_client, CLUSTER))[shard].node == "node-b"
+    # The audit trail names the etcd user etcd vouched for (a node copies the record into the ledger).
+    ledger = Ledger(nodes[0].ledger_url)
+    try:
+        records = await aeventually(
+            lambda: [r for r in ledger.audit(limit=50) if r.method == "shards.move" and r.args.get("shard") == shard],
+            until=bool,
+            timeout=20,
+        )
+    finally:
+        ledger.close()
+    assert [r.identity for r in records] == ["etcd:ops"]
 
 
 async def test_a_token_etcd_forgot_is_fetched_again_for_calls_and_watches(certs):
