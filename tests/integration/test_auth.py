@@ -354,10 +354,12 @@ DEMO_SMALL = ("--nodes", "1", "--no-board", "--review-dir", "")
 
 
 @pytest.mark.slow
-def test_the_demo_runs_with_auth_on(monkeypatch):
-    result = cli(*DEMO, *DEMO_SMALL)
+def test_the_demo_runs_with_tls_and_auth_on(monkeypatch):
+    # Every link on TLS (Redis rediss:// with its ACL user, etcd with its users, mutual TLS to the nodes),
+    # and every call with a bearer token the nodes check.
+    result = cli(*DEMO, "--tls", *DEMO_SMALL)
     assert result.exit_code == 0 and "all promises held" in result.output, result.output
-    assert "auth on:" in result.output
+    assert "auth on:" in result.output and "Redis on rediss://flashstock:***@" in result.output, result.output
     # Its nodes do check: with tokens they cannot verify, the demo's first call is refused.
     import flashstock.server.local.demo as demo
 
