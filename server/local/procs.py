@@ -690,18 +690,7 @@ def serve_argv(port: int, redis_url: str, *settings: str) -> list[str]:
     An empty ``redis_url`` is left out (the node reads ``FLASHSTOCK_REDIS_URL``:
     a URL with a password stays off the command line).
     """
-    if not redis_url:
-        return [
-            sys.executable,
-            "-m",
-            "flashstock.server",
-            "serve",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            *settings,
-        ]
+    redis = ["--redis-url", redis_url] if redis_url else []
     return [
         sys.executable,
         "-m",
@@ -711,8 +700,7 @@ def serve_argv(port: int, redis_url: str, *settings: str) -> list[str]:
         "127.0.0.1",
         "--port",
         str(port),
-        "--redis-url",
-        redis_url,
+        *redis,
         *settings,
     ]
 
