@@ -240,9 +240,7 @@ def _warn_if_open(host: str, tls: bool, auth: bool) -> None:
         )
 
 
-async def _serve(
-    sources: object, sock: socket.socket, page_tls: dict[str, Any], authorizer: Authorizer | None
-) -> int:
+async def _serve(sources: object, sock: socket.socket, page_tls: dict[str, Any], authorizer: Authorizer | None) -> int:
     import uvicorn
 
     from flashstock.server.board import BoardSources, Collector, create_app

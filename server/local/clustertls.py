@@ -4,7 +4,7 @@ Everything lives in the cluster folder's ``tls/`` (made once, kept when the
 cluster is started again)::
 
     ca.pem, ca-key.pem                 the cluster's own development CA
-    server.pem, server-key.pem         127.0.0.1 / localhost: etcd, Redis, PostgreSQL, every node and the board's page serve it
+    server.pem, server-key.pem         127.0.0.1 / localhost: etcd, Redis, PostgreSQL, the nodes, the board's page
     client-node.pem, -key.pem          the nodes' and the board's client certificate (etcd, Redis, the nodes)
     client-operator.pem, -key.pem      the operator's: the CLI, ``cluster status``, tests
     etcd-<user>.password               etcd users root, node (the nodes, the board) and operator

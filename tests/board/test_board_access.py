@@ -49,7 +49,16 @@ def page_tls(certs: Certs) -> tuple[str, ...]:
 
 
 def auth_args(secret: Path) -> tuple[str, ...]:
-    return ("--auth", "on", "--auth-jwt-keys", str(secret), "--auth-jwt-issuer", ISSUER, "--auth-jwt-audience", AUDIENCE)
+    return (
+        "--auth",
+        "on",
+        "--auth-jwt-keys",
+        str(secret),
+        "--auth-jwt-issuer",
+        ISSUER,
+        "--auth-jwt-audience",
+        AUDIENCE,
+    )
 
 
 @pytest.fixture(scope="module")
