@@ -5,6 +5,9 @@
   second by default) and a comment line as heartbeat when nothing new came for :data:`HEARTBEAT_S`.
 - ``/api/state``: the latest snapshot; ``/healthz``: ``ok`` and how many viewers are connected.
 
+With an ``authorizer`` (``--auth on``) every path but ``/healthz`` needs a viewer's token
+(:class:`~flashstock.server.board.access.BoardGate`).
+
 Every viewer reads the one :class:`~flashstock.server.board.collector.Collector`'s snapshots:
 opening pages costs the nodes nothing more.
 """
@@ -18,12 +21,15 @@ from pathlib import Path
 from typing import Any
 
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, PlainTextResponse, Response, StreamingResponse
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
+from flashstock.server.board.access import BoardGate
 from flashstock.server.board.collector import Collector
+from flashstock.server.rpc.authz import Authorizer
 
 STATIC = Path(__file__).parent / "static"
 """The page's files, shipped as package data."""
@@ -32,8 +38,13 @@ HEARTBEAT_S = 5.0
 """An SSE comment is sent after this many seconds without a snapshot, so proxies and browsers keep the stream."""
 
 
-def create_app(collector: Collector, *, run_collector: bool = True) -> Starlette:
-    """The board app over ``collector``; with ``run_collector`` its lifespan runs the collector's loop."""
+def create_app(
+    collector: Collector, *, run_collector: bool = True, authorizer: Authorizer | None = None, secure: bool = False
+) -> Starlette:
+    """The board app over ``collector``; with ``run_collector`` its lifespan runs the collector's loop.
+
+    With ``authorizer`` only a viewer's token opens it; ``secure``: the page is on TLS (the token's cookie is
+    then sent over TLS only)."""
 
     async def page(_: Request) -> Response:
         return FileResponse(STATIC / "index.html", headers={"Cache-Control": "no-cache"})
@@ -86,4 +97,5 @@ def create_app(collector: Collector, *, run_collector: bool = True) -> Starlette
             Mount("/static", StaticFiles(directory=STATIC), name="static"),
         ],
         lifespan=lifespan,
+        middleware=[] if authorizer is None else [Middleware(BoardGate, authorizer=authorizer, secure=secure)],
     )

@@ -15,7 +15,7 @@ from rich.table import Table
 from rich.text import Text
 
 from flashstock.server.cli.common import DEFAULT_CLUSTER, console, exit_error
-from flashstock.server.cli.token import DEV_AUDIENCE, DEV_ISSUER, SECRET_NAME, write_secret
+from flashstock.server.cli.token import DEV_AUDIENCE, DEV_ISSUER, SECRET_NAME, dev_token, write_secret
 
 if TYPE_CHECKING:
     from flashstock.server.local.cluster import ClusterStatus, LocalCluster, StopOutcome
@@ -69,7 +69,7 @@ def _usage(cluster: LocalCluster, auth: bool = False) -> str:
     return "\n".join(
         [
             f"etcd {cluster.etcd_endpoint}, redis {masked_url(cluster.redis_url)}, ledger {cluster.ledger_url}",
-            *([f"the live board: {cluster.board_url}"] if cluster.board_url else []),
+            *([f"the live board: {_board_address(cluster, auth)}"] if cluster.board_url else []),
             *(
                 [f"TLS everywhere: certificates and passwords in {tls.folder} (the CLI as etcd user operator)"]
                 if tls
@@ -91,6 +91,18 @@ def _usage(cluster: LocalCluster, auth: bool = False) -> str:
             f"  flashstock cluster down {folder}",
         ]
     )
+
+
+BOARD_TOKEN_TTL_S = 12 * 3600
+"""How long the viewer's token on ``cluster up --auth``'s board address opens the board."""
+
+
+def _board_address(cluster: LocalCluster, auth: bool) -> str:
+    """The board's page; with auth on, with a viewer's token (12 h) the board turns into a cookie."""
+    if not (auth and cluster.board_auth_args):
+        return cluster.board_url
+    token = dev_token(cluster.folder / SECRET_NAME, "board-viewer", ["viewer"], BOARD_TOKEN_TTL_S)
+    return f"{cluster.board_url}?token={token}"
 
 
 def local_folder(folder: Path) -> Path:

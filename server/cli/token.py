@@ -80,6 +80,15 @@ def _signing_key(path: Path) -> tuple[bytes, str]:
     exit_error("token make", f"--key: {path} is neither an RSA nor an EC P-256 private key")
 
 
+def dev_token(secret: Path, sub: str, roles: list[str], ttl_s: int) -> str:
+    """A token signed with the HS256 ``secret`` file (:func:`write_secret`), with the dev iss and aud."""
+    import jwt
+
+    now = int(time.time())
+    claims = {"sub": sub, "roles": roles, "iss": DEV_ISSUER, "aud": DEV_AUDIENCE, "iat": now, "exp": now + ttl_s}
+    return jwt.encode(claims, secret.read_bytes().rstrip(b"\r\n"), algorithm="HS256")
+
+
 @token_app.command("make")
 def make_token(
     key: Annotated[

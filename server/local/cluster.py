@@ -483,8 +483,18 @@ class LocalCluster:
 
     @property
     def board_url(self) -> str:
-        """The live board's page (``http://127.0.0.1:<port>/``); '' when the cluster runs none."""
-        return f"http://127.0.0.1:{self._record.board_port}/" if self._record.board else ""
+        """The live board's page (``http://127.0.0.1:<port>/``, ``https://`` with TLS); '' when the cluster runs none.
+
+        With auth on (:attr:`board_auth_args`) it needs a viewer's token: ``<url>?token=<JWT>`` opens it."""
+        if not self._record.board:
+            return ""
+        return f"{'https' if self._record.tls else 'http'}://127.0.0.1:{self._record.board_port}/"
+
+    @property
+    def board_auth_args(self) -> list[str]:
+        """The board's ``--auth*`` flags: the nodes' own, when ``extra_node_args`` turn auth on with
+        ``--auth-jwt-keys`` (the board takes bearer tokens only); else none, and its page needs no token."""
+        return board_auth_args(self._record.extra_node_args)
 
     @property
     def metrics_ports(self) -> list[int]:
@@ -859,7 +869,8 @@ class LocalCluster:
             "-m",
             "flashstock.server",
             "board",
-            *(self.tls.board_flags() if self.tls else ["--redis-url", self.redis_url]),
+            *(self.tls.board_flags() + self.tls.page_flags() if self.tls else ["--redis-url", self.redis_url]),
+            *self.board_auth_args,
             "--etcd",
             self.etcd_endpoint,
             "--cluster",
@@ -1026,6 +1037,33 @@ class LocalCluster:
             return _run_async(read), None
         except Exception as exc:  # noqa: BLE001 - shown to the operator, not raised
             return None, f"{type(exc).__name__}: {exc}"
+
+
+_BOARD_AUTH_FLAGS = (
+    "--auth",
+    "--auth-jwt-keys",
+    "--auth-jwt-issuer",
+    "--auth-jwt-audience",
+    "--auth-jwt-leeway-s",
+    "--auth-jwt-roles-claim",
+)
+"""The auth flags a node and the board share (``flashstock serve`` and ``flashstock board``)."""
+
+
+def board_auth_args(node_args: Sequence[str]) -> list[str]:
+    """The board's ``--auth*`` flags out of a node's flags: theirs when they turn auth on with token keys."""
+    given: dict[str, str] = {}
+    args = list(node_args)
+    for i, arg in enumerate(args):
+        name, eq, value = arg.partition("=")
+        if name in _BOARD_AUTH_FLAGS:
+            if eq:
+                given[name] = value
+            elif i + 1 < len(args):
+                given[name] = args[i + 1]
+    if given.get("--auth") != "on" or not given.get("--auth-jwt-keys"):
+        return []
+    return [part for name, value in given.items() for part in (name, value)]
 
 
 def _health(address: str, timeout: float, tls: ClusterTls | None = None) -> str:

@@ -4,7 +4,7 @@ Everything lives in the cluster folder's ``tls/`` (made once, kept when the
 cluster is started again)::
 
     ca.pem, ca-key.pem                 the cluster's own development CA
-    server.pem, server-key.pem         127.0.0.1 / localhost: etcd, Redis, PostgreSQL and every node serve it
+    server.pem, server-key.pem         127.0.0.1 / localhost: etcd, Redis, PostgreSQL, the nodes, the board's page
     client-node.pem, -key.pem          the nodes' and the board's client certificate (etcd, Redis, the nodes)
     client-operator.pem, -key.pem      the operator's: the CLI, ``cluster status``, tests
     etcd-<user>.password               etcd users root, node (the nodes, the board) and operator
@@ -129,6 +129,11 @@ class ClusterTls:
         pair = self.client("node")
         nodes = ["--tls-ca", str(self.ca), "--tls-cert", str(pair.cert), "--tls-key", str(pair.key)]
         return [*nodes, *self.client_flags("node")]
+
+    def page_flags(self) -> list[str]:
+        """The board's own page on TLS with the cluster's server certificate (no client certificate asked:
+        a browser opens it trusting the cluster's CA)."""
+        return ["--page-tls-cert", str(self.server.cert), "--page-tls-key", str(self.server.key)]
 
     def operator_env(self) -> dict[str, str]:
         """``FLASHSTOCK_*`` variables that point the CLI at the cluster as ``operator``."""

@@ -365,7 +365,10 @@ def run_demo(plan: DemoPlan, console: Console) -> int:
             if plan.auth:
                 console.print("auth on: the admin calls carry an operator's bearer token, the buyers' a buyer's")
             if cluster.board_url:
-                console.print(f"[bold]the live board of the sale: {cluster.board_url}[/]", soft_wrap=True)
+                board = cluster.board_url
+                if plan.auth:  # a viewer's token, which the board turns into a cookie
+                    board += f"?token={_demo_token(cluster.folder, 'demo-viewer', 'viewer')}"
+                console.print(f"[bold]the live board of the sale: {board}[/]", soft_wrap=True, highlight=False)
             if plan.start_in_s > 0:
                 console.print(f"the sale starts in {plan.start_in_s:g} s")
                 time.sleep(plan.start_in_s)

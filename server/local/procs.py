@@ -840,7 +840,9 @@ BOARD_READY_LINE = "flashstock board on"
 
 
 class BoardProcess:
-    """A ``flashstock board`` process on a free loopback port: the live board of a sale, in a browser."""
+    """A ``flashstock board`` process on a free loopback port: the live board of a sale, in a browser.
+
+    ``extra_args`` go to ``flashstock board`` as they are (``--page-tls-cert``, ``--auth`` ...)."""
 
     def __init__(
         self,
@@ -851,10 +853,13 @@ class BoardProcess:
         nodes: Sequence[str] = (),
         interval_s: float = 1.0,
         port: int | None = None,
+        extra_args: Sequence[str] = (),
     ) -> None:
         self.redis_url = redis_url
         self.port = port or free_port()
         """Where the page is served (127.0.0.1)."""
+        self.scheme = "https" if any(a.partition("=")[0] == "--page-tls-cert" for a in extra_args) else "http"
+        """``https`` when ``extra_args`` put the page on TLS (``--page-tls-cert``), else ``http``."""
         self._args = [
             "--redis-url",
             redis_url,
@@ -867,17 +872,18 @@ class BoardProcess:
             *(("--etcd", etcd) if etcd else ()),
             *(("--cluster", cluster) if cluster else ()),
             *(arg for node in nodes for arg in ("--node", node)),
+            *extra_args,
         ]
         self.proc: subprocess.Popen | None = None
         self._read: Callable[[], str] = lambda: ""
 
     @property
     def url(self) -> str:
-        """The page's address."""
-        return f"http://127.0.0.1:{self.port}/"
+        """The page's address (``https://`` on TLS)."""
+        return f"{self.scheme}://127.0.0.1:{self.port}/"
 
     def start(self, timeout: float = 30.0) -> BoardProcess:
-        """Start the board and wait for its ready line (``flashstock board on http://...``)."""
+        """Start the board and wait for its ready line (``flashstock board on http(s)://...``)."""
         args = [sys.executable, "-m", "flashstock.server", "board", *self._args]
         self.proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
         self._read = pipe_reader(self.proc)

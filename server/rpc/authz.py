@@ -100,16 +100,23 @@ def roles_for(service: str, method: str) -> frozenset[str]:
 
 def refusal(caller: Caller, service: str, method: str) -> PermissionDenied | None:
     """Why ``caller`` may not call ``service/method``; None when it may."""
-    needed = roles_for(service, method)
+    return role_refusal(caller, roles_for(service, method), f"call {service.rpartition('.')[2]}/{method}")
+
+
+def role_refusal(caller: Caller, needed: frozenset[str], what: str) -> PermissionDenied | None:
+    """Why ``caller`` may not do ``what`` (it needs one of the roles ``needed``); None when it may."""
     if caller.roles & needed:
         return None
-    short = service.rpartition(".")[2]
     held = ", ".join(sorted(caller.roles)) or "no role"
     return PermissionDenied(
-        f"{caller.name} may not call {short}/{method}: it needs the role "
+        f"{caller.name} may not {what}: it needs the role "
         f"{' or '.join(r for r in ROLES if r in needed) or '(none: the method is not in the table)'}, "
         f"and holds {held}"
     )
+
+
+BOARD_ROLES = _ADMIN_READ
+"""The roles that may open the live board (``flashstock board --auth on``): viewer, operator, admin."""
 
 
 # -- keys and tokens ----------------------------------------------------------------------------
@@ -465,6 +472,7 @@ def rpcs_of(files: Iterable[Any]) -> list[tuple[str, str]]:
 __all__ = [
     "METHOD_ROLES",
     "OPEN_SERVICES",
+    "BOARD_ROLES",
     "AuthSettings",
     "Authorizer",
     "TokenCheck",
@@ -474,6 +482,7 @@ __all__ = [
     "load_cert_roles",
     "load_token_keys",
     "refusal",
+    "role_refusal",
     "roles_for",
     "rpcs_of",
     "split_paths",

@@ -3,6 +3,8 @@
 - During a sale, units taken through a real node: the page's stock-left
   figure falls, the sold and attempts curves move; a screenshot is saved
   (``build/artifacts/board.png``).
+- The page on https behind auth: refused without a token, opened by a
+  viewer's ``?token=`` on its address, which leaves the address as a cookie.
 - A cluster (etcd, Redis, nodes): Redis lost → the page says so and recovers
   when it is back; the same for etcd; a node killed mid-sale → its row turns
   unhealthy.
@@ -15,19 +17,22 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 import urllib.request
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
+import jwt
 import pytest
-from playwright.sync_api import Page, expect
+from playwright.sync_api import Browser, Page, expect
 
 from flashstock.client import AdminClient, StockClient
 from flashstock.server.local.procs import BoardProcess, NodeProcess, RedisServer, free_port
 from tests.helpers.cluster import CLUSTER, ClusterStack
 from tests.helpers.failpoints import KillNode
+from tests.helpers.tls import make_certs
 
 pytestmark = pytest.mark.slow
 
@@ -123,6 +128,45 @@ def test_during_a_sale_stock_left_falls_and_the_curves_move(page: Page, artifact
             page.screenshot(path=str(shot), full_page=True)
             print(f"board screenshot: {shot}")
         assert shot.stat().st_size > 0
+
+
+def test_the_https_page_behind_auth_opens_with_a_token_on_its_address(browser: Browser, tmp_path: Path) -> None:
+    certs = make_certs(tmp_path, "board-browser")
+    secret = tmp_path / "jwt.secret"
+    secret.write_text("b" * 40 + "\n")
+    now = int(time.time())
+    claims = {"sub": "alice", "roles": ["viewer"], "iss": "bb", "aud": "flashstock", "iat": now, "exp": now + 600}
+    viewer = jwt.encode(claims, secret.read_bytes().strip(), algorithm="HS256")
+    page_tls = ("--page-tls-cert", str(certs.node_cert), "--page-tls-key", str(certs.node_key))
+    auth = (
+        "--auth",
+        "on",
+        "--auth-jwt-keys",
+        str(secret),
+        "--auth-jwt-issuer",
+        "bb",
+        "--auth-jwt-audience",
+        "flashstock",
+    )
+    context = browser.new_context(ignore_https_errors=True)  # the test's CA is not the browser's
+    with (
+        RedisServer() as server,
+        BoardProcess(
+            server.url, nodes=[f"127.0.0.1:{free_port()}"], interval_s=0.3, extra_args=(*page_tls, *auth)
+        ) as board,
+    ):
+        try:
+            page = context.new_page()
+            refused = page.goto(board.url)
+            assert refused is not None and refused.status == 401
+            page.goto(f"{board.url}?token={viewer}")
+            assert page.url == board.url  # the token left the address bar
+            # The page's feed (/events) and files came through with the cookie alone.
+            expect(page.locator('[data-testid="node-row"]')).to_have_count(1, timeout=WAIT_MS)
+            assert page.evaluate("document.cookie") == ""  # HttpOnly: the page's scripts cannot read it
+            assert [c["name"] for c in context.cookies() if c["secure"]] == ["flashstock_board_token"]
+        finally:
+            context.close()
 
 
 # -- a cluster: Redis, etcd and a node lost -------------------------------------------------------

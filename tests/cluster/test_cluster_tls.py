@@ -3,7 +3,7 @@
 ``LocalCluster(tls=True)`` makes a CA, server and client certificates and
 random passwords in its folder; etcd serves mutual TLS with auth enabled,
 Redis serves only mutual TLS to its ACL user, the nodes serve mutual TLS on
-gRPC and metrics. A client with the operator's certificate finds the nodes
+gRPC and metrics, the board its page on https. A client with the operator's certificate finds the nodes
 through etcd (as the etcd user ``operator``) and deducts; the ledger gets it.
 A caller without a certificate is refused. No password is on a command line
 or in a log.
@@ -72,8 +72,12 @@ def test_status_the_board_and_the_cli_reach_everything_over_tls(tls_cluster):
     with urllib.request.urlopen(f"https://127.0.0.1:{tls_cluster.metrics_ports[0]}/metrics", context=context) as r:
         assert b"flashstock_" in r.read()
 
+    # The board's own page is on https with the cluster's certificate: a browser trusting its CA opens it.
+    assert tls_cluster.board_url.startswith("https://127.0.0.1:")
+    page_context = ssl.create_default_context(cafile=str(tls.ca))
+
     def board() -> dict:
-        with urllib.request.urlopen(f"{tls_cluster.board_url}api/state", timeout=5) as r:
+        with urllib.request.urlopen(f"{tls_cluster.board_url}api/state", timeout=5, context=page_context) as r:
             return json.loads(r.read())
 
     snapshot = eventually(board, until=lambda s: len(s["nodes"]) == 2 and not s["problems"], timeout=20)

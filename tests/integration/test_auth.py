@@ -9,9 +9,12 @@ and by the CLI; wrong settings stop the start naming the setting.
 from __future__ import annotations
 
 import asyncio
+import http.client
 import math
+import re
 import subprocess
 import time
+import urllib.parse
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -355,10 +358,12 @@ DEMO_SMALL = ("--nodes", "1", "--no-board", "--review-dir", "")
 
 @pytest.mark.slow
 def test_the_demo_runs_with_tls_and_auth_on(monkeypatch):
-    # Every link on TLS (Redis rediss:// with its ACL user, etcd with its users, mutual TLS to the nodes),
-    # and every call with a bearer token the nodes check.
-    result = cli(*DEMO, "--tls", *DEMO_SMALL)
+    # Every link on TLS (Redis rediss:// with its ACL user, etcd with its users, mutual TLS to the nodes,
+    # https to the board), and every call with a bearer token the nodes check.
+    result = cli(*DEMO, "--tls", "--nodes", "1", "--review-dir", "")  # with the board
     assert result.exit_code == 0 and "all promises held" in result.output, result.output
+    # The board's page on https, its address with a viewer's token the board turns into a cookie.
+    assert re.search(r"the live board of the sale: https://127\.0\.0\.1:\d+/\?token=ey", result.output), result.output
     assert "auth on:" in result.output and "Redis on rediss://flashstock:***@" in result.output, result.output
     # Its nodes do check: with tokens they cannot verify, the demo's first call is refused.
     import flashstock.server.local.demo as demo
@@ -371,7 +376,7 @@ def test_the_demo_runs_with_tls_and_auth_on(monkeypatch):
 
 def test_a_local_cluster_with_auth_takes_the_tokens_token_make_signs(tmp_path, sku):
     folder = tmp_path / "cluster"
-    up = cli("cluster", "up", "--nodes", "1", "--dir", str(folder), "--shards", "4", "--auth")
+    up = cli("cluster", "up", "--nodes", "1", "--dir", str(folder), "--shards", "4", "--auth", "--board")
     try:
         assert up.exit_code == 0, up.output
         secret = folder / "jwt-hs256.secret"
@@ -385,6 +390,29 @@ def test_a_local_cluster_with_auth_takes_the_tokens_token_make_signs(tmp_path, s
         assert anonymous.exit_code == 1 and "no credentials" in anonymous.output, anonymous.output
         status = cli("cluster", "status", "--dir", str(folder))  # health stays open
         assert status.exit_code == 0, status.output
+        _the_board_opens_with_the_viewer_token_up_printed(LocalCluster.load(folder), up.output)
     finally:
         down = cli("cluster", "down", "--dir", str(folder), "--purge")
     assert down.exit_code == 0, down.output
+
+
+def _the_board_opens_with_the_viewer_token_up_printed(local: LocalCluster, output: str) -> None:
+    """The board of ``cluster up --auth`` needs a token; the address ``up`` printed carries a viewer's."""
+    printed = re.search(r"the live board: (\S+)", output)
+    assert printed and printed[1].startswith(f"{local.board_url}?token="), output
+    address = urllib.parse.urlsplit(printed[1])
+
+    def get(path: str, headers: dict[str, str] | None = None) -> http.client.HTTPResponse:
+        conn = http.client.HTTPConnection("127.0.0.1", address.port, timeout=5)
+        conn.request("GET", path, headers=headers or {})
+        reply = conn.getresponse()
+        reply.read()
+        conn.close()
+        return reply
+
+    assert get("/api/state").status == 401 and get("/healthz").status == 200
+    opened = get(f"/?{address.query}")
+    assert opened.status == 303 and opened.getheader("location") == "/", opened.headers
+    cookie = opened.getheader("set-cookie", "").partition(";")[0]
+    assert cookie.startswith("flashstock_board_token=")
+    assert get("/api/state", {"Cookie": cookie}).status == 200

@@ -20,6 +20,7 @@ from flashstock.client import ClientConfig, PermissionDenied, Unauthenticated
 from flashstock.client._transport import call_metadata
 from flashstock.server._config import NodeConfig, auth_settings
 from flashstock.server.rpc.authz import (
+    BOARD_ROLES,
     METHOD_ROLES,
     OPEN_SERVICES,
     Authorizer,
@@ -30,6 +31,7 @@ from flashstock.server.rpc.authz import (
     load_cert_roles,
     load_token_keys,
     refusal,
+    role_refusal,
     rpcs_of,
 )
 from flashstock.server.rpc.identity import ROLES, Caller
@@ -98,6 +100,15 @@ def test_a_refusal_names_the_roles_needed_and_held():
     assert "holds no role" in refusal(nobody, "flashstock.v1.StockService", "GetStock").message  # type: ignore[union-attr]
     unknown = refusal(Caller("jwt:root", frozenset({"admin"}), ""), "flashstock.v1.AdminService", "DropAll")
     assert unknown is not None and "not in the table" in unknown.message
+
+
+def test_the_board_opens_to_the_readers_of_admin_not_to_a_buyer():
+    assert frozenset({"viewer", "operator", "admin"}) == BOARD_ROLES
+    assert role_refusal(Caller("jwt:v", frozenset({"viewer"}), ""), BOARD_ROLES, "open the board") is None
+    denied = role_refusal(Caller("jwt:shop", frozenset({"buyer"}), ""), BOARD_ROLES, "open the board")
+    assert denied is not None and denied.message == (
+        "jwt:shop may not open the board: it needs the role viewer or operator or admin, and holds buyer"
+    )
 
 
 # -- tokens ------------------------------------------------------------------------------------

@@ -6,6 +6,7 @@ import pytest
 
 import flashstock.server.board as board
 from flashstock.server.board import NodeAddress
+from flashstock.server.local.cluster import board_auth_args
 
 
 def test_board_exports() -> None:
@@ -23,3 +24,14 @@ def test_a_node_is_an_address_and_maybe_its_metrics() -> None:
 def test_a_malformed_node_is_refused_naming_the_option(text: str) -> None:
     with pytest.raises(ValueError, match="--node"):
         NodeAddress.parse(text)
+
+
+def test_the_board_of_a_local_cluster_takes_the_nodes_auth_flags_when_they_take_tokens() -> None:
+    on = ["--grace-s", "1", "--auth", "on", "--auth-jwt-keys", "k.secret", "--auth-jwt-issuer=i"]
+    assert board_auth_args([*on, "--auth-jwt-audience", "a"]) == [
+        *("--auth", "on", "--auth-jwt-keys", "k.secret", "--auth-jwt-issuer", "i", "--auth-jwt-audience", "a")
+    ]
+    assert board_auth_args(["--grace-s", "1"]) == []
+    assert board_auth_args(["--auth", "off", "--auth-jwt-keys", "k"]) == []
+    # Certificates only: the board takes tokens only, so its page stays as it was.
+    assert board_auth_args(["--auth", "on", "--auth-cert-roles", "r.toml", "--tls-client-ca", "ca.pem"]) == []
