@@ -194,3 +194,17 @@ def test_a_node_that_cannot_write_its_data_folder_exits_2_naming_it(tmp_path, wo
     assert f"flashstock: cannot start: data_dir: cannot make '{tmp_path / 'file' / 'data'}'" in done.stderr
     assert "Traceback" not in done.stderr
     assert not Path(tmp_path / "flashstock-data").exists()
+
+
+def test_every_variable_the_commands_read_is_a_setting_or_known_as_another_commands():
+    # A FLASHSTOCK_* variable read anywhere in the package but unknown here would make
+    # --check-config refuse a correct environment.
+    import re
+
+    root = Path(__file__).resolve().parents[2]
+    read = set()
+    for folder in ("server", "client", "lockmgr"):
+        for path in (root / folder).rglob("*.py"):
+            read.update(re.findall(r"\bFLASHSTOCK_[A-Z0-9_]*[A-Z0-9]\b", path.read_text(encoding="utf-8")))
+    assert read, "the scan found nothing"
+    assert unknown_env_vars(dict.fromkeys(read, "")) == []
