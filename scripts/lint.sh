@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The lint and type gates (`make lint`, run by .ci/run before the tests):
-# ruff's rules, ruff's formatting, and mypy (strict for client/ and lockmgr/).
+# ruff's rules, ruff's formatting, mypy (strict for client/ and lockmgr/), and
+# hadolint over the node image's Dockerfile (any finding fails).
 # mypy cannot see the editable install's package mapping (flashstock.server ->
 # server/ ...), so it reads a symlink tree under build/typing that mirrors
 # pyproject's package-dir.
@@ -22,4 +23,6 @@ echo "==> ruff format --check"
 "$BIN/ruff" format --check . || status=1
 echo "==> mypy"
 "$BIN/mypy" -p flashstock.client -p flashstock.lockmgr -p flashstock.server || status=1
+echo "==> hadolint deploy/Dockerfile"
+"$BIN/hadolint" --no-color deploy/Dockerfile || status=1
 exit $status

@@ -11,12 +11,14 @@ lists every setting.
 from __future__ import annotations
 
 import dataclasses
+import os
 import tomllib
 import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import pydantic
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
@@ -273,6 +275,8 @@ def config_problems(config: NodeConfig) -> list[str]:
         out.append(f"port: {config.port} is not 0-65535")
     if not config.redis_url.startswith(("redis://", "rediss://", "unix://")):
         out.append(f"redis_url: {masked_url(config.redis_url)!r} is not a redis://, rediss:// or unix:// URL")
+    elif problem := _redis_url_problem(config.redis_url):
+        out.append(f"redis_url: {masked_url(config.redis_url)!r}: {problem}")
     out.extend(redis_tls(config).problems(config.redis_url))
     out.extend(_etcd_access_shape(config).problems())
     if config.etcd_password and config.etcd_password_file:
@@ -284,7 +288,8 @@ def config_problems(config: NodeConfig) -> list[str]:
     if not 0 <= config.metrics_port <= 65535:
         out.append(f"metrics_port: {config.metrics_port} is not 0-65535")
     for endpoint in filter(None, config.etcd.split(",")):
-        if not endpoint.strip().rpartition(":")[2].isdigit():
+        host, _, port = endpoint.strip().rpartition(":")
+        if not host or not port.isdigit() or not 1 <= int(port) <= 65535:
             out.append(f"etcd: {endpoint!r} is not host:port")
     for name, value in (("cluster", config.cluster), ("node_id", config.node_id or "x")):
         if not value or "/" in value or len(value) > 128 or value != value.strip():
@@ -327,6 +332,23 @@ def config_problems(config: NodeConfig) -> list[str]:
     if config.log_format not in LOG_FORMATS:
         out.append(f"log_format: {config.log_format!r} is not {' or '.join(LOG_FORMATS)}")
     return out
+
+
+def _redis_url_problem(url: str) -> str | None:
+    """What redis-py would refuse in a redis:// or rediss:// URL: its port, its database number."""
+    if url.startswith("unix://"):
+        return None if urlsplit(url).path else "no socket path"
+    parts = urlsplit(url)
+    try:
+        parts.port  # noqa: B018 - reading it checks it
+    except ValueError as exc:
+        return str(exc)
+    if not parts.hostname:
+        return "no host"
+    db = parts.path.strip("/")
+    if db and not db.isdigit():
+        return f"the database {db!r} is not a number"
+    return None
 
 
 def node_name(config: NodeConfig, port: int) -> str:
@@ -416,23 +438,113 @@ def setting_help() -> dict[str, tuple[Any, str]]:
     return {f.name: (f.default, f.metadata["help"]) for f in dataclasses.fields(NodeConfig)}
 
 
+OTHER_COMMANDS_ENV = frozenset(
+    {
+        "FLASHSTOCK_CONFIG",
+        "FLASHSTOCK_ADDR",
+        "FLASHSTOCK_TOKEN",
+        "FLASHSTOCK_TOKEN_FILE",
+        "FLASHSTOCK_TLS_CA",
+        "FLASHSTOCK_CLUSTER_DIR",
+        "FLASHSTOCK_FUZZ_SEED",
+    }
+)
+"""``FLASHSTOCK_*`` variables that are not node settings: the config file's, other commands' and the tests'."""
+
+OTHER_COMMANDS_ENV_PREFIXES = ("FLASHSTOCK_FAILPOINT_",)
+"""Prefixes of ``FLASHSTOCK_*`` variables that are not node settings (the tests' failpoints)."""
+
+
+def unknown_env_vars(env: Mapping[str, str]) -> list[str]:
+    """The ``FLASHSTOCK_*`` names in ``env`` that are no setting (misspelt?) nor another command's."""
+    known = {f"FLASHSTOCK_{f.name.upper()}" for f in dataclasses.fields(NodeConfig)} | OTHER_COMMANDS_ENV
+    return sorted(
+        name
+        for name in env
+        if name.upper().startswith("FLASHSTOCK_")
+        and name.upper() not in known
+        and not name.upper().startswith(OTHER_COMMANDS_ENV_PREFIXES)
+    )
+
+
+def writable_folder_problem(setting: str, folder: str | Path, why: str) -> str | None:
+    """Why the node could not write in ``folder`` (creating it first if missing), naming ``setting``; None: it can.
+
+    Nothing is created: a missing folder's nearest existing parent must be a
+    folder the process may write in.
+    """
+    path = Path(folder).expanduser().absolute()
+    existing = path
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        return f"{setting}: cannot make {str(path)!r} ({why}): {str(existing)!r} is not a folder"
+    if not os.access(existing, os.W_OK | os.X_OK):
+        what = "folder" if existing == path else f"folder (nor create it in {str(existing)!r})"
+        return f"{setting}: cannot write in the {what} {str(path)!r} ({why}): permission denied or read-only"
+    return None
+
+
+def folder_problems(config: NodeConfig) -> list[str]:
+    """The folders the node writes in that it cannot write in: ``data_dir`` when it holds the embedded ledger
+    or the serving metrics' figures, and the folder of a ``sqlite:///`` ledger."""
+    uses = []
+    if not config.ledger:
+        uses.append("the embedded SQLite ledger")
+    if config.metrics_port and config.serving_metrics:
+        uses.append("the serving metrics' figures")
+    out = []
+    if uses and (problem := writable_folder_problem("data_dir", config.data_dir, " and ".join(uses))):
+        out.append(problem)
+    if config.ledger.startswith("sqlite:///"):
+        database = config.ledger.removeprefix("sqlite:///").partition("?")[0]
+        folder = Path(database).expanduser().absolute().parent
+        if database and (problem := writable_folder_problem("ledger", folder, "the SQLite ledger's folder")):
+            out.append(problem)
+    return out
+
+
+def start_problems(config: NodeConfig) -> list[str]:
+    """What a start would refuse before connecting to anything: the files the settings name (TLS, auth,
+    admission keys, etcd's password and TLS, Redis's TLS), read now, and the folders the node writes in."""
+    problems = tls_files(config).problems()
+    try:
+        auth_settings(config).authorizer()  # its files read once here, to fail before any worker starts
+    except ValueError as exc:
+        problems.append(str(exc))
+    try:
+        admission_keys(config)
+    except ValueError as exc:
+        problems.append(str(exc))
+    try:
+        etcd_access(config)
+    except ValueError as exc:
+        problems.append(str(exc))
+    for name in ("redis_tls_ca", "redis_tls_cert", "redis_tls_key", "etcd_tls_ca", "etcd_tls_cert", "etcd_tls_key"):
+        path = getattr(config, name)
+        if path and not os.path.isfile(path):
+            problems.append(f"{name}: {path!r} is not a file")
+    problems.extend(folder_problems(config))
+    return problems
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    """A config file's settings: its top-level keys or its [flashstock] table."""
+    try:
+        with path.open("rb") as f:
+            data = tomllib.load(f)
+    except FileNotFoundError:
+        raise ValueError(f"config: file {str(path)!r} does not exist") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ValueError(f"config: {path} is not valid TOML: {exc}") from None
+    table = data.get("flashstock", data)
+    return dict(table) if isinstance(table, dict) else {}
+
+
 class _TomlSource(PydanticBaseSettingsSource):
-    def __init__(self, settings_cls: type[BaseSettings], path: Path | None) -> None:
+    def __init__(self, settings_cls: type[BaseSettings], data: Mapping[str, Any]) -> None:
         super().__init__(settings_cls)
-        self._data: dict[str, Any] = {}
-        if path is not None:
-            try:
-                with path.open("rb") as f:
-                    data = tomllib.load(f)
-            except FileNotFoundError:
-                raise ValueError(f"config: file {str(path)!r} does not exist") from None
-            except tomllib.TOMLDecodeError as exc:
-                raise ValueError(f"config: {path} is not valid TOML: {exc}") from None
-            # Either top-level keys or a [flashstock] table.
-            self._data = data.get("flashstock", data)
-            unknown = set(self._data) - {f.name for f in dataclasses.fields(NodeConfig)}
-            if unknown:
-                raise ValueError(f"config: {path} has unknown settings: {', '.join(sorted(unknown))}")
+        self._data = dict(data)
 
     def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:
         return self._data.get(field_name), field_name, False
@@ -441,7 +553,7 @@ class _TomlSource(PydanticBaseSettingsSource):
         return dict(self._data)
 
 
-def _settings_class(env: Mapping[str, str], path: Path | None) -> type[BaseSettings]:
+def _settings_class(env: Mapping[str, str], toml: Mapping[str, Any]) -> type[BaseSettings]:
     hints = typing.get_type_hints(NodeConfig)
     fields = {f.name: (hints[f.name], f.default) for f in dataclasses.fields(NodeConfig)}
 
@@ -461,9 +573,61 @@ def _settings_class(env: Mapping[str, str], path: Path | None) -> type[BaseSetti
 
             env_source = EnvSettingsSource(settings_cls, env_prefix="FLASHSTOCK_", case_sensitive=False)
             env_source.env_vars = {k.lower(): v for k, v in env.items()}
-            return (init_settings, env_source, _TomlSource(settings_cls, path))
+            return (init_settings, env_source, _TomlSource(settings_cls, toml))
 
     return pydantic.create_model("NodeSettings", __base__=_Settings, **fields)  # type: ignore[call-overload]
+
+
+def _unchecked(values: Mapping[str, Any]) -> NodeConfig:
+    """A NodeConfig of ``values`` (defaults for the rest) without its range checks: what --check-config inspects."""
+    config = object.__new__(NodeConfig)
+    for f in dataclasses.fields(NodeConfig):
+        object.__setattr__(config, f.name, values.get(f.name, f.default))
+    return config
+
+
+def read_config(
+    flags: Mapping[str, Any] | None = None,
+    env: Mapping[str, str] | None = None,
+    config_file: str | Path | None = None,
+) -> tuple[NodeConfig, list[str]]:
+    """The settings as read, and every problem with them, each naming its setting (empty: all good).
+
+    Like :func:`load_config`, but it goes on past a problem: a value that
+    cannot be read at all (a word for a number) keeps its default, so the
+    other settings are still checked; a wrong value (out of range) is kept,
+    and the returned config is then not one a node may start with.
+    """
+    env = dict(os.environ if env is None else env)
+    path = config_file or env.get("FLASHSTOCK_CONFIG")
+    env = {k: v for k, v in env.items() if k.upper().startswith("FLASHSTOCK_") and k.upper() != "FLASHSTOCK_CONFIG"}
+    given = {k: v for k, v in (flags or {}).items() if v is not None}
+    problems: list[str] = []
+    names = {f.name for f in dataclasses.fields(NodeConfig)}
+    toml: dict[str, Any] = {}
+    if path:
+        try:
+            toml = _read_toml(Path(path))
+        except ValueError as exc:
+            problems.append(str(exc))
+        unknown = set(toml) - names
+        if unknown:
+            problems.append(f"config: {path} has unknown settings: {', '.join(sorted(unknown))}")
+            toml = {k: v for k, v in toml.items() if k in names}
+    values: dict[str, Any] = {}
+    for _ in range(2):  # a second read without the values that could not be read
+        try:
+            values = _settings_class(env, toml)(**given).model_dump()
+            break
+        except pydantic.ValidationError as exc:
+            bad = {str(e["loc"][0]) for e in exc.errors() if e["loc"]}
+            problems.extend(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())
+            given = {k: v for k, v in given.items() if k not in bad}
+            env = {k: v for k, v in env.items() if k.upper().removeprefix("FLASHSTOCK_").lower() not in bad}
+            toml = {k: v for k, v in toml.items() if k not in bad}
+    config = _unchecked(values)
+    problems.extend(config_problems(config))
+    return config, list(dict.fromkeys(problems))
 
 
 def load_config(
@@ -477,16 +641,7 @@ def load_config(
     defaults to ``FLASHSTOCK_CONFIG`` from ``env``. Raises ``ValueError``
     naming each bad setting.
     """
-    import os
-
-    env = dict(os.environ if env is None else env)
-    path = config_file or env.get("FLASHSTOCK_CONFIG")
-    env = {k: v for k, v in env.items() if k.upper().startswith("FLASHSTOCK_") and k.upper() != "FLASHSTOCK_CONFIG"}
-    given = {k: v for k, v in (flags or {}).items() if v is not None}
-    settings_cls = _settings_class(env, Path(path) if path else None)
-    try:
-        settings = settings_cls(**given)
-    except pydantic.ValidationError as exc:
-        problems = [f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()]
-        raise ValueError("; ".join(problems)) from None
-    return NodeConfig(**settings.model_dump())
+    config, problems = read_config(flags, env, config_file)
+    if problems:
+        raise ValueError("; ".join(problems))
+    return dataclasses.replace(config)  # checked again, on the way

@@ -65,8 +65,10 @@ from flashstock.server._config import (
     ledger_url,
     node_name,
     redis_tls,
+    start_problems,
     tls_files,
 )
+from flashstock.server._cpus import read_cpu_budget
 from flashstock.server._incarnation import IncarnationGate
 from flashstock.server._lifeline import Lifeline, tie_to_parent
 from flashstock.server._logs import NODE_FIELD, configure_logging
@@ -718,26 +720,12 @@ def _free_port(host: str) -> int:
         return s.getsockname()[1]
 
 
-def serve(config: NodeConfig) -> int:
-    """Run a node until signalled; returns the process exit code."""
+def serve(config: NodeConfig, warnings: Collection[str] = ()) -> int:
+    """Run a node until signalled; returns the process exit code. ``warnings``: logged once logging is set up."""
     _setup_logging(config)
-    problems = tls_files(config).problems()
-    try:
-        auth_settings(config).authorizer()  # its files read once here, to fail before any worker starts
-    except ValueError as exc:
-        problems.append(str(exc))
-    try:
-        admission_keys(config)
-    except ValueError as exc:
-        problems.append(str(exc))
-    try:
-        etcd_access(config)
-    except ValueError as exc:
-        problems.append(str(exc))
-    for name in ("redis_tls_ca", "redis_tls_cert", "redis_tls_key", "etcd_tls_ca", "etcd_tls_cert", "etcd_tls_key"):
-        path = getattr(config, name)
-        if path and not os.path.isfile(path):
-            problems.append(f"{name}: {path!r} is not a file")
+    for warning in warnings:
+        log.warning("%s", warning)
+    problems = start_problems(config)
     if problems:
         print(f"flashstock: cannot start: {'; '.join(problems)}", file=sys.stderr)
         return 2
@@ -753,7 +741,11 @@ def serve(config: NodeConfig) -> int:
             "AdminService's too (set auth = on with auth_jwt_keys or auth_cert_roles)",
             config.host,
         )
-    workers = config.workers or os.cpu_count() or 1
+    workers = config.workers
+    if workers == 0:
+        budget = read_cpu_budget()
+        workers = budget.workers
+        log.info("workers 0: %d serving worker(s), from %s", workers, budget.source)
     if workers == 1 and not config.duties_process:
         config = replace(config, workers=1)
         try:
