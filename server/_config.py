@@ -451,8 +451,8 @@ OTHER_COMMANDS_ENV = frozenset(
 )
 """``FLASHSTOCK_*`` variables that are not node settings: the config file's, other commands' and the tests'."""
 
-OTHER_COMMANDS_ENV_PREFIXES = ("FLASHSTOCK_FAILPOINT_",)
-"""Prefixes of ``FLASHSTOCK_*`` variables that are not node settings (the tests' failpoints)."""
+OTHER_COMMANDS_ENV_PREFIXES = ("FLASHSTOCK_FAILPOINT_", "FLASHSTOCK_BOARD_")
+"""Prefixes of ``FLASHSTOCK_*`` variables that are not node settings (the tests' failpoints, the board's page)."""
 
 
 def unknown_env_vars(env: Mapping[str, str]) -> list[str]:
