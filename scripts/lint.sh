@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # The lint and type gates (`make lint`, run by .ci/run before the tests):
-# ruff's rules, ruff's formatting, and mypy (strict for client/ and lockmgr/).
+# ruff's rules, ruff's formatting, mypy (strict for client/ and lockmgr/), and
+# the Kubernetes manifests rendered and checked offline (scripts/check_k8s.py:
+# kubectl kustomize, kubernetes-validate --strict, checkov).
 # mypy cannot see the editable install's package mapping (flashstock.server ->
 # server/ ...), so it reads a symlink tree under build/typing that mirrors
 # pyproject's package-dir.
@@ -22,4 +24,6 @@ echo "==> ruff format --check"
 "$BIN/ruff" format --check . || status=1
 echo "==> mypy"
 "$BIN/mypy" -p flashstock.client -p flashstock.lockmgr -p flashstock.server || status=1
+echo "==> kubernetes manifests (scripts/check_k8s.py)"
+"$BIN/python" scripts/check_k8s.py || status=1
 exit $status
