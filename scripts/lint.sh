@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The lint and type gates (`make lint`, run by .ci/run before the tests):
 # ruff's rules, ruff's formatting, mypy (strict for client/ and lockmgr/), and
-# hadolint over the node image's Dockerfile (any finding fails).
+# hadolint over the node image's Dockerfile (any finding fails), and
 # the Kubernetes manifests rendered and checked offline (scripts/check_k8s.py:
 # kubectl kustomize, kubernetes-validate --strict, checkov).
 # mypy cannot see the editable install's package mapping (flashstock.server ->
