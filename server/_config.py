@@ -100,6 +100,12 @@ class NodeConfig:
         "duty; its findings are the flashstock_reconcile_* metrics), seconds; 0 = never.",
     )
     metrics_port: int = _setting(0, "Prometheus metrics HTTP port on host (the duties process); 0 = off.")
+    health_port: int = _setting(
+        0,
+        "A second gRPC port on host, always PLAINTEXT, serving only the health service (grpc.health.v1, the "
+        "same statuses as the gRPC port): for probes that cannot speak TLS (Kubernetes' native gRPC "
+        "probes); 0 = off.",
+    )
     serving_metrics: bool = _setting(
         True,
         "With metrics_port: every serving worker counts its RPCs (grpc_server_*), calls in flight and the "
@@ -287,6 +293,11 @@ def config_problems(config: NodeConfig) -> list[str]:
         out.append(f"workers: {config.workers} is negative")
     if not 0 <= config.metrics_port <= 65535:
         out.append(f"metrics_port: {config.metrics_port} is not 0-65535")
+    if not 0 <= config.health_port <= 65535:
+        out.append(f"health_port: {config.health_port} is not 0-65535")
+    elif config.health_port and config.health_port in (config.port, config.metrics_port):
+        clash = "port" if config.health_port == config.port else "metrics_port"
+        out.append(f"health_port: {config.health_port} is also {clash}; the health port needs a port of its own")
     for endpoint in filter(None, config.etcd.split(",")):
         host, _, port = endpoint.strip().rpartition(":")
         if not host or not port.isdigit() or not 1 <= int(port) <= 65535:

@@ -254,6 +254,8 @@ class Node:
         self.ownership: Ownership | None = None
         """This node's place in the cluster (etcd), when ``etcd`` is set."""
         self._server: grpc.aio.Server | None = None
+        self._health_server: grpc.aio.Server | None = None
+        """The plaintext health-only server on ``health_port``, when set."""
         self.tls: ServerTls | None = None
         """The gRPC port's TLS (``tls_cert``), in a serving process."""
         if self.serving and tls_files(config).on:
@@ -339,11 +341,27 @@ class Node:
         if self.stats is not None:
             self._stats_task = asyncio.create_task(self.stats.run(), name="sale figures")
         self._tasks.append(asyncio.create_task(self._watch_degrade(), name="degrade"))
+        health_server = self._health_only_server(options) if self.config.health_port else None
         await server.start()
         self._server = server
+        if health_server is not None:
+            await health_server.start()
+            self._health_server = health_server
         for name in ("", *SERVICE_NAMES):
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
         return self.port
+
+    def _health_only_server(self, options: list[tuple[str, int]]) -> grpc.aio.Server:
+        """A PLAINTEXT server on ``health_port`` with the health service alone (this worker's own
+        servicer, so its statuses are the gRPC port's): for probes that cannot speak TLS."""
+        server = grpc.aio.server(options=options)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
+        address = f"{self.config.host}:{self.config.health_port}"
+        try:
+            server.add_insecure_port(address)
+        except RuntimeError as exc:
+            raise StartupError(f"health_port: cannot bind {address}: {exc}") from None
+        return server
 
     async def _flush_stats(self) -> None:
         # Once no call is in flight: send the last figures (at most a second
@@ -608,6 +626,8 @@ class Node:
             await self.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
         if self._server is not None:
             await self._server.stop(self.config.grace_s if grace is None else grace)
+        if self._health_server is not None:
+            await self._health_server.stop(0)
         if self._flusher is not None:
             # Its last flush, on cancel, writes the figures of the calls just finished.
             self._flusher.cancel()

@@ -73,6 +73,7 @@ def config_summary(config: NodeConfig) -> str:
     parts = [
         f"node {node_name(config, config.port)} on {config.host}:{config.port}",
         f"metrics on {config.metrics_port}" if config.metrics_port else "metrics off",
+        *([f"health on {config.health_port} (plaintext)"] if config.health_port else []),
         workers,
         f"shards {config.shards}",
         f"redis {masked_url(config.redis_url)}",

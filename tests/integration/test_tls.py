@@ -72,6 +72,24 @@ def mtls_node(module_redis: RedisServer, tls_node: NodeProcess, certs: Certs) ->
         yield MtlsNode(node, metrics_port)
 
 
+@dataclass(frozen=True)
+class HealthPortNode:
+    node: NodeProcess
+    health_port: int
+
+
+@pytest.fixture(scope="module")
+def health_port_node(module_redis: RedisServer, tls_node: NodeProcess, certs: Certs) -> Iterator[HealthPortNode]:
+    """Two workers serving mutual TLS, each with the plaintext health-only port (``--health-port``)."""
+    health_port = free_port()
+    args = (
+        *("--tls-cert", str(certs.node_cert), "--tls-key", str(certs.node_key), "--tls-client-ca", str(certs.ca)),
+        *("--health-port", str(health_port), *QUIET),
+    )
+    with running_node(module_redis.url, workers=2, extra_args=args, ledger=tls_node.ledger_url) as node:
+        yield HealthPortNode(node, health_port)
+
+
 def config_of(node: NodeProcess, **tls: object) -> ClientConfig:
     """Client settings of ``node`` giving up soon (a refused handshake is retried as UNAVAILABLE until then)."""
     return ClientConfig(addresses=node.address, deadline_s=1.5, attempt_timeout_s=0.5, **tls)  # type: ignore[arg-type]
@@ -211,3 +229,21 @@ def test_the_server_name_the_certificate_must_carry_can_be_given(tls_node, certs
     wrong = config_of(tls_node, tls_ca=str(certs.ca), tls_server_name="wrong.example")
     with AdminClient(wrong) as admin, pytest.raises(Unavailable):
         admin.get_sku(sku)
+
+
+def test_the_health_port_answers_plaintext_probes_and_nothing_else(health_port_node, sku):
+    address = f"127.0.0.1:{health_port_node.health_port}"
+    with grpc.insecure_channel(address) as channel:
+        health = health_pb2_grpc.HealthStub(channel)
+        for service in ("", "flashstock.v1.StockService"):
+            reply = health.Check(health_pb2.HealthCheckRequest(service=service), timeout=5)
+            assert reply.status == health_pb2.HealthCheckResponse.SERVING, service
+        deduct = channel.unary_unary("/flashstock.v1.StockService/Deduct")
+        with pytest.raises(grpc.RpcError) as refused:
+            deduct(b"", timeout=5)
+        assert refused.value.code() == grpc.StatusCode.UNIMPLEMENTED
+    # The gRPC port itself still takes mutual TLS only.
+    with grpc.insecure_channel(health_port_node.node.address) as channel:
+        with pytest.raises(grpc.RpcError) as plaintext:
+            health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=""), timeout=2)
+        assert plaintext.value.code() == grpc.StatusCode.UNAVAILABLE

@@ -27,6 +27,7 @@ import pytest
 import yaml
 
 from flashstock.server._config import load_config, setting_help
+from tests.helpers.tls import make_certs
 
 ROOT = Path(__file__).resolve().parents[2]
 CHECK = ROOT / "scripts/check_k8s.py"
@@ -41,8 +42,22 @@ TEST_FIELDS = {"metadata.name": "flashstock-node-7d9c6b5f4-x2k8q", "status.podIP
 """The downward API's values, as a pod would see them."""
 TEST_SECRETS = {
     ("flashstock-ledger", "url"): "postgresql+psycopg://flashstock:test-password@flashstock-db-rw:5432/flashstock",
+    ("flashstock-redis", "url"): "rediss://flashstock:test-password@redis-0.redis:6379/0",
 }
-"""Test values of every Secret key a manifest reads (the real ones are the operator's)."""
+"""Test values of every Secret key a manifest reads into the environment (the real ones are the operator's)."""
+TEST_SECRET_FILES = {
+    ("flashstock-tls", "tls.crt"): "node_cert",
+    ("flashstock-tls", "tls.key"): "node_key",
+    ("flashstock-tls", "ca.crt"): "ca",
+    ("flashstock-etcd", "ca.crt"): "ca",
+    ("flashstock-etcd", "tls.crt"): "client_cert",
+    ("flashstock-etcd", "tls.key"): "client_key",
+    ("flashstock-etcd", "password"): "test-password\n",
+    ("flashstock-redis", "ca.crt"): "ca",
+    ("flashstock-auth", "jwt-hs256.secret"): "0123456789abcdef" * 4 + "\n",
+}
+"""Test contents of every Secret key a node container mounts as a file: a field of :class:`Certs` (REAL test
+certificates, made by trustme, since ``--check-config`` loads them), else the text itself."""
 
 
 def _render(overlay: str) -> list[dict[str, Any]]:
@@ -118,6 +133,7 @@ def container_env(docs: list[dict[str, Any]], container: dict[str, Any], folders
         else:
             raise AssertionError(f"{container['name']}: {var['name']}'s source is not one this test knows: {ref}")
     if folders is not None:
+        _write_secret_files(docs, container, folders)
         mounts = sorted((m["mountPath"] for m in container.get("volumeMounts", [])), key=len, reverse=True)
         names = {m["mountPath"]: m["name"] for m in container.get("volumeMounts", [])}
         for key, value in env.items():
@@ -127,6 +143,35 @@ def container_env(docs: list[dict[str, Any]], container: dict[str, Any], folders
                 local.mkdir(parents=True, exist_ok=True)
                 env[key] = str(local) + value[len(path) :]
     return env
+
+
+def pod_volumes(docs: list[dict[str, Any]], container: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The volumes, by name, of the pod whose template holds ``container``."""
+    for workload in workloads(docs):
+        if any(c is container for c in containers(workload)):
+            return {v["name"]: v for v in workload["spec"]["template"]["spec"].get("volumes", [])}
+    raise AssertionError(f"no workload holds the container {container['name']}")
+
+
+def _write_secret_files(docs: list[dict[str, Any]], container: dict[str, Any], folders: Path) -> None:
+    """Each Secret volume ``container`` mounts, written under ``folders/<volume>`` with TEST_SECRET_FILES' values."""
+    volumes = pod_volumes(docs, container)
+    certs = None
+    for mount in container.get("volumeMounts", []):
+        secret = volumes[mount["name"]].get("secret")
+        if secret is None:
+            continue
+        folder = folders / mount["name"]
+        folder.mkdir(parents=True, exist_ok=True)
+        items = secret.get("items") or [
+            {"key": k, "path": k} for (n, k) in TEST_SECRET_FILES if n == secret["secretName"]
+        ]
+        for item in items:
+            value = TEST_SECRET_FILES[(secret["secretName"], item["key"])]
+            if "\n" not in value:
+                certs = certs or make_certs(folders / "certs", "k8s")
+                value = getattr(certs, value).read_text()
+            (folder / item["path"]).write_text(value)
 
 
 def unknown_settings(env: dict[str, str]) -> list[str]:
@@ -145,13 +190,45 @@ def unknown_settings(env: dict[str, str]) -> list[str]:
 
 def test_node_probes_are_native_grpc_on_the_health_services(docs):
     node = node_container(docs)
-    port = next(p["containerPort"] for p in node["ports"] if p["name"] == "grpc")
-    assert port == int(config_map(docs, "flashstock-node")["FLASHSTOCK_PORT"])
+    settings = container_env(docs, node)
+    ports = {p["name"]: p["containerPort"] for p in node["ports"]}
+    assert ports["grpc"] == int(settings["FLASHSTOCK_PORT"])
+    if settings.get("FLASHSTOCK_TLS_CERT"):
+        # The kubelet's gRPC probes speak plaintext only: on the node's plaintext health-only port.
+        assert ports["health"] == int(settings["FLASHSTOCK_HEALTH_PORT"])
+        port = ports["health"]
+    else:
+        port = ports["grpc"]
     # Readiness follows the stock service (NOT_SERVING while Redis is unreachable); liveness and startup
     # the server as a whole (""), which stays SERVING then, so a node without Redis is not restarted.
     assert node["readinessProbe"]["grpc"] == {"port": port, "service": STOCK_SERVICE}
     assert node["livenessProbe"]["grpc"] == {"port": port, "service": ""}
     assert node["startupProbe"]["grpc"] == {"port": port, "service": ""}
+
+
+def test_production_nodes_serve_mutual_tls_and_auth_from_secrets_and_dev_stays_plaintext():
+    production = _rendered.get("production") or _render("production")
+    volumes = pod_volumes(production, node_container(production))
+    for c in containers(find(production, "Deployment", "flashstock-node")):
+        env = container_env(production, c)
+        assert env["FLASHSTOCK_TLS_CERT"] and env["FLASHSTOCK_TLS_CLIENT_CA"], c["name"]
+        assert env["FLASHSTOCK_AUTH"] == "on" and env["FLASHSTOCK_AUTH_JWT_KEYS"], c["name"]
+        assert env["FLASHSTOCK_REDIS_URL"].startswith("rediss://") and env["FLASHSTOCK_ETCD_TLS_CA"], c["name"]
+    node = node_container(production)
+    env = container_env(production, node)
+    mounts = {m["mountPath"]: m for m in node["volumeMounts"]}
+    for name in ("TLS_CERT", "TLS_KEY", "TLS_CLIENT_CA", "AUTH_JWT_KEYS", "REDIS_TLS_CA", "ETCD_PASSWORD_FILE"):
+        path = env[f"FLASHSTOCK_{name}"]
+        mount = mounts[path.rpartition("/")[0]]
+        assert mount.get("readOnly") is True and "secret" in volumes[mount["name"]], name
+    # The health port is a container port no NetworkPolicy opens (the kubelet's probes need no rule).
+    for policy in (d for d in production if d["kind"] == "NetworkPolicy"):
+        for rule in policy["spec"].get("ingress", []):
+            assert all(p["port"] not in ("health", 8081) for p in rule.get("ports", [])), policy["metadata"]["name"]
+
+    dev = _rendered.get("dev") or _render("dev")
+    env = container_env(dev, node_container(dev))
+    assert not env.get("FLASHSTOCK_TLS_CERT") and env.get("FLASHSTOCK_AUTH", "off") == "off"
 
 
 def test_every_long_running_container_has_readiness_and_liveness_probes(docs):
