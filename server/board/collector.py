@@ -119,6 +119,12 @@ class NodeTls:
     ca: str
     cert: str = ""
     key: str = ""
+    server_name: str = ""
+    """The name the nodes' certificate must carry, when it does not name the address dialled (a pod IP)."""
+
+    def channel_options(self) -> list[tuple[str, str]]:
+        """For the gRPC health checks: the name to check, if not the address's."""
+        return [("grpc.ssl_target_name_override", self.server_name)] if self.server_name else []
 
     def channel_credentials(self) -> grpc.ChannelCredentials:
         """For the gRPC health checks."""
@@ -165,6 +171,8 @@ class Collector:
         tls = sources.node_tls
         self._credentials = tls.channel_credentials() if tls else None
         self._ssl = tls.context() if tls else None
+        self._channel_options = tls.channel_options() if tls else []
+        self._server_name = tls.server_name if tls else ""
 
     # -- fan-out ---------------------------------------------------------------------------------
 
@@ -396,7 +404,7 @@ class Collector:
         channel = self._channels.get(address)
         if channel is None:
             channel = self._channels[address] = (
-                grpc.aio.secure_channel(address, self._credentials)
+                grpc.aio.secure_channel(address, self._credentials, options=self._channel_options)
                 if self._credentials
                 else grpc.aio.insecure_channel(address)
             )
@@ -412,16 +420,21 @@ class Collector:
         if not address:
             return None
         try:
-            text = await asyncio.wait_for(_http_get(address, "/metrics", self._ssl), self.sources.timeout_s)
+            text = await asyncio.wait_for(
+                _http_get(address, "/metrics", self._ssl, self._server_name), self.sources.timeout_s
+            )
             return metric_sums(list(text_string_to_metric_families(text)))
         except Exception:  # noqa: BLE001 - the node's row says its metrics could not be read
             return None
 
 
-async def _http_get(address: str, path: str, context: ssl.SSLContext | None = None) -> str:
-    """The body of ``GET http(s)://address/path`` (HTTP/1.0: the server closes the connection after it)."""
+async def _http_get(address: str, path: str, context: ssl.SSLContext | None = None, server_name: str = "") -> str:
+    """The body of ``GET http(s)://address/path`` (HTTP/1.0: the server closes the connection after it).
+
+    ``server_name``: the name the certificate must carry, if not the address's host."""
     host, _, port = address.rpartition(":")
-    reader, writer = await asyncio.open_connection(host, int(port), ssl=context)
+    hostname = (server_name or None) if context is not None else None
+    reader, writer = await asyncio.open_connection(host, int(port), ssl=context, server_hostname=hostname)
     try:
         writer.write(f"GET {path} HTTP/1.0\r\nHost: {address}\r\n\r\n".encode())
         await writer.drain()

@@ -67,6 +67,15 @@ def board(
     tls_ca: TlsCaOption = None,
     tls_cert: TlsCertOption = None,
     tls_key: TlsKeyOption = None,
+    tls_server_name: Annotated[
+        str,
+        typer.Option(
+            "--tls-server-name",
+            envvar="FLASHSTOCK_BOARD_TLS_SERVER_NAME",
+            help="The name the nodes' certificate carries, when it does not name the addresses dialled "
+            "(pod IPs in Kubernetes); needs --tls-ca.",
+        ),
+    ] = "",
     redis_tls_ca: RedisTlsCaOption = None,
     redis_tls_cert: RedisTlsCertOption = None,
     redis_tls_key: RedisTlsKeyOption = None,
@@ -140,7 +149,9 @@ def board(
         exit_error("board", problem.replace("redis_tls_", "--redis-tls-").replace("redis_url", "--redis-url"))
     if bool(tls_cert) != bool(tls_key):
         exit_error("board", "--tls-cert, --tls-key: give both (a client certificate and its key) or neither")
-    node_tls = NodeTls(tls_ca or "", tls_cert or "", tls_key or "") if tls_ca or tls_cert else None
+    if tls_server_name and not (tls_ca or tls_cert):
+        exit_error("board", "--tls-server-name: needs --tls-ca (the nodes are reached over TLS)")
+    node_tls = NodeTls(tls_ca or "", tls_cert or "", tls_key or "", tls_server_name) if tls_ca or tls_cert else None
     if not 0.1 <= interval <= 60:
         exit_error("board", f"--interval: {interval} is not between 0.1 and 60 seconds")
     if not 0 <= port < 65536:
