@@ -231,6 +231,20 @@ def test_production_nodes_serve_mutual_tls_and_auth_from_secrets_and_dev_stays_p
     assert not env.get("FLASHSTOCK_TLS_CERT") and env.get("FLASHSTOCK_AUTH", "off") == "off"
 
 
+CLUSTER_SCOPED = {"Namespace", "ClusterRole", "ClusterRoleBinding", "CustomResourceDefinition", "PersistentVolume"}
+
+
+def test_every_namespaced_object_names_the_overlays_namespace(docs):
+    # An object without one lands in whatever namespace kubectl's context names, away from the nodes.
+    [namespace] = [d["metadata"]["name"] for d in docs if d["kind"] == "Namespace"]
+    stray = [
+        f"{d['kind']}/{d['metadata']['name']}"
+        for d in docs
+        if d["kind"] not in CLUSTER_SCOPED and d["metadata"].get("namespace") != namespace
+    ]
+    assert not stray, f"not in namespace {namespace}: {stray}"
+
+
 def test_every_long_running_container_has_readiness_and_liveness_probes(docs):
     for workload in workloads(docs):
         for c in containers(workload, init=False):
