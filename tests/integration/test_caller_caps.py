@@ -63,11 +63,15 @@ def rate_capped() -> Iterator[tuple[RedisServer, NodeProcess]]:
             yield server, node
 
 
-async def _deduct(stub: stock_pb2_grpc.StockServiceStub, sku: str, rid: str) -> tuple[str, object]:
-    """One raw Deduct: (request id, the reply or the grpc error)."""
+async def _deduct(
+    stub: stock_pb2_grpc.StockServiceStub, sku: str, rid: str, metadata: tuple[tuple[str, str], ...] = ()
+) -> tuple[str, object]:
+    """One raw Deduct (with ``metadata``: a bearer token): (request id, the reply or the grpc error)."""
     try:
         reply = await stub.Deduct(
-            stock_pb2.DeductRequest(sku_id=sku, user_id=f"u-{rid}", qty=1, request_id=rid), timeout=20
+            stock_pb2.DeductRequest(sku_id=sku, user_id=f"u-{rid}", qty=1, request_id=rid),
+            metadata=metadata,
+            timeout=20,
         )
         return rid, reply
     except grpc.aio.AioRpcError as exc:
@@ -216,18 +220,10 @@ async def test_with_auth_two_gateways_behind_one_address_are_two_callers(rate_ca
             timeout=20,
         )
         stub = stock_pb2_grpc.StockServiceStub(channel)
-
-        async def deduct(rid: str, metadata: tuple[tuple[str, str]]) -> tuple[str, object]:
-            try:
-                request = stock_pb2.DeductRequest(sku_id=sku, user_id=f"u-{rid}", qty=1, request_id=rid)
-                return rid, await stub.Deduct(request, metadata=metadata, timeout=20)
-            except grpc.aio.AioRpcError as exc:
-                return rid, exc
-
         # One channel, one address: the greedy gateway's burst past its rate is refused under its own name ...
-        burst = dict(await asyncio.gather(*(deduct(uuid.uuid4().hex, greedy_md) for _ in range(5 * RATE))))
+        burst = dict(await asyncio.gather(*(_deduct(stub, sku, uuid.uuid4().hex, greedy_md) for _ in range(5 * RATE))))
         # ... and the other gateway, from the same address, still has its whole second's worth.
-        polite = dict(await asyncio.gather(*(deduct(uuid.uuid4().hex, polite_md) for _ in range(RATE))))
+        polite = dict(await asyncio.gather(*(_deduct(stub, sku, uuid.uuid4().hex, polite_md) for _ in range(RATE))))
 
     ok, refused = _split(burst)
     assert RATE <= len(ok) < len(burst) and refused
