@@ -3,7 +3,9 @@
 - ``redis_server`` / ``node`` (module-scoped fixtures): a module that checks the
   ledger against Redis for every SKU (reconcile, sales reports) imports these
   two to override the session's: then no other test's Redis tampering or
-  restarts can show up in its figures.
+  restarts can show up in its figures. With them, ``stranger`` (raw gRPC to
+  that node, :class:`~tests.helpers.stranger.Stranger`) and ``ledger`` (a
+  reader of its ledger).
 - :class:`PrivateStack`: a Redis and a node of one test (the ``private_stack``
   fixture); Redis may be killed and started again.
 - :class:`FaultStack`: one Redis and the nodes of one fault test, on one ledger
@@ -14,7 +16,7 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
@@ -22,8 +24,9 @@ import pytest
 from flashstock.client import ClientConfig, RetryPolicy
 from flashstock.server.ledger import Ledger, sqlite_url
 from flashstock.server.local.procs import NodeProcess, RedisServer
+from tests.helpers.stranger import Stranger
 
-__all__ = ["FaultStack", "PrivateStack", "node", "redis_server"]
+__all__ = ["FaultStack", "PrivateStack", "ledger", "node", "redis_server", "stranger"]
 
 
 @pytest.fixture(scope="module")
@@ -38,6 +41,22 @@ def node(redis_server: RedisServer) -> Iterator[NodeProcess]:
     """The only node on this module's Redis, so its ledger gets every log entry."""
     with NodeProcess(redis_server.url, workers=1) as n:
         yield n
+
+
+@pytest.fixture
+async def stranger(node: NodeProcess) -> AsyncIterator[Stranger]:
+    """A caller of ``node`` by raw gRPC built from its reflection (no client library)."""
+    s = Stranger([node.address])
+    yield s
+    await s.close()
+
+
+@pytest.fixture
+def ledger(node: NodeProcess) -> Iterator[Ledger]:
+    """A reader of ``node``'s ledger."""
+    reader = Ledger(sqlite_url(node.data_dir))
+    yield reader
+    reader.close()
 
 
 class PrivateStack:

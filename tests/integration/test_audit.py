@@ -18,26 +18,14 @@ from typer.testing import CliRunner
 
 from flashstock.lockmgr import shard_of
 from flashstock.server.cli.app import app
-from flashstock.server.ledger import AuditRecord, Ledger, sqlite_url
+from flashstock.server.ledger import AuditRecord, Ledger
 from tests.helpers import aeventually, stacks
 from tests.helpers.stranger import Stranger
 
 node = stacks.node
 redis_server = stacks.redis_server
-
-
-@pytest.fixture
-async def stranger(node):
-    s = Stranger([node.address])
-    yield s
-    await s.close()
-
-
-@pytest.fixture
-def ledger(node):
-    reader = Ledger(sqlite_url(node.data_dir))
-    yield reader
-    reader.close()
+stranger = stacks.stranger
+ledger = stacks.ledger
 
 
 @pytest.fixture

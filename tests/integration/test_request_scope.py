@@ -27,20 +27,8 @@ from tests.helpers.stranger import Stranger
 # parameter of the same name shadows no import.
 node = stacks.node
 redis_server = stacks.redis_server
-
-
-@pytest.fixture
-async def stranger(node):
-    s = Stranger([node.address])
-    yield s
-    await s.close()
-
-
-@pytest.fixture
-def ledger(node):
-    reader = Ledger(sqlite_url(node.data_dir))
-    yield reader
-    reader.close()
+stranger = stacks.stranger
+ledger = stacks.ledger
 
 
 def two_skus_in_different_shards(base: str) -> tuple[str, str]:

@@ -20,28 +20,15 @@ from typer.testing import CliRunner
 from flashstock.client import AdminClient, ClientConfig, InvalidArgument
 from flashstock.lockmgr import shard_of
 from flashstock.server.cli.app import app
-from flashstock.server.ledger import Ledger, sqlite_url
 from tests.helpers import aeventually, eventually, stacks
 from tests.helpers.stranger import Stranger
 
 node = stacks.node
 redis_server = stacks.redis_server
+stranger = stacks.stranger
+ledger = stacks.ledger
 
 GOALS = {"goal_units": 8, "goal_sellout_ms": 30_000, "goal_buyers": 5, "unit_price_minor": 1999, "currency": "EUR"}
-
-
-@pytest.fixture
-async def stranger(node):
-    s = Stranger([node.address])
-    yield s
-    await s.close()
-
-
-@pytest.fixture
-def ledger(node):
-    reader = Ledger(sqlite_url(node.data_dir))
-    yield reader
-    reader.close()
 
 
 @pytest.fixture
